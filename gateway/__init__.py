@@ -1,0 +1,1 @@
+"""The gateway B2BUA: zones, search rules, call control, status, and the `gateway` CLI."""

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the real protocol peers the tests and the lab talk to, when they are missing:
+# sipp (Debian sip-tester), coturn (turnserver, turnutils_uclient), tshark, iproute2 (ip netns).
+set -euo pipefail
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+[ ${#need[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "installing peers: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,1 @@
+"""SIP (RFC 3261): sans-IO message, transaction and dialog layers; asyncio transports."""
