@@ -7,6 +7,7 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
