@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real protocol peers the tests and the lab talk to, when they are missing:
-# sipp (Debian sip-tester), coturn (turnserver, turnutils_uclient), tshark, iproute2 (ip netns).
+# sipp (Debian sip-tester), coturn (turnserver, turnutils_uclient), tshark, iproute2 (ip netns),
+# stunnel4: Debian's SIPp is built without TLS (no `-t l1`), so TLS scenarios run SIPp over
+# TCP through stunnel, which does the (mutual) TLS with the lab certificates.
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
