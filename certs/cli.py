@@ -30,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gateway certs", description="Make or list the lab PKI (CA and host certificates)."
     )
     sub = parser.add_subparsers(dest="action", metavar="{init,show}", required=True)
-    init = sub.add_parser(
-        "init", help="create missing or invalid certificates, keep valid ones"
-    )
+    init = sub.add_parser("init", help="create missing or invalid certificates, keep valid ones")
     init.add_argument(
         "--dir", type=Path, default=DEFAULT_DIR, help=f"PKI directory (default {DEFAULT_DIR})"
     )
@@ -78,12 +76,11 @@ def format_report(directory: Path, report: InitReport) -> str:
 
 def _show(directory: Path) -> int:
     if not (directory / "ca.pem").is_file():
-        sys.stderr.write(
-            f"gateway certs: no lab PKI in {directory} (run `gateway certs init --dir {directory}`)\n"
-        )
+        hint = f"run `gateway certs init --dir {directory}`"
+        sys.stderr.write(f"gateway certs: no lab PKI in {directory} ({hint})\n")
         return 1
     pki = load_pki(directory)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     table = Table(title=f"lab PKI in {directory}")
     for column in ("host", "subject CN", "subjectAltName", "expires", "status"):
         table.add_column(column)

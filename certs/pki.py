@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import fcntl
 import ipaddress
 import logging
 import os
@@ -36,6 +37,7 @@ RENEW_BEFORE = dt.timedelta(days=30)
 # Backdate notBefore a little so peers with a slightly slow clock accept a fresh cert.
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
+LOCK_NAME = ".lock"
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 
@@ -212,7 +214,20 @@ def init_pki(
         raise PKIError(f"cannot create PKI directory {root}: {exc.strerror or exc}") from exc
     if not root.is_dir():
         raise PKIError(f"PKI path {root} is not a directory")
+    # Lab roles may start together and each run init: serialise them so one never issues
+    # leaves from a CA that another is replacing.
+    try:
+        lock = open(root / LOCK_NAME, "a+b")  # held for the whole init
+    except OSError as exc:
+        raise PKIError(f"cannot use PKI directory {root}: {exc.strerror or exc}") from exc
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        return _init_locked(root, hosts, when)
 
+
+def _init_locked(
+    root: Path, hosts: Sequence[HostSpec], when: dt.datetime
+) -> tuple[LabPKI, InitReport]:
     outcomes: dict[str, Outcome] = {}
     reasons: dict[str, str] = {}
     ca_cert_path, ca_key_path = root / "ca.pem", root / "ca.key"
@@ -551,10 +566,10 @@ def _ensure_mode(key_path: Path) -> None:
 
 def _utc(now: dt.datetime | None) -> dt.datetime:
     if now is None:
-        return dt.datetime.now(dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return now.astimezone(dt.timezone.utc)
+    return now.astimezone(dt.UTC)
 
 
 def _check_specs(hosts: Sequence[HostSpec]) -> None:

@@ -7,11 +7,12 @@ import datetime as dt
 import ipaddress
 import shutil
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -167,7 +168,7 @@ def test_names_ekus_and_key_type(pki: LabPKI, name: str) -> None:
 def test_host_cert_verifies_as_server_for_each_name_and_ip(pki: LabPKI, name: str) -> None:
     _, dns, ips, _, _ = EXPECTED[name]
     leaf = load(pki.host(name).cert)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     subjects: list[x509.verification.Subject] = [x509.DNSName(d) for d in sorted(dns)]
     subjects += [x509.IPAddress(ipaddress.ip_address(a)) for a in sorted(ips)]
     for subject in subjects:
@@ -257,7 +258,7 @@ async def handshake(
 def cn_of(peercert: dict[str, object]) -> str:
     subject = peercert["subject"]
     assert isinstance(subject, tuple)
-    return next(v for rdn in subject for k, v in rdn if k == "commonName")
+    return str(next(v for rdn in subject for k, v in rdn if k == "commonName"))
 
 
 async def test_mutual_tls_to_gateway_cluster_fqdn(pki: LabPKI) -> None:
@@ -358,7 +359,7 @@ def test_mismatched_key_is_reissued(tmp_path: Path) -> None:
     ],
 )
 def test_expiring_leaves_are_reissued(tmp_path: Path, age_days: int, reissued: bool) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     init_pki(tmp_path, now=now - dt.timedelta(days=age_days))
     before = snapshot(tmp_path)
     _, report = init_pki(tmp_path, now=now)
@@ -370,9 +371,7 @@ def test_expiring_leaves_are_reissued(tmp_path: Path, age_days: int, reissued: b
     for name in EXPECTED:
         assert (after[f"{name}.pem"] != before[f"{name}.pem"]) is reissued
         if reissued:
-            assert load(tmp_path / f"{name}.pem").not_valid_after_utc > now + dt.timedelta(
-                days=360
-            )
+            assert load(tmp_path / f"{name}.pem").not_valid_after_utc > now + dt.timedelta(days=360)
 
 
 def test_deleted_ca_reissues_every_leaf(tmp_path: Path) -> None:
@@ -516,3 +515,16 @@ def test_cli_init_into_a_file_fails_cleanly(
     assert cli.main(["init", "--dir", str(target)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("gateway certs: ") and str(target) in err
+
+
+def test_concurrent_inits_agree_on_one_ca(tmp_path: Path) -> None:
+    # Lab roles starting together all run init on the same directory.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: init_pki(tmp_path), range(4)))
+    assert sum(report.ca_created for _, report in results) == 1
+    ca = load(tmp_path / "ca.pem")
+    for name in EXPECTED:
+        leaf = load(tmp_path / f"{name}.pem")
+        leaf.verify_directly_issued_by(ca)
+        key = serialization.load_pem_private_key((tmp_path / f"{name}.key").read_bytes(), None)
+        assert key.public_key() == leaf.public_key()
