@@ -1,0 +1,94 @@
+"""Message framing on stream transports (RFC 3261 §18.3) with RFC 5626 keep-alives."""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from .errors import ParseError
+from .message import DEFAULT_MAX_SIZE
+
+__all__ = ["KeepAlive", "StreamFramer"]
+
+
+class KeepAlive(enum.Enum):
+    """RFC 5626 §3.5.1 keep-alives seen between messages."""
+
+    PING = b"\r\n\r\n"
+    """Double CRLF: the peer asks for a pong (answer with a single CRLF)."""
+    PONG = b"\r\n"
+    """Single CRLF: the answer to our ping."""
+
+
+# Content-Length or its compact form "l", at the start of a header line.
+_CONTENT_LENGTH = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+class StreamFramer:
+    """Cuts a byte stream into whole messages by Content-Length, across partial reads."""
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        self.max_size = max_size
+        self._buffer = bytearray()
+        self._error: ParseError | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the stream."""
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not yet make a message."""
+        return len(self._buffer)
+
+    def next_message(self) -> bytes | KeepAlive | None:
+        """The next whole message or keep-alive, or None until more bytes arrive.
+
+        Raises ParseError (and keeps raising it) once the stream cannot be framed: the
+        connection must then be closed.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except ParseError as exc:
+            self._error = exc
+            raise
+
+    def _next(self) -> bytes | KeepAlive | None:
+        buf = self._buffer
+        if buf[:1] == b"\r" or buf[:1] == b"\n":
+            if buf[:4] == b"\r\n\r\n":
+                del buf[:4]
+                return KeepAlive.PING
+            if buf[:2] == b"\r\n" and (len(buf) == 2 or buf[2:3] != b"\r"):
+                del buf[:2]
+                return KeepAlive.PONG
+            if buf[:1] == b"\n":  # a bare LF between messages: skip it
+                del buf[:1]
+                return self._next()
+            return None  # "\r" or "\r\n\r": wait for the rest
+        m = _HEADER_END.search(buf)
+        if m is None:
+            if len(buf) > self.max_size:
+                raise ParseError(f"headers longer than {self.max_size} bytes", 413)
+            return None
+        head_end = m.end()
+        lengths = _CONTENT_LENGTH.findall(buf, 0, m.start() + 1)
+        if not lengths:
+            raise ParseError("missing Content-Length on a stream transport")
+        values = {v.strip() for v in lengths}
+        if len(values) != 1:
+            raise ParseError("conflicting Content-Length headers")
+        text = values.pop()
+        if not text.isdigit() or len(text) > 10:
+            raise ParseError(f"invalid Content-Length {text[:20]!r}")
+        total = head_end + int(text)
+        if total > self.max_size:
+            raise ParseError(f"message larger than {self.max_size} bytes", 413)
+        if len(buf) < total:
+            return None
+        message = bytes(buf[:total])
+        del buf[:total]
+        return message
