@@ -1,0 +1,134 @@
+"""RFC 3261 §17 transactions: the pieces shared by client and server transactions.
+
+The state machines themselves are tables (h11 ``_state.py`` style) in
+``sip.transaction_client`` and ``sip.transaction_server``; the single owner of every
+transaction is ``sip.transaction_layer.TransactionLayer`` (re-exported here, as the contract
+in docs/sip-api.md names this module).
+
+Transport reliability: destinations and sources are opaque hashable values to the layer, except
+that it reads their ``reliable`` attribute (``TransportAddress`` from sip/transport.py is
+expected to provide it); an object without one counts as unreliable (UDP timers), and callers
+may pass ``reliable=`` explicitly instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sip.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from sip.message import Request, Response
+    from sip.transaction_client import ClientTransaction
+    from sip.transaction_layer import TransactionLayer
+    from sip.transaction_server import ServerTransaction
+
+__all__ = [
+    "MAGIC_COOKIE",
+    "ClientTransaction",
+    "ServerTransaction",
+    "TransactionKey",
+    "TransactionLayer",
+    "is_reliable",
+    "transition",
+]
+
+MAGIC_COOKIE = "z9hG4bK"
+"""RFC 3261 §8.1.1.7: branches starting with this are globally unique transaction ids."""
+
+S = TypeVar("S", bound=enum.Enum)
+E = TypeVar("E", bound=enum.Enum)
+
+
+def transition(table: Mapping[S, Mapping[E, S]], state: S, event: E) -> S:
+    """Look up the next state; a (state, event) pair absent from the table is an error."""
+    try:
+        return table[state][event]
+    except KeyError:
+        raise LocalProtocolError(
+            f"transaction cannot handle {event.name} in state {state.name}", 500
+        ) from None
+
+
+def is_reliable(address: Any, reliable: bool | None = None) -> bool:
+    """Whether ``address`` is on a stream transport: explicit flag, else ``.reliable``."""
+    if reliable is not None:
+        return reliable
+    return bool(getattr(address, "reliable", False))
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionKey:
+    """What matches a message to its transaction (RFC 3261 §17.1.3 / §17.2.3).
+
+    For RFC 3261 branches (magic cookie) the key is branch + sent-by + method; ACK is keyed as
+    INVITE so that the ACK for a non-2xx final response finds its INVITE transaction. For older
+    (RFC 2543) branches, ``legacy`` holds the request's identifying fields instead.
+    """
+
+    branch: str
+    """Top Via branch (case-insensitive per §20.42: stored lowercased)."""
+    sent_by: str
+    """Top Via sent-by as ``host:port`` (empty for client keys: responses carry our own Via)."""
+    method: str
+    """The method that created the transaction (INVITE for ACK)."""
+    legacy: tuple[str, ...] = ()
+    """RFC 2543 matching fields (Request-URI, tags, Call-ID, CSeq number, Via), if no cookie."""
+
+    @classmethod
+    def for_server(cls, request: Request) -> TransactionKey:
+        """The server-side key of a received request (§17.2.3)."""
+        via = request.top_via  # raises ParseError when there is none
+        method = "INVITE" if request.method == "ACK" else request.method
+        branch = via.branch or ""
+        sent_by = f"{via.host.lower()}:{via.port or ''}"
+        if branch.startswith(MAGIC_COOKIE):
+            return cls(branch.lower(), sent_by, method)
+        # §17.2.3 RFC 2543 fallback; the ACK's To tag is the one our response added, so it is
+        # left out of the key (the INVITE had none).
+        legacy = (
+            str(request.uri),
+            request.from_.tag or "",
+            request.call_id or "",
+            str(request.cseq.seq),
+            sent_by,
+            branch,
+        )
+        return cls(branch.lower(), sent_by, method, legacy)
+
+    @classmethod
+    def for_client_response(cls, response: Response) -> TransactionKey | None:
+        """The client-side key a response matches (§17.1.3): top Via branch + CSeq method."""
+        branch = response.via[0].branch if response.via else None
+        if not branch:
+            return None
+        return cls(branch.lower(), "", response.cseq.method)
+
+    @classmethod
+    def for_client_request(cls, request: Request) -> TransactionKey:
+        """The client-side key of a request we send (its top Via must carry a branch)."""
+        via = request.via[0] if request.via else None
+        if via is None or not via.branch:
+            raise LocalProtocolError("a request must have a top Via with a branch to be sent", 500)
+        method = request.method
+        return cls(via.branch.lower(), "", method)
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: lazy re-exports, so that importing either module first works without a cycle.
+    if name == "TransactionLayer":
+        from sip.transaction_layer import TransactionLayer
+
+        return TransactionLayer
+    if name == "ClientTransaction":
+        from sip.transaction_client import ClientTransaction
+
+        return ClientTransaction
+    if name == "ServerTransaction":
+        from sip.transaction_server import ServerTransaction
+
+        return ServerTransaction
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
