@@ -1,0 +1,536 @@
+"""asyncio adapters around ``TurnCore``: UDP/TCP listeners, relay sockets, one timer.
+
+Protocols are plain ``asyncio.DatagramProtocol`` / ``asyncio.Protocol`` (no streams) so
+the relay path is one dict lookup and one ``sendto`` per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from .allocation import (
+    Action,
+    Address,
+    Allocation,
+    AttachData,
+    CloseClient,
+    CloseConnection,
+    CloseRelay,
+    ConnectPeer,
+    FiveTuple,
+    OpenRelay,
+    SendToClient,
+    SendToPeer,
+    Transport,
+    TurnStats,
+)
+from .config import TurnConfig
+from .core import TurnCore
+from .errors import DecodeError
+from .framing import StreamFramer
+
+logger = logging.getLogger(__name__)
+
+UDP_BUFFER = 1 << 20
+_BIND_RETRIES = 50
+
+
+class TurnServer:
+    """A TURN server on the running event loop: ``await start()``, ``stats()``, ``await stop()``."""
+
+    def __init__(self, config: TurnConfig, core: TurnCore | None = None) -> None:
+        self.config = config
+        self.core = core or TurnCore(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: dict[Address, asyncio.DatagramTransport] = {}
+        self._tcp_servers: list[asyncio.AbstractServer] = []
+        self._clients: dict[FiveTuple, _TcpClient] = {}
+        self._relay_udp: dict[int, asyncio.DatagramTransport] = {}
+        self._relay_tcp: dict[int, asyncio.AbstractServer] = {}
+        self._opening: set[int] = set()
+        self._peers: dict[int, _PeerConnection] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self.addresses: list[tuple[str, str, int]] = []
+        """(transport, host, port) of each listener, once started."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        host = self.config.listen
+        low, high = self.config.ports
+        if low == 0:
+            await self._listen_any_port(host)
+        else:
+            for port in range(low, high + 1):
+                await self._listen(host, port)
+        for transport, h, p in self.addresses:
+            logger.info("TURN listening on %s %s:%d", transport, h, p)
+        logger.info(
+            "TURN relays on %s ports %d-%d, realm %s",
+            self.core.relay_host, *self.config.relay_ports, self.config.realm,
+        )
+
+    async def _listen_any_port(self, host: str) -> None:
+        # UDP and TCP on the same (free) port number, as clients expect one port for both.
+        last: OSError | None = None
+        for _ in range(_BIND_RETRIES):
+            probe = socket.socket(_family(host), socket.SOCK_DGRAM)
+            try:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+            finally:
+                probe.close()
+            try:
+                await self._listen(host, port)
+                return
+            except OSError as exc:
+                last = exc
+                await self._close_listeners()
+        raise OSError(f"no free port on {host}: {last}")
+
+    async def _listen(self, host: str, port: int) -> None:
+        loop = self._require_loop()
+        if self.config.udp:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpListener(self, (host, port)), local_addr=(host, port)
+            )
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                _grow_buffers(sock)
+            self._udp[(host, port)] = transport
+            self.addresses.append(("udp", host, port))
+        if self.config.tcp:
+            server = await loop.create_server(
+                lambda: _TcpClient(self), host=host, port=port, reuse_address=True
+            )
+            self._tcp_servers.append(server)
+            self.addresses.append(("tcp", host, port))
+
+    async def _close_listeners(self) -> None:
+        for transport in self._udp.values():
+            transport.close()
+        self._udp.clear()
+        for server in self._tcp_servers:
+            server.close()
+            await server.wait_closed()
+        self._tcp_servers.clear()
+        self.addresses.clear()
+
+    async def stop(self) -> None:
+        """Close listeners, delete every allocation, close client connections."""
+        if self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for server in self._tcp_servers:
+            server.close()
+        self._run(self.core.close_all())
+        for client in list(self._clients.values()):
+            client.transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in self._udp.values():
+            transport.close()
+        for server in self._tcp_servers:
+            await server.wait_closed()
+        self._udp.clear()
+        self._tcp_servers.clear()
+        await asyncio.sleep(0)  # let transports run their connection_lost callbacks
+        logger.info("TURN stopped: %s", format_stats(self.stats()))
+
+    def stats(self) -> TurnStats:
+        loop = self._loop or asyncio.get_event_loop()
+        return self.core.stats(loop.time())
+
+    async def __aenter__(self) -> TurnServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- core driving -----------------------------------------------------------------------
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "TurnServer.start() first"
+        return self._loop
+
+    def control(self, data: bytes, ft: FiveTuple) -> None:
+        """A STUN message from a client."""
+        self._run(self.core.handle_stun(data, ft, self._require_loop().time()))
+
+    def _run(self, actions: list[Action]) -> None:
+        loop = self._require_loop()
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
+            if isinstance(action, SendToClient):
+                self.send_to_client(action.five_tuple, action.data)
+            elif isinstance(action, SendToPeer):
+                relay = self._relay_udp.get(action.allocation.id)
+                if relay is not None:
+                    relay.sendto(action.data, action.peer)
+            elif isinstance(action, OpenRelay):
+                pending.extend(self._open_relay(action.allocation))
+            elif isinstance(action, CloseRelay):
+                self._close_relay(action.allocation)
+            elif isinstance(action, ConnectPeer):
+                self._spawn(self._connect_peer(action))
+            elif isinstance(action, AttachData):
+                self._attach(action)
+            elif isinstance(action, CloseConnection):
+                peer = self._peers.pop(action.connection_id, None)
+                if peer is not None:
+                    peer.close()
+            elif isinstance(action, CloseClient):
+                client = self._clients.get(action.five_tuple)
+                if client is not None:
+                    client.transport.close()
+        self._rearm(loop)
+
+    def _rearm(self, loop: asyncio.AbstractEventLoop) -> None:
+        when = self.core.get_timer()
+        if when is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        loop = self._require_loop()
+        self._run(self.core.handle_timer(loop.time()))
+
+    def send_to_client(self, ft: FiveTuple, data: bytes) -> None:
+        if ft.transport is Transport.UDP:
+            listener = self._udp.get(ft.server)
+            if listener is not None:
+                listener.sendto(data, ft.client)
+        else:
+            client = self._clients.get(ft)
+            if client is not None:
+                client.transport.write(data)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- relays -----------------------------------------------------------------------------
+
+    def _open_relay(self, alloc: Allocation) -> list[Action]:
+        """Bind now (so a taken port is known at once); wire up asyncio in a task."""
+        host = self.config.relay_bind_address
+        kind = socket.SOCK_STREAM if alloc.transport is Transport.TCP else socket.SOCK_DGRAM
+        sock = socket.socket(_family(host), kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, alloc.relay_port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(64)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            logger.debug("relay port %d unavailable: %s", alloc.relay_port, exc)
+            return self.core.relay_failed(alloc, self._require_loop().time())
+        self._opening.add(alloc.id)
+        self._spawn(self._wire_relay(alloc, sock))
+        return []
+
+    async def _wire_relay(self, alloc: Allocation, sock: socket.socket) -> None:
+        loop = self._require_loop()
+        try:
+            if alloc.transport is Transport.TCP:
+                server = await loop.create_server(lambda: _PeerConnection(self, alloc, None), sock=sock)
+                self._relay_tcp[alloc.id] = server
+            else:
+                _grow_buffers(sock)
+                send = self._client_sender(alloc.five_tuple)
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpRelay(self.core, alloc, send, loop), sock=sock
+                )
+                self._relay_udp[alloc.id] = transport
+        except BaseException:
+            sock.close()
+            self._opening.discard(alloc.id)
+            raise
+        if alloc.id not in self._opening:  # deleted while wiring
+            self._close_relay(alloc)
+            return
+        self._opening.discard(alloc.id)
+        self._run(self.core.relay_opened(alloc, loop.time()))
+
+    def _client_sender(self, ft: FiveTuple) -> Callable[[bytes], None]:
+        if ft.transport is Transport.UDP:
+            listener = self._udp[ft.server]
+            client = ft.client
+            return lambda data: listener.sendto(data, client)
+        return lambda data: self.send_to_client(ft, data)
+
+    def _close_relay(self, alloc: Allocation) -> None:
+        self._opening.discard(alloc.id)
+        udp = self._relay_udp.pop(alloc.id, None)
+        if udp is not None:
+            udp.close()
+        tcp = self._relay_tcp.pop(alloc.id, None)
+        if tcp is not None:
+            tcp.close()
+
+    # -- RFC 6062 ---------------------------------------------------------------------------
+
+    async def _connect_peer(self, action: ConnectPeer) -> None:
+        loop = self._require_loop()
+        peer = _PeerConnection(self, action.allocation, action.connection_id)
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: peer, action.peer[0], action.peer[1]),
+                self.config.connect_timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            logger.info("allocation #%d: connect to %s failed: %s", action.allocation.id, action.peer, exc)
+            self._run(self.core.peer_connect_failed(action.connection_id, loop.time()))
+            return
+        self._peers[action.connection_id] = peer
+        self._run(self.core.peer_connected(action.connection_id, loop.time()))
+
+    def _attach(self, action: AttachData) -> None:
+        client = self._clients.get(action.five_tuple)
+        peer = self._peers.get(action.connection_id)
+        if client is None or peer is None:
+            self._run(self.core.peer_connection_lost(action.connection_id))
+            return
+        client.pipe_to(peer)
+        peer.pipe_to(client)
+
+    def register_peer(self, connection_id: int, peer: _PeerConnection) -> None:
+        self._peers[connection_id] = peer
+
+    def peer_lost(self, connection_id: int) -> None:
+        self._peers.pop(connection_id, None)
+        self._run(self.core.peer_connection_lost(connection_id))
+
+
+class _UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, server: TurnServer, local: Address) -> None:
+        self.server = server
+        self.core = server.core
+        self.local = local
+        self.relays = server._relay_udp
+        self.loop = asyncio.get_running_loop()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(addr) > 2:
+            addr = addr[:2]
+        ft = FiveTuple(Transport.UDP, addr, self.local)
+        first = data[0] if data else 0xFF
+        if 0x40 <= first < 0x50:
+            result = self.core.channel_data_from_client(ft, data, self.loop.time())
+            if result is not None:
+                relay = self.relays.get(result[0].id)
+                if relay is not None:
+                    relay.sendto(result[2], result[1])
+        elif first < 0x40:
+            try:
+                self.server.control(data, ft)
+            except Exception:  # a listener must survive anything a packet can trigger
+                logger.exception("error handling a datagram from %s", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("UDP listener error: %s", exc)
+
+
+class _UdpRelay(asyncio.DatagramProtocol):
+    __slots__ = ("core", "alloc", "send", "loop")
+
+    def __init__(
+        self, core: TurnCore, alloc: Allocation, send: Callable[[bytes], None], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.core = core
+        self.alloc = alloc
+        self.send = send
+        self.loop = loop
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        out = self.core.data_from_peer(self.alloc, addr[:2] if len(addr) > 2 else addr, data, self.loop.time())
+        if out is not None:
+            self.send(out)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors from peers (port unreachable) must not end the relay.
+        logger.debug("relay %d: %s", self.alloc.relay_port, exc)
+
+
+class _TcpClient(asyncio.Protocol):
+    """A client TCP connection: STUN/ChannelData control, or an RFC 6062 data pipe."""
+
+    def __init__(self, server: TurnServer) -> None:
+        self.server = server
+        self.core = server.core
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport
+        self.ft: FiveTuple | None = None
+        self.pipe: _PeerConnection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.ft = FiveTuple(Transport.TCP, tuple(peer[:2]), tuple(local[:2]))  # type: ignore[arg-type]
+        self.server._clients[self.ft] = self
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.write(data, to_peer=True)
+            return
+        assert self.ft is not None
+        try:
+            self.framer.feed(data)
+            while self.pipe is None:
+                frame = self.framer.next_frame()
+                if frame is None:
+                    break
+                if frame[0] >= 0x40:
+                    result = self.core.channel_data_from_client(self.ft, frame, self.server._loop.time())  # type: ignore[union-attr]
+                    if result is not None:
+                        relay = self.server._relay_udp.get(result[0].id)
+                        if relay is not None:
+                            relay.sendto(result[2], result[1])
+                else:
+                    self.server.control(frame, self.ft)
+            if self.pipe is not None:
+                rest = self.framer.take_remaining()
+                if rest:
+                    self.pipe.write(rest, to_peer=True)
+        except DecodeError as exc:
+            logger.info("closing TCP client %s: %s", self.ft.client, exc.message)
+            self.transport.close()
+        except Exception:
+            logger.exception("error on TCP client %s", self.ft.client)
+            self.transport.close()
+
+    def pipe_to(self, peer: _PeerConnection) -> None:
+        self.pipe = peer
+
+    def pause_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.pipe is not None and not self.pipe.transport.is_closing():
+            self.pipe.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ft is None:
+            return
+        self.server._clients.pop(self.ft, None)
+        if self.server._loop is not None and not self.server._loop.is_closed():
+            self.server._run(self.core.connection_lost(self.ft, self.server._loop.time()))
+
+
+class _PeerConnection(asyncio.Protocol):
+    """An RFC 6062 peer TCP connection (accepted at the relay or opened by Connect)."""
+
+    def __init__(self, server: TurnServer, alloc: Allocation, connection_id: int | None) -> None:
+        self.server = server
+        self.alloc = alloc
+        self.connection_id = connection_id
+        self.transport: asyncio.Transport
+        self.client: _TcpClient | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()  # nothing to do with peer bytes until ConnectionBind
+        if self.connection_id is None:  # accepted at the relay
+            peer = transport.get_extra_info("peername")[:2]
+            loop = self.server._require_loop()
+            cid, actions = self.server.core.peer_connection_incoming(self.alloc, tuple(peer), loop.time())  # type: ignore[arg-type]
+            if cid is None:
+                logger.info("allocation #%d: refused TCP peer %s (no permission)", self.alloc.id, peer)
+                transport.close()
+                self.closed = True
+                return
+            self.connection_id = cid
+            self.server.register_peer(cid, self)
+            self.server._run(actions)
+
+    def pipe_to(self, client: _TcpClient) -> None:
+        self.client = client
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def write(self, data: bytes, *, to_peer: bool) -> None:
+        counters = self.server.core.counters
+        if to_peer:
+            counters.bytes_to_peer += len(data)
+            counters.packets_to_peer += 1
+            self.transport.write(data)
+        elif self.client is not None:
+            counters.bytes_to_client += len(data)
+            counters.packets_to_client += 1
+            self.client.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.write(data, to_peer=False)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None and not self.client.transport.is_closing():
+            self.client.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        self.transport.close()
+        if self.client is not None:
+            self.client.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self.client.transport.close()
+        if self.connection_id is not None and self.server._loop is not None and not self.server._loop.is_closed():
+            self.server.peer_lost(self.connection_id)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER)
+        except OSError:
+            pass
+
+
+def format_stats(stats: TurnStats) -> str:
+    return (
+        f"clients={stats.clients} allocations={stats.allocations} (tcp {stats.tcp_allocations}) "
+        f"permissions={stats.permissions} channels={stats.channels} "
+        f"tcp_connections={stats.tcp_connections} "
+        f"to_peer={stats.packets_to_peer} pkts/{stats.bytes_to_peer} B "
+        f"to_client={stats.packets_to_client} pkts/{stats.bytes_to_client} B "
+        f"auth_failures={stats.auth_failures} peers_denied={stats.peers_denied}"
+    )
