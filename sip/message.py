@@ -191,13 +191,6 @@ def _check_value(name: str, value: object) -> str:
 # -- structured accessors, shared by requests and responses -------------------------
 
 
-def _required(headers: Headers, name: str) -> str:
-    value = headers.get(name)
-    if value is None:
-        raise ParseError(f"missing {name} header")
-    return value
-
-
 def _parse_via(h: Headers) -> list[Via]:
     vias: list[Via] = []
     for value in h.get_all("via"):
@@ -251,6 +244,14 @@ def _parse_single(name: str, parse_value: Callable[[str], T]) -> Callable[[Heade
     return parse
 
 
+def _call_id(text: str) -> str:
+    # callid = word [ "@" word ]
+    if not re.fullmatch(rf"{grammar.WORD}(?:@{grammar.WORD})?", text):
+        raise ParseError(f"malformed Call-ID {text[:60]!r}")
+    return text
+
+
+_parse_call_id = _parse_single("Call-ID", _call_id)
 _parse_from = _parse_single("From", Address.parse)
 _parse_to = _parse_single("To", Address.parse)
 _parse_cseq = _parse_single("CSeq", CSeq.parse)
@@ -281,7 +282,7 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        return _required(self.headers, "Call-ID")
+        return self.headers.parsed("call-id", _parse_call_id)
 
     @property
     def cseq(self) -> CSeq:
@@ -499,6 +500,7 @@ def _validate(message: Request | Response) -> None:
     message.from_  # noqa: B018
     message.to  # noqa: B018
     message.max_forwards  # noqa: B018
+    message.contact  # noqa: B018
 
 
 # -- building -----------------------------------------------------------------------

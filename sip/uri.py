@@ -183,7 +183,7 @@ class URI:
             return cls(scheme=m2["scheme"].lower(), opaque=m2["rest"])
         user = m["user"]
         password = m["password"]
-        params = Params(tuple((n, v) for n, v in _URI_PARAM.findall(m["params"]))) if m["params"] else Params()
+        params = Params(tuple((p[1], p[2]) for p in _URI_PARAM.finditer(m["params"]))) if m["params"] else Params()
         headers: tuple[tuple[str, str], ...] = ()
         if m["headers"]:
             headers = tuple(
