@@ -455,6 +455,8 @@ def _media(m_value: str, body: list[tuple[str, str]]) -> Media:
             raise SdpError(f"unexpected {kind}= line in m={m.group(1)} section")
         if new_rank < rank:
             raise SdpError(f"{kind}= line out of order in m={m.group(1)} section")
+        if (kind == "i" and info is not None) or (kind == "k" and key is not None):
+            raise SdpError(f"more than one {kind}= line in m={m.group(1)} section")
         rank = new_rank
         if kind == "i":
             info = value
