@@ -68,6 +68,9 @@ class TurnConfig:
     """Allocations one username may hold (486 beyond)."""
     total_quota: int = 6000
     """Allocations the server holds in all (486 beyond)."""
+    legacy_channels: bool = True
+    """Also accept channel numbers 0x5000-0x7FFF (RFC 5766; coturn's client uses them).
+    False keeps to RFC 8656's 0x4000-0x4FFF."""
     connect_timeout: float = 30.0
     """RFC 6062: seconds for an outgoing peer connect and for a ConnectionBind to arrive."""
     software: str = "gateway-emulator TURN"

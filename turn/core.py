@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 CHANNEL_MIN = 0x4000
 CHANNEL_MAX = 0x4FFF
+LEGACY_CHANNEL_MAX = 0x7FFF  # RFC 5766's range, still used by coturn's turnutils_uclient
 RESERVATION_LIFETIME = 30.0
 MAX_BIND_ATTEMPTS = 10
 _CHANNEL_HEADER = struct.Struct("!HH")
@@ -98,6 +99,7 @@ class TurnCore:
         self._timer_seq = 0
         self._next_id = 1
         self.counters = Counters()
+        self._channel_max = LEGACY_CHANNEL_MAX if config.legacy_channels else CHANNEL_MAX
         software = config.software
         self._software: tuple[tuple[int, bytes], ...] = (
             ((int(Attr.SOFTWARE), software.encode()),) if software else ()
@@ -541,7 +543,7 @@ class TurnCore:
         if raw_number is None or len(raw_number) != 4 or raw_peer is None:
             raise _Refusal("CHANNEL-NUMBER and XOR-PEER-ADDRESS are required", 400, key)
         number = struct.unpack("!H", raw_number[:2])[0]
-        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= number <= self._channel_max:
             raise _Refusal(f"channel number 0x{number:04x} out of range", 400, key)
         peer = self._peer(msg, raw_peer, alloc, key)
         channel = alloc.channels.get(number)

@@ -41,7 +41,7 @@ class StreamFramer:
                 raise DecodeError("STUN message length not a multiple of 4")
             end = pos + total
             frame_end = end
-        elif first < 0x50:
+        elif first < 0x80:  # channels 0x4000-0x7FFF (RFC 5766 range included)
             frame_end = pos + 4 + length
             end = frame_end + (-length % 4)
         else:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .allocation import (
     Action,
@@ -337,7 +337,7 @@ class _UdpListener(asyncio.DatagramProtocol):
             addr = addr[:2]
         ft = FiveTuple(Transport.UDP, addr, self.local)
         first = data[0] if data else 0xFF
-        if 0x40 <= first < 0x50:
+        if 0x40 <= first < 0x80:
             result = self.core.channel_data_from_client(ft, data, self.loop.time())
             if result is not None:
                 relay = self.relays.get(result[0].id)
@@ -386,8 +386,8 @@ class _TcpClient(asyncio.Protocol):
         self.pipe: _PeerConnection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.ft = FiveTuple(Transport.TCP, tuple(peer[:2]), tuple(local[:2]))  # type: ignore[arg-type]
@@ -457,8 +457,8 @@ class _PeerConnection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
         transport.pause_reading()  # nothing to do with peer bytes until ConnectionBind
         if self.connection_id is None:  # accepted at the relay
             peer = transport.get_extra_info("peername")[:2]
