@@ -1,0 +1,301 @@
+"""One SIP stream connection (TCP or TLS) as an asyncio protocol.
+
+Byte-level duties live here: Content-Length framing across partial reads
+(:class:`sip.framing.StreamFramer`), RFC 5626 CRLF keep-alive (answer a ping, optionally
+send pings and expect pongs), idle close, and the server side of the TLS handshake
+(done with ``loop.start_tls`` so that a failure reaches us with its reason instead of
+vanishing inside the event loop). Message parsing and dispatch belong to the owner
+(:class:`sip.transport.TransportManager`) through the :class:`StreamOwner` interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Coroutine
+from typing import Any, Protocol, cast
+
+from sip.errors import ParseError
+from sip.framing import KeepAlive, StreamFramer
+from sip.tls import describe_tls_error, peer_names
+
+__all__ = ["PING", "PONG", "StreamConnection", "StreamOwner"]
+
+logger = logging.getLogger(__name__)
+
+PING = b"\r\n\r\n"
+"""RFC 5626 §3.5.1 keep-alive ping on a stream: a double CRLF."""
+PONG = b"\r\n"
+"""RFC 5626 §3.5.1 keep-alive pong: a single CRLF."""
+
+
+class StreamOwner(Protocol):
+    """What a :class:`StreamConnection` reports to (the transport manager)."""
+
+    def stream_ready(self, stream: StreamConnection) -> None:
+        """The connection is usable (after the TLS handshake, if any)."""
+
+    def stream_frame(self, stream: StreamConnection, data: bytes) -> None:
+        """One complete SIP message (headers + body) was framed."""
+
+    def stream_unframeable(self, stream: StreamConnection, error: ParseError, data: bytes) -> None:
+        """The stream cannot be framed any more; ``data`` is what was left unframed.
+
+        The connection closes right after this returns (so a reply written here still goes).
+        """
+
+    def stream_closed(self, stream: StreamConnection, exc: BaseException | None) -> None:
+        """The connection is gone (called once, also after a failed handshake)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background coroutine owned by the manager (cancelled on close)."""
+
+
+class StreamConnection(asyncio.Protocol):
+    """A TCP or TLS connection carrying SIP; created by the owner for each socket."""
+
+    def __init__(
+        self,
+        owner: StreamOwner,
+        *,
+        connection_id: int,
+        outbound: bool,
+        max_message_size: int,
+        idle_timeout: float | None,
+        keepalive_interval: float | None = None,
+        keepalive_timeout: float = 10.0,
+        tls_server: ssl.SSLContext | None = None,
+        tls_handshake_timeout: float = 10.0,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.owner = owner
+        self.id = connection_id
+        self.outbound = outbound
+        self.server_hostname = server_hostname
+        """Name the server certificate was checked against (outbound TLS)."""
+        self.transport: asyncio.Transport | None = None
+        self.peername: tuple[str, int] | None = None
+        self.sockname: tuple[str, int] | None = None
+        self.peer_names: tuple[str, ...] = ()
+        """Peer certificate subject CN + SAN DNS names (empty without a verified cert)."""
+        self.tls = tls_server is not None
+        self.ready = False
+        self.closed = False
+        self.closed_future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._framer = StreamFramer(max_size=max_message_size)
+        self._unframed = bytearray()
+        self._max_size = max_message_size
+        self._pending: list[bytes] = []
+        self._tls_server = tls_server
+        self._tls_handshake_timeout = tls_handshake_timeout
+        self._idle_timeout = idle_timeout
+        self._keepalive_interval = keepalive_interval if outbound else None
+        self._keepalive_timeout = keepalive_timeout
+        self._last_activity = self._loop.time()
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._pong_handle: asyncio.TimerHandle | None = None
+        self.pongs_received = 0
+        self.pings_answered = 0
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's classes: cast, do not isinstance.
+        transport = cast(asyncio.Transport, base)
+        self.transport = transport
+        self.peername = _address(transport.get_extra_info("peername"))
+        self.sockname = _address(transport.get_extra_info("sockname"))
+        if self._tls_server is not None:
+            # Nothing may be read in clear text: the client hello belongs to start_tls.
+            transport.pause_reading()
+            self.owner.spawn(self._server_handshake(transport, self._tls_server))
+            return
+        if transport.get_extra_info("sslcontext") is not None:
+            self.tls = True
+            self.peer_names = peer_names(transport.get_extra_info("peercert"))
+        self._become_ready()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.ready:
+            # TLS can deliver application data before start_tls() has returned to us.
+            self._pending.append(data)
+            return
+        self._consume(data)
+
+    def eof_received(self) -> bool | None:
+        logger.debug("connection %d: peer %s closed its side", self.id, self.peername)
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ready = False
+        for handle in (self._idle_handle, self._ping_handle, self._pong_handle):
+            if handle is not None:
+                handle.cancel()
+        if not self.closed_future.done():
+            self.closed_future.set_result(None)
+        self.owner.stream_closed(self, exc)
+
+    # -- use by the owner ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes on the connection."""
+        if self.transport is None or self.closed or self.transport.is_closing():
+            raise ConnectionError(f"connection {self.id} to {self.peername} is closed")
+        self.transport.write(data)
+
+    def close(self) -> None:
+        """Close gracefully (pending writes are flushed)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- internals -------------------------------------------------------------------
+
+    async def _server_handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        try:
+            tls_transport = await self._loop.start_tls(
+                raw,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self._tls_handshake_timeout,
+            )
+        except OSError as error:  # ssl.SSLError, TimeoutError, ConnectionError included
+            logger.warning(
+                "TLS handshake with %s failed: %s",
+                _format(self.peername),
+                describe_tls_error(error),
+            )
+            raw.abort()
+            self.connection_lost(None)
+            return
+        if tls_transport is None or self.closed:
+            self.connection_lost(None)
+            return
+        self.transport = tls_transport
+        self.peer_names = peer_names(tls_transport.get_extra_info("peercert"))
+        self._become_ready()
+
+    def _become_ready(self) -> None:
+        self.ready = True
+        self._last_activity = self._loop.time()
+        self.owner.stream_ready(self)
+        self._arm_idle()
+        if self._keepalive_interval is not None:
+            self._ping_handle = self._loop.call_later(self._keepalive_interval, self._send_ping)
+        pending, self._pending = self._pending, []
+        for data in pending:
+            if self.closed:
+                break
+            self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        self._last_activity = self._loop.time()
+        self._framer.feed(data)
+        self._unframed += data
+        while not self.closed:
+            try:
+                item = self._framer.next_message()
+            except ParseError as error:
+                leftover = bytes(self._unframed.lstrip(b"\r\n"))
+                self._unframed.clear()
+                try:
+                    self.owner.stream_unframeable(self, error, leftover)
+                finally:
+                    self.close()
+                return
+            if item is None:
+                return
+            if isinstance(item, KeepAlive):
+                self._on_keepalive(item)
+                continue
+            self._forget_framed(item)
+            self.owner.stream_frame(self, item)
+
+    def _forget_framed(self, frame: bytes) -> None:
+        # Keep only the unframed tail, so a later framing error can be answered from
+        # the headers of the message that broke the stream.
+        index = self._unframed.find(frame)
+        if index >= 0:
+            del self._unframed[: index + len(frame)]
+        elif len(self._unframed) > 2 * self._max_size:
+            del self._unframed[: -self._max_size]
+
+    def _on_keepalive(self, item: KeepAlive) -> None:
+        # The framer consumed the CRLFs of the keep-alive: drop them from our copy too.
+        del self._unframed[: len(self._unframed) - len(self._unframed.lstrip(b"\r\n"))]
+        if item is KeepAlive.PING:
+            self.pings_answered += 1
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(PONG)
+        else:
+            self.pongs_received += 1
+            if self._pong_handle is not None:
+                self._pong_handle.cancel()
+                self._pong_handle = None
+
+    def _arm_idle(self) -> None:
+        if self._idle_timeout is None or self.closed:
+            return
+        # One timer per connection, re-armed lazily at expiry rather than on every read.
+        deadline = self._last_activity + self._idle_timeout
+        self._idle_handle = self._loop.call_at(deadline, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        self._idle_handle = None
+        assert self._idle_timeout is not None
+        if self._loop.time() >= self._last_activity + self._idle_timeout:
+            logger.info(
+                "connection %d to %s idle for %.1f s: closing",
+                self.id,
+                _format(self.peername),
+                self._idle_timeout,
+            )
+            self.close()
+        else:
+            self._arm_idle()
+
+    def _send_ping(self) -> None:
+        self._ping_handle = None
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(PING)
+        if self._pong_handle is None:
+            self._pong_handle = self._loop.call_later(self._keepalive_timeout, self._pong_missed)
+        assert self._keepalive_interval is not None
+        self._ping_handle = self._loop.call_later(self._keepalive_interval, self._send_ping)
+
+    def _pong_missed(self) -> None:
+        self._pong_handle = None
+        logger.warning(
+            "connection %d to %s: no keep-alive pong within %.1f s: closing",
+            self.id,
+            _format(self.peername),
+            self._keepalive_timeout,
+        )
+        self.abort()
+
+
+def _address(value: object) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+def _format(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "?"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
