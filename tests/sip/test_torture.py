@@ -94,12 +94,8 @@ def test_valid_messages_parse(section: str) -> None:
     assert message.via and message.call_id and message.cseq.seq >= 0
     message.contact  # noqa: B018
     message.route  # noqa: B018
-    # Serialising keeps the meaning: the re-parsed message is the same message (encode()
-    # adds a Content-Length where RFC 2543 syntax left it out).
-    again = parse_message(message.encode())
-    if "Content-Length" not in message.headers:
-        message.headers.add("Content-Length", str(len(message.body)))
-    assert again == message
+    # Serialising keeps the meaning: the re-parsed message is the same message.
+    assert parse_message(message.encode()) == message
 
 
 @pytest.mark.parametrize("section", sorted(INVALID))
