@@ -238,9 +238,9 @@ class Media:
                 channels = int(m.group(4)) if m.group(4) else None
                 maps[int(m.group(1))] = (m.group(2), int(m.group(3)), channels)
             elif name == "fmtp":
-                pt, _, params = (attr.value or "").partition(" ")
-                if pt.isdigit():
-                    fmtps[int(pt)] = params.strip()
+                pt_text, _, params = (attr.value or "").partition(" ")
+                if pt_text.isdigit():
+                    fmtps[int(pt_text)] = params.strip()
         out = []
         for fmt in self.formats:
             if not fmt.isdigit():

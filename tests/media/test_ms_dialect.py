@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from media.ms_dialect import (
     Candidate,
@@ -144,7 +146,7 @@ def test_ssrc_range() -> None:
 
 
 def _media(proto: str, *attrs: str) -> Media:
-    text = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 1 %s 0\r\n" % proto
+    text = f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 1 {proto} 0\r\n"
     return parse_sdp(text + "".join(f"a={a}\r\n" for a in attrs)).media[0]
 
 
@@ -171,7 +173,8 @@ TABLE = {
 }
 
 
-@pytest.mark.parametrize("case", list(TABLE.items()), ids=lambda c: f"{c[0][0].value}-{c[0][1].value}")
+@pytest.mark.parametrize("case", list(TABLE.items()),
+                         ids=lambda c: f"{c[0][0].value}-{c[0][1].value}")
 def test_encryption_negotiation_table(case) -> None:
     (offered, policy), expected = case
     if expected is None:
@@ -208,3 +211,17 @@ def test_pick_falls_back_to_draft6_part_when_alone(lync_v6: bytes) -> None:
     chosen, version = pick_sdp_body(content_type, only_fallback)
     assert version is IceVersion.DRAFT6
     assert parse_sdp(chosen) == parse_sdp(lync_v6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["candidate", "x-candidate-ipv6", "crypto", "x-ssrc-range", "rtcp",
+                     "encryption", "ice-ufrag", "label"]),
+    st.text(alphabet="0123456789 .:|^-/+=abcTCPUDtyphostrelay", max_size=60)), max_size=6))
+def test_fuzz_microsoft_attributes_only_raise_sdp_error(attrs) -> None:
+    text = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 1 RTP/SAVP 0\r\n"
+    text += "".join(f"a={name}:{value.strip()}\r\n" for name, value in attrs)
+    try:
+        read_microsoft(parse_sdp(text))
+    except SdpError:
+        pass
