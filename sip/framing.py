@@ -21,15 +21,21 @@ class KeepAlive(enum.Enum):
 
 
 # Content-Length or its compact form "l", at the start of a header line.
-_CONTENT_LENGTH = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+# The value may be folded onto continuation lines.
+_CONTENT_LENGTH = re.compile(
+    rb"\n(?:content-length|l)[ \t]*:((?:[^\r\n]|\r?\n[ \t])*)", re.IGNORECASE
+)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 class StreamFramer:
     """Cuts a byte stream into whole messages by Content-Length, across partial reads."""
 
-    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE, *, awaiting_pong: bool = False) -> None:
         self.max_size = max_size
+        self.awaiting_pong = awaiting_pong
+        """Set by the owner after sending a ping: a lone CRLF is then the pong. Otherwise a
+        lone CRLF may be the first half of a ping split across reads, so it waits."""
         self._buffer = bytearray()
         self._error: ParseError | None = None
 
@@ -62,8 +68,11 @@ class StreamFramer:
             if buf[:4] == b"\r\n\r\n":
                 del buf[:4]
                 return KeepAlive.PING
-            if buf[:2] == b"\r\n" and (len(buf) == 2 or buf[2:3] != b"\r"):
+            if buf[:2] == b"\r\n" and (
+                (len(buf) == 2 and self.awaiting_pong) or (len(buf) > 2 and buf[2:3] != b"\r")
+            ):
                 del buf[:2]
+                self.awaiting_pong = False
                 return KeepAlive.PONG
             if buf[:1] == b"\n":  # a bare LF between messages: skip it
                 del buf[:1]
@@ -78,7 +87,7 @@ class StreamFramer:
         lengths = _CONTENT_LENGTH.findall(buf, 0, m.start() + 1)
         if not lengths:
             raise ParseError("missing Content-Length on a stream transport")
-        values = {v.strip() for v in lengths}
+        values = {re.sub(rb"\s+", b"", v) for v in lengths}
         if len(values) != 1:
             raise ParseError("conflicting Content-Length headers")
         text = values.pop()
