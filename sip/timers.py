@@ -16,7 +16,8 @@ class Timer(enum.Enum):
     """The transaction timers of RFC 3261 §17 (and RFC 6026's L and M)."""
 
     A = "A"  # INVITE client: request retransmit (unreliable only)
-    B = "B"  # INVITE client: transaction timeout
+    B = "B"  # INVITE client: transaction timeout (also the guard after Timer C's CANCEL)
+    C = "C"  # INVITE client in Proceeding: no final response (§16.6's Timer C, used by a UA)
     D = "D"  # INVITE client: wait for response retransmits in Completed
     E = "E"  # non-INVITE client: request retransmit (unreliable only)
     F = "F"  # non-INVITE client: transaction timeout
@@ -45,9 +46,13 @@ class TimerSettings:
     """Timer D on unreliable transports ("> 32 s"): absorbs retransmitted final responses."""
     trying_delay: float = 0.2
     """§17.2.1: a 100 Trying is sent if the TU has not answered an INVITE within this."""
+    timer_c: float = 180.0
+    """INVITE client, Proceeding: with no final response this long after the last
+    provisional, the layer CANCELs and arms Timer B (§16.6 Timer C, > 3 min; CUCM's
+    "Timer Invite Expires" is 180 s). Without it a lost final response would leak."""
 
     def __post_init__(self) -> None:
-        for name in ("t1", "t2", "t4", "timer_d", "trying_delay"):
+        for name in ("t1", "t2", "t4", "timer_d", "trying_delay", "timer_c"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"TimerSettings.{name} must be a non-negative number: {value!r}")

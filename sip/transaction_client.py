@@ -46,6 +46,7 @@ class ClientInput(enum.Enum):
     FAILURE = "300-699"
     TIMER_A = "Timer A"
     TIMER_B = "Timer B"
+    TIMER_C = "Timer C"
     TIMER_D = "Timer D"
     TIMER_E = "Timer E"
     TIMER_F = "Timer F"
@@ -71,6 +72,8 @@ INVITE_CLIENT_TABLE: Mapping[ClientState, Mapping[ClientInput, ClientState]] = {
         _I.PROVISIONAL: _C.PROCEEDING,
         _I.SUCCESS: _C.ACCEPTED,
         _I.FAILURE: _C.COMPLETED,
+        _I.TIMER_C: _C.PROCEEDING,  # the layer CANCELs and arms Timer B
+        _I.TIMER_B: _C.TERMINATED,
         _I.TRANSPORT_ERROR: _C.TERMINATED,
     },
     _C.COMPLETED: {
@@ -115,6 +118,7 @@ NON_INVITE_CLIENT_TABLE: Mapping[ClientState, Mapping[ClientInput, ClientState]]
 _TIMER_INPUTS = {
     Timer.A: _I.TIMER_A,
     Timer.B: _I.TIMER_B,
+    Timer.C: _I.TIMER_C,
     Timer.D: _I.TIMER_D,
     Timer.E: _I.TIMER_E,
     Timer.F: _I.TIMER_F,
@@ -253,13 +257,16 @@ class ClientTransaction:
         self, previous: ClientState, event: ClientInput, response: Response, now: float
     ) -> None:
         if event is _I.PROVISIONAL:
-            # No retransmissions in Proceeding (§17.1.1.2); Timer B only guards Calling.
+            # No retransmissions in Proceeding (§17.1.1.2); Timer B only guards Calling, and
+            # Timer C (re)starts with each provisional.
             self.timers.pop(Timer.A, None)
             self.timers.pop(Timer.B, None)
+            self.timers[Timer.C] = now + self._settings.timer_c
             self._to_tu(response)
         elif event is _I.SUCCESS:
             self.timers.pop(Timer.A, None)
             self.timers.pop(Timer.B, None)
+            self.timers.pop(Timer.C, None)
             if previous is not _C.ACCEPTED:
                 self.timers[Timer.M] = now + self._settings.timeout
             tag = response.to.tag or ""
@@ -279,6 +286,7 @@ class ClientTransaction:
         else:
             self.timers.pop(Timer.A, None)
             self.timers.pop(Timer.B, None)
+            self.timers.pop(Timer.C, None)
             self.ack = make_ack_for_failure(self.request, response)
             self._outbox.send(self.ack, self.destination)
             self._to_tu(response)
@@ -313,6 +321,8 @@ class ClientTransaction:
             else:
                 self._interval = self._settings.next_interval(self._interval)
             self.timers[Timer.E] = now + self._interval
+        elif timer is Timer.C:
+            self.timers[Timer.B] = now + self._settings.timeout
         elif timer in (Timer.B, Timer.F):
             self._outbox.event(TransactionTimeout(self))
             self._terminated()

@@ -194,8 +194,12 @@ class TransactionLayer:
             return None
         if transaction.state is not ClientState.PROCEEDING:
             return None
+        cancel = make_cancel(transaction.request)
+        existing = self._clients.get(TransactionKey.for_client_request(cancel))
+        if existing is not None:
+            return existing  # already cancelling
         return self.send_request(
-            make_cancel(transaction.request),
+            cancel,
             transaction.destination,
             now,
             reliable=transaction.reliable,
@@ -219,6 +223,9 @@ class TransactionLayer:
                 return
             _, tx, timer = due
             tx.fire(timer, now)
+            if timer is Timer.C and isinstance(tx, ClientTransaction):
+                logger.info("no final response to %r: cancelling", tx)
+                self.cancel(tx, now)
             self._reap(tx, now)
 
     # -- outputs ------------------------------------------------------------------------

@@ -62,9 +62,30 @@ def test_provisional_stops_retransmission_and_timer_b() -> None:
     tx = layer.send_request(invite, UDP, now=0.0)
     layer.receive(wire(make_response(invite, 180, to_tag="t1")), UDP, now=0.3)
     assert tx.state is ClientState.PROCEEDING
-    assert layer.get_timer() is None
+    assert tx.timers == {Timer.C: pytest.approx(180.3)}  # A and B are off
     (event,) = drain(layer)
     assert isinstance(event, ResponseReceived) and event.response.status == 180
+
+
+def test_timer_c_cancels_then_timer_b_gives_up() -> None:
+    layer = TransactionLayer(TimerSettings(timer_c=60.0))
+    invite = make_request("INVITE")
+    tx = layer.send_request(invite, UDP, now=0.0)
+    layer.receive(wire(make_response(invite, 180, to_tag="t1")), UDP, now=1.0)
+    layer.receive(wire(make_response(invite, 183, to_tag="t1")), UDP, now=10.0)  # restarts C
+    layer.messages_to_send()
+    drain(layer)
+    assert layer.get_timer() == pytest.approx(70.0)
+    layer.handle_timer(70.0)
+    ((cancel, destination),) = layer.messages_to_send()
+    assert isinstance(cancel, Request) and cancel.method == "CANCEL" and destination == UDP
+    assert cancel.top_via.branch == invite.top_via.branch
+    assert tx.state is ClientState.PROCEEDING
+    # Nobody answers at all: Timer B (64*T1 after C) ends the INVITE transaction.
+    layer.handle_timer(70.0 + 32.0)
+    timeouts = only(drain(layer), TransactionTimeout)
+    assert tx in [t.transaction for t in timeouts]
+    assert tx.state is ClientState.TERMINATED
 
 
 def test_failure_response_is_acked_inside_the_transaction() -> None:
