@@ -135,3 +135,33 @@ def test_random_traffic_never_raises_and_leaves_nothing_behind(
         assert outcome, client
         assert outcome.count("timeout") <= 1
         assert not ("timeout" in outcome and "final" in outcome)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    method=st.sampled_from(("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS")),
+    status=st.sampled_from((None, *STATUSES)),
+    branch=st.sampled_from(("z9hG4bKa", "z9hG4bKb", "legacy", "")),
+    to_tag=st.sampled_from(("", ";tag=x", ";tag=y")),
+    cseq=st.integers(1, 3),
+    times=st.lists(st.floats(0, 100), max_size=4),
+)
+def test_stray_messages_never_raise(
+    method: str, status: int | None, branch: str, to_tag: str, cseq: int, times: list[float]
+) -> None:
+    pair = LayerPair()
+    layer = pair.uas
+    request = make_request(method, branch=branch or None, cseq=cseq,
+                           to=f"<sip:bob@example.com>{to_tag}")
+    message: Request | Response = request
+    if status is not None:
+        message = make_response(request, status)
+    for now in sorted([0.0, *times]):
+        layer.receive(message, pair.uac_addr, now)
+        layer.handle_timer(now)
+        layer.messages_to_send()
+    while layer.next_event() is not None:
+        pass
+    layer.handle_timer(1000.0)
+    # Only server transactions waiting for their TU (no timer) may remain.
+    assert all(tx.timers == {} for tx in layer.transactions)
