@@ -103,4 +103,7 @@ def describe_tls_error(error: BaseException) -> str:
         return f"{reason}: {text}" if reason and reason not in text else text
     if isinstance(error, TimeoutError):
         return "handshake timed out"
+    if isinstance(error, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        # Typically the peer rejected our certificate or name and hung up.
+        return f"peer closed the connection during the handshake ({type(error).__name__})"
     return str(error) or type(error).__name__

@@ -272,6 +272,8 @@ class StreamConnection(asyncio.Protocol):
         if self.closed or self.transport is None or self.transport.is_closing():
             return
         self.transport.write(PING)
+        # A lone CRLF is only taken as a pong while one is awaited (else it may be half a ping).
+        self._framer.awaiting_pong = True
         if self._pong_handle is None:
             self._pong_handle = self._loop.call_later(self._keepalive_timeout, self._pong_missed)
         assert self._keepalive_interval is not None
