@@ -79,7 +79,6 @@ class StreamConnection(asyncio.Protocol):
         self.sockname: tuple[str, int] | None = None
         self.peer_names: tuple[str, ...] = ()
         """Peer certificate subject CN + SAN DNS names (empty without a verified cert)."""
-        self.tls = tls_server is not None
         self.ready = False
         self.closed = False
         self.closed_future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -113,9 +112,8 @@ class StreamConnection(asyncio.Protocol):
             transport.pause_reading()
             self.owner.spawn(self._server_handshake(transport, self._tls_server))
             return
-        if transport.get_extra_info("sslcontext") is not None:
-            self.tls = True
-            self.peer_names = peer_names(transport.get_extra_info("peercert"))
+        # Outbound TLS arrives here after the handshake, with the server's certificate.
+        self.peer_names = peer_names(transport.get_extra_info("peercert"))
         self._become_ready()
 
     def data_received(self, data: bytes) -> None:

@@ -638,3 +638,21 @@ def test_handler_exception_does_not_stop_listener(
     with caplog.at_level(logging.ERROR, logger="sip.transport"):
         run(main)
     assert any("message handler failed" in r.getMessage() for r in caplog.records)
+
+
+def test_ipv6_loopback_tcp_and_udp(run: Runner) -> None:
+    async def main() -> None:
+        async with manager() as server, manager(TransportSettings(outbound_ports=None)) as client:
+            for transport in (Transport.UDP, Transport.TCP):
+                listening = await server.listen(transport, "::1", 0)
+                assert listening.host == "::1"
+                sent = await client.send(
+                    sip_request(transport=transport.value, call_id=f"v6-{transport.value}"),
+                    listening,
+                )
+                received = await expect_request(server)
+                assert received.message.call_id == f"v6-{transport.value}"
+                assert received.source.host == "::1"
+                assert received.source.port == sent.local.port
+
+    run(main)
