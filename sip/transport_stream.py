@@ -123,7 +123,12 @@ class StreamConnection(asyncio.Protocol):
             # TLS can deliver application data before start_tls() has returned to us.
             self._pending.append(data)
             return
-        self._consume(data)
+        try:
+            self._consume(data)
+        except Exception:
+            # A bug here must cost this connection only, never reach the event loop.
+            logger.exception("connection %d from %s: receive failed", self.id, self.peername)
+            self.abort()
 
     def eof_received(self) -> bool | None:
         logger.debug("connection %d: peer %s closed its side", self.id, self.peername)
