@@ -71,15 +71,18 @@ async def serve(config: TurnConfig) -> None:
     loop = asyncio.get_running_loop()
     server = TurnServer(config)
     stop = asyncio.Event()
-    await server.start()
     with contextlib.ExitStack() as stack:
+        # Handlers first: the "listening" log line is the cue that signals are safe to send.
         for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set),
                              (signal.SIGUSR1, lambda: logger.info("TURN stats: %s", format_stats(server.stats())))):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
                 stack.callback(loop.remove_signal_handler, sig)
-        await stop.wait()
-    await server.stop()
+        await server.start()
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
