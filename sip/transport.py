@@ -647,6 +647,12 @@ class TransportManager:
             # A parser bug must not take the listener down; the contract says ParseError only.
             logger.exception("parser failed on a message from %s", source)
             return
+        if isinstance(message, Request):
+            try:
+                stamp_received(message, source.host, source.port)
+            except ProtocolError as error:
+                self._answer_malformed(data, error, source, reply)
+                return
         received = ReceivedMessage(message, source, info, data)
         if self._on_message is None:
             self._queue.put_nowait(received)
@@ -678,6 +684,22 @@ class TransportManager:
             reply(answer)
         except (OSError, ConnectionError) as send_error:
             logger.info("could not answer %s: %s", source, send_error)
+
+
+def stamp_received(request: Request, host: str, port: int) -> None:
+    """RFC 3261 §18.2.1 and RFC 3581 §4: the server transport records where a request
+    really came from on its top Via (received when sent-by differs, rport when asked for),
+    so that responses and proxies behind NAT reach the sender."""
+    via = request.top_via
+    params: dict[str, str | None] = {}
+    if via.host.strip("[]") != host:
+        params["received"] = host
+    if via.has_rport:
+        params["rport"] = str(port)
+        params.setdefault("received", host)
+    if params:
+        request.headers.pop_first("Via")
+        request.headers.prepend("Via", str(via.with_params(**params)))
 
 
 def _family(host: str) -> int:
