@@ -132,6 +132,10 @@ def unquote(text: str) -> str:
     return QUOTED_PAIR_RE.sub(r"\1", text[1:-1])
 
 
+_NEEDS_PAIR = re.compile(r'[\x00-\x08\x0b\x0c\x0e-\x1f\x7f"\\]')
+
+
 def quote(text: str) -> str:
-    """``text`` as a quoted-string (escaping only '"' and '\\', as §25.1 requires)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` as a quoted-string: '"', '\\' and controls go as quoted-pairs (CR and LF
+    cannot be carried at all; callers refuse them)."""
+    return '"' + _NEEDS_PAIR.sub(lambda m: "\\" + m[0], text) + '"'

@@ -104,6 +104,9 @@ class Params:
         return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in self._items)
 
 
+_IPV4 = re.compile(grammar.IPV4)
+
+
 def parse_host(host: str) -> str:
     """``host`` as stored: IPv6 without brackets (checked), anything else as written."""
     if host.startswith("["):
@@ -112,11 +115,10 @@ def parse_host(host: str) -> str:
         except ValueError:
             raise ParseError(f"invalid IPv6 reference {host!r}") from None
         return host[1:-1]
-    if host[:1].isdigit() and re.fullmatch(grammar.IPV4, host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ParseError(f"invalid IPv4 address {host!r}") from None
+    if host[:1].isdigit() and _IPV4.fullmatch(host):
+        # 1*3DIGIT per octet (leading zeros allowed by the ABNF), each at most 255.
+        if any(int(octet) > 255 for octet in host.split(".")):
+            raise ParseError(f"invalid IPv4 address {host!r}")
     return host
 
 
