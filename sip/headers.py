@@ -45,10 +45,18 @@ COMPACT_FORMS: dict[str, str] = {
 }
 
 
+_CANONICAL: dict[str, str] = {}
+
+
 def canonical_name(name: str) -> str:
     """The lookup key of a header name: lower-case long form."""
-    lname = name.lower()
-    return COMPACT_FORMS.get(lname, lname) if len(lname) == 1 else lname
+    key = _CANONICAL.get(name)
+    if key is None:
+        lname = name.lower()
+        key = COMPACT_FORMS.get(lname, lname) if len(lname) == 1 else lname
+        if len(_CANONICAL) < 4096:  # names come from the network: bound the memo
+            _CANONICAL[name] = key
+    return key
 
 
 def split_list(value: str) -> list[str]:

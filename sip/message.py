@@ -60,18 +60,24 @@ class Headers:
         self._cache: dict[str, Any] = {}
 
     # -- reading -------------------------------------------------------------
+    def _index(self) -> dict[str, list[str]]:
+        # canonical name -> values, built in one pass and dropped on any change.
+        index: dict[str, list[str]] | None = self._cache.get("")
+        if index is None:
+            index = {}
+            for n, v in self._items:
+                index.setdefault(canonical_name(n), []).append(v)
+            self._cache[""] = index
+        return index
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name`` (raw text), or ``default``."""
-        key = canonical_name(name)
-        for n, v in self._items:
-            if canonical_name(n) == key:
-                return v
-        return default
+        values = self._index().get(canonical_name(name))
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Every header line's raw value for ``name``, in order, unsplit."""
-        key = canonical_name(name)
-        return [v for n, v in self._items if canonical_name(n) == key]
+        return list(self._index().get(canonical_name(name), ()))
 
     def getlist(self, name: str) -> list[str]:
         """All values of ``name``; comma lists split (never inside quotes or <>)."""
@@ -86,8 +92,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = canonical_name(name)
-        return any(canonical_name(n) == key for n, _ in self._items)
+        return canonical_name(name) in self._index()
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(list(self._items))
