@@ -74,9 +74,9 @@ class StreamFramer:
                 del buf[:2]
                 self.awaiting_pong = False
                 return KeepAlive.PONG
-            if buf[:1] == b"\n":  # a bare LF between messages: skip it
-                del buf[:1]
-                return self._next()
+            if buf[:1] == b"\n":  # bare LFs between messages: skip them
+                del buf[: len(buf) - len(buf.lstrip(b"\n"))]
+                return self._next() if buf[:1] != b"\n" else None
             return None  # "\r" or "\r\n\r": wait for the rest
         m = _HEADER_END.search(buf)
         if m is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote as _pct_quote
 from urllib.parse import unquote_to_bytes
@@ -25,7 +25,7 @@ class Params:
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: tuple[tuple[str, str | None], ...] | list[tuple[str, str | None]] = ()):
+    def __init__(self, items: Iterable[tuple[str, str | None]] = ()) -> None:
         self._items: tuple[tuple[str, str | None], ...] = tuple(items)
 
     @classmethod
@@ -185,12 +185,11 @@ class URI:
             return cls(scheme=m2["scheme"].lower(), opaque=m2["rest"])
         user = m["user"]
         password = m["password"]
-        params = Params(tuple((p[1], p[2]) for p in _URI_PARAM.finditer(m["params"]))) if m["params"] else Params()
+        params = Params((p[1], p[2]) for p in _URI_PARAM.finditer(m["params"] or ""))
         headers: tuple[tuple[str, str], ...] = ()
         if m["headers"]:
-            headers = tuple(
-                (name, value) for name, _, value in (h.partition("=") for h in m["headers"].split("&"))
-            )
+            pairs = (h.partition("=") for h in m["headers"].split("&"))
+            headers = tuple((name, value) for name, _, value in pairs)
         return cls(
             scheme=m["scheme"].lower(),
             user=None if user is None else _unescape(user),

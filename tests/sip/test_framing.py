@@ -104,3 +104,9 @@ def test_header_folding_does_not_hide_content_length() -> None:
     framer.feed(OPTIONS.replace(b"l: 0", b"Content-Length:\r\n 5") + body)
     (msg,) = drain(framer)
     assert isinstance(msg, bytes) and parse_message(msg).body == body
+
+
+def test_many_bare_line_feeds_are_skipped() -> None:
+    framer = StreamFramer()
+    framer.feed(b"\n" * 100_000 + OPTIONS)
+    assert drain(framer) == [OPTIONS]

@@ -25,8 +25,11 @@ def test_lync_multipart_alternative() -> None:
 
 def test_round_trip() -> None:
     parts = [
-        BodyPart("application/sdp", (("Content-Disposition", "session; handling=optional; "
-                                      "ms-proxy-2007fallback"),), b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n"),
+        BodyPart(
+            "application/sdp",
+            (("Content-Disposition", "session; handling=optional; ms-proxy-2007fallback"),),
+            b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n",
+        ),
         BodyPart("application/sdp", (), b"v=0\r\n"),
         BodyPart("text/plain", (), b""),
     ]

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sip.errors import ParseError, ProtocolError
-from sip.grammar import quote
 from sip.framing import StreamFramer
+from sip.grammar import quote
 from sip.headers import Address, Via
 from sip.message import Headers, Request, Response, error_response, parse_message
 from sip.multipart import BodyPart, encode_multipart, parse_multipart
