@@ -1,0 +1,1 @@
+"""Harness for real external peers (SIPp, stunnel): processes, ports, results."""
