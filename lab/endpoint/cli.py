@@ -1,0 +1,157 @@
+"""`gateway endpoint`: run a simulated SIP endpoint, or place one call with it.
+
+Readiness for scripts: once every listener is bound, one line per listener
+``listening on <transport>:<host>:<port>`` (actual port) then ``endpoint ready`` go to
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from lab.endpoint.agent import CallFailed, Endpoint
+from lab.endpoint.config import EndpointConfig, ListenSpec
+from sip.errors import ProtocolError
+from sip.timers import TimerSettings
+from sip.uri import URI
+
+__all__ = ["main", "parser"]
+
+logger = logging.getLogger("lab.endpoint")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateway endpoint",
+        description="A simulated standards SIP video endpoint (plain RTP, PCMU/G.722/H.264).",
+    )
+    p.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        metavar="TRANSPORT:HOST:PORT",
+        help="udp|tcp|tls listener, e.g. udp:127.0.3.11:5060 (repeatable; port 0: any)",
+    )
+    p.add_argument(
+        "--certs",
+        type=Path,
+        metavar="DIR",
+        help="lab PKI directory (made if missing); the 'endpoint' cert is used for TLS",
+    )
+    p.add_argument("--aor", default="3001@video.example.com", help="address of record user@domain")
+    p.add_argument(
+        "--call",
+        metavar="URI",
+        help="place a call to URI (e.g. 'sip:3002@127.0.3.12:5061;transport=tls'), "
+        "hold it --duration seconds, hang up, exit",
+    )
+    p.add_argument("--duration", type=float, default=1.0, help="seconds to hold a --call call")
+    p.add_argument(
+        "--ring-time",
+        type=float,
+        default=0.0,
+        help="seconds between 180 Ringing and 200 OK when answering",
+    )
+    p.add_argument("--no-answer", action="store_true", help="ring until cancelled")
+    p.add_argument(
+        "--tls-name",
+        metavar="NAME",
+        help="name to check the server certificate against on outbound TLS",
+    )
+    p.add_argument(
+        "--no-client-cert", action="store_true", help="do not present a certificate on outbound TLS"
+    )
+    p.add_argument(
+        "--require-client-cert",
+        action="store_true",
+        help="TLS listeners refuse clients without a certificate",
+    )
+    p.add_argument("--media-host", help="address for RTP sockets (default: first listener host)")
+    p.add_argument("--t1", type=float, default=0.5, help="RFC 3261 T1 in seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _config(args: argparse.Namespace) -> EndpointConfig:
+    return EndpointConfig(
+        aor=args.aor,
+        listen=tuple(ListenSpec.parse(text) for text in args.listen),
+        certs=args.certs,
+        client_cert=not args.no_client_cert,
+        require_client_cert=args.require_client_cert,
+        tls_server_name=args.tls_name,
+        media_host=args.media_host,
+        ring_time=args.ring_time,
+        auto_answer=not args.no_answer,
+        timers=TimerSettings(t1=args.t1, t2=max(4.0, args.t1)),
+    )
+
+
+async def _run(config: EndpointConfig, call: URI | None, duration: float) -> int:
+    endpoint = await Endpoint.start(config)
+    try:
+        for address in endpoint.stack.listeners:
+            host = f"[{address.host}]" if ":" in address.host else address.host
+            logger.info(
+                "listening on %s:%s:%d", address.transport.value.lower(), host, address.port
+            )
+        logger.info("endpoint ready (%s)", config.aor)
+        if call is not None:
+            try:
+                placed = await endpoint.place_call(call, duration=duration)
+            except CallFailed as error:
+                sys.stderr.write(f"gateway endpoint: call failed: {error}\n")
+                return 1
+            sys.stdout.write(
+                f"call {placed.call_id} to {call}: {placed.result}"
+                f" (setup {placed.setup_ms or 0:.0f} ms)\n"
+            )
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logger.info("stopping")
+        return 0
+    finally:
+        await endpoint.close()
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        # Our own "listening on" lines come once every listener is up; the transport's
+        # per-socket ones would announce readiness too early.
+        logging.getLogger("sip.transport").setLevel(logging.WARNING)
+    try:
+        config = _config(args)
+        target = URI.parse(args.call) if args.call else None
+    except (ValueError, ProtocolError) as error:
+        sys.stderr.write(f"gateway endpoint: {error}\n")
+        return 2
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(_run(config, target, args.duration))
+    except OSError as error:
+        sys.stderr.write(f"gateway endpoint: {error}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
