@@ -90,21 +90,58 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10
 
 def start_coturn(port: int, relay: tuple[int, int], logdir: str) -> subprocess.Popen[bytes]:
     cmd = [
-        "turnserver", "-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1",
-        "--listening-port", str(port), "--min-port", str(relay[0]), "--max-port", str(relay[1]),
-        "--relay-threads", "1", "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}", "--realm", REALM,
-        "--allow-loopback-peers", "--no-cli", "--no-tls", "--no-dtls", "--no-stdout-log",
-        "--log-file", os.path.join(logdir, "coturn.log"), "--simple-log",
-        "--pidfile", os.path.join(logdir, "coturn.pid"),
+        "turnserver",
+        "-n",
+        "--listening-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "127.0.0.1",
+        "--listening-port",
+        str(port),
+        "--min-port",
+        str(relay[0]),
+        "--max-port",
+        str(relay[1]),
+        "--relay-threads",
+        "1",
+        "--lt-cred-mech",
+        "--user",
+        f"{USER}:{PASSWORD}",
+        "--realm",
+        REALM,
+        "--allow-loopback-peers",
+        "--no-cli",
+        "--no-tls",
+        "--no-dtls",
+        "--no-stdout-log",
+        "--log-file",
+        os.path.join(logdir, "coturn.log"),
+        "--simple-log",
+        "--pidfile",
+        os.path.join(logdir, "coturn.pid"),
     ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_ours(port: int, relay: tuple[int, int]) -> subprocess.Popen[bytes]:
     cmd = [
-        sys.executable, "-m", "turn", "--listen", "127.0.0.1", "--ports", str(port),
-        "--relay-ports", f"{relay[0]}-{relay[1]}", "--realm", REALM, "--user", f"{USER}:{PASSWORD}",
-        "--allow-peer", "127.0.0.0/8", "--log-level", "WARNING",
+        sys.executable,
+        "-m",
+        "turn",
+        "--listen",
+        "127.0.0.1",
+        "--ports",
+        str(port),
+        "--relay-ports",
+        f"{relay[0]}-{relay[1]}",
+        "--realm",
+        REALM,
+        "--user",
+        f"{USER}:{PASSWORD}",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--log-level",
+        "WARNING",
     ]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -112,11 +149,30 @@ def start_ours(port: int, relay: tuple[int, int]) -> subprocess.Popen[bytes]:
 def drive(port: int, args: argparse.Namespace) -> tuple[int, int, int]:
     """Run ``args.procs`` uclients at once; sum (sent, received, lost)."""
     cmd = [
-        "turnutils_uclient", "-y", "-c", "-u", USER, "-w", PASSWORD, "-p", str(port),
-        "-m", str(args.clients), "-n", str(args.messages), "-l", str(args.size),
-        "-z", str(args.interval), *(["-t"] if args.tcp else []), "127.0.0.1",
+        "turnutils_uclient",
+        "-y",
+        "-c",
+        "-u",
+        USER,
+        "-w",
+        PASSWORD,
+        "-p",
+        str(port),
+        "-m",
+        str(args.clients),
+        "-n",
+        str(args.messages),
+        "-l",
+        str(args.size),
+        "-z",
+        str(args.interval),
+        *(["-t"] if args.tcp else []),
+        "127.0.0.1",
     ]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(args.procs)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(args.procs)
+    ]
     sent = received = lost = 0
     for proc in procs:
         out, _ = proc.communicate(timeout=args.timeout)
@@ -174,11 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         loss = r.lost / max(r.sent, 1) * 100
         sys.stdout.write(
-            f"{r.name:7s} messages relayed {r.received:8d} / sent {r.sent:8d}  loss {r.lost} ({loss:.3f}%)  "
-            f"cpu {r.cpu_seconds:6.2f} s  cpu s per 1000 msgs {r.cpu_per_1000:.4f}  wall {r.wall_seconds:5.1f} s\n"
+            f"{r.name:7s} messages relayed {r.received:8d} / sent {r.sent:8d}  "
+            f"loss {r.lost} ({loss:.3f}%)  cpu {r.cpu_seconds:6.2f} s  "
+            f"cpu s per 1000 msgs {r.cpu_per_1000:.4f}  wall {r.wall_seconds:5.1f} s\n"
         )
     coturn, ours = results
-    sys.stdout.write(f"cpu per message ours/coturn: {ours.cpu_per_1000 / max(coturn.cpu_per_1000, 1e-9):.2f}\n")
+    sys.stdout.write(
+        f"cpu per message ours/coturn: {ours.cpu_per_1000 / max(coturn.cpu_per_1000, 1e-9):.2f}\n"
+    )
     return 0
 
 

@@ -92,7 +92,9 @@ class Allocation:
         return expiry is not None and expiry > now
 
     def __repr__(self) -> str:
-        return f"<Allocation #{self.id} {self.username} {self.transport.name} relay {self.relay_port}>"
+        return (
+            f"<Allocation #{self.id} {self.username} {self.transport.name} relay {self.relay_port}>"
+        )
 
 
 @dataclass(slots=True, eq=False)

@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gateway turn", description="DMZ TURN server (RFC 8656, RFC 6062)")
+    p = argparse.ArgumentParser(
+        prog="gateway turn", description="DMZ TURN server (RFC 8656, RFC 6062)"
+    )
     p.add_argument("--config", help="TOML file (flags override it)")
     p.add_argument("--listen", help="listening IP address (default 127.0.0.1)")
     p.add_argument("--ports", help="listening port or range, e.g. 3478 or 3478-3483 (0: any free)")
@@ -24,11 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-address", help="IP address relays bind to (default: --listen)")
     p.add_argument("--external-address", help="relay IP to advertise (behind NAT)")
     p.add_argument("--realm", help="long-term credential realm (default example.com)")
-    p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
-                   help="an account (repeatable; added to those of --config)")
+    p.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="an account (repeatable; added to those of --config)",
+    )
     p.add_argument("--auth-secret", help="TURN REST API shared secret")
-    p.add_argument("--allow-peer", action="append", default=[], metavar="CIDR",
-                   help="allow relaying to this otherwise denied network (repeatable)")
+    p.add_argument(
+        "--allow-peer",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="allow relaying to this otherwise denied network (repeatable)",
+    )
     p.add_argument("--user-quota", type=int, help="allocations per user (default 500)")
     p.add_argument("--total-quota", type=int, help="allocations in all (default 6000)")
     p.add_argument("--no-udp", action="store_true", help="do not listen on UDP")
@@ -41,8 +53,15 @@ def config_from_args(args: argparse.Namespace) -> TurnConfig:
     """defaults < --config file < flags."""
     config = load(args.config) if args.config else TurnConfig()
     changes: dict[str, Any] = {}
-    for flag in ("listen", "relay_address", "external_address", "realm", "auth_secret",
-                 "user_quota", "total_quota"):
+    for flag in (
+        "listen",
+        "relay_address",
+        "external_address",
+        "realm",
+        "auth_secret",
+        "user_quota",
+        "total_quota",
+    ):
         value = getattr(args, flag)
         if value is not None:
             changes[flag] = value
@@ -73,8 +92,11 @@ async def serve(config: TurnConfig) -> None:
     stop = asyncio.Event()
     with contextlib.ExitStack() as stack:
         # Handlers first: the "listening" log line is the cue that signals are safe to send.
-        for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set),
-                             (signal.SIGUSR1, lambda: logger.info("TURN stats: %s", format_stats(server.stats())))):
+        for sig, handler in (
+            (signal.SIGINT, stop.set),
+            (signal.SIGTERM, stop.set),
+            (signal.SIGUSR1, lambda: logger.info("TURN stats: %s", format_stats(server.stats()))),
+        ):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
                 stack.callback(loop.remove_signal_handler, sig)
@@ -87,7 +109,9 @@ async def serve(config: TurnConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = config_from_args(args)
     except (ConfigError, OSError) as exc:

@@ -95,8 +95,15 @@ class TurnConfig:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ConfigError(f"allow_peers: not a CIDR: {cidr!r}") from None
-        for key in ("default_lifetime", "max_lifetime", "permission_lifetime",
-                    "channel_lifetime", "nonce_lifetime", "user_quota", "total_quota"):
+        for key in (
+            "default_lifetime",
+            "max_lifetime",
+            "permission_lifetime",
+            "channel_lifetime",
+            "nonce_lifetime",
+            "user_quota",
+            "total_quota",
+        ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be positive")
         if self.default_lifetime > self.max_lifetime:
@@ -120,7 +127,9 @@ def parse_port_range(text: str | int, key: str = "ports") -> tuple[int, int]:
     try:
         result = (int(low), int(high) if sep else int(low))
     except ValueError:
-        raise ConfigError(f"{key}: expected a port or a range like 3478-3483, got {text!r}") from None
+        raise ConfigError(
+            f"{key}: expected a port or a range like 3478-3483, got {text!r}"
+        ) from None
     if not 0 <= result[0] <= result[1] <= 65535:
         raise ConfigError(f"{key}: bad port range {text!r}")
     return result
@@ -142,7 +151,7 @@ def from_mapping(data: dict[str, Any], base: TurnConfig | None = None) -> TurnCo
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
-                raise ConfigError("users: expected a table of username = \"password\"")
+                raise ConfigError('users: expected a table of username = "password"')
             changes[key] = tuple(value.items())
         elif key == "allow_peers":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -150,7 +150,9 @@ class TurnCore:
         c.bytes_to_peer += length
         return alloc, peer, payload
 
-    def data_from_peer(self, alloc: Allocation, peer: Address, data: bytes, now: float) -> bytes | None:
+    def data_from_peer(
+        self, alloc: Allocation, peer: Address, data: bytes, now: float
+    ) -> bytes | None:
         """Hot path: a datagram at a UDP relay -> ChannelData or a Data indication, or None."""
         expiry = alloc.permissions.get(peer[0])
         if expiry is None or expiry <= now or alloc.expiry <= now:
@@ -172,9 +174,15 @@ class TurnCore:
             return [CloseRelay(alloc)]  # deleted (connection closed) while binding
         alloc.state = AllocationState.ACTIVE
         attrs: list[tuple[int, bytes]] = [
-            (Attr.XOR_RELAYED_ADDRESS, stun.pack_xor_address(alloc.relayed_address, alloc.allocate_tid)),
+            (
+                Attr.XOR_RELAYED_ADDRESS,
+                stun.pack_xor_address(alloc.relayed_address, alloc.allocate_tid),
+            ),
             (Attr.LIFETIME, stun.pack_u32(alloc.lifetime)),
-            (Attr.XOR_MAPPED_ADDRESS, stun.pack_xor_address(alloc.five_tuple.client, alloc.allocate_tid)),
+            (
+                Attr.XOR_MAPPED_ADDRESS,
+                stun.pack_xor_address(alloc.five_tuple.client, alloc.allocate_tid),
+            ),
         ]
         if alloc.reserve_next:
             token = self._rng.randbytes(8)
@@ -183,12 +191,19 @@ class TurnCore:
             self._push_timer(now + RESERVATION_LIFETIME, "reservation", token)
             attrs.append((Attr.RESERVATION_TOKEN, token))
         attrs.extend(self._software)
-        response = stun.encode(Method.ALLOCATE, Class.RESPONSE, alloc.allocate_tid, attrs, key=alloc.key)
+        response = stun.encode(
+            Method.ALLOCATE, Class.RESPONSE, alloc.allocate_tid, attrs, key=alloc.key
+        )
         alloc.allocate_response = response
         logger.info(
             "allocation #%d for %s (%s) relay %s:%d %s, lifetime %ds",
-            alloc.id, alloc.username, _fmt(alloc.five_tuple.client), alloc.relay_host,
-            alloc.relay_port, alloc.transport.name, alloc.lifetime,
+            alloc.id,
+            alloc.username,
+            _fmt(alloc.five_tuple.client),
+            alloc.relay_host,
+            alloc.relay_port,
+            alloc.transport.name,
+            alloc.lifetime,
         )
         return [SendToClient(alloc.five_tuple, response)]
 
@@ -206,10 +221,13 @@ class TurnCore:
             )
         if port is None:
             self._forget(alloc)
-            request_like = _RequestRef(Method.ALLOCATE, alloc.allocate_tid)
+            logger.warning("allocation #%d: no bindable relay port", alloc.id)
             response = stun.encode(
-                Method.ALLOCATE, Class.ERROR, request_like.transaction_id,
-                [(Attr.ERROR_CODE, stun.pack_error_code(508)), *self._software], key=alloc.key,
+                Method.ALLOCATE,
+                Class.ERROR,
+                alloc.allocate_tid,
+                [(Attr.ERROR_CODE, stun.pack_error_code(508)), *self._software],
+                key=alloc.key,
             )
             return [SendToClient(alloc.five_tuple, response)]
         alloc.relay_port = port
@@ -225,7 +243,9 @@ class TurnCore:
         self._push_timer(conn.deadline, "connection", connection_id)
         alloc = conn.allocation
         attrs = [(int(Attr.CONNECTION_ID), stun.pack_u32(connection_id)), *self._software]
-        response = stun.encode(Method.CONNECT, Class.RESPONSE, conn.connect_tid, attrs, key=alloc.key)
+        response = stun.encode(
+            Method.CONNECT, Class.RESPONSE, conn.connect_tid, attrs, key=alloc.key
+        )
         return [SendToClient(alloc.five_tuple, response)]
 
     def peer_connect_failed(self, connection_id: int, now: float) -> list[Action]:
@@ -291,7 +311,7 @@ class TurnCore:
         while timers and timers[0][0] <= now:
             _, _, kind, ref = heapq.heappop(timers)
             if kind == "allocation":
-                alloc = ref
+                alloc: Allocation = ref
                 if self.allocations.get(alloc.five_tuple) is alloc and alloc.expiry <= now:
                     logger.info("allocation #%d expired", alloc.id)
                     actions.extend(self._delete(alloc))
@@ -313,7 +333,11 @@ class TurnCore:
                     self.pool.release(reservation[0])
             elif kind == "connection":
                 conn = self.connections.get(ref)
-                if conn is not None and conn.state is not ConnectionState.BOUND and conn.deadline <= now:
+                if (
+                    conn is not None
+                    and conn.state is not ConnectionState.BOUND
+                    and conn.deadline <= now
+                ):
                     if conn.state is ConnectionState.CONNECTING:
                         actions.extend(self.peer_connect_failed(ref, now))
                         actions.append(CloseConnection(ref))
@@ -364,7 +388,8 @@ class TurnCore:
         unknown = msg.unknown_required()
         if unknown:
             raise _Refusal(
-                "unknown comprehension-required attributes", 420,
+                "unknown comprehension-required attributes",
+                420,
                 extra=((int(Attr.UNKNOWN_ATTRIBUTES), stun.pack_unknown_attributes(unknown)),),
             )
         username, key = self._authenticate(msg, ft, now)
@@ -390,7 +415,9 @@ class TurnCore:
             raise _Refusal("unknown user", 401)
         if not msg.check_integrity(key):
             self.counters.auth_failures += 1
-            logger.warning("TURN auth failed from %s: wrong password for %r", _fmt(ft.client), username)
+            logger.warning(
+                "TURN auth failed from %s: wrong password for %r", _fmt(ft.client), username
+            )
             raise _Refusal("wrong credentials", 401)
         return username, key
 
@@ -402,7 +429,9 @@ class TurnCore:
         ]
         return stun.encode(Method.BINDING, Class.RESPONSE, msg.transaction_id, attrs)
 
-    def _allocate(self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes) -> list[Action]:
+    def _allocate(
+        self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes
+    ) -> list[Action]:
         existing = self.allocations.get(ft)
         if existing is not None:
             if existing.allocate_tid == msg.transaction_id:
@@ -426,7 +455,9 @@ class TurnCore:
             if ft.transport is not Transport.TCP:
                 raise _Refusal("TCP relays need a TCP control connection (RFC 6062)", 400, key)
             if even_port is not None or token is not None or msg.has(Attr.DONT_FRAGMENT):
-                raise _Refusal("EVEN-PORT, RESERVATION-TOKEN and DONT-FRAGMENT are UDP-only", 400, key)
+                raise _Refusal(
+                    "EVEN-PORT, RESERVATION-TOKEN and DONT-FRAGMENT are UDP-only", 400, key
+                )
         else:
             raise _Refusal(f"transport {rt[0]} not supported", 442, key)
         if even_port is not None and token is not None:
@@ -494,7 +525,9 @@ class TurnCore:
             raise _Refusal("allocation belongs to another user", 441, key)
         return alloc
 
-    def _refresh(self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes) -> list[Action]:
+    def _refresh(
+        self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes
+    ) -> list[Action]:
         alloc = self._own_allocation(ft, username, key)
         lifetime = self._lifetime(msg.get(Attr.LIFETIME), allocate=False)
         actions: list[Action] = []
@@ -518,7 +551,9 @@ class TurnCore:
             raise _Refusal("peer address family mismatch", 443, key)
         return peer
 
-    def _create_permission(self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes) -> list[Action]:
+    def _create_permission(
+        self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes
+    ) -> list[Action]:
         alloc = self._own_allocation(ft, username, key)
         values = msg.get_all(Attr.XOR_PEER_ADDRESS)
         if not values:
@@ -526,7 +561,9 @@ class TurnCore:
         peers = [self._peer(msg, v, alloc, key) for v in values]
         for peer in peers:
             self._permit(alloc, peer[0], now)
-        response = stun.encode(Method.CREATE_PERMISSION, Class.RESPONSE, msg.transaction_id, self._software, key=key)
+        response = stun.encode(
+            Method.CREATE_PERMISSION, Class.RESPONSE, msg.transaction_id, self._software, key=key
+        )
         return [SendToClient(ft, response)]
 
     def _permit(self, alloc: Allocation, host: str, now: float) -> None:
@@ -534,7 +571,9 @@ class TurnCore:
         alloc.permissions[host] = expiry
         self._push_timer(expiry, "permission", (alloc, host))
 
-    def _channel_bind(self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes) -> list[Action]:
+    def _channel_bind(
+        self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes
+    ) -> list[Action]:
         alloc = self._own_allocation(ft, username, key)
         if alloc.transport is not Transport.UDP:
             raise _Refusal("channels are for UDP relays", 400, key)
@@ -560,12 +599,18 @@ class TurnCore:
             channel.expiry = expiry
         self._push_timer(expiry, "channel", (alloc, number))
         self._permit(alloc, peer[0], now)
-        response = stun.encode(Method.CHANNEL_BIND, Class.RESPONSE, msg.transaction_id, self._software, key=key)
+        response = stun.encode(
+            Method.CHANNEL_BIND, Class.RESPONSE, msg.transaction_id, self._software, key=key
+        )
         return [SendToClient(ft, response)]
 
     def _handle_send(self, msg: StunMessage, ft: FiveTuple, now: float) -> list[Action]:
         alloc = self.allocations.get(ft)
-        if alloc is None or alloc.transport is not Transport.UDP or alloc.state is not AllocationState.ACTIVE:
+        if (
+            alloc is None
+            or alloc.transport is not Transport.UDP
+            or alloc.state is not AllocationState.ACTIVE
+        ):
             return []
         raw_peer, data = msg.get(Attr.XOR_PEER_ADDRESS), msg.get(Attr.DATA)
         if raw_peer is None or data is None:
@@ -577,7 +622,9 @@ class TurnCore:
         self.counters.bytes_to_peer += len(data)
         return [SendToPeer(alloc, peer, data)]
 
-    def _connect(self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes) -> list[Action]:
+    def _connect(
+        self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes
+    ) -> list[Action]:
         alloc = self._own_allocation(ft, username, key)
         if alloc.transport is not Transport.TCP:
             raise _Refusal("Connect needs a TCP allocation", 400, key)
@@ -585,7 +632,9 @@ class TurnCore:
         if raw_peer is None:
             raise _Refusal("XOR-PEER-ADDRESS missing", 400, key)
         peer = self._peer(msg, raw_peer, alloc, key)
-        if any(self.connections[c].peer == peer for c in alloc.connections if c in self.connections):
+        if any(
+            self.connections[c].peer == peer for c in alloc.connections if c in self.connections
+        ):
             raise _Refusal("a connection to this peer exists", 446, key)
         # The client named this peer, so data it sends back is wanted (RFC 6062 §5.2).
         self._permit(alloc, peer[0], now)
@@ -593,7 +642,9 @@ class TurnCore:
         conn.connect_tid = msg.transaction_id
         return [ConnectPeer(conn.id, alloc, peer)]
 
-    def _connection_bind(self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes) -> list[Action]:
+    def _connection_bind(
+        self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes
+    ) -> list[Action]:
         if ft.transport is not Transport.TCP or ft in self.allocations:
             raise _Refusal("ConnectionBind needs a fresh TCP connection", 400, key)
         raw = msg.get(Attr.CONNECTION_ID)
@@ -607,12 +658,16 @@ class TurnCore:
         conn.state = ConnectionState.BOUND
         conn.data_five_tuple = ft
         self._data_connections[ft] = conn.id
-        response = stun.encode(Method.CONNECTION_BIND, Class.RESPONSE, msg.transaction_id, self._software, key=key)
+        response = stun.encode(
+            Method.CONNECTION_BIND, Class.RESPONSE, msg.transaction_id, self._software, key=key
+        )
         return [SendToClient(ft, response), AttachData(conn.id, ft)]
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _new_connection(self, alloc: Allocation, peer: Address, state: ConnectionState, now: float) -> TcpConnection:
+    def _new_connection(
+        self, alloc: Allocation, peer: Address, state: ConnectionState, now: float
+    ) -> TcpConnection:
         cid = self._rng.randrange(1, 1 << 32)
         while cid in self.connections:
             cid = self._rng.randrange(1, 1 << 32)
@@ -662,11 +717,24 @@ class TurnCore:
             xaddr = bytes(a ^ b for a, b in zip(packed, stun.COOKIE_BYTES, strict=True))
             length = len(data)
             header = _DATA_IND_HEADER.pack(
-                _DATA_INDICATION_TYPE, 12 + 4 + length + (-length % 4), stun.COOKIE, tid,
-                Attr.XOR_PEER_ADDRESS, 8, 0, 1, port ^ 0x2112, xaddr, Attr.DATA, length,
+                _DATA_INDICATION_TYPE,
+                12 + 4 + length + (-length % 4),
+                stun.COOKIE,
+                tid,
+                Attr.XOR_PEER_ADDRESS,
+                8,
+                0,
+                1,
+                port ^ 0x2112,
+                xaddr,
+                Attr.DATA,
+                length,
             )
             return header + data + bytes(-length % 4)
-        attrs = [(int(Attr.XOR_PEER_ADDRESS), stun.pack_xor_address(peer, tid)), (int(Attr.DATA), data)]
+        attrs = [
+            (int(Attr.XOR_PEER_ADDRESS), stun.pack_xor_address(peer, tid)),
+            (int(Attr.DATA), data),
+        ]
         return stun.encode(Method.DATA, Class.INDICATION, tid, attrs, fingerprint=False)
 
     def _refusal_bytes(self, msg: StunMessage, refusal: _Refusal, now: float) -> bytes:
@@ -690,17 +758,11 @@ class TurnCore:
         if data[0] & 0x01:  # class bit C1: a response, never answered
             return []
         method = (data[1] & 0x0F) | ((data[1] & 0xE0) >> 1) | ((data[0] & 0x3E) << 6)
-        ref = _RequestRef(method, data[8:20])
-        attrs = [(int(Attr.ERROR_CODE), stun.pack_error_code(400, exc.message[:120])), *self._software]
-        return [SendToClient(ft, stun.encode(ref.method, Class.ERROR, ref.transaction_id, attrs))]
-
-
-class _RequestRef:
-    __slots__ = ("method", "transaction_id")
-
-    def __init__(self, method: int, transaction_id: bytes) -> None:
-        self.method = method
-        self.transaction_id = transaction_id
+        attrs = [
+            (int(Attr.ERROR_CODE), stun.pack_error_code(400, exc.message[:120])),
+            *self._software,
+        ]
+        return [SendToClient(ft, stun.encode(method, Class.ERROR, data[8:20], attrs))]
 
 
 def _family(host: str) -> int:

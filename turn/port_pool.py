@@ -24,7 +24,9 @@ class PortPool:
     def available(self) -> int:
         return len(self._free)
 
-    def take(self, *, even: bool = False, pair: bool = False, avoid: frozenset[int] = frozenset()) -> int | None:
+    def take(
+        self, *, even: bool = False, pair: bool = False, avoid: frozenset[int] = frozenset()
+    ) -> int | None:
         """A random free port (even if asked; with ``pair``, port+1 free too), or None."""
         port = self._first_fit(self._sample(), even, pair, avoid)
         if port is None:

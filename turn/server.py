@@ -74,7 +74,9 @@ class TurnServer:
             logger.info("TURN listening on %s %s:%d", transport, h, p)
         logger.info(
             "TURN relays on %s ports %d-%d, realm %s",
-            self.core.relay_host, *self.config.relay_ports, self.config.realm,
+            self.core.relay_host,
+            *self.config.relay_ports,
+            self.config.realm,
         )
 
     async def _listen_any_port(self, host: str) -> None:
@@ -255,7 +257,9 @@ class TurnServer:
         loop = self._require_loop()
         try:
             if alloc.transport is Transport.TCP:
-                server = await loop.create_server(lambda: _PeerConnection(self, alloc, None), sock=sock)
+                server = await loop.create_server(
+                    lambda: _PeerConnection(self, alloc, None), sock=sock
+                )
                 self._relay_tcp[alloc.id] = server
             else:
                 _grow_buffers(sock)
@@ -300,8 +304,10 @@ class TurnServer:
                 loop.create_connection(lambda: peer, action.peer[0], action.peer[1]),
                 self.config.connect_timeout,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
-            logger.info("allocation #%d: connect to %s failed: %s", action.allocation.id, action.peer, exc)
+        except (TimeoutError, OSError) as exc:
+            logger.info(
+                "allocation #%d: connect to %s failed: %s", action.allocation.id, action.peer, exc
+            )
             self._run(self.core.peer_connect_failed(action.connection_id, loop.time()))
             return
         self._peers[action.connection_id] = peer
@@ -357,7 +363,11 @@ class _UdpRelay(asyncio.DatagramProtocol):
     __slots__ = ("core", "alloc", "send", "loop")
 
     def __init__(
-        self, core: TurnCore, alloc: Allocation, send: Callable[[bytes], None], loop: asyncio.AbstractEventLoop
+        self,
+        core: TurnCore,
+        alloc: Allocation,
+        send: Callable[[bytes], None],
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.core = core
         self.alloc = alloc
@@ -365,7 +375,9 @@ class _UdpRelay(asyncio.DatagramProtocol):
         self.loop = loop
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        out = self.core.data_from_peer(self.alloc, addr[:2] if len(addr) > 2 else addr, data, self.loop.time())
+        out = self.core.data_from_peer(
+            self.alloc, addr[:2] if len(addr) > 2 else addr, data, self.loop.time()
+        )
         if out is not None:
             self.send(out)
 
@@ -381,6 +393,7 @@ class _TcpClient(asyncio.Protocol):
         self.server = server
         self.core = server.core
         self.framer = StreamFramer()
+        self.loop = server._require_loop()
         self.transport: asyncio.Transport
         self.ft: FiveTuple | None = None
         self.pipe: _PeerConnection | None = None
@@ -390,7 +403,7 @@ class _TcpClient(asyncio.Protocol):
         transport = self.transport
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
-        self.ft = FiveTuple(Transport.TCP, tuple(peer[:2]), tuple(local[:2]))  # type: ignore[arg-type]
+        self.ft = FiveTuple(Transport.TCP, (peer[0], peer[1]), (local[0], local[1]))
         self.server._clients[self.ft] = self
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -408,7 +421,7 @@ class _TcpClient(asyncio.Protocol):
                 if frame is None:
                     break
                 if frame[0] >= 0x40:
-                    result = self.core.channel_data_from_client(self.ft, frame, self.server._loop.time())  # type: ignore[union-attr]
+                    result = self.core.channel_data_from_client(self.ft, frame, self.loop.time())
                     if result is not None:
                         relay = self.server._relay_udp.get(result[0].id)
                         if relay is not None:
@@ -463,9 +476,13 @@ class _PeerConnection(asyncio.Protocol):
         if self.connection_id is None:  # accepted at the relay
             peer = transport.get_extra_info("peername")[:2]
             loop = self.server._require_loop()
-            cid, actions = self.server.core.peer_connection_incoming(self.alloc, tuple(peer), loop.time())  # type: ignore[arg-type]
+            cid, actions = self.server.core.peer_connection_incoming(
+                self.alloc, (peer[0], peer[1]), loop.time()
+            )
             if cid is None:
-                logger.info("allocation #%d: refused TCP peer %s (no permission)", self.alloc.id, peer)
+                logger.info(
+                    "allocation #%d: refused TCP peer %s (no permission)", self.alloc.id, peer
+                )
                 transport.close()
                 self.closed = True
                 return
@@ -509,7 +526,11 @@ class _PeerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.client is not None:
             self.client.transport.close()
-        if self.connection_id is not None and self.server._loop is not None and not self.server._loop.is_closed():
+        if (
+            self.connection_id is not None
+            and self.server._loop is not None
+            and not self.server._loop.is_closed()
+        ):
             self.server.peer_lost(self.connection_id)
 
 

@@ -219,7 +219,9 @@ def parse(data: bytes) -> StunMessage:
                 integrity_offset = pos
         attributes.append((attr_type, value))
         pos = value_end + (-attr_len % 4)
-    method = (message_type & 0x000F) | ((message_type & 0x00E0) >> 1) | ((message_type & 0x3E00) >> 2)
+    method = (
+        (message_type & 0x000F) | ((message_type & 0x00E0) >> 1) | ((message_type & 0x3E00) >> 2)
+    )
     try:
         method = Method(method)
     except ValueError:

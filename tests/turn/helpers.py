@@ -26,8 +26,12 @@ def relay_range(size: int = 200) -> tuple[int, int]:
 @asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[TurnServer]:
     settings: dict[str, Any] = dict(
-        listen="127.0.0.1", ports=(0, 0), relay_ports=relay_range(), realm=REALM,
-        users=((USER, PASSWORD),), allow_peers=("127.0.0.0/8",),
+        listen="127.0.0.1",
+        ports=(0, 0),
+        relay_ports=relay_range(),
+        realm=REALM,
+        users=((USER, PASSWORD),),
+        allow_peers=("127.0.0.0/8",),
     )
     settings.update(overrides)
     server = TurnServer(TurnConfig(**settings))
@@ -66,8 +70,13 @@ class StunClient(asyncio.DatagramProtocol):
             self.other.put_nowait(data)
 
     async def request(
-        self, method: int, attrs: list[tuple[int, bytes]], *, key: bytes | None = None,
-        tid: bytes | None = None, timeout: float = 3.0,
+        self,
+        method: int,
+        attrs: list[tuple[int, bytes]],
+        *,
+        key: bytes | None = None,
+        tid: bytes | None = None,
+        timeout: float = 3.0,
     ) -> stun.StunMessage:
         tid = tid or os.urandom(12)
         fut: asyncio.Future[stun.StunMessage] = asyncio.get_running_loop().create_future()
@@ -87,17 +96,30 @@ async def stun_client(host: str, port: int) -> AsyncIterator[StunClient]:
 
 
 async def authed(
-    client: StunClient, method: int, attrs: list[tuple[int, bytes]], *,
-    user: str = USER, password: str = PASSWORD, tid: bytes | None = None,
+    client: StunClient,
+    method: int,
+    attrs: list[tuple[int, bytes]],
+    *,
+    user: str = USER,
+    password: str = PASSWORD,
+    tid: bytes | None = None,
 ) -> stun.StunMessage:
     """Long-term credential dance: unauthenticated try, 401, retry with realm and nonce."""
     first = await client.request(method, attrs)
-    code = stun.unpack_error_code(first.get(stun.Attr.ERROR_CODE) or b"")[0] if first.cls == stun.Class.ERROR else 0
+    code = (
+        stun.unpack_error_code(first.get(stun.Attr.ERROR_CODE) or b"")[0]
+        if first.cls == stun.Class.ERROR
+        else 0
+    )
     if code != 401:
         return first
     realm, nonce = first.get(stun.Attr.REALM) or b"", first.get(stun.Attr.NONCE) or b""
     key = long_term_key(user, realm.decode(), password)
-    auth = [(int(stun.Attr.USERNAME), user.encode()), (int(stun.Attr.REALM), realm), (int(stun.Attr.NONCE), nonce)]
+    auth = [
+        (int(stun.Attr.USERNAME), user.encode()),
+        (int(stun.Attr.REALM), realm),
+        (int(stun.Attr.NONCE), nonce),
+    ]
     return await client.request(method, attrs + auth, key=key, tid=tid)
 
 

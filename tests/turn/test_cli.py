@@ -25,9 +25,23 @@ async def wait_line(stream: asyncio.StreamReader, needle: str, seen: list[str]) 
 async def test_python_m_turn_logs_listening_stats_on_sigusr1_and_exits_on_sigterm() -> None:
     low, high = relay_range()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "turn", "--listen", "127.0.0.1", "--ports", "0",
-        "--relay-ports", f"{low}-{high}", "--realm", "example.com", "--user", "GatewayB2BUA:secret",
-        "--allow-peer", "127.0.0.0/8", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "turn",
+        "--listen",
+        "127.0.0.1",
+        "--ports",
+        "0",
+        "--relay-ports",
+        f"{low}-{high}",
+        "--realm",
+        "example.com",
+        "--user",
+        "GatewayB2BUA:secret",
+        "--allow-peer",
+        "127.0.0.0/8",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     seen: list[str] = []
@@ -53,8 +67,14 @@ async def test_gateway_turn_rejects_bad_config(tmp_path: Path) -> None:
     config = tmp_path / "turn.toml"
     config.write_text('relay_portz = "1-2"\n')
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "turn", "--config", str(config),
-        cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "turn",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 2

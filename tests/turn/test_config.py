@@ -13,7 +13,12 @@ from turn.config import ConfigError, TurnConfig, load, parse_port_range
 def test_defaults_match_the_spec() -> None:
     c = TurnConfig()
     assert c.ports == (3478, 3478) and c.relay_ports == (24000, 29999)
-    assert (c.default_lifetime, c.max_lifetime, c.permission_lifetime, c.channel_lifetime) == (600, 3600, 300, 600)
+    assert (c.default_lifetime, c.max_lifetime, c.permission_lifetime, c.channel_lifetime) == (
+        600,
+        3600,
+        300,
+        600,
+    )
 
 
 def test_port_ranges() -> None:
@@ -38,9 +43,9 @@ def test_load_toml_with_turn_table(tmp_path: Path) -> None:
     ("text", "key"),
     [
         ('lisen = "127.0.0.1"\n', "lisen"),
-        ("user_quota = \"ten\"\n", "user_quota"),
+        ('user_quota = "ten"\n', "user_quota"),
         ("udp = 1\n", "udp"),
-        ("tcp = \"yes\"\n", "tcp"),
+        ('tcp = "yes"\n', "tcp"),
         ('listen = "not-an-ip"\n', "listen"),
         ('allow_peers = "127.0.0.0/8"\n', "allow_peers"),
         ("max_lifetime = 0\n", "max_lifetime"),
@@ -57,7 +62,16 @@ def test_flags_override_file(tmp_path: Path) -> None:
     path = tmp_path / "turn.toml"
     path.write_text('realm = "file.example"\nports = 4000\n[users]\nalice = "a"\n')
     args = build_parser().parse_args(
-        ["--config", str(path), "--ports", "5000-5001", "--user", "bob:b", "--allow-peer", "127.0.0.0/8"]
+        [
+            "--config",
+            str(path),
+            "--ports",
+            "5000-5001",
+            "--user",
+            "bob:b",
+            "--allow-peer",
+            "127.0.0.0/8",
+        ]
     )
     c = config_from_args(args)
     assert c.realm == "file.example"  # from the file

@@ -34,8 +34,11 @@ PEER = ("127.0.0.1", 5000)
 
 def make_core(**overrides: object) -> TurnCore:
     settings: dict[str, object] = dict(
-        realm=REALM, users=((USER, PASSWORD), ("other", "pw")), relay_ports=(24000, 24099),
-        allow_peers=("127.0.0.0/8",), listen="127.0.4.1",
+        realm=REALM,
+        users=((USER, PASSWORD), ("other", "pw")),
+        relay_ports=(24000, 24099),
+        allow_peers=("127.0.0.0/8",),
+        listen="127.0.4.1",
     )
     settings.update(overrides)
     return TurnCore(TurnConfig(**settings))  # type: ignore[arg-type]
@@ -48,21 +51,34 @@ def ft(port: int = 40000, transport: Transport = Transport.UDP) -> FiveTuple:
 class Client:
     """Builds requests for one 5-tuple and reads the core's answers."""
 
-    def __init__(self, core: TurnCore, five_tuple: FiveTuple, user: str = USER, password: str = PASSWORD):
+    def __init__(
+        self, core: TurnCore, five_tuple: FiveTuple, user: str = USER, password: str = PASSWORD
+    ):
         self.core = core
         self.ft = five_tuple
         self.user = user
         self.key = long_term_key(user, REALM, password)
         self.nonce: bytes | None = None
 
-    def request(self, method: Method, attrs: list[tuple[int, bytes]] | None = None, *,
-                now: float = 0.0, auth: bool = True, tid: bytes | None = None) -> list[object]:
+    def request(
+        self,
+        method: Method,
+        attrs: list[tuple[int, bytes]] | None = None,
+        *,
+        now: float = 0.0,
+        auth: bool = True,
+        tid: bytes | None = None,
+    ) -> list[object]:
         tid = tid or os.urandom(12)
         attrs = list(attrs or [])
         if auth:
             if self.nonce is None:
                 self.nonce = self.core.auth.make_nonce(now)
-            attrs += [(Attr.USERNAME, self.user.encode()), (Attr.REALM, REALM.encode()), (Attr.NONCE, self.nonce)]
+            attrs += [
+                (Attr.USERNAME, self.user.encode()),
+                (Attr.REALM, REALM.encode()),
+                (Attr.NONCE, self.nonce),
+            ]
         data = stun.encode(method, Class.REQUEST, tid, attrs, key=self.key if auth else None)
         return self.core.handle_stun(data, self.ft, now)
 
@@ -71,8 +87,14 @@ class Client:
         assert len(sends) == 1, actions
         return stun.parse(sends[0].data)
 
-    def allocate(self, attrs: list[tuple[int, bytes]] | None = None, *, now: float = 0.0,
-                 transport: int = stun.TRANSPORT_UDP, tid: bytes | None = None) -> stun.StunMessage:
+    def allocate(
+        self,
+        attrs: list[tuple[int, bytes]] | None = None,
+        *,
+        now: float = 0.0,
+        transport: int = stun.TRANSPORT_UDP,
+        tid: bytes | None = None,
+    ) -> stun.StunMessage:
         base = [(Attr.REQUESTED_TRANSPORT, bytes([transport, 0, 0, 0]))]
         actions = self.request(Method.ALLOCATE, base + list(attrs or []), now=now, tid=tid)
         opens = [a for a in actions if isinstance(a, OpenRelay)]
@@ -85,9 +107,13 @@ class Client:
 
     def permit(self, peer: tuple[str, int], now: float = 0.0) -> stun.StunMessage:
         tid = os.urandom(12)
-        return self.response(self.request(Method.CREATE_PERMISSION, [self.peer_attr(peer, tid)], now=now, tid=tid))
+        return self.response(
+            self.request(Method.CREATE_PERMISSION, [self.peer_attr(peer, tid)], now=now, tid=tid)
+        )
 
-    def channel_bind(self, number: int, peer: tuple[str, int], now: float = 0.0) -> stun.StunMessage:
+    def channel_bind(
+        self, number: int, peer: tuple[str, int], now: float = 0.0
+    ) -> stun.StunMessage:
         tid = os.urandom(12)
         attrs = [(Attr.CHANNEL_NUMBER, struct.pack("!HH", number, 0)), self.peer_attr(peer, tid)]
         return self.response(self.request(Method.CHANNEL_BIND, attrs, now=now, tid=tid))
@@ -112,13 +138,18 @@ def test_binding_gives_xor_mapped_address_without_auth() -> None:
     c = Client(core, ft(40001))
     msg = c.response(c.request(Method.BINDING, auth=False))
     assert msg.cls == Class.RESPONSE
-    assert stun.unpack_xor_address(msg.get(Attr.XOR_MAPPED_ADDRESS) or b"", msg.transaction_id) == ("127.0.0.1", 40001)
+    assert stun.unpack_xor_address(msg.get(Attr.XOR_MAPPED_ADDRESS) or b"", msg.transaction_id) == (
+        "127.0.0.1",
+        40001,
+    )
 
 
 def test_no_credentials_401_with_realm_and_nonce() -> None:
     core = make_core()
     c = Client(core, ft())
-    msg = c.response(c.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")], auth=False))
+    msg = c.response(
+        c.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")], auth=False)
+    )
     assert error_code(msg) == 401
     assert msg.get(Attr.REALM) == REALM.encode()
     nonce = msg.get(Attr.NONCE)
@@ -162,7 +193,10 @@ def test_forged_nonce_is_stale() -> None:
 def test_rest_secret_credentials_and_expiry() -> None:
     wall = [1_000_000.0]
     auth = Authenticator(realm=REALM, users={}, secret="s3cr3t", wall_clock=lambda: wall[0])
-    core = TurnCore(TurnConfig(realm=REALM, relay_ports=(24000, 24099), auth_secret="s3cr3t"), authenticator=auth)
+    core = TurnCore(
+        TurnConfig(realm=REALM, relay_ports=(24000, 24099), auth_secret="s3cr3t"),
+        authenticator=auth,
+    )
     user = "1000600:alice"
     c = Client(core, ft(), user=user, password=rest_password("s3cr3t", user))
     assert c.allocate().cls == Class.RESPONSE
@@ -173,8 +207,13 @@ def test_rest_secret_credentials_and_expiry() -> None:
 
 def test_integrity_without_username_is_400() -> None:
     core = make_core()
-    data = stun.encode(Method.ALLOCATE, Class.REQUEST, os.urandom(12),
-                       [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")], key=b"k" * 16)
+    data = stun.encode(
+        Method.ALLOCATE,
+        Class.REQUEST,
+        os.urandom(12),
+        [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")],
+        key=b"k" * 16,
+    )
     msg = stun.parse(core.handle_stun(data, ft(), 0.0)[0].data)  # type: ignore[attr-defined]
     assert error_code(msg) == 400
 
@@ -240,7 +279,9 @@ def test_second_allocate_on_5tuple_437_but_retransmission_repeats_response() -> 
     c = Client(core, ft())
     tid = os.urandom(12)
     first = c.allocate(tid=tid)
-    again = c.response(c.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")], tid=tid))
+    again = c.response(
+        c.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")], tid=tid)
+    )
     assert again.raw == first.raw
     assert error_code(c.allocate()) == 437
 
@@ -291,7 +332,11 @@ def test_bad_requests_400() -> None:
 
 def test_unknown_comprehension_required_attribute_420() -> None:
     c = Client(make_core(), ft())
-    msg = c.response(c.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0"), (0x0077, b"\0\0\0\0")]))
+    msg = c.response(
+        c.request(
+            Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0"), (0x0077, b"\0\0\0\0")]
+        )
+    )
     assert error_code(msg) == 420
     assert msg.get(Attr.UNKNOWN_ATTRIBUTES) == b"\x00\x77"
 
@@ -315,12 +360,18 @@ def test_even_port_reservation_token() -> None:
     second = Client(core, ft(40002)).allocate([(Attr.RESERVATION_TOKEN, token)], now=10.0)
     assert relayed(second)[1] == port + 1
     # A token is good once, and only for 30 seconds.
-    assert error_code(Client(core, ft(40003)).allocate([(Attr.RESERVATION_TOKEN, token)], now=11.0)) == 508
+    assert (
+        error_code(Client(core, ft(40003)).allocate([(Attr.RESERVATION_TOKEN, token)], now=11.0))
+        == 508
+    )
     third = Client(core, ft(40004)).allocate([(Attr.EVEN_PORT, b"\x80")], now=20.0)
     token3 = third.get(Attr.RESERVATION_TOKEN)
     core.handle_timer(51.0)
     assert token3 is not None
-    assert error_code(Client(core, ft(40005)).allocate([(Attr.RESERVATION_TOKEN, token3)], now=51.0)) == 508
+    assert (
+        error_code(Client(core, ft(40005)).allocate([(Attr.RESERVATION_TOKEN, token3)], now=51.0))
+        == 508
+    )
     assert core.pool.take_specific(relayed(third)[1] + 1)  # released back to the pool
 
 
@@ -331,8 +382,21 @@ def test_dont_fragment_accepted() -> None:
 # -- peers, permissions, channels -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::ffff:127.0.0.1", "10.1.2.3", "192.168.1.1",
-                                  "169.254.1.1", "224.0.0.1", "::1", "fe80::1", "172.16.5.4"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+        "10.1.2.3",
+        "192.168.1.1",
+        "169.254.1.1",
+        "224.0.0.1",
+        "::1",
+        "fe80::1",
+        "172.16.5.4",
+    ],
+)
 def test_denied_peers_403_without_allow(host: str) -> None:
     core = make_core(allow_peers=())
     c = Client(core, ft())
@@ -370,7 +434,10 @@ def test_permission_expires_after_300s() -> None:
     assert out is not None
     ind = aioice_stun.parse_message(out)
     assert ind.message_method == aioice_stun.Method.DATA
-    assert ind.attributes["DATA"] == b"hello" and ind.attributes["XOR-PEER-ADDRESS"] == ("127.0.0.1", 9999)
+    assert ind.attributes["DATA"] == b"hello" and ind.attributes["XOR-PEER-ADDRESS"] == (
+        "127.0.0.1",
+        9999,
+    )
     core.handle_timer(300.0)
     assert core.data_from_peer(alloc, PEER, b"x", 300.0) is None
     assert core.stats(300.0).permissions == 0
@@ -381,7 +448,9 @@ def test_send_indication_needs_permission() -> None:
     c = Client(core, ft())
     c.allocate()
     tid = os.urandom(12)
-    send = stun.encode(Method.SEND, Class.INDICATION, tid, [c.peer_attr(PEER, tid), (Attr.DATA, b"abc")])
+    send = stun.encode(
+        Method.SEND, Class.INDICATION, tid, [c.peer_attr(PEER, tid), (Attr.DATA, b"abc")]
+    )
     assert core.handle_stun(send, c.ft, 1.0) == []
     c.permit(PEER)
     [action] = core.handle_stun(send, c.ft, 1.0)
@@ -405,7 +474,9 @@ def test_channel_bind_relays_and_expires_after_600s() -> None:
     core.handle_timer(600.0)
     assert core.channel_data_from_client(c.ft, frame, 600.0) is None
     out = core.data_from_peer(alloc, PEER, b"xyz", 600.0)
-    assert out is not None and aioice_stun.parse_message(out).message_method == aioice_stun.Method.DATA
+    assert (
+        out is not None and aioice_stun.parse_message(out).message_method == aioice_stun.Method.DATA
+    )
     assert core.stats(600.0).channels == 0
 
 
@@ -442,13 +513,17 @@ def test_tcp_allocation_connect_and_connection_bind() -> None:
     tid = os.urandom(12)
     [connect] = control.request(Method.CONNECT, [control.peer_attr(PEER, tid)], tid=tid)
     assert isinstance(connect, ConnectPeer) and connect.peer == PEER
-    again = control.response(control.request(Method.CONNECT, [control.peer_attr(PEER, tid)], tid=tid))
+    again = control.response(
+        control.request(Method.CONNECT, [control.peer_attr(PEER, tid)], tid=tid)
+    )
     assert error_code(again) == 446
     ok = control.response(core.peer_connected(connect.connection_id, 1.0))
     assert ok.transaction_id == tid and ok.check_integrity(control.key)
     cid = stun.unpack_u32(ok.get(Attr.CONNECTION_ID) or b"")
     data_conn = Client(core, ft(41001, Transport.TCP))
-    actions = data_conn.request(Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, stun.pack_u32(cid))], now=2.0)
+    actions = data_conn.request(
+        Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, stun.pack_u32(cid))], now=2.0
+    )
     assert data_conn.response(actions).cls == Class.RESPONSE
     assert any(isinstance(a, AttachData) and a.connection_id == cid for a in actions)
     # Closing the control connection deletes the allocation and its peer connections.

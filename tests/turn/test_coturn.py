@@ -18,13 +18,29 @@ pytestmark = [
 
 async def run_uclient(port: int, *flags: str, messages: int = 40, clients: int = 2) -> str:
     proc = await asyncio.create_subprocess_exec(
-        "turnutils_uclient", *flags, "-u", USER, "-w", PASSWORD, "-p", str(port),
-        "-n", str(messages), "-m", str(clients), "-l", "120", "-z", "2", "127.0.0.1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "turnutils_uclient",
+        *flags,
+        "-u",
+        USER,
+        "-w",
+        PASSWORD,
+        "-p",
+        str(port),
+        "-n",
+        str(messages),
+        "-m",
+        str(clients),
+        "-l",
+        "120",
+        "-z",
+        "2",
+        "127.0.0.1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise
@@ -50,7 +66,9 @@ MODES = {
 async def test_uclient_relays_with_zero_loss_udp_tcp_and_tcp_relay() -> None:
     # The four runs go concurrently: uclient spends most of its time in fixed waits.
     async with running_server() as server:
-        outputs = await asyncio.gather(*(run_uclient(server_port(server), *f) for f in MODES.values()))
+        outputs = await asyncio.gather(
+            *(run_uclient(server_port(server), *f) for f in MODES.values())
+        )
         total_sent = 0
         for mode, output in zip(MODES, outputs, strict=True):
             sent, received, lost = totals(output)
@@ -65,9 +83,21 @@ async def test_uclient_relays_with_zero_loss_udp_tcp_and_tcp_relay() -> None:
 async def test_uclient_wrong_password_gets_nothing_relayed() -> None:
     async with running_server() as server:
         proc = await asyncio.create_subprocess_exec(
-            "turnutils_uclient", "-y", "-u", USER, "-w", "wrong", "-p", str(server_port(server)),
-            "-n", "5", "-m", "1", "127.0.0.1",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            "turnutils_uclient",
+            "-y",
+            "-u",
+            USER,
+            "-w",
+            "wrong",
+            "-p",
+            str(server_port(server)),
+            "-n",
+            "5",
+            "-m",
+            "1",
+            "127.0.0.1",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode != 0 or b"error 401" in out

@@ -15,7 +15,16 @@ from turn import stun
 from turn.auth import long_term_key
 from turn.stun import Attr, Method
 
-from .helpers import PASSWORD, REALM, USER, authed, error_code, running_server, server_port, stun_client
+from .helpers import (
+    PASSWORD,
+    REALM,
+    USER,
+    authed,
+    error_code,
+    running_server,
+    server_port,
+    stun_client,
+)
 
 UDP_TRANSPORT = [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")]
 
@@ -87,8 +96,14 @@ async def test_refusals_over_udp() -> None:
             assert error_code(wrong) == 401
             stale_nonce = server.core.auth.make_nonce(asyncio.get_running_loop().time() - 10_000)
             key = long_term_key(USER, REALM, PASSWORD)
-            auth = [(Attr.USERNAME, USER.encode()), (Attr.REALM, REALM.encode()), (Attr.NONCE, stale_nonce)]
-            assert error_code(await c.request(Method.ALLOCATE, UDP_TRANSPORT + auth, key=key)) == 438
+            auth = [
+                (Attr.USERNAME, USER.encode()),
+                (Attr.REALM, REALM.encode()),
+                (Attr.NONCE, stale_nonce),
+            ]
+            assert (
+                error_code(await c.request(Method.ALLOCATE, UDP_TRANSPORT + auth, key=key)) == 438
+            )
             assert error_code(await authed(c, Method.ALLOCATE, [])) == 400
             ok = await authed(c, Method.ALLOCATE, UDP_TRANSPORT)
             assert ok.cls == stun.Class.RESPONSE
@@ -106,20 +121,31 @@ async def test_bad_packets_never_stop_listeners() -> None:
     loop = asyncio.get_running_loop()
     async with running_server() as server:
         port = server_port(server)
-        junk = [b"", b"\x00", os.urandom(3), os.urandom(19), b"\x40\x00\xff\xff", b"\x00\x01\x00\x08" + os.urandom(40),
-                struct.pack("!HHI12s", 0x0001, 4, stun.COOKIE, os.urandom(12)) + b"\x00\x06\x00\x40",
-                os.urandom(1400)]
+        junk = [
+            b"",
+            b"\x00",
+            os.urandom(3),
+            os.urandom(19),
+            b"\x40\x00\xff\xff",
+            b"\x00\x01\x00\x08" + os.urandom(40),
+            struct.pack("!HHI12s", 0x0001, 4, stun.COOKIE, os.urandom(12)) + b"\x00\x06\x00\x40",
+            os.urandom(1400),
+        ]
         async with stun_client("127.0.0.1", port) as c:
             for data in junk:
                 c.transport.sendto(data)
             # A malformed request with the cookie gets its 400; the listener still answers Binding.
             tid = os.urandom(12)
-            c.transport.sendto(struct.pack("!HHI12s", 0x0003, 8, stun.COOKIE, tid) + b"\x00\x19\x00\x10abcd")
+            c.transport.sendto(
+                struct.pack("!HHI12s", 0x0003, 8, stun.COOKIE, tid) + b"\x00\x19\x00\x10abcd"
+            )
             fut = loop.create_future()
             c.waiters[tid] = fut
             assert error_code(await asyncio.wait_for(fut, 3)) == 400
             binding = await c.request(Method.BINDING, [])
-            mapped = stun.unpack_xor_address(binding.get(Attr.XOR_MAPPED_ADDRESS) or b"", binding.transaction_id)
+            mapped = stun.unpack_xor_address(
+                binding.get(Attr.XOR_MAPPED_ADDRESS) or b"", binding.transaction_id
+            )
             assert mapped == c.transport.get_extra_info("sockname")
         # TCP: garbage closes that connection only.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -142,12 +168,17 @@ async def test_listens_on_any_loopback_address_and_port_range() -> None:
     try:
         async with running_server(listen="127.0.4.1", ports=(base, base + 1)) as server:
             assert {(t, p) for t, _, p in server.addresses} == {
-                ("udp", base), ("tcp", base), ("udp", base + 1), ("tcp", base + 1)
+                ("udp", base),
+                ("tcp", base),
+                ("udp", base + 1),
+                ("tcp", base + 1),
             }
             for port in (base, base + 1):
                 async with stun_client("127.0.4.1", port) as c:
                     ok = await authed(c, Method.ALLOCATE, UDP_TRANSPORT)
-                    relayed = stun.unpack_xor_address(ok.get(Attr.XOR_RELAYED_ADDRESS) or b"", ok.transaction_id)
+                    relayed = stun.unpack_xor_address(
+                        ok.get(Attr.XOR_RELAYED_ADDRESS) or b"", ok.transaction_id
+                    )
                     assert relayed[0] == "127.0.4.1"
     except OSError as exc:  # another run took base+1 in the meantime
         pytest.skip(f"port range busy: {exc}")
@@ -157,7 +188,9 @@ async def test_stop_deletes_allocations_and_frees_relay_ports() -> None:
     async with running_server() as server:
         async with stun_client("127.0.0.1", server_port(server)) as c:
             ok = await authed(c, Method.ALLOCATE, UDP_TRANSPORT)
-            relayed = stun.unpack_xor_address(ok.get(Attr.XOR_RELAYED_ADDRESS) or b"", ok.transaction_id)
+            relayed = stun.unpack_xor_address(
+                ok.get(Attr.XOR_RELAYED_ADDRESS) or b"", ok.transaction_id
+            )
             assert server.stats().allocations == 1
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

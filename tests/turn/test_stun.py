@@ -26,7 +26,8 @@ def vector(name: str) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "name", ["rfc5769-2.1-request.bin", "rfc5769-2.2-ipv4-response.bin", "rfc5769-2.3-ipv6-response.bin"]
+    "name",
+    ["rfc5769-2.1-request.bin", "rfc5769-2.2-ipv4-response.bin", "rfc5769-2.3-ipv6-response.bin"],
 )
 def test_rfc5769_short_term_vectors_integrity_and_fingerprint(name: str) -> None:
     data = vector(name)
@@ -59,7 +60,10 @@ def test_rfc5769_request_attributes() -> None:
 def test_rfc5769_xor_mapped_address(name: str, address: tuple[str, int]) -> None:
     msg = stun.parse(vector(name))
     assert msg.cls == Class.RESPONSE
-    assert stun.unpack_xor_address(msg.get(Attr.XOR_MAPPED_ADDRESS) or b"", msg.transaction_id) == address
+    assert (
+        stun.unpack_xor_address(msg.get(Attr.XOR_MAPPED_ADDRESS) or b"", msg.transaction_id)
+        == address
+    )
     assert stun.pack_xor_address(address, msg.transaction_id) == msg.get(Attr.XOR_MAPPED_ADDRESS)
 
 
@@ -75,21 +79,34 @@ def test_rfc5769_long_term_vector() -> None:
     assert not msg.check_integrity(long_term_key(username, "example.org", "thematrix"))
     # Our encoder reproduces the vector byte for byte.
     attrs = [(t, v) for t, v in msg.attributes if t != Attr.MESSAGE_INTEGRITY]
-    rebuilt = stun.encode(Method.BINDING, Class.REQUEST, msg.transaction_id, attrs,
-                          key=long_term_key(username, "example.org", "TheMatrIX"), fingerprint=False)
+    rebuilt = stun.encode(
+        Method.BINDING,
+        Class.REQUEST,
+        msg.transaction_id,
+        attrs,
+        key=long_term_key(username, "example.org", "TheMatrIX"),
+        fingerprint=False,
+    )
     assert rebuilt == data
 
 
 def test_encode_round_trip_and_aioice_interop() -> None:
     tid = os.urandom(12)
     key = long_term_key("u", "r", "p")
-    data = stun.encode(Method.CONNECTION_BIND, Class.REQUEST, tid,
-                       [(Attr.CONNECTION_ID, stun.pack_u32(7)), (Attr.USERNAME, b"u")], key=key)
+    data = stun.encode(
+        Method.CONNECTION_BIND,
+        Class.REQUEST,
+        tid,
+        [(Attr.CONNECTION_ID, stun.pack_u32(7)), (Attr.USERNAME, b"u")],
+        key=key,
+    )
     msg = stun.parse(data)
     assert msg.method == Method.CONNECTION_BIND and msg.transaction_id == tid
     assert stun.unpack_u32(msg.get(Attr.CONNECTION_ID) or b"") == 7
     assert msg.check_integrity(key)
-    data = stun.encode(Method.ALLOCATE, Class.ERROR, tid, [(Attr.ERROR_CODE, stun.pack_error_code(438))])
+    data = stun.encode(
+        Method.ALLOCATE, Class.ERROR, tid, [(Attr.ERROR_CODE, stun.pack_error_code(438))]
+    )
     parsed = aioice_stun.parse_message(data)
     assert parsed.message_method == aioice_stun.Method.ALLOCATE and parsed.error_code == 438
 
@@ -97,7 +114,13 @@ def test_encode_round_trip_and_aioice_interop() -> None:
 def test_attributes_after_integrity_are_ignored() -> None:
     tid = os.urandom(12)
     data = stun.encode(Method.BINDING, Class.REQUEST, tid, [], key=b"k", fingerprint=False)
-    data = data[:2] + struct.pack("!H", len(data) - 20 + 8) + data[4:] + struct.pack("!HH", Attr.USERNAME, 4) + b"evil"
+    data = (
+        data[:2]
+        + struct.pack("!H", len(data) - 20 + 8)
+        + data[4:]
+        + struct.pack("!HH", Attr.USERNAME, 4)
+        + b"evil"
+    )
     msg = stun.parse(data)
     assert msg.get(Attr.USERNAME) is None and msg.check_integrity(b"k")
 
@@ -108,7 +131,9 @@ def test_attributes_after_integrity_are_ignored() -> None:
         b"",
         b"\x00\x01\x00\x00" + b"\x00" * 16,  # no magic cookie
         b"\x00\x01\x00\x04\x21\x12\xa4\x42" + b"\x00" * 12,  # length beyond the data
-        b"\x00\x01\x00\x04\x21\x12\xa4\x42" + b"\x00" * 12 + b"\x00\x06\x00\x08",  # attribute overrun
+        b"\x00\x01\x00\x04\x21\x12\xa4\x42"
+        + b"\x00" * 12
+        + b"\x00\x06\x00\x08",  # attribute overrun
         b"\xc0\x01\x00\x00\x21\x12\xa4\x42" + b"\x00" * 12,  # top bits set
     ],
 )
@@ -150,7 +175,9 @@ def test_stream_framer_splits_stun_and_padded_channel_data() -> None:
     assert frames == [stun_msg, struct.pack("!HH", 0x4001, 5) + b"hello", stun_msg]
 
 
-@pytest.mark.parametrize("garbage", [b"\x80\x00\x00\x00", b"\xff" * 8, b"\x00\x01\x00\x03" + b"\0" * 20])
+@pytest.mark.parametrize(
+    "garbage", [b"\x80\x00\x00\x00", b"\xff" * 8, b"\x00\x01\x00\x03" + b"\0" * 20]
+)
 def test_stream_framer_rejects_garbage(garbage: bytes) -> None:
     f = StreamFramer()
     f.feed(garbage)
