@@ -563,3 +563,34 @@ def test_close_all_deletes_everything() -> None:
         Client(core, ft(port)).allocate()
     actions = core.close_all()
     assert sum(isinstance(a, CloseRelay) for a in actions) == 2 and not core.allocations
+
+
+# -- fuzz: bytes from the network give answers or nothing, never an exception ---------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FUZZ_CORE = make_core()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from([m.value for m in Method] + [0x0FF]),
+    cls=st.sampled_from(list(Class)),
+    attrs=st.lists(
+        st.tuples(
+            st.sampled_from([a.value for a in Attr] + [0x7777, 0xC001]), st.binary(max_size=24)
+        ),
+        max_size=6,
+    ),
+    transport=st.sampled_from(list(Transport)),
+)
+def test_fuzz_core_never_raises(
+    method: int, cls: Class, attrs: list[tuple[int, bytes]], transport: Transport
+) -> None:
+    data = stun.encode(method, cls, os.urandom(12), attrs, fingerprint=False)
+    actions = _FUZZ_CORE.handle_stun(data, ft(40100, transport), 0.0)
+    for action in actions:
+        if isinstance(action, SendToClient):
+            stun.parse(action.data)  # every answer is itself well formed
+    assert _FUZZ_CORE.channel_data_from_client(ft(40100, transport), data, 0.0) is None
