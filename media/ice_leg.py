@@ -1,0 +1,302 @@
+"""The Microsoft leg of a stream: ICE (RFC 5245, as [MS-ICE2]) with aioice, one agent per
+stream, components 1 (RTP) and 2 (RTCP).
+
+Why a subclass of ``aioice.Connection`` and not its ``gather_candidates``: aioice (0.10 to
+0.13) gathers host candidates on every interface ``ifaddr`` reports (and skips 127.0.0.1),
+binds ephemeral ports, and offers no parameter to change either. The gateway must offer only
+its configured media address, on its pool ports, so ``IceLeg.gather`` binds the host
+candidates itself and reuses aioice's STUN and TURN client pieces for srflx and relay
+candidates. It fills the same fields ``gather_candidates`` would (``_protocols``,
+``_local_candidates``, the two ``_local_candidates_*`` flags): that is aioice internals,
+pinned by the tests in tests/media/test_ice_leg.py.
+
+Every STUN message and packet this leg sends goes through ``_Protocol``, which refuses any
+destination outside ``allowed_networks`` (the lab keeps all traffic on loopback) and records
+the destinations it used. Remote candidates outside those networks are never added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aioice import Candidate as IceCandidate
+from aioice import Connection
+from aioice.candidate import candidate_foundation, candidate_priority
+from aioice.ice import StunProtocol, server_reflexive_candidate
+from aioice.stun import Message
+from aioice.turn import (
+    DEFAULT_ALLOCATION_LIFETIME,
+    DEFAULT_CHANNEL_REFRESH_TIME,
+    TurnClientUdpProtocol,
+    TurnTransport,
+)
+
+from media.ms_dialect import Candidate, CandidateTransport, CandidateType
+
+__all__ = ["IceLeg", "IceSettings", "TurnServerSettings", "to_sdp_candidate"]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+GATHER_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnServerSettings:
+    """One TURN server the gateway takes relay candidates from."""
+
+    address: Address
+    """(host, port), port 3478 by default."""
+    username: str = "GatewayB2BUA"
+    password: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IceSettings:
+    """What every ICE leg of the gateway shares."""
+
+    stun_server: Address | None = None
+    """STUN server for server-reflexive candidates (None: no srflx)."""
+    turn_servers: tuple[TurnServerSettings, ...] = ()
+    """Relay candidates come from each of these."""
+    allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Networks this leg may send to; candidates elsewhere are ignored."""
+    connect_timeout: float = 30.0
+    """Seconds the connectivity checks may take before the stream fails."""
+
+
+def _networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c) for c in cidrs)
+
+
+def address_allowed(host: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+class _Protocol(StunProtocol):
+    """aioice's socket protocol with an RFC 7983 fast path for RTP/RTCP and a send guard."""
+
+    receiver: _Agent
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        # RFC 7983 §7: first byte 128..191 is RTP/RTCP; skip aioice's STUN parse attempt.
+        if data and 127 < data[0] < 192:  # type: ignore[operator]
+            sink = self.receiver.leg.on_media
+            if sink is not None:
+                sink(data, self.local_candidate.component)  # type: ignore[arg-type]
+            return
+        super().datagram_received(data, addr)
+
+    def send_stun(self, message: Message, addr: tuple[str, int]) -> None:
+        if self.receiver.leg.guard(addr):
+            super().send_stun(message, addr)
+
+    async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.receiver.leg.guard(addr):
+            self.transport.sendto(data, addr)
+
+
+class _Agent(Connection):
+    def __init__(self, leg: IceLeg, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.leg = leg
+
+    def data_received(self, data: bytes, component: int) -> None:
+        sink = self.leg.on_media
+        if sink is not None:
+            sink(data, component)
+
+
+def to_sdp_candidate(c: IceCandidate) -> Candidate:
+    return Candidate(c.foundation, c.component, CandidateTransport.UDP, c.priority, c.host,
+                     c.port, CandidateType(c.type), c.related_address, c.related_port)
+
+
+def _to_ice_candidate(c: Candidate) -> IceCandidate:
+    return IceCandidate(foundation=c.foundation, component=c.component, transport="udp",
+                        priority=c.priority, host=c.address, port=c.port, type=c.type.value,
+                        related_address=c.related_address, related_port=c.related_port)
+
+
+class IceLeg:
+    """ICE toward Microsoft for one stream: host candidates on ``host``:``port``/``port+1``,
+    relay candidates from TURN connections bound on ``turn_ports`` (one pair per server)."""
+
+    def __init__(self, host: str, port: int, settings: IceSettings, *, ufrag: str, pwd: str,
+                 turn_ports: Sequence[int] = ()) -> None:
+        self.host = host
+        self.ports = (port, port + 1)
+        self.settings = settings
+        self.turn_ports = tuple(turn_ports)
+        self.networks = _networks(settings.allowed_networks)
+        self.agent = _Agent(self, ice_controlling=False, components=2,
+                            local_username=ufrag, local_password=pwd)
+        self.on_media: Callable[[bytes, int], None] | None = None
+        """Called with (packet, component) for every RTP/RTCP packet received."""
+        self.destinations: set[Address] = set()
+        """Every address this leg sent a STUN message to (media follows the same pairs)."""
+        self.refused: set[Address] = set()
+        """Destinations the guard refused (outside ``allowed_networks``)."""
+        self.connected = False
+        self.selected_type: str | None = None
+        self._routes: dict[int, tuple[Any, Address]] = {}
+
+    @property
+    def ufrag(self) -> str:
+        return self.agent.local_username
+
+    @property
+    def pwd(self) -> str:
+        return self.agent.local_password
+
+    def guard(self, addr: Address) -> bool:
+        if address_allowed(addr[0], self.networks):
+            self.destinations.add((addr[0], addr[1]))
+            return True
+        if addr not in self.refused:
+            logger.warning("ICE leg %s:%d: refusing to send to %s:%d (not in %s)", self.host,
+                           self.ports[0], addr[0], addr[1], ",".join(self.settings.allowed_networks))
+        self.refused.add((addr[0], addr[1]))
+        return False
+
+    # -- gathering ---------------------------------------------------------------------------
+
+    async def gather(self) -> None:
+        """Bind host candidates (OSError if a port is taken: nothing stays bound), then add
+        srflx and relay candidates; a STUN/TURN server that does not answer is logged and
+        skipped."""
+        agent = self.agent
+        loop = asyncio.get_running_loop()
+        candidates: list[IceCandidate] = []
+        hosts: list[_Protocol] = []
+        try:
+            for component, port in ((1, self.ports[0]), (2, self.ports[1])):
+                _, proto = await loop.create_datagram_endpoint(
+                    lambda: _Protocol(agent), local_addr=(self.host, port),
+                    family=socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+                proto.local_candidate = IceCandidate(
+                    foundation=candidate_foundation("host", "udp", self.host),
+                    component=component, transport="udp",
+                    priority=candidate_priority(component, "host"),
+                    host=self.host, port=port, type="host")
+                hosts.append(proto)
+                candidates.append(proto.local_candidate)
+        except OSError:
+            for proto in hosts:
+                proto.transport.close()
+            raise
+        agent._protocols += hosts
+        tasks: list[asyncio.Task[tuple[IceCandidate, StunProtocol | None]]] = []
+        stun_server = self.settings.stun_server
+        if stun_server is not None and self.guard(stun_server):
+            tasks += [asyncio.ensure_future(server_reflexive_candidate(p, stun_server))
+                      for p in hosts if ":" not in self.host]
+        for server, base in zip(self.settings.turn_servers, self.turn_ports, strict=False):
+            if self.guard(server.address):
+                tasks += [asyncio.ensure_future(self._relayed(server, component, base + component - 1))
+                          for component in (1, 2)]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=GATHER_TIMEOUT)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if task.exception() is not None:
+                    logger.warning("ICE leg %s:%d: candidate gathering failed: %r", self.host,
+                                   self.ports[0], task.exception())
+                    continue
+                candidate, protocol = task.result()
+                candidates.append(candidate)
+                if protocol is not None:
+                    agent._protocols.append(protocol)
+        agent._local_candidates = candidates
+        agent._local_candidates_start = True
+        agent._local_candidates_end = True
+
+    async def _relayed(self, server: TurnServerSettings, component: int,
+                       local_port: int) -> tuple[IceCandidate, StunProtocol]:
+        # aioice's create_turn_endpoint binds an ephemeral port: bind the pool port instead.
+        loop = asyncio.get_running_loop()
+        inner_transport, inner = await loop.create_datagram_endpoint(
+            lambda: TurnClientUdpProtocol(server.address, username=server.username,
+                                          password=server.password,
+                                          lifetime=DEFAULT_ALLOCATION_LIFETIME,
+                                          channel_refresh_time=DEFAULT_CHANNEL_REFRESH_TIME),
+            local_addr=(self.host, local_port), remote_addr=server.address)
+        try:
+            protocol = _Protocol(self.agent)
+            transport = TurnTransport(inner)
+            await transport._connect(protocol)
+        except BaseException:
+            inner_transport.close()
+            raise
+        relayed = transport.get_extra_info("sockname")
+        related = transport.get_extra_info("related_address") or (self.host, local_port)
+        protocol.local_candidate = IceCandidate(
+            foundation=candidate_foundation("relay", "udp", relayed[0]), component=component,
+            transport="udp", priority=candidate_priority(component, "relay"),
+            host=relayed[0], port=relayed[1], type="relay",
+            related_address=related[0], related_port=related[1])
+        return protocol.local_candidate, protocol
+
+    @property
+    def local_candidates(self) -> tuple[Candidate, ...]:
+        return tuple(to_sdp_candidate(c) for c in self.agent.local_candidates)
+
+    # -- checks ------------------------------------------------------------------------------
+
+    async def connect(self, ufrag: str, pwd: str, candidates: Iterable[Candidate], *,
+                      controlling: bool) -> None:
+        """Run the connectivity checks; raises ``ConnectionError`` (or ``TimeoutError``) when
+        they fail. Only UDP candidates inside ``allowed_networks`` are used."""
+        agent = self.agent
+        agent.ice_controlling = controlling
+        agent.remote_username = ufrag
+        agent.remote_password = pwd
+        for c in candidates:
+            if c.transport is not CandidateTransport.UDP or c.component not in (1, 2):
+                continue
+            if not address_allowed(c.address, self.networks):
+                logger.info("ICE leg %s:%d: ignoring remote candidate %s:%d (not in %s)",
+                            self.host, self.ports[0], c.address, c.port,
+                            ",".join(self.settings.allowed_networks))
+                continue
+            await agent.add_remote_candidate(_to_ice_candidate(c))
+        await agent.add_remote_candidate(None)
+        await asyncio.wait_for(agent.connect(), self.settings.connect_timeout)
+        self._routes = {component: (pair.protocol.transport, pair.remote_addr)
+                        for component, pair in agent._nominated.items()}
+        rtp = agent._nominated.get(1)
+        self.selected_type = rtp.local_candidate.type if rtp is not None else None
+        self.connected = True
+
+    @property
+    def remote_rtp(self) -> Address | None:
+        route = self._routes.get(1)
+        return route[1] if route is not None else None
+
+    def send(self, data: bytes, component: int) -> bool:
+        """Send on the nominated pair of ``component``; False before ICE completes."""
+        route = self._routes.get(component)
+        if route is None:
+            return False
+        route[0].sendto(data, route[1])
+        return True
+
+    async def close(self) -> None:
+        self._routes.clear()
+        self.connected = False
+        try:
+            await asyncio.wait_for(self.agent.close(), 5.0)
+        except (TimeoutError, OSError) as exc:
+            logger.warning("ICE leg %s:%d: close: %r", self.host, self.ports[0], exc)

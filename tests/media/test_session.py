@@ -1,0 +1,288 @@
+"""End to end on loopback: a Lync peer (aioice, relay-only through our TURN server, SRTP with
+MKI), the MediaSession, and a plain RTP video peer."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from media.events import MediaClosed, MediaConnected, MediaEvent, MediaFailed, SourceLatched
+from media.ice_leg import IceSettings, TurnServerSettings
+from media.ms_dialect import SsrcRange
+from media.port_pool import PortPool, PortPoolExhausted, PortPoolSettings
+from media.rewrite import to_microsoft, to_standard
+from media.rtp_leg import LatchMode
+from media.sdp import SessionDescription, parse_sdp
+from media.session import MediaSession, MediaSettings
+from tests.media.peers import LYNC_SSRC, LyncPeer, VideoPeer, rtcp_rr, rtp, ssrc_of
+from tests.turn.helpers import PASSWORD, USER, running_server, server_port
+
+GATEWAY = "127.0.2.1"
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+WAIT = 10.0
+
+
+def free_pool(ports: int = 40) -> PortPool:
+    """A pool on a random range whose ports are free right now (tests run in parallel)."""
+    for _ in range(50):
+        base = random.randrange(30000, 60000, 2)
+        try:
+            for port in range(base, base + ports):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind((GATEWAY, port))
+        except OSError:
+            continue
+        return PortPool(PortPoolSettings(base, base + ports - 1))
+    raise RuntimeError("no free port range")
+
+
+async def next_event(session: MediaSession, kind: type[MediaEvent]) -> MediaEvent:
+    while True:
+        event = await asyncio.wait_for(session.events.get(), WAIT)
+        if isinstance(event, kind):
+            return event
+
+
+async def receive(queue: asyncio.Queue, component: int = 1) -> tuple:  # type: ignore[type-arg]
+    while True:
+        item = await asyncio.wait_for(queue.get(), WAIT)
+        if item[-1] == component:
+            return item  # type: ignore[no-any-return]
+
+
+class Call:
+    """Signalling done by hand, as the B2BUA will: Lync offers, the video side answers."""
+
+    def __init__(self, session: MediaSession, lync: LyncPeer, video: VideoPeer) -> None:
+        self.session, self.lync, self.video = session, lync, video
+        self.ms_offer: SessionDescription | None = None
+
+    async def offer_answer(self, kinds: list[str], direction: str = "sendrecv") -> None:
+        self.ms_offer = self.lync.offer(direction)
+        await self.session.prepare(kinds)
+        video_offer = to_standard(self.ms_offer, self.session.video_plan())
+        video_answer = self.video.answer(parse_sdp(bytes(video_offer)))
+        ms_answer = to_microsoft(video_answer, self.session.microsoft_plan(),
+                                 answer_to=self.ms_offer)
+        ms_answer = parse_sdp(bytes(ms_answer))  # what goes on the wire
+        await self.session.apply(microsoft_local=ms_answer, microsoft_remote=self.ms_offer,
+                                 video_local=video_offer, video_remote=video_answer,
+                                 ice_controlling=False)
+        await asyncio.wait_for(self.lync.start(ms_answer), WAIT)
+        self.ms_answer = ms_answer
+
+
+@asynccontextmanager
+async def call_setup(kinds: list[str], settings_kw: dict | None = None  # type: ignore[type-arg]
+                     ) -> AsyncIterator[tuple[Call, PortPool, object]]:
+    async with running_server() as turn:
+        address = ("127.0.0.1", server_port(turn))
+        settings = MediaSettings(
+            microsoft_address=GATEWAY, video_address=GATEWAY,
+            ice=IceSettings(stun_server=address, connect_timeout=WAIT,
+                            turn_servers=(TurnServerSettings(address, USER, PASSWORD),)),
+            **(settings_kw or {}))
+        pool = free_pool()
+        session = MediaSession("call-1", pool, settings)
+        lync = LyncPeer(turn=address, username=USER, password=PASSWORD)
+        video = VideoPeer()
+        await video.open()
+        for kind in kinds:
+            await lync.add_stream(kind)
+        call = Call(session, lync, video)
+        try:
+            yield call, pool, turn
+        finally:
+            await lync.close()
+            video.close()
+            await session.close()
+
+
+async def test_audio_video_call_relays_both_ways_with_srtp_and_ssrc_mapping() -> None:
+    async with call_setup(["audio", "video"]) as (call, pool, turn):
+        await call.offer_answer(["audio", "video"])
+        session = call.session
+        connected = {(await next_event(session, MediaConnected)).stream for _ in range(2)}
+        assert connected == {0, 1}
+        assert pool.ports_in_use == 8 + 2 * 2  # AUDIO_VIDEO + one TURN pair per stream
+
+        # Every candidate we offered, every address we sent to: loopback only.
+        plan = call.ms_answer
+        for media in plan.media:
+            for value in media.get_all("candidate"):
+                assert ipaddress.ip_address(value.split()[4]) in LOOPBACK
+        types = {v.split()[7] for m in plan.media for v in m.get_all("candidate")}
+        assert {"host", "relay"} <= types
+        for stream in session.streams:
+            assert stream is not None
+            assert stream.ice.destinations
+            assert all(ipaddress.ip_address(h) in LOOPBACK for h, _ in stream.ice.destinations)
+            assert not stream.ice.refused
+            assert {c.address for c in stream.ice.local_candidates
+                    if c.type.value == "host"} == {GATEWAY}
+            assert {c.port for c in stream.ice.local_candidates
+                    if c.type.value == "host"} <= set(pool.leases[0].ports)
+
+        for index, kind in enumerate(["audio", "video"]):
+            # Microsoft -> video: SRTP with MKI in, plain RTP out, SDP address (not latched yet).
+            lync_ssrc = LYNC_SSRC[kind][0]
+            await call.lync.send(index, rtp(lync_ssrc, 1, b"from-lync-" + kind.encode()))
+            data, source, _ = await receive(call.video.received)
+            assert data == rtp(lync_ssrc, 1, b"from-lync-" + kind.encode())
+            assert source == (GATEWAY, session.streams[index].video.ports[0])  # type: ignore[union-attr]
+
+            # video -> Microsoft: SSRC mapped into the range we advertised, SRTP out.
+            call.video.send(index, rtp(0xDEADBEEF, 7, b"from-video"))
+            plain, _ = await receive(call.lync.streams[index].received)
+            ours = SsrcRange.parse(call.ms_answer.media[index].get("x-ssrc-range") or "")
+            assert ours.first <= ssrc_of(plain) <= ours.last
+            assert plain[12:] == b"from-video" and plain[:8] == rtp(0, 7, b"")[:8]
+
+            # RTCP both ways; Lync's report about our mapped SSRC reaches the endpoint unmapped.
+            await call.lync.send(index, rtcp_rr(lync_ssrc, ssrc_of(plain)), component=2)
+            data, _, _ = await receive(call.video.received, component=2)
+            assert data == rtcp_rr(lync_ssrc, 0xDEADBEEF)
+
+        counters = {c.kind: c for c in session.counters()}
+        assert counters["audio"].microsoft.packets_in == 2
+        assert counters["audio"].video.packets_out == 2
+        assert counters["video"].video.packets_in == 1
+        assert counters["video"].microsoft.packets_out == 1
+        assert counters["audio"].microsoft.last_in is not None
+        assert turn.stats().__class__.__name__  # the relay server is the project's own
+
+    assert pool.ports_in_use == 0
+
+
+async def test_latching_follows_the_endpoint_and_strict_mode_ignores_others() -> None:
+    for mode in (LatchMode.LATCH, LatchMode.STRICT):
+        async with call_setup(["audio"], {"latch_mode": mode}) as (call, pool, _):
+            await call.offer_answer(["audio"])
+            session = call.session
+            await next_event(session, MediaConnected)
+            # The endpoint sends from another socket than the one in its SDP.
+            other = VideoPeer(host="127.0.0.5")
+            await other.open()
+            other.gateway = call.video.gateway
+            other.send(0, rtp(5, 1, b"moved"))
+            if mode is LatchMode.LATCH:
+                latched = await next_event(session, SourceLatched)
+                assert latched.address == ("127.0.0.5", other.ports[0])  # type: ignore[union-attr]
+                await receive(call.lync.streams[0].received)
+                await call.lync.send(0, rtp(1000, 2, b"to-new-place"))
+                data, _, _ = await receive(other.received)
+                assert data.endswith(b"to-new-place")
+            else:
+                # Strict: only a source on the SDP host latches; others are ignored.
+                call.video.send(0, rtp(6, 1, b"sdp-socket"))
+                await next_event(session, SourceLatched)
+                other.send(0, rtp(5, 2, b"intruder"))
+                plain, _ = await receive(call.lync.streams[0].received)
+                assert plain.endswith(b"sdp-socket")
+                call.video.send(0, rtp(6, 2, b"sdp-socket-2"))
+                plain, _ = await receive(call.lync.streams[0].received)
+                assert plain.endswith(b"sdp-socket-2")
+                counters = session.counters()[0].video
+                assert counters.dropped_source == 2
+                assert counters.packets_in == 4
+            other.close()
+
+
+async def test_hold_resume_and_adding_video() -> None:
+    async with call_setup(["audio"]) as (call, pool, _):
+        await call.offer_answer(["audio"])
+        session = call.session
+        await next_event(session, MediaConnected)
+        assert pool.ports_in_use == 8 + 2 * 2  # voice call holds the video ports too
+
+        await call.offer_answer(["audio"], direction="sendonly")  # Lync holds
+        await call.lync.send(0, rtp(1000, 1, b"music-on-hold"))
+        data, _, _ = await receive(call.video.received)
+        assert data.endswith(b"music-on-hold")
+        call.video.send(0, rtp(9, 1, b"must-not-pass"))
+        call.video.send(0, rtcp_rr(9, 1000), component=2)  # RTCP still flows on hold
+        plain, component = await receive(call.lync.streams[0].received, component=2)
+        assert component == 2
+        assert session.counters()[0].video.dropped_direction == 1
+
+        await call.offer_answer(["audio"], direction="inactive")
+        await call.lync.send(0, rtp(1000, 2, b"inactive"))
+        call.video.send(0, rtcp_rr(9, 1000), component=2)
+        await receive(call.lync.streams[0].received, component=2)
+        assert session.counters()[0].microsoft.dropped_direction == 1
+
+        await call.offer_answer(["audio"])  # resume
+        call.video.send(0, rtp(9, 2, b"resumed"))
+        plain, _ = await receive(call.lync.streams[0].received)
+        assert plain.endswith(b"resumed")
+
+        # Upgrade to video by re-INVITE: same lease, a new ICE agent, media flows.
+        await call.lync.add_stream("video")
+        await call.offer_answer(["audio", "video"])
+        assert (await next_event(session, MediaConnected)).stream == 1  # type: ignore[union-attr]
+        assert pool.ports_in_use == 8 + 2 * 2
+        call.video.send(1, rtp(77, 1, b"video!"))
+        plain, _ = await receive(call.lync.streams[1].received)
+        assert plain.endswith(b"video!")
+    assert pool.ports_in_use == 0
+
+
+async def test_ice_failure_raises_media_failed() -> None:
+    async with running_server() as turn:
+        address = ("127.0.0.1", server_port(turn))
+        settings = MediaSettings(microsoft_address=GATEWAY, video_address=GATEWAY,
+                                 ice=IceSettings(connect_timeout=1.0))
+        pool = free_pool()
+        session = MediaSession("call-fail", pool, settings)
+        lync = LyncPeer()  # host candidates on 127.0.0.1, but it never runs its checks
+        await lync.add_stream("audio")
+        video = VideoPeer()
+        await video.open()
+        offer = lync.offer()
+        await lync.close()  # its sockets are gone: every check from us goes unanswered
+        await session.prepare(["audio"])
+        video_offer = to_standard(offer, session.video_plan())
+        video_answer = video.answer(video_offer)
+        answer = to_microsoft(video_answer, session.microsoft_plan(), answer_to=offer)
+        await session.apply(microsoft_local=answer, microsoft_remote=offer,
+                            video_local=video_offer, video_remote=video_answer)
+        failed = await next_event(session, MediaFailed)
+        assert failed.reason == "ice processing failed"  # type: ignore[union-attr]
+        assert all(ipaddress.ip_address(h) in LOOPBACK
+                   for h, _ in session.streams[0].ice.destinations)  # type: ignore[union-attr]
+        await session.close()
+        assert isinstance(await next_event(session, MediaClosed), MediaClosed)
+        video.close()
+        assert pool.ports_in_use == 0
+        del address
+
+
+async def test_pool_exhaustion_and_failed_bind_release_everything() -> None:
+    settings = MediaSettings(microsoft_address=GATEWAY, video_address=GATEWAY)
+    pool = free_pool(ports=8)
+    first = MediaSession("a", pool, settings)
+    await first.prepare(["audio", "video"])
+    assert pool.ports_free == 0
+    second = MediaSession("b", pool, settings)
+    with pytest.raises(PortPoolExhausted):
+        await second.prepare(["audio"])
+    assert pool.calls_refused == 1
+    await first.close()
+    assert pool.ports_free == 8
+
+    # A port of the lease is taken by someone else: the bind fails, the lease comes back.
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind((GATEWAY, pool.settings.first_port + 3))  # audio video-leg RTCP
+    try:
+        third = MediaSession("c", pool, settings)
+        with pytest.raises(OSError):
+            await third.prepare(["audio"])
+        assert pool.ports_in_use == 0 and third.streams == []
+    finally:
+        squatter.close()
