@@ -68,8 +68,12 @@ class TurnServer:
         if low == 0:
             await self._listen_any_port(host)
         else:
-            for port in range(low, high + 1):
-                await self._listen(host, port)
+            try:
+                for port in range(low, high + 1):
+                    await self._listen(host, port)
+            except OSError:
+                await self._close_listeners()  # no half-started server
+                raise
         for transport, h, p in self.addresses:
             logger.info("TURN listening on %s %s:%d", transport, h, p)
         logger.info(
