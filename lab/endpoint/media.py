@@ -18,6 +18,7 @@ class _Counter(asyncio.DatagramProtocol):
         self._port.packets += 1
         self._port.octets += len(data)
         self._port.last_source = (str(addr[0]), int(addr[1]))
+        self._port.received.set()
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("media port %d: %s", self._port.port, exc)
@@ -35,6 +36,8 @@ class MediaPort:
         """Bytes received."""
         self.last_source: tuple[str, int] | None = None
         """Where the last datagram came from (what a latching sender would send back to)."""
+        self.received = asyncio.Event()
+        """Set when a datagram arrives (clear it to wait for the next one)."""
         self._transport: asyncio.DatagramTransport | None = None
 
     @classmethod
