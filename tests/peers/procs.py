@@ -15,12 +15,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 # How often /proc/net is re-read while waiting for a socket to be bound: it cannot signal.
@@ -149,16 +152,36 @@ class PeerProcess:
     ) -> re.Match[str]:
         """Block until a line of `stream` matches `pattern`; PeerError on exit or timeout."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+
+        def first_match(lines: list[str]) -> re.Match[str] | None:
+            for line in lines:
+                match = regex.search(line)
+                if match is not None:
+                    return match
+            return None
+
+        return self.wait_for_output(first_match, timeout, f"/{regex.pattern}/", stream=stream)
+
+    def wait_for_output(
+        self,
+        check: Callable[[list[str]], T | None],
+        timeout: float,
+        what: str,
+        *,
+        stream: str = "stderr",
+    ) -> T:
+        """Block until `check(all lines so far)` returns non-None, re-run on each new line.
+
+        PeerError (the peer stopped, its output attached) when the stream ends or the
+        timeout passes first.
+        """
         reader = self._err if stream == "stderr" else self._out
         deadline = time.monotonic() + timeout
-        seen = 0
         with self._cond:
             while True:
-                for line in reader.lines[seen:]:
-                    match = regex.search(line)
-                    if match is not None:
-                        return match
-                seen = len(reader.lines)
+                found = check(list(reader.lines))
+                if found is not None:
+                    return found
                 if reader.closed:
                     break
                 remaining = deadline - time.monotonic()
@@ -168,8 +191,7 @@ class PeerProcess:
         why = "exited" if reader.closed else f"did not log it within {timeout:g} s"
         self.stop()
         raise PeerError(
-            f"{self.name} {why} while waiting for /{regex.pattern}/ on {stream}\n"
-            + self.finished().describe()
+            f"{self.name} {why} while waiting for {what} on {stream}\n" + self.finished().describe()
         )
 
     def wait_for_bound(self, port: int, kind: SockKind, timeout: float) -> None:
@@ -328,3 +350,81 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() >= deadline:
             raise PeerError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(PROC_NET_POLL)
+
+
+# ---------------------------------------------------------------------------------------
+# the project's own `gateway` roles
+
+# "listening on udp:127.0.0.1:5060" (IPv6 hosts in brackets), logged once per listener.
+LISTENING = re.compile(r"listening on (udp|tcp|tls):(?:\[([^\]\s]+)\]|([^\s:]+)):(\d+)\b", re.I)
+
+
+def gateway_executable() -> str:
+    """The venv's `gateway` script (next to the running interpreter)."""
+    path = Path(sys.executable).with_name("gateway")
+    if not path.exists():
+        raise PeerError(f"{path} missing: install the project into the venv (make venv)")
+    return str(path)
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """One listener a gateway role reported."""
+
+    transport: str
+    """"udp", "tcp" or "tls"."""
+    host: str
+    """Bound address."""
+    port: int
+    """Bound port."""
+
+
+class GatewayProcess:
+    """A running `gateway <role>` and the listeners it reported."""
+
+    def __init__(self, peer: PeerProcess, listening: dict[str, Listening]) -> None:
+        self.peer = peer
+        self.listening = listening
+        """By transport ("udp", "tcp", "tls")."""
+
+    def address(self, transport: str) -> tuple[str, int]:
+        """(host, port) of the `transport` listener."""
+        spot = self.listening[transport]
+        return spot.host, spot.port
+
+    def stop(self) -> Finished:
+        return self.peer.stop()
+
+
+def start_gateway(
+    args: Sequence[str],
+    *,
+    expect: Sequence[str],
+    cwd: Path | None = None,
+    ready_timeout: float = 20.0,
+) -> GatewayProcess:
+    """Start `gateway <args>` and wait until it logged a listener for each of `expect`.
+
+    The caller owns the returned process and must stop it (`with_gateway` does).
+    """
+    peer = PeerProcess([gateway_executable(), *args], cwd=cwd, name=f"gateway {args[0]}")
+    found = wait_for_listeners(peer, expect, ready_timeout)
+    return GatewayProcess(peer, found)
+
+
+def wait_for_listeners(
+    peer: PeerProcess, expect: Sequence[str], timeout: float
+) -> dict[str, Listening]:
+    """Wait until `peer` logged "listening on T:HOST:PORT" for every transport in `expect`."""
+
+    def all_listening(lines: list[str]) -> dict[str, Listening] | None:
+        found: dict[str, Listening] = {}
+        for line in lines:
+            match = LISTENING.search(line)
+            if match is not None:
+                kind = match.group(1).lower()
+                host = match.group(2) or match.group(3)
+                found.setdefault(kind, Listening(kind, host, int(match.group(4))))
+        return found if set(expect) <= set(found) else None
+
+    return peer.wait_for_output(all_listening, timeout, f"listeners {', '.join(expect)}")

@@ -11,6 +11,7 @@ import pytest
 
 from certs.pki import LabPKI
 from tests.peers.procs import (
+    Listening,
     PeerError,
     PeerProcess,
     SockKind,
@@ -18,6 +19,7 @@ from tests.peers.procs import (
     free_port_block,
     port_bound,
     run,
+    wait_for_listeners,
 )
 from tests.peers.sipp import (
     EXIT_ALL_OK,
@@ -95,6 +97,23 @@ def test_wait_for_line_reports_early_exit() -> None:
     with PeerProcess([sys.executable, "-c", "print('bye')"]) as peer:
         with pytest.raises(PeerError, match="exited"):
             peer.wait_for_line("never", 10)
+
+
+def test_wait_for_listeners_collects_each_transport() -> None:
+    script = (
+        "import sys, time\n"
+        "print('INFO listening on udp:127.0.0.1:5062', file=sys.stderr, flush=True)\n"
+        "time.sleep(0.2)\n"
+        "print('INFO listening on tls:[::1]:5063', file=sys.stderr, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with PeerProcess([sys.executable, "-c", script]) as peer:
+        found = wait_for_listeners(peer, ["udp", "tls"], 10)
+        assert found["udp"] == Listening("udp", "127.0.0.1", 5062)
+        assert found["tls"] == Listening("tls", "::1", 5063)
+        with pytest.raises(PeerError, match="did not log"):
+            wait_for_listeners(peer, ["tcp"], 0.3)
+    assert peer.poll() is not None  # a failed wait leaves no process behind
 
 
 def test_run_stops_an_overrunning_process() -> None:
