@@ -165,8 +165,9 @@ class IceLeg:
             self.destinations.add((addr[0], addr[1]))
             return True
         if addr not in self.refused:
-            logger.warning("ICE leg %s:%d: refusing to send to %s:%d (not in %s)", self.host,
-                           self.ports[0], addr[0], addr[1], ",".join(self.settings.allowed_networks))
+            logger.warning("ICE leg %s:%d: refusing to send to %s:%d (not in %s)",
+                           self.host, self.ports[0], addr[0], addr[1],
+                           ",".join(self.settings.allowed_networks))
         self.refused.add((addr[0], addr[1]))
         return False
 
@@ -194,7 +195,7 @@ class IceLeg:
                 candidates.append(proto.local_candidate)
         except OSError:
             for proto in hosts:
-                proto.transport.close()
+                await proto.close()
             raise
         agent._protocols += hosts
         tasks: list[asyncio.Task[tuple[IceCandidate, StunProtocol | None]]] = []
@@ -204,8 +205,8 @@ class IceLeg:
                       for p in hosts if ":" not in self.host]
         for server, base in zip(self.settings.turn_servers, self.turn_ports, strict=False):
             if self.guard(server.address):
-                tasks += [asyncio.ensure_future(self._relayed(server, component, base + component - 1))
-                          for component in (1, 2)]
+                tasks += [asyncio.ensure_future(self._relayed(server, c, base + c - 1))
+                          for c in (1, 2)]
         if tasks:
             done, pending = await asyncio.wait(tasks, timeout=GATHER_TIMEOUT)
             for task in pending:

@@ -72,12 +72,17 @@ class Latch:
 
 
 class _Socket(asyncio.DatagramProtocol):
-    __slots__ = ("leg", "component", "transport")
+    __slots__ = ("leg", "component", "transport", "closed")
 
     def __init__(self, leg: RtpLeg, component: int) -> None:
         self.leg = leg
         self.component = component
         self.transport: asyncio.DatagramTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -108,6 +113,7 @@ class RtpLeg:
         self.on_dropped: Callable[[int], None] | None = None
         """Called with the size of a packet the latch refused."""
         self._sockets: list[_Socket] = []
+        self._closing: list[asyncio.Future[None]] = []
 
     async def open(self) -> None:
         """Bind both ports; on failure nothing stays bound and ``OSError`` is raised."""
@@ -119,7 +125,7 @@ class RtpLeg:
                     local_addr=(self.host, port), family=_family(self.host))
                 self._sockets.append(proto)
         except OSError:
-            self.close()
+            await self.aclose()
             raise
 
     def on_packet(self, data: bytes, source: Address, component: int) -> None:
@@ -150,10 +156,18 @@ class RtpLeg:
         return True
 
     def close(self) -> None:
+        """Close both sockets (they are released on the loop's next turn: see ``aclose``)."""
+        self._closing = [s.closed for s in self._sockets]
         for sock in self._sockets:
             if sock.transport is not None:
                 sock.transport.close()
         self._sockets.clear()
+
+    async def aclose(self) -> None:
+        """Close both sockets and wait until the ports are free again."""
+        self.close()
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=5.0)
 
     @property
     def is_open(self) -> bool:

@@ -157,7 +157,7 @@ class MediaSession:
         try:
             await ice.gather()
         except BaseException:
-            video.close()
+            await video.aclose()
             await ice.close()
             raise
         first = random.getrandbits(32) & ~0xFFFF  # room for the whole range below 2^32
@@ -285,7 +285,7 @@ class MediaSession:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        stream.video.close()
+        await stream.video.aclose()
         await stream.ice.close()
 
     def _emit(self, event: MediaEvent) -> None:

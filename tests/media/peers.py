@@ -89,7 +89,8 @@ class LyncPeer:
             lines.append(f"m={s.kind} {rtp_c.port} RTP/SAVP {formats}")
             lines.append(f"c=IN IP4 {rtp_c.host}")
             first, last = LYNC_SSRC[s.kind]
-            lines += [f"a=x-ssrc-range:{first}-{last}", "a=rtcp-fb:* x-message app send:dsh recv:dsh",
+            lines += [f"a=x-ssrc-range:{first}-{last}",
+                      "a=rtcp-fb:* x-message app send:dsh recv:dsh",
                       f"a=label:main-{s.kind}", f"a=x-source:main-{s.kind}",
                       f"a=ice-ufrag:{s.conn.local_username}", f"a=ice-pwd:{s.conn.local_password}"]
             lines += [f"a=candidate:{c.to_sdp()}" for c in cands]
@@ -193,7 +194,8 @@ class VideoPeer:
         for index, media in enumerate(offer.media):
             conn = offer.connection_for(media)
             assert conn is not None
-            self.gateway[index] = (conn.address, (media.port, int(media.get("rtcp") or media.port + 1)))
+            rtcp = int(media.get("rtcp") or media.port + 1)
+            self.gateway[index] = (conn.address, (media.port, rtcp))
             port = self.ports[0] if media.port else 0
             lines.append(f"m={media.kind} {port} {media.proto} {' '.join(media.formats)}")
             lines.append(f"a=rtcp:{self.ports[1]}")

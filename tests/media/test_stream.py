@@ -1,0 +1,74 @@
+"""The sans-IO part of a stream: flow from the SDP directions, counters with explicit time,
+SRTP and SSRC mapping on the two ways."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pylibsrtp
+import pytest
+
+from media.counters import LegCounters
+from media.ms_dialect import SsrcRange
+from media.sdp import Attribute, Media
+from media.stream import Flow, StreamState, flow_of
+from tests.media.peers import rtp, ssrc_of
+
+KEY_MS, KEY_GW = os.urandom(30), os.urandom(30)
+
+
+def m(direction: str = "sendrecv", port: int = 5000, key: bytes | None = None) -> Media:
+    attrs = [Attribute(direction)]
+    if key is not None:
+        attrs.append(Attribute("crypto", "1 AES_CM_128_HMAC_SHA1_80 inline:"
+                               + base64.b64encode(key).decode()))
+    return Media("audio", port, "RTP/AVP", ("0",), attributes=tuple(attrs))
+
+
+@pytest.mark.parametrize("ms_remote, video_remote, expected", [
+    ("sendrecv", "sendrecv", Flow(True, True)),
+    ("sendonly", "recvonly", Flow(True, False)),   # Microsoft holds
+    ("recvonly", "sendonly", Flow(False, True)),   # the endpoint holds
+    ("inactive", "inactive", Flow(False, False)),
+    ("sendrecv", "inactive", Flow(False, False)),
+])
+def test_flow_from_directions(ms_remote: str, video_remote: str, expected: Flow) -> None:
+    assert flow_of(m(), m(ms_remote), m(), m(video_remote)) == expected
+
+
+def test_rejected_stream_has_no_flow() -> None:
+    assert flow_of(m(), m(port=0), m(), m()) == Flow(False, False)
+
+
+def test_counters_take_time_from_the_caller() -> None:
+    c = LegCounters()
+    c.received(100, now=10.0)
+    c.sent(50, now=10.5)
+    assert (c.packets_in, c.bytes_in, c.packets_out, c.bytes_out) == (1, 100, 1, 50)
+    assert c.idle_for(12.0) == 2.0 and LegCounters().idle_for(1.0) is None
+
+
+def test_state_relays_with_srtp_mapping_and_hold() -> None:
+    state = StreamState()
+    ms_local, ms_remote = m(key=KEY_GW), m(key=KEY_MS)
+    state.apply(ms_local, ms_remote, m(), m(), SsrcRange(10, 19))
+    ms_tx = pylibsrtp.Session(pylibsrtp.Policy(key=KEY_MS,
+                                               ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    ms_rx = pylibsrtp.Session(pylibsrtp.Policy(key=KEY_GW,
+                                               ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    plain = rtp(1000, 1, b"a")
+    assert state.from_microsoft(ms_tx.protect(plain), 1, now=1.0) == plain
+    out = state.from_video(rtp(0xABCDEF, 1, b"b"), 1, now=2.0)
+    assert out is not None
+    back = ms_rx.unprotect(out)
+    assert ssrc_of(back) == 10 and back[12:] == b"b"
+    assert state.from_microsoft(b"\x80" * 40, 1, now=3.0) is None  # garbage: SRTP refuses
+    assert state.ms_counters.dropped_srtp == 1 and state.ms_counters.last_in == 3.0
+
+    srtp_before = state.ms_srtp
+    state.apply(ms_local, m("sendonly", key=KEY_MS), m(), m("recvonly"), SsrcRange(10, 19))
+    assert state.ms_srtp is srtp_before  # same keys: contexts (replay, ROC) kept
+    assert state.from_video(rtp(0xABCDEF, 2, b"c"), 1, now=4.0) is None
+    assert state.video_counters.dropped_direction == 1
+    assert state.from_video(rtp(0xABCDEF, 3, b"c")[:8] + bytes(20), 2, now=4.0) is not None
