@@ -1,0 +1,857 @@
+"""Gateway configuration: one TOML file loaded into a tree of frozen dataclasses.
+
+Sections mirror the product's pages: ``[system]``, ``[b2bua]`` (with ``[b2bua.broker]``),
+``[video]``, ``[[zones]]``, ``[[search_rules]]`` and ``[[transforms]]``. Every field has
+the product's documented default (SPEC.md §2-3). An unknown key, a wrong type or a bad
+value raises :class:`ConfigError` naming the key (``b2bua.max_calls: expected integer,
+got string``). Precedence: defaults < file < environment (``GATEWAY_<SECTION>_<KEY>``)
+< command-line overrides (``section.key=value``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import enum
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.addresses import (
+    HostPort,
+    parse_host,
+    parse_host_port,
+    parse_port_range,
+    parse_transport_address,
+)
+from sip.port_range import PortRange
+from sip.transport import Transport, TransportAddress
+
+__all__ = [
+    "MICROSOFT_ZONE",
+    "TRUSTED_HOSTS_NOMINAL_LIMIT",
+    "B2buaConfig",
+    "BrokerConfig",
+    "ConfigError",
+    "Encryption",
+    "GatewayConfig",
+    "OnMatch",
+    "PatternBehavior",
+    "PatternType",
+    "RuleMode",
+    "RuleProtocol",
+    "SearchRuleConfig",
+    "SystemConfig",
+    "TransformConfig",
+    "TrustedHost",
+    "TrustedHostType",
+    "TurnServer",
+    "UnknownKeyError",
+    "VideoConfig",
+    "ZoneConfig",
+    "ZoneType",
+    "compile_regex",
+    "from_mapping",
+    "load",
+    "loads",
+]
+
+MICROSOFT_ZONE = "To Microsoft destination via B2BUA"
+"""Name of the zone the product creates by itself toward the Microsoft destination."""
+TRUSTED_HOSTS_NOMINAL_LIMIT = 25
+"""Above this many trusted hosts the product raises an alarm (recommended < 50)."""
+MAX_ZONE_PEERS = 6
+ENV_PREFIX = "GATEWAY_"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``key`` is the dotted path of the culprit."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with its key placed under ``prefix`` (a section or list item)."""
+        key = f"{prefix}.{self.key}" if self.key else prefix
+        return type(self)(key, self.message)
+
+
+class UnknownKeyError(ConfigError):
+    """A key the configuration does not have (a typo, usually)."""
+
+    def __str__(self) -> str:
+        return f"unknown key '{self.key}'" + (f" ({self.message})" if self.message else "")
+
+
+# -- enums: values as written in the file ----------------------------------------------
+
+
+class Encryption(enum.Enum):
+    """Media encryption policy toward Microsoft."""
+
+    REQUIRED = "required"
+    """RequireEncryption: SRTP only (the product's default)."""
+    SUPPORTED = "supported"
+    """SupportEncryption: SRTP when the other side offers it."""
+    OFF = "off"
+    """DoNotSupportEncryption: plain RTP."""
+
+
+class TrustedHostType(enum.Enum):
+    """What a trusted host is."""
+
+    MICROSOFT = "microsoft"
+    """A Lync / Skype for Business FE, Director or HLB."""
+
+
+class ZoneType(enum.Enum):
+    """Kind of a configured zone (the Microsoft zone is created automatically)."""
+
+    NEIGHBOR = "neighbor"
+
+
+class PatternType(enum.Enum):
+    """How a rule's pattern is compared with the alias."""
+
+    REGEX = "regex"
+    """The regular expression must match the whole alias."""
+    PREFIX = "prefix"
+    """The alias starts with the pattern."""
+    SUFFIX = "suffix"
+    """The alias ends with the pattern."""
+    EXACT = "exact"
+    """The alias equals the pattern."""
+
+
+class PatternBehavior(enum.Enum):
+    """What a matching rule does to the alias."""
+
+    LEAVE = "leave"
+    REPLACE = "replace"
+    STRIP = "strip"
+    """Remove the matched prefix or suffix (prefix and suffix patterns only)."""
+
+
+class OnMatch(enum.Enum):
+    """What the search does after a rule matched."""
+
+    STOP = "stop"
+    CONTINUE = "continue"
+
+
+class RuleProtocol(enum.Enum):
+    """Protocol of the requests a search rule applies to."""
+
+    ANY = "any"
+    SIP = "sip"
+    H323 = "h323"
+
+
+class RuleMode(enum.Enum):
+    """Search rule mode."""
+
+    ALIAS_PATTERN_MATCH = "alias pattern match"
+    """The rule applies when its pattern matches the alias."""
+    ANY_ALIAS = "any alias"
+    """The rule applies to every alias (its pattern is not used)."""
+
+
+def compile_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a rule's regex the way routing uses it (aliases compare case-insensitively)."""
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def _field_error(name: str, message: str) -> ConfigError:
+    return ConfigError(name, message)
+
+
+def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        bound = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise _field_error(name, f"must be {bound}, got {value}")
+
+
+def _address(transport: Transport | None, port: int | None) -> dict[str, Any]:
+    """Field metadata: how to parse a transport address string for this field."""
+    return {"address": (transport, port)}
+
+
+# -- sections ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SystemConfig:
+    """``[system]``: identity of this gateway and where its files and management live."""
+
+    host_name: str = "exp01"
+    """This peer's host name (its FQDN is host_name.domain)."""
+    domain: str = "video.example.com"
+    """DNS domain of the gateway (the video network's SIP domain)."""
+    cluster_fqdn: str = ""
+    """Cluster FQDN the Microsoft side trusts; empty means this peer's FQDN."""
+    certs: str = "certs/lab"
+    """Directory of the lab PKI (written by ``gateway certs init``)."""
+    management: HostPort = HostPort("127.0.0.1", 9090)
+    """Management HTTP address for /status and /metrics."""
+    outbound_ports: PortRange = PortRange(25000, 29999)
+    """Source ports of outbound SIP TCP/TLS connections."""
+    drain_timeout: float = 10.0
+    """Seconds active calls get to clear after SIGTERM."""
+
+    def __post_init__(self) -> None:
+        for name in ("host_name", "domain"):
+            value = getattr(self, name)
+            if not value:
+                raise _field_error(name, "must not be empty")
+            try:
+                parse_host(value)
+            except ValueError as exc:
+                raise _field_error(name, str(exc)) from None
+        if not self.cluster_fqdn:
+            object.__setattr__(self, "cluster_fqdn", self.fqdn)
+        _check_range("drain_timeout", self.drain_timeout, 0)
+
+    @property
+    def fqdn(self) -> str:
+        """This peer's FQDN (``exp01.video.example.com``)."""
+        return f"{self.host_name}.{self.domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedHost:
+    """One Microsoft trusted host (FE server, Director, HLB)."""
+
+    address: str
+    """IP address requests from this host come from."""
+    name: str = ""
+    """Label for logs and status; defaults to the address."""
+    type: TrustedHostType = TrustedHostType.MICROSOFT
+    """What the host is."""
+
+    def __post_init__(self) -> None:
+        try:
+            normal = str(ipaddress.ip_address(self.address.strip().strip("[]")))
+        except ValueError:
+            raise _field_error("address", f"not an IP address: {self.address!r}") from None
+        object.__setattr__(self, "address", normal)
+        if not self.name:
+            object.__setattr__(self, "name", normal)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnServer:
+    """A TURN server the B2BUA allocates relay candidates on."""
+
+    address: str
+    """IP address or host name."""
+    username: str
+    """Long-term credential user name (e.g. GatewayB2BUA)."""
+    password: str
+    """Long-term credential password."""
+    port: int = 3478
+    """TURN port (UDP and TCP)."""
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "address", parse_host(self.address))
+        except ValueError as exc:
+            raise _field_error("address", str(exc)) from None
+        _check_range("port", self.port, 1, 65535)
+        if not self.username:
+            raise _field_error("username", "must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """``[b2bua.broker]``: SIP SIMPLE from Microsoft forwarded to IM&P nodes."""
+
+    enabled: bool = False
+    """Forward MESSAGE/SUBSCRIBE/NOTIFY/PUBLISH/INFO outside calls."""
+    destinations: tuple[str, ...] = ()
+    """IM&P node addresses."""
+    port: int = 5061
+    """SIP port of the IM&P nodes."""
+
+    def __post_init__(self) -> None:
+        hosts = []
+        for index, host in enumerate(self.destinations):
+            try:
+                hosts.append(parse_host(host))
+            except ValueError as exc:
+                raise _field_error(f"destinations[{index}]", str(exc)) from None
+        object.__setattr__(self, "destinations", tuple(hosts))
+        _check_range("port", self.port, 1, 65535)
+        if self.enabled and not self.destinations:
+            raise _field_error("destinations", "the broker is enabled but has no destinations")
+
+    def targets(self) -> tuple[HostPort, ...]:
+        """Each IM&P node with the broker port."""
+        return tuple(HostPort(host, self.port) for host in self.destinations)
+
+
+@dataclass(frozen=True, slots=True)
+class B2buaConfig:
+    """``[b2bua]``: the Microsoft interoperability B2BUA."""
+
+    listen: TransportAddress = field(
+        default=TransportAddress(Transport.TLS, "127.0.0.1", 65072),
+        metadata=_address(Transport.TLS, 65072),
+    )
+    """Listener toward Microsoft (TLS 65072)."""
+    ms_destination: TransportAddress = field(
+        default=TransportAddress(Transport.TLS, "127.0.0.1", 5061),
+        metadata=_address(Transport.TLS, 5061),
+    )
+    """Microsoft-side destination: FE / pool / Director / HLB (TLS 5061)."""
+    trusted_hosts: tuple[TrustedHost, ...] = ()
+    """Microsoft hosts whose requests are accepted."""
+    encryption: Encryption = Encryption.REQUIRED
+    """Media encryption policy toward Microsoft."""
+    max_calls: int = 100
+    """Simultaneous Microsoft calls; one more is refused with 503."""
+    offer_turn: bool = False
+    """Offer relay candidates from ``turn_servers``."""
+    turn_servers: tuple[TurnServer, ...] = ()
+    """TURN servers for relay candidates."""
+    media_ports: PortRange = PortRange(56000, 57000)
+    """Shared media port pool."""
+    rdp_tcp_ports: PortRange = PortRange(6000, 6099)
+    """RDP presentation over TCP."""
+    rdp_udp_ports: PortRange = PortRange(6100, 6199)
+    """RDP presentation over UDP."""
+    broker: BrokerConfig = BrokerConfig()
+    """SIP broker toward IM&P."""
+
+    def __post_init__(self) -> None:
+        _check_range("max_calls", self.max_calls, 1)
+        if self.offer_turn and not self.turn_servers:
+            raise _field_error("offer_turn", "true but b2bua.turn_servers is empty")
+        seen: set[str] = set()
+        for index, host in enumerate(self.trusted_hosts):
+            if host.address in seen:
+                raise _field_error(
+                    f"trusted_hosts[{index}].address", f"{host.address} is listed twice"
+                )
+            seen.add(host.address)
+
+
+@dataclass(frozen=True, slots=True)
+class VideoConfig:
+    """``[video]``: listeners toward the standards SIP video network."""
+
+    listen: tuple[TransportAddress, ...] = field(
+        default=(
+            TransportAddress(Transport.UDP, "127.0.0.1", 5060),
+            TransportAddress(Transport.TCP, "127.0.0.1", 5060),
+            TransportAddress(Transport.TLS, "127.0.0.1", 5061),
+        ),
+        metadata=_address(None, None),
+    )
+    """SIP listeners (UDP/TCP 5060, TLS 5061)."""
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise _field_error("listen", "at least one listener is needed")
+        if len(set(self.listen)) != len(self.listen):
+            raise _field_error("listen", "a listener is listed twice")
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneConfig:
+    """``[[zones]]``: a neighbor zone (Unified CM ...)."""
+
+    name: str
+    """Zone name, unique; search rules target it by name."""
+    peers: tuple[str, ...]
+    """1 to 6 peer addresses."""
+    type: ZoneType = ZoneType.NEIGHBOR
+    """Zone type."""
+    transport: Transport = Transport.TCP
+    """SIP transport toward the peers."""
+    port: int = 0
+    """SIP port of the peers; 0 (unset) means 5060, or 5061 for TLS."""
+    hop_count: int = 15
+    """Max-Forwards ceiling on requests sent into the zone."""
+    monitor: bool = True
+    """Probe the peers with OPTIONS and show Active or the failure."""
+    monitor_interval: float = 30.0
+    """Seconds between OPTIONS probes of each peer."""
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise _field_error("name", "must not be empty")
+        if self.name == MICROSOFT_ZONE:
+            raise _field_error("name", f"{MICROSOFT_ZONE!r} is the automatic zone's name")
+        if not 1 <= len(self.peers) <= MAX_ZONE_PEERS:
+            raise _field_error(
+                "peers", f"a zone needs 1 to {MAX_ZONE_PEERS} peer addresses, got {len(self.peers)}"
+            )
+        hosts = []
+        for index, peer in enumerate(self.peers):
+            try:
+                hosts.append(parse_host(peer))
+            except ValueError as exc:
+                raise _field_error(f"peers[{index}]", str(exc)) from None
+        if len(set(hosts)) != len(hosts):
+            raise _field_error("peers", "a peer is listed twice")
+        object.__setattr__(self, "peers", tuple(hosts))
+        if self.port == 0:
+            object.__setattr__(self, "port", self.transport.default_port)
+        _check_range("port", self.port, 1, 65535)
+        _check_range("hop_count", self.hop_count, 1, 255)
+        if not self.monitor_interval > 0:
+            raise _field_error("monitor_interval", "must be positive")
+
+    def destinations(self) -> tuple[TransportAddress, ...]:
+        """Where requests into this zone go, one per peer."""
+        return tuple(TransportAddress(self.transport, peer, self.port) for peer in self.peers)
+
+
+def _check_pattern(
+    pattern_type: PatternType,
+    pattern: str,
+    behavior: PatternBehavior,
+    replace: str | None,
+    label: str,
+) -> None:
+    """Shared checks of search rules and transforms; errors name the field."""
+    if pattern_type is PatternType.REGEX:
+        try:
+            compiled = compile_regex(pattern)
+        except re.error as exc:
+            raise _field_error("pattern", f"invalid regular expression in {label}: {exc}") from None
+        if behavior is PatternBehavior.REPLACE and replace is not None:
+            try:
+                # sub() parses the template before searching, so "" checks group refs.
+                compiled.sub(replace, "")
+            except (re.error, IndexError) as exc:
+                raise _field_error("replace", f"invalid replacement in {label}: {exc}") from None
+    elif not pattern:
+        raise _field_error("pattern", f"must not be empty in {label}")
+    if behavior is PatternBehavior.REPLACE and replace is None:
+        raise _field_error("replace", f"required in {label} (behavior is 'replace')")
+    if behavior is PatternBehavior.STRIP and pattern_type not in (
+        PatternType.PREFIX,
+        PatternType.SUFFIX,
+    ):
+        raise _field_error("behavior", f"'strip' needs pattern_type prefix or suffix in {label}")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRuleConfig:
+    """``[[search_rules]]``: where an alias is looked for."""
+
+    name: str
+    """Rule name, unique; shown in the search history."""
+    target: str
+    """Zone the request goes to (a ``[[zones]]`` name or the Microsoft zone)."""
+    priority: int = 100
+    """1-65534; lower numbers are tried first, equal ones in file order."""
+    source: str = "any"
+    """``any`` or the name of the zone the request must come from."""
+    protocol: RuleProtocol = RuleProtocol.ANY
+    """Requests of which protocol the rule applies to."""
+    mode: RuleMode = RuleMode.ALIAS_PATTERN_MATCH
+    """Alias pattern match, or any alias."""
+    pattern_type: PatternType = PatternType.PREFIX
+    """How ``pattern`` is compared."""
+    pattern: str = ""
+    """The pattern (a regex must match the whole alias)."""
+    behavior: PatternBehavior = PatternBehavior.LEAVE
+    """What a match does to the alias."""
+    replace: str | None = None
+    """Replacement (``\\1`` back-references for regex) when behavior is replace."""
+    on_match: OnMatch = OnMatch.STOP
+    """Stop the search, or continue it with the resulting alias."""
+    enabled: bool = True
+    """Disabled rules are kept but never match."""
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise _field_error("name", "must not be empty")
+        _check_range("priority", self.priority, 1, 65534)
+        if not self.source:
+            raise _field_error("source", "must not be empty")
+        label = f"rule {self.name!r}"
+        if self.mode is RuleMode.ALIAS_PATTERN_MATCH:
+            _check_pattern(self.pattern_type, self.pattern, self.behavior, self.replace, label)
+        elif self.behavior is not PatternBehavior.LEAVE:
+            raise _field_error("behavior", f"must be 'leave' in {label} (mode is 'any alias')")
+
+
+@dataclass(frozen=True, slots=True)
+class TransformConfig:
+    """``[[transforms]]``: alias rewrites applied before the search."""
+
+    pattern: str
+    """The pattern (a regex must match the whole alias)."""
+    priority: int = 100
+    """1-65534; lower numbers are tried first; the first match is the only one applied."""
+    pattern_type: PatternType = PatternType.PREFIX
+    """How ``pattern`` is compared."""
+    behavior: PatternBehavior = PatternBehavior.LEAVE
+    """What a match does to the alias."""
+    replace: str | None = None
+    """Replacement when behavior is replace."""
+    enabled: bool = True
+    """Disabled transforms are kept but never match."""
+    name: str = ""
+    """Label in the search history; defaults to ``transform <priority>``."""
+
+    def __post_init__(self) -> None:
+        _check_range("priority", self.priority, 1, 65534)
+        if not self.name:
+            object.__setattr__(self, "name", f"transform {self.priority}")
+        label = f"transform {self.name!r}"
+        _check_pattern(self.pattern_type, self.pattern, self.behavior, self.replace, label)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The whole configuration."""
+
+    system: SystemConfig = SystemConfig()
+    b2bua: B2buaConfig = B2buaConfig()
+    video: VideoConfig = VideoConfig()
+    zones: tuple[ZoneConfig, ...] = ()
+    search_rules: tuple[SearchRuleConfig, ...] = ()
+    transforms: tuple[TransformConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        names: set[str] = set()
+        for index, zone in enumerate(self.zones):
+            if zone.name in names:
+                raise ConfigError(f"zones[{index}].name", f"duplicate zone name {zone.name!r}")
+            names.add(zone.name)
+        names.add(MICROSOFT_ZONE)
+        rule_names: set[str] = set()
+        for index, rule in enumerate(self.search_rules):
+            key = f"search_rules[{index}]"
+            if rule.name in rule_names:
+                raise ConfigError(f"{key}.name", f"duplicate search rule name {rule.name!r}")
+            rule_names.add(rule.name)
+            if rule.target not in names:
+                raise ConfigError(
+                    f"{key}.target",
+                    f"rule {rule.name!r} targets unknown zone {rule.target!r}"
+                    f" (zones: {', '.join(sorted(names))})",
+                )
+            if rule.source != "any" and rule.source not in names:
+                raise ConfigError(
+                    f"{key}.source",
+                    f"rule {rule.name!r}: source must be 'any' or a zone name, got {rule.source!r}",
+                )
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Alarms a valid configuration still raises (logged and shown at start-up)."""
+        found = []
+        count = len(self.b2bua.trusted_hosts)
+        if count > TRUSTED_HOSTS_NOMINAL_LIMIT:
+            found.append(
+                f"b2bua.trusted_hosts: {count} trusted hosts exceed the nominal limit of"
+                f" {TRUSTED_HOSTS_NOMINAL_LIMIT} (recommended fewer than 50)"
+            )
+        if not self.b2bua.trusted_hosts:
+            found.append("b2bua.trusted_hosts: empty, every Microsoft request will get 403")
+        if self.b2bua.encryption is Encryption.REQUIRED and (
+            self.b2bua.ms_destination.transport is not Transport.TLS
+        ):
+            found.append(
+                "b2bua.encryption: 'required' but b2bua.ms_destination is not TLS"
+                " (SRTP keys would travel in clear)"
+            )
+        if len(self.b2bua.media_ports) < 8:
+            found.append("b2bua.media_ports: fewer than 8 ports, no call can be served")
+        return tuple(found)
+
+    def zone(self, name: str) -> ZoneConfig | None:
+        """The ``[[zones]]`` entry called ``name``."""
+        for zone in self.zones:
+            if zone.name == name:
+                return zone
+        return None
+
+    def summary(self) -> str:
+        """One line for ``--check-config``."""
+        b2bua = self.b2bua
+        return (
+            f"{self.system.fqdn} (cluster {self.system.cluster_fqdn}); B2BUA {b2bua.listen}"
+            f" -> {b2bua.ms_destination}, encryption {b2bua.encryption.value},"
+            f" max_calls {b2bua.max_calls}, media {b2bua.media_ports};"
+            f" {_count(len(b2bua.trusted_hosts), 'trusted host')},"
+            f" {_count(len(self.zones), 'zone')}, {_count(len(self.search_rules), 'search rule')},"
+            f" {_count(len(self.transforms), 'transform')}"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+# -- loading -----------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type[Any]] = {
+    "system": SystemConfig,
+    "b2bua": B2buaConfig,
+    "video": VideoConfig,
+}
+_LISTS: dict[str, type[Any]] = {
+    "zones": ZoneConfig,
+    "search_rules": SearchRuleConfig,
+    "transforms": TransformConfig,
+}
+_TEXT_TYPES = (str, TransportAddress, HostPort, PortRange)
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
+def _wrong_type(key: str, expected: str, value: object) -> ConfigError:
+    return ConfigError(key, f"expected {expected}, got {_type_name(value)}")
+
+
+def _convert(hint: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
+    """Check and convert one TOML value to the field type ``hint``."""
+    if isinstance(hint, types.UnionType):
+        # Only ``X | None`` is used, and TOML has no null.
+        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is tuple:
+        (item_hint, _) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise _wrong_type(key, "array", value)
+        return tuple(
+            _convert(item_hint, item, f"{key}[{index}]", meta) for index, item in enumerate(value)
+        )
+    if dataclasses.is_dataclass(hint) and hint not in _TEXT_TYPES:
+        if not isinstance(value, dict):
+            raise _wrong_type(key, "table", value)
+        return _build(typing.cast(type[Any], hint), value, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _wrong_type(key, "boolean", value)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _wrong_type(key, "integer", value)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _wrong_type(key, "number", value)
+        return float(value)
+    if hint is PortRange and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise _wrong_type(key, "string", value)
+    try:
+        if hint is str:
+            return value
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            return _enum(hint, value)
+        if hint is TransportAddress:
+            transport, port = meta.get("address", (None, None))
+            return parse_transport_address(value, default_transport=transport, default_port=port)
+        if hint is HostPort:
+            return parse_host_port(value)
+        if hint is PortRange:
+            return parse_port_range(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+    raise TypeError(f"no converter for {hint!r} ({key})")
+
+
+def _enum(cls: type[enum.Enum], text: str) -> enum.Enum:
+    wanted = " ".join(text.split()).lower()
+    for member in cls:
+        if str(member.value).lower() == wanted:
+            return member
+    allowed = ", ".join(repr(str(member.value).lower()) for member in cls)
+    raise ValueError(f"expected one of {allowed}, got {text!r}")
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], path: str) -> Any:
+    """One dataclass from a TOML table; every error names its dotted key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else ""
+            raise UnknownKeyError(f"{path}.{key}" if path else key, hint)
+    kwargs: dict[str, Any] = {}
+    for name, spec in fields.items():
+        key = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], key, spec.metadata)
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, "required key is missing")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise exc.under(path) if path else exc from None
+
+
+def from_mapping(data: Mapping[str, Any]) -> GatewayConfig:
+    """A :class:`GatewayConfig` from a parsed TOML document."""
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise _wrong_type(key, "table", value)
+            kwargs[key] = _build(_SECTIONS[key], value, key)
+        elif key in _LISTS:
+            if not isinstance(value, list):
+                raise _wrong_type(key, "array of tables", value)
+            items = []
+            for index, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise _wrong_type(f"{key}[{index}]", "table", item)
+                items.append(_build(_LISTS[key], item, f"{key}[{index}]"))
+            kwargs[key] = tuple(items)
+        else:
+            known = list(_SECTIONS) + list(_LISTS)
+            close = difflib.get_close_matches(key, known, n=1)
+            raise UnknownKeyError(key, f"did you mean '{close[0]}'?" if close else "")
+    return GatewayConfig(**kwargs)
+
+
+def _field_hint(section: str, key: str) -> Any:
+    """The type of ``section.key`` (nested tables via dots), or None when unknown."""
+    cls: Any = _SECTIONS.get(section)
+    hint: Any = None
+    for part in key.split("."):
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        hint = hints[part]
+        cls = hint if dataclasses.is_dataclass(hint) and hint not in _TEXT_TYPES else None
+    return hint
+
+
+def _parse_override_value(hint: Any, text: str) -> Any:
+    """Text from the environment or a flag, as the TOML value it stands for."""
+    if hint in _TEXT_TYPES or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(data: dict[str, Any], dotted: str, text: str, origin: str) -> None:
+    section, _, key = dotted.partition(".")
+    if section not in _SECTIONS or not key:
+        raise ConfigError(
+            dotted, f"{origin}: only [system], [b2bua] and [video] keys can be overridden"
+        )
+    hint = _field_hint(section, key)
+    if hint is None:
+        raise UnknownKeyError(dotted, f"from {origin}")
+    table = data.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise _wrong_type(section, "table", table)
+    *parents, last = key.split(".")
+    for parent in parents:
+        table = table.setdefault(parent, {})
+        if not isinstance(table, dict):
+            raise _wrong_type(f"{section}.{parent}", "table", table)
+    table[last] = _parse_override_value(hint, text)
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """``GATEWAY_<SECTION>_<KEY>`` variables as (dotted key, value, origin).
+
+    Only the sections ``system``, ``b2bua`` and ``video`` are read; other ``GATEWAY_*``
+    variables belong to other tools and are left alone.
+    """
+    found = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_") and len(rest) > len(section) + 1:
+                found.append((f"{section}.{rest[len(section) + 1 :]}", value, name))
+                break
+    return found
+
+
+def flag_overrides(items: Iterable[str]) -> list[tuple[str, str, str]]:
+    """``section.key=value`` strings (``--set``) as (dotted key, value, origin)."""
+    found = []
+    for item in items:
+        dotted, sep, value = item.partition("=")
+        if not sep or not dotted.strip():
+            raise ConfigError("--set", f"expected section.key=value, got {item!r}")
+        found.append((dotted.strip(), value, f"--set {dotted.strip()}"))
+    return found
+
+
+def loads(
+    text: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Iterable[str] = (),
+    source: str = "<string>",
+) -> GatewayConfig:
+    """Parse TOML text, apply environment then flag overrides, validate."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{source}: invalid TOML: {exc}") from None
+    data = copy.deepcopy(data)
+    changes = env_overrides(environ or {}) + flag_overrides(overrides)
+    origins: dict[str, str] = {}
+    for dotted, value, origin in changes:
+        _apply_override(data, dotted, value, origin)
+        origins[dotted] = origin
+    try:
+        return from_mapping(data)
+    except ConfigError as exc:
+        culprit = origins.get(exc.key)
+        if culprit is not None and not isinstance(exc, UnknownKeyError):
+            raise ConfigError(exc.key, f"{exc.message} (from {culprit})") from None
+        raise
+
+
+def load(
+    path: str | Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Iterable[str] = (),
+) -> GatewayConfig:
+    """Read and validate a configuration file (see :func:`loads`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not UTF-8 text") from None
+    return loads(text, environ=environ, overrides=overrides, source=str(path))
