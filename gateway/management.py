@@ -191,16 +191,19 @@ class ManagementServer:
 
     Use as ``async with ManagementServer(source, metrics, settings) as server:``, or call
     :meth:`start` and :meth:`close`. ``clock`` gives the ``now`` passed to
-    ``source.status(now)``; it defaults to the running loop's clock.
+    ``source.status(now)``; it defaults to the running loop's clock. A client gets
+    ``read_timeout`` seconds to send its request head.
     """
 
     def __init__(self, source: StatusSource, metrics: GatewayMetrics,
                  settings: ManagementSettings | None = None, *,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 read_timeout: float = READ_TIMEOUT) -> None:
         self.source = source
         self.metrics = metrics
         self.settings = settings or ManagementSettings()
         self._clock = clock
+        self.read_timeout = read_timeout
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -310,7 +313,7 @@ class ManagementServer:
                          writer: asyncio.StreamWriter) -> None:
         head_only = False
         try:
-            lines = await asyncio.wait_for(self._read_head(reader), READ_TIMEOUT)
+            lines = await asyncio.wait_for(self._read_head(reader), self.read_timeout)
             if lines is None:
                 return  # closed before sending anything
             request = parse_request_head(lines)
