@@ -11,8 +11,8 @@ import pytest
 
 import gateway.status as status_module
 from gateway.status import (
-    Capacity,
     CallView,
+    Capacity,
     GatewayStatus,
     Health,
     LegSide,
