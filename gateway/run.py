@@ -1,0 +1,91 @@
+"""``gateway run``: start the B2BUA from a configuration file, or only check the file.
+
+``gateway run --check-config FILE`` loads and validates the file (environment and
+``--set`` overrides included) and prints ``config OK: <summary>`` or the errors naming
+the key; exit status 0 or 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from gateway.config import ConfigError, GatewayConfig, load
+
+__all__ = ["DEFAULT_CONFIG", "build_parser", "check_config", "main"]
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+"""The lab's configuration, shipped with the package."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gateway run`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="gateway run", description="Run the gateway B2BUA from a configuration file."
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help=f"configuration file (default: the lab's {DEFAULT_CONFIG.name})",
+    )
+    parser.add_argument(
+        "--check-config",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="validate FILE and exit (0 valid, 1 invalid) without starting",
+    )
+    parser.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a [system]/[b2bua]/[video] key (repeatable; beats GATEWAY_* variables)",
+    )
+    return parser
+
+
+def load_config(
+    path: Path, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """The configuration with defaults < file < environment < ``--set`` overrides."""
+    return load(path, environ=os.environ if environ is None else environ, overrides=overrides)
+
+
+def check_config(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Validate a file; print ``config OK: <summary>`` (and warnings) or the error. 0 or 1."""
+    try:
+        config = load_config(Path(path), overrides, environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"config error: {path}: {exc}\n")
+        return 1
+    for warning in config.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    sys.stdout.write(f"config OK: {config.summary()}\n")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    if args.check_config is not None:
+        return check_config(args.check_config, args.overrides)
+    path = args.config if args.config is not None else DEFAULT_CONFIG
+    status = check_config(path, args.overrides)
+    if status != 0:
+        return status
+    sys.stderr.write("gateway run: the B2BUA runtime is not built yet\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
