@@ -94,7 +94,12 @@ def _split(text: str, what: str) -> tuple[str | None, str, str | None]:
         raise ValueError(f"invalid {what} {text!r}: unknown transport {head!r} (udp, tcp, tls)")
     if rest.count(":") >= 2 and not rest.startswith("["):
         # A bare IPv6 address: no port can follow it without brackets.
-        return transport, f"[{rest}]", None
+        try:
+            ipaddress.IPv6Address(rest)
+        except ValueError:
+            pass
+        else:
+            return transport, f"[{rest}]", None
     match = _HOST_PORT_RE.match(rest)
     if match is None:
         raise ValueError(f"invalid {what} {text!r}: expected like 'tls:127.0.2.1:65072'")

@@ -819,13 +819,12 @@ def loads(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Iterable[str] = (),
-    source: str = "<string>",
 ) -> GatewayConfig:
     """Parse TOML text, apply environment then flag overrides, validate."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{source}: invalid TOML: {exc}") from None
+        raise ConfigError("", f"invalid TOML: {exc}") from None
     data = copy.deepcopy(data)
     changes = env_overrides(environ or {}) + flag_overrides(overrides)
     origins: dict[str, str] = {}
@@ -851,7 +850,7 @@ def load(
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError("", f"cannot read the file: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError("", f"{path}: not UTF-8 text") from None
-    return loads(text, environ=environ, overrides=overrides, source=str(path))
+        raise ConfigError("", "not UTF-8 text") from None
+    return loads(text, environ=environ, overrides=overrides)
