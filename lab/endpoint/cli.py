@@ -142,12 +142,11 @@ def main(argv: list[str]) -> int:
     except (ValueError, ProtocolError) as error:
         sys.stderr.write(f"gateway endpoint: {error}\n")
         return 2
-    try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
+    # Not uvloop yet, although it is installed: uvloop delivers the TLS ClientHello to the
+    # stream protocol before loop.start_tls() takes over (sip/transport_stream.py pauses
+    # reading in connection_made, which uvloop does not honour), so every TLS listener
+    # stalls its handshakes. Reported to the transport owner; switch back once fixed.
+    runner = asyncio.run
     try:
         return runner(_run(config, target, args.duration))
     except OSError as error:
