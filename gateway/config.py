@@ -11,14 +11,10 @@ got string``). Precedence: defaults < file < environment (``GATEWAY_<SECTION>_<K
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import enum
 import ipaddress
 import re
-import tomllib
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +23,18 @@ from typing import Any
 from gateway.addresses import (
     HostPort,
     parse_host,
-    parse_host_port,
-    parse_port_range,
-    parse_transport_address,
+)
+from gateway.configkit import (  # ConfigError & co. are re-exported
+    ConfigError,
+    UnknownKeyError,
+    build,
+    field_hint,
+    flag_overrides,
+    parse_override_value,
+    parse_toml,
+    read_toml,
+    set_dotted,
+    wrong_type,
 )
 from sip.port_range import PortRange
 from sip.transport import Transport, TransportAddress
@@ -69,30 +74,6 @@ TRUSTED_HOSTS_NOMINAL_LIMIT = 25
 """Above this many trusted hosts the product raises an alarm (recommended < 50)."""
 MAX_ZONE_PEERS = 6
 ENV_PREFIX = "GATEWAY_"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; ``key`` is the dotted path of the culprit."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(key, message)
-        self.key = key
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.message}" if self.key else self.message
-
-    def under(self, prefix: str) -> ConfigError:
-        """The same error with its key placed under ``prefix`` (a section or list item)."""
-        key = f"{prefix}.{self.key}" if self.key else prefix
-        return type(self)(key, self.message)
-
-
-class UnknownKeyError(ConfigError):
-    """A key the configuration does not have (a typo, usually)."""
-
-    def __str__(self) -> str:
-        return f"unknown key '{self.key}'" + (f" ({self.message})" if self.message else "")
 
 
 # -- enums: values as written in the file ----------------------------------------------
@@ -613,107 +594,6 @@ _LISTS: dict[str, type[Any]] = {
     "search_rules": SearchRuleConfig,
     "transforms": TransformConfig,
 }
-_TEXT_TYPES = (str, TransportAddress, HostPort, PortRange)
-
-
-def _type_name(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    return type(value).__name__
-
-
-def _wrong_type(key: str, expected: str, value: object) -> ConfigError:
-    return ConfigError(key, f"expected {expected}, got {_type_name(value)}")
-
-
-def _convert(hint: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
-    """Check and convert one TOML value to the field type ``hint``."""
-    if isinstance(hint, types.UnionType):
-        # Only ``X | None`` is used, and TOML has no null.
-        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
-    if typing.get_origin(hint) is tuple:
-        (item_hint, _) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise _wrong_type(key, "array", value)
-        return tuple(
-            _convert(item_hint, item, f"{key}[{index}]", meta) for index, item in enumerate(value)
-        )
-    if dataclasses.is_dataclass(hint) and hint not in _TEXT_TYPES:
-        if not isinstance(value, dict):
-            raise _wrong_type(key, "table", value)
-        return _build(typing.cast(type[Any], hint), value, key)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _wrong_type(key, "boolean", value)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _wrong_type(key, "integer", value)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _wrong_type(key, "number", value)
-        return float(value)
-    if hint is PortRange and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise _wrong_type(key, "string", value)
-    try:
-        if hint is str:
-            return value
-        if isinstance(hint, type) and issubclass(hint, enum.Enum):
-            return _enum(hint, value)
-        if hint is TransportAddress:
-            transport, port = meta.get("address", (None, None))
-            return parse_transport_address(value, default_transport=transport, default_port=port)
-        if hint is HostPort:
-            return parse_host_port(value)
-        if hint is PortRange:
-            return parse_port_range(value)
-    except ValueError as exc:
-        raise ConfigError(key, str(exc)) from None
-    raise TypeError(f"no converter for {hint!r} ({key})")
-
-
-def _enum(cls: type[enum.Enum], text: str) -> enum.Enum:
-    wanted = " ".join(text.split()).lower()
-    for member in cls:
-        if str(member.value).lower() == wanted:
-            return member
-    allowed = ", ".join(repr(str(member.value).lower()) for member in cls)
-    raise ValueError(f"expected one of {allowed}, got {text!r}")
-
-
-def _build(cls: type[Any], data: Mapping[str, Any], path: str) -> Any:
-    """One dataclass from a TOML table; every error names its dotted key."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else ""
-            raise UnknownKeyError(f"{path}.{key}" if path else key, hint)
-    kwargs: dict[str, Any] = {}
-    for name, spec in fields.items():
-        key = f"{path}.{name}" if path else name
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], key, spec.metadata)
-        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            raise ConfigError(key, "required key is missing")
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise exc.under(path) if path else exc from None
 
 
 def from_mapping(data: Mapping[str, Any]) -> GatewayConfig:
@@ -722,16 +602,16 @@ def from_mapping(data: Mapping[str, Any]) -> GatewayConfig:
     for key, value in data.items():
         if key in _SECTIONS:
             if not isinstance(value, dict):
-                raise _wrong_type(key, "table", value)
-            kwargs[key] = _build(_SECTIONS[key], value, key)
+                raise wrong_type(key, "table", value)
+            kwargs[key] = build(_SECTIONS[key], value, key)
         elif key in _LISTS:
             if not isinstance(value, list):
-                raise _wrong_type(key, "array of tables", value)
+                raise wrong_type(key, "array of tables", value)
             items = []
             for index, item in enumerate(value):
                 if not isinstance(item, dict):
-                    raise _wrong_type(f"{key}[{index}]", "table", item)
-                items.append(_build(_LISTS[key], item, f"{key}[{index}]"))
+                    raise wrong_type(f"{key}[{index}]", "table", item)
+                items.append(build(_LISTS[key], item, f"{key}[{index}]"))
             kwargs[key] = tuple(items)
         else:
             known = list(_SECTIONS) + list(_LISTS)
@@ -740,49 +620,16 @@ def from_mapping(data: Mapping[str, Any]) -> GatewayConfig:
     return GatewayConfig(**kwargs)
 
 
-def _field_hint(section: str, key: str) -> Any:
-    """The type of ``section.key`` (nested tables via dots), or None when unknown."""
-    cls: Any = _SECTIONS.get(section)
-    hint: Any = None
-    for part in key.split("."):
-        if cls is None or not dataclasses.is_dataclass(cls):
-            return None
-        hints = typing.get_type_hints(cls)
-        if part not in hints:
-            return None
-        hint = hints[part]
-        cls = hint if dataclasses.is_dataclass(hint) and hint not in _TEXT_TYPES else None
-    return hint
-
-
-def _parse_override_value(hint: Any, text: str) -> Any:
-    """Text from the environment or a flag, as the TOML value it stands for."""
-    if hint in _TEXT_TYPES or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
-        return text
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _apply_override(data: dict[str, Any], dotted: str, text: str, origin: str) -> None:
     section, _, key = dotted.partition(".")
     if section not in _SECTIONS or not key:
         raise ConfigError(
             dotted, f"{origin}: only [system], [b2bua] and [video] keys can be overridden"
         )
-    hint = _field_hint(section, key)
+    hint = field_hint(_SECTIONS[section], key)
     if hint is None:
         raise UnknownKeyError(dotted, f"from {origin}")
-    table = data.setdefault(section, {})
-    if not isinstance(table, dict):
-        raise _wrong_type(section, "table", table)
-    *parents, last = key.split(".")
-    for parent in parents:
-        table = table.setdefault(parent, {})
-        if not isinstance(table, dict):
-            raise _wrong_type(f"{section}.{parent}", "table", table)
-    table[last] = _parse_override_value(hint, text)
+    set_dotted(data, dotted, parse_override_value(hint, text))
 
 
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
@@ -803,17 +650,6 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
     return found
 
 
-def flag_overrides(items: Iterable[str]) -> list[tuple[str, str, str]]:
-    """``section.key=value`` strings (``--set``) as (dotted key, value, origin)."""
-    found = []
-    for item in items:
-        dotted, sep, value = item.partition("=")
-        if not sep or not dotted.strip():
-            raise ConfigError("--set", f"expected section.key=value, got {item!r}")
-        found.append((dotted.strip(), value, f"--set {dotted.strip()}"))
-    return found
-
-
 def loads(
     text: str,
     *,
@@ -821,10 +657,22 @@ def loads(
     overrides: Iterable[str] = (),
 ) -> GatewayConfig:
     """Parse TOML text, apply environment then flag overrides, validate."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"invalid TOML: {exc}") from None
+    return _validated(parse_toml(text), environ, overrides)
+
+
+def load(
+    path: str | Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Iterable[str] = (),
+) -> GatewayConfig:
+    """Read and validate a configuration file (see :func:`loads`)."""
+    return _validated(read_toml(path), environ, overrides)
+
+
+def _validated(
+    data: dict[str, Any], environ: Mapping[str, str] | None, overrides: Iterable[str]
+) -> GatewayConfig:
     data = copy.deepcopy(data)
     changes = env_overrides(environ or {}) + flag_overrides(overrides)
     origins: dict[str, str] = {}
@@ -838,19 +686,3 @@ def loads(
         if culprit is not None and not isinstance(exc, UnknownKeyError):
             raise ConfigError(exc.key, f"{exc.message} (from {culprit})") from None
         raise
-
-
-def load(
-    path: str | Path,
-    *,
-    environ: Mapping[str, str] | None = None,
-    overrides: Iterable[str] = (),
-) -> GatewayConfig:
-    """Read and validate a configuration file (see :func:`loads`)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("", f"cannot read the file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("", "not UTF-8 text") from None
-    return loads(text, environ=environ, overrides=overrides)
