@@ -188,6 +188,7 @@ class TransportManager:
             else None
         )
         self._servers: list[tuple[asyncio.AbstractServer, TransportAddress]] = []
+        self._tls_listeners: list[tuple[socket.socket, TransportAddress]] = []
         self._udp: dict[int, tuple[DatagramEndpoint, ConnectionInfo]] = {}
         self._streams: dict[int, tuple[StreamConnection, ConnectionInfo]] = {}
         self._by_remote: dict[TransportAddress, list[int]] = {}
@@ -214,6 +215,9 @@ class TransportManager:
         self._closing = True
         for server, _ in self._servers:
             server.close()
+        for sock, _ in self._tls_listeners:
+            sock.close()
+        self._tls_listeners.clear()
         waits: list[asyncio.Future[None]] = []
         for stream, _ in list(self._streams.values()):
             stream.abort()
@@ -248,14 +252,13 @@ class TransportManager:
         if transport is Transport.UDP:
             endpoint, info = await self._open_udp(host, port)
             return info.local
-        if transport is Transport.TLS and ssl is None:
-            raise ValueError("a TLS listener needs an ssl server context")
-        tls_context = ssl if transport is Transport.TLS else None
+        if transport is Transport.TLS:
+            if ssl is None:
+                raise ValueError("a TLS listener needs an ssl server context")
+            return self._listen_tls(host, port, ssl)
 
         def factory() -> StreamConnection:
-            return self._new_stream(
-                transport, outbound=False, tls_server=tls_context, server_hostname=None
-            )
+            return self._new_stream(transport, outbound=False, server_hostname=None)
 
         server = await loop.create_server(factory, host, port)
         name = server.sockets[0].getsockname()
@@ -264,10 +267,63 @@ class TransportManager:
         logger.info("listening on %s", address)
         return address
 
+    def _listen_tls(self, host: str, port: int, context: ssl.SSLContext) -> TransportAddress:
+        # TLS sockets are accepted by hand and handed to connect_accepted_socket(ssl=...):
+        # the handshake then fails with its reason (logged below) on asyncio and uvloop
+        # alike. start_tls() over an accepted transport loses the ClientHello on uvloop,
+        # and create_server(ssl=...) hides handshake failures inside the loop.
+        sock = socket.socket(_family(host), socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(256)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        name = sock.getsockname()
+        address = TransportAddress(Transport.TLS, str(name[0]), int(name[1]))
+        self._tls_listeners.append((sock, address))
+        self.spawn(self._accept_tls(sock, context))
+        logger.info("listening on %s", address)
+        return address
+
+    async def _accept_tls(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as error:
+                if self._closing or sock.fileno() < 0:
+                    return
+                logger.warning("TLS listener %s: accept failed: %s", sock.getsockname(), error)
+                await asyncio.sleep(0.1)  # EMFILE and the like: back off, keep listening
+                continue
+            self.spawn(self._tls_handshake(conn, peer, context))
+
+    async def _tls_handshake(
+        self, conn: socket.socket, peer: tuple[Any, ...], context: ssl.SSLContext
+    ) -> None:
+        stream = self._new_stream(Transport.TLS, outbound=False, server_hostname=None)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: stream,
+                conn,
+                ssl=context,
+                ssl_handshake_timeout=self.settings.tls_handshake_timeout,
+            )
+        except OSError as error:  # ssl.SSLError, TimeoutError, ConnectionError included
+            logger.warning(
+                "TLS handshake with %s:%s failed: %s", peer[0], peer[1], describe_tls_error(error)
+            )
+            self._stream_transport.pop(stream.id, None)
+            conn.close()
+
     @property
     def listeners(self) -> tuple[TransportAddress, ...]:
         """Every listening address (UDP sockets included)."""
         streams = tuple(address for _, address in self._servers)
+        streams += tuple(address for _, address in self._tls_listeners)
         return streams + tuple(info.local for _, info in self._udp.values())
 
     # -- receiving -------------------------------------------------------------------
@@ -429,7 +485,6 @@ class TransportManager:
         stream = self._new_stream(
             target.transport,
             outbound=True,
-            tls_server=None,
             server_hostname=server_hostname if tls else None,
         )
         try:
@@ -523,7 +578,6 @@ class TransportManager:
         transport: Transport,
         *,
         outbound: bool,
-        tls_server: ssl.SSLContext | None,
         server_hostname: str | None,
     ) -> StreamConnection:
         stream = StreamConnection(
@@ -534,8 +588,6 @@ class TransportManager:
             idle_timeout=self.settings.idle_timeout,
             keepalive_interval=self.settings.keepalive_interval,
             keepalive_timeout=self.settings.keepalive_timeout,
-            tls_server=tls_server,
-            tls_handshake_timeout=self.settings.tls_handshake_timeout,
             server_hostname=server_hostname,
         )
         self._stream_transport[stream.id] = transport

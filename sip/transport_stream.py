@@ -2,9 +2,9 @@
 
 Byte-level duties live here: Content-Length framing across partial reads
 (:class:`sip.framing.StreamFramer`), RFC 5626 CRLF keep-alive (answer a ping, optionally
-send pings and expect pongs), idle close, and the server side of the TLS handshake
-(done with ``loop.start_tls`` so that a failure reaches us with its reason instead of
-vanishing inside the event loop). Message parsing and dispatch belong to the owner
+send pings and expect pongs), and idle close. TLS is already up when a connection
+reaches us: the owner runs the handshake and logs its failures. Message parsing and
+dispatch belong to the owner
 (:class:`sip.transport.TransportManager`) through the :class:`StreamOwner` interface.
 """
 
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Coroutine
 from typing import Any, Protocol, cast
 
 from sip.errors import ParseError
 from sip.framing import KeepAlive, StreamFramer
-from sip.tls import describe_tls_error, peer_names
+from sip.tls import peer_names
 
 __all__ = ["PING", "PONG", "StreamConnection", "StreamOwner"]
 
@@ -65,8 +64,6 @@ class StreamConnection(asyncio.Protocol):
         idle_timeout: float | None,
         keepalive_interval: float | None = None,
         keepalive_timeout: float = 10.0,
-        tls_server: ssl.SSLContext | None = None,
-        tls_handshake_timeout: float = 10.0,
         server_hostname: str | None = None,
     ) -> None:
         self.owner = owner
@@ -86,9 +83,6 @@ class StreamConnection(asyncio.Protocol):
         self._framer = StreamFramer(max_size=max_message_size)
         self._unframed = bytearray()
         self._max_size = max_message_size
-        self._pending: list[bytes] = []
-        self._tls_server = tls_server
-        self._tls_handshake_timeout = tls_handshake_timeout
         self._idle_timeout = idle_timeout
         self._keepalive_interval = keepalive_interval if outbound else None
         self._keepalive_timeout = keepalive_timeout
@@ -107,21 +101,12 @@ class StreamConnection(asyncio.Protocol):
         self.transport = transport
         self.peername = _address(transport.get_extra_info("peername"))
         self.sockname = _address(transport.get_extra_info("sockname"))
-        if self._tls_server is not None:
-            # Nothing may be read in clear text: the client hello belongs to start_tls.
-            transport.pause_reading()
-            self.owner.spawn(self._server_handshake(transport, self._tls_server))
-            return
-        # Outbound TLS arrives here after the handshake, with the server's certificate.
+        # TLS arrives here after the handshake, with the peer's certificate.
         self.peer_names = peer_names(transport.get_extra_info("peercert"))
         self._become_ready()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
-            return
-        if not self.ready:
-            # TLS can deliver application data before start_tls() has returned to us.
-            self._pending.append(data)
             return
         try:
             self._consume(data)
@@ -166,31 +151,6 @@ class StreamConnection(asyncio.Protocol):
 
     # -- internals -------------------------------------------------------------------
 
-    async def _server_handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
-        try:
-            tls_transport = await self._loop.start_tls(
-                raw,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self._tls_handshake_timeout,
-            )
-        except OSError as error:  # ssl.SSLError, TimeoutError, ConnectionError included
-            logger.warning(
-                "TLS handshake with %s failed: %s",
-                _format(self.peername),
-                describe_tls_error(error),
-            )
-            raw.abort()
-            self.connection_lost(None)
-            return
-        if tls_transport is None or self.closed:
-            self.connection_lost(None)
-            return
-        self.transport = tls_transport
-        self.peer_names = peer_names(tls_transport.get_extra_info("peercert"))
-        self._become_ready()
-
     def _become_ready(self) -> None:
         self.ready = True
         self._last_activity = self._loop.time()
@@ -198,11 +158,6 @@ class StreamConnection(asyncio.Protocol):
         self._arm_idle()
         if self._keepalive_interval is not None:
             self._ping_handle = self._loop.call_later(self._keepalive_interval, self._send_ping)
-        pending, self._pending = self._pending, []
-        for data in pending:
-            if self.closed:
-                break
-            self._consume(data)
 
     def _consume(self, data: bytes) -> None:
         self._last_activity = self._loop.time()

@@ -64,9 +64,9 @@ class LogWatcher(logging.Handler):
 
 @pytest.fixture
 def watch() -> Iterator[LogWatcher]:
-    """Watch sip.transport_stream (where server-side handshake failures are logged)."""
+    """Watch sip.transport (where server-side handshake failures are logged)."""
     watcher = LogWatcher()
-    log = logging.getLogger("sip.transport_stream")
+    log = logging.getLogger("sip.transport")
     previous = log.level
     log.addHandler(watcher)
     log.setLevel(logging.DEBUG)
