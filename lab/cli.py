@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lab.endpoint.agent import CallFailed, Endpoint
 from lab.endpoint.config import EndpointConfig, ListenSpec
+from sip import aio
 from sip.stack import Hop
 from sip.transport import Transport
 from sip.uri import URI, Params
@@ -187,11 +188,7 @@ def main(argv: list[str]) -> int:
     if not args.verbose:
         for name in ("sip.transport", "certs.pki"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    # Not uvloop yet, although it is installed: uvloop delivers the TLS ClientHello to the
-    # stream protocol before loop.start_tls() takes over (sip/transport_stream.py pauses
-    # reading in connection_made, which uvloop does not honour), so every TLS listener
-    # stalls its handshakes. Reported to the transport owner; switch back once fixed.
-    runner = asyncio.run
+    runner = aio.run
     try:
         return runner(_run(args))
     except OSError as error:

@@ -9,6 +9,8 @@ import logging
 import signal
 from typing import Any
 
+from sip import aio
+
 from .config import ConfigError, TurnConfig, load, parse_port_range
 from .server import TurnServer, format_stats
 
@@ -120,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if not config.users and not config.auth_secret:
         logger.warning("no --user or --auth-secret: every request will be refused (401)")
     try:
-        import uvloop
-    except ImportError:
-        runner: Any = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(serve(config))
+        aio.run(serve(config))
     except OSError as exc:
         logger.error("cannot start: %s", exc)
         return 1

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lab.endpoint.agent import CallFailed, Endpoint
 from lab.endpoint.config import EndpointConfig, ListenSpec
+from sip import aio
 from sip.errors import ProtocolError
 from sip.timers import TimerSettings
 from sip.uri import URI
@@ -142,11 +143,7 @@ def main(argv: list[str]) -> int:
     except (ValueError, ProtocolError) as error:
         sys.stderr.write(f"gateway endpoint: {error}\n")
         return 2
-    # Not uvloop yet, although it is installed: uvloop delivers the TLS ClientHello to the
-    # stream protocol before loop.start_tls() takes over (sip/transport_stream.py pauses
-    # reading in connection_made, which uvloop does not honour), so every TLS listener
-    # stalls its handshakes. Reported to the transport owner; switch back once fixed.
-    runner = asyncio.run
+    runner = aio.run
     try:
         return runner(_run(config, target, args.duration))
     except OSError as error:
