@@ -1,6 +1,7 @@
 """The `gateway` command: one entry point, one subcommand per role.
 
-Each subcommand lives in the package that owns it and exposes `main(argv) -> int`.
+Each subcommand lives in the package that owns it and exposes `main(argv) -> int`
+(or the function named after a colon: "lab.lync.cli:fe_main").
 Modules are imported only when their subcommand runs, so a role never pays for the
 imports of another (the TURN server does not load aiortc).
 """
@@ -19,6 +20,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sdp": ("media.cli", "rewrite an SDP body Microsoft <-> standard"),
     "run": ("gateway.run", "run the gateway B2BUA from a config file"),
     "lab": ("lab.cli", "start the whole lab topology on loopback and place demo calls"),
+    "lync-fe": ("lab.lync.cli:fe_main", "a simulated Lync Front End (registrar, static routes)"),
+    "lync-edge": ("lab.lync.cli:edge_main", "a simulated Lync Edge (Access Edge + A/V TURN)"),
+    "lync-client": ("lab.lync.cli:client_main", "a simulated Lync / SfB client"),
+    "cucm": ("lab.cisco.cli:cucm_main", "a simulated Unified CM (trunk, registrar, proxy)"),
+    "imp": ("lab.cisco.cli:imp_main", "a simulated IM&P node (MESSAGE/SUBSCRIBE/...)"),
 }
 
 
@@ -41,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"gateway: unknown command {name!r}\n\n{usage()}\n")
         return 2
-    module_name, _ = COMMANDS[name]
+    target, _ = COMMANDS[name]
+    module_name, _, function = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -49,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"gateway: command {name!r} is not available in this build\n")
             return 2
         raise
-    result: int = module.main(rest)
+    result: int = getattr(module, function or "main")(rest)
     return result
 
 
