@@ -86,9 +86,14 @@ def _uac(transport: SippTransport, remote: tuple[str, int]) -> SippConfig:
     )
 
 
-def _assert_all_calls_ok(result: SippResult, endpoint: GatewayProcess) -> None:
+def _assert_all_calls_ok(
+    result: SippResult, endpoint: GatewayProcess, tunnel_log: str = ""
+) -> None:
     context = (
-        result.describe() + "\n--- endpoint stderr (tail) ---\n" + endpoint.peer.stderr()[-4000:]
+        result.describe()
+        + "\n--- endpoint stderr (tail) ---\n"
+        + endpoint.peer.stderr()[-4000:]
+        + (f"\n--- stunnel log (tail) ---\n{tunnel_log[-4000:]}" if tunnel_log else "")
     )
     assert result.stats is not None, context
     assert result.stats.outgoing == CALLS, context
@@ -127,7 +132,7 @@ def test_sipp_uac_calls_the_endpoint_over_tls(
             _uac(SippTransport.TCP, (tunnel.host, tunnel.port)), tmp_path, timeout=UAC_TIMEOUT
         )
         tunnel_log = tunnel.log()
-    _assert_all_calls_ok(result, endpoint)
+    _assert_all_calls_ok(result, endpoint, tunnel_log)
     assert "Certificate accepted" in tunnel_log, tunnel_log
 
 
@@ -160,9 +165,13 @@ def _call_uas(
     return finished.returncode, finished.stdout, finished.stderr
 
 
-def _assert_uas_served_one(served: SippResult, caller: tuple[int, str, str]) -> None:
+def _assert_uas_served_one(
+    served: SippResult, caller: tuple[int, str, str], tunnel_log: str = ""
+) -> None:
     code, out, err = caller
     context = f"endpoint exit {code}\nstdout:\n{out}\nstderr:\n{err[-4000:]}\n" + served.describe()
+    if tunnel_log:
+        context += f"\n--- stunnel log (tail) ---\n{tunnel_log[-4000:]}"
     assert code == 0, context
     assert served.stats is not None, context
     assert (served.stats.incoming, served.stats.successful, served.stats.failed) == (1, 1, 0), (
@@ -201,6 +210,6 @@ def test_endpoint_calls_sipp_uas_over_tls(pki: LabPKI, tmp_path: Path) -> None:
         )
         served = uas.result(UAS_TIMEOUT)
         tunnel_log = tunnel.log()
-    _assert_uas_served_one(served, caller)
+    _assert_uas_served_one(served, caller, tunnel_log)
     # stunnel verified the endpoint's client certificate against the lab CA.
     assert "Certificate accepted" in tunnel_log and ENDPOINT_CERT_NAME in tunnel_log, tunnel_log
