@@ -3,19 +3,27 @@
 ``gateway run --check-config FILE`` loads and validates the file (environment and
 ``--set`` overrides included) and prints ``config OK: <summary>`` or the errors naming
 the key; exit status 0 or 1.
+
+``gateway run [--config FILE]`` (the lab's default.toml without ``--config``) runs the
+gateway on uvloop, logging ``listening on <transport>:<host>:<port>`` for each listener.
+SIGTERM or SIGINT: new INVITEs get 503, active calls get BYE, the calls drain within
+``[system] drain_timeout`` seconds, exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gateway.config import ConfigError, GatewayConfig, load
 
-__all__ = ["DEFAULT_CONFIG", "build_parser", "check_config", "main"]
+__all__ = ["DEFAULT_CONFIG", "build_parser", "check_config", "main", "serve"]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 """The lab's configuration, shipped with the package."""
@@ -47,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         dest="overrides",
         help="override a [system]/[b2bua]/[video] key (repeatable; beats GATEWAY_* variables)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="logging level (default: info)",
     )
     return parser
 
@@ -80,11 +94,50 @@ def main(argv: Sequence[str]) -> int:
     if args.check_config is not None:
         return check_config(args.check_config, args.overrides)
     path = args.config if args.config is not None else DEFAULT_CONFIG
-    status = check_config(path, args.overrides)
-    if status != 0:
-        return status
-    sys.stderr.write("gateway run: the B2BUA runtime is not built yet\n")
-    return 2
+    try:
+        config = load_config(path, args.overrides)
+    except ConfigError as exc:
+        sys.stderr.write(f"config error: {path}: {exc}\n")
+        return 1
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for warning in config.warnings:
+        logging.getLogger(__name__).warning("%s", warning)
+    from sip.aio import run
+
+    return run(serve(config))
+
+
+async def serve(config: GatewayConfig) -> int:
+    """Run the gateway until SIGTERM/SIGINT, then drain; the exit status."""
+    from gateway.runtime import Gateway
+
+    log = logging.getLogger(__name__)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Handlers before listening: a signal right after the "listening" lines must drain.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+    except (OSError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    log.info("gateway %s running (%s)", config.system.fqdn, config.summary())
+    try:
+        await stop.wait()
+        log.info("signal received: draining %d calls", len(gateway.calls))
+        drained = await gateway.drain()
+        if not drained:
+            log.warning("%d calls still up after the drain timeout", len(gateway.calls))
+    finally:
+        await gateway.close()
+    log.info("stopped")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,392 @@
+"""One side of a B2BUA call: a SIP dialog on the Microsoft or the video network.
+
+A :class:`SideAgent` is the UA core of one side (its own :class:`SipStack`, listeners, Via
+and Contact); it hands new requests, in-dialog requests, ACKs, CANCELs and ACK timeouts
+to its owner (the controller) together with the :class:`Leg` they belong to. A leg is
+either the UAS of an inbound INVITE or the UAC of an outbound one; either way it ends up
+holding one confirmed :class:`Dialog`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.status import LegSide
+from media.sdp import SessionDescription
+from sip.dialog import Dialog, DialogId, DialogState
+from sip.errors import ProtocolError
+from sip.headers import Address
+from sip.message import Headers, Request, Response, make_response, new_branch, new_call_id, new_tag
+from sip.stack import ClientRequest, Hop, SipStack
+from sip.transaction_client import ClientTransaction
+from sip.transaction_server import ServerState, ServerTransaction
+from sip.uri import URI
+from sip.useragent import ALLOW, UserAgent, response_for
+
+if TYPE_CHECKING:
+    from gateway.call import Call
+
+__all__ = ["GATEWAY_ALLOW", "Leg", "LegOwner", "LegRole", "SideAgent", "reason_header"]
+
+logger = logging.getLogger(__name__)
+
+GATEWAY_ALLOW = ALLOW + ", REFER, NOTIFY"
+"""Methods the B2BUA takes inside a call."""
+
+
+def reason_header(cause: int, text: str) -> tuple[str, str]:
+    """RFC 3326 ``Reason: SIP ;cause=N;text="..."``."""
+    clean = text.replace("\\", "").replace('"', "'")
+    return ("Reason", f'SIP ;cause={cause};text="{clean}"')
+
+
+class LegRole(enum.Enum):
+    """Which end of the INVITE that created the dialog we are."""
+
+    UAS = "uas"
+    """We received the INVITE (the caller's leg)."""
+    UAC = "uac"
+    """We sent the INVITE (the called leg)."""
+
+
+@dataclass(slots=True, eq=False)
+class Leg:
+    """One SIP dialog of a call and the offer/answer state on it."""
+
+    side: LegSide
+    """The network the leg faces."""
+    agent: SideAgent
+    """The UA core it runs on."""
+    role: LegRole
+    """UAS (inbound) or UAC (outbound)."""
+    call_id: str
+    """This leg's own Call-ID."""
+    hop: Hop
+    """Where the peer is (the connection an inbound INVITE came on, or our INVITE's target)."""
+    invite: Request
+    """The dialog-creating INVITE (received or sent)."""
+    local_tag: str = field(default_factory=new_tag)
+    """Our tag on this dialog."""
+    server_tx: ServerTransaction | None = None
+    """UAS: the INVITE transaction until it is answered."""
+    client: ClientRequest | None = None
+    """UAC: our INVITE while it is pending."""
+    dialog: Dialog | None = None
+    """The dialog, once confirmed."""
+    local_sdp: SessionDescription | None = None
+    """The SDP we last sent on this leg."""
+    remote_sdp: SessionDescription | None = None
+    """The SDP the peer last sent on this leg."""
+    call: Call | None = None
+    """The call this leg belongs to."""
+    last_status: int | None = None
+    """UAC: the latest status received for our INVITE."""
+
+    # -- identity ---------------------------------------------------------------------------
+
+    @property
+    def remote_text(self) -> str:
+        """The far end, as ``tls:127.0.1.1:5061``."""
+        return f"{self.hop.transport.value.lower()}:{self.hop.host}:{self.hop.port}"
+
+    @property
+    def dialog_state(self) -> str:
+        if self.dialog is not None:
+            return self.dialog.state.value
+        return "early" if self.last_status is not None and self.last_status < 200 else "trying"
+
+    @property
+    def confirmed(self) -> bool:
+        return self.dialog is not None and self.dialog.state is DialogState.CONFIRMED
+
+    # -- UAS: answering the inbound INVITE ---------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """UAS: the INVITE still awaits its final answer."""
+        tx = self.server_tx
+        return tx is not None and tx.state in (ServerState.TRYING, ServerState.PROCEEDING)
+
+    def provisional(self, status: int, reason: str | None = None) -> None:
+        """Send a 1xx (with our To tag, so the caller sees one early dialog)."""
+        if not self.pending or self.server_tx is None:
+            return
+        tag = None if status == 100 else self.local_tag
+        response = response_for(self.invite, status, to_tag=tag)
+        if reason:
+            response.reason = reason
+        if tag is not None:
+            response.headers.add("Contact", self.agent.contact(self.hop.transport))
+        self.agent.stack.send_response(self.server_tx, response)
+
+    def answer(self, sdp: SessionDescription | None) -> Response:
+        """Send the 2xx (our SDP when given) and confirm the dialog."""
+        if self.server_tx is None:
+            raise ProtocolError("no INVITE to answer", 500)
+        body = bytes(sdp) if sdp is not None else b""
+        response = response_for(
+            self.invite,
+            200,
+            to_tag=self.local_tag,
+            contact=self.agent.contact(self.hop.transport),
+            body=body,
+            content_type="application/sdp" if body else None,
+        )
+        response.headers.add("Allow", GATEWAY_ALLOW)
+        if self.dialog is None:
+            self.dialog = Dialog.create_uas(
+                self.invite, response, local_contact=self.agent.contact(self.hop.transport)
+            )
+            self.agent.adopt(self)
+        else:
+            self.dialog.confirm()
+        self.local_sdp = sdp if sdp is not None else self.local_sdp
+        self.agent.stack.send_response(self.server_tx, response)
+        self.server_tx = None
+        return response
+
+    def reject(
+        self, status: int, reason: str | None = None, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """A final error to the pending INVITE (nothing when it was answered already)."""
+        if not self.pending or self.server_tx is None:
+            return
+        response = make_response(self.invite, status, reason, to_tag=self.local_tag)
+        for name, value in headers:
+            response.headers.add(name, value)
+        self.agent.stack.send_response(self.server_tx, response)
+        self.server_tx = None
+
+    # -- UAC: our INVITE ---------------------------------------------------------------------
+
+    def accept(self, response: Response) -> None:
+        """Our INVITE got a 2xx: make the dialog and ACK it (without body)."""
+        if self.dialog is None:
+            self.dialog = Dialog.create_uac(self.invite, response)
+            self.agent.adopt(self)
+        else:
+            self.dialog.receive_response(self.invite, response)
+        self.agent.send_ack(
+            self.dialog, self.client.transaction if self.client is not None else None
+        )
+        self.client = None
+
+    # -- in-dialog requests --------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> ClientRequest:
+        """Send a request inside the dialog."""
+        if self.dialog is None:
+            raise ProtocolError(f"{method} needs a dialog", 500)
+        request, hop = self.agent.dialog_request(
+            self.dialog, method, body=body, content_type=content_type, headers=headers
+        )
+        return self.agent.stack.start_request(request, hop)
+
+    def bye(self, reason: tuple[str, str] | None = None) -> ClientRequest | None:
+        """End the dialog with BYE (fire and forget); None when there is no live dialog."""
+        if self.dialog is None or self.dialog.state is DialogState.TERMINATED:
+            self.forget()
+            return None
+        headers = [reason] if reason is not None else []
+        try:
+            pending = self.request("BYE", headers=headers)
+        except (ProtocolError, ValueError) as error:
+            logger.warning("[%s] cannot send BYE: %s", self.call_id, error)
+            pending = None
+        self.dialog.terminate()
+        self.forget()
+        return pending
+
+    def forget(self) -> None:
+        """Drop the dialog from the agent's tables."""
+        if self.dialog is not None:
+            self.dialog.terminate()
+            self.agent.release(self)
+
+
+class LegOwner(Protocol):
+    """What a :class:`SideAgent` reports to (the call controller)."""
+
+    def screen(self, agent: SideAgent, transaction: ServerTransaction, request: Request) -> bool:
+        """First look at every request (trusted hosts): False when it was answered."""
+        ...
+
+    def on_new_request(
+        self, agent: SideAgent, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None: ...
+
+    def on_dialog_request(
+        self, leg: Leg, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None: ...
+
+    def on_ack(self, leg: Leg, ack: Request) -> None: ...
+
+    def on_cancel(self, agent: SideAgent, transaction: ServerTransaction) -> None: ...
+
+    def on_ack_timeout(self, leg: Leg) -> None: ...
+
+
+class SideAgent(UserAgent):
+    """The UA core of one side of the gateway."""
+
+    supported = frozenset({"replaces", "timer", "histinfo", "ms-safe-transfer", "100rel"})
+
+    def __init__(
+        self, stack: SipStack, side: LegSide, owner: LegOwner, *, user: str, domain: str
+    ) -> None:
+        super().__init__(stack, user=user, domain=domain)
+        self.side = side
+        self.owner = owner
+        self.legs: dict[DialogId, Leg] = {}
+        """Legs with a dialog on this side."""
+        inner: Callable[..., Awaitable[None] | None] | None = stack.handlers.on_request
+        assert inner is not None
+
+        def screened(transaction: ServerTransaction, request: Request) -> Awaitable[None] | None:
+            if not owner.screen(self, transaction, request):
+                return None
+            return inner(transaction, request)
+
+        stack.handlers.on_request = screened
+
+    def unsupported(self, request: Request) -> list[str]:
+        # Microsoft clients send Require: ms-... only with extensions we relay anyway; a
+        # B2BUA refuses only what it would have to act on itself (100rel is answered 1xx
+        # without reliability, which RFC 3262 §3 allows only when not required).
+        return [tag for tag in super().unsupported(request) if not tag.lower().startswith("ms-")]
+
+    # -- legs ------------------------------------------------------------------------------
+
+    def adopt(self, leg: Leg) -> None:
+        """Register a leg whose dialog now exists."""
+        assert leg.dialog is not None
+        self.dialogs.add(leg.dialog, leg.hop)
+        self.legs[leg.dialog.id] = leg
+
+    def release(self, leg: Leg) -> None:
+        """Forget a leg's dialog."""
+        if leg.dialog is not None:
+            self.dialogs.remove(leg.dialog.id)
+            self.legs.pop(leg.dialog.id, None)
+
+    def hop_for(self, dialog: Dialog) -> Hop:
+        """Where the next request of ``dialog`` goes.
+
+        The remote target when it is an IP address (reusing the dialog's connection), else
+        the hop the dialog runs over: the gateway resolves no names, so a Contact like
+        ``sip:alice@example.com;gruu`` is reached through the FE connection it came on.
+        """
+        leg = self.legs.get(dialog.id)
+        try:
+            hop = self.dialogs.hop(dialog)
+        except ValueError:
+            hop = None
+        if hop is not None and _is_ip(hop.host):
+            return hop
+        if leg is not None:
+            return leg.hop
+        raise ProtocolError(f"no route to {dialog.next_hop()}", 500)
+
+    def dialog_request(
+        self,
+        dialog: Dialog,
+        method: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> tuple[Request, Hop]:
+        hop = self.hop_for(dialog)
+        request = dialog.create_request(
+            method, via=self.via(hop.transport), body=body, content_type=content_type,
+            headers=headers,
+        )
+        return request, hop
+
+    def send_ack(
+        self,
+        dialog: Dialog,
+        transaction: ClientTransaction | None,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> None:
+        hop = self.hop_for(dialog)
+        ack = dialog.create_ack(via=self.via(hop.transport), body=body, content_type=content_type)
+        self.stack.send_ack(ack, hop, transaction)
+
+    def new_invite(
+        self,
+        uri: URI,
+        hop: Hop,
+        *,
+        from_: Address,
+        to: Address,
+        max_forwards: int,
+        body: bytes,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> Request:
+        """An out-of-dialog INVITE from the B2BUA (fresh Call-ID, branch and From tag)."""
+        out = Headers()
+        out.add("Via", f"{self.via(hop.transport)};branch={new_branch()}")
+        out.add("Max-Forwards", str(max_forwards))
+        out.add("From", str(replace(from_, params=from_.params.without("tag")).with_tag(new_tag())))
+        out.add("To", str(replace(to, params=to.params.without("tag"))))
+        out.add("Call-ID", new_call_id(self.local_address(hop.transport).host))
+        out.add("CSeq", "1 INVITE")
+        out.add("Contact", self.contact(hop.transport))
+        out.add("Allow", GATEWAY_ALLOW)
+        for name, value in headers:
+            out.add(name, value)
+        if body:
+            out.add("Content-Type", "application/sdp")
+        return Request("INVITE", uri, out, body)
+
+    # -- to the owner ------------------------------------------------------------------------
+
+    def handle_new_request(
+        self, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        return self.owner.on_new_request(self, transaction, request)
+
+    def handle_dialog_request(
+        self, dialog: Dialog, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        leg = self.legs.get(dialog.id)
+        if leg is None:
+            return super().handle_dialog_request(dialog, transaction, request)
+        return self.owner.on_dialog_request(leg, transaction, request)
+
+    def handle_ack(self, dialog: Dialog, ack: Request) -> None:
+        leg = self.legs.get(dialog.id)
+        if leg is not None:
+            self.owner.on_ack(leg, ack)
+
+    def handle_cancel(self, transaction: ServerTransaction, cancel: Request) -> None:
+        self.owner.on_cancel(self, transaction)
+
+    def handle_ack_timeout(self, dialog: Dialog) -> None:
+        leg = self.legs.get(dialog.id)
+        if leg is not None:
+            self.owner.on_ack_timeout(leg)
+        else:
+            super().handle_ack_timeout(dialog)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
