@@ -268,8 +268,9 @@ class CallController:
             refusal = _media_refusal(error)
             if refusal.status >= 500 and not isinstance(error, ProtocolError | OSError):
                 call.log().exception("media set-up failed")
-            self._refuse(inbound, refusal)
+            # Ports back before the refusal leaves: the caller may retry at once.
             await self._discard(call)
+            self._refuse(inbound, refusal)
             return
         if call.ended or not inbound.pending:
             await self._discard(call)  # CANCELled while the ports were being bound
