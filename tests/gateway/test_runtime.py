@@ -204,6 +204,10 @@ class FrontEnd(UserAgent):
             return
         super().handle_dialog_request(dialog, transaction, request)
 
+    def _on_stray_response(self, response: Response) -> None:
+        if self.send_acks:  # else: a UA that never ACKs, not even retransmitted 2xx
+            super()._on_stray_response(response)
+
     def hop_for(self, dialog: Dialog) -> Hop:
         assert self.gateway is not None
         return Hop(Transport.TLS, self.gateway.host, self.gateway.port,
@@ -352,9 +356,11 @@ class Lab:
 
 
 async def start_endpoint(pki: LabPKI, **overrides: Any) -> Endpoint:
-    config = EndpointConfig(aor="3001@video.example.com",
-                            listen=(ListenSpec(Transport.TCP, "127.0.3.1", 0),),
-                            certs=pki.directory, timers=FAST, **overrides)
+    settings: dict[str, Any] = dict(aor="3001@video.example.com",
+                                    listen=(ListenSpec(Transport.TCP, "127.0.3.1", 0),),
+                                    certs=pki.directory, timers=FAST)
+    settings.update(overrides)
+    config = EndpointConfig(**settings)
     return await Endpoint.start(config)
 
 
