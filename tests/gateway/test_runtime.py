@@ -375,12 +375,14 @@ async def make_lab(pki: LabPKI) -> AsyncIterator[Callable[..., Any]]:
     made: list[Any] = []
 
     async def make(*, endpoint: dict[str, Any] | None = None, options: dict[str, Any] | None
-                   = None, fe_host: str = FE_HOST, **config: Any) -> Lab:
+                   = None, fe_host: str = FE_HOST, zone_port: int | None = None,
+                   **config: Any) -> Lab:
         ep = await start_endpoint(pki, **(endpoint or {}))
         made.append(ep)
         fe = await FrontEnd.start(pki, fe_host)
         made.append(fe.stack)
-        text = lab_toml(pki, endpoint_port=endpoint_port(ep), fe_port=fe.port, **config)
+        port = zone_port if zone_port is not None else endpoint_port(ep)
+        text = lab_toml(pki, endpoint_port=port, fe_port=fe.port, **config)
         settings = dict(timers=FAST, pki=pki, management_port=0, ms_server_name="fe.example.com")
         settings.update(options or {})
         gateway = Gateway(loads(text), RuntimeOptions(**settings))
