@@ -8,7 +8,7 @@ from pathlib import Path
 from sip.timers import TimerSettings
 from sip.transport import Transport
 
-__all__ = ["EndpointConfig", "ListenSpec"]
+__all__ = ["EndpointConfig", "ListenSpec", "SipTarget"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,10 @@ class ListenSpec:
         return f"{self.transport.value.lower()}:{host}:{self.port}"
 
 
+SipTarget = ListenSpec
+"""A registrar or proxy address, written like a listener: ``tcp:127.0.3.1:5060``."""
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointConfig:
     """What one endpoint is and how it behaves."""
@@ -75,6 +79,24 @@ class EndpointConfig:
     """Offer video on outgoing calls."""
     timers: TimerSettings = field(default_factory=TimerSettings)
     """RFC 3261 timers."""
+    registrar: SipTarget | None = None
+    """Register our AOR there (Unified CM) at start, refresh before expiry."""
+    registrar_tls_name: str | None = None
+    """Certificate name of the registrar/proxy over TLS (``cucm.video.example.com``)."""
+    register_expires: int = 3600
+    """Expires we ask for (the registrar may grant less)."""
+    proxy: SipTarget | None = None
+    """Send calls here (default: the registrar, when there is one)."""
+    srtp: bool = False
+    """Offer RTP/SAVP with SDES keys and accept SRTP offers (plain RTP is still accepted)."""
+    delayed_offer: bool = False
+    """Send INVITE without SDP (the offer comes in the 2xx, our answer in the ACK)."""
+    send_media: bool = True
+    """Send RTP once a call connects (False: only receive and count)."""
+    latch: bool = True
+    """Send media to where the peer's RTP comes from once it arrives."""
+    audio_codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA")
+    """Offered audio codecs, in preference order (telephone-event is always added)."""
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -86,6 +108,16 @@ class EndpointConfig:
             raise ValueError("ring_time must be >= 0")
         if self.certs is None and any(s.transport is Transport.TLS for s in self.listen):
             raise ValueError("a TLS listener needs --certs DIR")
+        if not 0 < self.register_expires <= 86400:
+            raise ValueError("register_expires must be 1-86400 seconds")
+        known = {"g722", "pcmu", "pcma"}
+        if not self.audio_codecs or any(c.lower() not in known for c in self.audio_codecs):
+            raise ValueError(f"audio_codecs must be some of G722, PCMU, PCMA: {self.audio_codecs}")
+
+    @property
+    def outbound_proxy(self) -> SipTarget | None:
+        """Where calls go first: the proxy, else the registrar, else nowhere (direct)."""
+        return self.proxy if self.proxy is not None else self.registrar
 
     @property
     def user(self) -> str:
