@@ -1,0 +1,204 @@
+"""`gateway lync-fe | lync-edge | lync-client`: the simulated Microsoft side as processes.
+
+Each takes ``--config FILE`` (TOML, see lab/configs/lync-*.toml), ``--set key=value``
+overrides and ``--check-config FILE``. Once up, it logs one ``listening on
+<transport>:<host>:<port>`` line per listener then ``ready`` (stderr), and runs until
+SIGINT/SIGTERM. ``lync-client --call TARGET`` places one call, waits for media both ways,
+prints a one-line JSON report and exits (0 when media flowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.configkit import ConfigError, load_dataclass
+from lab.lync.config import ClientConfig, EdgeConfig, FrontEndConfig
+from sip import aio
+from sip.uri import format_host
+
+__all__ = ["client_main", "edge_main", "fe_main"]
+
+logger = logging.getLogger("lab.lync")
+T = TypeVar("T")
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"gateway {prog}", description=description)
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    p.add_argument("--check-config", type=Path, metavar="FILE",
+                   help="validate FILE and exit (0 valid, 1 invalid)")
+    p.add_argument("--set", action="append", default=[], dest="overrides",
+                   metavar="KEY=VALUE", help="override a configuration key (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _load(cls: type[T], path: Path | None, overrides: Sequence[str]) -> T:
+    if path is None:
+        raise ConfigError("--config", "a configuration file is needed")
+    try:
+        return load_dataclass(cls, path, overrides=overrides)
+    except ConfigError:
+        raise
+    except ValueError as error:  # a dataclass's own check (__post_init__)
+        raise ConfigError("", str(error)) from None
+
+
+def _prepare(cls: type[T], args: argparse.Namespace, prog: str) -> T | int:
+    """The config, or an exit status (check-config done, or an error)."""
+    if args.check_config is not None:
+        try:
+            _load(cls, args.check_config, args.overrides)
+        except ConfigError as error:
+            sys.stderr.write(f"config error: {args.check_config}: {error}\n")
+            return 1
+        sys.stdout.write(f"config OK: {args.check_config}\n")
+        return 0
+    try:
+        config = _load(cls, args.config, args.overrides)
+    except ConfigError as error:
+        sys.stderr.write(f"gateway {prog}: config error: {args.config}: {error}\n")
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if not args.verbose:
+        logging.getLogger("sip.transport").setLevel(logging.WARNING)
+        logging.getLogger("aioice").setLevel(logging.WARNING)
+    return config
+
+
+def _announce(addresses: Sequence[tuple[str, str, int]], what: str) -> None:
+    for transport, host, port in addresses:
+        logger.info("listening on %s:%s:%d", transport, format_host(host), port)
+    logger.info("%s ready", what)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("stopping")
+
+
+def _run(coro: Callable[[], Awaitable[int]], prog: str) -> int:
+    async def main() -> int:
+        return await coro()
+    try:
+        return aio.run(main())
+    except OSError as error:
+        sys.stderr.write(f"gateway {prog}: {error}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def fe_main(argv: list[str]) -> int:
+    """`gateway lync-fe`: the Lync Front End (registrar + proxy, mutual TLS 5061)."""
+    args = _parser("lync-fe", "A simulated Lync Front End pool.").parse_args(argv)
+    config = _prepare(FrontEndConfig, args, "lync-fe")
+    if isinstance(config, int):
+        return config
+
+    async def serve() -> int:
+        from lab.lync.fe import FrontEnd
+
+        fe = await FrontEnd.start(config)
+        try:
+            _announce([(a.transport.value.lower(), a.host, a.port) for a in fe.stack.listeners],
+                      f"Lync FE {config.domain}")
+            await _until_signal()
+        finally:
+            await fe.stop()
+        return 0
+
+    return _run(serve, "lync-fe")
+
+
+def edge_main(argv: list[str]) -> int:
+    """`gateway lync-edge`: Access Edge (TLS 5061 / 443) and A/V Edge TURN (3478)."""
+    args = _parser("lync-edge", "A simulated Lync Edge (Access + A/V).").parse_args(argv)
+    config = _prepare(EdgeConfig, args, "lync-edge")
+    if isinstance(config, int):
+        return config
+
+    async def serve() -> int:
+        from lab.lync.edge import Edge
+
+        edge = await Edge.start(config)
+        try:
+            addresses = [(a.transport.value.lower(), a.host, a.port)
+                         for a in edge.stack.listeners]
+            if edge.turn is not None:
+                addresses += list(edge.turn.addresses)
+            _announce(addresses, "Lync Edge")
+            await _until_signal()
+        finally:
+            await edge.stop()
+        return 0
+
+    return _run(serve, "lync-edge")
+
+
+def client_main(argv: list[str]) -> int:
+    """`gateway lync-client`: register, then answer calls or place one (--call)."""
+    parser = _parser("lync-client", "A simulated Lync / Skype for Business client.")
+    parser.add_argument("--call", metavar="TARGET",
+                        help="call TARGET (e.g. 3001@video.example.com), report media, exit")
+    parser.add_argument("--duration", type=float, default=2.0,
+                        help="seconds to keep a --call call up after media flows")
+    parser.add_argument("--no-video", action="store_true", help="audio only for --call")
+    args = parser.parse_args(argv)
+    config = _prepare(ClientConfig, args, "lync-client")
+    if isinstance(config, int):
+        return config
+
+    async def serve() -> int:
+        from lab.lync.client import LyncClient
+
+        client = await LyncClient.start(config)
+        try:
+            local = client.agent.local
+            _announce([("tls", local.host, local.port)] if local else [],
+                      f"Lync client {client.aor} (registered)")
+            if args.call is None:
+                await _until_signal()
+                return 0
+            return await _place(client, args.call, not args.no_video, args.duration)
+        finally:
+            await client.close()
+
+    return _run(serve, "lync-client")
+
+
+async def _place(client: Any, target: str, video: bool, duration: float) -> int:
+    call = await client.call(target, video=video)
+    report: dict[str, Any] = {"call_id": call.call_id, "caller": client.aor, "callee": target}
+    status = 0
+    try:
+        await call.wait_connected(timeout=30.0)
+        media = await call.wait_media(both_ways=True, min_packets=10, timeout=30.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.ended.wait(), duration)
+        media = call.media()
+        report.update(result="passed", ice_pair=media.ice_pair, streams=list(media.streams),
+                      packets={"sent": media.packets_sent, "received": media.packets_received})
+    except Exception as error:  # reported, not raised: the CLI's answer is the report
+        report.update(result="failed", reason=str(error) or type(error).__name__)
+        status = 1
+    finally:
+        await call.hangup()
+    sys.stdout.write(json.dumps(report) + "\n")
+    return status

@@ -1,0 +1,375 @@
+"""A Lync client's media: ICE with aioice (host, srflx, relay), SDES-SRTP with or without
+an MKI, and paced RTP with real sequence numbers and timestamps.
+
+Why not ``aioice.Connection.gather_candidates``: it gathers on every interface (and never on
+127.0.0.1), so :class:`ClientIce` binds its host candidates on the client's loopback
+address itself and reuses aioice's STUN and TURN client pieces, as ``media.ice_leg`` does
+for the gateway. Every STUN message and packet goes through :class:`GuardedProtocol`,
+which refuses any destination outside 127.0.0.0/8 and ::1: the lab never sends elsewhere.
+
+MKI: pylibsrtp has no MKI setting; RFC 3711 §3.1 puts the MKI between the encrypted
+payload and the auth tag and leaves it out of the authentication, so it is inserted after
+``protect`` and removed (``media.srtp.strip_mki``) before ``unprotect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pylibsrtp
+from aioice import Candidate as IceCandidate
+from aioice import Connection
+from aioice.candidate import candidate_foundation, candidate_priority
+from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candidate
+from aioice.stun import Message
+
+from media.ice_leg import to_sdp_candidate
+from media.ms_dialect import CRYPTO_SUITE, Candidate, CandidateTransport, Crypto, SsrcRange
+from media.srtp import AUTH_TAG_LEN, SrtpError, strip_mki
+
+__all__ = [
+    "ClientIce",
+    "GuardedProtocol",
+    "MediaStream",
+    "StreamCounters",
+    "insert_mki",
+    "is_loopback",
+    "rtp_packet",
+]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+GATHER_TIMEOUT = 5.0
+MKI = (1, 1)
+"""(value, length): the MKI Lync writes as ``|1:1``."""
+SSRC_RANGES = {"audio": 1, "video": 100}
+"""How many SSRCs each kind announces in x-ssrc-range."""
+CLOCK = {"audio": 8000, "video": 90000}
+AUDIO_PAYLOAD = bytes(160)
+VIDEO_PAYLOAD = bytes(400)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insert_mki(packet: bytes, mki: bytes) -> bytes:
+    """Put ``mki`` before the auth tag of a protected packet (RFC 3711 §3.1)."""
+    return packet[:-AUTH_TAG_LEN] + mki + packet[-AUTH_TAG_LEN:]
+
+
+def rtp_packet(payload_type: int, seq: int, timestamp: int, ssrc: int, payload: bytes,
+               marker: bool = False) -> bytes:
+    """An RTP packet (RFC 3550 §5.1), version 2, no CSRC."""
+    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | payload_type, seq & 0xFFFF,
+                       timestamp & 0xFFFFFFFF, ssrc) + payload
+
+
+class GuardedProtocol(StunProtocol):
+    """aioice's socket protocol that sends only to loopback, with an RTP fast path."""
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        # RFC 7983 §7: a first byte 128..191 is RTP/RTCP, never STUN.
+        if isinstance(data, bytes) and data and 127 < data[0] < 192:
+            self.receiver.data_received(data, self.local_candidate.component)
+            return
+        super().datagram_received(data, addr)
+
+    def send_stun(self, message: Message, addr: tuple[str, int]) -> None:
+        if is_loopback(addr[0]):
+            super().send_stun(message, addr)
+        else:
+            logger.warning("ICE: refusing to send STUN to %s:%d (not loopback)", *addr)
+
+    async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
+        if is_loopback(addr[0]):
+            self.transport.sendto(data, addr)
+
+
+@dataclass(frozen=True, slots=True)
+class IceServers:
+    """Where srflx and relay candidates come from."""
+
+    stun: Address | None = None
+    turn: Address | None = None
+    turn_username: str = ""
+    turn_password: str = ""
+    relay_only: bool = False
+
+
+class ClientIce(Connection):
+    """One stream's ICE agent (components 1 RTP and 2 RTCP) on the client's address."""
+
+    def __init__(self, host: str, servers: IceServers, *, controlling: bool,
+                 on_media: Callable[[bytes, int], None]) -> None:
+        super().__init__(ice_controlling=controlling, components=2)
+        self.host = host
+        self.servers = servers
+        self.on_media = on_media
+
+    def data_received(self, data: bytes, component: int) -> None:
+        self.on_media(data, component)
+
+    async def gather(self) -> None:
+        """Host candidates on ``host`` (ephemeral ports), then srflx and relay."""
+        loop = asyncio.get_running_loop()
+        candidates: list[IceCandidate] = []
+        hosts: list[GuardedProtocol] = []
+        servers = self.servers
+        if not servers.relay_only:
+            for component in (1, 2):
+                _, proto = await loop.create_datagram_endpoint(
+                    lambda: GuardedProtocol(self), local_addr=(self.host, 0))
+                port = proto.transport.get_extra_info("sockname")[1]
+                proto.local_candidate = IceCandidate(
+                    foundation=candidate_foundation("host", "udp", self.host),
+                    component=component, transport="udp",
+                    priority=candidate_priority(component, "host"),
+                    host=self.host, port=port, type="host")
+                hosts.append(proto)
+                candidates.append(proto.local_candidate)
+            self._protocols += hosts
+        tasks: list[asyncio.Future[tuple[IceCandidate, StunProtocol | None]]] = []
+        if servers.stun is not None and is_loopback(servers.stun[0]):
+            tasks += [asyncio.ensure_future(server_reflexive_candidate(p, servers.stun))
+                      for p in hosts]
+        if servers.turn is not None and is_loopback(servers.turn[0]):
+            tasks += [asyncio.ensure_future(relayed_candidate(
+                component=component, hide_related_address=False,
+                protocol_factory=lambda: GuardedProtocol(self), turn_server=servers.turn,
+                turn_username=servers.turn_username, turn_password=servers.turn_password,
+                turn_ssl=False, turn_transport="udp")) for component in (1, 2)]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=GATHER_TIMEOUT)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if task.exception() is not None:
+                    logger.warning("ICE %s: gathering failed: %r", self.host, task.exception())
+                    continue
+                candidate, protocol = task.result()
+                if candidate.type == "srflx" and any(
+                        c.host == candidate.host and c.port == candidate.port
+                        for c in candidates):
+                    continue  # no NAT on loopback: srflx equal to its host is redundant
+                candidates.append(candidate)
+                if protocol is not None:
+                    self._protocols.append(protocol)
+        if not any(c.component == 1 for c in candidates):
+            raise ConnectionError(f"ICE {self.host}: no candidate could be gathered")
+        candidates.sort(key=lambda c: (c.component, -c.priority))
+        self._local_candidates = candidates
+        self._local_candidates_start = True
+        self._local_candidates_end = True
+
+    @property
+    def sdp_candidates(self) -> tuple[Candidate, ...]:
+        return tuple(to_sdp_candidate(c) for c in self.local_candidates)
+
+    async def run(self, ufrag: str, pwd: str, candidates: Iterable[Candidate],
+                  timeout: float) -> None:
+        """Connectivity checks; ConnectionError / TimeoutError when they fail."""
+        self.remote_username = ufrag
+        self.remote_password = pwd
+        for c in candidates:
+            if c.transport is not CandidateTransport.UDP or c.component not in (1, 2):
+                continue
+            if not is_loopback(c.address):
+                logger.info("ICE %s: ignoring remote candidate %s:%d (not loopback)",
+                            self.host, c.address, c.port)
+                continue
+            await self.add_remote_candidate(IceCandidate(
+                foundation=c.foundation, component=c.component, transport="udp",
+                priority=c.priority, host=c.address, port=c.port, type=c.type.value,
+                related_address=c.related_address, related_port=c.related_port))
+        await self.add_remote_candidate(None)
+        await asyncio.wait_for(self.connect(), timeout)
+
+    @property
+    def pair_type(self) -> str | None:
+        """"local/remote" candidate types of the nominated RTP pair."""
+        pair = self._nominated.get(1)
+        if pair is None:
+            return None
+        return f"{pair.local_candidate.type}/{pair.remote_candidate.type}"
+
+    def send(self, data: bytes, component: int) -> bool:
+        """Send on the nominated pair; False before ICE completes."""
+        pair = self._nominated.get(component)
+        if pair is None or not is_loopback(pair.remote_addr[0]):
+            return False
+        pair.protocol.transport.sendto(data, pair.remote_addr)
+        return True
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    """Per-stream packet counts."""
+
+    sent: int = 0
+    received: int = 0
+    rtcp_received: int = 0
+    bad: int = 0
+    """Packets that failed SRTP (or were not RTP)."""
+    last_seq: int | None = None
+    """Sequence number of the newest RTP packet received."""
+
+
+def new_crypto(tag: int, mki: bool) -> Crypto:
+    return Crypto(tag, CRYPTO_SUITE, os.urandom(30), "2^31", MKI if mki else None)
+
+
+def _mki_bytes(crypto: Crypto) -> bytes:
+    if crypto.mki is None:
+        return b""
+    value, length = crypto.mki
+    return value.to_bytes(length, "big")
+
+
+class MediaStream:
+    """One m= line of a call: ICE agent, SRTP keys, a paced RTP sender and counters."""
+
+    def __init__(self, kind: str, host: str, servers: IceServers, *, controlling: bool,
+                 on_packet: Callable[[], None], rate: int) -> None:
+        self.kind = kind
+        self.ice = ClientIce(host, servers, controlling=controlling, on_media=self._received)
+        self.cryptos: tuple[Crypto, ...] = (new_crypto(1, True), new_crypto(2, False))
+        """Our keys as offered: one with the MKI Lync uses, one without."""
+        first = secrets.randbelow(2**31 - 1000) + 1
+        self.ssrc_range = SsrcRange(first, first + SSRC_RANGES[kind] - 1)
+        self.ssrc = first
+        self.direction = "sendrecv"
+        """Our direction (what we said in our last SDP)."""
+        self.remote_direction = "sendrecv"
+        self.payload_type: int | None = None
+        self.counters = StreamCounters()
+        self.connected = False
+        self.failed: str | None = None
+        self.rate = rate
+        """Packets per second we send."""
+        self._on_packet = on_packet
+        self._tx: pylibsrtp.Session | None = None
+        self._tx_mki = b""
+        self._rx: pylibsrtp.Session | None = None
+        self._rx_mki = b""
+        self._sender: asyncio.Task[None] | None = None
+        self._ice_task: asyncio.Task[None] | None = None
+        self.ice_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def sending(self) -> bool:
+        """Whether we send now: ICE up, keys set, and neither side holds the other off."""
+        return (self.connected and self._tx is not None
+                and self.direction in ("sendrecv", "sendonly")
+                and self.remote_direction in ("sendrecv", "recvonly"))
+
+    def set_keys(self, send: Crypto, receive: Crypto) -> None:
+        """Our key (with its MKI, if any) and the peer's; kept across re-INVITEs."""
+        if self._tx is not None:
+            return
+        self._tx = pylibsrtp.Session(pylibsrtp.Policy(
+            key=send.key_salt, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+        self._tx_mki = _mki_bytes(send)
+        self._rx = pylibsrtp.Session(pylibsrtp.Policy(
+            key=receive.key_salt, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+        self._rx_mki = _mki_bytes(receive)
+
+    def start_ice(self, ufrag: str, pwd: str, candidates: Iterable[Candidate],
+                  timeout: float) -> None:
+        """Run the checks in the background, then start sending."""
+        if self._ice_task is not None:
+            return
+        self._ice_task = asyncio.ensure_future(self._ice(ufrag, pwd, tuple(candidates), timeout))
+
+    async def _ice(self, ufrag: str, pwd: str, candidates: tuple[Candidate, ...],
+                   timeout: float) -> None:
+        try:
+            await self.ice.run(ufrag, pwd, candidates, timeout)
+        except (ConnectionError, TimeoutError, OSError) as error:
+            self.failed = f"ICE failed: {error!r}"
+            logger.warning("%s stream: %s", self.kind, self.failed)
+            if not self.ice_done.done():
+                self.ice_done.set_exception(ConnectionError(self.failed))
+                self.ice_done.exception()
+            return
+        self.connected = True
+        logger.info("%s stream: ICE connected (%s)", self.kind, self.ice.pair_type)
+        if not self.ice_done.done():
+            self.ice_done.set_result(None)
+        self._sender = asyncio.ensure_future(self._send_loop())
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / self.rate
+        seq = secrets.randbelow(2**16)
+        timestamp = secrets.randbelow(2**32)
+        step = CLOCK[self.kind] // self.rate
+        payload = AUDIO_PAYLOAD if self.kind == "audio" else VIDEO_PAYLOAD
+        deadline = loop.time()
+        while True:
+            if self.sending and self._tx is not None and self.payload_type is not None:
+                packet = rtp_packet(self.payload_type, seq, timestamp, self.ssrc, payload,
+                                    marker=self.kind == "video")
+                try:
+                    data = insert_mki(self._tx.protect(packet), self._tx_mki)
+                except pylibsrtp.Error as error:
+                    logger.warning("%s stream: protect failed: %s", self.kind, error)
+                else:
+                    if self.ice.send(data, 1):
+                        self.counters.sent += 1
+                        self._on_packet()
+                seq = (seq + 1) & 0xFFFF
+            timestamp = (timestamp + step) & 0xFFFFFFFF
+            # Pace against the clock, not the previous send, so the rate does not drift.
+            deadline += interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    def _received(self, data: bytes, component: int) -> None:
+        rx = self._rx
+        if rx is None:
+            self.counters.bad += 1
+            return
+        rtcp = component == 2 or (len(data) > 1 and 192 <= data[1] <= 223)
+        try:
+            if self._rx_mki:
+                data = strip_mki(data, self._rx_mki)
+            plain = rx.unprotect_rtcp(data) if rtcp else rx.unprotect(data)
+        except (pylibsrtp.Error, SrtpError):
+            self.counters.bad += 1
+            return
+        if rtcp:
+            self.counters.rtcp_received += 1
+            return
+        if len(plain) < 12:
+            self.counters.bad += 1
+            return
+        self.counters.received += 1
+        self.counters.last_seq = struct.unpack_from("!H", plain, 2)[0]
+        self._on_packet()
+
+    async def close(self) -> None:
+        for task in (self._sender, self._ice_task):
+            if task is not None:
+                task.cancel()
+        for task in (self._sender, self._ice_task):
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        try:
+            await asyncio.wait_for(self.ice.close(), 5.0)
+        except (TimeoutError, OSError) as error:
+            logger.warning("%s stream: ICE close: %r", self.kind, error)

@@ -1,0 +1,218 @@
+"""Configuration of the simulated Microsoft side: Front End, Edge and clients.
+
+Each role reads its own TOML file with ``gateway.configkit.load_dataclass`` (unknown keys
+and wrong types are errors naming the key). Defaults are the lab topology of
+docs/lab-topology.md, so an empty file describes the lab's FE / Edge / alice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.addresses import HostPort
+from sip.port_range import PortRange
+from sip.transport import Transport, TransportAddress
+
+__all__ = [
+    "ClientConfig",
+    "EdgeConfig",
+    "FrontEndConfig",
+    "StaticRoute",
+    "TurnUser",
+]
+
+
+def _address(transport: Transport | None, port: int | None) -> dict[str, Any]:
+    """Field metadata read by configkit: how a transport address string is completed."""
+    return {"address": (transport, port)}
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRoute:
+    """``[[static_routes]]``: requests for ``domain`` go to ``destination`` over TLS."""
+
+    domain: str
+    """Request-URI host this route takes (``video.example.com``)."""
+    destination: TransportAddress = field(
+        default=TransportAddress(Transport.TLS, "lyncexp.video.example.com", 65072),
+        metadata=_address(Transport.TLS, 65072),
+    )
+    """Next hop (name resolved with the lab host table, or an address)."""
+    tls_name: str = ""
+    """Name the next hop's certificate must carry (default: the destination host)."""
+
+    def __post_init__(self) -> None:
+        if not self.domain:
+            raise ValueError("a static route needs a domain")
+
+    @property
+    def server_name(self) -> str:
+        return self.tls_name or self.destination.host
+
+
+@dataclass(frozen=True, slots=True)
+class FrontEndConfig:
+    """The Lync Front End: registrar for ``domain`` and stateful proxy."""
+
+    listen: TransportAddress = field(
+        default=TransportAddress(Transport.TLS, "127.0.1.1", 5061),
+        metadata=_address(Transport.TLS, 5061),
+    )
+    """SIP listener (mutual TLS 5061)."""
+    domain: str = "example.com"
+    """The SIP domain we are registrar for."""
+    certs: str = "certs"
+    """Lab PKI directory (made when missing)."""
+    cert_name: str = "fe"
+    """Lab certificate we present (as server and as client)."""
+    trusted_applications: tuple[str, ...] = (
+        "lyncexp.video.example.com",
+        "exp01.video.example.com",
+    )
+    """Trusted application pool FQDNs: their certificate names make a peer trusted."""
+    trusted_servers: tuple[str, ...] = ("edge.example.com",)
+    """Servers of our own deployment (the Edge) that relay client traffic."""
+    static_routes: tuple[StaticRoute, ...] = (StaticRoute("video.example.com"),)
+    """Routes for domains that are not ours."""
+    registration_expires: int = 3600
+    """Binding lifetime granted when the client asks for none (or more)."""
+    require_client_cert: bool = True
+    """Refuse TLS clients without a certificate (mutual TLS)."""
+    t1: float = 0.5
+    """RFC 3261 T1, seconds."""
+
+    def __post_init__(self) -> None:
+        if self.listen.transport is not Transport.TLS:
+            raise ValueError("the Front End listens on TLS only")
+        if self.registration_expires <= 0:
+            raise ValueError("registration_expires must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnUser:
+    """One A/V Edge TURN account."""
+
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class AvEdgeConfig:
+    """``[turn]``: the A/V Edge TURN/STUN service."""
+
+    enabled: bool = True
+    """Run the TURN server."""
+    listen: str = "127.0.1.2"
+    """Address of the TURN/STUN listener (UDP and TCP)."""
+    port: int = 3478
+    """TURN/STUN port (0: any free port)."""
+    relay_ports: PortRange = field(default=PortRange(50000, 59999))
+    """Relay port range."""
+    realm: str = "example.com"
+    """Long-term credential realm."""
+    users: tuple[TurnUser, ...] = (
+        TurnUser("alice.parkes", "lab-turn"),
+        TurnUser("david.jones", "lab-turn"),
+    )
+    """Accounts (the lab hands them to clients in their config instead of MRAS)."""
+    allow_peers: tuple[str, ...] = ("127.0.0.0/8",)
+    """Peers relays may reach (the lab is all loopback)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """The Lync Edge: Access Edge SIP proxy + A/V Edge TURN."""
+
+    listen: TransportAddress = field(
+        default=TransportAddress(Transport.TLS, "127.0.1.2", 5061),
+        metadata=_address(Transport.TLS, 5061),
+    )
+    """Access Edge listener for external clients (TLS 5061)."""
+    extra_ports: tuple[int, ...] = (443,)
+    """Further TLS ports on the same address (443), each bound only when it can be."""
+    front_end: TransportAddress = field(
+        default=TransportAddress(Transport.TLS, "127.0.1.1", 5061),
+        metadata=_address(Transport.TLS, 5061),
+    )
+    """Where client traffic goes (the FE pool)."""
+    front_end_name: str = "fe.example.com"
+    """Certificate name of the FE."""
+    internal_names: tuple[str, ...] = ("fe.example.com", "pool.example.com")
+    """Certificate names that mark a connection as coming from the internal side."""
+    certs: str = "certs"
+    """Lab PKI directory (made when missing)."""
+    cert_name: str = "edge"
+    """Lab certificate we present."""
+    t1: float = 0.5
+    """RFC 3261 T1, seconds."""
+    turn: AvEdgeConfig = field(default_factory=AvEdgeConfig)
+    """The A/V Edge."""
+
+    def __post_init__(self) -> None:
+        if self.listen.transport is not Transport.TLS:
+            raise ValueError("the Access Edge listens on TLS only")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """A Lync / Skype for Business client."""
+
+    aor: str = "alice.parkes@example.com"
+    """Our SIP address (user@domain)."""
+    display_name: str = ""
+    """Display name in From."""
+    host: str = "127.0.1.10"
+    """Local address: SIP connections and media candidates bind here."""
+    registrar: TransportAddress = field(
+        default=TransportAddress(Transport.TLS, "127.0.1.1", 5061),
+        metadata=_address(Transport.TLS, 5061),
+    )
+    """FE (internal client) or Access Edge (external client)."""
+    registrar_name: str = "fe.example.com"
+    """Certificate name of the registrar."""
+    certs: str = "certs"
+    """Lab PKI directory (made when missing)."""
+    cert_name: str = "alice"
+    """Lab client certificate to present ("" for none)."""
+    expires: int = 3600
+    """Registration lifetime asked for."""
+    auto_answer: bool = True
+    """Answer incoming calls (else ring until cancelled)."""
+    answer_delay: float = 0.0
+    """Seconds of ringing before answering."""
+    video: bool = True
+    """Offer video on outgoing calls."""
+    stun: HostPort | None = None
+    """STUN server for server-reflexive candidates (the A/V Edge)."""
+    turn: HostPort | None = None
+    """TURN server for relay candidates (the A/V Edge, or the DMZ TURN)."""
+    turn_username: str = ""
+    turn_password: str = ""
+    relay_only: bool = False
+    """Offer only relay candidates (an external client behind a strict firewall)."""
+    audio_pps: int = 50
+    """Audio packets per second (20 ms frames)."""
+    video_fps: int = 30
+    """Video packets per second."""
+    ice_timeout: float = 15.0
+    """Seconds ICE checks may take before the call is hung up."""
+    t1: float = 0.5
+    """RFC 3261 T1, seconds."""
+
+    def __post_init__(self) -> None:
+        user, at, domain = self.aor.removeprefix("sip:").partition("@")
+        if not at or not user or not domain:
+            raise ValueError(f"aor {self.aor!r} is not user@domain")
+        if self.relay_only and self.turn is None:
+            raise ValueError("relay_only needs a turn server")
+        if self.audio_pps <= 0 or self.video_fps <= 0:
+            raise ValueError("audio_pps and video_fps must be positive")
+
+    @property
+    def user(self) -> str:
+        return self.aor.removeprefix("sip:").partition("@")[0]
+
+    @property
+    def domain(self) -> str:
+        return self.aor.removeprefix("sip:").partition("@")[2]

@@ -1,0 +1,121 @@
+"""The simulated Lync Edge: Access Edge (SIP proxy for external clients) + A/V Edge (TURN).
+
+Access Edge: external clients connect over TLS (5061, and 443 where that port can be
+bound); everything they send goes on to the FE pool over mutual TLS with the "edge"
+certificate, Record-Routed so in-dialog requests come back through us. Requests from the
+internal side (a connection whose certificate names the FE) go to the external client
+whose connection the Request-URI (the client's Contact) names.
+
+A/V Edge: ``turn.server.TurnServer`` on 3478 udp+tcp, relays 50000-59999, with the lab's
+accounts; external clients take their srflx and relay candidates from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from pathlib import Path
+
+from certs.pki import LabPKI, init_pki
+from lab.lync.config import EdgeConfig
+from lab.lync.proxy import LyncProxy, Refusal, hop_for_address
+from sip.message import Request
+from sip.stack import Hop, SipStack
+from sip.timers import TimerSettings
+from sip.transport import ConnectionInfo, Transport, TransportAddress, TransportSettings
+from sip.uri import URI
+from turn.config import TurnConfig
+from turn.server import TurnServer
+
+__all__ = ["Edge"]
+
+logger = logging.getLogger(__name__)
+
+
+class Edge(LyncProxy):
+    """Access Edge proxy + A/V Edge TURN server."""
+
+    element = "Edge"
+
+    def __init__(self, config: EdgeConfig, stack: SipStack) -> None:
+        super().__init__(stack)
+        self.config = config
+        self.turn: TurnServer | None = None
+        """The A/V Edge, when enabled and started."""
+
+    @classmethod
+    async def start(cls, config: EdgeConfig, pki: LabPKI | None = None) -> Edge:
+        """Bind the Access Edge listeners and start the A/V Edge."""
+        if pki is None:
+            pki, _ = await asyncio.to_thread(init_pki, Path(config.certs))
+        stack = SipStack(
+            timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1 * 8)),
+            transport_settings=TransportSettings(outbound_ports=None),
+            tls_client=pki.client_context(config.cert_name),
+        )
+        edge = cls(config, stack)
+        try:
+            # External clients may come without a certificate: asked for, not required.
+            context = pki.server_context(config.cert_name, require_client_cert=False)
+            await stack.listen(Transport.TLS, config.listen.host, config.listen.port,
+                               ssl=context)
+            for port in config.extra_ports:
+                try:
+                    await stack.listen(Transport.TLS, config.listen.host, port, ssl=context)
+                except OSError as error:
+                    if error.errno not in (errno.EACCES, errno.EADDRINUSE, errno.EPERM):
+                        raise
+                    logger.warning("Edge: TLS port %d not bound (%s); clients use %d", port,
+                                   error.strerror, config.listen.port)
+            if config.turn.enabled:
+                edge.turn = TurnServer(edge.turn_config())
+                await edge.turn.start()
+        except BaseException:
+            await edge.close()
+            raise
+        return edge
+
+    def turn_config(self) -> TurnConfig:
+        av = self.config.turn
+        return TurnConfig(
+            listen=av.listen,
+            ports=(av.port, av.port),
+            relay_ports=(av.relay_ports.first, av.relay_ports.last),
+            realm=av.realm,
+            users=tuple((u.username, u.password) for u in av.users),
+            allow_peers=av.allow_peers,
+        )
+
+    @property
+    def turn_address(self) -> tuple[str, int] | None:
+        """(host, port) of the A/V Edge UDP listener, once started."""
+        if self.turn is None:
+            return None
+        return next(((h, p) for t, h, p in self.turn.addresses if t == "udp"), None)
+
+    async def stop(self) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.turn is not None:
+            await self.turn.stop()
+        await super().close()
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def from_inside(self, connection: ConnectionInfo | None) -> bool:
+        names = {n.lower() for n in (connection.peer_names if connection else ())}
+        return bool(names & {n.lower() for n in self.config.internal_names})
+
+    def target(self, request: Request, source: Hop, connection: ConnectionInfo | None
+               ) -> tuple[URI, Hop] | Refusal:
+        if not self.from_inside(connection):
+            return request.uri, hop_for_address(self.config.front_end,
+                                                self.config.front_end_name)
+        uri = request.uri
+        address = TransportAddress(Transport.TLS, uri.host, uri.port or 5061)
+        client = self.stack.transports.find_connection(address)
+        if client is None or client.outbound:
+            return Refusal(480, "Temporarily Unavailable: no such external client connected")
+        return uri, Hop(Transport.TLS, uri.host, uri.port or 5061, connection_id=client.id)
