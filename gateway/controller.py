@@ -14,6 +14,7 @@ and a 2xx never ACKed (64*T1) clear both legs with a BYE carrying a Reason.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Coroutine
@@ -301,7 +302,7 @@ class CallController:
             call.outbound = outbound
             try:
                 outbound.client = agent.stack.start_request(
-                    invite, hop, on_provisional=lambda r, c=call, o=outbound: self._ring(c, o, r))
+                    invite, hop, on_provisional=functools.partial(self._ring, call, outbound))
                 response = await outbound.client.response()
             except SipTimeoutError as error:
                 outbound.client = None

@@ -179,8 +179,8 @@ class Gateway:
         self.started_at = loop.time()
         config = self.config
         if self.pki is None:
-            self.pki, _ = await asyncio.to_thread(init_pki, config.system.certs)
-        pki = self.pki
+            self.pki = (await asyncio.to_thread(init_pki, config.system.certs))[0]
+        pki: LabPKI = self.pki
         transport = TransportSettings(outbound_ports=config.system.outbound_ports)
         client = pki.client_context("gateway")
         try:

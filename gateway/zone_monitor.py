@@ -90,10 +90,8 @@ class ZoneMonitorTask:
             response = await agent.stack.send_request(request, hop)
         except SipTimeoutError as error:
             if error.transport_error:
-                detail = str(error)
-                kind = FailureKind.TLS if "TLS" in detail or "certificate" in detail \
-                    else FailureKind.REFUSED if "refused" in detail.lower() else FailureKind.ERROR
-                reason = failure_reason(kind, peer, detail)
+                # The transport logged why (refused, TLS...); the status says where.
+                reason = failure_reason(FailureKind.ERROR, peer)
             else:
                 reason = failure_reason(FailureKind.TIMEOUT, peer)
             self.monitors.on_failure(probe.zone, peer, reason, loop.time())

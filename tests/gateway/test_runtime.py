@@ -152,7 +152,8 @@ class FrontEnd(UserAgent):
 
     @classmethod
     async def start(cls, pki: LabPKI, host: str = FE_HOST) -> FrontEnd:
-        stack = SipStack(timers=FAST, transport_settings=TransportSettings(outbound_ports=None, source_host=host),
+        settings = TransportSettings(outbound_ports=None, source_host=host)
+        stack = SipStack(timers=FAST, transport_settings=settings,
                          tls_client=pki.client_context("fe"))
         await stack.listen(Transport.TLS, host, 0, ssl=pki.server_context("fe"))
         return cls(stack)
@@ -586,3 +587,38 @@ async def test_encryption_mismatch_gets_488_with_the_reason(make_lab: Any) -> No
     assert response.reason == "Encryption Levels not compatible"
     assert not lab.endpoint.calls and lab.gateway.pool.ports_in_use == 0
     assert 'reason="encryption_mismatch"} 1.0' in lab.gateway.metrics.render().decode()
+
+
+async def test_zone_and_microsoft_side_status_follow_options(make_lab: Any) -> None:
+    lab: Lab = await make_lab()
+
+    def zone(name: str) -> dict[str, Any]:
+        return next(z for z in lab.status()["zones"] if z["name"] == name)
+
+    await wait_for(lambda: zone("CUCM Neighbor")["status"] == "Active", "zone Active")
+    await wait_for(lambda: lab.status()["microsoft_side"]["status"] == "Alive", "FE alive")
+    assert 'gateway_zone_up{zone="CUCM Neighbor"} 1.0' in lab.gateway.metrics.render().decode()
+    await lab.endpoint.close()  # the neighbor stops answering
+    await wait_for(lambda: not zone("CUCM Neighbor")["alive"], "zone failed")
+    failed = zone("CUCM Neighbor")
+    assert "127.0.3.1" in failed["status"] and failed["peers"][0]["alive"] is False
+    assert 'gateway_zone_up{zone="CUCM Neighbor"} 0.0' in lab.gateway.metrics.render().decode()
+    assert lab.status()["microsoft_side"]["alive"]
+
+
+async def test_diagnostic_capture_records_the_call_signalling(make_lab: Any,
+                                                              tmp_path: Path) -> None:
+    lab: Lab = await make_lab(options={"diagnostics_dir": tmp_path})
+    lab.gateway.diagnostics.start(1_700_000_000.0)
+    call, _ = await lab.fe.call("3001@video.example.com")
+    assert call is not None
+    await lab.fe.hangup(call)
+    await wait_for(lambda: not lab.gateway.calls, "call over")
+    pcap = lab.gateway.diagnostics.stop(1_700_000_001.0)
+    log = pcap.with_suffix(".log").read_text()
+    # Both legs, both directions: INVITE in from Microsoft, INVITE out to the video side...
+    assert re.search(r"RECEIVED TLS .* INVITE sip:3001@video.example.com", log)
+    assert re.search(r"SENT TCP .* INVITE sip:3001@video.example.com", log)
+    assert "SENT TLS" in log and "RECEIVED TCP" in log and "BYE" in log
+    assert lab.gateway.diagnostics.messages >= 8
+    assert pcap.stat().st_size > 24 + 16 * lab.gateway.diagnostics.messages

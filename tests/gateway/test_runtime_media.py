@@ -60,7 +60,7 @@ async def test_ice_through_turn_and_rtp_both_ways_with_status_counters(
         stack = SipStack(timers=FAST, transport_settings=TransportSettings(
             outbound_ports=None, source_host="127.0.3.1"))
         await stack.listen(Transport.TCP, "127.0.3.1", 0)
-        uas = VideoUas(stack, video)
+        VideoUas(stack, video)  # answers INVITEs on the stack from now on
         listener = stack.listener(Transport.TCP)
         assert listener is not None
         lync = LyncPeer(turn=turn_address, username=USER, password=PASSWORD)
