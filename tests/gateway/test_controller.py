@@ -235,3 +235,48 @@ async def test_bye_and_requests_for_unknown_dialogs_get_481(make_lab: Any) -> No
     finally:
         await ua.stack.close()
 
+
+
+async def test_broker_message_from_microsoft_reaches_the_imp_node(
+        make_lab: Any, pki: LabPKI) -> None:
+    stack = SipStack(timers=FAST, transport_settings=TransportSettings(outbound_ports=None),
+                     tls_client=pki.client_context("imp"))
+    await stack.listen(Transport.TLS, "127.0.3.2", 0, ssl=pki.server_context(
+        "imp", require_client_cert=False))
+    imp = UserAgent(stack, user="imp", domain="video.example.com")
+    got: list[Request] = []
+
+    def on_message(transaction: ServerTransaction, request: Request) -> None:
+        got.append(request)
+        stack.respond(transaction, 200)
+
+    imp.handle_new_request = on_message  # type: ignore[method-assign,assignment]
+    listener = stack.listener(Transport.TLS)
+    assert listener is not None
+    try:
+        lab: Lab = await make_lab(extra=f"""
+[b2bua.broker]
+enabled = true
+destinations = ["127.0.3.2"]
+port = {listener.port}
+""")
+        fe = lab.fe
+        assert fe.gateway is not None
+        message = fe.new_request("MESSAGE", URI.parse("sip:bob@video.example.com"), fe.gateway,
+                                 body=b"hello", content_type="text/plain")
+        response = await asyncio.wait_for(fe.stack.send_request(message, fe.gateway), WAIT)
+        assert response.status == 200
+        assert [r.method for r in got] == ["MESSAGE"] and got[0].body == b"hello"
+        assert not lab.gateway.calls
+    finally:
+        await stack.close()
+
+
+async def test_broker_methods_get_501_while_the_broker_is_off(make_lab: Any) -> None:
+    lab: Lab = await make_lab()
+    fe = lab.fe
+    assert fe.gateway is not None
+    message = fe.new_request("MESSAGE", URI.parse("sip:bob@video.example.com"), fe.gateway,
+                             body=b"hello", content_type="text/plain")
+    response = await asyncio.wait_for(fe.stack.send_request(message, fe.gateway), WAIT)
+    assert response.status == 501 and "broker" in response.reason
