@@ -15,8 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
+from gateway.configkit import ConfigError
 from lab.endpoint.agent import CallFailed, Endpoint
-from lab.endpoint.config import EndpointConfig, ListenSpec
+from lab.endpoint.config import EndpointConfig, ListenSpec, load_endpoint
 from sip import aio
 from sip.errors import ProtocolError
 from sip.timers import TimerSettings
@@ -35,10 +36,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen",
         action="append",
-        required=True,
         metavar="TRANSPORT:HOST:PORT",
-        help="udp|tcp|tls listener, e.g. udp:127.0.3.11:5060 (repeatable; port 0: any)",
+        help="udp|tcp|tls listener, e.g. udp:127.0.3.11:5060 (repeatable; port 0: any); "
+        "required without --config",
     )
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file (lab/configs/endpoint-3001.toml)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a --config setting, e.g. srtp=true (repeatable)",
+    )
+    p.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE and exit")
     p.add_argument(
         "--certs",
         type=Path,
@@ -138,8 +150,22 @@ def main(argv: list[str]) -> int:
         # per-socket ones would announce readiness too early.
         logging.getLogger("sip.transport").setLevel(logging.WARNING)
     try:
-        config = _config(args)
+        if args.check_config is not None:
+            load_endpoint(args.check_config, tuple(args.set))
+            sys.stdout.write(f"{args.check_config}: configuration OK\n")
+            return 0
+        if args.config is not None:
+            config = load_endpoint(args.config, tuple(args.set))
+        elif args.listen:
+            config = _config(args)
+        else:
+            sys.stderr.write("gateway endpoint: --listen or --config is required\n")
+            return 2
         target = URI.parse(args.call) if args.call else None
+    except ConfigError as error:
+        path = args.check_config or args.config
+        sys.stderr.write(f"gateway endpoint: {path}: {error}\n")
+        return 2
     except (ValueError, ProtocolError) as error:
         sys.stderr.write(f"gateway endpoint: {error}\n")
         return 2

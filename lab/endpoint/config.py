@@ -8,7 +8,7 @@ from pathlib import Path
 from sip.timers import TimerSettings
 from sip.transport import Transport
 
-__all__ = ["EndpointConfig", "ListenSpec", "SipTarget"]
+__all__ = ["EndpointConfig", "EndpointFile", "ListenSpec", "SipTarget", "load_endpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +126,98 @@ class EndpointConfig:
     @property
     def domain(self) -> str:
         return self.aor.removeprefix("sip:").partition("@")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFile:
+    """An endpoint's TOML file (lab/configs/endpoint-3001.toml): EndpointConfig in strings."""
+
+    aor: str
+    """Address of record ``user@domain``."""
+    listen: tuple[str, ...]
+    """Listeners, ``transport:host:port``."""
+    certs: str = ""
+    """Lab PKI directory ("" for none)."""
+    cert_name: str = "endpoint"
+    """Which lab certificate to present."""
+    client_cert: bool = True
+    """Present our certificate on outbound TLS."""
+    require_client_cert: bool = False
+    """TLS listeners refuse clients without a certificate."""
+    tls_server_name: str = ""
+    """Name outbound TLS checks ("" for the target host)."""
+    media_host: str = ""
+    """Address for RTP ("" for the first listener's host)."""
+    ring_time: float = 0.0
+    """Seconds between 180 and 200."""
+    auto_answer: bool = True
+    """Answer incoming calls."""
+    video: bool = True
+    """Offer video."""
+    registrar: str = ""
+    """``transport:host:port`` of the registrar ("" for none)."""
+    registrar_tls_name: str = ""
+    """Registrar certificate name over TLS."""
+    register_expires: int = 3600
+    """Expires asked for."""
+    proxy: str = ""
+    """Outbound proxy for calls ("" for the registrar)."""
+    srtp: bool = False
+    """SDES-SRTP."""
+    delayed_offer: bool = False
+    """INVITE without SDP."""
+    send_media: bool = True
+    """Send RTP."""
+    latch: bool = True
+    """Follow the source of received RTP."""
+    audio_codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA")
+    """Audio codecs in preference order."""
+    t1: float = 0.5
+    """RFC 3261 T1 (s)."""
+
+    def to_config(self) -> EndpointConfig:
+        """The runtime configuration; ConfigError names the key at fault."""
+        from gateway.configkit import ConfigError
+
+        def spec(key: str, text: str) -> ListenSpec:
+            try:
+                return ListenSpec.parse(text)
+            except ValueError as error:
+                raise ConfigError(key, str(error)) from None
+
+        listen = tuple(spec(f"listen[{i}]", text) for i, text in enumerate(self.listen))
+        try:
+            return EndpointConfig(
+                aor=self.aor,
+                listen=listen,
+                certs=Path(self.certs) if self.certs else None,
+                cert_name=self.cert_name,
+                client_cert=self.client_cert,
+                require_client_cert=self.require_client_cert,
+                tls_server_name=self.tls_server_name or None,
+                media_host=self.media_host or None,
+                ring_time=self.ring_time,
+                auto_answer=self.auto_answer,
+                video=self.video,
+                timers=TimerSettings(t1=self.t1, t2=max(4.0, self.t1)),
+                registrar=spec("registrar", self.registrar) if self.registrar else None,
+                registrar_tls_name=self.registrar_tls_name or None,
+                register_expires=self.register_expires,
+                proxy=spec("proxy", self.proxy) if self.proxy else None,
+                srtp=self.srtp,
+                delayed_offer=self.delayed_offer,
+                send_media=self.send_media,
+                latch=self.latch,
+                audio_codecs=self.audio_codecs,
+            )
+        except ValueError as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError("", str(error)) from None
+
+
+def load_endpoint(path: str | Path, overrides: tuple[str, ...] = ()) -> EndpointConfig:
+    """An endpoint TOML file (with ``--set`` overrides) as an :class:`EndpointConfig`."""
+    from gateway.configkit import load_dataclass
+
+    return load_dataclass(EndpointFile, path, overrides=overrides).to_config()

@@ -1,0 +1,1 @@
+"""The simulated Cisco video side: Unified CM (trunk, registrar, proxy) and an IM&P node."""

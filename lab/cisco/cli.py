@@ -1,0 +1,135 @@
+"""`gateway cucm` and `gateway imp`: run the simulated Unified CM or IM&P node.
+
+``--config FILE`` (TOML, see lab/configs/), ``--set key=value`` overrides (repeatable),
+``--check-config FILE`` validates and exits (0 good, 2 with the error naming the key).
+Readiness for scripts: one ``listening on <transport>:<host>:<port>`` line per listener
+(actual port) then ``ready`` go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.configkit import ConfigError
+from lab.cisco.config import CucmConfig, ImpConfig, load_cucm, load_imp
+from sip import aio
+from sip.transport import TransportAddress
+
+__all__ = ["cucm_main", "imp_main"]
+
+
+class _Node(Protocol):
+    @property
+    def listeners(self) -> tuple[TransportAddress, ...]: ...
+
+    async def close(self) -> None: ...
+
+
+def _parser(prog: str, description: str, default: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", type=Path, default=Path(default), help=f"TOML file ({default})")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. trunk.destination=tcp:127.0.2.1:5060 (repeatable)",
+    )
+    p.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+async def _serve(name: str, start: Awaitable[Any], logger: logging.Logger) -> int:
+    node = await start
+    try:
+        for address in node.listeners:
+            host = f"[{address.host}]" if ":" in address.host else address.host
+            logger.info(
+                "listening on %s:%s:%d", address.transport.value.lower(), host, address.port
+            )
+        logger.info("%s ready", name)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logger.info("stopping")
+        return 0
+    finally:
+        await node.close()
+
+
+def _main(
+    argv: list[str],
+    *,
+    name: str,
+    description: str,
+    default: str,
+    load: Callable[[Path, tuple[str, ...]], CucmConfig | ImpConfig],
+    start: Callable[[Any], Awaitable[Any]],
+) -> int:
+    args = _parser(f"gateway {name}", description, default).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        # Our "listening on" lines come once every listener is up.
+        logging.getLogger("sip.transport").setLevel(logging.WARNING)
+    path = args.check_config or args.config
+    try:
+        config = load(path, tuple(args.set))
+    except ConfigError as error:
+        sys.stderr.write(f"gateway {name}: {path}: {error}\n")
+        return 2
+    if args.check_config is not None:
+        sys.stdout.write(f"{path}: configuration OK\n")
+        return 0
+    logger = logging.getLogger(f"lab.cisco.{name}")
+    try:
+        return aio.run(_serve(name, start(config), logger))
+    except OSError as error:
+        sys.stderr.write(f"gateway {name}: {error}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def cucm_main(argv: list[str]) -> int:
+    """`gateway cucm`."""
+    from lab.cisco.cucm import Cucm
+
+    return _main(
+        argv,
+        name="cucm",
+        description="A simulated Unified CM: registrar and proxy for 3xxx@video.example.com, "
+        "SIP trunk to the gateway.",
+        default="lab/configs/cucm.toml",
+        load=load_cucm,
+        start=Cucm.start,
+    )
+
+
+def imp_main(argv: list[str]) -> int:
+    """`gateway imp`."""
+    from lab.cisco.imp import Imp
+
+    return _main(
+        argv,
+        name="imp",
+        description="A simulated IM&P node: MESSAGE / SUBSCRIBE / NOTIFY / PUBLISH / INFO.",
+        default="lab/configs/imp.toml",
+        load=load_imp,
+        start=Imp.start,
+    )

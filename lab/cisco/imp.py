@@ -1,0 +1,228 @@
+"""A simulated IM&P node: the far end of the gateway's SIP broker (SPEC §3).
+
+Takes MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, INFO and OPTIONS and answers each 200 (PUBLISH
+with a SIP-ETag, RFC 3903 §11.3). A SUBSCRIBE makes a subscription dialog (RFC 6665):
+200 with our To tag and the granted Expires, then an immediate NOTIFY carrying a PIDF
+presence document (RFC 3863) sent through the subscription's route set, so it comes back
+through the broker's Record-Route. Everything received is recorded; tests wait on it
+with :meth:`Imp.wait_for`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from certs.pki import LabPKI, init_pki
+from lab.cisco.config import ImpConfig
+from sip.dialog import Dialog
+from sip.message import Request, Response, new_tag
+from sip.stack import Hop, SipStack, SipTimeoutError
+from sip.timers import TimerSettings
+from sip.transaction_server import ServerTransaction
+from sip.transport import Transport, TransportAddress, TransportSettings
+from sip.useragent import UserAgent, response_for
+
+__all__ = ["IMP_METHODS", "Imp", "pidf"]
+
+logger = logging.getLogger(__name__)
+
+IMP_METHODS = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "OPTIONS"})
+"""Methods the node takes."""
+ALLOW = "MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, INFO, OPTIONS, BYE"
+
+
+def pidf(entity: str, basic: str) -> bytes:
+    """A minimal PIDF document (RFC 3863 §4) for ``entity`` ("sip:user@domain")."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\r\n'
+        f'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{entity}">\r\n'
+        f'  <tuple id="t{secrets.token_hex(4)}"><status><basic>{basic}</basic></status></tuple>\r\n'
+        "</presence>\r\n"
+    ).encode()
+
+
+@dataclass(slots=True)
+class _Record:
+    requests: list[tuple[int, Request]] = field(default_factory=list)
+    """(sequence number, request), the most recent 1000."""
+    count: int = 0
+    """Requests ever received (the next sequence number)."""
+    taken: dict[str, int] = field(default_factory=dict)
+    """Per method: sequence number after the last one wait_for returned."""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Imp(UserAgent):
+    """The IM&P node on its own :class:`SipStack`."""
+
+    def __init__(self, config: ImpConfig, stack: SipStack, pki: LabPKI | None) -> None:
+        super().__init__(stack, user="imp", domain=config.domain)
+        self.config = config
+        self.pki = pki
+        self.notify_responses: list[Response] = []
+        """Answers to the NOTIFYs we sent."""
+        self._record = _Record()
+
+    @classmethod
+    async def start(cls, config: ImpConfig) -> Imp:
+        """Make (or load) the PKI and bind every listener."""
+        pki: LabPKI | None = None
+        tls_client = None
+        if config.certs:
+            made, _ = await asyncio.to_thread(init_pki, Path(config.certs))
+            tls_client = made.client_context(config.cert_name)
+            pki = made
+        stack = SipStack(
+            timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1)),
+            transport_settings=TransportSettings(outbound_ports=None),
+            tls_client=tls_client,
+        )
+        node = cls(config, stack, pki)
+        try:
+            for spec in config.listeners:
+                context = None
+                if spec.transport is Transport.TLS:
+                    assert pki is not None  # ImpConfig requires certs for TLS
+                    context = pki.server_context(
+                        config.cert_name, require_client_cert=config.require_client_cert
+                    )
+                await stack.listen(spec.transport, spec.host, spec.port, ssl=context)
+        except BaseException:
+            await stack.close()
+            raise
+        return node
+
+    @property
+    def listeners(self) -> tuple[TransportAddress, ...]:
+        return self.stack.listeners
+
+    async def close(self) -> None:
+        """Close every socket."""
+        await self.stack.close()
+
+    async def __aenter__(self) -> Imp:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- what tests read ----------------------------------------------------------------------
+
+    @property
+    def received(self) -> tuple[Request, ...]:
+        """Every request received, in order."""
+        return tuple(request for _, request in self._record.requests)
+
+    async def wait_for(self, method: str, timeout: float = 5.0) -> Request:
+        """The next ``method`` request not yet returned by this call (waits for it)."""
+        method = method.upper()
+        record = self._record
+        async with asyncio.timeout(timeout):
+            while True:
+                start = record.taken.get(method, 0)
+                for seq, request in record.requests:
+                    if seq >= start and request.method == method:
+                        record.taken[method] = seq + 1
+                        return request
+                record.changed.clear()
+                await record.changed.wait()
+
+    def _note(self, request: Request) -> None:
+        record = self._record
+        record.requests.append((record.count, request))
+        record.count += 1
+        del record.requests[:-1000]
+        record.changed.set()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def handle_new_request(
+        self, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        if request.method not in IMP_METHODS:
+            self.stack.respond(transaction, 405, headers=(("Allow", ALLOW),))
+            return None
+        self._note(request)
+        if request.method == "SUBSCRIBE":
+            self._subscribe(transaction, request)
+        elif request.method == "PUBLISH":
+            expires = request.headers.get("Expires") or "3600"
+            self.stack.respond(
+                transaction,
+                200,
+                headers=(("SIP-ETag", secrets.token_hex(8)), ("Expires", expires.strip())),
+            )
+        elif request.method == "OPTIONS":
+            self.answer_options(transaction)
+        else:
+            self.stack.respond(transaction, 200)
+        return None
+
+    def handle_dialog_request(
+        self, dialog: Dialog, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        self._note(request)
+        if request.method == "SUBSCRIBE":
+            expires = self._expires(request)
+            self.stack.respond(transaction, 200, headers=(("Expires", str(expires)),))
+            self._spawn_notify(dialog, expires)
+            if expires == 0:
+                self.dialogs.remove(dialog.id)
+            return None
+        if request.method in IMP_METHODS:
+            self.stack.respond(transaction, 200)
+            return None
+        return super().handle_dialog_request(dialog, transaction, request)
+
+    def _expires(self, request: Request) -> int:
+        text = (request.headers.get("Expires") or "").strip()
+        asked = int(text) if text.isdigit() else self.config.subscription_expires
+        return min(asked, self.config.subscription_expires)
+
+    def _subscribe(self, transaction: ServerTransaction, request: Request) -> None:
+        event = (request.headers.get("Event") or "").split(";", 1)[0].strip().lower()
+        if event not in ("presence", ""):
+            self.stack.respond(
+                transaction, 489, "Bad Event", headers=(("Allow-Events", "presence"),)
+            )
+            return
+        expires = self._expires(request)
+        source = transaction.source
+        transport = source.transport if isinstance(source, Hop) else Transport.TCP
+        ok = response_for(request, 200, to_tag=new_tag(), contact=self.contact(transport))
+        ok.headers.add("Expires", str(expires))
+        dialog = Dialog.create_uas(request, ok)
+        dialog.confirm()
+        if isinstance(source, Hop):
+            self.dialogs.add(dialog, source)
+        self.stack.send_response(transaction, ok)
+        self._spawn_notify(dialog, expires)
+
+    def _spawn_notify(self, dialog: Dialog, expires: int) -> None:
+        task = asyncio.ensure_future(self._notify(dialog, expires))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _notify(self, dialog: Dialog, expires: int) -> None:
+        """The NOTIFY that a new or refreshed subscription gets at once (RFC 6665 §4.2.1)."""
+        state = f"active;expires={expires}" if expires else "terminated;reason=timeout"
+        entity = str(dialog.local_address.uri)  # the presentity the subscription names
+        request, hop = self.dialog_request(
+            dialog,
+            "NOTIFY",
+            body=pidf(entity, self.config.presence),
+            content_type="application/pidf+xml",
+            headers=(("Event", "presence"), ("Subscription-State", state)),
+        )
+        try:
+            response = await self.stack.send_request(request, hop)
+        except SipTimeoutError as error:
+            logger.warning("NOTIFY to %s: %s", hop, error)
+            return
+        self.notify_responses.append(response)
+        del self.notify_responses[:-1000]
+        self._record.changed.set()
