@@ -83,12 +83,18 @@ def _announce(addresses: Sequence[tuple[str, str, int]], what: str) -> None:
     logger.info("%s ready", what)
 
 
-async def _until_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """Set on SIGINT/SIGTERM; installed before listening, so a signal right after the
+    "ready" line still stops us cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _until(stop: asyncio.Event) -> None:
     await stop.wait()
     logger.info("stopping")
 
@@ -115,11 +121,12 @@ def fe_main(argv: list[str]) -> int:
     async def serve() -> int:
         from lab.lync.fe import FrontEnd
 
+        stop = _stop_on_signal()
         fe = await FrontEnd.start(config)
         try:
             _announce([(a.transport.value.lower(), a.host, a.port) for a in fe.stack.listeners],
                       f"Lync FE {config.domain}")
-            await _until_signal()
+            await _until(stop)
         finally:
             await fe.stop()
         return 0
@@ -137,6 +144,7 @@ def edge_main(argv: list[str]) -> int:
     async def serve() -> int:
         from lab.lync.edge import Edge
 
+        stop = _stop_on_signal()
         edge = await Edge.start(config)
         try:
             addresses = [(a.transport.value.lower(), a.host, a.port)
@@ -144,7 +152,7 @@ def edge_main(argv: list[str]) -> int:
             if edge.turn is not None:
                 addresses += list(edge.turn.addresses)
             _announce(addresses, "Lync Edge")
-            await _until_signal()
+            await _until(stop)
         finally:
             await edge.stop()
         return 0
@@ -168,13 +176,14 @@ def client_main(argv: list[str]) -> int:
     async def serve() -> int:
         from lab.lync.client import LyncClient
 
+        stop = _stop_on_signal()
         client = await LyncClient.start(config)
         try:
             local = client.agent.local
             _announce([("tls", local.host, local.port)] if local else [],
                       f"Lync client {client.aor} (registered)")
             if args.call is None:
-                await _until_signal()
+                await _until(stop)
                 return 0
             return await _place(client, args.call, not args.no_video, args.duration)
         finally:

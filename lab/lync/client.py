@@ -568,7 +568,7 @@ class LyncClient:
             return
         tag = new_tag()
         contact = agent.contact(Transport.TLS)
-        ringing = response_for(request, 180, to_tag=tag, contact=contact)
+        ringing = _dialog_response(request, 180, to_tag=tag, contact=contact)
         dialog = Dialog.create_uas(request, ringing)
         call.dialog = dialog
         call.invite_tx = transaction
@@ -598,9 +598,9 @@ class LyncClient:
         call.version += 1
         body = sdp_offer.sdp_text(descriptions, host=self.config.host,
                                   session_id=call.session_id, version=call.version)
-        ok = response_for(transaction.request, 200, to_tag=dialog.id.local_tag,
-                          contact=self.agent.contact(Transport.TLS), body=body,
-                          content_type=SDP)
+        ok = _dialog_response(transaction.request, 200, to_tag=dialog.id.local_tag,
+                              contact=self.agent.contact(Transport.TLS), body=body,
+                              content_type=SDP)
         ok.headers.add("Allow", ALLOW)
         ok.headers.add("User-Agent", USER_AGENT)
         self.agent.stack.send_response(transaction, ok)
@@ -630,8 +630,10 @@ class LyncClient:
         for index, (stream, media) in enumerate(zip(call.streams, offer.media, strict=False)):
             remote = read_stream(offer, index)
             codecs = sdp_offer.common_codecs(media, stream.kind)
-            offered = next((c for c in remote.cryptos if c.suite == stream.cryptos[0].suite),
-                           None)
+            usable = [c for c in remote.cryptos if c.suite == stream.cryptos[0].suite]
+            offered = next((c for c in usable
+                            if (c.mki is not None) == self.config.answer_mki),
+                           usable[0] if usable else None)
             if media.port == 0 or not codecs or offered is None:
                 out.append(sdp_offer.StreamDescription(
                     kind=media.kind, ufrag=stream.ice.local_username,
@@ -696,6 +698,16 @@ class LyncClient:
 
 _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly",
                      "inactive": "inactive"}
+
+
+def _dialog_response(request: Request, status: int, *, to_tag: str, contact: str,
+                     body: bytes = b"", content_type: str | None = None) -> Response:
+    """A dialog-forming response: RFC 3261 §12.1.1 has the UAS copy Record-Route."""
+    response = response_for(request, status, to_tag=to_tag, contact=contact, body=body,
+                            content_type=content_type)
+    for value in request.headers.getlist("Record-Route"):
+        response.headers.add("Record-Route", value)
+    return response
 
 
 def _placeholder(kind: str) -> tuple[tuple[int, str, str | None], ...]:

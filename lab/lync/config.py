@@ -15,6 +15,7 @@ from sip.port_range import PortRange
 from sip.transport import Transport, TransportAddress
 
 __all__ = [
+    "AvEdgeConfig",
     "ClientConfig",
     "EdgeConfig",
     "FrontEndConfig",
@@ -181,6 +182,8 @@ class ClientConfig:
     """Answer incoming calls (else ring until cancelled)."""
     answer_delay: float = 0.0
     """Seconds of ringing before answering."""
+    answer_mki: bool = True
+    """Answering, take the offered key with an MKI (else the one without) when both came."""
     video: bool = True
     """Offer video on outgoing calls."""
     stun: HostPort | None = None

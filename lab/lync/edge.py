@@ -51,7 +51,8 @@ class Edge(LyncProxy):
             pki, _ = await asyncio.to_thread(init_pki, Path(config.certs))
         stack = SipStack(
             timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1 * 8)),
-            transport_settings=TransportSettings(outbound_ports=None),
+            transport_settings=TransportSettings(outbound_ports=None,
+                                                 source_host=config.listen.host),
             tls_client=pki.client_context(config.cert_name),
         )
         edge = cls(config, stack)
