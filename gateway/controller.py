@@ -624,7 +624,6 @@ class CallController:
         """Forget the call and give its media back (also for refused calls)."""
         if not call.ended:
             call.end(CallEvent.FAIL, Outcome(CallResult.FAILED, "refused"))
-        self.calls.pop(call.call_id, None)
         self._bridges.pop(call.call_id, None)
         self._delayed.discard(call.call_id)
         if call.call_id in self._counted:
@@ -636,6 +635,8 @@ class CallController:
                 await call.media.close()
             except Exception:
                 call.log().exception("closing media failed")
+        # Gone from the active calls only once its ports are back in the pool.
+        self.calls.pop(call.call_id, None)
         self.gateway.metrics.set_media_ports_in_use(self.gateway.pool.ports_in_use)
         self.ended.append(call)
         del self.ended[:-100]
