@@ -33,7 +33,15 @@ from sip.useragent import UserAgent, response_for
 if TYPE_CHECKING:
     from lab.endpoint.handle import EndpointCall
 
-__all__ = ["Call", "CallFailed", "CallState", "Endpoint", "OutgoingInvite", "target_uri"]
+__all__ = [
+    "Call",
+    "CallFailed",
+    "CallState",
+    "Endpoint",
+    "OutgoingInvite",
+    "copy_record_route",
+    "target_uri",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -349,9 +357,7 @@ class Endpoint(UserAgent):
             # Delayed offer: the 2xx carried the offer, our answer rides on the ACK.
             call.local_sdp = await self._answer(call, call.remote_sdp)
             ack_body = bytes(call.local_sdp)
-        self.send_ack(
-            dialog, outgoing.request.transaction, ack_body, SDP if ack_body else None
-        )
+        self.send_ack(dialog, outgoing.request.transaction, ack_body, SDP if ack_body else None)
         call.state = CallState.CONFIRMED
         call.confirmed.set()
         self._start_media(call)
@@ -498,9 +504,7 @@ class Endpoint(UserAgent):
     async def _answer(self, call: Call, offer: SessionDescription) -> SessionDescription:
         """Our answer to ``offer`` (opening ports for newly accepted m= lines); raises
         ProtocolError(488) when nothing is acceptable."""
-        outcomes = [
-            endpoint_sdp.negotiate(m, offer, srtp=self.config.srtp) for m in offer.media
-        ]
+        outcomes = [endpoint_sdp.negotiate(m, offer, srtp=self.config.srtp) for m in offer.media]
         if not any(o.accepted for o in outcomes):
             raise ProtocolError("no acceptable media", 488)
         ports: list[MediaPort | None] = []
@@ -561,7 +565,9 @@ class Endpoint(UserAgent):
         if transaction.state is not ServerState.PROCEEDING:
             _close_media(call)  # cancelled while we were binding ports
             return
-        ringing = response_for(request, 180, to_tag=tag, contact=contact)
+        ringing = copy_record_route(
+            request, response_for(request, 180, to_tag=tag, contact=contact)
+        )
         dialog = Dialog.create_uas(request, ringing)
         call.dialog = dialog
         call.invite_tx = transaction
@@ -576,7 +582,10 @@ class Endpoint(UserAgent):
             await asyncio.sleep(self.config.ring_time)  # the configured ring, not a test wait
         if call.state is not CallState.RINGING or transaction.state is not ServerState.PROCEEDING:
             return
-        ok = response_for(request, 200, to_tag=tag, contact=contact, body=body, content_type=SDP)
+        ok = copy_record_route(
+            request,
+            response_for(request, 200, to_tag=tag, contact=contact, body=body, content_type=SDP),
+        )
         ok.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")
         self.stack.send_response(transaction, ok)
         dialog.confirm()
@@ -666,6 +675,14 @@ class Endpoint(UserAgent):
             call.rtp_packets,
             call.rtp_sent,
         )
+
+
+def copy_record_route(request: Request, response: Response) -> Response:
+    """A dialog-forming response carries the request's Record-Route (RFC 3261 §12.1.1), so
+    the caller's route set keeps the proxies that asked to stay in the path."""
+    for value in request.headers.getlist("Record-Route"):
+        response.headers.add("Record-Route", value)
+    return response
 
 
 def target_uri(target: str) -> URI:
