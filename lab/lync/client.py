@@ -318,7 +318,7 @@ class LyncClient:
                     register: bool = True) -> LyncClient:
         """Connect to the registrar over TLS and REGISTER (unless ``register`` is False)."""
         if pki is None:
-            pki, _ = await asyncio.to_thread(init_pki, Path(config.certs))
+            pki = (await asyncio.to_thread(init_pki, Path(config.certs)))[0]
         stack = SipStack(
             timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1 * 8)),
             transport_settings=TransportSettings(outbound_ports=None, source_host=config.host,
@@ -529,7 +529,7 @@ class LyncClient:
         if dialog is None or dialog.state is DialogState.TERMINATED:
             await call.finish(call.result or "ended")
             return
-        headers = ()
+        headers: tuple[tuple[str, str], ...] = ()
         if reason is not None:
             name, _, value = reason.partition(":")
             headers = ((name.strip(), value.strip()),)

@@ -205,7 +205,7 @@ class ClientIce(Connection):
             return None
         return f"{pair.local_candidate.type}/{pair.remote_candidate.type}"
 
-    def send(self, data: bytes, component: int) -> bool:
+    def send_media(self, data: bytes, component: int) -> bool:
         """Send on the nominated pair; False before ICE completes."""
         pair = self._nominated.get(component)
         if pair is None or not is_loopback(pair.remote_addr[0]):
@@ -327,7 +327,7 @@ class MediaStream:
                 except pylibsrtp.Error as error:
                     logger.warning("%s stream: protect failed: %s", self.kind, error)
                 else:
-                    if self.ice.send(data, 1):
+                    if self.ice.send_media(data, 1):
                         self.counters.sent += 1
                         self._on_packet()
                 seq = (seq + 1) & 0xFFFF

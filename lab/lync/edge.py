@@ -48,7 +48,7 @@ class Edge(LyncProxy):
     async def start(cls, config: EdgeConfig, pki: LabPKI | None = None) -> Edge:
         """Bind the Access Edge listeners and start the A/V Edge."""
         if pki is None:
-            pki, _ = await asyncio.to_thread(init_pki, Path(config.certs))
+            pki = (await asyncio.to_thread(init_pki, Path(config.certs)))[0]
         stack = SipStack(
             timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1 * 8)),
             transport_settings=TransportSettings(outbound_ports=None,

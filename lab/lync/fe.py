@@ -85,7 +85,7 @@ class FrontEnd(LyncProxy):
     async def start(cls, config: FrontEndConfig, pki: LabPKI | None = None) -> FrontEnd:
         """Load (or make) the PKI, bind the TLS listener, return the running FE."""
         if pki is None:
-            pki, _ = await asyncio.to_thread(init_pki, Path(config.certs))
+            pki = (await asyncio.to_thread(init_pki, Path(config.certs)))[0]
         stack = SipStack(
             timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1 * 8)),
             transport_settings=TransportSettings(outbound_ports=None,
@@ -183,7 +183,7 @@ class FrontEnd(LyncProxy):
             current = [b for b in current if b.contact != contact.uri]
             if expires > 0:
                 current.append(Binding(aor, contact.uri, source, now + expires))
-        if request.headers.get("Contact", "").strip() == "*":
+        if (request.headers.get("Contact") or "").strip() == "*":
             current = []
         if current:
             self.bindings[aor] = current
