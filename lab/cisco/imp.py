@@ -67,6 +67,8 @@ class Imp(UserAgent):
         self.pki = pki
         self.notify_responses: list[Response] = []
         """Answers to the NOTIFYs we sent."""
+        self.notify_answered = asyncio.Event()
+        """Set when a NOTIFY of ours gets its final answer (clear it to wait for the next)."""
         self._record = _Record()
 
     @classmethod
@@ -228,4 +230,4 @@ class Imp(UserAgent):
             return
         self.notify_responses.append(response)
         del self.notify_responses[:-1000]
-        self._record.changed.set()
+        self.notify_answered.set()
