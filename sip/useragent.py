@@ -351,6 +351,10 @@ class UserAgent:
             )
 
 
+DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+"""Requests whose 1xx/2xx can establish a dialog (RFC 3261 §12, RFC 6665, RFC 3515)."""
+
+
 def response_for(
     request: Request,
     status: int,
@@ -360,8 +364,16 @@ def response_for(
     body: bytes = b"",
     content_type: str | None = None,
 ) -> Response:
-    """A response to ``request`` with our To tag and Contact (for dialog-creating answers)."""
+    """A response to ``request`` with our To tag and Contact (for dialog-creating answers).
+
+    A response that establishes a dialog carries the request's Record-Route, in order
+    (RFC 3261 §12.1.1), so that in-dialog requests keep passing the proxies (a Lync FE,
+    CUCM) that asked to stay in the path.
+    """
     response = make_response(request, status, to_tag=to_tag, body=body, content_type=content_type)
     if contact is not None:
         response.headers.add("Contact", contact)
+    if 100 < status < 300 and request.method in DIALOG_METHODS and request.to.tag is None:
+        for value in request.headers.getlist("Record-Route"):
+            response.headers.add("Record-Route", value)
     return response

@@ -568,7 +568,7 @@ class LyncClient:
             return
         tag = new_tag()
         contact = agent.contact(Transport.TLS)
-        ringing = _dialog_response(request, 180, to_tag=tag, contact=contact)
+        ringing = response_for(request, 180, to_tag=tag, contact=contact)
         dialog = Dialog.create_uas(request, ringing)
         call.dialog = dialog
         call.invite_tx = transaction
@@ -598,7 +598,7 @@ class LyncClient:
         call.version += 1
         body = sdp_offer.sdp_text(descriptions, host=self.config.host,
                                   session_id=call.session_id, version=call.version)
-        ok = _dialog_response(transaction.request, 200, to_tag=dialog.id.local_tag,
+        ok = response_for(transaction.request, 200, to_tag=dialog.id.local_tag,
                               contact=self.agent.contact(Transport.TLS), body=body,
                               content_type=SDP)
         ok.headers.add("Allow", ALLOW)
@@ -698,16 +698,6 @@ class LyncClient:
 
 _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly",
                      "inactive": "inactive"}
-
-
-def _dialog_response(request: Request, status: int, *, to_tag: str, contact: str,
-                     body: bytes = b"", content_type: str | None = None) -> Response:
-    """A dialog-forming response: RFC 3261 §12.1.1 has the UAS copy Record-Route."""
-    response = response_for(request, status, to_tag=to_tag, contact=contact, body=body,
-                            content_type=content_type)
-    for value in request.headers.getlist("Record-Route"):
-        response.headers.add("Record-Route", value)
-    return response
 
 
 def _placeholder(kind: str) -> tuple[tuple[int, str, str | None], ...]:
