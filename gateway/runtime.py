@@ -55,11 +55,8 @@ from sip.message import Request, Response
 from sip.stack import Hop, SipStack
 from sip.timers import TimerSettings
 from sip.transport import (
-    ConnectionInfo,
-    ReceivedMessage,
     Transport,
     TransportAddress,
-    TransportManager,
     TransportSettings,
 )
 
@@ -92,38 +89,6 @@ class RuntimeOptions:
     """Where diagnostic captures go."""
     retry_after: int = 60
     """Seconds in the Retry-After of a 503 for the call limit."""
-
-
-class _ObservedTransports(TransportManager):
-    """The stack's transports, with every message counted and recorded."""
-
-    def __init__(self, gateway: Gateway, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._gateway = gateway
-
-    async def send(self, message: Any, target: TransportAddress, **kwargs: Any) -> ConnectionInfo:
-        info = await super().send(message, target, **kwargs)
-        if isinstance(message, Request | Response):
-            self._gateway.observe(Direction.SENT, message, info.local,
-                                  (target.host, target.port), message)
-        return info
-
-
-class _ObservedStack(SipStack):
-    """A :class:`SipStack` whose received messages are counted and recorded."""
-
-    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._gateway = gateway
-        old = self.transports
-        # Replace the (still unused) manager by one that reports what it sends.
-        self.transports = _ObservedTransports(
-            gateway, old.settings, on_message=self._on_message, tls_client=old.tls_client)
-
-    def _on_message(self, received: ReceivedMessage) -> None:
-        self._gateway.observe(Direction.RECEIVED, received.message, received.connection.local,
-                              (received.source.host, received.source.port), received.data)
-        super()._on_message(received)
 
 
 class Gateway:
@@ -185,8 +150,8 @@ class Gateway:
         client = pki.client_context("gateway")
         try:
             for side in LegSide:
-                stack = _ObservedStack(self, timers=self.options.timers,
-                                       transport_settings=transport, tls_client=client)
+                stack = SipStack(timers=self.options.timers, transport_settings=transport,
+                                 tls_client=client, observer=self.observe)
                 self.stacks[side] = stack
                 self.agents[side] = SideAgent(stack, side, self.controller, user="gateway",
                                               domain=config.system.domain)
@@ -326,16 +291,16 @@ class Gateway:
 
     # -- observation -------------------------------------------------------------------------
 
-    def observe(self, direction: Direction, message: Request | Response,
-                local: TransportAddress, remote: tuple[str, int], data: Any) -> None:
+    def observe(self, sent: bool, message: Request | Response, local: TransportAddress,
+                remote: TransportAddress, data: bytes) -> None:
         """One SIP message sent or received: metrics, and the diagnostic capture."""
+        direction = Direction.SENT if sent else Direction.RECEIVED
         label = message.method if isinstance(message, Request) else message.status
         self.metrics.sip_message(direction, label)
         if self.diagnostics.running:
-            raw = data if isinstance(data, bytes) else message.encode()
-            ours = (local.host, local.port)
-            src, dst = (ours, remote) if direction is Direction.SENT else (remote, ours)
-            self.diagnostics.record(direction, local.transport, src, dst, raw, time.time())
+            ours, theirs = (local.host, local.port), (remote.host, remote.port)
+            src, dst = (ours, theirs) if sent else (theirs, ours)
+            self.diagnostics.record(direction, local.transport, src, dst, data, time.time())
 
     # -- StatusSource ------------------------------------------------------------------------
 

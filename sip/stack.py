@@ -17,7 +17,7 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sip.errors import ProtocolError
 from sip.events import (
@@ -177,6 +177,19 @@ class ClientRequest:
         self.stack.cancel(self)
 
 
+class MessageObserver(Protocol):
+    """Sees every SIP message the stack sent or received (metrics, packet capture)."""
+
+    def __call__(
+        self,
+        sent: bool,
+        message: Request | Response,
+        local: TransportAddress,
+        remote: TransportAddress,
+        data: bytes,
+    ) -> None: ...
+
+
 class SipStack:
     """A SIP element's transactions over asyncio transports."""
 
@@ -187,8 +200,11 @@ class SipStack:
         timers: TimerSettings | None = None,
         transport_settings: TransportSettings | None = None,
         tls_client: ssl.SSLContext | None = None,
+        observer: MessageObserver | None = None,
     ) -> None:
         self.handlers = handlers if handlers is not None else StackHandlers()
+        self.observer = observer
+        """Called with every message sent and received, as it was on the wire."""
         self.layer = TransactionLayer(timers)
         """The sans-IO transaction layer (read-only use outside this class)."""
         self.transports = TransportManager(
@@ -320,6 +336,8 @@ class SipStack:
             return
         message = received.message
         source = Hop.of(received.source, received.connection)
+        if self.observer is not None:
+            self._observe(False, message, received.connection.local, received.source, received.data)
         try:
             self.layer.receive(message, source, asyncio.get_running_loop().time())
         except ProtocolError as error:
@@ -406,9 +424,10 @@ class SipStack:
         try:
             while queue:
                 message, hop = queue.popleft()
+                data = message.encode()
                 try:
-                    await self.transports.send(
-                        message,
+                    info = await self.transports.send(
+                        data,
                         hop.address,
                         server_hostname=hop.server_hostname,
                         connection_id=hop.connection_id,
@@ -418,9 +437,27 @@ class SipStack:
                     self._transport_failed(message)
                 except Exception:
                     logger.exception("sending %s to %s failed", _describe(message), hop)
+                else:
+                    if self.observer is not None:
+                        self._observe(True, message, info.local, hop.address, data)
         finally:
             if self._outgoing.get(key) is queue:
                 del self._outgoing[key]
+
+    def _observe(
+        self,
+        sent: bool,
+        message: Request | Response,
+        local: TransportAddress,
+        remote: TransportAddress,
+        data: bytes,
+    ) -> None:
+        assert self.observer is not None
+        try:
+            self.observer(sent, message, local, remote, data)
+        except Exception:
+            # Observation (metrics, capture) must never cost a call.
+            logger.exception("message observer failed")
 
     def _transport_failed(self, message: Request | Response) -> None:
         for transaction in self.layer.transactions:
