@@ -679,7 +679,10 @@ class Endpoint(UserAgent):
 
 def copy_record_route(request: Request, response: Response) -> Response:
     """A dialog-forming response carries the request's Record-Route (RFC 3261 §12.1.1), so
-    the caller's route set keeps the proxies that asked to stay in the path."""
+    the caller's route set keeps the proxies that asked to stay in the path. A response
+    that already has them (``response_for`` copies them too) is left as it is."""
+    if "Record-Route" in response.headers:
+        return response
     for value in request.headers.getlist("Record-Route"):
         response.headers.add("Record-Route", value)
     return response
