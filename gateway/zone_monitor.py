@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from gateway.zones import FailureKind, Probe, ZoneMonitors, failure_reason
 from sip.stack import Hop, SipTimeoutError
-from sip.transport import Transport
+from sip.transport import Transport, TransportAddress
 from sip.uri import URI, Params
 from sip.useragent import UserAgent
 
@@ -89,12 +89,7 @@ class ZoneMonitorTask:
             request = agent.new_request("OPTIONS", uri, hop)
             response = await agent.stack.send_request(request, hop)
         except SipTimeoutError as error:
-            if error.transport_error:
-                # The transport logged why (refused, TLS...); the status says where.
-                reason = failure_reason(FailureKind.ERROR, peer)
-            else:
-                reason = failure_reason(FailureKind.TIMEOUT, peer)
-            self.monitors.on_failure(probe.zone, peer, reason, loop.time())
+            self.monitors.on_failure(probe.zone, peer, _probe_failure(peer, error), loop.time())
         except Exception as error:  # noqa: BLE001 - a probe must never kill the monitor
             logger.warning("OPTIONS to %s failed: %r", peer, error)
             self.monitors.on_failure(probe.zone, peer, failure_reason(
@@ -107,3 +102,18 @@ class ZoneMonitorTask:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
+
+
+def _probe_failure(peer: TransportAddress, error: SipTimeoutError) -> str:
+    """The status text for an unanswered OPTIONS, from the transport's own reason."""
+    if not error.transport_error:
+        return failure_reason(FailureKind.TIMEOUT, peer)
+    detail = error.reason or ""
+    if "refused" in detail.lower():
+        return failure_reason(FailureKind.REFUSED, peer)
+    if peer.transport is Transport.TLS and any(
+        word in detail.lower() for word in ("certificate", "ssl", "tls", "handshake")
+    ):
+        _, _, why = detail.partition(": ")
+        return failure_reason(FailureKind.TLS, peer, why or detail)
+    return failure_reason(FailureKind.ERROR, peer, detail)

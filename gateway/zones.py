@@ -108,7 +108,7 @@ def failure_reason(kind: FailureKind, peer: TransportAddress, detail: str = "") 
     if kind is FailureKind.TIMEOUT:
         return f"No response from {peer.host}:{peer.port} (timeout)"
     if kind is FailureKind.REFUSED:
-        return "Connection refused"
+        return f"Connection refused by {peer.host}:{peer.port}"
     if kind is FailureKind.TLS:
         return f"TLS negotiation failure: {detail or 'unknown reason'}"
     return detail or f"Connection to {peer.host}:{peer.port} failed"

@@ -60,12 +60,21 @@ logger = logging.getLogger(__name__)
 class SipTimeoutError(TimeoutError):
     """A request got no final response: Timer B/F fired or the transport failed."""
 
-    def __init__(self, message: str, request: Request, *, transport_error: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        request: Request,
+        *,
+        transport_error: bool = False,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.request = request
         """The request that went unanswered."""
         self.transport_error = transport_error
         """True when the transport could not deliver it (rather than a timer firing)."""
+        self.reason = reason
+        """The transport's own words ("Connection refused", a TLS verify failure), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +223,8 @@ class SipStack:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._requests: dict[ClientTransaction, ClientRequest] = {}
+        self._failures: dict[ClientTransaction, str] = {}
+        """Transport error text of a client transaction, until its timeout event."""
         self._outgoing: dict[tuple[Any, ...], deque[tuple[Request | Response, Hop]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy = False
@@ -434,7 +445,7 @@ class SipStack:
                     )
                 except TransportError as error:
                     logger.warning("cannot send %s to %s: %s", _describe(message), hop, error)
-                    self._transport_failed(message)
+                    self._transport_failed(message, str(error))
                 except Exception:
                     logger.exception("sending %s to %s failed", _describe(message), hop)
                 else:
@@ -459,7 +470,7 @@ class SipStack:
             # Observation (metrics, capture) must never cost a call.
             logger.exception("message observer failed")
 
-    def _transport_failed(self, message: Request | Response) -> None:
+    def _transport_failed(self, message: Request | Response, reason: str) -> None:
         for transaction in self.layer.transactions:
             mine = (
                 transaction.request is message
@@ -467,6 +478,8 @@ class SipStack:
                 else transaction.last_response is message
             )
             if mine:
+                if isinstance(transaction, ClientTransaction):
+                    self._failures[transaction] = reason
                 self.layer.transport_error(transaction, asyncio.get_running_loop().time())
                 self._process()
                 return
@@ -563,13 +576,21 @@ class SipStack:
         transaction = event.transaction
         if isinstance(transaction, ClientTransaction):
             pending = self._requests.pop(transaction, None)
+            reason = self._failures.pop(transaction, None)
             if pending is not None and not pending.final.done():
-                what = "transport error" if event.transport_error else "timed out (Timer B/F)"
+                what = (
+                    f"transport error: {reason}"
+                    if reason
+                    else "transport error"
+                    if event.transport_error
+                    else "timed out (Timer B/F)"
+                )
                 pending.final.set_exception(
                     SipTimeoutError(
                         f"{transaction.request.method} to {transaction.destination}: {what}",
                         transaction.request,
                         transport_error=event.transport_error,
+                        reason=reason,
                     )
                 )
         else:

@@ -17,6 +17,7 @@ import enum
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
@@ -497,7 +498,7 @@ class TransportManager:
             )
         except OSError as error:  # ssl.SSLError and TimeoutError included
             sock.close()
-            reason = describe_tls_error(error) if tls else str(error)
+            reason = describe_tls_error(error) if tls else _describe_os_error(error)
             logger.warning("connection to %s failed: %s", target, reason)
             raise TransportError(f"cannot connect to {target}: {reason}") from error
         if stream.id not in self._streams:
@@ -540,8 +541,9 @@ class TransportManager:
                     # Same 4-tuple still in TIME_WAIT: try another source port.
                     last_error = error
                     continue
-                logger.warning("connection to %s failed: %s", target, error)
-                raise TransportError(f"cannot connect to {target}: {error}") from error
+                reason = _describe_os_error(error)
+                logger.warning("connection to %s failed: %s", target, reason)
+                raise TransportError(f"cannot connect to {target}: {reason}") from error
             except BaseException:
                 sock.close()
                 raise
@@ -752,6 +754,14 @@ def stamp_received(request: Request, host: str, port: int) -> None:
     if params:
         request.headers.pop_first("Via")
         request.headers.prepend("Via", str(via.with_params(**params)))
+
+
+def _describe_os_error(error: OSError) -> str:
+    """The errno's own words ("Connection refused"), which asyncio's "Connect call failed"
+    leaves out; zone status shows them."""
+    if error.errno is not None and not isinstance(error, TimeoutError):
+        return os.strerror(error.errno)
+    return str(error) or type(error).__name__
 
 
 def _family(host: str) -> int:

@@ -126,12 +126,15 @@ def test_zone_is_active_while_any_peer_answers() -> None:
     monitor.on_failure(P1, failure_reason(FailureKind.REFUSED, P1), 1.2)
     status = monitor.status()
     assert status.state is ZoneState.FAILED
-    assert status.reason == "Connection refused; TLS negotiation failure: certificate verify failed"
+    assert status.reason == (
+        f"Connection refused by {P1.host}:{P1.port}; "
+        "TLS negotiation failure: certificate verify failed"
+    )
 
 
 def test_failure_reasons() -> None:
     assert failure_reason(FailureKind.TIMEOUT, P1) == "No response from 127.0.3.1:5061 (timeout)"
-    assert failure_reason(FailureKind.REFUSED, P1) == "Connection refused"
+    assert failure_reason(FailureKind.REFUSED, P1) == f"Connection refused by {P1.host}:{P1.port}"
     assert failure_reason(FailureKind.TLS, P1, "bad cert") == "TLS negotiation failure: bad cert"
     assert failure_reason(FailureKind.ERROR, P1, "No route to host") == "No route to host"
 

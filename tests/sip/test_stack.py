@@ -172,6 +172,8 @@ async def test_connection_refused_raises_transport_timeout() -> None:
             with pytest.raises(SipTimeoutError) as caught:
                 await stack.send_request(options(ua, hop), hop)
         assert caught.value.transport_error
+        assert caught.value.reason is not None and "refused" in caught.value.reason.lower()
+        assert caught.value.reason in str(caught.value)
     finally:
         await stack.close()
 
