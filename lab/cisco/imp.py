@@ -19,7 +19,6 @@ from pathlib import Path
 
 from certs.pki import LabPKI, init_pki
 from lab.cisco.config import ImpConfig
-from lab.endpoint.agent import copy_record_route
 from sip.dialog import Dialog
 from sip.message import Request, Response, new_tag
 from sip.stack import Hop, SipStack, SipTimeoutError
@@ -197,9 +196,7 @@ class Imp(UserAgent):
         expires = self._expires(request)
         source = transaction.source
         transport = source.transport if isinstance(source, Hop) else Transport.TCP
-        ok = copy_record_route(
-            request, response_for(request, 200, to_tag=new_tag(), contact=self.contact(transport))
-        )
+        ok = response_for(request, 200, to_tag=new_tag(), contact=self.contact(transport))
         ok.headers.add("Expires", str(expires))
         dialog = Dialog.create_uas(request, ok)
         dialog.confirm()

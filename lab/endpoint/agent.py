@@ -39,7 +39,6 @@ __all__ = [
     "CallState",
     "Endpoint",
     "OutgoingInvite",
-    "copy_record_route",
     "target_uri",
 ]
 
@@ -565,9 +564,7 @@ class Endpoint(UserAgent):
         if transaction.state is not ServerState.PROCEEDING:
             _close_media(call)  # cancelled while we were binding ports
             return
-        ringing = copy_record_route(
-            request, response_for(request, 180, to_tag=tag, contact=contact)
-        )
+        ringing = response_for(request, 180, to_tag=tag, contact=contact)
         dialog = Dialog.create_uas(request, ringing)
         call.dialog = dialog
         call.invite_tx = transaction
@@ -582,10 +579,7 @@ class Endpoint(UserAgent):
             await asyncio.sleep(self.config.ring_time)  # the configured ring, not a test wait
         if call.state is not CallState.RINGING or transaction.state is not ServerState.PROCEEDING:
             return
-        ok = copy_record_route(
-            request,
-            response_for(request, 200, to_tag=tag, contact=contact, body=body, content_type=SDP),
-        )
+        ok = response_for(request, 200, to_tag=tag, contact=contact, body=body, content_type=SDP)
         ok.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")
         self.stack.send_response(transaction, ok)
         dialog.confirm()
@@ -675,17 +669,6 @@ class Endpoint(UserAgent):
             call.rtp_packets,
             call.rtp_sent,
         )
-
-
-def copy_record_route(request: Request, response: Response) -> Response:
-    """A dialog-forming response carries the request's Record-Route (RFC 3261 §12.1.1), so
-    the caller's route set keeps the proxies that asked to stay in the path. A response
-    that already has them (``response_for`` copies them too) is left as it is."""
-    if "Record-Route" in response.headers:
-        return response
-    for value in request.headers.getlist("Record-Route"):
-        response.headers.add("Record-Route", value)
-    return response
 
 
 def target_uri(target: str) -> URI:
