@@ -194,3 +194,28 @@ def test_over_tcp_nothing_is_retransmitted_and_transactions_end_at_once() -> Non
     pair.flush()
     assert client.state is ClientState.TERMINATED and server.state is ServerState.TERMINATED
     assert pair.uac.get_timer() is None and pair.uas.get_timer() is None
+
+
+def test_get_timer_follows_thousands_of_transactions_in_deadline_order() -> None:
+    """The deadline heap: the earliest timer of many transactions, fired in order, and
+    nothing left armed once every transaction has ended (Timer B/F on unanswered requests)."""
+    from sip.message import Request as _Request
+    from sip.message import parse_message as _parse
+
+    layer = TransactionLayer()
+    for n in range(2000):
+        raw = (
+            "OPTIONS sip:b@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK{n}\r\n"
+            f"From: <sip:a@example.com>;tag=a\r\nTo: <sip:b@example.com>\r\nCall-ID: c{n}\r\n"
+            "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        request = _parse(raw)
+        assert isinstance(request, _Request)
+        layer.send_request(request, ("127.0.0.1", 5060), now=float(n) / 100, reliable=True)
+    assert layer.get_timer() == 32.0  # Timer F of the first request: 64*T1 after t=0
+    fired = 0
+    while (deadline := layer.get_timer()) is not None:
+        layer.handle_timer(deadline)
+        fired += 1
+    assert fired == 2000 and layer.transactions == []
