@@ -1,0 +1,205 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine: the file parses,
+every service runs an existing `gateway <role>` whose config exists and passes
+`--check-config`, listeners sit on the service's own addresses, the exposed ports are the
+spec's (SPEC §2) and agree with the configs, a `certs` one-shot runs first, every
+long-running service has a real health probe, and no key can reach the image."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cli import COMMANDS
+from gateway.cli import main as gateway_main
+from tests.peers.procs import gateway_executable
+from turn.config import load as load_turn_config
+
+yaml = pytest.importorskip("yaml", reason="PyYAML (test extra) parses docker-compose.yml")
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+APP_DIR = "/app"  # the image's working directory: config paths are relative to the repo
+
+# SPEC §2 (and docs/lab-topology.md): what each host must expose.
+SPEC_PORTS: dict[str, set[str]] = {
+    "gateway": {"65072/tcp", "5060/udp", "5060/tcp", "5061/tcp", "56000-57000/udp"},
+    "turn": {"3478/udp", "3478/tcp", "24000-29999/udp", "24000-29999/tcp"},
+    "lync-fe": {"5061/tcp"},
+    "lync-edge": {"5061/tcp", "443/tcp", "3478/udp", "3478/tcp", "50000-59999/udp"},
+    "cucm": {"5060/udp", "5060/tcp", "5061/tcp"},
+    "imp": {"5060/tcp", "5061/tcp"},
+    "endpoint-3001": {"5060/udp", "5060/tcp", "5061/tcp", "16384-32766/udp"},
+    "endpoint-3002": {"5060/udp", "5060/tcp", "5061/tcp", "16384-32766/udp"},
+}
+SUBNETS = {"internal", "dmz", "external", "video"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+def roles(compose: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every long-running service (all but the certs one-shot)."""
+    for name, service in compose["services"].items():
+        if name != "certs":
+            yield name, service
+
+
+def config_path(service: dict[str, Any]) -> Path:
+    command = service["command"]
+    path = command[command.index("--config") + 1]
+    return ROOT / path
+
+
+def addresses(service: dict[str, Any]) -> set[str]:
+    return {net["ipv4_address"] for net in service["networks"].values()}
+
+
+def test_services_are_the_lab_hosts(compose: dict[str, Any]) -> None:
+    names = set(compose["services"])
+    assert {"certs", "gateway", "turn", "lync-fe", "lync-edge", "cucm", "imp"} <= names
+    assert any(n.startswith("lync-client") for n in names)
+    assert any(n.startswith("endpoint") for n in names)
+    assert set(compose["networks"]) == SUBNETS
+
+
+def test_every_command_is_an_existing_gateway_role(compose: dict[str, Any]) -> None:
+    used: set[str] = set()
+    for name, service in compose["services"].items():
+        command = service["command"]
+        assert isinstance(command, list), f"{name}: command must be an exec-form list"
+        assert command[0] == "gateway", f"{name}: {command}"
+        assert command[1] in COMMANDS, f"{name}: unknown role {command[1]!r}"
+        used.add(command[1])
+    # The real executable, not just the table: each role's --help runs and exits 0.
+    exe = gateway_executable()
+    procs = {role: subprocess.Popen([exe, role, "--help"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE) for role in sorted(used)}
+    for role, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, f"gateway {role} --help: {err.decode()}"
+        assert b"usage: gateway" in out
+
+
+def test_every_config_exists_and_passes_check_config(
+    compose: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, service in roles(compose):
+        role = service["command"][1]
+        path = config_path(service)
+        assert path.is_file(), f"{name}: {path} missing"
+        assert service.get("working_dir") == APP_DIR
+        if role == "turn":
+            # `gateway turn` has no --check-config: load it the way the CLI does.
+            load_turn_config(path)
+            continue
+        status = gateway_main([role, "--check-config", str(path)])
+        output = capsys.readouterr()
+        assert status == 0, f"{name}: {role} --check-config {path}: {output.err}"
+
+
+def test_a_broken_config_fails_the_check(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The check above can fail: an unknown key is refused by every role it uses."""
+    for role, source in (("lync-fe", "lync-fe"), ("cucm", "cucm"), ("run", "gateway")):
+        bad = tmp_path / f"{source}.toml"
+        text = (ROOT / "lab/configs/docker" / f"{source}.toml").read_text()
+        bad.write_text("no_such_key = 1\n" + text)
+        assert gateway_main([role, "--check-config", str(bad)]) != 0, role
+    capsys.readouterr()
+
+
+def test_certs_one_shot_runs_before_every_role(compose: dict[str, Any]) -> None:
+    certs = compose["services"]["certs"]
+    assert certs["command"] == ["gateway", "certs", "init", "--dir", "/certs"]
+    assert "certs:/certs" in certs["volumes"]
+    for name, service in roles(compose):
+        assert service["depends_on"]["certs"] == {
+            "condition": "service_completed_successfully"}, name
+        assert "certs:/certs" in service["volumes"], name
+        text = config_path(service).read_text()
+        if "certs" in tomllib.loads(text) or "[system]" in text:
+            assert '"/certs"' in text, f"{name}: its config must use the /certs volume"
+
+
+def test_every_role_has_a_real_health_probe(compose: dict[str, Any]) -> None:
+    for name, service in roles(compose):
+        check = service.get("healthcheck")
+        assert check is not None, f"{name} has no healthcheck"
+        test = check["test"]
+        assert test[0] == "CMD", name
+        probe = " ".join(test[1:])
+        assert "--check-config" not in probe, f"{name}: a config check is not a health probe"
+        assert any(word in probe for word in ("/healthz", "create_connection", "/proc/net/tcp")), \
+            f"{name}: {probe}"
+    assert "/healthz" in " ".join(compose["services"]["gateway"]["healthcheck"]["test"])
+
+
+def test_exposed_ports_are_the_spec_ports(compose: dict[str, Any]) -> None:
+    for name, wanted in SPEC_PORTS.items():
+        exposed = set(compose["services"][name].get("expose", []))
+        assert wanted <= exposed, f"{name}: missing {sorted(wanted - exposed)}"
+    gateway = compose["services"]["gateway"]
+    assert "127.0.0.1:9090:9090" in gateway["ports"]  # management, host loopback only
+
+
+def test_configs_agree_with_the_compose_file(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    gw = tomllib.loads(config_path(services["gateway"]).read_text())
+    assert gw["b2bua"]["listen"] == "tls:172.28.1.2:65072"
+    assert f"{gw['b2bua']['media_ports']}/udp" in services["gateway"]["expose"]
+    turn = load_turn_config(config_path(services["turn"]))
+    relays = f"{turn.relay_ports[0]}-{turn.relay_ports[1]}"
+    assert f"{relays}/udp" in services["turn"]["expose"]
+    assert f"{turn.ports[0]}/udp" in services["turn"]["expose"]
+    edge = tomllib.loads(config_path(services["lync-edge"]).read_text())
+    assert f"{edge['turn']['relay_ports']}/udp" in services["lync-edge"]["expose"]
+
+
+def test_listeners_are_on_the_services_own_addresses(compose: dict[str, Any]) -> None:
+    subnets = {name: ipaddress.ip_network(net["ipam"]["config"][0]["subnet"])
+               for name, net in compose["networks"].items()}
+    owner: dict[str, str] = {}
+    for name, service in compose["services"].items():
+        for net, spec in (service.get("networks") or {}).items():
+            address = ipaddress.ip_address(spec["ipv4_address"])
+            assert address in subnets[net], f"{name}: {address} not in {net}"
+            assert str(address) not in owner, f"{address} given to {owner.get(str(address))}"
+            owner[str(address)] = name
+    for name, service in roles(compose):
+        text = config_path(service).read_text()
+        data = tomllib.loads(text)
+        listens: list[str] = []
+        for table in (data, data.get("b2bua", {}), data.get("video", {}), data.get("turn", {})):
+            value = table.get("listen", table.get("host"))
+            listens += [value] if isinstance(value, str) else list(value or [])
+        hosts = {item.split(":")[1] if ":" in item else item for item in listens}
+        wildcard = "0.0.0.0" in hosts  # the DMZ TURN listens on each of its legs
+        hosts.discard("0.0.0.0")
+        assert hosts or wildcard, f"{name}: no listener in {config_path(service)}"
+        assert hosts <= addresses(service), f"{name}: {hosts} vs {addresses(service)}"
+        # Every other container address the config names belongs to some service.
+        for word in text.replace('"', " ").replace(":", " ").split():
+            if word.startswith("172.28.") and "/" not in word:
+                assert word in owner, f"{name}: {word} is nobody's address"
+
+
+def test_no_key_reaches_the_image() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"certs/lab", "**/*.key", ".venv", ".git"} <= set(ignored)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = [line.split()[1:-1] for line in dockerfile.splitlines()
+              if line.startswith("COPY ")]
+    for sources in copied:
+        for source in sources:
+            assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    assert "pip install ." in dockerfile
