@@ -1,0 +1,264 @@
+"""The lab's hosts in Linux network namespaces, routed through a namespace playing the firewalls.
+
+Four segments (internal, dmz, video, external), each its own namespace with one veth to the
+``fw`` namespace, which forwards between them. Private addresses exist only inside these
+namespaces: nothing is routed to the host or beyond. Without iptables, the firewall is
+policy routing in ``fw``: ``ip rule ... prohibit`` drops what a real deployment's firewalls
+drop (external and video never talk to each other or external to internal directly), so an
+external client's media has to go through the DMZ relays.
+
+Roles run with :meth:`NetnsTopology.argv` (``ip netns exec NS ...``); the lab's loopback
+configs are carried over with :meth:`NetnsTopology.translate`, which rewrites every lab
+address (docs/lab-topology.md) into its namespace address. Needs root and ``ip``;
+:func:`unavailable` says why when namespaces cannot be made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+__all__ = [
+    "BLOCKED",
+    "LAB_HOSTS",
+    "NetnsError",
+    "NetnsHost",
+    "NetnsTopology",
+    "SEGMENTS",
+    "unavailable",
+]
+
+logger = logging.getLogger(__name__)
+
+NETNS_ETC = Path("/etc/netns")
+"""``ip netns exec NS`` bind-mounts ``/etc/netns/NS/*`` over ``/etc`` (hosts file)."""
+COMMAND_TIMEOUT = 10.0
+
+SEGMENTS: Mapping[str, int] = MappingProxyType(
+    {"internal": 1, "dmz": 2, "video": 3, "external": 5}
+)
+"""Segment -> third octet of its /24 (the same digit as its loopback lab block)."""
+
+BLOCKED: tuple[tuple[str, str], ...] = (
+    ("external", "internal"),
+    ("external", "video"),
+)
+"""Segment pairs the firewall drops in both directions."""
+
+
+class NetnsError(RuntimeError):
+    """A namespace, link, address or route could not be made."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetnsHost:
+    """One lab host placed in a segment."""
+
+    name: str
+    """Role name ("fe", "gateway", "alice" ...)."""
+    segment: str
+    """Which segment namespace it lives in."""
+    host: int
+    """Last octet of its address in the segment."""
+    lab_address: str
+    """Its loopback address in the one-process lab (docs/lab-topology.md)."""
+
+
+LAB_HOSTS: tuple[NetnsHost, ...] = (
+    NetnsHost("gateway", "internal", 2, "127.0.2.1"),
+    NetnsHost("fe", "internal", 11, "127.0.1.1"),
+    NetnsHost("alice", "internal", 21, "127.0.1.10"),
+    NetnsHost("turn", "dmz", 4, "127.0.4.1"),
+    NetnsHost("edge", "dmz", 12, "127.0.1.2"),
+    NetnsHost("cucm", "video", 11, "127.0.3.1"),
+    NetnsHost("imp", "video", 12, "127.0.3.2"),
+    NetnsHost("endpoint-3001", "video", 21, "127.0.3.11"),
+    NetnsHost("endpoint-3002", "video", 22, "127.0.3.12"),
+    NetnsHost("david", "external", 10, "127.0.5.10"),
+)
+"""The gateway sits on the internal segment, routing to video through ``fw``."""
+
+
+def unavailable() -> str | None:
+    """Why namespaces cannot be made here (None when they can be tried)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the iproute2 `ip` command is not installed"
+    return None
+
+
+class NetnsTopology:
+    """Namespaces named ``<prefix><segment>`` and ``<prefix>fw``; a context manager.
+
+    ``with NetnsTopology.unique() as net:`` builds everything and removes every namespace
+    (and its /etc/netns entry) on exit, also after a failure half-way through building.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        network: str = "10.201.0.0/16",
+        hosts: Sequence[NetnsHost] = LAB_HOSTS,
+        blocked: Sequence[tuple[str, str]] = BLOCKED,
+    ) -> None:
+        # veth names are prefix + segment initial + "f": the kernel allows 15 characters.
+        if not re.fullmatch(r"[a-z0-9-]{1,12}", prefix):
+            raise ValueError(f"namespace prefix {prefix!r}: 1-12 of a-z 0-9 -")
+        base = ipaddress.ip_network(network)
+        if base.prefixlen > 16 or not base.is_private:
+            raise ValueError(f"{network}: a private /16 (or larger) is needed")
+        self.prefix = prefix
+        self._base = base.network_address.packed[:2]
+        self.hosts: Mapping[str, NetnsHost] = MappingProxyType({h.name: h for h in hosts})
+        self.blocked = tuple(blocked)
+        self._made: list[str] = []
+        self._etc: list[Path] = []
+
+    @classmethod
+    def unique(cls, **kwargs: object) -> NetnsTopology:
+        """A topology whose prefix no other run uses (``gw<pid><random>-``)."""
+        tag = f"gw{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
+        return cls(tag, **kwargs)  # type: ignore[arg-type]
+
+    # -- names and addresses ----------------------------------------------------------------
+
+    def namespace(self, segment: str) -> str:
+        """Namespace name of ``segment`` (or "fw")."""
+        if segment != "fw" and segment not in SEGMENTS:
+            raise KeyError(f"unknown segment {segment!r}")
+        return self.prefix + segment
+
+    def subnet(self, segment: str) -> ipaddress.IPv4Network:
+        a, b = self._base
+        return ipaddress.IPv4Network(f"{a}.{b}.{SEGMENTS[segment]}.0/24")
+
+    def router(self, segment: str) -> str:
+        """The firewall's address on ``segment`` (the segment's default route)."""
+        return str(self.subnet(segment).network_address + 1)
+
+    def address(self, host: str) -> str:
+        """The namespace address of lab host ``host`` ("fe", "gateway" ...)."""
+        spec = self.hosts[host]
+        return str(self.subnet(spec.segment).network_address + spec.host)
+
+    def segment_of(self, host: str) -> str:
+        return self.hosts[host].segment
+
+    def argv(self, host: str, command: Sequence[str]) -> list[str]:
+        """``command`` run inside the namespace of lab host ``host``."""
+        return ["ip", "netns", "exec", self.namespace(self.segment_of(host)), *command]
+
+    def translate(self, text: str) -> str:
+        """A loopback lab config with each lab address replaced by its namespace address."""
+        table = {spec.lab_address: self.address(name) for name, spec in self.hosts.items()}
+        pattern = re.compile(
+            r"(?<![\d.])(" + "|".join(re.escape(a) for a in sorted(table, key=len, reverse=True))
+            + r")(?![\d])")
+        return pattern.sub(lambda m: table[m.group(1)], text)
+
+    # -- building -----------------------------------------------------------------------------
+
+    def __enter__(self) -> NetnsTopology:
+        try:
+            self.create()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def create(self) -> None:
+        """Make the namespaces, links, addresses, routes and firewall rules."""
+        fw = self.namespace("fw")
+        self._add_namespace(fw)
+        self._ip(fw, "link", "set", "lo", "up")
+        self._ip(fw, "-4", "route", "add", "unreachable", "default")
+        self._sysctl(fw, "net.ipv4.ip_forward", "1")
+        for segment, octet in SEGMENTS.items():
+            ns = self.namespace(segment)
+            self._add_namespace(ns)
+            inside, outside = f"{self.prefix}{segment[0]}", f"{self.prefix}{segment[0]}f"
+            self._run(["ip", "link", "add", inside, "type", "veth", "peer", "name", outside])
+            self._run(["ip", "link", "set", inside, "netns", ns])
+            self._run(["ip", "link", "set", outside, "netns", fw])
+            subnet = self.subnet(segment)
+            self._ip(fw, "addr", "add", f"{self.router(segment)}/{subnet.prefixlen}",
+                     "dev", outside)
+            self._ip(fw, "link", "set", outside, "up")
+            self._ip(ns, "link", "set", "lo", "up")
+            for name, spec in self.hosts.items():
+                if spec.segment == segment:
+                    self._ip(ns, "addr", "add", f"{self.address(name)}/{subnet.prefixlen}",
+                             "dev", inside)
+            self._ip(ns, "link", "set", inside, "up")
+            self._ip(ns, "route", "add", "default", "via", self.router(segment))
+            logger.debug("segment %s (%s) in namespace %s, octet %d", segment, subnet, ns, octet)
+        for one, other in self.blocked:
+            for src, dst in ((one, other), (other, one)):
+                self._ip(fw, "rule", "add", "from", str(self.subnet(src)), "to",
+                         str(self.subnet(dst)), "prohibit")
+
+    def write_hosts_file(self, segment: str, names: Mapping[str, str]) -> Path:
+        """``/etc/hosts`` as seen by processes of ``segment``'s namespace (name -> address)."""
+        directory = NETNS_ETC / self.namespace(segment)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._etc.append(directory)
+        lines = ["127.0.0.1 localhost"] + [f"{addr} {name}" for name, addr in names.items()]
+        path = directory / "hosts"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def destroy(self) -> None:
+        """Remove every namespace made (their veths go with them) and /etc/netns entries."""
+        for directory in reversed(self._etc):
+            shutil.rmtree(directory, ignore_errors=True)
+        self._etc.clear()
+        for ns in reversed(self._made):
+            result = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
+                                    timeout=COMMAND_TIMEOUT, check=False)
+            if result.returncode != 0:
+                logger.warning("cannot delete namespace %s: %s", ns, result.stderr.strip())
+        self._made.clear()
+
+    def existing(self) -> list[str]:
+        """Our namespaces that exist now (for checking the clean-up)."""
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                timeout=COMMAND_TIMEOUT, check=False).stdout
+        return [line.split()[0] for line in listed.splitlines()
+                if line.split() and line.split()[0].startswith(self.prefix)]
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _add_namespace(self, ns: str) -> None:
+        self._run(["ip", "netns", "add", ns])
+        self._made.append(ns)
+
+    def _ip(self, ns: str, *args: str) -> None:
+        self._run(["ip", "-n", ns, *args])
+
+    def _sysctl(self, ns: str, key: str, value: str) -> None:
+        # /proc/sys/net is per network namespace: write it from inside.
+        self._run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"])
+
+    @staticmethod
+    def _run(argv: list[str]) -> None:
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True,
+                                    timeout=COMMAND_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise NetnsError(f"{' '.join(argv)}: {error}") from error
+        if result.returncode != 0:
+            raise NetnsError(f"{' '.join(argv)}: {result.stderr.strip() or result.returncode}")
