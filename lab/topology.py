@@ -36,8 +36,10 @@ if TYPE_CHECKING:
     from lab.cisco.cucm import Cucm
     from lab.cisco.imp import Imp
     from lab.endpoint.agent import Endpoint
-    from lab.lync.client import LyncClient
+    from lab.endpoint.handle import EndpointCall
+    from lab.lync.client import LyncCall, LyncClient
     from lab.lync.topology import MicrosoftSide
+    from sip.message import Response
     from turn.server import TurnServer
 
 __all__ = [
@@ -66,6 +68,13 @@ CLIENTS = ("alice", "david")
 """Lab Lync clients (see lab.lync.topology.LAB_USERS)."""
 GATEWAY_TURN_USER = "GatewayB2BUA"
 GATEWAY_TURN_PASSWORD = "secret"
+DMZ_TURN_PEERS = ("127.0.1.0/29", "127.0.2.0/24", "127.0.3.0/24", "127.0.4.0/24",
+                  "127.0.5.0/24")
+"""Peers the DMZ TURN may relay to: the lab's networks but the internal clients
+(127.0.1.8 and up), which the DMZ firewall keeps out of reach. Internal clients then reach
+the gateway by host candidates only, so their ICE pair is host/host every time (otherwise
+aioice's aggressive nomination picks whichever pair answered first, sometimes the relay);
+the A/V Edge (127.0.1.2) and the external clients stay reachable."""
 ROLES = ("certs", "dmz-turn", "imp", "cucm", "lync-fe", "lync-edge", "gateway",
          "endpoint-3001", "endpoint-3002", "alice", "david")
 """Every role, in start order."""
@@ -194,7 +203,9 @@ class Lab:
 
     async def _start(self) -> None:
         async with self._role("certs"):
-            if self.pki is None:
+            if isinstance(self._pki_source, LabPKI):
+                self.pki = self._pki_source
+            else:
                 self.pki = (await asyncio.to_thread(init_pki, Path(self._pki_source)))[0]
             self._report("certs", RoleState.UP, str(self.pki.directory))
         pki = self.pki
@@ -241,7 +252,7 @@ class Lab:
                 listen=TURN_HOST, ports=(port, port), relay_ports=(24000, 29999),
                 realm="video.example.com",
                 users=((GATEWAY_TURN_USER, GATEWAY_TURN_PASSWORD), ("david.jones", "lab-turn")),
-                allow_peers=("127.0.0.0/8",))
+                allow_peers=DMZ_TURN_PEERS)
             turn = TurnServer(config)
             await turn.start()
             self._stack.push_async_callback(self._stop_turn, turn)
@@ -384,7 +395,7 @@ class Lab:
 
         assert self.gateway is not None and self.microsoft is not None
         assert self.cucm is not None
-        from gateway.leg import LegSide
+        from gateway.status import LegSide
 
         ms = self.gateway.stacks[LegSide.MICROSOFT].listeners[0]
         fe = self.microsoft.fe
@@ -445,6 +456,50 @@ class Lab:
     def endpoint(self, user: str) -> Endpoint:
         """A running SIP endpoint by user ("3001")."""
         return self.endpoints[user]
+
+    async def next_call(self, party: str, timeout: float = 10.0) -> LyncCall | EndpointCall:
+        """The next call offered to ``party`` (a client name or an endpoint user), as a
+        :class:`lab.api.CallHandle` (LyncCall / EndpointCall)."""
+        if party in self.clients:
+            async with asyncio.timeout(timeout):
+                return await self.clients[party].incoming_calls.get()
+        return await self.endpoints[party].next_call(timeout)
+
+    def callee_of(self, caller_call_id: str, callee: str) -> LyncCall | EndpointCall | None:
+        """The callee's side of the call the caller placed with ``caller_call_id``: the
+        gateway maps the caller's Call-ID (its inbound leg) to the outbound leg's, which is
+        the callee's (the FE and CUCM are proxies: Call-IDs pass unchanged). None until the
+        callee has the call."""
+        if self.gateway is None:
+            return None
+        call = self.gateway.calls.get(caller_call_id)
+        if call is None or call.outbound is None:
+            return None
+        call_id = call.outbound.call_id
+        if callee in self.clients:
+            return self.clients[callee].calls.get(call_id)
+        from lab.endpoint.handle import EndpointCall  # noqa: F811 - the runtime import
+
+        endpoint = self.endpoints[callee]
+        for dialog_id, record in endpoint.calls.items():
+            if dialog_id.call_id == call_id:
+                return EndpointCall.incoming(endpoint, record)
+        return None
+
+    async def send_message(self, sender: str, target: str, text: str,
+                           timeout: float = 10.0) -> Response:
+        """A SIP MESSAGE (text/plain) from Lync client ``sender`` to ``target``
+        ("imp@video.example.com"): through the FE and the gateway's broker to IM&P."""
+        from sip.headers import Address
+        from sip.uri import URI
+
+        client = self.clients[sender]
+        uri = URI.parse(target if target.startswith("sip") else f"sip:{target}")
+        request = client.agent.new_request(
+            "MESSAGE", uri, client.registrar, to=Address(uri), body=text.encode(),
+            content_type="text/plain")
+        async with asyncio.timeout(timeout):
+            return await client.agent.stack.send_request(request, client.registrar)
 
     # -- status -------------------------------------------------------------------------------
 
