@@ -47,6 +47,7 @@ __all__ = [
     "ConfigError",
     "Encryption",
     "GatewayConfig",
+    "MediaEncryption",
     "OnMatch",
     "PatternBehavior",
     "PatternType",
@@ -88,6 +89,20 @@ class Encryption(enum.Enum):
     """SupportEncryption: SRTP when the other side offers it."""
     OFF = "off"
     """DoNotSupportEncryption: plain RTP."""
+
+
+class MediaEncryption(enum.Enum):
+    """A zone's media encryption mode (the product's names): what the gateway offers the
+    zone and what it accepts from it."""
+
+    AUTO = "auto"
+    """Follow the peer: answer SRTP to an SDES offer, RTP to RTP; offer RTP."""
+    FORCE_ENCRYPTED = "force_encrypted"
+    """SDES-SRTP only; an RTP offer from the zone is refused (488)."""
+    FORCE_UNENCRYPTED = "force_unencrypted"
+    """RTP only; an SRTP offer from the zone is refused (488)."""
+    BEST_EFFORT = "best_effort"
+    """Offer SDES-SRTP; take whatever the zone offers."""
 
 
 class TrustedHostType(enum.Enum):
@@ -369,6 +384,8 @@ class ZoneConfig:
     """Probe the peers with OPTIONS and show Active or the failure."""
     monitor_interval: float = 30.0
     """Seconds between OPTIONS probes of each peer."""
+    media_encryption: MediaEncryption = MediaEncryption.AUTO
+    """SRTP toward the zone: auto, force_encrypted, force_unencrypted, best_effort."""
 
     def __post_init__(self) -> None:
         if not self.name.strip():

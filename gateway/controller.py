@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.call import Call, CallEvent, CallState, Outcome
-from gateway.config import MICROSOFT_ZONE
+from gateway.config import MICROSOFT_ZONE, MediaEncryption
 from gateway.leg import Leg, LegRole, SideAgent, reason_header
 from gateway.metrics import CallResult, RefusalReason
 from gateway.routing import RouteDecision, RouteRefusal, alias_of, alias_to_uri
-from gateway.sdp_bridge import SdpBridge, sdp_of
+from gateway.sdp_bridge import SdpBridge, sdp_of, video_security_for
 from gateway.status import LegSide
 from media.events import MediaEvent, MediaFailed
 from media.ms_dialect import EncryptionMismatch
@@ -248,13 +248,23 @@ class CallController:
         if offer is None and agent.side is LegSide.MICROSOFT:
             self._refuse(inbound, Refusal(488, "Not Acceptable Here: INVITE without SDP"))
             return
+        video_zone = (gateway.source_zone(agent.side, request) if agent.side is LegSide.VIDEO
+                      else decision.zone)
+        zone = gateway.config.zone(video_zone) if video_zone is not None else None
+        try:
+            security = video_security_for(
+                zone.media_encryption if zone is not None else MediaEncryption.AUTO,
+                offer if agent.side is LegSide.VIDEO else None)
+        except ProtocolError as error:
+            self._refuse(inbound, Refusal(_status(error, 488), error.message))
+            return
         call = Call(request.call_id, loop.time(), inbound)
         inbound.call = call
         self.calls[call.call_id] = call  # counted against max_calls from here on
         session = MediaSession(call.call_id, gateway.pool, gateway.media_settings,
                                on_event=lambda event: self._media_event(call, event))
         call.media = session
-        bridge = SdpBridge(session, gateway.encryption)
+        bridge = SdpBridge(session, gateway.encryption, security)
         self._bridges[call.call_id] = bridge
         try:
             if agent.side is LegSide.MICROSOFT:

@@ -58,6 +58,7 @@ from sip.transport import (
     Transport,
     TransportAddress,
     TransportSettings,
+    source_host_of,
 )
 
 __all__ = ["Gateway", "RuntimeOptions"]
@@ -146,10 +147,15 @@ class Gateway:
         if self.pki is None:
             self.pki = (await asyncio.to_thread(init_pki, config.system.certs))[0]
         pki: LabPKI = self.pki
-        transport = TransportSettings(outbound_ports=config.system.outbound_ports)
         client = pki.client_context("gateway")
+        # Each side sends from the address it listens on, as the real box does: the FE and
+        # CUCM know the gateway by it.
+        source = {LegSide.MICROSOFT: config.b2bua.listen.host,
+                  LegSide.VIDEO: config.video.listen[0].host if config.video.listen else ""}
         try:
             for side in LegSide:
+                transport = TransportSettings(outbound_ports=config.system.outbound_ports,
+                                              source_host=source_host_of(source[side]))
                 stack = SipStack(timers=self.options.timers, transport_settings=transport,
                                  tls_client=client, observer=self.observe)
                 self.stacks[side] = stack

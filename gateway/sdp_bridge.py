@@ -13,12 +13,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.config import Encryption
+from gateway.config import Encryption, MediaEncryption
 from media.ms_dialect import EncryptionPolicy, pick_sdp_body
 from media.rewrite import VideoSecurity, build_delayed_offer, to_microsoft, to_standard
 from media.sdp import SessionDescription, parse_sdp
 from media.session import MediaSession
-from sip.errors import LocalProtocolError
+from sip.errors import LocalProtocolError, RemoteProtocolError
 from sip.message import Request, Response
 
 __all__ = ["DELAYED_OFFER_KINDS", "Exchange", "SdpBridge", "encryption_policy", "sdp_of"]
@@ -73,6 +73,26 @@ class Exchange:
     @property
     def complete(self) -> bool:
         return None not in (self.ms_local, self.ms_remote, self.video_local, self.video_remote)
+
+
+def video_security_for(
+    mode: MediaEncryption, video_offer: SessionDescription | None
+) -> VideoSecurity:
+    """RTP or SDES-SRTP on the video leg of a call, from the zone's media encryption mode
+    and, when the video side made the offer, what it offered. A mismatch with a forced
+    mode is a 488 with the reason, before anything is set up."""
+    if video_offer is None:  # we make the offer to the video side
+        if mode in (MediaEncryption.FORCE_ENCRYPTED, MediaEncryption.BEST_EFFORT):
+            return VideoSecurity.SRTP
+        return VideoSecurity.RTP
+    encrypted = any(
+        "SAVP" in m.proto.upper() and m.has("crypto") for m in video_offer.media if m.port
+    )
+    if mode is MediaEncryption.FORCE_ENCRYPTED and not encrypted:
+        raise RemoteProtocolError("Not Acceptable Here: zone requires encrypted media", 488)
+    if mode is MediaEncryption.FORCE_UNENCRYPTED and encrypted:
+        raise RemoteProtocolError("Not Acceptable Here: zone requires unencrypted media", 488)
+    return VideoSecurity.SRTP if encrypted else VideoSecurity.RTP
 
 
 class SdpBridge:

@@ -40,6 +40,7 @@ __all__ = [
     "TransportError",
     "TransportManager",
     "TransportSettings",
+    "source_host_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,9 @@ class TransportSettings:
     outbound_ports: PortRange | None = DEFAULT_OUTBOUND_PORTS
     """Source ports for outbound TCP/TLS; None lets the kernel choose."""
     source_host: str | None = None
-    """Local address outbound TCP/TLS connections bind to; None for any."""
+    """Local address outbound TCP/TLS connections bind to; None for any. A host that
+    listens on one address should send from it too (see :func:`source_host_of`): peers
+    (and the gateway's zone match) know it by that address."""
     max_message_size: int = 65536
     """Largest accepted message (headers + body); larger gets 413."""
     idle_timeout: float | None = 600.0
@@ -754,6 +757,16 @@ def stamp_received(request: Request, host: str, port: int) -> None:
     if params:
         request.headers.pop_first("Via")
         request.headers.prepend("Via", str(via.with_params(**params)))
+
+
+def source_host_of(listen_host: str) -> str | None:
+    """The ``source_host`` for a role listening on ``listen_host`` (None for a wildcard)."""
+    try:
+        if ipaddress.ip_address(listen_host.strip("[]")).is_unspecified:
+            return None
+    except ValueError:
+        return None  # a name: let the kernel pick the route's address
+    return listen_host.strip("[]")
 
 
 def _describe_os_error(error: OSError) -> str:

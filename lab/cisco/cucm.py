@@ -32,7 +32,7 @@ from sip.message import Request, Response, make_response, new_branch
 from sip.stack import ClientRequest, Hop, SipStack, SipTimeoutError, StackHandlers
 from sip.timers import TimerSettings
 from sip.transaction_server import ServerState, ServerTransaction
-from sip.transport import Transport, TransportAddress, TransportSettings
+from sip.transport import Transport, TransportAddress, TransportSettings, source_host_of
 from sip.uri import URI, Params, format_host
 
 __all__ = ["Cucm", "Route", "RouteKind"]
@@ -111,7 +111,9 @@ class Cucm:
                 t1=config.t1, t2=max(4.0, config.t1), timer_c=config.trunk.invite_expires
             ),
             transport_settings=TransportSettings(
-                outbound_ports=None, max_message_size=config.trunk.max_message_size
+                outbound_ports=None,
+                max_message_size=config.trunk.max_message_size,
+                source_host=source_host_of(config.listeners[0].host),
             ),
             tls_client=tls_client,
         )

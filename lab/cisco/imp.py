@@ -24,7 +24,7 @@ from sip.message import Request, Response, new_tag
 from sip.stack import Hop, SipStack, SipTimeoutError
 from sip.timers import TimerSettings
 from sip.transaction_server import ServerTransaction
-from sip.transport import Transport, TransportAddress, TransportSettings
+from sip.transport import Transport, TransportAddress, TransportSettings, source_host_of
 from sip.useragent import UserAgent, response_for
 
 __all__ = ["IMP_METHODS", "Imp", "pidf"]
@@ -81,7 +81,9 @@ class Imp(UserAgent):
             pki = made
         stack = SipStack(
             timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1)),
-            transport_settings=TransportSettings(outbound_ports=None),
+            transport_settings=TransportSettings(
+                outbound_ports=None, source_host=source_host_of(config.listeners[0].host)
+            ),
             tls_client=tls_client,
         )
         node = cls(config, stack, pki)

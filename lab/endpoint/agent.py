@@ -26,7 +26,7 @@ from sip.errors import ProtocolError
 from sip.message import Request, Response, new_tag
 from sip.stack import ClientRequest, Hop, SipStack, SipTimeoutError
 from sip.transaction_server import ServerState, ServerTransaction
-from sip.transport import Transport, TransportSettings
+from sip.transport import Transport, TransportSettings, source_host_of
 from sip.uri import URI
 from sip.useragent import UserAgent, response_for
 
@@ -176,8 +176,11 @@ class Endpoint(UserAgent):
         first_host = config.listen[0].host
         stack = SipStack(
             timers=config.timers,
-            # Endpoints are not the gateway: their outbound connections use kernel ports.
-            transport_settings=TransportSettings(outbound_ports=None),
+            # Endpoints are not the gateway: their outbound connections use kernel ports,
+            # from the endpoint's own address (the gateway matches zones by it).
+            transport_settings=TransportSettings(
+                outbound_ports=None, source_host=source_host_of(first_host)
+            ),
             tls_client=tls_client,
         )
         endpoint = cls(config, stack, pki)

@@ -277,7 +277,7 @@ class FrontEnd(UserAgent):
 
 def lab_toml(pki: LabPKI, *, endpoint_port: int, fe_port: int, max_calls: int = 10,
              media_ports: tuple[int, int] | None = None, encryption: str = "required",
-             turn: tuple[str, int] | None = None, extra: str = "") -> str:
+             turn: tuple[str, int] | None = None, extra: str = "", zone_extra: str = "") -> str:
     ms_port = free_port(GATEWAY_HOST, socket.SOCK_STREAM)
     video_port = free_port(GATEWAY_HOST, socket.SOCK_STREAM, socket.SOCK_DGRAM)
     media = media_ports or free_range(GATEWAY_HOST, 60)
@@ -314,6 +314,7 @@ peers = ["127.0.3.1"]
 port = {endpoint_port}
 transport = "tcp"
 monitor_interval = 0.5
+{zone_extra}
 
 [[search_rules]]
 name = "To Microsoft environment"

@@ -13,7 +13,8 @@ from sip.transport import ReceivedMessage, Transport, TransportManager, stamp_re
 
 INVITE = (
     "OPTIONS sip:3001@video.example.com SIP/2.0\r\n"
-    "Via: SIP/2.0/UDP {sent_by};branch=z9hG4bK776asdhds{rport}, SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKx\r\n"
+    "Via: SIP/2.0/UDP {sent_by};branch=z9hG4bK776asdhds{rport}, "
+    "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKx\r\n"
     "Max-Forwards: 70\r\n"
     "To: <sip:3001@video.example.com>\r\n"
     "From: <sip:alice@example.com>;tag=1928301774\r\n"
@@ -75,3 +76,13 @@ async def test_udp_listener_stamps_the_request_it_delivers() -> None:
     assert isinstance(received.message, Request)
     assert received.message.top_via.received == "127.0.0.1"
     assert received.message.top_via.rport == port
+
+
+def test_source_host_follows_a_concrete_listen_address() -> None:
+    from sip.transport import source_host_of
+
+    assert source_host_of("127.0.2.1") == "127.0.2.1"
+    assert source_host_of("[::1]") == "::1"
+    assert source_host_of("0.0.0.0") is None
+    assert source_host_of("::") is None
+    assert source_host_of("fe.example.com") is None
