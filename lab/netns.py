@@ -119,6 +119,8 @@ class NetnsTopology:
         if base.prefixlen > 16 or not base.is_private:
             raise ValueError(f"{network}: a private /16 (or larger) is needed")
         self.prefix = prefix
+        self.network = str(base)
+        """The whole lab network (every segment is a /24 in it)."""
         self._base = base.network_address.packed[:2]
         self.hosts: Mapping[str, NetnsHost] = MappingProxyType({h.name: h for h in hosts})
         self.blocked = tuple(blocked)
