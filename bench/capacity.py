@@ -1,0 +1,205 @@
+"""Capacity of the lab: concurrent full-media calls through the gateway until loss passes
+0.1 % or a call cannot be set up.
+
+    .venv/bin/python bench/capacity.py [--steps 10,20,40,80,160,320,640] [--window 5]
+
+Each call is the internal Lync client alice -> a SIP endpoint (3001/3002 in turn) through the
+FE, the gateway (ICE + SRTP toward Microsoft, plain RTP toward the endpoint) and CUCM, with
+audio (50 packets/s) and video (30 packets/s) each way. Concurrency is raised step by step;
+at each step the packets sent and received by every party are read at once (one event
+loop: the snapshot is atomic) at the start and the end of a window, and
+loss = 1 - received / sent over that window, both directions together.
+
+Everything runs in this process (lab.topology.Lab): the CPU figure is the whole process
+(gateway + FE + CUCM + peers) and so an upper bound of the gateway's share; RSS per call is
+the growth over the idle lab divided by the calls. Traffic stays on 127.0.0.0/8. Bounded
+by --budget seconds (default 270).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lab.topology import Lab  # noqa: E402
+
+LOSS_LIMIT = 0.001
+CALLEES = ("3001", "3002")
+SETUP_CONCURRENCY = 10
+"""Calls set up at once (a burst of ICE + TLS would be a setup benchmark)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    calls: int
+    sent: int
+    received: int
+    loss: float
+    cpu_cores: float
+    """Process CPU seconds per wall second over the window."""
+    rss_mib: float
+    setup_s: float
+    failed: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.loss <= LOSS_LIMIT
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Bench:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.pairs: list[tuple[Any, Any]] = []
+        """(Lync call, endpoint call) for every live call."""
+
+    async def add_calls(self, target: int, timeout: float) -> None:
+        """Set up calls until ``target`` are up with media both ways; raises on a failure."""
+        alice = self.lab.client("alice")
+        gate = asyncio.Semaphore(SETUP_CONCURRENCY)
+
+        async def one(index: int) -> None:
+            async with gate:
+                callee = CALLEES[index % len(CALLEES)]
+                call = await alice.call(f"{callee}@video.example.com", video=True)
+                await call.wait_connected(timeout=timeout)
+                await call.wait_media(both_ways=True, min_packets=10, timeout=timeout)
+                far = self.lab.callee_of(call.call_id, callee)
+                if far is None:
+                    raise RuntimeError(f"no endpoint side for {call.call_id}")
+                self.pairs.append((call, far))
+
+        await asyncio.gather(*(one(i) for i in range(len(self.pairs), target)))
+
+    def counters(self) -> tuple[int, int]:
+        """(sent, received) packets by every party of every live call, read at once."""
+        sent = received = 0
+        for near, far in self.pairs:
+            for party in (near.media(), far.media()):
+                sent += party.packets_sent
+                received += party.packets_received
+        return sent, received
+
+    async def hangup(self) -> None:
+        for near, _ in self.pairs:
+            with contextlib.suppress(Exception):
+                await near.hangup()
+        self.pairs.clear()
+
+
+async def run(steps: list[int], window: float, budget: float, certs: Path) -> list[Step]:
+    deadline = time.monotonic() + budget
+    results: list[Step] = []
+    top = max(steps)
+    overrides = {"b2bua": {"max_calls": top + 10,
+                           "media_ports": f"40000-{40000 + 8 * (top + 10) + 40}"}}
+    async with Lab(certs, any_port=True, management=False, broker=False,
+                   gateway_overrides=overrides, ice_timeout=30.0) as lab:
+        bench = Bench(lab)
+        idle_rss = rss_kib()
+        try:
+            for calls in steps:
+                remaining = deadline - time.monotonic()
+                if remaining < window + 10:
+                    logging.warning("time budget spent before %d calls", calls)
+                    break
+                started = time.monotonic()
+                try:
+                    await asyncio.wait_for(bench.add_calls(calls, timeout=30.0),
+                                           remaining - window)
+                except Exception as error:  # noqa: BLE001 - a setup failure ends the ramp
+                    results.append(Step(calls, 0, 0, 1.0, 0.0, 0.0,
+                                        time.monotonic() - started,
+                                        failed=f"setup: {error!r}"))
+                    break
+                setup = time.monotonic() - started
+                sent0, received0 = bench.counters()
+                cpu0, wall0 = time.process_time(), time.monotonic()
+                await asyncio.sleep(window)  # the measurement window itself
+                sent1, received1 = bench.counters()
+                cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+                sent, received = sent1 - sent0, received1 - received0
+                loss = max(0.0, 1 - received / sent) if sent else 1.0
+                step = Step(calls, sent, received, loss, cpu,
+                            (rss_kib() - idle_rss) / 1024, setup)
+                results.append(step)
+                logging.info("%d calls: %d sent, %d received, loss %.4f %%, CPU %.2f cores, "
+                             "setup %.1f s", calls, sent, received, 100 * loss, cpu, setup)
+                if not step.ok:
+                    break
+        finally:
+            await bench.hangup()
+    return results
+
+
+def report(results: list[Step]) -> dict[str, Any]:
+    passed = [s for s in results if s.ok]
+    best = passed[-1] if passed else None
+    summary: dict[str, Any] = {
+        "steps": [asdict(s) | {"ok": s.ok} for s in results],
+        "max_calls": best.calls if best else 0,
+        "loss_limit": LOSS_LIMIT,
+        "cores": os.cpu_count(),
+    }
+    if best is not None:
+        summary["cpu_per_call_ms_per_s"] = round(1000 * best.cpu_cores / best.calls, 2)
+        summary["rss_per_call_kib"] = round(1024 * best.rss_mib / best.calls, 1)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="10,20,40,80,160,320,640",
+                        help="concurrent calls per step, comma separated")
+    parser.add_argument("--window", type=float, default=5.0, help="seconds measured per step")
+    parser.add_argument("--budget", type=float, default=270.0, help="seconds in all")
+    parser.add_argument("--certs", type=Path, default=None, help="lab PKI (default: a temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for noisy in ("aioice", "sip", "lab", "gateway", "media", "turn"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger(__name__).setLevel(logging.INFO)
+    steps = sorted(int(s) for s in args.steps.split(","))
+    with tempfile.TemporaryDirectory() as temp:
+        certs = args.certs or Path(temp) / "certs"
+        results = asyncio.run(run(steps, args.window, args.budget, certs))
+    summary = report(results)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        lines = [f"{'calls':>6} {'sent':>9} {'received':>9} {'loss %':>8} {'CPU':>6} "
+                 f"{'RSS MiB':>8} {'setup s':>8}  result"]
+        for s in results:
+            lines.append(f"{s.calls:>6} {s.sent:>9} {s.received:>9} {100 * s.loss:>8.4f} "
+                         f"{s.cpu_cores:>6.2f} {s.rss_mib:>8.1f} {s.setup_s:>8.1f}  "
+                         f"{'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
+        lines.append(f"maximum: {summary['max_calls']} concurrent full-media calls "
+                     f"(loss <= {100 * LOSS_LIMIT:g} %)")
+        if "cpu_per_call_ms_per_s" in summary:
+            lines.append(f"per call: {summary['cpu_per_call_ms_per_s']} ms CPU per second "
+                         f"(whole lab process), {summary['rss_per_call_kib']} KiB RSS")
+        sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if summary["max_calls"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
