@@ -190,3 +190,45 @@ def test_calls_cross_the_namespaces(net: NetnsTopology, tmp_path: Path) -> None:
     # david cannot reach the gateway's host address: his media goes through a DMZ relay.
     assert "relay" in str(external["ice_pair"]), external
     assert internal["ice_pair"] == "host/host", internal
+
+
+# -- the helpers, without root ---------------------------------------------------------------
+
+
+def test_translate_moves_every_lab_address_and_nothing_else() -> None:
+    net = NetnsTopology("gwt-")
+    text = ('registrar = "tls:127.0.1.1:5061"\nhost = "127.0.1.10"\n'
+            'allow = ["127.0.0.0/8"]\nmgmt = "127.0.0.1:9090"\nep = "udp:127.0.3.11:5060"\n')
+    assert net.translate(text) == (
+        'registrar = "tls:10.201.1.11:5061"\nhost = "10.201.1.21"\n'
+        'allow = ["127.0.0.0/8"]\nmgmt = "127.0.0.1:9090"\nep = "udp:10.201.3.21:5060"\n')
+    assert net.address("gateway") == "10.201.1.2" and net.router("video") == "10.201.3.1"
+    assert net.argv("david", ["true"]) == ["ip", "netns", "exec", "gwt-external", "true"]
+
+
+def test_names_and_networks_are_checked() -> None:
+    with pytest.raises(ValueError):
+        NetnsTopology("much-too-long-prefix")  # veth names would pass 15 characters
+    with pytest.raises(ValueError):
+        NetnsTopology("gwt-", network="8.8.0.0/16")  # never a public network
+    with pytest.raises(KeyError):
+        NetnsTopology("gwt-").namespace("lobby")
+    assert NetnsTopology.unique().prefix != NetnsTopology.unique().prefix
+
+
+def test_a_failed_build_leaves_no_namespace_behind() -> None:
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(f"netns test skipped: {reason}")
+    net = NetnsTopology.unique()
+    blocker = net.namespace("dmz")  # taken already: the build fails half-way
+    made = subprocess.run(["ip", "netns", "add", blocker], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"netns test skipped: ip netns add failed: {made.stderr.decode().strip()}")
+    try:
+        with pytest.raises(NetnsError, match="dmz"), net:
+            pass
+        assert net.existing() == [blocker]  # fw and internal were made, then removed
+    finally:
+        subprocess.run(["ip", "netns", "del", blocker], capture_output=True, check=False)
+    assert net.existing() == []
