@@ -1,8 +1,14 @@
-"""`gateway lab` (what `make lab` runs), first version: the lab PKI, two SIP endpoints on
-loopback (udp + tcp + tls each) and one call between them over each transport.
+"""`gateway lab` (what `make lab` runs): the whole topology in one process, the demo
+matrix, a table of the results (or ``--json``).
 
-Prints a table (or ``--json``: ``{"calls": [...], "passed": N, "failed": N}``) and exits 0
-only when every call passed. ``--keep-running`` leaves the endpoints up until Ctrl-C.
+Starts every role on its lab address (docs/lab-topology.md) with the lab certificates
+(``--certs``, made when missing), showing each role's progress on stderr; places the demo
+matrix (lab/demo.py) or, with ``--calls N``, N basic calls ``--concurrency`` at a time, each
+holding media ``--duration`` seconds. Prints a table, or with ``--json`` only one object
+on stdout: ``{"calls": [...], "passed": N, "failed": N}``. Exit 0 only when every call
+passed (1 otherwise, or when the lab cannot start). ``--keep-running`` leaves the lab up
+with the gateway's status page until Ctrl-C / SIGTERM. ``--any-port`` binds free ports
+(tests, or a machine where the lab's ports are taken).
 """
 
 from __future__ import annotations
@@ -14,185 +20,184 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lab.endpoint.agent import CallFailed, Endpoint
-from lab.endpoint.config import EndpointConfig, ListenSpec
 from sip import aio
-from sip.stack import Hop
-from sip.transport import Transport
-from sip.uri import URI, Params
 
-__all__ = ["CallReport", "LabEndpoints", "main", "run_calls"]
+if TYPE_CHECKING:
+    from lab.demo import CallReport
+    from lab.topology import Lab, RoleEvent
+
+__all__ = ["Progress", "build_parser", "main"]
 
 logger = logging.getLogger("lab")
 
-ENDPOINT_CERT_NAME = "endpoint.video.example.com"
-"""The name in the lab "endpoint" certificate: what callers check over TLS."""
+
+class Progress:
+    """Role progress on stderr: a rich spinner and a line per role on a terminal, plain
+    lines otherwise (and always with --json, so stdout holds only the JSON)."""
+
+    def __init__(self, *, fancy: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.fancy = fancy and self.console.is_terminal
+        self.status: Any = None
+        self.starting: list[str] = []
+
+    def __call__(self, event: RoleEvent) -> None:
+        from lab.topology import RoleState
+
+        state = event.state
+        if state is RoleState.STARTING:
+            self.starting.append(event.role)
+        elif event.role in self.starting:
+            self.starting.remove(event.role)
+        if self.fancy:
+            mark = {RoleState.UP: "[green]✓[/green]", RoleState.FAILED: "[red]✗[/red]",
+                    RoleState.STOPPED: "[dim]■[/dim]"}.get(state)
+            if mark is not None:
+                self.console.print(f"{mark} {event.role:<14} {state.value} {event.detail}")
+            self._spin()
+        elif state is not RoleState.STARTING:
+            sys.stderr.write(f"lab: {event.role}: {state.value}"
+                             f"{' ' + event.detail if event.detail else ''}\n")
+            sys.stderr.flush()
+
+    def _spin(self) -> None:
+        if self.starting:
+            text = f"starting {', '.join(self.starting)} ..."
+            if self.status is None:
+                self.status = self.console.status(text)
+                self.status.start()
+            else:
+                self.status.update(text)
+        elif self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
 
 
-@dataclass(frozen=True, slots=True)
-class CallReport:
-    """One demo call's outcome."""
-
-    call: str
-    """Who called whom."""
-    transport: str
-    """udp, tcp or tls."""
-    passed: bool
-    """True when set up, held and hung up cleanly."""
-    result: str
-    """What happened, in words."""
-    setup_ms: float | None
-    """INVITE to 200 OK."""
-    call_id: str | None
-    """Call-ID, to find it in the endpoints' logs."""
-
-
-@dataclass(frozen=True, slots=True)
-class LabEndpoints:
-    """Where the lab's two endpoints are."""
-
-    caller: Endpoint
-    callee: Endpoint
-
-
-async def start_endpoints(certs: Path, sip_port: int, tls_port: int) -> LabEndpoints:
-    """Two endpoints: 3001 on 127.0.3.11 and 3002 on 127.0.3.12, udp + tcp + tls each."""
-    started: list[Endpoint] = []
-    try:
-        for user, host in (("3001", "127.0.3.11"), ("3002", "127.0.3.12")):
-            config = EndpointConfig(
-                aor=f"{user}@video.example.com",
-                listen=(
-                    ListenSpec(Transport.UDP, host, sip_port),
-                    ListenSpec(Transport.TCP, host, sip_port),
-                    ListenSpec(Transport.TLS, host, tls_port),
-                ),
-                certs=certs,
-                tls_server_name=ENDPOINT_CERT_NAME,
-            )
-            started.append(await Endpoint.start(config))
-    except BaseException:
-        for endpoint in started:
-            await endpoint.close()
-        raise
-    return LabEndpoints(started[0], started[1])
-
-
-async def run_calls(lab: LabEndpoints, duration: float) -> list[CallReport]:
-    """Call from the caller to the callee once over each transport."""
-    reports = []
-    for transport in (Transport.UDP, Transport.TCP, Transport.TLS):
-        listener = lab.callee.stack.listener(transport)
-        assert listener is not None
-        params = (
-            Params() if transport is Transport.UDP else Params.of(transport=transport.value.lower())
-        )
-        uri = URI(
-            "sip", user=lab.callee.user, host=listener.host, port=listener.port, params=params
-        )
-        hop = Hop.from_uri(uri, server_hostname=ENDPOINT_CERT_NAME)
-        name = f"{lab.caller.user} -> {lab.callee.user}"
-        try:
-            call = await lab.caller.place_call(uri, hop, duration=duration)
-        except CallFailed as error:
-            reports.append(CallReport(name, transport.value.lower(), False, str(error), None, None))
-            continue
-        passed = call.result == "completed"
-        reports.append(
-            CallReport(
-                name,
-                transport.value.lower(),
-                passed,
-                call.result,
-                None if call.setup_ms is None else round(call.setup_ms, 1),
-                call.call_id,
-            )
-        )
-    return reports
-
-
-def _print_table(reports: list[CallReport]) -> None:
+def print_table(reports: list[CallReport]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="gateway lab: demo calls")
-    for column in ("call", "transport", "result", "setup ms"):
+    for column in ("call", "path", "ICE pair", "to callee", "to caller", "result"):
         table.add_column(column)
     for report in reports:
         colour = "green" if report.passed else "red"
-        table.add_row(
-            report.call,
-            report.transport,
-            f"[{colour}]{'PASS' if report.passed else 'FAIL'}[/{colour}] {report.result}",
-            "-" if report.setup_ms is None else f"{report.setup_ms:.1f}",
-        )
+        word = "PASS" if report.passed else "FAIL"
+        who = f"{report.caller.split('@')[0]} → {report.callee.split('@')[0]}"
+        table.add_row(f"{report.name} ({who})", report.path,
+                      report.ice_pair or "-", str(report.to_callee), str(report.to_caller),
+                      f"[{colour}]{word}[/{colour}] {report.reason}")
     Console().print(table)
 
 
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def _run(args: argparse.Namespace) -> int:
-    lab = await start_endpoints(args.certs, args.sip_port, args.tls_port)
+    from lab.demo import demo_matrix, load_calls, summary
+    from lab.topology import Lab
+
+    progress = Progress(fancy=not args.json)
+    lab = Lab(args.certs, any_port=args.any_port, progress=progress)
     try:
-        for endpoint in (lab.caller, lab.callee):
-            for address in endpoint.stack.listeners:
-                logger.info(
-                    "%s listening on %s:%s:%d",
-                    endpoint.user,
-                    address.transport.value.lower(),
-                    address.host,
-                    address.port,
-                )
-        reports = await run_calls(lab, args.duration)
-        passed = sum(1 for r in reports if r.passed)
-        if args.json:
-            document = {
-                "calls": [asdict(r) for r in reports],
-                "passed": passed,
-                "failed": len(reports) - passed,
-            }
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        else:
-            _print_table(reports)
-        sys.stdout.flush()
-        if args.keep_running:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, stop.set)
-            logger.info("endpoints running; Ctrl-C to stop")
-            await stop.wait()
-        return 0 if passed == len(reports) else 1
+        async with lab:
+            progress.close()
+            reports = await _calls(lab, args, demo_matrix, load_calls)
+            document = summary(reports)
+            if args.json:
+                sys.stdout.write(json.dumps(document, indent=2) + "\n")
+            else:
+                print_table(reports)
+            sys.stdout.flush()
+            if args.keep_running:
+                _announce(lab)
+                await _wait_for_signal()
+                sys.stderr.write("lab: stopping\n")
+            return 0 if document["failed"] == 0 else 1
     finally:
-        await lab.caller.close()
-        await lab.callee.close()
+        progress.close()
+
+
+async def _calls(lab: Lab, args: argparse.Namespace, matrix: Any, load: Any
+                 ) -> list[CallReport]:
+    if args.calls is not None:
+        result: list[CallReport] = await load(lab, args.calls, args.concurrency, args.duration)
+        return result
+    result = await matrix(lab, args.duration)
+    return result
+
+
+def _announce(lab: Lab) -> None:
+    url = lab.status_url or "(management server off)"
+    sys.stderr.write(f"lab: running; status page {url}; Ctrl-C to stop\n")
+    for role in lab.status().roles:
+        sys.stderr.write(f"lab:   {role.role:<14} {role.state.value:<8} "
+                         f"{', '.join(role.addresses)}\n")
+    sys.stderr.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway lab", description=__doc__.split("\n\n")[0])
+    p.add_argument("--certs", type=Path, default=Path("certs/lab"), help="lab PKI directory")
+    p.add_argument("--json", action="store_true", help="print only a JSON object on stdout")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the lab up (status page) until Ctrl-C / SIGTERM")
+    p.add_argument("--calls", type=_positive, default=None, metavar="N",
+                   help="place N basic calls (alternating directions) instead of the matrix")
+    p.add_argument("--concurrency", type=_positive, default=1, metavar="C",
+                   help="calls at a time with --calls (default 1)")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S",
+                   help="seconds each call holds media once it flows both ways")
+    p.add_argument("--any-port", action="store_true",
+                   help="bind free ports instead of the lab's (tests, busy machines)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="gateway lab", description=__doc__.split("\n\n")[0])
-    p.add_argument("--certs", type=Path, default=Path("certs/lab"), help="lab PKI directory")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--keep-running", action="store_true", help="leave the endpoints up")
-    p.add_argument("--duration", type=float, default=0.2, help="seconds each call is held")
-    p.add_argument("--sip-port", type=int, default=5060, help="UDP/TCP port (0: any)")
-    p.add_argument("--tls-port", type=int, default=5061, help="TLS port (0: any)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.duration < 0:
+        sys.stderr.write("gateway lab: --duration must be >= 0\n")
+        return 2
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     if not args.verbose:
-        for name in ("sip.transport", "certs.pki"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    runner = aio.run
+        # Expected noise of the lab's own design (the DMZ TURN refusing internal clients).
+        logging.getLogger("turn.core").setLevel(logging.ERROR)
     try:
-        return runner(_run(args))
-    except OSError as error:
-        sys.stderr.write(f"gateway lab: {error}\n")
-        return 1
+        return aio.run(_run(args))
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # a role that cannot start: say which and why, no traceback
+        from certs.pki import PKIError
+
+        if not isinstance(error, (OSError, PKIError, LookupError, ValueError)):
+            raise
+        sys.stderr.write(f"gateway lab: {error}\n")
+        return 1

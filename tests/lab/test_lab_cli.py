@@ -1,4 +1,5 @@
-"""`gateway lab` run as a subprocess: PKI, two endpoints, a call per transport, JSON out."""
+"""`gateway lab` run as a subprocess on free ports (--any-port): the whole topology, the
+demo matrix, JSON out (and the table), exit status."""
 
 from __future__ import annotations
 
@@ -7,75 +8,74 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-def run_lab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+from certs.pki import LabPKI
+
+EXPECTED = {
+    "internal Lync -> endpoint": "host",
+    "endpoint -> internal Lync": "host",
+    "external Lync via Edge and TURN -> endpoint": "relay",
+    "hold/resume": "host",
+    "voice -> video": "host",
+    "IM through the broker": None,
+}
+
+
+def run_lab(pki: LabPKI, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "lab",
-            "--certs",
-            str(tmp_path / "pki"),
-            "--sip-port",
-            "0",
-            "--tls-port",
-            "0",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+        [sys.executable, "-m", "gateway", "lab", "--certs", str(pki.directory), "--any-port",
+         *args],
+        capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def test_lab_json_reports_a_passing_call_per_transport(tmp_path: Path) -> None:
-    result = run_lab(tmp_path, "--json", "--duration", "0.05")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert (report["passed"], report["failed"]) == (3, 0)
-    assert [c["transport"] for c in report["calls"]] == ["udp", "tcp", "tls"]
+def test_json_demo_matrix_passes_with_media_both_ways(lab_pki: LabPKI) -> None:
+    result = run_lab(lab_pki, "--json")
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    report = json.loads(result.stdout)  # stdout holds only the JSON object
+    assert (report["passed"], report["failed"]) == (6, 0)
+    assert [c["name"] for c in report["calls"]] == list(EXPECTED)
     for call in report["calls"]:
-        assert call["passed"] is True and call["result"] == "completed"
-        assert call["setup_ms"] >= 0 and call["call_id"].endswith("@127.0.3.11")
-        # Both endpoints log one line for the call, naming its Call-ID.
-        assert result.stderr.count(call["call_id"]) == 2
-    assert (tmp_path / "pki" / "endpoint.pem").exists()  # the lab PKI was made
+        assert set(call) == {"name", "caller", "callee", "path", "ice_pair", "packets",
+                             "result", "reason"}
+        assert call["result"] == "passed", call
+        expected = EXPECTED[call["name"]]
+        if expected is None:  # the IM row: one MESSAGE delivered, one 200 back
+            assert call["packets"] == {"to_callee": 1, "to_caller": 1}
+            assert call["callee"] == "imp@video.example.com" and call["ice_pair"] is None
+            continue
+        assert call["packets"]["to_callee"] >= 10 and call["packets"]["to_caller"] >= 10
+        if expected == "relay":
+            assert "relay" in call["ice_pair"].split("/"), call
+        else:  # the client's host candidate, to the gateway's host or DMZ relay
+            assert call["ice_pair"].split("/")[0] == "host", call
+    # Progress went to stderr, a line per role.
+    for role in ("dmz-turn", "gateway", "lync-fe", "lync-edge", "cucm", "imp", "alice"):
+        assert f"lab: {role}: up" in result.stderr
 
 
-def test_lab_table_output(tmp_path: Path) -> None:
-    result = run_lab(tmp_path, "--duration", "0")
-    assert result.returncode == 0, result.stderr
-    for word in ("udp", "tcp", "tls", "PASS", "setup ms"):
+def test_table_and_load_calls(lab_pki: LabPKI) -> None:
+    result = run_lab(lab_pki, "--calls", "4", "--concurrency", "2", "--duration", "0.1")
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    for word in ("call 1", "call 4", "host", "PASS"):
         assert word in result.stdout
     assert "FAIL" not in result.stdout
 
 
-def test_lab_fails_cleanly_when_its_ports_are_taken(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
-        busy.bind(("127.0.3.11", 0))
-        port = busy.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "lab",
-                "--certs",
-                str(tmp_path / "pki"),
-                "--sip-port",
-                str(port),
-                "--tls-port",
-                "0",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+def test_lab_fails_cleanly_when_the_pki_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "lab", "--certs", str(blocker / "pki"), "--json",
+         "--any-port"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
-    assert "gateway lab:" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert "lab: certs: failed" in result.stderr and "gateway lab:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--calls", "0"], ["--concurrency", "-1"]])
+def test_bad_numbers_are_refused(args: list[str], tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "gateway", "lab", *args],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2 and "positive" in result.stderr

@@ -16,7 +16,7 @@ async def test_alice_calls_a_video_endpoint(lab, lync_client, sip_endpoint):
     call = await alice.call("3001@video.example.com")
     await call.wait_connected()
     media = await call.wait_media(both_ways=True)
-    assert media.ice_pair == "host/host"          # internal client: straight to the gateway
+    assert media.ice_pair.startswith("host/")     # internal client: its own host candidate
     answered = lab.callee_of(call.call_id, "3001")  # the endpoint's side of the same call
     assert (await answered.wait_media(both_ways=True)).packets_received >= 10
     await call.hold()
