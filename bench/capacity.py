@@ -1,7 +1,7 @@
 """Capacity of the lab: concurrent full-media calls through the gateway until loss passes
 0.1 % or a call cannot be set up.
 
-    .venv/bin/python bench/capacity.py [--steps 10,20,40,80,160,320,640] [--window 5]
+    .venv/bin/python bench/capacity.py [--steps 10,20,40,80,160,320,500] [--window 5]
 
 Each call is the internal Lync client alice -> a SIP endpoint (3001/3002 in turn) through the
 FE, the gateway (ICE + SRTP toward Microsoft, plain RTP toward the endpoint) and CUCM, with
@@ -37,6 +37,12 @@ from lab.topology import Lab  # noqa: E402
 
 LOSS_LIMIT = 0.001
 CALLEES = ("3001", "3002")
+MEDIA_FIRST = 61000
+"""Gateway media pool start: above the kernel's ephemeral ports (32768-60999) and the
+blocks other labs on 127.0.2.1 take (30000-49999), 8 ports per audio+video call."""
+MAX_STEP = (65535 - MEDIA_FIRST - 15) // 8 - 10
+SETTLE = 1.0
+"""Seconds between the last setup of a step and its window: new calls reach steady state."""
 SETUP_CONCURRENCY = 10
 """Calls set up at once (a burst of ICE + TLS would be a setup benchmark)."""
 
@@ -109,8 +115,10 @@ async def run(steps: list[int], window: float, budget: float, certs: Path) -> li
     deadline = time.monotonic() + budget
     results: list[Step] = []
     top = max(steps)
+    if top > MAX_STEP:
+        raise ValueError(f"at most {MAX_STEP} calls fit in media ports {MEDIA_FIRST}-65535")
     overrides = {"b2bua": {"max_calls": top + 10,
-                           "media_ports": f"40000-{40000 + 8 * (top + 10) + 40}"}}
+                           "media_ports": f"{MEDIA_FIRST}-{MEDIA_FIRST + 8 * (top + 10) + 15}"}}
     async with Lab(certs, any_port=True, management=False, broker=False,
                    gateway_overrides=overrides, ice_timeout=30.0) as lab:
         bench = Bench(lab)
@@ -131,6 +139,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path) -> li
                                         failed=f"setup: {error!r}"))
                     break
                 setup = time.monotonic() - started
+                await asyncio.sleep(SETTLE)
                 sent0, received0 = bench.counters()
                 cpu0, wall0 = time.process_time(), time.monotonic()
                 await asyncio.sleep(window)  # the measurement window itself
@@ -167,7 +176,7 @@ def report(results: list[Step]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default="10,20,40,80,160,320,640",
+    parser.add_argument("--steps", default="10,20,40,80,160,320,500",
                         help="concurrent calls per step, comma separated")
     parser.add_argument("--window", type=float, default=5.0, help="seconds measured per step")
     parser.add_argument("--budget", type=float, default=270.0, help="seconds in all")

@@ -58,7 +58,7 @@ def roles(compose: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 def config_path(service: dict[str, Any]) -> Path:
     command = service["command"]
     path = command[command.index("--config") + 1]
-    return ROOT / path
+    return ROOT / str(path)
 
 
 def addresses(service: dict[str, Any]) -> set[str]:
