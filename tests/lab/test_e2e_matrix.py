@@ -13,6 +13,7 @@ an endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -44,6 +45,27 @@ async def david(lab: E2eLab) -> LyncClient:
     return await lab.client("david")
 
 
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def clean_lab(lab: E2eLab) -> AsyncIterator[None]:
+    """After each test: whatever call a failed test left is hung up, so the next test
+    starts on an idle gateway (one failure does not cascade through the matrix)."""
+    yield
+    for client in lab.ms.clients:
+        for call in list(client.calls.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(call.hangup(), WAIT)
+        while not client.incoming_calls.empty():
+            client.incoming_calls.get_nowait()
+    for endpoint in lab.endpoints.values():
+        for leftover in list(endpoint.calls.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(endpoint.hangup(leftover), WAIT)
+        while not endpoint.incoming.empty():
+            endpoint.incoming.get_nowait()
+    with contextlib.suppress(TimeoutError):
+        await lab.idle(WAIT)
+
+
 async def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     """Until a condition driven by background media tasks holds (checked each 20 ms)."""
     try:
@@ -60,7 +82,7 @@ def bye_answer(lab: E2eLab, who: str, call_id: str) -> int | None:
         message = seen.message
         if (not seen.sent and not hasattr(message, "method") and message.call_id == call_id
                 and message.cseq.method == "BYE"):
-            return message.status  # type: ignore[union-attr]
+            return message.status
     return None
 
 
@@ -79,7 +101,10 @@ async def test_internal_lync_calls_an_endpoint(lab: E2eLab, alice: LyncClient) -
     await call.wait_connected(WAIT)
     assert call.state in ("connected", "media")
     report = await call.wait_media(both_ways=True, timeout=WAIT)
-    assert report.ice_pair == "host/host"  # both internal: no relay needed
+    assert report.ice_pair is not None
+    # alice is internal (host candidates only); the gateway also offers DMZ TURN relays,
+    # and aioice nominates the first pair that works, so its end may be either.
+    assert report.ice_pair in ("host/host", "host/relay"), report
     assert set(report.streams) == {"audio", "video"}
     far = await incoming.wait_media(both_ways=True, timeout=WAIT)
     assert far.packets_received >= 10 and far.packets_sent >= 10
@@ -98,7 +123,7 @@ async def test_endpoint_calls_internal_lync(lab: E2eLab, alice: LyncClient) -> N
     incoming = await asyncio.wait_for(alice.incoming_calls.get(), WAIT)
     await call.wait_connected(WAIT)
     report = await incoming.wait_media(both_ways=True, timeout=WAIT)
-    assert report.ice_pair == "host/host"
+    assert report.ice_pair in ("host/host", "host/relay"), report
     far = await call.wait_media(both_ways=True, timeout=WAIT)
     assert far.packets_received >= 10 and far.packets_sent >= 10
     # The Lync client got the Microsoft dialect from the gateway: ICE candidates and SRTP.
