@@ -44,6 +44,7 @@ MAX_STEP = (65535 - MEDIA_FIRST - 15) // 8 - 10
 SETTLE = 1.0
 """Seconds between the last setup of a step and its window: new calls reach steady state."""
 SETUP_CONCURRENCY = 10
+HANGUP_TIMEOUT = 20.0
 """Calls set up at once (a burst of ICE + TLS would be a setup benchmark)."""
 
 
@@ -104,11 +105,14 @@ class Bench:
                 received += party.packets_received
         return sent, received
 
-    async def hangup(self) -> None:
-        for near, _ in self.pairs:
-            with contextlib.suppress(Exception):
-                await near.hangup()
+    async def hangup(self, timeout: float = HANGUP_TIMEOUT) -> None:
+        """Hang every call up at once, bounded (the lab's close clears what is left)."""
+        calls = [near for near, _ in self.pairs]
         self.pairs.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(near.hangup() for near in calls), return_exceptions=True),
+                timeout)
 
 
 async def run(steps: list[int], window: float, budget: float, certs: Path) -> list[Step]:
