@@ -26,7 +26,7 @@ from pathlib import Path
 
 from certs.pki import LabPKI, init_pki
 from lab.lync.config import FrontEndConfig
-from lab.lync.proxy import LyncProxy, Refusal, hop_for_address
+from lab.lync.proxy import LyncProxy, Refusal, hop_for_address, hop_for_uri
 from sip.message import Request, make_response
 from sip.stack import Hop, SipStack
 from sip.timers import TimerSettings
@@ -134,14 +134,15 @@ class FrontEnd(LyncProxy):
         names = ", ".join(connection.peer_names) if connection and connection.peer_names else "none"
         logger.warning("FE: %s from untrusted %s (certificate names: %s)", request.method,
                        source, names)
-        self.refusals.append((request.method, _UNTRUSTED.get(request.method, (403, ""))[0]))
-        del self.refusals[:-100]
         if request.method == "OPTIONS":
             target = self.config.listen.host
-            return Refusal(401, "Unauthorized", (
+            refusal = Refusal(401, "Unauthorized", (
                 ("WWW-Authenticate", NTLM_CHALLENGE.format(target=target)),))
-        status, reason = _UNTRUSTED.get(request.method, (403, "Forbidden"))
-        return Refusal(status, reason)
+        else:
+            refusal = Refusal(*_UNTRUSTED.get(request.method, (403, "Forbidden")))
+        self.refusals.append((request.method, refusal.status))
+        del self.refusals[:-100]
+        return refusal
 
     # -- registrar and local requests -----------------------------------------------------
 
@@ -224,6 +225,10 @@ class FrontEnd(LyncProxy):
         for route in self.config.static_routes:
             if host == route.domain.lower():
                 return uri, hop_for_address(route.destination, route.server_name)
+        if request.to.tag is not None:
+            # In-dialog (ACK, BYE, re-INVITE toward the gateway): the Request-URI is the far
+            # end's Contact, reached directly, as the FE's Record-Route keeps it in the path.
+            return uri, hop_for_uri(uri)
         return Refusal(404, "Not Found")
 
 

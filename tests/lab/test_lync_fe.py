@@ -176,7 +176,7 @@ async def test_untrusted_sender_gets_what_the_real_fe_answers(pki: LabPKI) -> No
             assert status == 403
         finally:
             await probe.stack.close()
-        assert [m for m, _ in side.fe.refusals] == ["OPTIONS", "INFO", "INVITE"]
+        assert side.fe.refusals == [("OPTIONS", 401), ("INFO", 400), ("INVITE", 403)]
 
 
 async def test_trusted_application_pool_is_trusted_by_certificate_name(pki: LabPKI) -> None:
