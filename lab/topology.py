@@ -345,10 +345,12 @@ class Lab:
             b2bua["broker"] = {"enabled": True, "destinations": [IMP_HOST],
                                "port": imp_tls.port}
         if self.any_port:
-            # Other labs run on 127.0.2.1 too: a random block of media and source ports.
-            media = random.randrange(30000, 50000, 200)
+            # Other labs run on 127.0.2.1 too: a random block of media and source ports,
+            # below the kernel's ephemeral range (32768 up), where port-0 listeners and
+            # outbound sockets land and would take the pool's numbers from under it.
+            media = random.randrange(10000, 20000, 200)
             b2bua["media_ports"] = f"{media}-{media + 199}"
-            outbound = random.randrange(50000, 60000, 100)
+            outbound = random.randrange(20000, 24000, 100)
             system["outbound_ports"] = f"{outbound}-{outbound + 99}"
         for section, values in self.gateway_overrides.items():
             if isinstance(values, dict):

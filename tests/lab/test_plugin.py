@@ -24,13 +24,14 @@ async def test_alice_calls_a_video_endpoint(lab, lync_client, sip_endpoint):
     await call.hangup()
 
 
-async def test_an_endpoint_calls_david_outside_through_the_edge(lab, lync_client, sip_endpoint):
+async def test_david_outside_calls_through_the_edge(lab, lync_client, sip_endpoint):
     david = await lync_client("david")            # external: via the Edge, relay-only
-    call = await sip_endpoint.call("david.jones@example.com")
+    call = await david.call("3001@video.example.com")
     await call.wait_connected()
-    ringing = await lab.next_call("david")
-    media = await ringing.wait_media(both_ways=True)
-    assert media.ice_pair.startswith("relay/")
+    answered = await sip_endpoint.next_call()     # 3001 rang and answered
+    assert (await answered.wait_media(both_ways=True)).packets_received >= 10
+    media = await call.wait_media(both_ways=True)
+    assert media.ice_pair.startswith("relay/")    # through the A/V Edge TURN
     await call.hangup()
 '''
 
