@@ -313,7 +313,6 @@ class Lab:
         self._stack.callback(self._report, "lync-fe", RoleState.STOPPED)
         self._stack.callback(self._report, "lync-edge", RoleState.STOPPED)
         self.microsoft = side
-        _route_in_dialog_requests(side.fe)
         self._report("lync-fe", RoleState.UP, ", ".join(_fmt(a) for a in side.fe.stack.listeners))
         assert side.edge is not None
         edge = [_fmt(a) for a in side.edge.stack.listeners]
@@ -540,26 +539,6 @@ class Lab:
         roles = tuple(RoleStatus(role, state, listeners.get(role, ()))
                       for role, state in self.states.items())
         return LabStatus(roles, gateway_status, self.status_url)
-
-
-def _route_in_dialog_requests(fe: Any) -> None:
-    """Workaround for the FE: an in-dialog request (To tag) whose Request-URI is the
-    gateway's Contact (an address, not the FE's domain nor a static route domain) gets 404
-    from ``FrontEnd.target``, so the client's ACK and BYE never reach the gateway (which
-    does not Record-Route). A proxy forwards such a request to its Request-URI (RFC 3261
-    §16.6 step 6 / §16.12); until the FE does, this instance does it."""
-    from lab.lync.proxy import Refusal, hop_for_uri
-
-    original = fe.target
-
-    def target(request: Any, source: Any, connection: Any) -> Any:
-        decided = original(request, source, connection)
-        if (isinstance(decided, Refusal) and decided.status == 404
-                and request.to.tag is not None):
-            return request.uri, hop_for_uri(request.uri)
-        return decided
-
-    fe.target = target
 
 
 def _listener(addresses: tuple[TransportAddress, ...] | list[TransportAddress],
