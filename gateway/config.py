@@ -75,6 +75,8 @@ TRUSTED_HOSTS_NOMINAL_LIMIT = 25
 """Above this many trusted hosts the product raises an alarm (recommended < 50)."""
 MAX_ZONE_PEERS = 6
 ENV_PREFIX = "GATEWAY_"
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+"""Where the lab's media may go unless ``[b2bua] allowed_networks`` says otherwise."""
 
 
 # -- enums: values as written in the file ----------------------------------------------
@@ -177,6 +179,46 @@ def _check_range(name: str, value: float, low: float, high: float | None = None)
     if value < low or (high is not None and value > high):
         bound = f"{low} to {high}" if high is not None else f"at least {low}"
         raise _field_error(name, f"must be {bound}, got {value}")
+
+
+def _tls_name(name: str, value: str | None) -> str | None:
+    """A certificate name (DNS name, or an address for an IP SAN), normalised; None stays."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise _field_error(name, "must not be empty (leave the key out for none)")
+    try:
+        return parse_host(value)
+    except ValueError as exc:
+        raise _field_error(name, str(exc)) from None
+
+
+def _check_networks(name: str, cidrs: Iterable[str]) -> tuple[str, ...]:
+    """CIDR strings, normalised; ``name[i]`` is named on a bad one."""
+    found = []
+    for index, cidr in enumerate(cidrs):
+        try:
+            found.append(str(ipaddress.ip_network(cidr.strip())))
+        except ValueError as exc:
+            raise _field_error(f"{name}[{index}]", f"not a network in CIDR form: {exc}") from None
+    if not found:
+        raise _field_error(name, "empty: media could be sent nowhere")
+    return tuple(found)
+
+
+_LAB_RANGES = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128",
+                 "fc00::/7")
+)
+
+
+def _is_lab_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Inside loopback or RFC 1918 / RFC 4193 space (``is_private`` calls 0.0.0.0/0 private)."""
+    return any(
+        network.version == lab.version and network.subnet_of(lab)  # type: ignore[arg-type]
+        for lab in _LAB_RANGES
+    )
 
 
 def _address(transport: Transport | None, port: int | None) -> dict[str, Any]:
@@ -311,6 +353,9 @@ class B2buaConfig:
         metadata=_address(Transport.TLS, 5061),
     )
     """Microsoft-side destination: FE / pool / Director / HLB (TLS 5061)."""
+    ms_tls_name: str | None = None
+    """Certificate name expected of the Microsoft destination (``fe.example.com``); unset:
+    the destination host as written (an address is checked against the IP SANs)."""
     trusted_hosts: tuple[TrustedHost, ...] = ()
     """Microsoft hosts whose requests are accepted."""
     encryption: Encryption = Encryption.REQUIRED
@@ -329,9 +374,16 @@ class B2buaConfig:
     """RDP presentation over UDP."""
     broker: BrokerConfig = BrokerConfig()
     """SIP broker toward IM&P."""
+    allowed_networks: tuple[str, ...] = LOOPBACK_NETWORKS
+    """The only networks the gateway's ICE and media toward Microsoft may send to (CIDRs);
+    candidates elsewhere are ignored."""
 
     def __post_init__(self) -> None:
         _check_range("max_calls", self.max_calls, 1)
+        object.__setattr__(self, "ms_tls_name", _tls_name("ms_tls_name", self.ms_tls_name))
+        object.__setattr__(
+            self, "allowed_networks", _check_networks("allowed_networks", self.allowed_networks)
+        )
         if self.offer_turn and not self.turn_servers:
             raise _field_error("offer_turn", "true but b2bua.turn_servers is empty")
         seen: set[str] = set()
@@ -386,6 +438,9 @@ class ZoneConfig:
     """Seconds between OPTIONS probes of each peer."""
     media_encryption: MediaEncryption = MediaEncryption.AUTO
     """SRTP toward the zone: auto, force_encrypted, force_unencrypted, best_effort."""
+    tls_name: str | None = None
+    """TLS: certificate name expected of every peer (``cucm.video.example.com``); unset:
+    each peer's address, checked against the certificate's IP SANs."""
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -411,6 +466,7 @@ class ZoneConfig:
         _check_range("hop_count", self.hop_count, 1, 255)
         if not self.monitor_interval > 0:
             raise _field_error("monitor_interval", "must be positive")
+        object.__setattr__(self, "tls_name", _tls_name("tls_name", self.tls_name))
 
     def destinations(self) -> tuple[TransportAddress, ...]:
         """Where requests into this zone go, one per peer."""
@@ -573,6 +629,16 @@ class GatewayConfig:
             )
         if len(self.b2bua.media_ports) < 8:
             found.append("b2bua.media_ports: fewer than 8 ports, no call can be served")
+        if self.b2bua.ms_tls_name and self.b2bua.ms_destination.transport is not Transport.TLS:
+            found.append("b2bua.ms_tls_name: set but b2bua.ms_destination is not TLS (unused)")
+        for index, zone in enumerate(self.zones):
+            if zone.tls_name and zone.transport is not Transport.TLS:
+                found.append(f"zones[{index}].tls_name: set but zone {zone.name!r} is not TLS"
+                             " (unused)")
+        for index, cidr in enumerate(self.b2bua.allowed_networks):
+            if not _is_lab_network(ipaddress.ip_network(cidr)):
+                found.append(f"b2bua.allowed_networks[{index}]: {cidr} includes public"
+                             " addresses: media may leave the lab")
         return tuple(found)
 
     def zone(self, name: str) -> ZoneConfig | None:

@@ -79,7 +79,7 @@ class RuntimeOptions:
     ice_timeout: float = 30.0
     """Seconds ICE toward Microsoft may take before the call is cleared."""
     ms_server_name: str | None = None
-    """TLS name expected of the Microsoft destination (None: its address)."""
+    """Override of ``[b2bua] ms_tls_name`` (None: the configuration's)."""
     management: bool = True
     """Start the management HTTP server on ``[system] management``."""
     management_port: int | None = None
@@ -135,6 +135,7 @@ class Gateway:
             ice=IceSettings(
                 stun_server=turn[0].address if turn else None,
                 turn_servers=turn,
+                allowed_networks=b2bua.allowed_networks,
                 connect_timeout=self.options.ice_timeout,
             ),
         )
@@ -180,8 +181,7 @@ class Gateway:
                                          interval=self.options.monitor_interval)
             self.monitor_task = ZoneMonitorTask(
                 self.monitors, self._agent_for_zone,
-                server_name=lambda zone: self.options.ms_server_name
-                if zone == MICROSOFT_ZONE else None,
+                server_name=self.tls_name,
                 on_change=self._zones_changed)
             self.monitor_task.start()
             if self.options.management:
@@ -280,9 +280,20 @@ class Gateway:
 
     def zone_hops(self, zone: str) -> list[Hop]:
         """Where requests into ``zone`` go, one hop per peer."""
-        server_name = self.options.ms_server_name if zone == MICROSOFT_ZONE else None
+        server_name = self.tls_name(zone)
         return [Hop(d.transport, d.host, d.port, server_hostname=server_name)
                 for d in self.zones[zone].destinations]
+
+    def tls_name(self, zone: str) -> str | None:
+        """The certificate name expected of ``zone``'s peers over TLS (None: each peer's
+        address): ``[b2bua] ms_tls_name`` (or the ``ms_server_name`` option) for the
+        Microsoft zone, the zone's ``tls_name`` for the others."""
+        if zone == MICROSOFT_ZONE:
+            if self.options.ms_server_name is not None:
+                return self.options.ms_server_name
+            return self.config.b2bua.ms_tls_name
+        configured = self.config.zone(zone)
+        return configured.tls_name if configured is not None else None
 
     def _agent_for_zone(self, zone: str) -> SideAgent:
         side = LegSide.MICROSOFT if zone == MICROSOFT_ZONE else LegSide.VIDEO

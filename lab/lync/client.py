@@ -21,7 +21,7 @@ from certs.pki import LabPKI, init_pki
 from lab.api import MediaReport
 from lab.hosts import resolve
 from lab.lync import offer as sdp_offer
-from lab.lync.client_media import IceServers, MediaStream
+from lab.lync.client_media import IceServers, MediaStream, networks
 from lab.lync.config import ClientConfig
 from media.ms_dialect import Crypto, pick_sdp_body, read_stream
 from media.sdp import SessionDescription, parse_sdp
@@ -310,6 +310,8 @@ class LyncClient:
             turn=(resolve(servers.turn.host), servers.turn.port) if servers.turn else None,
             turn_username=servers.turn_username, turn_password=servers.turn_password,
             relay_only=servers.relay_only)
+        self.allowed_networks = networks(config.allowed_networks)
+        """The only networks our media may go to."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -403,7 +405,7 @@ class LyncClient:
     def new_stream(self, kind: str, call: LyncCall, *, controlling: bool) -> MediaStream:
         rate = self.config.audio_pps if kind == "audio" else self.config.video_fps
         return MediaStream(kind, self.config.host, self.ice_servers, controlling=controlling,
-                           on_packet=call.changed, rate=rate)
+                           on_packet=call.changed, rate=rate, allowed=self.allowed_networks)
 
     def call_of(self, dialog: Dialog) -> LyncCall | None:
         call = self.calls.get(dialog.id.call_id)

@@ -5,7 +5,8 @@ Why not ``aioice.Connection.gather_candidates``: it gathers on every interface (
 127.0.0.1), so :class:`ClientIce` binds its host candidates on the client's loopback
 address itself and reuses aioice's STUN and TURN client pieces, as ``media.ice_leg`` does
 for the gateway. Every STUN message and packet goes through :class:`GuardedProtocol`,
-which refuses any destination outside 127.0.0.0/8 and ::1: the lab never sends elsewhere.
+which refuses (and logs, once per destination) any destination outside the client's
+``allowed_networks`` (loopback unless configured: the lab never sends elsewhere).
 
 MKI: pylibsrtp has no MKI setting; RFC 3711 §3.1 puts the MKI between the encrypted
 payload and the auth tag and leaves it out of the authentication, so it is inserted after
@@ -20,7 +21,7 @@ import logging
 import os
 import secrets
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candidate
 from aioice.stun import Message
 
-from media.ice_leg import to_sdp_candidate
+from media.ice_leg import Network, address_allowed, to_sdp_candidate
 from media.ms_dialect import CRYPTO_SUITE, Candidate, CandidateTransport, Crypto, SsrcRange
 from media.srtp import AUTH_TAG_LEN, SrtpError, strip_mki
 
@@ -40,8 +41,9 @@ __all__ = [
     "GuardedProtocol",
     "MediaStream",
     "StreamCounters",
+    "LOOPBACK",
     "insert_mki",
-    "is_loopback",
+    "networks",
     "rtp_packet",
 ]
 
@@ -58,11 +60,14 @@ AUDIO_PAYLOAD = bytes(160)
 VIDEO_PAYLOAD = bytes(400)
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                 ipaddress.ip_network("::1/128"))
+"""Where a client's media may go unless told otherwise."""
+
+
+def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """CIDR strings (``ClientConfig.allowed_networks``) as networks."""
+    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
 
 
 def insert_mki(packet: bytes, mki: bytes) -> bytes:
@@ -78,7 +83,10 @@ def rtp_packet(payload_type: int, seq: int, timestamp: int, ssrc: int, payload: 
 
 
 class GuardedProtocol(StunProtocol):
-    """aioice's socket protocol that sends only to loopback, with an RTP fast path."""
+    """aioice's socket protocol that sends only inside the agent's allowed networks, with an
+    RTP fast path."""
+
+    receiver: ClientIce
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         # RFC 7983 §7: a first byte 128..191 is RTP/RTCP, never STUN.
@@ -88,13 +96,11 @@ class GuardedProtocol(StunProtocol):
         super().datagram_received(data, addr)
 
     def send_stun(self, message: Message, addr: tuple[str, int]) -> None:
-        if is_loopback(addr[0]):
+        if self.receiver.guard(addr):
             super().send_stun(message, addr)
-        else:
-            logger.warning("ICE: refusing to send STUN to %s:%d (not loopback)", *addr)
 
     async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
-        if is_loopback(addr[0]):
+        if self.receiver.guard(addr):
             self.transport.sendto(data, addr)
 
 
@@ -113,11 +119,29 @@ class ClientIce(Connection):
     """One stream's ICE agent (components 1 RTP and 2 RTCP) on the client's address."""
 
     def __init__(self, host: str, servers: IceServers, *, controlling: bool,
-                 on_media: Callable[[bytes, int], None]) -> None:
+                 on_media: Callable[[bytes, int], None],
+                 allowed: Sequence[Network] = LOOPBACK) -> None:
         super().__init__(ice_controlling=controlling, components=2)
         self.host = host
         self.servers = servers
         self.on_media = on_media
+        self.allowed = tuple(allowed)
+        """The only networks we send to."""
+        self.refused: set[Address] = set()
+        """Destinations the guard refused."""
+
+    def allows(self, host: str) -> bool:
+        return address_allowed(host, self.allowed)
+
+    def guard(self, addr: Address) -> bool:
+        """Whether we may send to ``addr``; a refusal is logged once per destination."""
+        if self.allows(addr[0]):
+            return True
+        if (addr[0], addr[1]) not in self.refused:
+            self.refused.add((addr[0], addr[1]))
+            logger.warning("ICE %s: refusing to send to %s:%d (not in %s)", self.host,
+                           addr[0], addr[1], ",".join(str(n) for n in self.allowed))
+        return False
 
     def data_received(self, data: bytes, component: int) -> None:
         self.on_media(data, component)
@@ -142,10 +166,10 @@ class ClientIce(Connection):
                 candidates.append(proto.local_candidate)
             self._protocols += hosts
         tasks: list[asyncio.Future[tuple[IceCandidate, StunProtocol | None]]] = []
-        if servers.stun is not None and is_loopback(servers.stun[0]):
+        if servers.stun is not None and self.guard(servers.stun):
             tasks += [asyncio.ensure_future(server_reflexive_candidate(p, servers.stun))
                       for p in hosts]
-        if servers.turn is not None and is_loopback(servers.turn[0]):
+        if servers.turn is not None and self.guard(servers.turn):
             tasks += [asyncio.ensure_future(relayed_candidate(
                 component=component, hide_related_address=False,
                 protocol_factory=lambda: GuardedProtocol(self), turn_server=servers.turn,
@@ -186,9 +210,9 @@ class ClientIce(Connection):
         for c in candidates:
             if c.transport is not CandidateTransport.UDP or c.component not in (1, 2):
                 continue
-            if not is_loopback(c.address):
-                logger.info("ICE %s: ignoring remote candidate %s:%d (not loopback)",
-                            self.host, c.address, c.port)
+            if not self.allows(c.address):
+                logger.info("ICE %s: ignoring remote candidate %s:%d (not in %s)", self.host,
+                            c.address, c.port, ",".join(str(n) for n in self.allowed))
                 continue
             await self.add_remote_candidate(IceCandidate(
                 foundation=c.foundation, component=c.component, transport="udp",
@@ -208,7 +232,7 @@ class ClientIce(Connection):
     def send_media(self, data: bytes, component: int) -> bool:
         """Send on the nominated pair; False before ICE completes."""
         pair = self._nominated.get(component)
-        if pair is None or not is_loopback(pair.remote_addr[0]):
+        if pair is None or not self.guard(pair.remote_addr):
             return False
         pair.protocol.transport.sendto(data, pair.remote_addr)
         return True
@@ -242,9 +266,11 @@ class MediaStream:
     """One m= line of a call: ICE agent, SRTP keys, a paced RTP sender and counters."""
 
     def __init__(self, kind: str, host: str, servers: IceServers, *, controlling: bool,
-                 on_packet: Callable[[], None], rate: int) -> None:
+                 on_packet: Callable[[], None], rate: int,
+                 allowed: Sequence[Network] = LOOPBACK) -> None:
         self.kind = kind
-        self.ice = ClientIce(host, servers, controlling=controlling, on_media=self._received)
+        self.ice = ClientIce(host, servers, controlling=controlling, on_media=self._received,
+                             allowed=allowed)
         self.cryptos: tuple[Crypto, ...] = (new_crypto(1, True), new_crypto(2, False))
         """Our keys as offered: one with the MKI Lync uses, one without."""
         first = secrets.randbelow(2**31 - 1000) + 1

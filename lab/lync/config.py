@@ -7,10 +7,12 @@ docs/lab-topology.md, so an empty file describes the lab's FE / Edge / alice.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.addresses import HostPort
+from gateway.configkit import ConfigError
 from sip.port_range import PortRange
 from sip.transport import Transport, TransportAddress
 
@@ -200,10 +202,23 @@ class ClientConfig:
     """Video packets per second."""
     ice_timeout: float = 15.0
     """Seconds ICE checks may take before the call is hung up."""
+    allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """The only networks our media and STUN/TURN may go to (CIDRs); candidates and servers
+    elsewhere are ignored."""
     t1: float = 0.5
     """RFC 3261 T1, seconds."""
 
     def __post_init__(self) -> None:
+        networks = []
+        for index, cidr in enumerate(self.allowed_networks):
+            try:
+                networks.append(str(ipaddress.ip_network(cidr.strip())))
+            except ValueError as error:
+                raise ConfigError(f"allowed_networks[{index}]",
+                                  f"not a network in CIDR form: {error}") from None
+        if not networks:
+            raise ConfigError("allowed_networks", "empty: media could be sent nowhere")
+        object.__setattr__(self, "allowed_networks", tuple(networks))
         user, at, domain = self.aor.removeprefix("sip:").partition("@")
         if not at or not user or not domain:
             raise ValueError(f"aor {self.aor!r} is not user@domain")
