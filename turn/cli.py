@@ -1,4 +1,8 @@
-"""``gateway turn`` / ``python -m turn``: run the TURN server until SIGINT/SIGTERM."""
+"""``gateway turn`` / ``python -m turn``: run the TURN server until SIGINT/SIGTERM.
+
+``--check-config FILE`` validates FILE (with ``--set`` and the other flags applied) and exits:
+0 with ``config OK: ...`` on stdout, 1 with the error naming the key on stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from typing import Any
 
 from sip import aio
@@ -22,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gateway turn", description="DMZ TURN server (RFC 8656, RFC 6062)"
     )
     p.add_argument("--config", help="TOML file (flags override it)")
+    p.add_argument("--check-config", metavar="FILE",
+                   help="validate FILE (with the other flags) and exit (0 valid, 1 invalid)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override a key of the file (repeatable), e.g. allow_peers=[\"10.0.0.0/8\"]"
+                   " or users.NAME=PASSWORD")
     p.add_argument("--listen", help="listening IP address (default 127.0.0.1)")
     p.add_argument("--ports", help="listening port or range, e.g. 3478 or 3478-3483 (0: any free)")
     p.add_argument("--relay-ports", help="relay port range (default 24000-29999)")
@@ -51,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TurnConfig:
-    """defaults < --config file < flags."""
-    config = load(args.config) if args.config else TurnConfig()
+def config_from_args(args: argparse.Namespace, path: str | None = None) -> TurnConfig:
+    """defaults < file (``path``, else --config) < --set < the other flags."""
+    path = path if path is not None else args.config
+    config = load(path or None, overrides=args.overrides)
     changes: dict[str, Any] = {}
     for flag in (
         "listen",
@@ -109,8 +120,27 @@ async def serve(config: TurnConfig) -> None:
             await server.stop()
 
 
+def check_config(args: argparse.Namespace) -> int:
+    """``--check-config FILE``: ``config OK: FILE: summary`` (0) or the error (1)."""
+    path = args.check_config
+    try:
+        config = config_from_args(args, path)
+    except ConfigError as exc:
+        sys.stderr.write(f"config error: {path}: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"config error: {path}: cannot read the file: {exc.strerror or exc}\n")
+        return 1
+    if not config.users and not config.auth_secret:
+        sys.stderr.write("warning: no users and no auth_secret: every request will get 401\n")
+    sys.stdout.write(f"config OK: {path}: {config.summary()}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.check_config is not None:
+        return check_config(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -1,7 +1,7 @@
 """TURN server configuration: a frozen dataclass, loaded from TOML, overridden by flags.
 
-Precedence: defaults < file < command-line flags. Unknown keys and wrong types are errors
-that name the key. Example file::
+Precedence: defaults < file < ``--set key=value`` < the other command-line flags. Unknown
+keys and wrong types are errors that name the key. Example file::
 
     listen = "127.0.4.1"
     ports = "3478-3483"
@@ -19,6 +19,7 @@ import ipaddress
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,22 @@ class TurnConfig:
     def replace(self, **changes: Any) -> TurnConfig:
         return dataclasses.replace(self, **changes)
 
+    def summary(self) -> str:
+        """One line for ``--check-config``."""
+        low, high = self.ports
+        ports = str(low) if low == high else f"{low}-{high}"
+        transports = "+".join(t for t, on in (("udp", self.udp), ("tcp", self.tcp)) if on)
+        relay = f"{self.relay_bind_address}:{self.relay_ports[0]}-{self.relay_ports[1]}"
+        if self.external_address:
+            relay += f" (advertised as {self.external_address})"
+        users = len(self.users)
+        auth = f"{users} user" + ("" if users == 1 else "s")
+        if self.auth_secret:
+            auth += " + REST API secret"
+        peers = ", ".join(self.allow_peers) or "none"
+        return (f"TURN {self.listen}:{ports} {transports or 'no listener'}, relays {relay},"
+                f" realm {self.realm}, {auth}, allowed peers {peers}")
+
 
 def parse_port_range(text: str | int, key: str = "ports") -> tuple[int, int]:
     """``3478`` or ``"3478-3483"`` -> (low, high)."""
@@ -187,13 +204,63 @@ def _names(allowed: tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in allowed)
 
 
-def load(path: str | Path, base: TurnConfig | None = None) -> TurnConfig:
-    """Read a TOML file; a ``[turn]`` table is used when present (shared gateway files)."""
+def apply_overrides(data: dict[str, Any], items: Iterable[str]) -> dict[str, str]:
+    """``key=value`` strings (``--set``) written into a parsed table, in place.
+
+    Keys are the file's (``relay_ports``, ``users.NAME``); values are read as TOML
+    (``3478``, ``["10.0.0.0/8"]``, ``true``), text keys take the text as it is. Returns
+    dotted key -> origin, for naming the flag when the value is refused.
+    """
+    origins: dict[str, str] = {}
+    for item in items:
+        dotted, sep, text = item.partition("=")
+        dotted = dotted.strip()
+        if not sep or not dotted:
+            raise ConfigError(f"--set: expected key=value, got {item!r}")
+        key, _, user = dotted.partition(".")
+        if key not in _FIELDS or (user and key != "users") or (key == "users" and not user):
+            raise ConfigError(f"unknown configuration key: {dotted!r} (from --set {dotted})")
+        if user:
+            users = data.setdefault("users", {})
+            if not isinstance(users, dict):
+                raise ConfigError('users: expected a table of username = "password"')
+            users[user] = text
+        else:
+            data[key] = _override_value(key, text)
+        origins[key] = f"--set {dotted}"
+    return origins
+
+
+def _override_value(key: str, text: str) -> Any:
+    hint = _HINTS[key]
+    if hint in (str, str | None):
+        return text
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    if isinstance(data.get("turn"), dict):
-        data = data["turn"]
-    return from_mapping(data, base)
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # from_mapping names the key and the type it wants
+
+
+def load(
+    path: str | Path | None, base: TurnConfig | None = None, overrides: Iterable[str] = ()
+) -> TurnConfig:
+    """Read a TOML file (None: no file); a ``[turn]`` table is used when present (shared
+    gateway files); then the ``--set`` ``overrides`` (:func:`apply_overrides`)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if isinstance(data.get("turn"), dict):
+            data = data["turn"]
+    origins = apply_overrides(data, overrides)
+    try:
+        return from_mapping(data, base)
+    except ConfigError as exc:
+        message = str(exc)
+        culprit = next((o for k, o in origins.items() if message.startswith(f"{k}:")), None)
+        if culprit is None:
+            raise
+        raise ConfigError(f"{message} (from {culprit})") from None

@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from .helpers import relay_range
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,3 +81,39 @@ async def test_gateway_turn_rejects_bad_config(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 2
     assert b"relay_portz" in err
+
+
+def test_check_config_valid_invalid_and_with_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main as gateway_main
+
+    good = tmp_path / "turn.toml"
+    good.write_text('listen = "127.0.4.1"\nallow_peers = ["127.0.0.0/8"]\n[users]\nGw = "pw"\n')
+    assert gateway_main(["turn", "--check-config", str(good)]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith(f"config OK: {good}: TURN 127.0.4.1:3478") and "pw" not in out.out
+    # --set and the other flags are validated with the file.
+    status = gateway_main(["turn", "--check-config", str(good), "--set",
+                           'allow_peers=["10.201.0.0/16"]', "--ports", "3479"])
+    out = capsys.readouterr()
+    assert status == 0 and "10.201.0.0/16" in out.out and ":3479 " in out.out
+    for argv, key in (
+        (["--set", "relay_ports=9-1"], "relay_ports"),
+        (["--set", "lisen=127.0.0.1"], "lisen"),
+        (["--ports", "x"], "--ports"),
+    ):
+        assert gateway_main(["turn", "--check-config", str(good), *argv]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"config error: {good}: ") and key in err, err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('realm = "example.com"\nuser_quota = "ten"\n')
+    assert gateway_main(["turn", "--check-config", str(bad)]) == 1
+    assert "user_quota" in capsys.readouterr().err
+    assert gateway_main(["turn", "--check-config", str(tmp_path / "missing.toml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    # No accounts: valid, with a warning.
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert gateway_main(["turn", "--check-config", str(empty)]) == 0
+    assert "warning: no users" in capsys.readouterr().err
