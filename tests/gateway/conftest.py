@@ -258,6 +258,7 @@ def gateway_toml(
     *,
     monitor_interval: float = 0.5,
     trusted: Sequence[str] = (TRUSTED_SOURCE,),
+    microsoft_transport: str = "tls",
 ) -> str:
     """The lab configuration (gateway/default.toml) moved onto this test's ports."""
     hosts = ", ".join(
@@ -273,7 +274,7 @@ certs = "{pki.directory}"
 management = "127.0.0.1:{ports.management}"
 
 [b2bua]
-listen = "tls:{GATEWAY_HOST}:{ports.microsoft}"
+listen = "{microsoft_transport}:{GATEWAY_HOST}:{ports.microsoft}"
 ms_destination = "tls:{FE_HOST}:{ports.fe}"
 encryption = "required"
 max_calls = 100
@@ -389,9 +390,9 @@ class RunningGateway:
         )
 
 
-def _expected_listeners(ports: GatewayPorts) -> set[tuple[str, str, int]]:
+def _expected_listeners(ports: GatewayPorts, microsoft: str) -> set[tuple[str, str, int]]:
     return {
-        ("tls", GATEWAY_HOST, ports.microsoft),
+        (microsoft, GATEWAY_HOST, ports.microsoft),
         ("udp", GATEWAY_HOST, ports.video),
         ("tcp", GATEWAY_HOST, ports.video),
         ("tls", GATEWAY_HOST, ports.video_tls),
@@ -405,17 +406,29 @@ def run_gateway(
     *,
     overrides: Sequence[str] = (),
     monitor_interval: float = 0.5,
+    microsoft_transport: str = "tls",
 ) -> Iterator[RunningGateway]:
     """Write a config for free ports and run `gateway run --config` until every listener
-    is logged; stopped (SIGTERM) on exit. Skips when the runtime is not built yet."""
+    is logged; stopped (SIGTERM) on exit. Skips when the runtime is not built yet.
+
+    ``microsoft_transport`` "tcp" puts the Microsoft listener on plain TCP (the product
+    allows it, "not recommended"): the benchmark uses it to measure without stunnel.
+    """
     ports = pick_ports()
     config = workdir / f"gateway-{next(_runs)}.toml"
-    config.write_text(gateway_toml(pki, ports, monitor_interval=monitor_interval))
+    config.write_text(
+        gateway_toml(
+            pki,
+            ports,
+            monitor_interval=monitor_interval,
+            microsoft_transport=microsoft_transport,
+        )
+    )
     argv = [gateway_executable(), "run", "--config", str(config)]
     for item in overrides:
         argv += ["--set", item]
     peer = PeerProcess(argv, cwd=workdir, name="gateway run")
-    expected = _expected_listeners(ports)
+    expected = _expected_listeners(ports, microsoft_transport)
 
     def ready(lines: list[str]) -> bool | None:
         found = set()

@@ -105,3 +105,26 @@ def test_cucm_uas_fails_a_multipart_invite(tmp_path: Path) -> None:
     assert "multipart" in answered.errors, answered.errors
     # The FE side itself is content: the answer was one SDP and the hold was answered.
     assert counters(caller)["successful"] == 1, caller.describe()
+
+
+def test_bench_scenarios_against_each_other(tmp_path: Path) -> None:
+    # The calls/s pair (bench/b2bua_cps.py): the UAC completes INVITE/ACK/BYE, and the UAS
+    # keeps cucm_uas.xml's teeth (a raw multipart INVITE fails its call).
+    with serve_scenario(
+        Scenario("bench_cucm_uas.xml", calls=CALLS, extra=("-reconnect_close", "false")), tmp_path
+    ) as served:
+        assert served.port is not None
+        caller = run_scenario(
+            Scenario(
+                "bench_fe_uac.xml",
+                calls=CALLS,
+                remote=(LOOPBACK, served.port),
+                service="3001",
+                keys={"via_transport": "TCP"},
+            ),
+            tmp_path,
+        )
+        answered = served.result(30)
+    assert counters(caller)["successful"] == CALLS, caller.describe()
+    assert counters(answered)["failed"] == CALLS, answered.describe()
+    assert "multipart" in answered.errors, answered.errors
