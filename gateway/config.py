@@ -765,7 +765,10 @@ def _validated(
     try:
         return from_mapping(data)
     except ConfigError as exc:
-        culprit = origins.get(exc.key)
+        # An item's error (``b2bua.allowed_networks[1]``) comes from the override of its key.
+        culprit = next((origin for dotted, origin in origins.items()
+                        if exc.key == dotted or exc.key.startswith((f"{dotted}[", f"{dotted}."))),
+                       None)
         if culprit is not None and not isinstance(exc, UnknownKeyError):
             raise ConfigError(exc.key, f"{exc.message} (from {culprit})") from None
         raise

@@ -120,6 +120,9 @@ def test_shipped_default_is_the_lab_example() -> None:
     zone = shipped.zones[0]
     assert zone.name == "CUCM Neighbor"
     assert zone.destinations() == (TransportAddress(Transport.TLS, "127.0.3.1", 5061),)
+    assert zone.tls_name == "cucm.video.example.com"
+    assert shipped.b2bua.ms_tls_name == "fe.example.com"
+    assert shipped.b2bua.allowed_networks == ("127.0.0.0/8", "::1/128")
     assert [r.target for r in shipped.search_rules] == [MICROSOFT_ZONE, "CUCM Neighbor"]
     assert shipped.search_rules[1].pattern == r"(3\d{3})@video\.example\.com"
     assert shipped.transforms[0].replace == r"\1"
@@ -453,3 +456,74 @@ def test_host_port() -> None:
     assert parse_host_port("localhost", default_port=1) == HostPort("localhost", 1)
     with pytest.raises(ValueError, match="no transport"):
         parse_host_port("tcp:127.0.0.1:9090")
+
+
+# -- off-loopback settings: allowed_networks, ms_tls_name, zone tls_name -------------------
+
+
+def test_allowed_networks_default_to_loopback_and_are_normalised() -> None:
+    assert cfg.loads("").b2bua.allowed_networks == ("127.0.0.0/8", "::1/128")
+    config = cfg.loads('[b2bua]\nallowed_networks = ["172.28.1.0/24", " 10.201.0.0/16",'
+                       ' "FD00::/8"]\n')
+    assert config.b2bua.allowed_networks == ("172.28.1.0/24", "10.201.0.0/16", "fd00::/8")
+    assert not any("allowed_networks" in w for w in config.warnings)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('["127.0.0.0/8", "10.0.0.1/8"]', "b2bua.allowed_networks[1]: not a network in CIDR"
+                                          " form: 10.0.0.1/8 has host bits set"),
+        ('["lab"]', "b2bua.allowed_networks[0]: not a network in CIDR form"),
+        ('["127.0.0.0/33"]', "b2bua.allowed_networks[0]"),
+        ("[]", "b2bua.allowed_networks: empty"),
+        ('"10.0.0.0/8"', "b2bua.allowed_networks: expected array, got string"),
+        ("[8]", "b2bua.allowed_networks[0]: expected string, got integer"),
+    ],
+)
+def test_bad_allowed_networks_name_the_item(value: str, expected: str) -> None:
+    assert error_of(f"[b2bua]\nallowed_networks = {value}\n").startswith(expected)
+
+
+def test_public_allowed_networks_are_an_alarm() -> None:
+    config = cfg.loads('[b2bua]\nallowed_networks = ["127.0.0.0/8", "0.0.0.0/0", "8.8.8.0/24"]')
+    alarms = [w for w in config.warnings if w.startswith("b2bua.allowed_networks")]
+    assert [w.split(":")[0] for w in alarms] == ["b2bua.allowed_networks[1]",
+                                                 "b2bua.allowed_networks[2]"]
+
+
+def test_allowed_networks_from_set_and_environment() -> None:
+    config = cfg.loads("", overrides=['b2bua.allowed_networks=["10.201.0.0/16"]'])
+    assert config.b2bua.allowed_networks == ("10.201.0.0/16",)
+    env = {"GATEWAY_B2BUA_ALLOWED_NETWORKS": '["172.28.0.0/16", "bad"]'}
+    assert error_of("", environ=env) == (
+        "b2bua.allowed_networks[1]: not a network in CIDR form: 'bad' does not appear to be"
+        " an IPv4 or IPv6 network (from GATEWAY_B2BUA_ALLOWED_NETWORKS)")
+
+
+def test_tls_names() -> None:
+    assert cfg.loads("").b2bua.ms_tls_name is None
+    text = ('[b2bua]\nms_tls_name = "FE.Example.com"\n[[zones]]\nname = "CUCM"\n'
+            'peers = ["127.0.3.1"]\ntransport = "tls"\ntls_name = "cucm.video.example.com"\n'
+            '[[zones]]\nname = "Other"\npeers = ["127.0.3.9"]\n')
+    config = cfg.loads(text)
+    assert config.b2bua.ms_tls_name == "fe.example.com"
+    assert [z.tls_name for z in config.zones] == ["cucm.video.example.com", None]
+    assert config.zones[0].port == 5061
+    assert cfg.loads("", overrides=["b2bua.ms_tls_name=pool.example.com"]).b2bua.ms_tls_name \
+        == "pool.example.com"
+    assert error_of('[b2bua]\nms_tls_name = ""').startswith("b2bua.ms_tls_name: must not be empty")
+    assert error_of('[b2bua]\nms_tls_name = "fe example"').startswith(
+        "b2bua.ms_tls_name: invalid host name")
+    assert error_of('[[zones]]\nname = "Z"\npeers = ["127.0.3.1"]\ntls_name = 5').startswith(
+        "zones[0].tls_name: expected string, got integer")
+    assert error_of('[[zones]]\nname = "Z"\npeers = ["127.0.3.1"]\ntls_name = "a..b"').startswith(
+        "zones[0].tls_name: invalid host name")
+
+
+def test_tls_names_without_tls_are_an_alarm() -> None:
+    text = ('[b2bua]\nms_destination = "tcp:127.0.1.1:5060"\nms_tls_name = "fe.example.com"\n'
+            '[[zones]]\nname = "CUCM"\npeers = ["127.0.3.1"]\ntls_name = "cucm.example.com"\n')
+    warnings = cfg.loads(text).warnings
+    assert any(w.startswith("b2bua.ms_tls_name: set but") for w in warnings)
+    assert any(w.startswith("zones[0].tls_name: set but zone 'CUCM' is not TLS") for w in warnings)

@@ -5,8 +5,11 @@ Segments internal (FE, alice, the gateway), dmz (Edge with its A/V TURN, the DMZ
 video (CUCM, endpoint 3001) and external (david), each a namespace routed through a ``fw``
 namespace that drops external <-> internal/video (lab/netns.py). Every role is
 `gateway <role> --config ...` with the lab's own loopback configs carried over to the
-namespace addresses. Two calls: alice (internal, via the FE) -> 3001 and david (external,
-via the Access Edge, media through the DMZ relays) -> 3001, each with media both ways.
+namespace addresses; the namespace network is let in where the lab keeps media on loopback
+(``--set b2bua.allowed_networks`` / ``allowed_networks``), and TLS peers are checked by
+certificate name (``ms_tls_name``, the zone's ``tls_name``). Two calls: alice (internal, via
+the FE) -> 3001 and david (external, via the Access Edge, media through the DMZ relays) ->
+3001, each with media both ways; the CUCM trunk is TLS 5061 both ways, as in the lab.
 Skips with the reason where namespaces cannot be made (not root, no `ip`, no netns support).
 """
 
@@ -62,8 +65,12 @@ def lab_config(net: NetnsTopology, name: str, certs: Path, *edits: tuple[str, st
     return text
 
 
+# A lab address (not a network such as 127.0.0.0/8) that translate() did not move.
+LOOPBACK_ADDRESS = re.compile(r"(?<![\d.])127\.\d+\.\d+\.\d+(?![\d/])")
+
+
 def write_configs(net: NetnsTopology, directory: Path, certs: Path) -> dict[str, Path]:
-    gw, fe = net.address("gateway"), net.address("fe")
+    gw = net.address("gateway")
     texts = {
         "lync-fe": lab_config(
             net, "lync-fe.toml", certs,
@@ -73,46 +80,25 @@ def write_configs(net: NetnsTopology, directory: Path, certs: Path) -> dict[str,
                                 ('"127.0.0.0/8"', f'"{net.network}"')),
         "alice": lab_config(net, "lync-client-alice.toml", certs),
         "david": lab_config(net, "lync-client-david.toml", certs),
-        # TCP on the trunk: the gateway dials CUCM by address, and namespace addresses are
-        # not in the lab certificates.
-        "cucm": lab_config(net, "cucm.toml", certs,
-                           (f'destination = "tls:{gw}:5061"', f'destination = "tcp:{gw}:5060"')),
+        "cucm": lab_config(net, "cucm.toml", certs),
         "endpoint-3001": lab_config(net, "endpoint-3001.toml", certs),
         "gateway": net.translate((ROOT / "gateway" / "default.toml").read_text())
-        .replace('certs = "certs/lab"', f'certs = "{certs}"')
-        # By name, so the FE certificate is checked against fe.example.com (the
-        # namespace's /etc/hosts answers it): the gateway has no TLS-name setting.
-        .replace(f'ms_destination = "tls:{fe}:5061"', 'ms_destination = "tls:fe.example.com:5061"')
-        .replace('port = 5061\ntransport = "tls"', 'port = 5060\ntransport = "tcp"'),
+        .replace('certs = "certs/lab"', f'certs = "{certs}"'),
     }
-    assert "fe.example.com:5061" in texts["gateway"] and 'transport = "tcp"' in texts["gateway"]
+    # The gateway and CUCM dial each other by namespace address over TLS; the certificate
+    # names come from the configs (ms_tls_name, zones' tls_name, the trunk's server_hostname).
+    assert 'ms_tls_name = "fe.example.com"' in texts["gateway"]
+    assert 'tls_name = "cucm.video.example.com"' in texts["gateway"]
+    assert f'destination = "tls:{gw}:5061"' in texts["cucm"]
     paths = {}
     for name, text in texts.items():
         settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-        leftover = [line for line in settings if "127.0." in line and "9090" not in line]
+        leftover = [line for line in settings
+                    if LOOPBACK_ADDRESS.search(line) and "127.0.0.1:9090" not in line]
         assert not leftover, f"{name}: loopback addresses left: {leftover}"
         paths[name] = directory / f"{name}.toml"
         paths[name].write_text(text)
     return paths
-
-
-# The gateway's ICE legs (media.ice_leg) and the Lync client (lab.lync.client_media) send
-# media only to loopback and have no setting to allow another lab network yet. Until they
-# do, the gateway and the clients are started through this launcher, which widens exactly
-# that allow-list to the namespaces' network (argv[1]) and then runs `gateway <role>`
-# unchanged. Everything else (signalling, ICE, SRTP, relays) is the real code.
-WIDEN_MEDIA_GUARD = """
-import ipaddress, sys
-lab_net = ipaddress.ip_network(sys.argv.pop(1))
-import media.ice_leg as ice_leg
-import lab.lync.client_media as client_media
-_networks, _is_loopback = ice_leg._networks, client_media.is_loopback
-ice_leg._networks = lambda cidrs: (*_networks(cidrs), lab_net)
-client_media.is_loopback = lambda host: _is_loopback(host) or ice_leg.address_allowed(
-    host, (lab_net,))
-from gateway.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def tcp_reachable(net: NetnsTopology, source: str, address: str, port: int) -> bool:
@@ -140,15 +126,16 @@ def test_calls_cross_the_namespaces(net: NetnsTopology, tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     init_pki(certs)
     configs = write_configs(net, tmp_path, certs)
-    net.write_hosts_file("internal", {"fe.example.com": net.address("fe"),
-                                      "pool.example.com": net.address("fe")})
     exe = gateway_executable()
+    # Media (ICE checks, RTP) may go to the namespaces' network, not only to loopback.
+    media_to_lab = {"run": f'b2bua.allowed_networks=["{net.network}"]',
+                    "lync-client": f'allowed_networks=["{net.network}"]'}
 
     with contextlib.ExitStack() as stack:
         def start(host: str, *args: str) -> PeerProcess:
             command = [exe, *args]
-            if args[0] in ("run", "lync-client"):
-                command = [sys.executable, "-c", WIDEN_MEDIA_GUARD, net.network, *args]
+            if args[0] in media_to_lab:
+                command += ["--set", media_to_lab[args[0]]]
             peer = PeerProcess(net.argv(host, command), cwd=tmp_path, name=host)
             stack.callback(peer.stop)
             return peer
@@ -159,7 +146,7 @@ def test_calls_cross_the_namespaces(net: NetnsTopology, tmp_path: Path) -> None:
         cucm = start("cucm", "cucm", "--config", str(configs["cucm"]))
         turn.wait_for_line(r"TURN listening on udp", READY)
         wait_for_listeners(fe, ["tls"], READY)
-        wait_for_listeners(cucm, ["udp", "tcp"], READY)
+        wait_for_listeners(cucm, ["udp", "tcp", "tls"], READY)
         edge = start("edge", "lync-edge", "--config", str(configs["lync-edge"]))
         gateway = start("gateway", "run", "--config", str(configs["gateway"]))
         endpoint = start("endpoint-3001", "endpoint", "--config", str(configs["endpoint-3001"]))
@@ -171,7 +158,7 @@ def test_calls_cross_the_namespaces(net: NetnsTopology, tmp_path: Path) -> None:
         assert tcp_reachable(net, "david", net.address("edge"), 5061)
         assert not tcp_reachable(net, "david", net.address("fe"), 5061)
         assert not tcp_reachable(net, "david", net.address("gateway"), 65072)
-        assert tcp_reachable(net, "gateway", net.address("cucm"), 5060)
+        assert tcp_reachable(net, "gateway", net.address("cucm"), 5061)
 
         alice = start("alice", "lync-client", "--config", str(configs["alice"]),
                       "--call", "3001@video.example.com", "--duration", "1")
