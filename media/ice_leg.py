@@ -13,6 +13,19 @@ pinned by the tests in tests/media/test_ice_leg.py.
 Every STUN message and packet this leg sends goes through ``_Protocol``, which refuses any
 destination outside ``allowed_networks`` (the lab keeps all traffic on loopback) and records
 the destinations it used. Remote candidates outside those networks are never added.
+
+The ICE role must be right before the first check can arrive, not only when ``connect``
+runs: the agent answers checks as soon as its sockets are bound, and aioice repairs a
+"conflict" (RFC 8445 §7.3.1.1) by switching roles on both sides from random tie-breakers.
+When the gateway offers, the answerer starts its checks as soon as it sends its answer, so
+they reach us before we have applied that answer. Had the agent been waiting as controlled,
+half the time it answered 487 and the peer turned controlling, nominated with its (now
+successful) retry and completed; our ``connect`` then made us controlling again, a second
+conflict made us controlled, and the peer's USE-CANDIDATE, held as an early check, had been
+read while we were controlling and was ignored: the peer sent to us on its pair while we
+waited for a nomination that never came, and sent nothing. Hence the default role: a leg
+whose offer/answer is not applied yet can only be reached if we offered (an answer is
+applied, with ``set_role``, before it leaves), and the offerer controls (RFC 8445 §6.1.1).
 """
 
 from __future__ import annotations
@@ -118,6 +131,10 @@ class _Agent(Connection):
             sink(data, component)
 
 
+def _role(controlling: bool) -> str:
+    return "controlling" if controlling else "controlled"
+
+
 def to_sdp_candidate(c: IceCandidate) -> Candidate:
     return Candidate(c.foundation, c.component, CandidateTransport.UDP, c.priority, c.host,
                      c.port, CandidateType(c.type), c.related_address, c.related_port)
@@ -131,16 +148,19 @@ def _to_ice_candidate(c: Candidate) -> IceCandidate:
 
 class IceLeg:
     """ICE toward Microsoft for one stream: host candidates on ``host``:``port``/``port+1``,
-    relay candidates from TURN connections bound on ``turn_ports`` (one pair per server)."""
+    relay candidates from TURN connections bound on ``turn_ports`` (one pair per server).
+
+    ``controlling`` is the role until ``set_role``: controlling, as a leg can only get checks
+    before its offer/answer is applied when we made the offer (see the module docstring)."""
 
     def __init__(self, host: str, port: int, settings: IceSettings, *, ufrag: str, pwd: str,
-                 turn_ports: Sequence[int] = ()) -> None:
+                 turn_ports: Sequence[int] = (), controlling: bool = True) -> None:
         self.host = host
         self.ports = (port, port + 1)
         self.settings = settings
         self.turn_ports = tuple(turn_ports)
         self.networks = _networks(settings.allowed_networks)
-        self.agent = _Agent(self, ice_controlling=False, components=2,
+        self.agent = _Agent(self, ice_controlling=controlling, components=2,
                             local_username=ufrag, local_password=pwd)
         self.on_media: Callable[[bytes, int], None] | None = None
         """Called with (packet, component) for every RTP/RTCP packet received."""
@@ -151,6 +171,23 @@ class IceLeg:
         self.connected = False
         self.selected_type: str | None = None
         self._routes: dict[int, tuple[Any, Address]] = {}
+
+    @property
+    def controlling(self) -> bool:
+        """The agent's role now (a role conflict repaired during the checks may change it)."""
+        return bool(self.agent.ice_controlling)
+
+    def set_role(self, controlling: bool) -> None:
+        """Take the role from the offer/answer (the offerer controls, RFC 8445 §6.1.1).
+        Call it before our answer leaves, so no check is ever answered in the wrong role."""
+        if self.agent._check_list or self.agent._early_checks:
+            # Checks already ran or were answered: the role they used (or a repaired
+            # conflict) stands, changing it now would start a conflict of our own.
+            if controlling != self.controlling:
+                logger.warning("ICE leg %s:%d: checks already answered as %s; keeping that "
+                               "role", self.host, self.ports[0], _role(self.controlling))
+            return
+        self.agent.ice_controlling = controlling
 
     @property
     def ufrag(self) -> str:
@@ -257,11 +294,13 @@ class IceLeg:
     # -- checks ------------------------------------------------------------------------------
 
     async def connect(self, ufrag: str, pwd: str, candidates: Iterable[Candidate], *,
-                      controlling: bool) -> None:
+                      controlling: bool | None = None) -> None:
         """Run the connectivity checks; raises ``ConnectionError`` (or ``TimeoutError``) when
-        they fail. Only UDP candidates inside ``allowed_networks`` are used."""
+        they fail. Only UDP candidates inside ``allowed_networks`` are used. ``controlling``
+        (when given) is passed to ``set_role``; None keeps the role already set."""
         agent = self.agent
-        agent.ice_controlling = controlling
+        if controlling is not None:
+            self.set_role(controlling)
         agent.remote_username = ufrag
         agent.remote_password = pwd
         for c in candidates:

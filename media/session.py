@@ -214,8 +214,9 @@ class MediaSession:
         """Take a completed offer/answer (the initial one or a re-INVITE's): the SDP we sent
         and the SDP we got on each side. Sets directions (hold/resume), SRTP keys, SSRC
         mapping and the video side's address; starts ICE for streams that have not run it
-        (``ice_controlling``: we sent the offer to Microsoft). Returns without waiting for
-        ICE: watch ``events``."""
+        (``ice_controlling``: we sent the offer to Microsoft). Call it before our answer to
+        Microsoft is sent (the role is set here). Returns without waiting for ICE: watch
+        ``events``."""
         if self._closed:
             raise LocalProtocolError("media session is closed")
         sides = (microsoft_local, microsoft_remote, video_local, video_remote)
@@ -228,9 +229,12 @@ class MediaSession:
             stream.video.set_remote(*_video_addresses(video_remote, v_r))
             if stream.connect_task is None and ms_l.port and ms_r.port:
                 ms = read_stream(microsoft_remote, index)
+                # Now, not in the task: when we answer, Microsoft's checks may arrive as
+                # soon as the answer leaves, before the task first runs.
+                stream.ice.set_role(ice_controlling)
                 stream.connect_task = asyncio.create_task(
                     self._connect(stream, ms.ice_version, ms.ice_ufrag, ms.ice_pwd,
-                                  ms.candidates, ice_controlling))
+                                  ms.candidates))
             elif stream.connect_task is not None and ms_r.port:
                 ms = read_stream(microsoft_remote, index)
                 if ms.ice_ufrag is not None and ms.ice_ufrag != stream.ice.agent.remote_username:
@@ -238,11 +242,11 @@ class MediaSession:
                                      "the selected pair", self.call_id, stream.kind)
 
     async def _connect(self, stream: MediaStream, version: IceVersion, ufrag: str | None,
-                       pwd: str | None, candidates: Sequence[object], controlling: bool) -> None:
+                       pwd: str | None, candidates: Sequence[object]) -> None:
         try:
             if version is not IceVersion.RFC5245 or ufrag is None or pwd is None:
                 raise ConnectionError(f"Microsoft stream has no RFC 5245 ICE ({version.value})")
-            await stream.ice.connect(ufrag, pwd, candidates, controlling=controlling)  # type: ignore[arg-type]
+            await stream.ice.connect(ufrag, pwd, candidates)  # type: ignore[arg-type]
         except asyncio.CancelledError:
             raise
         except (ConnectionError, TimeoutError, OSError, ValueError) as exc:
