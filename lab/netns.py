@@ -24,7 +24,6 @@ import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NETNS_ETC = Path("/etc/netns")
 """``ip netns exec NS`` bind-mounts ``/etc/netns/NS/*`` over ``/etc`` (hosts file)."""
 COMMAND_TIMEOUT = 10.0
 
@@ -125,7 +123,6 @@ class NetnsTopology:
         self.hosts: Mapping[str, NetnsHost] = MappingProxyType({h.name: h for h in hosts})
         self.blocked = tuple(blocked)
         self._made: list[str] = []
-        self._etc: list[Path] = []
 
     @classmethod
     def unique(cls, **kwargs: object) -> NetnsTopology:
@@ -213,21 +210,8 @@ class NetnsTopology:
                 self._ip(fw, "rule", "add", "from", str(self.subnet(src)), "to",
                          str(self.subnet(dst)), "prohibit")
 
-    def write_hosts_file(self, segment: str, names: Mapping[str, str]) -> Path:
-        """``/etc/hosts`` as seen by processes of ``segment``'s namespace (name -> address)."""
-        directory = NETNS_ETC / self.namespace(segment)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._etc.append(directory)
-        lines = ["127.0.0.1 localhost"] + [f"{addr} {name}" for name, addr in names.items()]
-        path = directory / "hosts"
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
     def destroy(self) -> None:
-        """Remove every namespace made (their veths go with them) and /etc/netns entries."""
-        for directory in reversed(self._etc):
-            shutil.rmtree(directory, ignore_errors=True)
-        self._etc.clear()
+        """Remove every namespace made (their veths go with them)."""
         for ns in reversed(self._made):
             result = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
                                     timeout=COMMAND_TIMEOUT, check=False)

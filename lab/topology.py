@@ -372,7 +372,7 @@ class Lab:
         async with self._role("gateway"):
             config = self.gateway_config()
             options = RuntimeOptions(
-                pki=pki, ice_timeout=self.ice_timeout, ms_server_name="fe.example.com",
+                pki=pki, ice_timeout=self.ice_timeout,
                 management=self.management, management_port=0 if self.any_port else None,
                 monitor_interval=5.0)
             gateway = Gateway(config, options)
