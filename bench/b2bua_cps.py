@@ -11,14 +11,19 @@ Unified CM (bench_cucm_uas.xml):
 - ``stunnel alone``: SIPp -> stunnel client -> stunnel server -> SIPp UAS, no B2BUA: the
   ceiling the TLS harness itself imposes (Debian's SIPp has no TLS, so stunnel is in every
   TLS figure; if the gateway's figure sits at this ceiling, stunnel is the bottleneck).
-- ``gateway/tcp``: the same with the Microsoft listener on plain TCP (``--set``), no stunnel.
+- ``gateway/tcp``: the same with the Microsoft listener on plain TCP (b2bua.listen = tcp:...),
+  no stunnel.
 - ``sippy/udp``: ``python -m sippy.b2bua_simple`` (PyPI sippy, the ``bench`` extra) between
   SIPp over UDP; sippy has no TCP or TLS transport.
 
 The rate ramps (``--rates``) in steps of ``--step`` seconds (rate x step calls, SIPp -r/-m);
-the first step with a failed call ends the ramp, then one midpoint between the last good and
-the first bad rate is tried. The result is the highest rate whose calls ALL succeeded; the
-UAS side's own failures (its checks: one plain SDP, no multipart) are reported too. Total
+a step passes when every call succeeded AND the step did not overrun (SIPp throttles itself
+at -l calls in flight, so a slow system would otherwise "pass" at a rate it never held). A
+call whose BYE gets a 200 of another transaction (a late 2xx retransmission of the INVITE,
+i.e. the ACK was processed too late) counts as failed. The first failing step ends the ramp,
+then one midpoint between the last good and the first bad rate is tried. The result is the
+highest passing rate; the UAS side's own failures (its checks: one plain SDP, no multipart)
+are reported too (SIPp counts a UAS regexp failure only when that call ends). Total
 time is bounded by ``--budget`` seconds. CPU seconds of the B2BUA process (and of the
 stunnels) over the best step are printed to show where the time goes. Loopback only.
 """
@@ -77,11 +82,24 @@ class Step:
     seconds: float
     cpu: dict[str, float]
     """CPU seconds used during the step, by process label."""
+    target_seconds: float = 0.0
+    """How long the step takes when the system keeps up with the rate."""
     failures: dict[str, int] = field(default_factory=dict)
 
     @property
+    def achieved(self) -> float:
+        """Calls per second actually completed (SIPp falls behind a slow system: with
+        -l reached it stops opening calls, so a step that passes late did not hold the rate)."""
+        return self.successful / self.seconds if self.seconds else 0.0
+
+    @property
+    def kept_up(self) -> bool:
+        # SIPp start-up and the last call's own length: half a second and 15 % of slack.
+        return self.seconds <= self.target_seconds * 1.15 + 0.5
+
+    @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.successful == self.calls
+        return self.failed == 0 and self.successful == self.calls and self.kept_up
 
 
 @dataclass(slots=True)
@@ -130,6 +148,7 @@ def _uas(transport: SippTransport, host: str, port: int | None) -> Scenario:
         local_host=host,
         local_port=port,
         global_timeout=3600,
+        keys={"uri_transport": "udp" if transport is SippTransport.UDP else "tcp"},
         # -fd 1: statistics every second, so each step's UAS failures can be read.
         extra=(("-reconnect_close", "false") if transport is SippTransport.TCP else ())
         + ("-max_socket", "5000", "-fd", "1"),
@@ -265,6 +284,7 @@ def run_step(sut: SystemUnderTest, workdir: Path, rate: float, seconds: float) -
         uas_failed=_uas_failed(sut.uas) - uas_before,
         seconds=elapsed,
         cpu=cpu,
+        target_seconds=calls / rate,
         failures=stats.failures() if stats else {"no statistics": 1},
     )
 
@@ -318,10 +338,16 @@ def ramp(
 
 def _report(name: str, step: Step) -> None:
     cpu = ", ".join(f"{k} {v:.1f}s" for k, v in step.cpu.items())
-    verdict = "ok" if step.ok else f"FAILED {step.failures}"
+    if step.ok:
+        verdict = "ok"
+    elif step.failed or step.successful != step.calls:
+        verdict = f"FAILED {step.failures}"
+    else:
+        verdict = f"FELL BEHIND (took {step.seconds:.1f}s for {step.target_seconds:.0f}s of calls)"
     sys.stdout.write(
         f"  {name:<14} {step.rate:>6g}/s: {step.successful}/{step.calls} calls in"
-        f" {step.seconds:.1f}s, uas failed {step.uas_failed}; cpu {cpu}; {verdict}\n"
+        f" {step.seconds:.1f}s ({step.achieved:.0f}/s), uas failed {step.uas_failed};"
+        f" cpu {cpu}; {verdict}\n"
     )
     sys.stdout.flush()
 

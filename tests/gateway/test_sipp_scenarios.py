@@ -111,7 +111,13 @@ def test_bench_scenarios_against_each_other(tmp_path: Path) -> None:
     # The calls/s pair (bench/b2bua_cps.py): the UAC completes INVITE/ACK/BYE, and the UAS
     # keeps cucm_uas.xml's teeth (a raw multipart INVITE fails its call).
     with serve_scenario(
-        Scenario("bench_cucm_uas.xml", calls=CALLS, extra=("-reconnect_close", "false")), tmp_path
+        Scenario(
+            "bench_cucm_uas.xml",
+            calls=CALLS,
+            keys={"uri_transport": "tcp"},
+            extra=("-reconnect_close", "false"),
+        ),
+        tmp_path,
     ) as served:
         assert served.port is not None
         caller = run_scenario(
