@@ -16,14 +16,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from sip.errors import LocalProtocolError
+from sip.events import TransactionTerminated, TransactionTimeout
+from sip.timers import Timer, TimerSettings
 
 if TYPE_CHECKING:
     from sip.message import Request, Response
     from sip.transaction_client import ClientTransaction
-    from sip.transaction_layer import TransactionLayer
+    from sip.transaction_layer import Outbox, TransactionLayer
     from sip.transaction_server import ServerTransaction
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "ClientTransaction",
     "ServerTransaction",
     "TransactionKey",
+    "Transaction",
     "TransactionLayer",
     "is_reliable",
     "transition",
@@ -115,6 +118,99 @@ class TransactionKey:
             raise LocalProtocolError("a request must have a top Via with a branch to be sent", 500)
         method = request.method
         return cls(via.branch.lower(), "", method)
+
+
+class Transaction(Generic[S, E]):
+    """What client and server transactions share: table-driven state, timers, termination.
+
+    Created and driven only by ``TransactionLayer``. A subclass names its tables and the
+    table inputs of its timers, of a transport error, and its Terminated state.
+    """
+
+    __slots__ = (
+        "_interval",
+        "_outbox",
+        "_settings",
+        "key",
+        "last_response",
+        "reliable",
+        "request",
+        "state",
+        "timers",
+    )
+
+    INVITE_TABLE: Mapping[S, Mapping[E, S]]
+    """The INVITE state table (a class attribute of each subclass)."""
+    NON_INVITE_TABLE: Mapping[S, Mapping[E, S]]
+    """The non-INVITE state table (a class attribute of each subclass)."""
+    TIMER_INPUTS: Mapping[Timer, E]
+    """The table input each timer is."""
+    TRANSPORT_ERROR: E
+    """The table input a transport error is."""
+    TERMINATED: S
+    """The Terminated state."""
+
+    def __init__(
+        self,
+        request: Request,
+        key: TransactionKey,
+        reliable: bool,
+        settings: TimerSettings,
+        outbox: Outbox,
+        invite_state: S,
+        non_invite_state: S,
+    ) -> None:
+        self.request = request
+        """The request the transaction is about."""
+        self.reliable = reliable
+        """True on stream transports: no retransmissions, zero wait timers."""
+        self.key = key
+        """Matching key (§17.1.3 / §17.2.3)."""
+        self.state = invite_state if self.is_invite else non_invite_state
+        """Current state."""
+        self.last_response: Response | None = None
+        """The latest response that passed through (received, or sent by the TU)."""
+        self.timers: dict[Timer, float] = {}
+        """Armed timers: absolute deadlines."""
+        self._settings = settings
+        self._outbox = outbox
+        self._interval = settings.t1
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"<{name} {self.request.method} {self.key.branch} {self.state.name}>"
+
+    @property
+    def is_invite(self) -> bool:
+        """Whether this is an INVITE transaction."""
+        return self.request.method == "INVITE"
+
+    @property
+    def table(self) -> Mapping[S, Mapping[E, S]]:
+        """The state table this transaction follows."""
+        return self.INVITE_TABLE if self.is_invite else self.NON_INVITE_TABLE
+
+    def transport_error(self) -> None:
+        """The transport could not deliver (§17.1.4 / §17.2.4): the transaction fails."""
+        self.state = transition(self.table, self.state, self.TRANSPORT_ERROR)
+        self._outbox.event(TransactionTimeout(self._subject(), transport_error=True))
+        self._terminated()
+
+    def _arm_or_terminate(self, timer: Timer, duration: float, now: float) -> None:
+        if duration > 0:
+            self.timers[timer] = now + duration
+        else:
+            self.state = transition(self.table, self.state, self.TIMER_INPUTS[timer])
+            self._terminated()
+
+    def _terminated(self) -> None:
+        self.timers.clear()
+        self.state = self.TERMINATED
+        self._outbox.event(TransactionTerminated(self._subject()))
+
+    def _subject(self) -> ClientTransaction | ServerTransaction:
+        # Events name the two concrete kinds for the TU; they are the only subclasses.
+        return cast("ClientTransaction | ServerTransaction", self)
 
 
 def __getattr__(name: str) -> Any:

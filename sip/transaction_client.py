@@ -7,10 +7,10 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sip.events import ResponseReceived, TransactionTerminated, TransactionTimeout
+from sip.events import ResponseReceived, TransactionTimeout
 from sip.message import Headers, Request, Response
 from sip.timers import Timer, TimerSettings
-from sip.transaction import TransactionKey, transition
+from sip.transaction import Transaction, TransactionKey, transition
 
 if TYPE_CHECKING:
     from sip.transaction_layer import Outbox
@@ -163,28 +163,21 @@ def _raw(message: Request | Response, name: str) -> str:
     return value
 
 
-class ClientTransaction:
+class ClientTransaction(Transaction[ClientState, ClientInput]):
     """One client transaction; created and driven only by ``TransactionLayer``.
 
-    The TU reads ``request``, ``state``, ``destination`` and ``last_response``; identity is the
-    object itself (hashable by id).
+    The TU reads ``request`` (what this transaction sends and retransmits), ``state``,
+    ``destination`` and ``last_response`` (the most recent response passed to the TU);
+    identity is the object itself (hashable by id).
     """
 
-    __slots__ = (
-        "_interval",
-        "_seen_2xx",
-        "acks",
-        "_outbox",
-        "_settings",
-        "ack",
-        "destination",
-        "key",
-        "last_response",
-        "reliable",
-        "request",
-        "state",
-        "timers",
-    )
+    __slots__ = ("_seen_2xx", "ack", "acks", "destination")
+
+    INVITE_TABLE = INVITE_CLIENT_TABLE
+    NON_INVITE_TABLE = NON_INVITE_CLIENT_TABLE
+    TIMER_INPUTS = _TIMER_INPUTS
+    TRANSPORT_ERROR = _I.TRANSPORT_ERROR
+    TERMINATED = _C.TERMINATED
 
     def __init__(
         self,
@@ -194,41 +187,22 @@ class ClientTransaction:
         settings: TimerSettings,
         outbox: Outbox,
     ) -> None:
-        self.request = request
-        """The request this transaction sends (and retransmits)."""
+        super().__init__(
+            request,
+            TransactionKey.for_client_request(request),
+            reliable,
+            settings,
+            outbox,
+            invite_state=_C.CALLING,
+            non_invite_state=_C.TRYING,
+        )
         self.destination = destination
         """Where the request goes (opaque to the layer)."""
-        self.reliable = reliable
-        """True on stream transports: no retransmissions, zero wait timers."""
-        self.key = TransactionKey.for_client_request(request)
-        """Matching key: top Via branch + method."""
-        self.state = ClientState.CALLING if self.is_invite else ClientState.TRYING
-        """Current state."""
-        self.last_response: Response | None = None
-        """The most recent response passed to the TU."""
         self.ack: Request | None = None
         """The ACK this transaction generated for a 300-699 response, if any."""
-        self.timers: dict[Timer, float] = {}
-        """Armed timers: absolute deadlines."""
         self.acks: dict[str, tuple[Request, Any]] = {}
         """ACKs the TU sent for 2xx responses, by To tag, with their destination."""
         self._seen_2xx: set[str] = set()
-        self._settings = settings
-        self._outbox = outbox
-        self._interval = settings.t1
-
-    def __repr__(self) -> str:
-        return f"<ClientTransaction {self.request.method} {self.key.branch} {self.state.name}>"
-
-    @property
-    def is_invite(self) -> bool:
-        """Whether this is an INVITE client transaction."""
-        return self.request.method == "INVITE"
-
-    @property
-    def table(self) -> Mapping[ClientState, Mapping[ClientInput, ClientState]]:
-        """The state table this transaction follows."""
-        return INVITE_CLIENT_TABLE if self.is_invite else NON_INVITE_CLIENT_TABLE
 
     def start(self, now: float) -> None:
         """Send the request and arm the first timers (§17.1.1.2 / §17.1.2.2)."""
@@ -329,24 +303,6 @@ class ClientTransaction:
         else:  # D, K, M
             self._terminated()
 
-    def transport_error(self) -> None:
-        """The transport could not deliver the request (§17.1.4): the transaction fails."""
-        self.state = transition(self.table, self.state, _I.TRANSPORT_ERROR)
-        self._outbox.event(TransactionTimeout(self, transport_error=True))
-        self._terminated()
-
     def _to_tu(self, response: Response) -> None:
         self.last_response = response
         self._outbox.event(ResponseReceived(self, response))
-
-    def _arm_or_terminate(self, timer: Timer, duration: float, now: float) -> None:
-        if duration > 0:
-            self.timers[timer] = now + duration
-        else:
-            self.state = transition(self.table, self.state, _TIMER_INPUTS[timer])
-            self._terminated()
-
-    def _terminated(self) -> None:
-        self.timers.clear()
-        self.state = _C.TERMINATED
-        self._outbox.event(TransactionTerminated(self))

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sip.errors import LocalProtocolError
-from sip.events import AckTimeout, TransactionTerminated, TransactionTimeout
+from sip.events import AckTimeout, TransactionTimeout
 from sip.message import Request, Response, make_response
 from sip.timers import Timer, TimerSettings
-from sip.transaction import TransactionKey, transition
+from sip.transaction import Transaction, TransactionKey, transition
 
 if TYPE_CHECKING:
     from sip.transaction_layer import Outbox
@@ -143,26 +143,20 @@ def classify_sent(status: int) -> ServerInput:
     return _I.SEND_FAILURE
 
 
-class ServerTransaction:
+class ServerTransaction(Transaction[ServerState, ServerInput]):
     """One server transaction; created and driven only by ``TransactionLayer``.
 
-    The TU answers through ``TransactionLayer.send_response(tx, response, now)``.
+    ``request`` is the request that created it, ``last_response`` the most recent response
+    the TU sent. The TU answers through ``TransactionLayer.send_response(tx, response, now)``.
     """
 
-    __slots__ = (
-        "_interval",
-        "_outbox",
-        "_settings",
-        "ack_received",
-        "key",
-        "last_response",
-        "reliable",
-        "request",
-        "response_destination",
-        "source",
-        "state",
-        "timers",
-    )
+    __slots__ = ("ack_received", "response_destination", "source")
+
+    INVITE_TABLE = INVITE_SERVER_TABLE
+    NON_INVITE_TABLE = NON_INVITE_SERVER_TABLE
+    TIMER_INPUTS = _TIMER_INPUTS
+    TRANSPORT_ERROR = _I.TRANSPORT_ERROR
+    TERMINATED = _S.TERMINATED
 
     def __init__(
         self,
@@ -173,40 +167,21 @@ class ServerTransaction:
         settings: TimerSettings,
         outbox: Outbox,
     ) -> None:
-        self.request = request
-        """The request that created the transaction."""
+        super().__init__(
+            request,
+            TransactionKey.for_server(request),
+            reliable,
+            settings,
+            outbox,
+            invite_state=_S.PROCEEDING,
+            non_invite_state=_S.TRYING,
+        )
         self.source = source
         """Where the request came from."""
         self.response_destination = response_destination
         """Where responses go (§18.2.2: the connection, or the Via's received/rport)."""
-        self.reliable = reliable
-        """True on stream transports: no retransmissions, zero wait timers."""
-        self.key = TransactionKey.for_server(request)
-        """Matching key: branch + sent-by + method."""
-        self.state = ServerState.PROCEEDING if self.is_invite else ServerState.TRYING
-        """Current state."""
-        self.last_response: Response | None = None
-        """The most recent response the TU sent."""
         self.ack_received = False
         """Accepted state: whether the ACK for the 2xx arrived."""
-        self.timers: dict[Timer, float] = {}
-        """Armed timers: absolute deadlines."""
-        self._settings = settings
-        self._outbox = outbox
-        self._interval = settings.t1
-
-    def __repr__(self) -> str:
-        return f"<ServerTransaction {self.request.method} {self.key.branch} {self.state.name}>"
-
-    @property
-    def is_invite(self) -> bool:
-        """Whether this is an INVITE server transaction."""
-        return self.request.method == "INVITE"
-
-    @property
-    def table(self) -> Mapping[ServerState, Mapping[ServerInput, ServerState]]:
-        """The state table this transaction follows."""
-        return INVITE_SERVER_TABLE if self.is_invite else NON_INVITE_SERVER_TABLE
 
     def start(self, now: float) -> None:
         """Arm the 100 Trying timer of an INVITE (§17.2.1)."""
@@ -290,23 +265,5 @@ class ServerTransaction:
         else:  # I, J
             self._terminated()
 
-    def transport_error(self) -> None:
-        """The transport could not deliver a response (§17.2.4)."""
-        self.state = transition(self.table, self.state, _I.TRANSPORT_ERROR)
-        self._outbox.event(TransactionTimeout(self, transport_error=True))
-        self._terminated()
-
     def _send(self, response: Response) -> None:
         self._outbox.send(response, self.response_destination)
-
-    def _arm_or_terminate(self, timer: Timer, duration: float, now: float) -> None:
-        if duration > 0:
-            self.timers[timer] = now + duration
-        else:
-            self.state = transition(self.table, self.state, _TIMER_INPUTS[timer])
-            self._terminated()
-
-    def _terminated(self) -> None:
-        self.timers.clear()
-        self.state = _S.TERMINATED
-        self._outbox.event(TransactionTerminated(self))
