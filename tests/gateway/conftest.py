@@ -409,7 +409,7 @@ def run_gateway(
     microsoft_transport: str = "tls",
 ) -> Iterator[RunningGateway]:
     """Write a config for free ports and run `gateway run --config` until every listener
-    is logged; stopped (SIGTERM) on exit. Skips when the runtime is not built yet.
+    is logged; stopped (SIGTERM) on exit.
 
     ``microsoft_transport`` "tcp" puts the Microsoft listener on plain TCP (the product
     allows it, "not recommended"): the benchmark uses it to measure without stunnel.
@@ -438,12 +438,7 @@ def run_gateway(
                 found.add((match[1].lower(), match[2] or match[3], int(match[4])))
         return True if expected <= found else None
 
-    try:
-        peer.wait_for_output(ready, GATEWAY_READY, "its four listeners")
-    except PeerError as error:
-        if "runtime is not built yet" in str(error):
-            pytest.skip("gateway run: the B2BUA runtime is not built yet")
-        raise
+    peer.wait_for_output(ready, GATEWAY_READY, "its four listeners")
     try:
         yield RunningGateway(peer, ports, config)
     finally:
