@@ -29,6 +29,7 @@ from lab.cisco.config import CucmConfig
 from lab.cisco.registrar import Registrar
 from sip.errors import ProtocolError
 from sip.message import Request, Response, make_response, new_branch
+from sip.proxy import relay_response
 from sip.stack import ClientRequest, Hop, SipStack, SipTimeoutError, StackHandlers
 from sip.timers import TimerSettings
 from sip.transaction_server import ServerState, ServerTransaction
@@ -270,17 +271,8 @@ class Cucm:
 
     def _relay(self, transaction: ServerTransaction, response: Response) -> None:
         """A response from downstream, without our Via, on the server transaction (§16.7)."""
-        if response.status == 100 or transaction.state not in (
-            ServerState.TRYING,
-            ServerState.PROCEEDING,
-        ):
-            return
-        back = response.copy()
-        back.headers.pop_first("Via")
-        if not back.headers.getlist("Via"):
-            return
         try:
-            self.stack.send_response(transaction, back)
+            relay_response(self.stack, transaction, response)
         except ProtocolError as error:
             logger.warning("cannot relay %d: %s", response.status, error.message)
 

@@ -23,6 +23,7 @@ from lab.hosts import HOSTS
 from sip.errors import ProtocolError
 from sip.headers import Via
 from sip.message import Request, Response, make_response, new_branch
+from sip.proxy import relay_response
 from sip.stack import ClientRequest, Hop, SipStack, SipTimeoutError, StackHandlers
 from sip.transaction_server import ServerState, ServerTransaction
 from sip.transport import ConnectionInfo, Transport, TransportAddress
@@ -201,16 +202,8 @@ class LyncProxy:
 
     def _relay(self, transaction: ServerTransaction, response: Response) -> None:
         """Send a downstream response upstream without our Via (§16.7)."""
-        if response.status == 100:
-            return
-        if transaction.state not in (ServerState.TRYING, ServerState.PROCEEDING):
-            return
-        back = response.copy()
-        back.headers.pop_first("Via")
-        if not back.headers.getlist("Via"):
-            return
         try:
-            self.stack.send_response(transaction, back)
+            relay_response(self.stack, transaction, response)
         except ProtocolError as error:
             logger.warning("%s: cannot relay %d: %s", self.element, response.status,
                            error.message)
