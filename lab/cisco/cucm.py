@@ -22,11 +22,11 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
-from certs.pki import LabPKI, init_pki
+from certs.pki import LabPKI
 from lab.cisco.config import CucmConfig
 from lab.cisco.registrar import Registrar
+from lab.listeners import listen_all, load_pki
 from sip.errors import ProtocolError
 from sip.message import Request, Response, make_response, new_branch
 from sip.proxy import relay_response
@@ -101,12 +101,7 @@ class Cucm:
     @classmethod
     async def start(cls, config: CucmConfig) -> Cucm:
         """Make (or load) the PKI and bind every listener."""
-        pki: LabPKI | None = None
-        tls_client = None
-        if config.certs:
-            made, _ = await asyncio.to_thread(init_pki, Path(config.certs))
-            tls_client = made.client_context(config.cert_name)
-            pki = made
+        pki, tls_client = await load_pki(config.certs, config.cert_name)
         stack = SipStack(
             timers=TimerSettings(
                 t1=config.t1, t2=max(4.0, config.t1), timer_c=config.trunk.invite_expires
@@ -120,14 +115,13 @@ class Cucm:
         )
         node = cls(config, stack, pki)
         try:
-            for spec in config.listeners:
-                context = None
-                if spec.transport is Transport.TLS:
-                    assert pki is not None  # CucmConfig requires certs for TLS
-                    context = pki.server_context(
-                        config.cert_name, require_client_cert=config.require_client_cert
-                    )
-                await stack.listen(spec.transport, spec.host, spec.port, ssl=context)
+            await listen_all(
+                stack,
+                config.listeners,
+                pki,
+                config.cert_name,
+                require_client_cert=config.require_client_cert,
+            )
         except BaseException:
             await stack.close()
             raise

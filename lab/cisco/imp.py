@@ -15,10 +15,10 @@ import logging
 import secrets
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from certs.pki import LabPKI, init_pki
+from certs.pki import LabPKI
 from lab.cisco.config import ImpConfig
+from lab.listeners import listen_all, load_pki
 from sip.dialog import Dialog
 from sip.message import Request, Response, new_tag
 from sip.stack import Hop, SipStack, SipTimeoutError
@@ -73,12 +73,7 @@ class Imp(UserAgent):
     @classmethod
     async def start(cls, config: ImpConfig) -> Imp:
         """Make (or load) the PKI and bind every listener."""
-        pki: LabPKI | None = None
-        tls_client = None
-        if config.certs:
-            made, _ = await asyncio.to_thread(init_pki, Path(config.certs))
-            tls_client = made.client_context(config.cert_name)
-            pki = made
+        pki, tls_client = await load_pki(config.certs, config.cert_name)
         stack = SipStack(
             timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1)),
             transport_settings=TransportSettings(
@@ -88,14 +83,13 @@ class Imp(UserAgent):
         )
         node = cls(config, stack, pki)
         try:
-            for spec in config.listeners:
-                context = None
-                if spec.transport is Transport.TLS:
-                    assert pki is not None  # ImpConfig requires certs for TLS
-                    context = pki.server_context(
-                        config.cert_name, require_client_cert=config.require_client_cert
-                    )
-                await stack.listen(spec.transport, spec.host, spec.port, ssl=context)
+            await listen_all(
+                stack,
+                config.listeners,
+                pki,
+                config.cert_name,
+                require_client_cert=config.require_client_cert,
+            )
         except BaseException:
             await stack.close()
             raise

@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from certs.pki import LabPKI, init_pki
+from certs.pki import LabPKI
 from lab.endpoint import sdp as endpoint_sdp
 from lab.endpoint.config import EndpointConfig
 from lab.endpoint.media import MediaPort
 from lab.endpoint.registration import Registration
 from lab.endpoint.session import apply_media
+from lab.listeners import listen_all, load_pki
 from media.ms_dialect import Crypto
 from media.sdp import SessionDescription, parse_sdp
 from sip.dialog import Dialog, DialogId, DialogState
@@ -167,12 +168,9 @@ class Endpoint(UserAgent):
     async def start(cls, config: EndpointConfig) -> Endpoint:
         """Make (or load) the PKI, bind every listener, register when a registrar is set
         (raises :class:`CallFailed` when it refuses), return the running endpoint."""
-        pki: LabPKI | None = None
-        tls_client = None
-        if config.certs is not None:
-            made, _ = await asyncio.to_thread(init_pki, config.certs)
-            tls_client = made.client_context(config.cert_name if config.client_cert else None)
-            pki = made
+        pki, tls_client = await load_pki(
+            config.certs, config.cert_name if config.client_cert else None
+        )
         first_host = config.listen[0].host
         stack = SipStack(
             timers=config.timers,
@@ -185,14 +183,13 @@ class Endpoint(UserAgent):
         )
         endpoint = cls(config, stack, pki)
         try:
-            for spec in config.listen:
-                context = None
-                if spec.transport is Transport.TLS:
-                    assert pki is not None  # checked by EndpointConfig
-                    context = pki.server_context(
-                        config.cert_name, require_client_cert=config.require_client_cert
-                    )
-                await stack.listen(spec.transport, spec.host, spec.port, ssl=context)
+            await listen_all(
+                stack,
+                config.listen,
+                pki,
+                config.cert_name,
+                require_client_cert=config.require_client_cert,
+            )
             endpoint.media_host = config.media_host or first_host
             if config.registrar is not None:
                 registrar = config.registrar
