@@ -24,5 +24,13 @@ lab: venv peers
 test: venv peers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Each benchmark prints its own figures (and ratios against its peer); a few minutes each.
+bench: venv peers
+	$(PY) bench/sip_parse.py
+	$(PY) bench/turn_vs_coturn.py
+	$(PY) bench/media_relay.py --calls 100 --seconds 10
+	$(PY) bench/b2bua_cps.py
+	$(PY) bench/capacity.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info certs/lab
