@@ -12,18 +12,15 @@ accounts; external clients take their srflx and relay candidates from it.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
-from pathlib import Path
 
-from certs.pki import LabPKI, init_pki
+from certs.pki import LabPKI
 from lab.lync.config import EdgeConfig
-from lab.lync.proxy import LyncProxy, Refusal, hop_for_address
+from lab.lync.proxy import LyncProxy, Refusal, hop_for_address, server_stack
 from sip.message import Request
 from sip.stack import Hop, SipStack
-from sip.timers import TimerSettings
-from sip.transport import ConnectionInfo, Transport, TransportAddress, TransportSettings
+from sip.transport import ConnectionInfo, Transport, TransportAddress
 from sip.uri import URI
 from turn.config import TurnConfig
 from turn.server import TurnServer
@@ -47,14 +44,8 @@ class Edge(LyncProxy):
     @classmethod
     async def start(cls, config: EdgeConfig, pki: LabPKI | None = None) -> Edge:
         """Bind the Access Edge listeners and start the A/V Edge."""
-        if pki is None:
-            pki = (await asyncio.to_thread(init_pki, Path(config.certs)))[0]
-        stack = SipStack(
-            timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1 * 8)),
-            transport_settings=TransportSettings(outbound_ports=None,
-                                                 source_host=config.listen.host),
-            tls_client=pki.client_context(config.cert_name),
-        )
+        stack, pki = await server_stack(config.certs, config.cert_name, config.t1,
+                                        config.listen.host, pki)
         edge = cls(config, stack)
         try:
             # External clients may come without a certificate: asked for, not required.

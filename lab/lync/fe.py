@@ -22,16 +22,14 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
-from certs.pki import LabPKI, init_pki
+from certs.pki import LabPKI
 from lab.lync.config import FrontEndConfig
-from lab.lync.proxy import LyncProxy, Refusal, hop_for_address, hop_for_uri
+from lab.lync.proxy import LyncProxy, Refusal, hop_for_address, hop_for_uri, server_stack
 from sip.message import Request, make_response
 from sip.stack import Hop, SipStack
-from sip.timers import TimerSettings
 from sip.transaction_server import ServerTransaction
-from sip.transport import ConnectionInfo, Transport, TransportSettings
+from sip.transport import ConnectionInfo, Transport
 from sip.uri import URI
 
 __all__ = ["Binding", "FrontEnd", "Trust"]
@@ -84,14 +82,8 @@ class FrontEnd(LyncProxy):
     @classmethod
     async def start(cls, config: FrontEndConfig, pki: LabPKI | None = None) -> FrontEnd:
         """Load (or make) the PKI, bind the TLS listener, return the running FE."""
-        if pki is None:
-            pki = (await asyncio.to_thread(init_pki, Path(config.certs)))[0]
-        stack = SipStack(
-            timers=TimerSettings(t1=config.t1, t2=max(4.0, config.t1 * 8)),
-            transport_settings=TransportSettings(outbound_ports=None,
-                                                 source_host=config.listen.host),
-            tls_client=pki.client_context(config.cert_name),
-        )
+        stack, pki = await server_stack(config.certs, config.cert_name, config.t1,
+                                        config.listen.host, pki)
         fe = cls(config, stack)
         try:
             await stack.listen(

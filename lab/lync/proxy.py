@@ -18,23 +18,42 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from certs.pki import LabPKI, init_pki
 from lab.hosts import HOSTS
 from sip.errors import ProtocolError
 from sip.headers import Via
 from sip.message import Request, Response, make_response, new_branch
 from sip.proxy import relay_response
 from sip.stack import ClientRequest, Hop, SipStack, SipTimeoutError, StackHandlers
+from sip.timers import TimerSettings
 from sip.transaction_server import ServerState, ServerTransaction
-from sip.transport import ConnectionInfo, Transport, TransportAddress
+from sip.transport import ConnectionInfo, Transport, TransportAddress, TransportSettings
 from sip.uri import URI, Params, format_host
 
-__all__ = ["LyncProxy", "Refusal", "hop_for_uri"]
+__all__ = ["LyncProxy", "Refusal", "hop_for_uri", "server_stack"]
 
 logger = logging.getLogger(__name__)
 
 DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 DEFAULT_MAX_FORWARDS = 70
+
+
+async def server_stack(
+    certs: str, cert_name: str, t1: float, host: str, pki: LabPKI | None = None
+) -> tuple[SipStack, LabPKI]:
+    """A Lync server's SIP stack (no listener yet) and the lab PKI it uses: ``pki``, else
+    the one in ``certs`` (made there if missing). Outbound TLS presents ``cert_name``; T2 is
+    at least 8*T1, as Lync servers retransmit."""
+    if pki is None:
+        pki = (await asyncio.to_thread(init_pki, Path(certs)))[0]
+    stack = SipStack(
+        timers=TimerSettings(t1=t1, t2=max(4.0, t1 * 8)),
+        transport_settings=TransportSettings(outbound_ports=None, source_host=host),
+        tls_client=pki.client_context(cert_name),
+    )
+    return stack, pki
 
 
 @dataclass(frozen=True, slots=True)
