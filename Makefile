@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test peers venv bench clean
+.PHONY: lab test lint peers venv bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ lab: venv peers
 
 test: venv peers
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff over everything, mypy --strict over the library packages.
+lint: venv
+	$(VENV)/bin/ruff check sip turn media gateway lab certs bench
+	$(VENV)/bin/mypy --strict sip turn media gateway lab certs
 
 # Each benchmark prints its own figures (and ratios against its peer); a few minutes each.
 bench: venv peers
