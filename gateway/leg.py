@@ -23,7 +23,6 @@ from sip.errors import ProtocolError
 from sip.headers import Address
 from sip.message import Headers, Request, Response, make_response, new_branch, new_call_id, new_tag
 from sip.stack import ClientRequest, Hop, SipStack
-from sip.transaction_client import ClientTransaction
 from sip.transaction_server import ServerState, ServerTransaction
 from sip.uri import URI
 from sip.useragent import ALLOW, UserAgent, response_for
@@ -281,7 +280,7 @@ class SideAgent(UserAgent):
             self.dialogs.remove(leg.dialog.id)
             self.legs.pop(leg.dialog.id, None)
 
-    def hop_for(self, dialog: Dialog) -> Hop:
+    def dialog_hop(self, dialog: Dialog) -> Hop:
         """Where the next request of ``dialog`` goes.
 
         The remote target when it is an IP address (reusing the dialog's connection), else
@@ -298,33 +297,6 @@ class SideAgent(UserAgent):
         if leg is not None:
             return leg.hop
         raise ProtocolError(f"no route to {dialog.next_hop()}", 500)
-
-    def dialog_request(
-        self,
-        dialog: Dialog,
-        method: str,
-        *,
-        body: bytes = b"",
-        content_type: str | None = None,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> tuple[Request, Hop]:
-        hop = self.hop_for(dialog)
-        request = dialog.create_request(
-            method, via=self.via(hop.transport), body=body, content_type=content_type,
-            headers=headers,
-        )
-        return request, hop
-
-    def send_ack(
-        self,
-        dialog: Dialog,
-        transaction: ClientTransaction | None,
-        body: bytes = b"",
-        content_type: str | None = None,
-    ) -> None:
-        hop = self.hop_for(dialog)
-        ack = dialog.create_ack(via=self.via(hop.transport), body=body, content_type=content_type)
-        self.stack.send_ack(ack, hop, transaction)
 
     def new_invite(
         self,

@@ -195,6 +195,10 @@ class UserAgent:
             out.add("Content-Type", content_type)
         return Request(method, uri, out, body)
 
+    def dialog_hop(self, dialog: Dialog) -> Hop:
+        """Where the next request (or ACK) in ``dialog`` goes; a subclass may route otherwise."""
+        return self.dialogs.hop(dialog)
+
     def dialog_request(
         self,
         dialog: Dialog,
@@ -205,7 +209,7 @@ class UserAgent:
         headers: Iterable[tuple[str, str]] = (),
     ) -> tuple[Request, Hop]:
         """A request inside ``dialog`` and the hop it goes to."""
-        hop = self.dialogs.hop(dialog)
+        hop = self.dialog_hop(dialog)
         request = dialog.create_request(
             method,
             via=self.via(hop.transport),
@@ -223,7 +227,7 @@ class UserAgent:
         content_type: str | None = None,
     ) -> None:
         """ACK the 2xx to our INVITE in ``dialog`` (§13.2.2.4)."""
-        hop = self.dialogs.hop(dialog)
+        hop = self.dialog_hop(dialog)
         ack = dialog.create_ack(via=self.via(hop.transport), body=body, content_type=content_type)
         self.stack.send_ack(ack, hop, transaction)
 

@@ -209,20 +209,11 @@ class FrontEnd(UserAgent):
         if self.send_acks:  # else: a UA that never ACKs, not even retransmitted 2xx
             super()._on_stray_response(response)
 
-    def hop_for(self, dialog: Dialog) -> Hop:
+    def dialog_hop(self, dialog: Dialog) -> Hop:
+        # In-dialog requests and ACKs always go to the gateway over TLS.
         assert self.gateway is not None
         return Hop(Transport.TLS, self.gateway.host, self.gateway.port,
                    server_hostname=GATEWAY_NAME)
-
-    def dialog_request(self, dialog: Dialog, method: str, **kwargs: Any) -> tuple[Request, Hop]:
-        hop = self.hop_for(dialog)
-        return dialog.create_request(method, via=self.via(Transport.TLS), **kwargs), hop
-
-    def send_ack(self, dialog: Dialog, transaction: Any, body: bytes = b"",
-                 content_type: str | None = None) -> None:
-        hop = self.hop_for(dialog)
-        ack = dialog.create_ack(via=self.via(Transport.TLS), body=body, content_type=content_type)
-        self.stack.send_ack(ack, hop, transaction)
 
     def start_call(self, user: str, *, body: bytes | None = None, content_type: str | None = None,
                    headers: tuple[tuple[str, str], ...] = ()) -> ClientRequest:
