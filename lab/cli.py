@@ -14,15 +14,13 @@ with the gateway's status page until Ctrl-C / SIGTERM. ``--any-port`` binds free
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lab.role_cli import add_verbose_option, setup_logging, stop_on_signal
 from sip import aio
 
 if TYPE_CHECKING:
@@ -100,15 +98,6 @@ def print_table(reports: list[CallReport]) -> None:
     Console().print(table)
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
 async def _run(args: argparse.Namespace) -> int:
     from lab.demo import demo_matrix, load_calls, summary
     from lab.topology import Lab
@@ -127,7 +116,7 @@ async def _run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             if args.keep_running:
                 _announce(lab)
-                await _wait_for_signal()
+                await stop_on_signal().wait()
                 sys.stderr.write("lab: stopping\n")
             return 0 if document["failed"] == 0 else 1
     finally:
@@ -166,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds each call holds media once it flows both ways")
     p.add_argument("--any-port", action="store_true",
                    help="bind free ports instead of the lab's (tests, busy machines)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_option(p)
     return p
 
 
@@ -182,14 +171,9 @@ def main(argv: list[str]) -> int:
     if args.duration < 0:
         sys.stderr.write("gateway lab: --duration must be >= 0\n")
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        # Expected noise of the lab's own design (the DMZ TURN refusing internal clients).
-        logging.getLogger("turn.core").setLevel(logging.ERROR)
+    # turn.core: expected noise of the lab's own design (the DMZ TURN refusing internal
+    # clients).
+    setup_logging(args.verbose, level=logging.WARNING, quiet={"turn.core": logging.ERROR})
     try:
         return aio.run(_run(args))
     except KeyboardInterrupt:

@@ -9,10 +9,7 @@ Readiness for scripts: one ``listening on <transport>:<host>:<port>`` line per l
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,7 +17,14 @@ from typing import Any, Protocol
 
 from gateway.configkit import ConfigError
 from lab.cisco.config import CucmConfig, ImpConfig, load_cucm, load_imp
-from sip import aio
+from lab.role_cli import (
+    add_config_options,
+    add_verbose_option,
+    announce,
+    run,
+    setup_logging,
+    stop_on_signal,
+)
 from sip.transport import TransportAddress
 
 __all__ = ["cucm_main", "imp_main"]
@@ -35,34 +39,22 @@ class _Node(Protocol):
 
 def _parser(prog: str, description: str, default: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--config", type=Path, default=Path(default), help=f"TOML file ({default})")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. trunk.destination=tcp:127.0.2.1:5060 (repeatable)",
+    add_config_options(
+        p,
+        config_default=Path(default),
+        config_metavar=None,
+        config_help=f"TOML file ({default})",
+        set_help="override a setting, e.g. trunk.destination=tcp:127.0.2.1:5060 (repeatable)",
     )
-    p.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE and exit")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_option(p)
     return p
 
 
 async def _serve(name: str, start: Awaitable[Any], logger: logging.Logger) -> int:
     node = await start
     try:
-        for address in node.listeners:
-            host = f"[{address.host}]" if ":" in address.host else address.host
-            logger.info(
-                "listening on %s:%s:%d", address.transport.value.lower(), host, address.port
-            )
-        logger.info("%s ready", name)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        announce(logger, node.listeners, f"{name} ready")
+        await stop_on_signal().wait()
         logger.info("stopping")
         return 0
     finally:
@@ -79,14 +71,7 @@ def _main(
     start: Callable[[Any], Awaitable[Any]],
 ) -> int:
     args = _parser(f"gateway {name}", description, default).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        # Our "listening on" lines come once every listener is up.
-        logging.getLogger("sip.transport").setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     path = args.check_config or args.config
     try:
         config = load(path, tuple(args.set))
@@ -97,13 +82,7 @@ def _main(
         sys.stdout.write(f"{path}: configuration OK\n")
         return 0
     logger = logging.getLogger(f"lab.cisco.{name}")
-    try:
-        return aio.run(_serve(name, start(config), logger))
-    except OSError as error:
-        sys.stderr.write(f"gateway {name}: {error}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run(_serve(name, start(config), logger), name)
 
 
 def cucm_main(argv: list[str]) -> int:

@@ -8,17 +8,21 @@ stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from pathlib import Path
 
 from gateway.configkit import ConfigError
 from lab.endpoint.agent import CallFailed, Endpoint
 from lab.endpoint.config import EndpointConfig, ListenSpec, load_endpoint
-from sip import aio
+from lab.role_cli import (
+    add_config_options,
+    add_verbose_option,
+    announce,
+    run,
+    setup_logging,
+    stop_on_signal,
+)
 from sip.errors import ProtocolError
 from sip.timers import TimerSettings
 from sip.uri import URI
@@ -40,17 +44,11 @@ def parser() -> argparse.ArgumentParser:
         help="udp|tcp|tls listener, e.g. udp:127.0.3.11:5060 (repeatable; port 0: any); "
         "required without --config",
     )
-    p.add_argument(
-        "--config", type=Path, metavar="FILE", help="TOML file (lab/configs/endpoint-3001.toml)"
+    add_config_options(
+        p,
+        config_help="TOML file (lab/configs/endpoint-3001.toml)",
+        set_help="override a --config setting, e.g. srtp=true (repeatable)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a --config setting, e.g. srtp=true (repeatable)",
-    )
-    p.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE and exit")
     p.add_argument(
         "--certs",
         type=Path,
@@ -87,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--media-host", help="address for RTP sockets (default: first listener host)")
     p.add_argument("--t1", type=float, default=0.5, help="RFC 3261 T1 in seconds")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_option(p)
     return p
 
 
@@ -109,12 +107,7 @@ def _config(args: argparse.Namespace) -> EndpointConfig:
 async def _run(config: EndpointConfig, call: URI | None, duration: float) -> int:
     endpoint = await Endpoint.start(config)
     try:
-        for address in endpoint.stack.listeners:
-            host = f"[{address.host}]" if ":" in address.host else address.host
-            logger.info(
-                "listening on %s:%s:%d", address.transport.value.lower(), host, address.port
-            )
-        logger.info("endpoint ready (%s)", config.aor)
+        announce(logger, endpoint.stack.listeners, f"endpoint ready ({config.aor})")
         if call is not None:
             try:
                 placed = await endpoint.place_call(call, duration=duration)
@@ -126,12 +119,7 @@ async def _run(config: EndpointConfig, call: URI | None, duration: float) -> int
                 f" (setup {placed.setup_ms or 0:.0f} ms)\n"
             )
             return 0
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await stop_on_signal().wait()
         logger.info("stopping")
         return 0
     finally:
@@ -140,15 +128,7 @@ async def _run(config: EndpointConfig, call: URI | None, duration: float) -> int
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        # Our own "listening on" lines come once every listener is up; the transport's
-        # per-socket ones would announce readiness too early.
-        logging.getLogger("sip.transport").setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     try:
         if args.check_config is not None:
             load_endpoint(args.check_config, tuple(args.set))
@@ -169,11 +149,4 @@ def main(argv: list[str]) -> int:
     except (ValueError, ProtocolError) as error:
         sys.stderr.write(f"gateway endpoint: {error}\n")
         return 2
-    runner = aio.run
-    try:
-        return runner(_run(config, target, args.duration))
-    except OSError as error:
-        sys.stderr.write(f"gateway endpoint: {error}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run(_run(config, target, args.duration), "endpoint")

@@ -14,16 +14,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.configkit import ConfigError, load_dataclass
 from lab.lync.config import ClientConfig, EdgeConfig, FrontEndConfig
-from sip import aio
-from sip.uri import format_host
+from lab.role_cli import (
+    add_config_options,
+    add_verbose_option,
+    announce,
+    run,
+    setup_logging,
+    stop_on_signal,
+)
+from sip.transport import TransportAddress
 
 __all__ = ["client_main", "edge_main", "fe_main"]
 
@@ -33,12 +39,11 @@ T = TypeVar("T")
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gateway {prog}", description=description)
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
-    p.add_argument("--check-config", type=Path, metavar="FILE",
-                   help="validate FILE and exit (0 valid, 1 invalid)")
-    p.add_argument("--set", action="append", default=[], dest="overrides",
-                   metavar="KEY=VALUE", help="override a configuration key (repeatable)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_config_options(p, config_help="TOML configuration file",
+                       set_help="override a configuration key (repeatable)",
+                       check_help="validate FILE and exit (0 valid, 1 invalid)",
+                       set_dest="overrides")
+    add_verbose_option(p)
     return p
 
 
@@ -68,47 +73,14 @@ def _prepare(cls: type[T], args: argparse.Namespace, prog: str) -> T | int:
     except ConfigError as error:
         sys.stderr.write(f"gateway {prog}: config error: {args.config}: {error}\n")
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    if not args.verbose:
-        logging.getLogger("sip.transport").setLevel(logging.WARNING)
-        logging.getLogger("aioice").setLevel(logging.WARNING)
+    setup_logging(args.verbose,
+                  quiet={"sip.transport": logging.WARNING, "aioice": logging.WARNING})
     return config
-
-
-def _announce(addresses: Sequence[tuple[str, str, int]], what: str) -> None:
-    for transport, host, port in addresses:
-        logger.info("listening on %s:%s:%d", transport, format_host(host), port)
-    logger.info("%s ready", what)
-
-
-def _stop_on_signal() -> asyncio.Event:
-    """Set on SIGINT/SIGTERM; installed before listening, so a signal right after the
-    "ready" line still stops us cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 async def _until(stop: asyncio.Event) -> None:
     await stop.wait()
     logger.info("stopping")
-
-
-def _run(coro: Callable[[], Awaitable[int]], prog: str) -> int:
-    async def main() -> int:
-        return await coro()
-    try:
-        return aio.run(main())
-    except OSError as error:
-        sys.stderr.write(f"gateway {prog}: {error}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 def fe_main(argv: list[str]) -> int:
@@ -121,17 +93,17 @@ def fe_main(argv: list[str]) -> int:
     async def serve() -> int:
         from lab.lync.fe import FrontEnd
 
-        stop = _stop_on_signal()
+        # Installed before listening: a signal right after the "ready" line still stops us.
+        stop = stop_on_signal()
         fe = await FrontEnd.start(config)
         try:
-            _announce([(a.transport.value.lower(), a.host, a.port) for a in fe.stack.listeners],
-                      f"Lync FE {config.domain}")
+            announce(logger, fe.stack.listeners, f"Lync FE {config.domain} ready")
             await _until(stop)
         finally:
             await fe.stop()
         return 0
 
-    return _run(serve, "lync-fe")
+    return run(serve(), "lync-fe")
 
 
 def edge_main(argv: list[str]) -> int:
@@ -144,20 +116,20 @@ def edge_main(argv: list[str]) -> int:
     async def serve() -> int:
         from lab.lync.edge import Edge
 
-        stop = _stop_on_signal()
+        stop = stop_on_signal()
         edge = await Edge.start(config)
         try:
-            addresses = [(a.transport.value.lower(), a.host, a.port)
-                         for a in edge.stack.listeners]
+            addresses: list[TransportAddress | tuple[str, str, int]] = list(
+                edge.stack.listeners)
             if edge.turn is not None:
-                addresses += list(edge.turn.addresses)
-            _announce(addresses, "Lync Edge")
+                addresses += edge.turn.addresses
+            announce(logger, addresses, "Lync Edge ready")
             await _until(stop)
         finally:
             await edge.stop()
         return 0
 
-    return _run(serve, "lync-edge")
+    return run(serve(), "lync-edge")
 
 
 def client_main(argv: list[str]) -> int:
@@ -176,12 +148,12 @@ def client_main(argv: list[str]) -> int:
     async def serve() -> int:
         from lab.lync.client import LyncClient
 
-        stop = _stop_on_signal()
+        stop = stop_on_signal()
         client = await LyncClient.start(config)
         try:
             local = client.agent.local
-            _announce([("tls", local.host, local.port)] if local else [],
-                      f"Lync client {client.aor} (registered)")
+            announce(logger, [("tls", local.host, local.port)] if local else [],
+                     f"Lync client {client.aor} (registered) ready")
             if args.call is None:
                 await _until(stop)
                 return 0
@@ -189,7 +161,7 @@ def client_main(argv: list[str]) -> int:
         finally:
             await client.close()
 
-    return _run(serve, "lync-client")
+    return run(serve(), "lync-client")
 
 
 async def _place(client: Any, target: str, video: bool, duration: float) -> int:
