@@ -52,7 +52,14 @@ from aioice.turn import (
 
 from media.ms_dialect import Candidate, CandidateTransport, CandidateType
 
-__all__ = ["IceLeg", "IceSettings", "TurnServerSettings", "to_sdp_candidate"]
+__all__ = [
+    "IceLeg",
+    "IceSettings",
+    "TurnServerSettings",
+    "gathered",
+    "host_candidate",
+    "to_sdp_candidate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +140,37 @@ class _Agent(Connection):
 
 def _role(controlling: bool) -> str:
     return "controlling" if controlling else "controlled"
+
+
+def host_candidate(host: str, port: int, component: int) -> IceCandidate:
+    """A UDP host candidate on ``host:port`` with aioice's foundation and priority."""
+    return IceCandidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=component, transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host, port=port, type="host")
+
+
+Gathered = tuple[IceCandidate, StunProtocol | None]
+
+
+async def gathered(tasks: Sequence[asyncio.Future[Gathered]],
+                   on_error: Callable[[BaseException], None]) -> list[Gathered]:
+    """The srflx/relay candidates (and their protocols) that ``tasks`` gathered within
+    GATHER_TIMEOUT; the rest are cancelled, a failed one is passed to ``on_error``."""
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=GATHER_TIMEOUT)
+    for task in pending:
+        task.cancel()
+    results = []
+    for task in done:
+        error = task.exception()
+        if error is not None:
+            on_error(error)
+            continue
+        results.append(task.result())
+    return results
 
 
 def to_sdp_candidate(c: IceCandidate) -> Candidate:
@@ -223,11 +261,7 @@ class IceLeg:
                 _, proto = await loop.create_datagram_endpoint(
                     lambda: _Protocol(agent), local_addr=(self.host, port),
                     family=socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-                proto.local_candidate = IceCandidate(
-                    foundation=candidate_foundation("host", "udp", self.host),
-                    component=component, transport="udp",
-                    priority=candidate_priority(component, "host"),
-                    host=self.host, port=port, type="host")
+                proto.local_candidate = host_candidate(self.host, port, component)
                 hosts.append(proto)
                 candidates.append(proto.local_candidate)
         except OSError:
@@ -244,19 +278,14 @@ class IceLeg:
             if self.guard(server.address):
                 tasks += [asyncio.ensure_future(self._relayed(server, c, base + c - 1))
                           for c in (1, 2)]
-        if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=GATHER_TIMEOUT)
-            for task in pending:
-                task.cancel()
-            for task in done:
-                if task.exception() is not None:
-                    logger.warning("ICE leg %s:%d: candidate gathering failed: %r", self.host,
-                                   self.ports[0], task.exception())
-                    continue
-                candidate, protocol = task.result()
-                candidates.append(candidate)
-                if protocol is not None:
-                    agent._protocols.append(protocol)
+        def failed(error: BaseException) -> None:
+            logger.warning("ICE leg %s:%d: candidate gathering failed: %r", self.host,
+                           self.ports[0], error)
+
+        for candidate, protocol in await gathered(tasks, failed):
+            candidates.append(candidate)
+            if protocol is not None:
+                agent._protocols.append(protocol)
         agent._local_candidates = candidates
         agent._local_candidates_start = True
         agent._local_candidates_end = True

@@ -28,11 +28,16 @@ from typing import Any
 import pylibsrtp
 from aioice import Candidate as IceCandidate
 from aioice import Connection
-from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candidate
 from aioice.stun import Message
 
-from media.ice_leg import Network, address_allowed, to_sdp_candidate
+from media.ice_leg import (
+    Network,
+    address_allowed,
+    gathered,
+    host_candidate,
+    to_sdp_candidate,
+)
 from media.ms_dialect import CRYPTO_SUITE, Candidate, CandidateTransport, Crypto, SsrcRange
 from media.srtp import AUTH_TAG_LEN, SrtpError, strip_mki
 
@@ -50,7 +55,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-GATHER_TIMEOUT = 5.0
 MKI = (1, 1)
 """(value, length): the MKI Lync writes as ``|1:1``."""
 SSRC_RANGES = {"audio": 1, "video": 100}
@@ -157,11 +161,7 @@ class ClientIce(Connection):
                 _, proto = await loop.create_datagram_endpoint(
                     lambda: GuardedProtocol(self), local_addr=(self.host, 0))
                 port = proto.transport.get_extra_info("sockname")[1]
-                proto.local_candidate = IceCandidate(
-                    foundation=candidate_foundation("host", "udp", self.host),
-                    component=component, transport="udp",
-                    priority=candidate_priority(component, "host"),
-                    host=self.host, port=port, type="host")
+                proto.local_candidate = host_candidate(self.host, port, component)
                 hosts.append(proto)
                 candidates.append(proto.local_candidate)
             self._protocols += hosts
@@ -175,22 +175,17 @@ class ClientIce(Connection):
                 protocol_factory=lambda: GuardedProtocol(self), turn_server=servers.turn,
                 turn_username=servers.turn_username, turn_password=servers.turn_password,
                 turn_ssl=False, turn_transport="udp")) for component in (1, 2)]
-        if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=GATHER_TIMEOUT)
-            for task in pending:
-                task.cancel()
-            for task in done:
-                if task.exception() is not None:
-                    logger.warning("ICE %s: gathering failed: %r", self.host, task.exception())
-                    continue
-                candidate, protocol = task.result()
-                if candidate.type == "srflx" and any(
-                        c.host == candidate.host and c.port == candidate.port
-                        for c in candidates):
-                    continue  # no NAT on loopback: srflx equal to its host is redundant
-                candidates.append(candidate)
-                if protocol is not None:
-                    self._protocols.append(protocol)
+        def failed(error: BaseException) -> None:
+            logger.warning("ICE %s: gathering failed: %r", self.host, error)
+
+        for candidate, protocol in await gathered(tasks, failed):
+            if candidate.type == "srflx" and any(
+                    c.host == candidate.host and c.port == candidate.port
+                    for c in candidates):
+                continue  # no NAT on loopback: srflx equal to its host is redundant
+            candidates.append(candidate)
+            if protocol is not None:
+                self._protocols.append(protocol)
         if not any(c.component == 1 for c in candidates):
             raise ConnectionError(f"ICE {self.host}: no candidate could be gathered")
         candidates.sort(key=lambda c: (c.component, -c.priority))
