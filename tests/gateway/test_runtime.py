@@ -35,6 +35,7 @@ from sip.transaction_server import ServerTransaction
 from sip.transport import Transport, TransportSettings
 from sip.uri import URI
 from sip.useragent import UserAgent, response_for
+from tests.peers.procs import random_free_port, random_free_udp_range
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "sdp"
 GATEWAY_HOST = "127.0.2.1"
@@ -45,34 +46,6 @@ WAIT = 10.0
 
 
 # -- ports -------------------------------------------------------------------------------
-
-
-def free_port(host: str, *kinds: int) -> int:
-    """A port free on ``host`` for every socket type in ``kinds`` right now."""
-    for _ in range(100):
-        port = random.randrange(20000, 60000)
-        try:
-            for kind in kinds:
-                with socket.socket(socket.AF_INET, kind) as sock:
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
-
-
-def free_range(host: str, size: int) -> tuple[int, int]:
-    """An even-based UDP port range free on ``host`` right now."""
-    for _ in range(100):
-        base = random.randrange(30000, 60000, 2)
-        try:
-            for port in range(base, base + size):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        return base, base + size - 1
-    raise RuntimeError("no free port range")
 
 
 # -- SDP of the Microsoft side -------------------------------------------------------------
@@ -269,9 +242,9 @@ class FrontEnd(UserAgent):
 def lab_toml(pki: LabPKI, *, endpoint_port: int, fe_port: int, max_calls: int = 10,
              media_ports: tuple[int, int] | None = None, encryption: str = "required",
              turn: tuple[str, int] | None = None, extra: str = "", zone_extra: str = "") -> str:
-    ms_port = free_port(GATEWAY_HOST, socket.SOCK_STREAM)
-    video_port = free_port(GATEWAY_HOST, socket.SOCK_STREAM, socket.SOCK_DGRAM)
-    media = media_ports or free_range(GATEWAY_HOST, 60)
+    ms_port = random_free_port(GATEWAY_HOST, socket.SOCK_STREAM)
+    video_port = random_free_port(GATEWAY_HOST, socket.SOCK_STREAM, socket.SOCK_DGRAM)
+    media = media_ports or random_free_udp_range(GATEWAY_HOST, 60)
     outbound = random.randrange(20000, 60000, 100)
     turn_line = ""
     if turn is not None:
@@ -547,7 +520,7 @@ async def test_call_over_max_calls_gets_503_with_retry_after(make_lab: Any) -> N
 
 
 async def test_port_pool_exhausted_gets_503_and_keeps_nothing(make_lab: Any) -> None:
-    lab: Lab = await make_lab(media_ports=free_range(GATEWAY_HOST, 8))
+    lab: Lab = await make_lab(media_ports=random_free_udp_range(GATEWAY_HOST, 8))
     call, response = await lab.fe.call("3001@video.example.com")
     assert response.status == 200 and call is not None
     _, response = await lab.fe.call("3001@video.example.com")

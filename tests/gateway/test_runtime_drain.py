@@ -21,12 +21,12 @@ from tests.gateway.test_runtime import (
     FrontEnd,
     Lab,
     endpoint_port,
-    free_port,
     lab_toml,
     make_lab,
     only_call,
     start_endpoint,
 )
+from tests.peers.procs import random_free_port
 
 __all__ = ["make_lab"]
 
@@ -58,7 +58,7 @@ async def test_gateway_run_drains_on_sigterm_and_exits_0(pki: LabPKI, tmp_path: 
         text = lab_toml(pki, endpoint_port=endpoint_port(endpoint), fe_port=fe.port)
         config = tmp_path / "gateway.toml"
         config.write_text(text)
-        management = free_port("127.0.0.1", socket.SOCK_STREAM)
+        management = random_free_port("127.0.0.1", socket.SOCK_STREAM)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "run", "--config", str(config),
             "--set", f"system.management=127.0.0.1:{management}",

@@ -33,6 +33,7 @@ from sip.message import Request, Response
 from sip.stack import SipStack
 from sip.timers import TimerSettings
 from sip.transport import Transport, TransportAddress
+from tests.peers.procs import random_free_port, random_free_udp_range
 from turn.config import TurnConfig
 from turn.server import TurnServer
 
@@ -121,35 +122,6 @@ class Wire:
 # -- the topology -------------------------------------------------------------------------
 
 
-def free_tcp_port(host: str, *, udp: bool = False) -> int:
-    """A port free on ``host`` (for TCP, and UDP too when asked) right now."""
-    for _ in range(200):
-        port = random.randrange(20000, 60000)
-        kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if udp else [])
-        try:
-            for kind in kinds:
-                with socket.socket(socket.AF_INET, kind) as sock:
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no free port on {host}")
-
-
-def free_udp_range(host: str, size: int) -> tuple[int, int]:
-    """An even-based UDP port range of ``size`` free on ``host`` right now."""
-    for _ in range(200):
-        base = random.randrange(30000, 60000, 2)
-        try:
-            for port in range(base, base + size):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        return base, base + size - 1
-    raise RuntimeError(f"no free UDP range on {host}")
-
-
 @dataclass(frozen=True, slots=True)
 class Knobs:
     """What a failure case changes in the lab."""
@@ -183,7 +155,7 @@ class Knobs:
 def gateway_toml(pki: LabPKI, knobs: Knobs, *, ms_port: int, video_port: int,
                  fe: TransportAddress, cucm_port: int, imp_port: int | None,
                  turn: tuple[str, int] | None) -> str:
-    media = free_udp_range(GATEWAY_HOST, knobs.media_ports)
+    media = random_free_udp_range(GATEWAY_HOST, knobs.media_ports)
     outbound = random.randrange(20000, 60000, 100)
     trusted = (f'trusted_hosts = [{{ name = "fe01", address = "{fe.host}", '
                f'type = "microsoft" }}]' if knobs.trust_fe
@@ -286,8 +258,8 @@ class E2eLab:
 async def e2e_lab(pki: LabPKI, knobs: Knobs = Knobs()) -> AsyncIterator[E2eLab]:
     """Start the whole topology (see the module doc); stop it all on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        ms_port = free_tcp_port(GATEWAY_HOST)
-        video_port = free_tcp_port(GATEWAY_HOST)
+        ms_port = random_free_port(GATEWAY_HOST, socket.SOCK_STREAM)
+        video_port = random_free_port(GATEWAY_HOST, socket.SOCK_STREAM)
         route = StaticRoute("video.example.com",
                             TransportAddress(Transport.TLS, GATEWAY_HOST, ms_port), GATEWAY_NAME)
         fe_config = FrontEndConfig(static_routes=(route,), t1=0.1)
@@ -301,7 +273,7 @@ async def e2e_lab(pki: LabPKI, knobs: Knobs = Knobs()) -> AsyncIterator[E2eLab]:
         turn_address: tuple[str, int] | None = None
         if knobs.dmz_turn:
             dmz = TurnServer(TurnConfig(listen=DMZ_TURN_HOST, ports=(0, 0),
-                                        relay_ports=free_udp_range(DMZ_TURN_HOST, 40),
+                                        relay_ports=random_free_udp_range(DMZ_TURN_HOST, 40),
                                         users=((TURN_USER, TURN_PASSWORD),),
                                         allow_peers=("127.0.0.0/8",)))
             await dmz.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from media.rtp_leg import LatchMode
 from media.sdp import SessionDescription, parse_sdp
 from media.session import MediaSession, MediaSettings
 from tests.media.peers import LYNC_SSRC, LyncPeer, VideoPeer, rtcp_rr, rtp, ssrc_of
+from tests.peers.procs import random_free_udp_range
 from tests.turn.helpers import PASSWORD, USER, running_server, server_port
 
 GATEWAY = "127.0.2.1"
@@ -30,16 +30,7 @@ WAIT = 10.0
 
 def free_pool(ports: int = 40) -> PortPool:
     """A pool on a random range whose ports are free right now (tests run in parallel)."""
-    for _ in range(50):
-        base = random.randrange(30000, 60000, 2)
-        try:
-            for port in range(base, base + ports):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind((GATEWAY, port))
-        except OSError:
-            continue
-        return PortPool(PortPoolSettings(base, base + ports - 1))
-    raise RuntimeError("no free port range")
+    return PortPool(PortPoolSettings(*random_free_udp_range(GATEWAY, ports)))
 
 
 async def next_event(session: MediaSession, kind: type[MediaEvent]) -> MediaEvent:

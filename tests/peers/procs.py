@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
+import random
 import re
 import shutil
 import signal
@@ -310,6 +311,26 @@ def free_port_block(count: int, host: str = LOOPBACK) -> int:
         if all(_can_bind(host, p, socket.SOCK_DGRAM) for p in range(first, first + count)):
             return first
     raise PeerError(f"no block of {count} free UDP ports after 50 tries")
+
+
+def random_free_port(host: str, *kinds: int) -> int:
+    """A port in 20000-59999 (not the kernel's pick: labs bind fixed ports there) free on
+    ``host`` for every socket type in ``kinds`` right now."""
+    for _ in range(200):
+        port = random.randrange(20000, 60000)
+        if all(_can_bind(host, port, kind) for kind in kinds):
+            return port
+    raise PeerError(f"no free port on {host}")
+
+
+def random_free_udp_range(host: str, size: int) -> tuple[int, int]:
+    """An even-based range of ``size`` UDP ports in 30000-59999 free on ``host`` right now
+    (first, last), e.g. for a media port pool."""
+    for _ in range(200):
+        base = random.randrange(30000, 60000, 2)
+        if all(_can_bind(host, port, socket.SOCK_DGRAM) for port in range(base, base + size)):
+            return base, base + size - 1
+    raise PeerError(f"no free UDP range on {host}")
 
 
 def _can_bind(host: str, port: int, sock_type: int) -> bool:
