@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,12 +26,13 @@ from tests.peers.procs import (
 from tests.peers.sipp import (
     EXIT_ALL_OK,
     SippConfig,
+    SippProcess,
     SippStats,
     SippTransport,
     run_sipp,
     start_sipp,
 )
-from tests.peers.stunnel import TlsFiles, stunnel_client, stunnel_server
+from tests.peers.stunnel import Stunnel, TlsFiles, stunnel_client, stunnel_server
 
 pytestmark = pytest.mark.peer
 
@@ -153,10 +156,14 @@ def _tls(pki: LabPKI, name: str) -> TlsFiles:
     return TlsFiles(host.chain, host.key, pki.ca_cert)
 
 
-def test_sipp_over_mutual_tls_through_two_stunnels(pki: LabPKI, tmp_path: Path) -> None:
-    # uac -tcp-> stunnel client -TLS-> stunnel server -tcp-> uas
+@contextmanager
+def _tunnelled_uas(
+    pki: LabPKI, tmp_path: Path, calls: int, check_host: str
+) -> Iterator[tuple[SippProcess, Stunnel, Stunnel]]:
+    """A TCP uas behind a stunnel server (cucm's certificate, client certificate required),
+    reached through a stunnel client (the gateway's certificate) that checks ``check_host``."""
     with (
-        start_sipp(SippConfig("uas", SippTransport.TCP, calls=CALLS), tmp_path) as uas,
+        start_sipp(SippConfig("uas", SippTransport.TCP, calls=calls), tmp_path) as uas,
         stunnel_server(
             tmp_path, connect=("127.0.0.1", uas.port or 0), tls=_tls(pki, "cucm")
         ) as server,
@@ -164,10 +171,16 @@ def test_sipp_over_mutual_tls_through_two_stunnels(pki: LabPKI, tmp_path: Path) 
             tmp_path,
             connect=(server.host, server.port),
             ca=pki.ca_cert,
-            check_host="cucm.video.example.com",
+            check_host=check_host,
             tls=_tls(pki, "gateway"),
         ) as client,
     ):
+        yield uas, server, client
+
+
+def test_sipp_over_mutual_tls_through_two_stunnels(pki: LabPKI, tmp_path: Path) -> None:
+    # uac -tcp-> stunnel client -TLS-> stunnel server -tcp-> uas
+    with _tunnelled_uas(pki, tmp_path, CALLS, "cucm.video.example.com") as (uas, server, client):
         uac = run_sipp(
             SippConfig(
                 "uac",
@@ -190,19 +203,7 @@ def test_sipp_over_mutual_tls_through_two_stunnels(pki: LabPKI, tmp_path: Path) 
 
 
 def test_tls_name_mismatch_fails_the_calls(pki: LabPKI, tmp_path: Path) -> None:
-    with (
-        start_sipp(SippConfig("uas", SippTransport.TCP, calls=1), tmp_path) as uas,
-        stunnel_server(
-            tmp_path, connect=("127.0.0.1", uas.port or 0), tls=_tls(pki, "cucm")
-        ) as server,
-        stunnel_client(
-            tmp_path,
-            connect=(server.host, server.port),
-            ca=pki.ca_cert,
-            check_host="someone-else.example.com",
-            tls=_tls(pki, "gateway"),
-        ) as client,
-    ):
+    with _tunnelled_uas(pki, tmp_path, 1, "someone-else.example.com") as (uas, _, client):
         uac = run_sipp(
             SippConfig(
                 "uac",
