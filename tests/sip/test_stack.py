@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -116,15 +117,28 @@ async def raw_udp() -> tuple[
     return transport, queue
 
 
-async def test_timer_retransmits_then_late_answer_is_taken() -> None:
-    """The one timer drives Timer E: the request is resent until the peer answers."""
+@asynccontextmanager
+async def ua_toward_raw_udp() -> AsyncIterator[
+    tuple[asyncio.DatagramTransport, asyncio.Queue[tuple[bytes, tuple[str, int]]], SipStack,
+          UserAgent, Hop]
+]:
+    """A UA on a FAST-timer UDP stack and the hop of a raw UDP sink that answers nothing
+    unless the test makes it."""
     sink, queue = await raw_udp()
     port = sink.get_extra_info("sockname")[1]
     stack = SipStack(timers=FAST, transport_settings=NO_RANGE)
     try:
         await stack.listen(Transport.UDP, HOST)
         ua = UserAgent(stack, user="a", domain="example.com")
-        hop = Hop(Transport.UDP, HOST, port)
+        yield sink, queue, stack, ua, Hop(Transport.UDP, HOST, port)
+    finally:
+        sink.close()
+        await stack.close()
+
+
+async def test_timer_retransmits_then_late_answer_is_taken() -> None:
+    """The one timer drives Timer E: the request is resent until the peer answers."""
+    async with ua_toward_raw_udp() as (sink, queue, stack, ua, hop):
         pending = stack.start_request(options(ua, hop), hop)
         async with asyncio.timeout(5):
             first, source = await queue.get()
@@ -134,19 +148,10 @@ async def test_timer_retransmits_then_late_answer_is_taken() -> None:
         async with asyncio.timeout(5):
             response = await pending.final
         assert response.status == 200
-    finally:
-        sink.close()
-        await stack.close()
 
 
 async def test_unanswered_request_raises_timeout() -> None:
-    sink, queue = await raw_udp()
-    port = sink.get_extra_info("sockname")[1]
-    stack = SipStack(timers=FAST, transport_settings=NO_RANGE)
-    try:
-        await stack.listen(Transport.UDP, HOST)
-        ua = UserAgent(stack, user="a", domain="example.com")
-        hop = Hop(Transport.UDP, HOST, port)
+    async with ua_toward_raw_udp() as (_, queue, stack, ua, hop):
         async with asyncio.timeout(5):  # Timer F = 64 * 20 ms
             with pytest.raises(SipTimeoutError, match="Timer B/F") as caught:
                 await stack.send_request(options(ua, hop), hop)
@@ -154,9 +159,6 @@ async def test_unanswered_request_raises_timeout() -> None:
         assert caught.value.request.method == "OPTIONS"
         assert queue.qsize() >= 3  # retransmitted on the way
         assert stack.layer.get_timer() is None or stack.layer.transactions == []
-    finally:
-        sink.close()
-        await stack.close()
 
 
 async def test_connection_refused_raises_transport_timeout() -> None:
