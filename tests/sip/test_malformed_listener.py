@@ -204,6 +204,15 @@ def assert_still_serving(peer: Peer, endpoint: GatewayProcess) -> None:
     assert reply.headers.get("call-id") == cid, reply
 
 
+def assert_new_connection_served(remote: tuple[str, int], endpoint: GatewayProcess) -> None:
+    """After a connection was dropped, a new one to ``remote`` is served (OPTIONS 200)."""
+    fresh = TcpPeer(remote)
+    try:
+        assert_still_serving(fresh, endpoint)
+    finally:
+        fresh.close()
+
+
 # ---------------------------------------------------------------------------------------
 # each malformed request
 
@@ -265,11 +274,7 @@ def test_tcp_unframeable_content_length_gets_400_then_close(endpoint: GatewayPro
         assert peer.closed_by_peer()
     finally:
         peer.close()
-    fresh = TcpPeer(remote)
-    try:
-        assert_still_serving(fresh, endpoint)
-    finally:
-        fresh.close()
+    assert_new_connection_served(remote, endpoint)
 
 
 @pytest.mark.parametrize("shape", ["declared body too large", "endless headers"])
@@ -291,11 +296,7 @@ def test_tcp_oversize_gets_413(shape: str, endpoint: GatewayProcess) -> None:
         assert peer.closed_by_peer()
     finally:
         peer.close()
-    fresh = TcpPeer(remote)
-    try:
-        assert_still_serving(fresh, endpoint)
-    finally:
-        fresh.close()
+    assert_new_connection_served(remote, endpoint)
 
 
 GARBAGE = bytes(range(256)) + b"\r\n\r\n" + secrets.token_bytes(64)
