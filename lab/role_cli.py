@@ -1,8 +1,9 @@
 """What the command lines of the lab roles share (cucm, imp, endpoint, lync-*, lab).
 
 The configuration options, logging to stderr, the readiness lines scripts wait for, the
-stop-on-signal event and the run wrapper that turns OSError / Ctrl-C into exit statuses.
-Each role keeps its own wording of configuration errors and its exit statuses for them.
+stop-on-signal event, the run wrapper that turns OSError / Ctrl-C into exit statuses, and
+``--check-config`` (one behaviour for every role, the same as ``gateway run`` and
+``gateway turn``: ``config OK: FILE`` and 0, or ``config error: FILE: key: why`` and 1).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from sip.uri import format_host
 
 __all__ = [
     "add_config_options",
+    "check_config",
     "add_verbose_option",
     "announce",
     "run",
@@ -31,6 +33,19 @@ __all__ = [
 ]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def check_config(path: str | Path, load: Callable[[], object]) -> int:
+    """``--check-config FILE``: load it (``load`` raises ConfigError naming the key)."""
+    from gateway.configkit import ConfigError
+
+    try:
+        load()
+    except ConfigError as error:
+        sys.stderr.write(f"config error: {path}: {error}\n")
+        return 1
+    sys.stdout.write(f"config OK: {path}\n")
+    return 0
 
 
 def add_config_options(

@@ -21,6 +21,7 @@ from lab.role_cli import (
     add_config_options,
     add_verbose_option,
     announce,
+    check_config,
     run,
     setup_logging,
     stop_on_signal,
@@ -72,15 +73,14 @@ def _main(
 ) -> int:
     args = _parser(f"gateway {name}", description, default).parse_args(argv)
     setup_logging(args.verbose)
-    path = args.check_config or args.config
+    if args.check_config is not None:
+        return check_config(args.check_config, lambda: load(args.check_config, tuple(args.set)))
+    path = args.config
     try:
         config = load(path, tuple(args.set))
     except ConfigError as error:
         sys.stderr.write(f"gateway {name}: {path}: {error}\n")
         return 2
-    if args.check_config is not None:
-        sys.stdout.write(f"{path}: configuration OK\n")
-        return 0
     logger = logging.getLogger(f"lab.cisco.{name}")
     return run(_serve(name, start(config), logger), name)
 

@@ -19,6 +19,7 @@ from lab.role_cli import (
     add_config_options,
     add_verbose_option,
     announce,
+    check_config,
     run,
     setup_logging,
     stop_on_signal,
@@ -129,11 +130,11 @@ async def _run(config: EndpointConfig, call: URI | None, duration: float) -> int
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.check_config is not None:
+        return check_config(
+            args.check_config, lambda: load_endpoint(args.check_config, tuple(args.set))
+        )
     try:
-        if args.check_config is not None:
-            load_endpoint(args.check_config, tuple(args.set))
-            sys.stdout.write(f"{args.check_config}: configuration OK\n")
-            return 0
         if args.config is not None:
             config = load_endpoint(args.config, tuple(args.set))
         elif args.listen:

@@ -25,6 +25,7 @@ from lab.role_cli import (
     add_config_options,
     add_verbose_option,
     announce,
+    check_config,
     run,
     setup_logging,
     stop_on_signal,
@@ -39,10 +40,13 @@ T = TypeVar("T")
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gateway {prog}", description=description)
-    add_config_options(p, config_help="TOML configuration file",
-                       set_help="override a configuration key (repeatable)",
-                       check_help="validate FILE and exit (0 valid, 1 invalid)",
-                       set_dest="overrides")
+    add_config_options(
+        p,
+        config_help="TOML configuration file",
+        set_help="override a configuration key (repeatable)",
+        check_help="validate FILE and exit (0 valid, 1 invalid)",
+        set_dest="overrides",
+    )
     add_verbose_option(p)
     return p
 
@@ -61,20 +65,15 @@ def _load(cls: type[T], path: Path | None, overrides: Sequence[str]) -> T:
 def _prepare(cls: type[T], args: argparse.Namespace, prog: str) -> T | int:
     """The config, or an exit status (check-config done, or an error)."""
     if args.check_config is not None:
-        try:
-            _load(cls, args.check_config, args.overrides)
-        except ConfigError as error:
-            sys.stderr.write(f"config error: {args.check_config}: {error}\n")
-            return 1
-        sys.stdout.write(f"config OK: {args.check_config}\n")
-        return 0
+        return check_config(
+            args.check_config, lambda: _load(cls, args.check_config, args.overrides)
+        )
     try:
         config = _load(cls, args.config, args.overrides)
     except ConfigError as error:
         sys.stderr.write(f"gateway {prog}: config error: {args.config}: {error}\n")
         return 2
-    setup_logging(args.verbose,
-                  quiet={"sip.transport": logging.WARNING, "aioice": logging.WARNING})
+    setup_logging(args.verbose, quiet={"sip.transport": logging.WARNING, "aioice": logging.WARNING})
     return config
 
 
@@ -119,8 +118,7 @@ def edge_main(argv: list[str]) -> int:
         stop = stop_on_signal()
         edge = await Edge.start(config)
         try:
-            addresses: list[TransportAddress | tuple[str, str, int]] = list(
-                edge.stack.listeners)
+            addresses: list[TransportAddress | tuple[str, str, int]] = list(edge.stack.listeners)
             if edge.turn is not None:
                 addresses += edge.turn.addresses
             announce(logger, addresses, "Lync Edge ready")
@@ -135,10 +133,17 @@ def edge_main(argv: list[str]) -> int:
 def client_main(argv: list[str]) -> int:
     """`gateway lync-client`: register, then answer calls or place one (--call)."""
     parser = _parser("lync-client", "A simulated Lync / Skype for Business client.")
-    parser.add_argument("--call", metavar="TARGET",
-                        help="call TARGET (e.g. 3001@video.example.com), report media, exit")
-    parser.add_argument("--duration", type=float, default=2.0,
-                        help="seconds to keep a --call call up after media flows")
+    parser.add_argument(
+        "--call",
+        metavar="TARGET",
+        help="call TARGET (e.g. 3001@video.example.com), report media, exit",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=2.0,
+        help="seconds to keep a --call call up after media flows",
+    )
     parser.add_argument("--no-video", action="store_true", help="audio only for --call")
     args = parser.parse_args(argv)
     config = _prepare(ClientConfig, args, "lync-client")
@@ -152,8 +157,11 @@ def client_main(argv: list[str]) -> int:
         client = await LyncClient.start(config)
         try:
             local = client.agent.local
-            announce(logger, [("tls", local.host, local.port)] if local else [],
-                     f"Lync client {client.aor} (registered) ready")
+            announce(
+                logger,
+                [("tls", local.host, local.port)] if local else [],
+                f"Lync client {client.aor} (registered) ready",
+            )
             if args.call is None:
                 await _until(stop)
                 return 0
@@ -174,8 +182,12 @@ async def _place(client: Any, target: str, video: bool, duration: float) -> int:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(call.ended.wait(), duration)
         media = call.media()
-        report.update(result="passed", ice_pair=media.ice_pair, streams=list(media.streams),
-                      packets={"sent": media.packets_sent, "received": media.packets_received})
+        report.update(
+            result="passed",
+            ice_pair=media.ice_pair,
+            streams=list(media.streams),
+            packets={"sent": media.packets_sent, "received": media.packets_received},
+        )
     except Exception as error:  # reported, not raised: the CLI's answer is the report
         report.update(result="failed", reason=str(error) or type(error).__name__)
         status = 1

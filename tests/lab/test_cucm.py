@@ -296,15 +296,18 @@ def _fields(config: EndpointConfig, host: str) -> dict[str, Any]:
 # -- the CLI ---------------------------------------------------------------------------------
 
 
-def test_cucm_cli_check_config(tmp_path: Path) -> None:
+def test_cucm_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from lab.cisco.cli import cucm_main
 
     assert cucm_main(["--check-config", "lab/configs/cucm.toml"]) == 0
+    assert capsys.readouterr().out == "config OK: lab/configs/cucm.toml\n"
     bad = tmp_path / "bad.toml"
     bad.write_text('[trunk]\ndestination = "sctp:127.0.2.1:5061"\n')
-    assert cucm_main(["--check-config", str(bad)]) == 2
+    assert cucm_main(["--check-config", str(bad)]) == 1
+    assert capsys.readouterr().err.startswith(f"config error: {bad}: trunk.destination")
     bad.write_text("dn_patern = '3'\n")
-    assert cucm_main(["--check-config", str(bad)]) == 2
+    assert cucm_main(["--check-config", str(bad)]) == 1
+    assert "dn_patern" in capsys.readouterr().err
 
 
 async def test_cucm_cli_serves_and_says_ready(pki: LabPKI, tmp_path: Path) -> None:

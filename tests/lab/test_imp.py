@@ -131,9 +131,11 @@ async def test_other_methods_get_405_and_wait_for_times_out(imp, client) -> None
         await imp.wait_for("MESSAGE", timeout=0.1)
 
 
-def test_imp_check_config(tmp_path: Path) -> None:
+def test_imp_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert imp_main(["--check-config", "lab/configs/imp.toml"]) == 0
+    assert capsys.readouterr().out == "config OK: lab/configs/imp.toml\n"
     bad = tmp_path / "imp.toml"
     bad.write_text('listen = ["tcp:127.0.3.2"]\n')
-    assert imp_main(["--check-config", str(bad)]) == 2
+    assert imp_main(["--check-config", str(bad)]) == 1
+    assert capsys.readouterr().err.startswith(f"config error: {bad}: listen")
     assert replace(ImpConfig(listen=("tcp:127.0.0.1:0",)), presence="closed").presence == "closed"
