@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from gateway.config import ConfigError, GatewayConfig, load
 
-__all__ = ["DEFAULT_CONFIG", "build_parser", "check_config", "main", "serve"]
+__all__ = ["DEFAULT_CONFIG", "build_parser", "check_config", "main", "serve", "tune_gc"]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 """The lab's configuration, shipped with the package."""
@@ -104,6 +105,10 @@ def main(argv: Sequence[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_level != "debug":
+        # aioice logs every check and state change at INFO (several lines per stream per
+        # call): its chatter only with --log-level debug.
+        logging.getLogger("aioice").setLevel(logging.WARNING)
     for warning in config.warnings:
         logging.getLogger(__name__).warning("%s", warning)
     from sip.aio import run
@@ -127,6 +132,7 @@ async def serve(config: GatewayConfig) -> int:
     except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    tune_gc()
     log.info("gateway %s running (%s)", config.system.fqdn, config.summary())
     try:
         await stop.wait()
@@ -138,6 +144,25 @@ async def serve(config: GatewayConfig) -> int:
         await gateway.close()
     log.info("stopped")
     return 0
+
+
+GC_GEN0_THRESHOLD = 20_000
+"""Allocations between young collections (CPython's default is 700)."""
+
+
+def tune_gc() -> None:
+    """Cheaper cyclic GC for a running gateway (measured: a fifth of the CPU per call went to
+    the collector at the default settings).
+
+    Everything alive once the listeners are up (modules, configuration, tables) lives as long
+    as the process: frozen, full collections stop rescanning it. A call allocates thousands
+    of objects that live for the call's few milliseconds; a young generation of 700 promoted
+    many of them to the older generations (each promotion is later rescanned) before they
+    died. Cycles are still collected, only in larger batches."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 if __name__ == "__main__":
