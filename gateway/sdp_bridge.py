@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config import Encryption, MediaEncryption
-from media.ms_dialect import EncryptionPolicy, pick_sdp_body
+from media.ms_dialect import EncryptionPolicy, pick_sdp
 from media.rewrite import VideoSecurity, build_delayed_offer, to_microsoft, to_standard
 from media.sdp import SessionDescription, parse_sdp
 from media.session import MediaSession
@@ -47,8 +47,8 @@ def sdp_of(message: Request | Response) -> SessionDescription | None:
     """
     if not message.body:
         return None
-    data, _ = pick_sdp_body(message.content_type or "application/sdp", message.body)
-    return parse_sdp(data)
+    sdp, _ = pick_sdp(message.content_type or "application/sdp", message.body)
+    return sdp
 
 
 def _wire(sdp: SessionDescription) -> SessionDescription:

@@ -45,6 +45,7 @@ __all__ = [
     "offered_encryption",
     "parse_candidate",
     "parse_legacy_candidate",
+    "pick_sdp",
     "pick_sdp_body",
     "read_microsoft",
     "read_stream",
@@ -137,9 +138,21 @@ def pick_sdp_body(content_type: str, body: bytes) -> tuple[bytes, IceVersion]:
     ``ms-proxy-2007fallback`` disposition wins (RFC 5245 candidates); the fallback part is
     used only when it is the only SDP there (draft-6 candidates).
     """
+    data, sdp = _pick(content_type, body)
+    return data, ice_version_of(sdp)
+
+
+def pick_sdp(content_type: str, body: bytes) -> tuple[SessionDescription, IceVersion]:
+    """As :func:`pick_sdp_body`, with the chosen part already parsed (it is parsed to read
+    its ICE version anyway: the B2BUA needs the description, not the bytes)."""
+    _, sdp = _pick(content_type, body)
+    return sdp, ice_version_of(sdp)
+
+
+def _pick(content_type: str, body: bytes) -> tuple[bytes, SessionDescription]:
     mime = content_type.split(";", 1)[0].strip().lower()
     if mime == "application/sdp":
-        return body, ice_version_of(parse_sdp(body))
+        return body, parse_sdp(body)
     if not mime.startswith("multipart/"):
         raise SdpError(f"no SDP in a {mime or 'typeless'} body", 415)
     from sip.multipart import parse_multipart  # the message layer's parser
@@ -155,9 +168,9 @@ def pick_sdp_body(content_type: str, body: bytes) -> tuple[bytes, IceVersion]:
         elif primary is None:
             primary = part.body
     if primary is not None:
-        return primary, ice_version_of(parse_sdp(primary))
+        return primary, parse_sdp(primary)
     if fallback is not None:
-        return fallback, ice_version_of(parse_sdp(fallback))
+        return fallback, parse_sdp(fallback)
     raise SdpError("multipart body has no application/sdp part", 415)
 
 

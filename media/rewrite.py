@@ -20,6 +20,7 @@ whose m= lines match that offer one for one (RFC 3264 §6).
 
 from __future__ import annotations
 
+import base64
 import enum
 import re
 import secrets
@@ -166,10 +167,11 @@ def check_ice_credentials(ufrag: str, pwd: str) -> None:
 
 def make_ice_credentials() -> tuple[str, str]:
     """Fresh (ufrag, pwd) of 4 and 24 ice-chars, the lengths Lync itself uses."""
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    ufrag = "".join(secrets.choice(alphabet) for _ in range(4))
-    pwd = "".join(secrets.choice(alphabet) for _ in range(24))
-    return ufrag, pwd
+    # The base64 alphabet is exactly the 64 ice-chars (RFC 5245 §15.1: ALPHA / DIGIT / "+" /
+    # "/"), and 21 random bytes encode to 28 characters without padding, each uniform: one
+    # read of the system's CSPRNG instead of 28 ``secrets.choice`` calls.
+    chars = base64.b64encode(secrets.token_bytes(21)).decode("ascii")
+    return chars[:4], chars[4:]
 
 
 # -- helpers -------------------------------------------------------------------------------

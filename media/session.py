@@ -166,8 +166,9 @@ class MediaSession:
         video.on_latch = lambda component, source: self._emit(
             SourceLatched(index, kind, component, source))
         self._keys[index] = (os.urandom(30), os.urandom(30))
-        self.log.info("%s: %s stream %d on %s:%d (Microsoft) / %s:%d (video)", self.call_id,
-                      kind, index, ice.host, ice.ports[0], video.host, video.ports[0])
+        # DEBUG: two lines per call at INFO cost more than a tenth of a millisecond each.
+        self.log.debug("%s: %s stream %d on %s:%d (Microsoft) / %s:%d (video)", self.call_id,
+                       kind, index, ice.host, ice.ports[0], video.host, video.ports[0])
         return stream
 
     # -- plans for media.rewrite ---------------------------------------------------------------

@@ -23,6 +23,7 @@ from media.ms_dialect import (
     offered_encryption,
     parse_candidate,
     parse_legacy_candidate,
+    pick_sdp,
     pick_sdp_body,
     read_microsoft,
 )
@@ -212,6 +213,20 @@ def test_pick_falls_back_to_draft6_part_when_alone(lync_v6: bytes) -> None:
     assert version is IceVersion.DRAFT6
     assert parse_sdp(chosen) == parse_sdp(lync_v6)
 
+
+
+def test_pick_sdp_gives_the_chosen_part_parsed(lync_v19: bytes, lync_v6: bytes) -> None:
+    content_type, body = load_mime("lync2013_av_offer.mime")
+    assert pick_sdp(content_type, body) == (parse_sdp(lync_v19), IceVersion.RFC5245)
+    boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
+    first, _second = body.split(b"\r\n--" + boundary + b"\r\n", 1)
+    only_fallback = first + b"\r\n--" + boundary + b"--\r\n"
+    assert pick_sdp(content_type, only_fallback) == (parse_sdp(lync_v6), IceVersion.DRAFT6)
+    plain = load_sdp("video_endpoint_offer.sdp")
+    assert pick_sdp("application/sdp", plain) == (parse_sdp(plain), IceVersion.NONE)
+    with pytest.raises(SdpError) as info:
+        pick_sdp("text/plain", b"hello")
+    assert info.value.status_hint == 415
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(
