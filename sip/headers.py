@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from . import grammar
 from .errors import LocalProtocolError, ParseError
-from .uri import URI, Params, format_host, parse_host, parse_port
+from .uri import PARSE_MEMO_SIZE, URI, Params, format_host, parse_host, parse_port
 
 __all__ = [
     "COMPACT_FORMS",
@@ -123,6 +123,10 @@ def _format_display(name: str) -> str:
 _SEMI = re.compile(r"[ \t]*;")
 
 
+_ADDRESSES: dict[str, Address] = {}
+"""Parsed name-addr texts, at most ``PARSE_MEMO_SIZE`` (oldest forgotten first)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A name-addr or addr-spec with header parameters (From, To, Contact, Route ...)."""
@@ -137,6 +141,18 @@ class Address:
     @classmethod
     def parse(cls, text: str) -> Address:
         """Parse one ``(name-addr / addr-spec) *(SEMI param)``; raises ParseError."""
+        # Immutable, and each From/To/Contact text recurs in a call's messages: parse once.
+        if cls is Address:
+            address = _ADDRESSES.get(text)
+            if address is None:
+                address = _ADDRESSES[text] = cls._parse(text)
+                if len(_ADDRESSES) > PARSE_MEMO_SIZE:
+                    del _ADDRESSES[next(iter(_ADDRESSES))]
+            return address
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Address:
         m = grammar.NAME_ADDR.match(text)
         if m is not None:
             display = m["display"]

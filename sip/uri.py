@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 from . import grammar
 from .errors import LocalProtocolError, ParseError
 
-__all__ = ["URI", "Params", "parse_host"]
+__all__ = ["PARSE_MEMO_SIZE", "URI", "Params", "parse_host"]
 
 
 class Params:
@@ -34,8 +34,13 @@ class Params:
         return cls(tuple(values.items()))
 
     def _index(self, name: str) -> int:
+        items = self._items
+        # Exact spelling first (callers and peers almost always write names lower-case).
+        for i, (n, _) in enumerate(items):
+            if n == name:
+                return i
         lname = name.lower()
-        for i, (n, _) in enumerate(self._items):
+        for i, (n, _) in enumerate(items):
             if n.lower() == lname:
                 return i
         return -1
@@ -151,6 +156,11 @@ def _escape(text: str, safe: str) -> str:
     return _pct_quote(text.encode("utf-8", "surrogateescape"), safe=safe)
 
 
+PARSE_MEMO_SIZE = 4096
+"""Parsed texts remembered (oldest forgotten first): the texts come from the network."""
+_PARSED: dict[str, URI] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class URI:
     """A SIP or SIPS URI; other schemes (tel:, http: ...) keep their text in ``opaque``."""
@@ -175,6 +185,19 @@ class URI:
     @classmethod
     def parse(cls, text: str) -> URI:
         """Parse a SIP/SIPS URI or an absoluteURI; raises ParseError."""
+        # URIs are immutable and a call's messages repeat the same ones (Request-URI,
+        # From/To/Contact): parse each text once.
+        if cls is URI:
+            uri = _PARSED.get(text)
+            if uri is None:
+                uri = _PARSED[text] = cls._parse(text)
+                if len(_PARSED) > PARSE_MEMO_SIZE:
+                    del _PARSED[next(iter(_PARSED))]
+            return uri
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> URI:
         m = grammar.SIP_URI.fullmatch(text)
         if m is None:
             if text[:4].lower() in ("sip:", "sips"):

@@ -92,3 +92,15 @@ def test_cseq() -> None:
     for bad in ("INVITE", "1", "-1 INVITE", "2147483648 INVITE", "1 INVITE x"):
         with pytest.raises(ParseError):
             CSeq.parse(bad)
+
+
+def test_address_parse_memo_gives_the_same_value() -> None:
+    text = '"Memo" <sip:memo@example.com;transport=tls>;tag=abc;epid=1'
+    first = Address.parse(text)
+    assert Address.parse(text) is first
+    assert first.tag == "abc" and first.display_name == "Memo"
+    assert first.uri.transport == "tls"
+    with pytest.raises(ParseError):
+        Address.parse('"unterminated <sip:a@b>')
+    with pytest.raises(ParseError):
+        Address.parse('"unterminated <sip:a@b>')

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from sip.errors import ParseError
-from sip.uri import URI, Params
+from sip import uri as uri_module
+from sip.uri import PARSE_MEMO_SIZE, URI, Params
 
 
 def test_full_sip_uri() -> None:
@@ -78,3 +79,26 @@ def test_params_case_insensitive_and_immutable() -> None:
     assert str(p.without("lr")) == ";Transport=TCP"
     with pytest.raises(KeyError):
         p["missing"]
+
+
+def test_parse_memo_gives_the_same_value_and_stays_bounded() -> None:
+    text = "sip:memo-user@example.com;transport=tcp"
+    first = URI.parse(text)
+    assert URI.parse(text) is first
+    assert str(first) == text
+    for i in range(PARSE_MEMO_SIZE + 10):
+        URI.parse(f"sip:u{i}@memo.example.com")
+    assert len(uri_module._PARSED) <= PARSE_MEMO_SIZE + 1
+    assert URI.parse(text) == first  # forgotten, parsed again to an equal value
+    with pytest.raises(ParseError):  # failures are never remembered
+        URI.parse("sip:bad host@example.com")
+    with pytest.raises(ParseError):
+        URI.parse("sip:bad host@example.com")
+
+
+def test_params_lookup_is_case_insensitive_either_way() -> None:
+    params = URI.parse("sip:a@example.com;Transport=TCP;lr").params
+    assert params.get("transport") == "TCP"
+    assert params.get("TRANSPORT") == "TCP"
+    assert "LR" in params and "lr" in params
+    assert params.get("maddr") is None
