@@ -40,6 +40,7 @@ _MEDIA_ORDER = {"i": 0, "c": 1, "b": 2, "k": 3}
 
 # RFC 8866 §9: type = %x61-7A ; value = byte-string (no NUL, CR, LF)
 _LINE = re.compile(r"([a-z])=([^\x00\r\n]*)")
+_TYPE_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 # att-field = token (RFC 8866 §9; token chars of RFC 4566)
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
 # media-field = %s"m" "=" media SP port ["/" integer] SP proto 1*(SP fmt)
@@ -48,6 +49,9 @@ _MEDIA = re.compile(r"([!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+) (\d{1,5})(?:/(\d+))? (\S+
 _RTPMAP = re.compile(r"(\d{1,3}) ([^/\s]+)/(\d+)(?:/(\d+))?")
 
 MAX_SDP_SIZE = 65536
+
+_GOOD_NAMES: set[str] = set()
+"""Attribute names already checked against _TOKEN (a description repeats a few dozen)."""
 
 
 class SdpError(ParseError):
@@ -64,7 +68,8 @@ class Attribute:
     """Everything after the first colon; None for a property attribute (``a=sendrecv``)."""
 
     def is_named(self, name: str) -> bool:
-        return self.name.lower() == name.lower()
+        own = self.name
+        return own == name or own.lower() == name.lower()
 
     def __str__(self) -> str:
         return self.name if self.value is None else f"{self.name}:{self.value}"
@@ -72,8 +77,11 @@ class Attribute:
     @classmethod
     def parse(cls, text: str) -> Attribute:
         name, colon, value = text.partition(":")
-        if not _TOKEN.fullmatch(name):
-            raise SdpError(f"bad attribute name in a={text!r}")
+        if name not in _GOOD_NAMES:
+            if not _TOKEN.fullmatch(name):
+                raise SdpError(f"bad attribute name in a={text!r}")
+            if len(_GOOD_NAMES) < 1024:  # names come from the network: bound the memo
+                _GOOD_NAMES.add(name)
         return cls(name, value if colon else None)
 
 
@@ -352,12 +360,17 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
         raw_lines.pop()
     if not raw_lines:
         raise SdpError("empty SDP body")
+    if "\x00" in text or "\r" in text.replace("\r\n", ""):
+        # Rare: let the full line pattern name the first bad line.
+        for raw in raw_lines:
+            if _LINE.fullmatch(raw) is None:
+                raise SdpError(f"malformed SDP line {raw[:60]!r}")
     lines: list[tuple[str, str]] = []
     for raw in raw_lines:
-        m = _LINE.fullmatch(raw)
-        if m is None:
+        # What _LINE checks, without NUL and CR (none in the text, tested above).
+        if len(raw) < 2 or raw[1] != "=" or raw[0] not in _TYPE_LETTERS:
             raise SdpError(f"malformed SDP line {raw[:60]!r}")
-        lines.append((m.group(1), m.group(2)))
+        lines.append((raw[0], raw[2:]))
     if lines[0] != ("v", "0"):
         raise SdpError("SDP must start with v=0")
     return _Builder().build(lines[1:])
