@@ -78,24 +78,62 @@ def parse_multipart(content_type: str, body: bytes) -> list[BodyPart]:
     boundary = params.get("boundary")
     if not boundary or not _BOUNDARY.fullmatch(boundary):
         raise ParseError("multipart body without a valid boundary")
-    dash = b"--" + boundary.encode("ascii")
-    # Delimiters sit at the start of the body or after a line break.
-    delimiter = re.compile(rb"(?:\A|\r?\n)" + re.escape(dash) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
-    marks = list(delimiter.finditer(body))
+    marks = _delimiters(body, b"--" + boundary.encode("ascii"))
     if not marks:
         raise ParseError("multipart body has no boundary delimiter")
     parts: list[BodyPart] = []
-    for i, m in enumerate(marks):
-        if m.group(1):  # close delimiter: the epilogue follows
+    for i, (_, end, close) in enumerate(marks):
+        if close:  # close delimiter: the epilogue follows
             break
         if i + 1 == len(marks):
             raise ParseError("multipart body has no closing delimiter")
-        parts.append(_parse_part(body[m.end(): marks[i + 1].start()]))
+        parts.append(_parse_part(body[end: marks[i + 1][0]]))
     else:
         raise ParseError("multipart body has no closing delimiter")
     if not parts:
         raise ParseError("multipart body has no parts")
     return parts
+
+
+def _delimiters(body: bytes, dash: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, is-close) of each delimiter line, in order, not overlapping.
+
+    A delimiter is ``dash ["--"] *LWSP (CRLF / LF / end)`` at the start of the body or
+    after a line break, the line break belonging to it. Found with bytes.find on the dash
+    (a regex anchored on "start or line break" is tried at every byte of the body)."""
+    marks: list[tuple[int, int, bool]] = []
+    floor = 0  # delimiters do not overlap: the line break must lie after the last one
+    size = len(body)
+    k = body.find(dash)
+    while k >= 0:
+        if k == 0:
+            start = 0
+        elif k - 2 >= floor and body[k - 2: k] == b"\r\n":
+            start = k - 2
+        elif k - 1 >= floor and body[k - 1] == 0x0A:
+            start = k - 1
+        else:
+            start = -1
+        if start >= 0:
+            end = k + len(dash)
+            close = body.startswith(b"--", end)
+            if close:
+                end += 2
+            while end < size and body[end] in b" \t":
+                end += 1
+            if end == size or body.startswith(b"\n", end):
+                end = min(end + 1, size)
+            elif body.startswith(b"\r\n", end):
+                end += 2
+            else:
+                start = -1
+            if start >= 0:
+                marks.append((start, end, close))
+                floor = end
+                k = body.find(dash, end)
+                continue
+        k = body.find(dash, k + 1)
+    return marks
 
 
 def _parse_part(data: bytes) -> BodyPart:

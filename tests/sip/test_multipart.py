@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sip.errors import LocalProtocolError, ParseError
 from sip.message import parse_message
-from sip.multipart import BodyPart, encode_multipart, media_type, parse_multipart
+from sip.multipart import (
+    BodyPart,
+    _delimiters,
+    encode_multipart,
+    media_type,
+    parse_multipart,
+)
 
 LYNC = (Path(__file__).parent.parent / "data" / "sip" / "lync_invite.sip").read_bytes()
 
@@ -77,3 +86,26 @@ def test_encode_refuses_boundary_in_body() -> None:
         encode_multipart([BodyPart("text/plain", (), b"--abc")], boundary="abc")
     with pytest.raises(LocalProtocolError):
         encode_multipart([])
+
+
+# The delimiter rule as RFC 2046 §5.1.1 states it, written as the regex the parser used
+# before it searched with bytes.find: the oracle for the differential test below.
+_ORACLE = re.compile(rb"(?:\A|\r?\n)" + re.escape(b"--b") + rb"(--)?[ \t]*(?:\r?\n|\Z)")
+
+_PIECES = st.sampled_from(
+    [b"--b", b"--b--", b"\r\n", b"\n", b"\r", b" ", b"\t", b"-", b"x", b"\r\n\r\nz", b"---b"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_PIECES, max_size=14).map(b"".join))
+def test_delimiters_found_as_the_rfc_2046_rule_says(body: bytes) -> None:
+    expected = [(m.start(), m.end(), m.group(1) is not None) for m in _ORACLE.finditer(body)]
+    assert _delimiters(body, b"--b") == expected
+
+
+def test_parts_between_bare_lf_delimiters() -> None:
+    body = b"--b \n\nfirst\n--b\t\nContent-Type: text/x\n\nsecond\r\n--b-- \t"
+    parts = parse_multipart("multipart/mixed; boundary=b", body)
+    assert [(p.content_type, p.body) for p in parts] == [("text/plain", b"first"),
+                                                        ("text/x", b"second")]
