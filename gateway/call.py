@@ -20,7 +20,7 @@ from sip.errors import LocalProtocolError
 
 if TYPE_CHECKING:
     from gateway.leg import Leg
-    from media.session import MediaSession
+    from media.session import MediaSession, StreamCounters
 
 __all__ = [
     "CALL_TABLE",
@@ -28,6 +28,7 @@ __all__ = [
     "CallEvent",
     "CallState",
     "CallStateError",
+    "EndedCall",
     "Outcome",
 ]
 
@@ -103,6 +104,23 @@ class Outcome:
     """completed, cancelled, rejected or failed."""
     reason: str
     """Human-readable reason (``BYE from microsoft``, ``487 Request Terminated`` ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndedCall:
+    """What is kept of a call once it is gone: a few values, not its legs, messages or media
+    (a hundred whole calls held tens of thousands of objects every full GC rescanned)."""
+
+    call_id: str
+    outcome: Outcome
+    started_at: float
+    """Loop time the inbound INVITE arrived."""
+    connected_at: float | None
+    """Loop time the 2xx was relayed (None when never connected)."""
+    ended_at: float
+    """Loop time its media was given back."""
+    counters: tuple[StreamCounters, ...] = ()
+    """Each stream's final packet counters."""
 
 
 @dataclass(slots=True, eq=False)

@@ -14,6 +14,7 @@ and a 2xx never ACKed (64*T1) clear both legs with a BYE carrying a Reason.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ipaddress
 import logging
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.call import Call, CallEvent, CallState, Outcome
+from gateway.call import Call, CallEvent, CallState, EndedCall, Outcome
 from gateway.config import MICROSOFT_ZONE, MediaEncryption
 from gateway.leg import Leg, LegRole, SideAgent, reason_header
 from gateway.metrics import CallResult, RefusalReason
@@ -33,7 +34,7 @@ from media.ms_dialect import EncryptionMismatch
 from media.port_pool import PortPoolExhausted
 from media.rewrite import NoCommonCodec
 from media.sdp import SessionDescription
-from media.session import MediaSession
+from media.session import MediaSession, StreamCounters
 from sip.errors import ProtocolError
 from sip.headers import Address
 from sip.message import Request, Response
@@ -98,8 +99,8 @@ class CallController:
         self.gateway = gateway
         self.calls: dict[str, Call] = {}
         """Active calls by id (the inbound leg's Call-ID)."""
-        self.ended: list[Call] = []
-        """Recently ended calls (last 100), for tests and logs."""
+        self.ended: collections.deque[EndedCall] = collections.deque(maxlen=100)
+        """Summaries of the last 100 ended calls, for tests and logs."""
         self._bridges: dict[str, SdpBridge] = {}
         self._counted: set[str] = set()
         self._delayed: set[str] = set()
@@ -388,7 +389,7 @@ class CallController:
         call.handle(CallEvent.CONNECT)
         call.connected_at = asyncio.get_running_loop().time()
         self.gateway.metrics.call_connected(call.connected_at - call.started_at)
-        call.log().info("connected %s -> %s", inbound.remote_text, outbound.remote_text)
+        call.log().debug("connected %s -> %s", inbound.remote_text, outbound.remote_text)
 
     async def _delayed_answer(self, call: Call, ack: Request) -> None:
         try:
@@ -626,7 +627,7 @@ class CallController:
                     byes.append(bye)
             else:
                 leg.forget()
-        call.log().info("call ended: %s", outcome.reason)
+        call.log().info("call ended: %s; %s", outcome.reason, _call_summary(call))
         self._spawn(self._discard(call))
         return byes
 
@@ -640,16 +641,20 @@ class CallController:
             self._counted.discard(call.call_id)
             assert call.outcome is not None
             self.gateway.metrics.call_ended(call.outcome.result)
+        counters: tuple[StreamCounters, ...] = ()
         if call.media is not None:
             try:
                 await call.media.close()
             except Exception:
                 call.log().exception("closing media failed")
+            counters = call.media.counters()
         # Gone from the active calls only once its ports are back in the pool.
         self.calls.pop(call.call_id, None)
         self.gateway.metrics.set_media_ports_in_use(self.gateway.pool.ports_in_use)
-        self.ended.append(call)
-        del self.ended[:-100]
+        assert call.outcome is not None
+        self.ended.append(EndedCall(call.call_id, call.outcome, call.started_at,
+                                    call.connected_at, asyncio.get_running_loop().time(),
+                                    counters))
         self.call_ended.set()
 
     def _refuse(self, leg: Leg, refusal: Refusal) -> None:
@@ -676,6 +681,16 @@ class CallController:
                 await self._discard(call)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+def _call_summary(call: Call) -> str:
+    """The rest of the one INFO line a call logs: who, and how long it was up."""
+    outbound = call.outbound
+    route = f"{call.inbound.remote_text} -> {outbound.remote_text if outbound else '-'}"
+    if call.connected_at is None:
+        return f"{route}, never connected"
+    up = asyncio.get_running_loop().time() - call.connected_at
+    return f"{route}, connected after {call.connected_at - call.started_at:.3f} s, up {up:.1f} s"
 
 
 def _status(error: ProtocolError, default: int) -> int:

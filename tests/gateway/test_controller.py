@@ -4,10 +4,15 @@ a 2xx never ACKed, and REFER from the video side (the Microsoft client transferr
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import pytest
+
 from certs.pki import LabPKI
+from gateway.call import EndedCall, Outcome
 from gateway.controller import ICE_FAILURE_TEXT
+from gateway.metrics import CallResult
 from media.sdp import SessionDescription, parse_sdp
 from sip.dialog import Dialog
 from sip.headers import Address
@@ -121,7 +126,9 @@ async def test_from_holding_only_an_ip_is_rewritten_toward_microsoft(make_lab: A
         await ua.stack.close()
 
 
-async def test_ice_failure_clears_both_legs_with_the_reason(make_lab: Any) -> None:
+async def test_ice_failure_clears_both_legs_with_the_reason(
+        make_lab: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
     lab: Lab = await make_lab(options={"ice_timeout": 0.5})
     call, response = await lab.fe.call("3001@video.example.com")
     assert response.status == 200 and call is not None
@@ -136,6 +143,18 @@ async def test_ice_failure_clears_both_legs_with_the_reason(make_lab: Any) -> No
     await wait_for(lambda: not lab.gateway.calls and lab.gateway.pool.ports_in_use == 0,
                    "call cleared")
     assert 'gateway_calls_total{result="failed"} 1.0' in lab.gateway.metrics.render().decode()
+    # Only a small summary is kept of the ended call, not the call with its legs and media.
+    [ended] = lab.gateway.controller.ended
+    assert isinstance(ended, EndedCall)
+    assert ended.outcome == Outcome(CallResult.FAILED, ICE_FAILURE_TEXT)
+    assert ended.connected_at is not None
+    assert ended.started_at <= ended.connected_at <= ended.ended_at
+    assert [c.kind for c in ended.counters] == ["audio", "video"]
+    # One INFO line for the call, at its end, naming the reason and both sides.
+    lines = [r.getMessage() for r in caplog.records
+             if r.name in ("gateway.call", "gateway.controller") and r.levelno == logging.INFO]
+    assert len(lines) == 1 and "call ended: " + ICE_FAILURE_TEXT in lines[0], lines
+    assert " -> " in lines[0] and "connected after" in lines[0]
 
 
 async def test_a_2xx_never_acked_is_torn_down_after_64_t1(make_lab: Any) -> None:
