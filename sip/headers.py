@@ -195,6 +195,10 @@ class Address:
         return f"<{self.uri}>{self.params}"
 
 
+_VIAS: dict[str, Via] = {}
+"""Parsed via-parm texts, at most ``PARSE_MEMO_SIZE`` (oldest forgotten first)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Via:
     """One via-parm: ``SIP/2.0/transport sent-by;params``."""
@@ -213,6 +217,19 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm; raises ParseError."""
+        # Immutable, and a request's Via texts come back in its responses (and go out
+        # again on the other side): parse each text once.
+        if cls is Via:
+            via = _VIAS.get(text)
+            if via is None:
+                via = _VIAS[text] = cls._parse(text)
+                if len(_VIAS) > PARSE_MEMO_SIZE:
+                    del _VIAS[next(iter(_VIAS))]
+            return via
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Via:
         m = grammar.VIA_HEAD.match(text)
         if m is None:
             raise ParseError(f"malformed Via {text[:80]!r}")

@@ -51,7 +51,8 @@ _NOT_LISTS = frozenset(
 
 class Headers:
     """Ordered, mutable list of (name, raw value) with case-insensitive, compact-form-aware
-    lookups. Structured values are parsed on first access and cached until a change."""
+    lookups. Structured values are parsed on first access and cached until a header of
+    that name changes (a proxy's added Via leaves the parsed From, To, CSeq ... in place)."""
 
     __slots__ = ("_items", "_cache")
 
@@ -104,7 +105,8 @@ class Headers:
         return list(self._items)
 
     def parsed(self, key: str, parse: Callable[[Headers], T]) -> T:
-        """``parse(self)`` cached under ``key`` until the headers change."""
+        """``parse(self)`` cached under ``key`` until a ``key`` header changes: ``key`` is
+        the canonical name (lower-case long form) of the one header ``parse`` reads."""
         cache = self._cache
         if key in cache:
             return cache[key]  # type: ignore[no-any-return]
@@ -116,7 +118,7 @@ class Headers:
     def add(self, name: str, value: object) -> None:
         """Append ``name: value``."""
         self._items.append((name, _check_value(name, value)))
-        self._cache.clear()
+        self._changed(name)
 
     def prepend(self, name: str, value: object) -> None:
         """Insert ``name: value`` before the first header of that name (or at the top):
@@ -129,7 +131,7 @@ class Headers:
                 break
         else:
             self._items.insert(0, (name, text))
-        self._cache.clear()
+        self._changed(key)
 
     def set(self, name: str, value: object) -> None:
         """Replace every ``name`` header by one (at the first one's place, or appended)."""
@@ -147,13 +149,13 @@ class Headers:
         if not placed:
             out.append((name, text))
         self._items = out
-        self._cache.clear()
+        self._changed(key)
 
     def remove(self, name: str) -> None:
         """Remove every ``name`` header."""
         key = canonical_name(name)
         self._items = [(n, v) for n, v in self._items if canonical_name(n) != key]
-        self._cache.clear()
+        self._changed(key)
 
     def pop_first(self, name: str) -> str | None:
         """Remove one value from the top of ``name`` (the first element of a comma list):
@@ -166,13 +168,20 @@ class Headers:
                     self._items[i] = (n, ", ".join(parts[1:]))
                 else:
                     del self._items[i]
-                self._cache.clear()
+                self._changed(key)
                 return parts[0] if parts else None
         return None
 
+    def _changed(self, name: str) -> None:
+        cache = self._cache
+        cache.pop("", None)
+        cache.pop(canonical_name(name), None)
+
     def copy(self) -> Headers:
+        """An independent copy; what was already parsed carries over (immutable values)."""
         h = Headers()
         h._items = list(self._items)
+        h._cache = dict(self._cache)
         return h
 
     def __eq__(self, other: object) -> bool:

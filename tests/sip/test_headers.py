@@ -104,3 +104,13 @@ def test_address_parse_memo_gives_the_same_value() -> None:
         Address.parse('"unterminated <sip:a@b>')
     with pytest.raises(ParseError):
         Address.parse('"unterminated <sip:a@b>')
+
+
+def test_via_parse_memo_gives_the_same_value_and_still_checks() -> None:
+    text = "SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bKmemo;ms-received-port=5061;rport"
+    first = Via.parse(text)
+    assert Via.parse(text) is first
+    assert first.branch == "z9hG4bKmemo" and first.has_rport and first.port == 5061
+    for _ in range(2):  # a bad text is refused every time, never remembered
+        with pytest.raises(ParseError):
+            Via.parse("SIP/2.0/UDP host;received=not-an-address")

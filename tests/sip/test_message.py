@@ -87,6 +87,33 @@ def test_structured_headers_are_cached_until_a_change() -> None:
     assert m.via is not first and m.top_via.host == "gw.example.com" and len(m.via) == 2
 
 
+def test_a_change_reparses_only_that_header() -> None:
+    m = parse_message(INVITE)
+    from_, cseq, contact, vias = m.from_, m.cseq, m.contact, m.via
+    m.headers.prepend("v", "SIP/2.0/TCP gw.example.com;branch=z9hG4bKnew")  # compact form
+    assert m.from_ is from_ and m.cseq is cseq and m.contact is contact
+    assert m.via is not vias and len(m.via) == len(vias) + 1
+    m.headers.set("To", "<sip:someone.else@example.com>;tag=t2")
+    assert m.to.tag == "t2" and m.to.uri.user == "someone.else" and m.from_ is from_
+    m.headers.remove("m")
+    assert m.contact == [] and "Contact" not in m.headers
+    m.headers.pop_first("Via")
+    assert [v.branch for v in m.via] == [v.branch for v in vias]
+    m.headers.add("CSeq", "2 INVITE")  # a second CSeq is refused once it is there
+    with pytest.raises(ParseError):
+        m.cseq  # noqa: B018
+
+
+def test_a_copy_keeps_what_was_parsed_and_changes_apart() -> None:
+    m = parse_message(INVITE)
+    vias = m.via
+    copy = m.copy()
+    assert copy.via is vias and copy.from_ is m.from_
+    copy.headers.prepend("Via", "SIP/2.0/TCP gw.example.com;branch=z9hG4bKcopy")
+    assert len(copy.via) == len(vias) + 1 and m.via is vias
+    assert m.headers.get_all("Via") != copy.headers.get_all("Via")
+
+
 def test_make_response_copies_per_rfc3261() -> None:
     req = parse_message(INVITE)
     assert isinstance(req, Request)
