@@ -93,15 +93,38 @@ class IceSettings:
 
 
 def _networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(c) for c in cidrs)
+    cidrs = tuple(cidrs)
+    networks = _PARSED_NETWORKS.get(cidrs)
+    if networks is None:
+        networks = tuple(ipaddress.ip_network(c) for c in cidrs)
+        if len(_PARSED_NETWORKS) < 64:  # one entry per configuration in practice
+            _PARSED_NETWORKS[cidrs] = networks
+    return networks
+
+
+_PARSED_NETWORKS: dict[tuple[str, ...], tuple[Network, ...]] = {}
 
 
 def address_allowed(host: str, networks: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
+    """True when ``host`` (an IP address text) lies in one of ``networks``."""
+    # Asked for every STUN message sent and every remote candidate, with a handful of
+    # distinct addresses: remember the answers (networks are hashable values).
+    key = (host, tuple(networks))
+    allowed = _ALLOWED.get(key)
+    if allowed is None:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            allowed = False
+        else:
+            allowed = any(ip in net for net in networks)
+        if len(_ALLOWED) >= 4096:  # addresses come from the network: bound the memo
+            del _ALLOWED[next(iter(_ALLOWED))]
+        _ALLOWED[key] = allowed
+    return allowed
+
+
+_ALLOWED: dict[tuple[str, tuple[Network, ...]], bool] = {}
 
 
 class _Protocol(StunProtocol):

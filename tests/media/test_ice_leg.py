@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from media.ice_leg import IceLeg, IceSettings, TurnServerSettings
+from media.ice_leg import IceLeg, IceSettings, TurnServerSettings, _networks, address_allowed
 from media.ms_dialect import Candidate, CandidateTransport, CandidateType
 from tests.turn.helpers import PASSWORD, USER, running_server, server_port
 
@@ -93,3 +93,15 @@ async def test_failed_bind_leaves_nothing_bound() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind((HOST, port))
     await leg.close()
+
+
+def test_address_allowed_answers_stay_right_when_remembered() -> None:
+    loopback = _networks(["127.0.0.0/8", "::1/128"])
+    assert _networks(("127.0.0.0/8", "::1/128")) is loopback  # parsed once per configuration
+    lab = _networks(["10.201.0.0/16"])
+    for _ in range(2):  # the second round answers from the memo
+        assert address_allowed("127.0.0.9", loopback) and address_allowed("::1", loopback)
+        assert not address_allowed("10.201.3.4", loopback)
+        assert address_allowed("10.201.3.4", lab) and not address_allowed("127.0.0.9", lab)
+        assert not address_allowed("not-an-address", loopback)
+        assert not address_allowed("127.0.0.1", ())
