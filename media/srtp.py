@@ -23,6 +23,8 @@ from media.sdp import Media
 __all__ = ["LegKeys", "SrtpError", "SrtpTransform", "select_keys", "strip_mki"]
 
 AUTH_TAG_LEN = 10
+MASTER_KEY_SALT_LEN = 30
+"""AES_CM_128 master key (16 bytes) + salt (14 bytes), RFC 3711 §8.2."""
 """HMAC-SHA1-80 tag length, for SRTP and SRTCP alike (RFC 4568 §6.2.1)."""
 
 
@@ -78,32 +80,44 @@ def strip_mki(packet: bytes, mki: bytes) -> bytes:
 
 
 class SrtpTransform:
-    """One leg's SRTP state: a receive session and a send session (any SSRC)."""
+    """One leg's SRTP state: a receive session and a send session (any SSRC).
+
+    Each libsrtp session (key derivation, ~14 us) is made on its first packet: a call that
+    never carries media in a direction, and re-INVITEs that keep the keys, pay nothing."""
 
     __slots__ = ("_rx", "_tx", "keys", "mki")
 
     def __init__(self, keys: LegKeys) -> None:
-        self._rx = pylibsrtp.Session(pylibsrtp.Policy(
-            key=keys.receive, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
-        self._tx = pylibsrtp.Session(pylibsrtp.Policy(
-            key=keys.send, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+        for key in (keys.receive, keys.send):
+            if len(key) < MASTER_KEY_SALT_LEN:  # refused now, as libsrtp would
+                raise ValueError(f"key must contain at least {MASTER_KEY_SALT_LEN} bytes")
+        self._rx: pylibsrtp.Session | None = None
+        self._tx: pylibsrtp.Session | None = None
         self.keys = keys
         self.mki = keys.receive_mki
 
     def unprotect(self, packet: bytes, rtcp: bool) -> bytes:
+        rx = self._rx
+        if rx is None:
+            rx = self._rx = pylibsrtp.Session(pylibsrtp.Policy(
+                key=self.keys.receive, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
         try:
             if self.mki:
                 packet = strip_mki(packet, self.mki)
             if rtcp:
-                return self._rx.unprotect_rtcp(packet)
-            return self._rx.unprotect(packet)
+                return rx.unprotect_rtcp(packet)
+            return rx.unprotect(packet)
         except pylibsrtp.Error as exc:
             raise SrtpError(str(exc)) from None
 
     def protect(self, packet: bytes, rtcp: bool) -> bytes:
+        tx = self._tx
+        if tx is None:
+            tx = self._tx = pylibsrtp.Session(pylibsrtp.Policy(
+                key=self.keys.send, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
         try:
             if rtcp:
-                return self._tx.protect_rtcp(packet)
-            return self._tx.protect(packet)
+                return tx.protect_rtcp(packet)
+            return tx.protect(packet)
         except pylibsrtp.Error as exc:
             raise SrtpError(str(exc)) from None

@@ -72,3 +72,21 @@ def test_tampered_packet_is_an_srtp_error() -> None:
     sent[15] ^= 1
     with pytest.raises(SrtpError):
         ours.unprotect(bytes(sent), False)
+
+
+def test_a_short_key_is_refused_when_the_transform_is_made() -> None:
+    with pytest.raises(ValueError, match="at least 30 bytes"):
+        SrtpTransform(LegKeys(send=KEY_A, receive=KEY_B[:29]))
+    with pytest.raises(ValueError, match="at least 30 bytes"):
+        SrtpTransform(LegKeys(send=KEY_A[:16], receive=KEY_B))
+
+
+def test_each_direction_keeps_its_session_across_packets() -> None:
+    # Sessions are made on first use; the replay window must still span later packets.
+    sender, receiver = SrtpTransform(LegKeys(KEY_A, KEY_B)), SrtpTransform(LegKeys(KEY_B, KEY_A))
+    first = sender.protect(rtp(9, 1, b"a" * 20), False)
+    assert receiver.unprotect(first, False) == rtp(9, 1, b"a" * 20)
+    second = sender.protect(rtp(9, 2, b"b" * 20), False)
+    assert receiver.unprotect(second, False) == rtp(9, 2, b"b" * 20)
+    with pytest.raises(SrtpError):
+        receiver.unprotect(first, False)  # a replay of the first packet
