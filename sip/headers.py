@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from . import grammar
 from .errors import LocalProtocolError, ParseError
-from .uri import PARSE_MEMO_SIZE, URI, Params, format_host, parse_host, parse_port
+from .uri import URI, Params, ParseMemo, format_host, parse_host, parse_port
 
 __all__ = [
     "COMPACT_FORMS",
@@ -123,10 +123,6 @@ def _format_display(name: str) -> str:
 _SEMI = re.compile(r"[ \t]*;")
 
 
-_ADDRESSES: dict[str, Address] = {}
-"""Parsed name-addr texts, at most ``PARSE_MEMO_SIZE`` (oldest forgotten first)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Address:
     """A name-addr or addr-spec with header parameters (From, To, Contact, Route ...)."""
@@ -141,15 +137,7 @@ class Address:
     @classmethod
     def parse(cls, text: str) -> Address:
         """Parse one ``(name-addr / addr-spec) *(SEMI param)``; raises ParseError."""
-        # Immutable, and each From/To/Contact text recurs in a call's messages: parse once.
-        if cls is Address:
-            address = _ADDRESSES.get(text)
-            if address is None:
-                address = _ADDRESSES[text] = cls._parse(text)
-                if len(_ADDRESSES) > PARSE_MEMO_SIZE:
-                    del _ADDRESSES[next(iter(_ADDRESSES))]
-            return address
-        return cls._parse(text)
+        return _ADDRESSES(text) if cls is Address else cls._parse(text)
 
     @classmethod
     def _parse(cls, text: str) -> Address:
@@ -159,7 +147,7 @@ class Address:
             if display is not None:
                 display = grammar.unquote(display) if display.startswith('"') else display
             uri = URI.parse(m["uri"])
-            rest = text[m.end():]
+            rest = text[m.end() :]
         else:
             stripped = text.strip()
             if "<" in stripped or '"' in stripped.split(";", 1)[0]:
@@ -195,10 +183,6 @@ class Address:
         return f"<{self.uri}>{self.params}"
 
 
-_VIAS: dict[str, Via] = {}
-"""Parsed via-parm texts, at most ``PARSE_MEMO_SIZE`` (oldest forgotten first)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Via:
     """One via-parm: ``SIP/2.0/transport sent-by;params``."""
@@ -217,23 +201,14 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm; raises ParseError."""
-        # Immutable, and a request's Via texts come back in its responses (and go out
-        # again on the other side): parse each text once.
-        if cls is Via:
-            via = _VIAS.get(text)
-            if via is None:
-                via = _VIAS[text] = cls._parse(text)
-                if len(_VIAS) > PARSE_MEMO_SIZE:
-                    del _VIAS[next(iter(_VIAS))]
-            return via
-        return cls._parse(text)
+        return _VIAS(text) if cls is Via else cls._parse(text)
 
     @classmethod
     def _parse(cls, text: str) -> Via:
         m = grammar.VIA_HEAD.match(text)
         if m is None:
             raise ParseError(f"malformed Via {text[:80]!r}")
-        params = parse_params(text[m.end():].rstrip(), "Via")
+        params = parse_params(text[m.end() :].rstrip(), "Via")
         via = cls(
             transport=m["transport"].upper(),
             host=parse_host(m["host"]),
@@ -317,3 +292,7 @@ class CSeq:
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
+
+
+_ADDRESSES: ParseMemo[Address] = ParseMemo(Address._parse)
+_VIAS: ParseMemo[Via] = ParseMemo(Via._parse)

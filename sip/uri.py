@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 from urllib.parse import quote as _pct_quote
 from urllib.parse import unquote_to_bytes
 
 from . import grammar
 from .errors import LocalProtocolError, ParseError
 
-__all__ = ["PARSE_MEMO_SIZE", "URI", "Params", "parse_host"]
+T = TypeVar("T")
+
+__all__ = ["PARSE_MEMO_SIZE", "URI", "ParseMemo", "Params", "parse_host"]
 
 
 class Params:
@@ -157,8 +160,33 @@ def _escape(text: str, safe: str) -> str:
 
 
 PARSE_MEMO_SIZE = 4096
-"""Parsed texts remembered (oldest forgotten first): the texts come from the network."""
-_PARSED: dict[str, URI] = {}
+"""Parsed texts remembered per header kind (oldest forgotten first): the texts come from
+the network, so the memo must stay bounded."""
+
+
+class ParseMemo(Generic[T]):
+    """text -> parsed immutable value, bounded; a failed parse raises and is not kept.
+
+    A call's messages repeat the same URI, name-addr and Via texts (and the gateway sends
+    them on again), so each is parsed once.
+    """
+
+    __slots__ = ("_items", "_parse")
+
+    def __init__(self, parse: Callable[[str], T]) -> None:
+        self._parse = parse
+        self._items: dict[str, T] = {}
+
+    def __call__(self, text: str) -> T:
+        value = self._items.get(text)
+        if value is None:
+            value = self._items[text] = self._parse(text)
+            if len(self._items) > PARSE_MEMO_SIZE:
+                del self._items[next(iter(self._items))]
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,16 +213,7 @@ class URI:
     @classmethod
     def parse(cls, text: str) -> URI:
         """Parse a SIP/SIPS URI or an absoluteURI; raises ParseError."""
-        # URIs are immutable and a call's messages repeat the same ones (Request-URI,
-        # From/To/Contact): parse each text once.
-        if cls is URI:
-            uri = _PARSED.get(text)
-            if uri is None:
-                uri = _PARSED[text] = cls._parse(text)
-                if len(_PARSED) > PARSE_MEMO_SIZE:
-                    del _PARSED[next(iter(_PARSED))]
-            return uri
-        return cls._parse(text)
+        return _URIS(text) if cls is URI else cls._parse(text)
 
     @classmethod
     def _parse(cls, text: str) -> URI:
@@ -256,3 +275,6 @@ class URI:
         if self.headers:
             out += ["?", "&".join(f"{n}={v}" for n, v in self.headers)]
         return "".join(out)
+
+
+_URIS: ParseMemo[URI] = ParseMemo(URI._parse)

@@ -88,7 +88,7 @@ def test_parse_memo_gives_the_same_value_and_stays_bounded() -> None:
     assert str(first) == text
     for i in range(PARSE_MEMO_SIZE + 10):
         URI.parse(f"sip:u{i}@memo.example.com")
-    assert len(uri_module._PARSED) <= PARSE_MEMO_SIZE + 1
+    assert len(uri_module._URIS) <= PARSE_MEMO_SIZE + 1
     assert URI.parse(text) == first  # forgotten, parsed again to an equal value
     with pytest.raises(ParseError):  # failures are never remembered
         URI.parse("sip:bad host@example.com")
