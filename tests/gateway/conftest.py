@@ -21,7 +21,7 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,22 +34,20 @@ from sip.message import Response, parse_message
 from tests.peers.procs import (
     LISTENING,
     LOOPBACK,
-    PeerError,
     PeerProcess,
     SockKind,
     free_port,
-    free_port_block,
     free_port_both,
     gateway_executable,
 )
 from tests.peers.sipp import (
-    EXIT_BIND_ERROR,
-    MEDIA_PORTS,
     SippConfig,
     SippProcess,
     SippResult,
     SippTransport,
-    sipp_argv,
+    run_sipp,
+    spawn_sipp,
+    start_sipp,
 )
 from tests.peers.stunnel import TlsFiles
 
@@ -63,7 +61,6 @@ CLUSTER_FQDN = "lyncexp.video.example.com"
 TRUSTED_SOURCE = LOOPBACK
 UNTRUSTED_SOURCE = "127.0.9.9"
 GATEWAY_READY = 30.0
-BIND_RETRIES = 5
 _runs = itertools.count(1)
 
 
@@ -114,13 +111,15 @@ class Scenario:
     trace_messages: bool = False
     extra: tuple[str, ...] = ()
 
-    def argv(self, workdir: Path, local_port: int | None) -> list[str]:
-        config = SippConfig(
-            "uac",  # replaced by -sf below (SIPp refuses both -sn and -sf)
+    def config(self) -> SippConfig:
+        """The SIPp run: this scenario file (-sf) with its -d and -key values."""
+        return SippConfig(
+            str(scenario(self.file)),
             self.transport,
             calls=self.calls,
             remote=self.remote,
             local_host=self.local_host,
+            local_port=self.local_port,
             rate=self.rate,
             limit=self.limit,
             service=self.service,
@@ -133,65 +132,23 @@ class Scenario:
                 *self.extra,
             ),
         )
-        argv = sipp_argv(
-            config,
-            workdir,
-            local_port=local_port,
-            control_port=free_port(SockKind.UDP, self.local_host),
-            media_port=free_port_block(MEDIA_PORTS, self.local_host),
-        )
-        index = argv.index("-sn")
-        argv[index : index + 2] = ["-sf", str(scenario(self.file))]
-        return argv
-
-    def config(self) -> SippConfig:
-        return SippConfig(Path(self.file).stem, self.transport, calls=self.calls)
-
-
-def _workdir(base: Path, name: str) -> Path:
-    path = base / f"sipp-{Path(name).stem}-{next(_runs)}"
-    path.mkdir(parents=True)
-    return path
 
 
 def start_scenario(run: Scenario, base: Path) -> SippProcess:
     """Start a UAC scenario in the background; `result(timeout)` waits for it."""
-    workdir = _workdir(base, run.file)
-    return SippProcess(run.config(), workdir, run.argv(workdir, run.local_port), run.local_port)
+    return spawn_sipp(run.config(), base)
 
 
 def run_scenario(run: Scenario, base: Path, *, timeout: float = 60.0) -> SippResult:
     """Run a UAC scenario to completion (retrying a failed bind with fresh ports)."""
-    for _attempt in range(BIND_RETRIES):
-        result = start_scenario(run, base).result(timeout)
-        if result.returncode != EXIT_BIND_ERROR:
-            return result
-    raise PeerError("SIPp could not bind its ports:\n" + result.describe())
+    return run_sipp(run.config(), base, timeout=timeout)
 
 
-@contextmanager
 def serve_scenario(
     run: Scenario, base: Path, *, ready_timeout: float = 10.0
-) -> Iterator[SippProcess]:
+) -> AbstractContextManager[SippProcess]:
     """A UAS scenario listening on a known port (free if `run.local_port` is None)."""
-    last = None
-    for _attempt in range(BIND_RETRIES):
-        workdir = _workdir(base, run.file)
-        port = run.local_port or free_port_both(run.local_host)
-        proc = SippProcess(run.config(), workdir, run.argv(workdir, port), port)
-        try:
-            proc.peer.wait_for_bound(port, run.transport.sock_kind, ready_timeout)
-        except PeerError:
-            last = proc.peer.stop()
-            if last.returncode == EXIT_BIND_ERROR and run.local_port is None:
-                continue
-            raise
-        try:
-            yield proc
-        finally:
-            proc.peer.stop()
-        return
-    raise PeerError("SIPp could not bind:\n" + (last.describe() if last else ""))
+    return start_sipp(run.config(), base, ready_timeout=ready_timeout)
 
 
 def counters(result: SippResult) -> dict[str, int]:

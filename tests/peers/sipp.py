@@ -139,7 +139,7 @@ class SippConfig:
     """One SIPp invocation, before ports are picked."""
 
     scenario: str
-    """Built-in scenario name for `-sn` (uac, uas...)."""
+    """Built-in scenario name for `-sn` (uac, uas...), or a scenario file for `-sf` (*.xml)."""
     transport: SippTransport
     """`-t` mode."""
     calls: int
@@ -168,7 +168,10 @@ def sipp_argv(
     config: SippConfig, workdir: Path, *, local_port: int | None, control_port: int, media_port: int
 ) -> list[str]:
     """The full SIPp command line for `config`, writing its files under `workdir`."""
-    argv = [require("sipp"), "-sn", config.scenario]
+    if config.scenario.endswith(".xml"):
+        argv = [require("sipp"), "-sf", config.scenario]
+    else:
+        argv = [require("sipp"), "-sn", config.scenario]
     if config.remote is not None:
         host, port = config.remote
         argv.append(f"{host}:{port}")
@@ -216,7 +219,7 @@ class SippProcess:
         self.workdir = workdir
         self.port = port
         """The local SIP port when fixed (always for a UAS)."""
-        self.peer = PeerProcess(argv, cwd=workdir, name=f"sipp {config.scenario}")
+        self.peer = PeerProcess(argv, cwd=workdir, name=f"sipp {Path(config.scenario).stem}")
 
     def result(self, timeout: float) -> SippResult:
         """Wait up to `timeout` s for SIPp to finish (stopping it after that)."""
@@ -241,24 +244,29 @@ def _read(path: Path) -> str:
 
 
 def _workdir(base: Path, scenario: str) -> Path:
-    path = base / f"sipp-{scenario}-{next(_runs)}"
+    path = base / f"sipp-{Path(scenario).stem}-{next(_runs)}"
     path.mkdir(parents=True)
     return path
+
+
+def spawn_sipp(config: SippConfig, base: Path, *, local_port: int | None = None) -> SippProcess:
+    """Start SIPp in the background (fresh control and media ports); `result()` waits."""
+    port = local_port if local_port is not None else config.local_port
+    workdir = _workdir(base, config.scenario)
+    argv = sipp_argv(
+        config,
+        workdir,
+        local_port=port,
+        control_port=free_port(SockKind.UDP, config.local_host),
+        media_port=free_port_block(MEDIA_PORTS, config.local_host),
+    )
+    return SippProcess(config, workdir, argv, port)
 
 
 def run_sipp(config: SippConfig, base: Path, *, timeout: float = 60.0) -> SippResult:
     """Run SIPp in the foreground until it exits (a UAC placing its calls)."""
     for _attempt in range(BIND_RETRIES):
-        workdir = _workdir(base, config.scenario)
-        argv = sipp_argv(
-            config,
-            workdir,
-            local_port=config.local_port,
-            control_port=free_port(SockKind.UDP, config.local_host),
-            media_port=free_port_block(MEDIA_PORTS, config.local_host),
-        )
-        proc = SippProcess(config, workdir, argv, config.local_port)
-        result = proc.result(timeout)
+        result = spawn_sipp(config, base).result(timeout)
         if result.returncode != EXIT_BIND_ERROR:
             return result
     raise PeerError("SIPp could not bind its ports:\n" + result.describe())
@@ -275,16 +283,8 @@ def start_sipp(
     """
     last: Finished | None = None
     for _attempt in range(BIND_RETRIES):
-        workdir = _workdir(base, config.scenario)
         port = config.local_port or free_port_both(config.local_host)
-        argv = sipp_argv(
-            config,
-            workdir,
-            local_port=port,
-            control_port=free_port(SockKind.UDP, config.local_host),
-            media_port=free_port_block(MEDIA_PORTS, config.local_host),
-        )
-        proc = SippProcess(config, workdir, argv, port)
+        proc = spawn_sipp(config, base, local_port=port)
         try:
             proc.peer.wait_for_bound(port, config.transport.sock_kind, ready_timeout)
         except PeerError:
