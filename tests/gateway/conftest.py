@@ -49,7 +49,7 @@ from tests.peers.sipp import (
     spawn_sipp,
     start_sipp,
 )
-from tests.peers.stunnel import TlsFiles
+from tests.peers.stunnel import Stunnel, TlsFiles, stunnel_client
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "data" / "sipp"
 FE_HOST = "127.0.1.1"
@@ -149,6 +149,33 @@ def serve_scenario(
 ) -> AbstractContextManager[SippProcess]:
     """A UAS scenario listening on a known port (free if `run.local_port` is None)."""
     return start_sipp(run.config(), base, ready_timeout=ready_timeout)
+
+
+@contextmanager
+def cucm_behind_fe_tunnel(
+    gateway: RunningGateway, pki: LabPKI, base: Path, *, calls: int
+) -> Iterator[tuple[SippProcess, Stunnel]]:
+    """SIPp plays CUCM (cucm_uas.xml) behind the gateway's neighbor zone, and an stunnel
+    client plays the Lync FE's mutual TLS into the gateway's Microsoft listener (checking
+    the gateway's certificate against the cluster FQDN). Yields (CUCM, tunnel)."""
+    cucm = Scenario(
+        "cucm_uas.xml",
+        calls=calls,
+        local_host=CUCM_HOST,
+        local_port=gateway.ports.cucm,
+        extra=("-reconnect_close", "false"),
+    )
+    with (
+        serve_scenario(cucm, base) as served,
+        stunnel_client(
+            base,
+            connect=gateway.microsoft,
+            ca=pki.ca_cert,
+            check_host=CLUSTER_FQDN,
+            tls=tls_files(pki, "fe"),
+        ) as tunnel,
+    ):
+        yield served, tunnel
 
 
 def counters(result: SippResult) -> dict[str, int]:

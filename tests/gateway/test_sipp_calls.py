@@ -24,12 +24,11 @@ import pytest
 
 from certs.pki import LabPKI
 from tests.gateway.conftest import (
-    CLUSTER_FQDN,
-    CUCM_HOST,
     FE_HOST,
     RunningGateway,
     Scenario,
     counters,
+    cucm_behind_fe_tunnel,
     require_peers,
     run_gateway,
     run_scenario,
@@ -82,23 +81,7 @@ def _assert_all_ok(
 def test_lync_fe_calls_cucm_over_mutual_tls(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path
 ) -> None:
-    cucm = Scenario(
-        "cucm_uas.xml",
-        calls=CALLS,
-        local_host=CUCM_HOST,
-        local_port=gateway.ports.cucm,
-        extra=("-reconnect_close", "false"),
-    )
-    with (
-        serve_scenario(cucm, tmp_path) as served,
-        stunnel_client(
-            tmp_path,
-            connect=gateway.microsoft,
-            ca=pki.ca_cert,
-            check_host=CLUSTER_FQDN,
-            tls=tls_files(pki, "fe"),
-        ) as tunnel,
-    ):
+    with cucm_behind_fe_tunnel(gateway, pki, tmp_path, calls=CALLS) as (served, tunnel):
         caller = run_scenario(
             Scenario(
                 "lync_fe_uac.xml",

@@ -26,8 +26,6 @@ from sip.stack import SipStack, StackHandlers
 from sip.transaction_server import ServerTransaction
 from sip.transport import Transport, TransportSettings
 from tests.gateway.conftest import (
-    CLUSTER_FQDN,
-    CUCM_HOST,
     IMP_HOST,
     MONITORED_HOST,
     TRUSTED_SOURCE,
@@ -35,14 +33,12 @@ from tests.gateway.conftest import (
     RunningGateway,
     Scenario,
     counters,
+    cucm_behind_fe_tunnel,
     require_peers,
     run_gateway,
-    serve_scenario,
     start_scenario,
     tls_exchange,
-    tls_files,
 )
-from tests.peers.stunnel import stunnel_client
 
 pytestmark = pytest.mark.peer
 
@@ -178,23 +174,7 @@ def test_call_over_max_calls_gets_503(pki: LabPKI, tmp_path: Path) -> None:
     require_peers()
     held = 2
     with run_gateway(pki, tmp_path, overrides=["b2bua.max_calls=2"]) as gateway:
-        cucm = Scenario(
-            "cucm_uas.xml",
-            calls=held,
-            local_host=CUCM_HOST,
-            local_port=gateway.ports.cucm,
-            extra=("-reconnect_close", "false"),
-        )
-        with (
-            serve_scenario(cucm, tmp_path) as served,
-            stunnel_client(
-                tmp_path,
-                connect=gateway.microsoft,
-                ca=pki.ca_cert,
-                check_host=CLUSTER_FQDN,
-                tls=tls_files(pki, "fe"),
-            ) as tunnel,
-        ):
+        with cucm_behind_fe_tunnel(gateway, pki, tmp_path, calls=held) as (served, tunnel):
             # Two calls held up 6 s before their hold and BYE.
             caller = start_scenario(
                 Scenario(
