@@ -31,6 +31,7 @@ import pytest
 from certs.pki import LabPKI
 from sip.framing import StreamFramer
 from sip.message import Response, parse_message
+from tests.gateway.lab_routing import LAB_SEARCH_RULES, LAB_TRANSFORMS
 from tests.peers.procs import (
     LISTENING,
     LOOPBACK,
@@ -297,22 +298,7 @@ transport = "tcp"
 monitor = true
 monitor_interval = {monitor_interval}
 
-[[search_rules]]
-name = "To Microsoft environment"
-priority = 100
-pattern_type = "regex"
-pattern = '.+@example\\.com'
-behavior = "leave"
-on_match = "stop"
-target = "To Microsoft destination via B2BUA"
-
-[[search_rules]]
-name = "Route to CUCM"
-priority = 100
-pattern_type = "regex"
-pattern = '(3\\d{{3}})@video\\.example\\.com'
-target = "CUCM Neighbor"
-
+{LAB_SEARCH_RULES}
 [[search_rules]]
 name = "Route to the monitored zone"
 priority = 110
@@ -320,13 +306,7 @@ pattern_type = "regex"
 pattern = '(4\\d{{3}})@video\\.example\\.com'
 target = "Monitored Neighbor"
 
-[[transforms]]
-priority = 5
-pattern_type = "regex"
-pattern = '(.+):.*'
-behavior = "replace"
-replace = '\\1'
-"""
+{LAB_TRANSFORMS}"""
 
 
 class RunningGateway:

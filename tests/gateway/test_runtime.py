@@ -35,6 +35,7 @@ from sip.transaction_server import ServerTransaction
 from sip.transport import Transport, TransportSettings
 from sip.uri import URI
 from sip.useragent import UserAgent, response_for
+from tests.gateway.lab_routing import LAB_SEARCH_RULES, LAB_TRANSFORMS
 from tests.peers.procs import random_free_port, random_free_udp_range
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "sdp"
@@ -280,27 +281,8 @@ transport = "tcp"
 monitor_interval = 0.5
 {zone_extra}
 
-[[search_rules]]
-name = "To Microsoft environment"
-priority = 100
-pattern_type = "regex"
-pattern = '.+@example\\.com'
-target = "To Microsoft destination via B2BUA"
-
-[[search_rules]]
-name = "Route to CUCM"
-priority = 100
-pattern_type = "regex"
-pattern = '(3\\d{{3}})@video\\.example\\.com'
-target = "CUCM Neighbor"
-
-[[transforms]]
-priority = 5
-pattern_type = "regex"
-pattern = '(.+):.*'
-behavior = "replace"
-replace = '\\1'
-{extra}
+{LAB_SEARCH_RULES}
+{LAB_TRANSFORMS}{extra}
 """
 
 

@@ -33,6 +33,7 @@ from sip.message import Request, Response
 from sip.stack import SipStack
 from sip.timers import TimerSettings
 from sip.transport import Transport, TransportAddress
+from tests.gateway.lab_routing import LAB_SEARCH_RULES
 from tests.peers.procs import random_free_port, random_free_udp_range
 from turn.config import TurnConfig
 from turn.server import TurnServer
@@ -197,20 +198,7 @@ peers = ["{CUCM_HOST}"]
 port = {cucm_port}
 transport = "tcp"
 
-[[search_rules]]
-name = "To Microsoft environment"
-priority = 100
-pattern_type = "regex"
-pattern = '.+@example\\.com'
-target = "To Microsoft destination via B2BUA"
-
-[[search_rules]]
-name = "Route to CUCM"
-priority = 100
-pattern_type = "regex"
-pattern = '(3\\d{{3}})@video\\.example\\.com'
-target = "CUCM Neighbor"
-"""
+{LAB_SEARCH_RULES}"""
 
 
 @dataclass(eq=False)

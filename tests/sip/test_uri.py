@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from sip.errors import ParseError
 from sip import uri as uri_module
+from sip.errors import ParseError
 from sip.uri import PARSE_MEMO_SIZE, URI, Params
 
 
