@@ -24,9 +24,9 @@ lab: venv peers
 test: venv peers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# ruff over everything, mypy --strict over the library packages.
+# ruff over everything (tests included), mypy --strict over the library packages.
 lint: venv
-	$(VENV)/bin/ruff check sip turn media gateway lab certs bench
+	$(VENV)/bin/ruff check sip turn media gateway lab certs bench tests
 	$(VENV)/bin/mypy --strict sip turn media gateway lab certs
 
 # Each benchmark prints its own figures (and ratios against its peer); a few minutes each.
