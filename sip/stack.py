@@ -171,11 +171,16 @@ class ClientRequest:
     """Resolves with the first final response, or fails with :class:`SipTimeoutError`."""
     on_provisional: ProvisionalHandler | None = None
     """Called with each 1xx."""
+    _sent: Request = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Our own reference: the transaction keeps only bytes once it is answered.
+        self._sent = self.transaction.request
 
     @property
     def request(self) -> Request:
         """The request as sent."""
-        return self.transaction.request
+        return self._sent
 
     async def response(self) -> Response:
         """Wait for the final response."""
@@ -472,12 +477,7 @@ class SipStack:
 
     def _transport_failed(self, message: Request | Response, reason: str) -> None:
         for transaction in self.layer.transactions:
-            mine = (
-                transaction.request is message
-                if isinstance(transaction, ClientTransaction)
-                else transaction.last_response is message
-            )
-            if mine:
+            if transaction.is_sending(message):
                 if isinstance(transaction, ClientTransaction):
                     self._failures[transaction] = reason
                 self.layer.transport_error(transaction, asyncio.get_running_loop().time())
@@ -542,7 +542,7 @@ class SipStack:
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("request handler failed on %s", _describe(transaction.request))
+            logger.exception("request handler failed on %s request", transaction.method)
             self._answer_if_pending(transaction, 500)
 
     def _answer_if_pending(self, transaction: ServerTransaction, status: int) -> None:
@@ -568,6 +568,9 @@ class SipStack:
                 pending.on_provisional(response)
         elif not pending.final.done():
             pending.final.set_result(response)
+            # Later responses (other forks' 2xx) go to on_stray_response, as for a done
+            # request; the lingering transaction need not keep the ClientRequest alive.
+            self._requests.pop(pending.transaction, None)
         elif self.handlers.on_stray_response is not None:
             # Another fork's 2xx: the TU must ACK (and normally BYE) it.
             self.handlers.on_stray_response(response)
@@ -596,7 +599,7 @@ class SipStack:
         else:
             logger.info(
                 "%s from %s: %s",
-                transaction.request.method,
+                transaction.method,
                 transaction.source,
                 "transport error" if event.transport_error else "no ACK (Timer H)",
             )

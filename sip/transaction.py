@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from sip.errors import LocalProtocolError
 from sip.events import TransactionTerminated, TransactionTimeout
+from sip.message import parse_message
 from sip.timers import Timer, TimerSettings
 
 if TYPE_CHECKING:
@@ -129,12 +130,15 @@ class Transaction(Generic[S, E]):
 
     __slots__ = (
         "_interval",
+        "_last_response",
         "_outbox",
+        "_request",
         "_settings",
+        "_wire_request",
+        "_wire_response",
         "key",
-        "last_response",
+        "method",
         "reliable",
-        "request",
         "state",
         "timers",
     )
@@ -160,16 +164,18 @@ class Transaction(Generic[S, E]):
         invite_state: S,
         non_invite_state: S,
     ) -> None:
-        self.request = request
-        """The request the transaction is about."""
+        self._request: Request | None = request
+        self._wire_request = b""
+        self.method = request.method
+        """The request's method."""
         self.reliable = reliable
         """True on stream transports: no retransmissions, zero wait timers."""
         self.key = key
         """Matching key (§17.1.3 / §17.2.3)."""
         self.state = invite_state if self.is_invite else non_invite_state
         """Current state."""
-        self.last_response: Response | None = None
-        """The latest response that passed through (received, or sent by the TU)."""
+        self._last_response: Response | None = None
+        self._wire_response: bytes | None = None
         self.timers: dict[Timer, float] = {}
         """Armed timers: absolute deadlines."""
         self._settings = settings
@@ -178,12 +184,52 @@ class Transaction(Generic[S, E]):
 
     def __repr__(self) -> str:
         name = type(self).__name__
-        return f"<{name} {self.request.method} {self.key.branch} {self.state.name}>"
+        return f"<{name} {self.method} {self.key.branch} {self.state.name}>"
+
+    @property
+    def request(self) -> Request:
+        """The request the transaction is about (re-parsed if the transaction was slimmed)."""
+        request = self._request
+        if request is None:
+            request = self._request = cast("Request", parse_message(self._wire_request))
+        return request
+
+    @property
+    def last_response(self) -> Response | None:
+        """The latest response that passed through (received, or sent by the TU)."""
+        response = self._last_response
+        if response is None and self._wire_response is not None:
+            response = self._last_response = cast("Response", parse_message(self._wire_response))
+        return response
+
+    @last_response.setter
+    def last_response(self, response: Response | None) -> None:
+        self._last_response = response
+        self._wire_response = None
 
     @property
     def is_invite(self) -> bool:
         """Whether this is an INVITE transaction."""
-        return self.request.method == "INVITE"
+        return self.method == "INVITE"
+
+    def slim(self) -> None:
+        """Keep the request and last response as wire bytes only.
+
+        Called once the transaction only absorbs retransmissions: it lingers up to 64*T1
+        (Timers D/K/I/J, RFC 6026 Accepted), and at hundreds of calls/s the parsed messages
+        (headers, their parse caches) would be ~10k live objects per second of lingering for
+        every full GC to rescan. Readers still get an equal message, parsed again on demand.
+        """
+        if self._request is not None:
+            self._wire_request = self._request.encode()
+            self._request = None
+        if self._last_response is not None:
+            self._wire_response = self._last_response.encode()
+            self._last_response = None
+
+    def is_sending(self, message: object) -> bool:
+        """Whether ``message`` is the object this transaction (re)transmits (never re-parses)."""
+        return message is self._request or message is self._last_response
 
     @property
     def table(self) -> Mapping[S, Mapping[E, S]]:

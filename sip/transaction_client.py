@@ -168,7 +168,9 @@ class ClientTransaction(Transaction[ClientState, ClientInput]):
 
     The TU reads ``request`` (what this transaction sends and retransmits), ``state``,
     ``destination`` and ``last_response`` (the most recent response passed to the TU);
-    identity is the object itself (hashable by id).
+    identity is the object itself (hashable by id). Once only retransmissions are left to
+    absorb (non-INVITE Completed, INVITE Accepted) both messages are kept as bytes (``slim``):
+    reading them then parses them again.
     """
 
     __slots__ = ("_seen_2xx", "ack", "acks", "destination")
@@ -253,6 +255,9 @@ class ClientTransaction(Transaction[ClientState, ClientInput]):
             self._seen_2xx.add(tag)
             self.last_response = response
             self._outbox.event(ResponseReceived(self, response, retransmission))
+            # Accepted only matches 2xx by To tag and re-sends registered ACKs: the event
+            # holds the response, ClientRequest the INVITE.
+            self.slim()
         elif previous is _C.COMPLETED:
             # A retransmitted final response: send the same ACK again, the TU is not told.
             if self.ack is not None:
@@ -278,6 +283,8 @@ class ClientTransaction(Transaction[ClientState, ClientInput]):
         self.timers.pop(Timer.F, None)
         self._to_tu(response)
         self._arm_or_terminate(Timer.K, self._settings.wait_k(self.reliable), now)
+        if self.state is _C.COMPLETED:
+            self.slim()  # Completed absorbs every response until Timer K
 
     def fire(self, timer: Timer, now: float) -> None:
         """A timer's deadline passed."""

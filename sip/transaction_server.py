@@ -147,7 +147,9 @@ class ServerTransaction(Transaction[ServerState, ServerInput]):
     """One server transaction; created and driven only by ``TransactionLayer``.
 
     ``request`` is the request that created it, ``last_response`` the most recent response
-    the TU sent. The TU answers through ``TransactionLayer.send_response(tx, response, now)``.
+    the TU sent; in Confirmed, and in Accepted once the ACK came, both are kept as bytes
+    (``slim``) and parsed again if read. The TU answers through
+    ``TransactionLayer.send_response(tx, response, now)``.
     """
 
     __slots__ = ("ack_received", "response_destination", "source")
@@ -198,6 +200,8 @@ class ServerTransaction(Transaction[ServerState, ServerInput]):
                 self.timers.pop(Timer.G, None)
                 self.timers.pop(Timer.H, None)
                 self._arm_or_terminate(Timer.I, self._settings.wait_i(self.reliable), now)
+                if self.state is _S.CONFIRMED:
+                    self.slim()  # Confirmed only absorbs ACKs until Timer I
             return
         # §17.2.1 / §17.2.2: Proceeding resends the latest provisional, Completed the final;
         # Trying, Confirmed and Accepted absorb.
@@ -206,10 +210,10 @@ class ServerTransaction(Transaction[ServerState, ServerInput]):
 
     def send_response(self, response: Response, now: float) -> None:
         """The TU's response (raises ``LocalProtocolError`` when the state does not allow it)."""
-        if response.cseq.method != self.request.method:
+        if response.cseq.method != self.method:
             raise LocalProtocolError(
                 f"response CSeq method {response.cseq.method} does not match the "
-                f"transaction's {self.request.method}",
+                f"transaction's {self.method}",
                 500,
             )
         event = classify_sent(response.status)
@@ -220,6 +224,9 @@ class ServerTransaction(Transaction[ServerState, ServerInput]):
         self._send(response)
         timeout = self._settings.timeout
         if event is _I.SEND_PROVISIONAL:
+            return
+        if self.ack_received:
+            self.slim()  # another 2xx after the ACK: nothing is retransmitted any more
             return
         if not self.is_invite:
             self._arm_or_terminate(Timer.J, self._settings.wait_j(self.reliable), now)
@@ -240,6 +247,7 @@ class ServerTransaction(Transaction[ServerState, ServerInput]):
         self.state = transition(self.table, self.state, _I.ACK)
         self.ack_received = True
         self.timers.pop(Timer.RETRANSMIT_2XX, None)
+        self.slim()  # Accepted now only absorbs until Timer L (no AckTimeout to report)
 
     def fire(self, timer: Timer, now: float) -> None:
         """A timer's deadline passed."""

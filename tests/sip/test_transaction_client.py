@@ -288,3 +288,34 @@ def test_make_ack_for_failure_keeps_only_the_top_via() -> None:
 def test_timer_enum_covers_the_rfc_timers() -> None:
     names = {t.value for t in Timer}
     assert set("ABDEFGHIJKLM") <= names
+
+
+def test_accepted_keeps_bytes_but_reacks_and_readers_still_work() -> None:
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    tx = layer.send_request(invite, TCP, now=0.0)
+    ((sent, _),) = layer.messages_to_send()
+    assert tx.is_sending(sent)
+    ok = wire(make_response(invite, 200, to_tag="uas1"))
+    layer.receive(ok, TCP, now=0.1)
+    (event,) = drain(layer)
+    assert isinstance(event, ResponseReceived)
+    # Slimmed: the event holds the 2xx; the transaction parses it again if asked.
+    assert not tx.is_sending(invite) and tx.request == invite
+    assert tx.last_response is not event.response and tx.last_response == event.response
+    ack = make_request("ACK", cseq=1, to="<sip:bob@example.com>;tag=uas1")
+    layer.send_ack(tx, ack, TCP)
+    layer.messages_to_send()
+    layer.receive(wire(ok), TCP, now=0.2)
+    assert layer.messages_to_send() == [(ack, TCP)] and drain(layer) == []
+    assert layer.cancel(tx, now=0.3) is None  # answered: nothing to cancel
+
+
+def test_non_invite_completed_keeps_bytes() -> None:
+    layer = TransactionLayer()
+    request = make_request("INFO")
+    tx = layer.send_request(request, UDP, now=0.0)
+    layer.receive(wire(make_response(request, 200, to_tag="a")), UDP, now=0.05)
+    assert tx.state is ClientState.COMPLETED
+    assert not tx.is_sending(request) and tx.request == request
+    assert repr(tx).startswith("<ClientTransaction INFO ")

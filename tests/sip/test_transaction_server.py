@@ -284,3 +284,40 @@ def test_request_with_mismatched_cseq_is_a_remote_error() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         layer.receive(request, PEER_UDP, 0.0)
     assert info.value.status_hint == 400
+
+
+def test_accepted_after_the_ack_keeps_bytes_but_still_answers_cancel_and_readers() -> None:
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    layer.receive(wire(invite), PEER_UDP, 0.0)
+    tx = drain(layer)[0].transaction
+    ok = make_response(invite, 200, to_tag="uas")
+    layer.send_response(tx, ok, now=0.0)
+    ((sent, _),) = layer.messages_to_send()
+    assert tx.is_sending(sent)  # retransmitted until the ACK: the very object
+    layer.receive(wire(make_request("ACK", to="<sip:bob@example.com>;tag=uas")), PEER_UDP, 0.1)
+    drain(layer)
+    # Slimmed: the parsed 2xx is no longer held, readers get an equal message again.
+    assert not tx.is_sending(ok)
+    assert tx.last_response is not ok and tx.last_response == ok
+    assert tx.request == invite and tx.method == "INVITE"
+    assert tx.last_response is tx.last_response  # parsed once, then kept
+    # A late CANCEL still gets 200 with the 2xx's To tag (read from the bytes).
+    layer.receive(wire(make_request("CANCEL", branch=invite.top_via.branch)), PEER_UDP, 0.2)
+    ((cancel_ok, _),) = layer.messages_to_send()
+    assert cancel_ok.status == 200 and cancel_ok.to.tag == "uas"  # type: ignore[union-attr]
+    assert drain(layer) == []  # not Proceeding: the TU is not told
+
+
+def test_confirmed_keeps_bytes_and_absorbs_acks() -> None:
+    layer = TransactionLayer()
+    tx = receive_new(layer, "INVITE")
+    busy = make_response(tx.request, 486, to_tag="u")
+    layer.send_response(tx, busy, now=0.0)
+    layer.messages_to_send()
+    ack = make_request("ACK", branch=tx.request.top_via.branch, to=busy.headers.get("To") or "")
+    layer.receive(wire(ack), PEER_UDP, 0.1)
+    assert tx.state is ServerState.CONFIRMED
+    assert not tx.is_sending(busy) and tx.last_response == busy
+    layer.receive(wire(ack), PEER_UDP, 0.2)
+    assert drain(layer) == [] and layer.messages_to_send() == []
