@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 peers:
-	./scripts/install-peers.sh
+	@./scripts/install-peers.sh
 
 lab: venv peers
-	$(VENV)/bin/gateway lab $(ARGS)
+	@$(VENV)/bin/gateway lab $(ARGS)
 
 test: venv peers
 	$(PY) -m pytest $(PYTEST_ARGS)
