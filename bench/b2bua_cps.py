@@ -50,6 +50,7 @@ from tests.gateway.conftest import (  # noqa: E402
     CUCM_HOST,
     GATEWAY_HOST,
     Scenario,
+    fe_tunnel,
     run_gateway,
     run_scenario,
     serve_scenario,
@@ -167,15 +168,7 @@ def gateway_tls_system(pki: LabPKI, workdir: Path) -> Iterator[SystemUnderTest]:
             uas = stack.enter_context(
                 serve_scenario(_uas(SippTransport.TCP, CUCM_HOST, gateway.ports.cucm), workdir)
             )
-            tunnel = stack.enter_context(
-                stunnel_client(
-                    workdir,
-                    connect=gateway.microsoft,
-                    ca=pki.ca_cert,
-                    check_host=CLUSTER_FQDN,
-                    tls=tls_files(pki, "fe"),
-                )
-            )
+            tunnel = stack.enter_context(fe_tunnel(gateway, pki, workdir))
             yield SystemUnderTest(
                 (tunnel.host, tunnel.port),
                 "TLS",

@@ -166,17 +166,21 @@ def cucm_behind_fe_tunnel(
         local_port=gateway.ports.cucm,
         extra=("-reconnect_close", "false"),
     )
-    with (
-        serve_scenario(cucm, base) as served,
-        stunnel_client(
-            base,
-            connect=gateway.microsoft,
-            ca=pki.ca_cert,
-            check_host=CLUSTER_FQDN,
-            tls=tls_files(pki, "fe"),
-        ) as tunnel,
-    ):
+    with serve_scenario(cucm, base) as served, fe_tunnel(gateway, pki, base) as tunnel:
         yield served, tunnel
+
+
+def fe_tunnel(gateway: RunningGateway, pki: LabPKI, base: Path) -> AbstractContextManager[Stunnel]:
+    """An stunnel client playing the Lync FE's mutual TLS (the "fe" certificate) into the
+    gateway's Microsoft listener, checking the gateway's certificate against the cluster
+    FQDN; SIPp speaks TCP to it."""
+    return stunnel_client(
+        base,
+        connect=gateway.microsoft,
+        ca=pki.ca_cert,
+        check_host=CLUSTER_FQDN,
+        tls=tls_files(pki, "fe"),
+    )
 
 
 def counters(result: SippResult) -> dict[str, int]:
