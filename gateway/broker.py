@@ -17,8 +17,10 @@ IM sessions: an INVITE from Microsoft offering only ``m=message`` media (a Lync 
 :mod:`gateway.im_session`) is brokered too, never set up as a call: it is Record-Routed
 like SUBSCRIBE, so its MESSAGEs (both ways), re-INVITEs and BYE come back through the
 broker's Record-Route and are loose-routed on. The ACK for its 2xx has no transaction of
-its own; :meth:`SipBroker.intercept_acks` has the stack hand such ACKs (those whose top
-Route is ours) to the broker, which forwards them statelessly (§16.11).
+its own; :meth:`SipBroker.intercept` has the stack hand such ACKs (those whose top Route
+is ours) to the broker, which forwards them statelessly (§16.11), and a CANCEL of an IM
+session INVITE still pending at a node to the broker, which cancels it there (§16.10): the
+node's 487 then comes back as the INVITE's answer.
 
 Node choice: round robin over the nodes; a node that cannot be reached (transport error)
 or answers 503 is skipped for the next. When the nodes are all unreachable the client gets
@@ -94,6 +96,8 @@ class SipBroker:
         """Seconds to wait for a node's final response before answering 408."""
         self.stats = BrokerStats()
         self._next = itertools.count()
+        self._pending_invites: dict[ServerTransaction, ClientRequest] = {}
+        """IM session INVITEs waiting for a node's final answer (CANCEL goes to them)."""
 
     # -- what the runtime asks -----------------------------------------------------------
 
@@ -128,11 +132,22 @@ class SipBroker:
             host == node for node in self.settings.destinations
         )
 
-    def intercept_acks(self, allowed: Callable[[str], bool] | None = None) -> None:
-        """Take the ACKs routed through our Record-Route (IM sessions) from the stack's
-        ``on_ack`` before its current handler; ``allowed(source host)`` screens them (an
-        ACK cannot be refused, so one from elsewhere is dropped)."""
+    def intercept(self, allowed: Callable[[str], bool] | None = None) -> None:
+        """Take what the broker needs from the stack before its current handlers: ACKs
+        routed through our Record-Route (IM sessions), screened by ``allowed(source
+        host)`` (an ACK cannot be refused, so one from elsewhere is dropped), and CANCELs
+        of the IM session INVITEs we forwarded."""
         inner = self.stack.handlers.on_ack
+        inner_cancel = self.stack.handlers.on_cancel
+
+        def on_cancel(transaction: ServerTransaction, cancel: Request) -> None:
+            pending = self._pending_invites.get(transaction)
+            if pending is not None:
+                pending.cancel()  # the node's 487 is relayed as the INVITE's answer
+            elif inner_cancel is not None:
+                inner_cancel(transaction, cancel)
+            elif transaction.state in (ServerState.TRYING, ServerState.PROCEEDING):
+                self.stack.respond(transaction, 487)  # the stack's own default
 
         def on_ack(ack: Request, source: Hop) -> None:
             try:
@@ -149,6 +164,7 @@ class SipBroker:
             self.forward_ack(ack, source)
 
         self.stack.handlers.on_ack = on_ack
+        self.stack.handlers.on_cancel = on_cancel
 
     def forward_ack(self, ack: Request, source: Hop) -> None:
         """Forward an ACK routed through us statelessly along its route (§16.11)."""
@@ -234,7 +250,12 @@ class SipBroker:
                 self._refuse(transaction, 500, f"Server Internal Error: {error.message}")
                 return
             self.stats.forwarded += 1
-            response = await self._final(pending, transaction)
+            if attempt.method == "INVITE":
+                self._pending_invites[transaction] = pending
+            try:
+                response = await self._final(pending, transaction)
+            finally:
+                self._pending_invites.pop(transaction, None)
             if response is None:
                 return  # 408 already given
             if isinstance(response, SipTimeoutError):

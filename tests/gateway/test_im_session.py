@@ -5,10 +5,11 @@ sending the INVITE pidgin-sipe sends to start IM (``m=message ... sip null``, ms
 Ms-Conversation-ID); the IM&P node is the lab's simulated IM&P behind the broker.
 
 Checked: the INVITE, its ACK, the MESSAGEs (both ways: IM&P's comes back through the
-broker's Record-Route although IM&P is no Microsoft trusted host) and the BYE all reach the
+broker's Record-Route though IM&P is no Microsoft trusted host) and the BYE all reach the
 other side; no call is made and no media port taken; without a broker the INVITE gets 488
-saying why; a MESSAGE in no known session gets 481 (from the gateway when it is not routed
-through the broker, from IM&P when it is); which INVITEs count as IM sessions.
+saying why; a CANCEL of an IM session INVITE still ringing at the node reaches the node
+and its 487 comes back; a MESSAGE in no known session gets 481 (from the gateway when it is
+not routed through the broker, from IM&P when it is); which INVITEs count as IM sessions.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ from lab.cisco.config import ImpConfig
 from lab.cisco.imp import Imp
 from sip.dialog import Dialog
 from sip.message import Headers, Request, new_branch, new_tag
+from sip.stack import SipStack, StackHandlers
 from sip.transaction_server import ServerTransaction
+from sip.transport import Transport, TransportSettings
 from sip.uri import URI
-from tests.gateway.test_runtime import FAST, WAIT, FrontEnd, Lab, make_lab  # noqa: F401
+from tests.gateway.test_runtime import FAST, WAIT, FrontEnd, Lab, make_lab
+
+__all__ = ["make_lab"]  # the fixture, used here by name
 
 IMP_HOST = "127.0.3.2"
 TEXT = "hello from pidgin-sipe"
@@ -229,3 +234,45 @@ def invite(body: bytes, content_type: str | None = "application/sdp",
 def test_is_im_session(body: bytes, content_type: str | None, method: str,
                        expected: bool) -> None:
     assert is_im_session(invite(body, content_type, method)) is expected
+
+
+async def test_cancel_of_a_pending_im_session_reaches_the_node(make_lab, pki) -> None:  # type: ignore[no-untyped-def]
+    # A node that rings and never answers: the CANCEL must reach it, and its 487 come back.
+    node = SipStack(timers=FAST, transport_settings=TransportSettings(outbound_ports=None))
+    invites: asyncio.Queue[Request] = asyncio.Queue()
+
+    def ring(transaction: ServerTransaction, request: Request) -> None:
+        invites.put_nowait(request)
+        node.respond(transaction, 180, to_tag=new_tag())
+
+    cancels: asyncio.Queue[Request] = asyncio.Queue()
+
+    def cancelled(transaction: ServerTransaction, cancel: Request) -> None:
+        cancels.put_nowait(cancel)
+        node.respond(transaction, 487)
+
+    node.handlers = StackHandlers(on_request=ring, on_cancel=cancelled)
+    await node.listen(Transport.TLS, IMP_HOST, 0, ssl=pki.server_context("imp"))
+    try:
+        listener = node.listeners[0]
+        lab: Lab = await make_lab(extra=(
+            f'\n[b2bua.broker]\nenabled = true\ndestinations = ["{listener.host}"]\n'
+            f"port = {listener.port}\n"))
+        fe = ImFrontEnd(lab.fe.stack)
+        fe.gateway = lab.fe.gateway
+        assert fe.gateway is not None
+        ringing = asyncio.Event()
+        pending = fe.stack.start_request(
+            fe.im_invite(), fe.gateway,
+            on_provisional=lambda r: ringing.set() if r.status == 180 else None)
+        await asyncio.wait_for(ringing.wait(), WAIT)
+        assert (await asyncio.wait_for(invites.get(), WAIT)).method == "INVITE"
+        pending.cancel()
+        final = await asyncio.wait_for(pending.final, WAIT)
+        assert final.status == 487
+        # The 487 is the node's: the CANCEL went on to it (not answered by the gateway).
+        assert (await asyncio.wait_for(cancels.get(), WAIT)).method == "CANCEL"
+        no_call_no_port(lab)
+        assert lab.gateway.broker.stats.im_sessions == 0
+    finally:
+        await node.close()

@@ -170,7 +170,7 @@ async def test_im_session_invite_message_bye(imp, client) -> None:  # type: igno
     assert (await imp.wait_for("ACK", timeout=5)).call_id == invite.call_id
     assert invite.call_id in imp.sessions
 
-    text = "hello inside the session".encode()
+    text = b"hello inside the session"
     response = await asyncio.wait_for(
         client.send_in_dialog(dialog, "MESSAGE", body=text, content_type="text/plain"), 5
     )
