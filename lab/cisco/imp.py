@@ -232,6 +232,11 @@ class Imp(UserAgent):
     def handle_ack(self, dialog: Dialog, ack: Request) -> None:
         self._note(ack)
 
+    def handle_ack_timeout(self, dialog: Dialog) -> None:
+        # Our 200 was never ACKed: the session ends (BYE, RFC 3261 §13.3.1.4).
+        self.sessions.pop(dialog.id.call_id, None)
+        super().handle_ack_timeout(dialog)
+
     # -- IM sessions ----------------------------------------------------------------------------
 
     def _invite(self, transaction: ServerTransaction, request: Request) -> None:

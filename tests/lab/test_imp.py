@@ -178,6 +178,15 @@ async def test_im_session_invite_message_bye(imp, client) -> None:  # type: igno
     message = await imp.wait_for("MESSAGE", timeout=5)
     assert message.body == text and message.call_id == invite.call_id
 
+    # A re-INVITE refreshing the session gets the same answer, in the same dialog.
+    reinvite, _ = client.dialog_request(
+        dialog, "INVITE", body=SIPE_IM_OFFER, content_type="application/sdp")
+    pending = client.stack.start_request(reinvite, hop)
+    again = await asyncio.wait_for(pending.final, 5)
+    assert again.status == 200 and again.to.tag == ok.to.tag and again.body == ok.body
+    client.send_ack(dialog, pending.transaction)
+    assert (await imp.wait_for("ACK", timeout=5)).cseq.seq == reinvite.cseq.seq
+
     bye = await asyncio.wait_for(client.send_in_dialog(dialog, "BYE"), 5)
     assert bye.status == 200
     assert (await imp.wait_for("BYE", timeout=5)).call_id == invite.call_id
