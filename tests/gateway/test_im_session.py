@@ -7,15 +7,17 @@ Ms-Conversation-ID); the IM&P node is the lab's simulated IM&P behind the broker
 Checked: the INVITE, its ACK, the MESSAGEs (both ways: IM&P's comes back through the
 broker's Record-Route though IM&P is no Microsoft trusted host) and the BYE all reach the
 other side; no call is made and no media port taken; without a broker the INVITE gets 488
-saying why; a CANCEL of an IM session INVITE still ringing at the node reaches the node
-and its 487 comes back; a MESSAGE in no known session gets 481 (from the gateway when it is
-not routed through the broker, from IM&P when it is); which INVITEs count as IM sessions.
+saying why, and 503 saying so when the node cannot be reached; a CANCEL of an IM session
+INVITE still ringing at the node reaches the node and its 487 comes back; a MESSAGE in no
+known session gets 481 (from the gateway when it is not routed through the broker, from
+IM&P when it is); which INVITEs count as IM sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -276,3 +278,19 @@ async def test_cancel_of_a_pending_im_session_reaches_the_node(make_lab, pki) ->
         assert lab.gateway.broker.stats.im_sessions == 0
     finally:
         await node.close()
+
+
+async def test_an_unreachable_imp_node_gives_503_saying_so(make_lab) -> None:  # type: ignore[no-untyped-def]
+    # Nothing listens there (a port just closed on the node's address).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((IMP_HOST, 0))
+        port = probe.getsockname()[1]
+    lab: Lab = await make_lab(extra=(
+        f'\n[b2bua.broker]\nenabled = true\ndestinations = ["{IMP_HOST}"]\nport = {port}\n'))
+    fe = ImFrontEnd(lab.fe.stack)
+    fe.gateway = lab.fe.gateway
+    assert fe.gateway is not None
+    response = await asyncio.wait_for(fe.stack.send_request(fe.im_invite(), fe.gateway), WAIT)
+    assert response.status == 503
+    assert "IM&P" in response.reason and "reachable" in response.reason
+    no_call_no_port(lab)
