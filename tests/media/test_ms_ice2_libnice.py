@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -44,8 +45,7 @@ async def until(predicate: object, timeout: float = WAIT) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
-def _free_port(host: str) -> int:
-    import socket
+def free_port_pair(host: str) -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind((host, 0))
@@ -66,7 +66,7 @@ def _free_port(host: str) -> int:
 async def test_ice_leg_completes_with_libnice_oc2007r2(veth: Veth,
                                                       gateway_controlling: bool) -> None:
     ufrag, pwd = ufrag_pwd()
-    leg = IceLeg(veth.ours, _free_port(veth.ours),
+    leg = IceLeg(veth.ours, free_port_pair(veth.ours),
                  IceSettings(allowed_networks=(veth.network,), connect_timeout=WAIT),
                  ufrag=ufrag, pwd=pwd, controlling=gateway_controlling)
     received: list[tuple[int, bytes]] = []
