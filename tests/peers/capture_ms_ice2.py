@@ -3,9 +3,9 @@
     .venv/bin/python -m tests.peers.capture_ms_ice2 [DIR]
 
 (root: it makes a network namespace.) The gateway's IceLeg, controlled, meets libnice
-(OC2007R2, controlling: its first checks come with their legacy copies) as in tests/media/test_ms_ice2_libnice.py; every datagram the leg
-receives and sends is recorded, and the first of each kind is written out with the
-credentials in ``vectors.json``.
+(OC2007R2, controlling: its first checks come with their legacy copies) as in
+tests/media/test_ms_ice2_libnice.py; every datagram the leg receives and sends is recorded,
+and the first of each kind is written out with the credentials in ``vectors.json``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ async def capture(out: Path) -> bool:
 
     ms_stun.DialectProtocol.datagram_received = tap_receive  # type: ignore[method-assign]
     with veth_pair() as veth:
-        leg = IceLeg(veth.ours, free_port_pair(veth.ours), IceSettings(allowed_networks=(veth.network,)),
-                     ufrag="gw01", pwd="gatewaypassword0123456789", controlling=False)
+        leg = IceLeg(veth.ours, free_port_pair(veth.ours),
+                     IceSettings(allowed_networks=(veth.network,)), ufrag="gw01",
+                     pwd="gatewaypassword0123456789", controlling=False)
         await leg.gather()
         for protocol in leg.agent._protocols:
             transport = protocol.transport
