@@ -429,8 +429,9 @@ class _ReceivedMessage(Message):
 
 
 def to_aioice(decoded: DecodedMessage, policy: DialectPolicy) -> Message:
-    """The aioice view of ``decoded`` (unknown attributes left out); ValueError if a known
-    attribute does not unpack or the method is unknown."""
+    """The aioice view of ``decoded`` (unknown attributes left out); ValueError (or
+    struct.error, from aioice's unpackers) if a known attribute does not unpack or the
+    method is unknown."""
     attributes: dict[str, Any] = {}
     for attr in decoded.attributes:
         entry = ATTRIBUTES_BY_TYPE.get(attr.type)
@@ -477,12 +478,12 @@ class DialectProtocol(StunProtocol):
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         addr = (addr[0], addr[1])
-        assert isinstance(data, bytes)
+        data = bytes(data) if not isinstance(data, str) else data.encode()
         policy: DialectPolicy = self.receiver.stun_policy  # type: ignore[attr-defined]
         try:
             decoded = decode(data)
             message = to_aioice(decoded, policy)
-        except ValueError as error:
+        except (ValueError, struct.error) as error:  # aioice's unpackers raise struct.error
             if looks_like_stun(data):
                 # A version-2 agent's legacy copy, or garbage: never media.
                 logger.debug("%s: STUN from %s:%d dropped: %s", policy.label, addr[0], addr[1],

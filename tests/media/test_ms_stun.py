@@ -170,3 +170,34 @@ def test_policy_alternates_until_the_peer_is_known() -> None:
     assert {pinned.request_dialect(tid) for _ in range(3)} == {StunDialect.MS_ICE2}
     pinned.reply_to(tid, StunDialect.RFC5389)  # not spoken: answered in its own dialect
     assert pinned.reply_dialect(tid) is StunDialect.MS_ICE2
+
+
+async def test_protocol_drops_bad_stun_and_passes_other_data_on() -> None:
+    """A malformed attribute (3-byte PRIORITY) or a legacy copy never reaches the media sink
+    and never raises out of the datagram handler; non-STUN data does reach it."""
+    from media.ms_stun import DialectProtocol
+
+    class Receiver:
+        stun_policy = DialectPolicy("test")
+        data: list[bytes] = []
+        requests: list[object] = []
+
+        def data_received(self, data: bytes, component: int) -> None:
+            self.data.append(data)
+
+        def request_received(self, message: object, addr: object, protocol: object) -> None:
+            self.requests.append(message)
+
+    class Local:
+        component = 1
+
+    receiver = Receiver()
+    protocol = DialectProtocol(receiver)  # type: ignore[arg-type]
+    protocol.local_candidate = Local()  # type: ignore[assignment]
+    bad = encode(0x0001, bytes(12), [(0x0024, b"abc")], StunDialect.RFC5389)
+    protocol.datagram_received(bad, ("10.0.0.1", 1))
+    protocol.datagram_received(load("libnice-request-legacy.bin"), ("10.0.0.1", 1))
+    protocol.datagram_received(b"not stun at all", ("10.0.0.1", 1))
+    protocol.datagram_received(load("libnice-request.bin"), ("10.0.0.1", 1))
+    assert receiver.data == [b"not stun at all"]
+    assert len(receiver.requests) == 1
