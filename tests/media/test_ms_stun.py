@@ -254,11 +254,11 @@ def _tid(n: int) -> bytes:
     return bytes([n % 256]) * 12
 
 
-async def test_gateway_sends_the_version_1_copy_only_when_it_differs() -> None:
+async def test_ms_ice2_client_sends_version_1_copies_only_when_they_differ() -> None:
     tids = [_tid(n) for n in range(256)]
     copies = 0
     for tid in tids:
-        protocol, _, transport = _protocol(DialectPolicy("gw", legacy_copies=True))
+        protocol, _, transport = _protocol(DialectPolicy.pinned("client", StunDialect.MS_ICE2))
         protocol.send_stun(_check(tid), ("10.0.0.2", 5000))  # first try: MS-ICE2
         first = decode(transport.sent[0])
         assert first.implementation_version == 2
