@@ -13,7 +13,9 @@ agent/conncheck.c, which cite [MS-ICE2] 3.1.4.8.2):
   padded 9-byte USERNAME is unreadable to such a reader (libnice: "STUN error: 47 instead of
   1134 bytes for attribute": it took the padding as the next attribute header).
 - Every check carries MS-CANDIDATE-IDENTIFIER (0x8054, the sender's candidate foundation) and
-  MS-IMPLEMENTATION-VERSION (0x8070, value 2); every response carries the version too.
+  MS-IMPLEMENTATION-VERSION (0x8070, value 2); every response carries the version too
+  ([MS-ICE2] 2.2.2: the identifier only in binding requests, the version in all binding
+  requests and responses).
 - MESSAGE-INTEGRITY: HMAC-SHA1 over the header with the message's *final* length (counting
   the FINGERPRINT that follows) and the attributes before MESSAGE-INTEGRITY, the input then
   zero-padded to a multiple of 64 bytes (the RFC 3489 rule). RFC 5389 counts only up to
@@ -24,6 +26,9 @@ agent/conncheck.c, which cite [MS-ICE2] 3.1.4.8.2):
   It stops once it hears MS-IMPLEMENTATION-VERSION from the peer. A receiver accepts the
   legacy CRC only on a message without MS-IMPLEMENTATION-VERSION (a version-1 sender); a
   version-2 agent's legacy copy (version present, legacy CRC) is dropped.
+
+Not handled: the draft-STUN-02 message format (no magic cookie) that [MS-ICE2] also allows
+for older peers; such datagrams are not taken for STUN.
 
 The first half of this module is the codec, sans-IO (bytes in, bytes out): :func:`decode`,
 :func:`verify_integrity` (which also says which dialect's integrity matched) and
