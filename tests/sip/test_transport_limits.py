@@ -39,7 +39,9 @@ async def assert_still_served(server: TransportManager, listening: TransportAddr
         assert isinstance(received.message, Request)
         assert received.message.call_id == "after@127.0.0.1"
         await server.send(
-            make_response(received.message, 200), received.source, connection_id=received.connection.id
+            make_response(received.message, 200),
+            received.source,
+            connection_id=received.connection.id,
         )
         response = await asyncio.wait_for(peer.response(), WAIT)
         assert response.status == 200
@@ -199,7 +201,9 @@ def test_a_peer_that_never_reads_is_closed_at_the_unsent_cap(run: Runner) -> Non
                 with_error = False
                 for _ in range(2000):  # up to 120 MB if nothing stopped it
                     try:
-                        await server.send(data, received.source, connection_id=received.connection.id)
+                        await server.send(
+                            data, received.source, connection_id=received.connection.id
+                        )
                     except TransportError:
                         with_error = True
                         break
