@@ -122,6 +122,8 @@ def test_failed_handshakes_leave_no_memory_behind(
             before, after, alive = runner.run(main())
     finally:
         logging.getLogger("sip.transport").setLevel(logging.NOTSET)
-    print(f"RSS {before:.1f} -> {after:.1f} MB after {HANDSHAKES} failed handshakes")
+    logging.getLogger(__name__).warning(
+        "RSS %.1f -> %.1f MB after %d failed handshakes", before, after, HANDSHAKES
+    )
     assert alive < 20, f"{alive} SSLProtocol objects still alive"
     assert after - before < MAX_GROWTH_MB, f"RSS {before:.1f} -> {after:.1f} MB"
