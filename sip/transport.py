@@ -23,6 +23,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import resource
 import socket
 import ssl
@@ -202,6 +203,7 @@ class _Encodable(Protocol):
 
 
 MessageHandler = Callable[[ReceivedMessage], None]
+OversizedHandler = Callable[[Response, "ConnectionInfo", int], None]
 ClosedHandler = Callable[[ConnectionInfo], None]
 
 
@@ -249,6 +251,9 @@ class TransportManager:
         """Inbound streams (ready or in TLS handshake) per source host, oldest first."""
         self._handshakes: dict[int, tuple[str, asyncio.Task[None]]] = {}
         """Inbound TLS handshakes in progress: source host and task, oldest first."""
+        self.on_oversized_response: OversizedHandler | None = None
+        """Hears of a response passed over for its size (headers only, body dropped),
+        with the connection and the declared size: the stack fails its transaction."""
         self._closed_info: dict[int, ConnectionInfo] = {}
         """Streams taken out of the tables whose close is not yet reported."""
 
@@ -834,13 +839,15 @@ class TransportManager:
             f"message larger than {self.settings.max_message_size} bytes ({item.size} declared)",
             413,
         )
+        if item.head.startswith(b"SIP/"):
+            self._oversized_response(stream, item)
+            return
         answer = error_response(item.head, error)
         if answer is None:
             logger.warning(
-                "connection %d from %s: %s passed over (%s); connection kept",
+                "connection %d from %s: an oversized message passed over (%s); connection kept",
                 stream.id,
                 peer,
-                "a response" if item.head.startswith(b"SIP/") else "a message",
                 error.message,
             )
             return
@@ -854,6 +861,32 @@ class TransportManager:
             stream.write(answer)
         except ConnectionError as send_error:
             logger.info("could not answer %s: %s", peer, send_error)
+
+    def _oversized_response(self, stream: StreamConnection, item: Oversized) -> None:
+        # A response cannot be answered: its headers (parsed without the body) go to
+        # ``on_oversized_response``, which ends its client transaction at once (a proxy
+        # then answers upstream) instead of leaving it to Timer B/F.
+        entry = self._streams.get(stream.id)
+        peer = _format_address(stream.peername)
+        logger.warning(
+            "connection %d from %s: a response of %d bytes (limit %d) passed over; connection kept",
+            stream.id,
+            peer,
+            item.size,
+            self.settings.max_message_size,
+        )
+        if entry is None or self.on_oversized_response is None:
+            return
+        try:
+            response = parse_message(_bodiless(item.head))
+        except ProtocolError as error:
+            logger.info("oversized response from %s not parsed: %s", peer, error.message)
+            return
+        if isinstance(response, Response):
+            try:
+                self.on_oversized_response(response, entry[1], item.size)
+            except Exception:
+                logger.exception("oversized-response handler failed for %s", peer)
 
     def stream_dropped(self, stream: StreamConnection, reason: DropReason) -> None:
         if reason is DropReason.MESSAGE_DEADLINE:
@@ -998,6 +1031,21 @@ def _describe_os_error(error: OSError) -> str:
     if error.errno is not None and not isinstance(error, TimeoutError):
         return os.strerror(error.errno)
     return str(error) or type(error).__name__
+
+
+_BODY_HEADER = re.compile(
+    rb"\r?\n(?:content-length|l|content-type|c|content-encoding|e)[ \t]*:(?:[^\r\n]|\r?\n[ \t])*",
+    re.IGNORECASE,
+)
+
+
+def _bodiless(head: bytes) -> bytes:
+    """A message's header section without its body headers, with Content-Length 0."""
+    line_end = head.index(b"\n")
+    if head[line_end - 1 : line_end] == b"\r":
+        line_end -= 1
+    headers = _BODY_HEADER.sub(b"", head[line_end:].rstrip(b"\r\n"))
+    return head[:line_end] + headers + b"\r\nContent-Length: 0\r\n\r\n"
 
 
 def _format_address(address: tuple[str, int] | None) -> str:

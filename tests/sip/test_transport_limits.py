@@ -11,6 +11,8 @@ import asyncio
 import resource
 import socket
 
+import pytest
+
 from sip.message import Request, make_response
 from sip.transport import (
     Transport,
@@ -233,3 +235,64 @@ def _rss_kb() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def test_an_oversized_final_response_fails_its_transaction_at_once(run: Runner) -> None:  # noqa: F811
+    # RFC 3261 §18.3: a response over the limit cannot be answered; its length is known,
+    # so the body is passed over and the connection kept; its client transaction fails
+    # at once as a transport error (a proxy answers upstream; no ACK for an unread 2xx).
+    from sip.framing import StreamFramer
+    from sip.message import parse_message
+    from sip.stack import Hop, SipStack, SipTimeoutError
+    from tests.sip.helpers import make_request
+
+    async def main() -> None:
+        framer = StreamFramer()
+        answered: list[str] = []
+
+        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                framer.feed(data)
+                while (item := framer.next_message()) is not None:
+                    if not isinstance(item, bytes):
+                        continue
+                    request = parse_message(item)
+                    assert isinstance(request, Request)
+                    answered.append(request.method)
+                    response = make_response(request, 200, to_tag="callee")
+                    if request.method == "INVITE":
+                        response = make_response(
+                            request,
+                            200,
+                            to_tag="callee",
+                            body=b"v=0\r\n" + b"m=audio 9 RTP/AVP 0\r\n" * 4000,
+                            content_type="application/sdp",
+                        )
+                    writer.write(response.encode())
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        hop = Hop(Transport.TCP, "127.0.0.1", port)
+        try:
+            async with SipStack(transport_settings=TransportSettings(outbound_ports=None)) as ua:
+                tasks = own_tasks()
+                invite = make_request("INVITE", transport="TCP", via_port=5060)
+                with pytest.raises(SipTimeoutError) as failed:
+                    await asyncio.wait_for(ua.send_request(invite, hop), WAIT)
+                assert failed.value.transport_error
+                assert failed.value.reason is not None and "over the limit" in failed.value.reason
+                assert ua.transports.counters.oversized == 1
+                # The same connection carries the next request.
+                (connection,) = ua.transports.connections()
+                options = make_request("OPTIONS", transport="TCP", call_id="next@127.0.0.1")
+                response = await asyncio.wait_for(ua.send_request(options, hop), WAIT)
+                assert response.status == 200
+                assert [c.id for c in ua.transports.connections()] == [connection.id]
+                assert answered == ["INVITE", "OPTIONS"]  # no ACK for the unread 2xx
+                ours = {t for t in own_tasks() if ".peer" not in repr(t.get_coro())}
+                assert ours <= tasks
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)
