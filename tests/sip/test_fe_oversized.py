@@ -97,16 +97,31 @@ async def test_fe_refuses_an_oversized_answer_and_alice_stays_reachable(
         # An oversized request from the trunk: 413 on the same connection, which then
         # carries the next request.
         trunk_connection = far.transports.connections()[0]
-        hop = Hop(Transport.TLS, trunk_connection.remote.host, trunk_connection.remote.port,
-                  connection_id=trunk_connection.id, server_hostname="fe.example.com")
-        big = make_request("MESSAGE", uri="sip:alice.parkes@example.com", transport="TLS",
-                           via_host=TRUNK_HOST, call_id="big@127.0.2.1",
-                           extra=(("Content-Type", "text/plain"),))
+        hop = Hop(
+            Transport.TLS,
+            trunk_connection.remote.host,
+            trunk_connection.remote.port,
+            connection_id=trunk_connection.id,
+            server_hostname="fe.example.com",
+        )
+        big = make_request(
+            "MESSAGE",
+            uri="sip:alice.parkes@example.com",
+            transport="TLS",
+            via_host=TRUNK_HOST,
+            call_id="big@127.0.2.1",
+            extra=(("Content-Type", "text/plain"),),
+        )
         big.body = b"x" * 70000
         response = await asyncio.wait_for(far.send_request(big, hop), 10)
         assert response.status == 413, response
-        options = make_request("OPTIONS", uri="sip:fe.example.com", transport="TLS",
-                               via_host=TRUNK_HOST, call_id="after@127.0.2.1")
+        options = make_request(
+            "OPTIONS",
+            uri="sip:fe.example.com",
+            transport="TLS",
+            via_host=TRUNK_HOST,
+            call_id="after@127.0.2.1",
+        )
         options.uri = URI.parse(f"sip:{side.fe.listener.host}:{side.fe.listener.port}")
         response = await asyncio.wait_for(far.send_request(options, hop), 10)
         assert response.status != 413
