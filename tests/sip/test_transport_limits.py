@@ -13,6 +13,7 @@ import socket
 
 import pytest
 
+from certs.pki import LabPKI
 from sip.message import Request, make_response
 from sip.transport import (
     Transport,
@@ -294,5 +295,43 @@ def test_an_oversized_final_response_fails_its_transaction_at_once(run: Runner) 
         finally:
             server.close()
             await server.wait_closed()
+
+    run(main)
+
+
+def test_tls_handshakes_count_toward_the_cap_and_the_oldest_is_dropped(
+    run: Runner,  # noqa: F811
+    pki: LabPKI,
+) -> None:
+    # Connections that never send a ClientHello hold a slot only until a newer connection
+    # needs it (before their handshake timeout): the oldest handshake is dropped first.
+    async def main() -> None:
+        settings = TransportSettings(
+            outbound_ports=None, max_connections_per_source=3, tls_handshake_timeout=30.0
+        )
+        async with TransportManager(settings) as server:
+            context = pki.server_context("endpoint", require_client_cert=True)
+            listening = await server.listen(Transport.TLS, "127.0.0.1", 0, ssl=context)
+            silent = [await Peer.connect(listening) for _ in range(6)]
+            try:
+                for peer in silent[:3]:
+                    await wait_closed_by_server(peer)
+                assert server.counters.evicted == 3 and server.stream_count == 3
+                # A real client still gets in (taking the slot of the oldest silent one).
+                client = await Peer.connect(
+                    listening,
+                    ssl=pki.client_context("gateway"),
+                    server_hostname="endpoint.video.example.com",
+                )
+                try:
+                    await client.write(sip_request(call_id="tls@127.0.0.1"))
+                    received = await asyncio.wait_for(expect_request(server), WAIT)
+                    assert received.message.call_id == "tls@127.0.0.1"
+                    await wait_closed_by_server(silent[3])
+                finally:
+                    await client.close()
+            finally:
+                for peer in silent:
+                    await peer.close()
 
     run(main)
