@@ -3,12 +3,15 @@ video user; the far side of the FE's trunk (standing where the gateway is, with 
 gateway's certificate) answers with a 2,500 m-line SDP (over 64 KB). The FE passes it
 over, keeps every connection, refuses alice's call at once (480 from its failed
 transaction, no Timer B wait), and alice is still reachable through the FE afterwards; an
-oversized request on the trunk gets 413 and the trunk connection keeps working.
+oversized request on the trunk gets 413 and the trunk connection keeps working. The same
+after a connection storm on the FE's listener.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -28,6 +31,7 @@ from tests.sip.helpers import make_request
 TRUNK_HOST = "127.0.2.1"  # an address in the gateway certificate
 TRUNK_NAME = "lyncexp.video.example.com"
 M_LINES = 2500
+STORM = 600
 
 
 def huge_answer() -> bytes:
@@ -126,3 +130,39 @@ async def test_fe_refuses_an_oversized_answer_and_alice_stays_reachable(
         response = await asyncio.wait_for(far.send_request(options, hop), 10)
         assert response.status != 413
         assert [c.id for c in far.transports.connections()] == [trunk_connection.id]
+
+
+async def test_alice_stays_reachable_through_a_connection_storm_on_the_fe(pki: LabPKI) -> None:
+    # 600 connections to the FE's TLS listener from one address that never send a
+    # ClientHello: past 512 (the per-source default) the oldest of them are dropped; alice
+    # (another address, a proven connection) keeps hers and is called through the FE.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < STORM + 300:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, STORM + 600), hard))
+    async with MicrosoftSide.run(pki, with_edge=False) as side:
+        alice = await side.client("alice", video=False)
+        david = await side.client("david", video=False)
+        listener = side.fe.listener
+        fe_transports = side.fe.stack.transports
+        before = {info.id for info in fe_transports.connections()}
+        storm: list[socket.socket] = []
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(STORM):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.bind(("127.0.0.1", 0))
+                await loop.sock_connect(sock, (listener.host, listener.port))
+                storm.append(sock)
+            async with asyncio.timeout(10):
+                while fe_transports.counters.evicted < STORM - 512:
+                    await asyncio.sleep(0.05)
+            assert fe_transports.stream_count <= 512 + len(before)
+            assert before <= {info.id for info in fe_transports.connections()}
+            to_alice = await david.call("alice.parkes@example.com")
+            await asyncio.wait_for(alice.incoming_calls.get(), 10)
+            await to_alice.wait_connected()
+            await to_alice.hangup()
+        finally:
+            for sock in storm:
+                sock.close()
