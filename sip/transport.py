@@ -585,6 +585,10 @@ class TransportManager:
             sock.close()
             reason = describe_tls_error(error) if tls else _describe_os_error(error)
             logger.warning("connection to %s failed: %s", target, reason)
+            # python/cpython#109534, our side: see _tls_handshake (the cause is kept, its
+            # traceback, which holds the SSLProtocol and its buffers, is not).
+            error.__traceback__ = None
+            error.__context__ = None
             raise TransportError(f"cannot connect to {target}: {reason}") from error
         if stream.id not in self._streams:
             raise TransportError(f"connection to {target} closed during setup")

@@ -20,7 +20,13 @@ import pytest
 import uvloop
 
 from certs.pki import LabPKI
-from sip.transport import Transport, TransportManager, TransportSettings
+from sip.transport import (
+    Transport,
+    TransportAddress,
+    TransportError,
+    TransportManager,
+    TransportSettings,
+)
 
 HANDSHAKES = 1000
 CLIENTS = 4
@@ -125,5 +131,50 @@ def test_failed_handshakes_leave_no_memory_behind(
     logging.getLogger(__name__).warning(
         "RSS %.1f -> %.1f MB after %d failed handshakes", before, after, HANDSHAKES
     )
+    assert alive < 20, f"{alive} SSLProtocol objects still alive"
+    assert after - before < MAX_GROWTH_MB, f"RSS {before:.1f} -> {after:.1f} MB"
+
+
+OUTBOUND = 300
+
+
+@pytest.mark.parametrize(
+    "loop_factory",
+    [asyncio.new_event_loop, uvloop.new_event_loop],
+    ids=["asyncio", "uvloop"],
+)
+def test_failed_outbound_handshakes_leave_no_memory_behind(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], pki: LabPKI
+) -> None:
+    # Our side as the TLS client (a zone whose certificate does not carry the expected
+    # name, probed again and again): each failure raises TransportError, whose cause must
+    # not keep the SSLProtocol alive (measured before: 301 alive, +100 MB for 300).
+    async def main() -> tuple[float, float, int]:
+        settings = TransportSettings(outbound_ports=None, tls_handshake_timeout=5.0)
+        async with TransportManager(settings) as far:
+            server = pki.server_context("endpoint", require_client_cert=True)
+            bound = await far.listen(Transport.TLS, "127.0.0.1", 0, ssl=server)
+            target = TransportAddress(Transport.TLS, bound.host, bound.port)
+            async with TransportManager(settings, tls_client=pki.client_context("gateway")) as us:
+                gc.collect()
+                before = _rss_mb()
+                gc.disable()
+                try:
+                    for _ in range(OUTBOUND):
+                        with pytest.raises(TransportError):
+                            await us.send(b"OPTIONS", target, server_hostname="wrong.example.com")
+                    alive = _ssl_protocols()
+                    after = _rss_mb()
+                finally:
+                    gc.enable()
+                assert us.connections() == []
+                return before, after, alive
+
+    logging.getLogger("sip.transport").setLevel(logging.ERROR)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            before, after, alive = runner.run(main())
+    finally:
+        logging.getLogger("sip.transport").setLevel(logging.NOTSET)
     assert alive < 20, f"{alive} SSLProtocol objects still alive"
     assert after - before < MAX_GROWTH_MB, f"RSS {before:.1f} -> {after:.1f} MB"
