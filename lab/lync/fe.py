@@ -329,7 +329,6 @@ class FrontEnd(LyncProxy):
         default = int(expires_header) if expires_header and expires_header.isdigit() else (
             self.config.registration_expires)
         current = [b for b in self.bindings.get(aor, []) if b.expires_at > now]
-        registered: list[tuple[Binding, str]] = []
         for contact in request.contact:
             value = contact.params.get("expires")
             expires = int(value) if value and value.isdigit() else default
@@ -351,12 +350,11 @@ class FrontEnd(LyncProxy):
         for binding in current:
             left = max(0, int(binding.expires_at - now))
             longest = max(longest, left)
-            contact = f"<{binding.contact}>;expires={left}"
+            text = f"<{binding.contact}>;expires={left}"
             if binding.instance:
                 gruu = f"sip:{aor};opaque=user:epid:{_epid(binding.instance)};gruu"
-                contact += f';+sip.instance="{binding.instance}";gruu="{gruu}"'
-            registered.append((binding, contact))
-            response.headers.add("Contact", contact)
+                text += f';+sip.instance="{binding.instance}";gruu="{gruu}"'
+            response.headers.add("Contact", text)
         response.headers.add("Expires", str(longest))
         for value in SUPPORTED:
             response.headers.add("Supported", value)
@@ -452,10 +450,9 @@ class FrontEnd(LyncProxy):
                         session: SignedIn) -> None:
         event = (request.headers.get("Event") or "").split(";", 1)[0].strip()
         policy = AvEncryption(self.config.av_encryption)
+        # No focusFactoryUri: the lab has no conferencing server to offer.
         document = self_document(event, session.aor, encryption=policy,
-                                 mras_uri=self.mras_uri,
-                                 focus_factory_uri=f"sip:{session.aor};gruu;opaque=app:conf:"
-                                                   "focusfactory")
+                                 mras_uri=self.mras_uri)
         if document is None:
             if event.lower() == "presence":
                 document = None  # batched presence of an empty list: nothing to tell
