@@ -360,7 +360,7 @@ class FrontEnd(LyncProxy):
             response.headers.add("Supported", value)
         # sipe splits Allow-Events on "," without trimming: no spaces.
         response.headers.add("Allow-Events", ",".join((*SELF_EVENTS, "presence")))
-        response.headers.add("ms-keep-alive", f"UAS; tcp=no; hop-hop=yes; end-point=no;"
+        response.headers.add("ms-keep-alive", f"UAS; tcp=no; hop-hop=yes; end-end=no;"
                              f" timeout={self.config.keep_alive}")
         if session.remote:
             response.headers.add("ms-user-logon-data", "RemoteUser")
