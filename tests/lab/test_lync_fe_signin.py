@@ -234,3 +234,36 @@ async def test_trusted_server_is_not_challenged(pki: LabPKI) -> None:
         finally:
             await stack.close()
         assert response.status == 200
+
+
+async def _until(condition, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.1)  # polling state the roles expose, bounded above
+
+
+async def test_external_client_signs_in_through_the_edge(pki: LabPKI) -> None:
+    async with MicrosoftSide.run(pki) as side:
+        david = await side.client("david", video=False)
+        sessions = [s for s in side.fe.signed_in.values()
+                    if s.aor == "david.jones@example.com"]
+        assert len(sessions) == 1 and sessions[0].remote
+        assert sessions[0].connection_id is None  # found by opaque, not by connection
+        assert david.server_configuration["ucPC2PCAVEncryption"] == "RequireEncryption"
+        refreshed = await david.register()  # signed both ways through the Edge
+        assert refreshed.headers.get("ms-user-logon-data") == "RemoteUser"
+        assert david.server_signatures >= 3
+
+
+async def test_client_signs_in_again_after_the_fe_drops_its_connection(pki: LabPKI) -> None:
+    async with MicrosoftSide.run(pki, with_edge=False) as side:
+        alice = await side.client("alice", video=False, retry_min=0.2, retry_max=1.0)
+        first = side.fe.lookup("alice.parkes@example.com")[-1]
+        assert first.hop.connection_id is not None
+        side.fe.stack.transports.close_connection(first.hop.connection_id)
+        await _until(lambda: alice.reregistrations >= 1, "alice never signed in again")
+        latest = side.fe.lookup("alice.parkes@example.com")[-1]
+        assert latest.hop.connection_id != first.hop.connection_id
+        assert latest.opaque != first.opaque  # a new security association
+        assert alice.registered
