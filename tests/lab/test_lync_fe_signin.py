@@ -55,6 +55,7 @@ async def test_sign_in_answer_carries_what_sipe_reads(pki: LabPKI) -> None:
         try:
             response = await client.register()
             assert client.server_signatures == 1  # the 200's rspauth verified
+            assert client.keep_alive == 300  # from ms-keep-alive: the CRLF ping interval
             assert response.headers.get("Expires") == "3600"
             assert "msrtc-event-categories" in response.headers.get_all("Supported")
             events = (response.headers.get("Allow-Events") or "").split(",")
@@ -251,6 +252,9 @@ async def test_external_client_signs_in_through_the_edge(pki: LabPKI) -> None:
         assert len(sessions) == 1 and sessions[0].remote
         assert sessions[0].connection_id is None  # found by opaque, not by connection
         assert david.server_configuration["ucPC2PCAVEncryption"] == "RequireEncryption"
+        assert side.edge is not None and side.edge.turn_address is not None
+        assert (side.fe.config.turn_host, side.fe.config.turn_udp_port) == \
+            side.edge.turn_address  # what MRAS hands out is the running A/V Edge
         refreshed = await david.register()  # signed both ways through the Edge
         assert refreshed.headers.get("ms-user-logon-data") == "RemoteUser"
         assert david.server_signatures >= 3
