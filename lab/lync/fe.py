@@ -62,6 +62,8 @@ SUPPORTED = ("gruu-10", "adhoclist", "msrtc-event-categories",
              "com.microsoft.msrtc.presence", "ms-piggyback-first-notify", "ms-benotify")
 MAX_PENDING = 1000
 """Handshakes waiting for their AUTHENTICATE (oldest dropped first)."""
+MAX_SIGNED_IN = 10000
+"""Established associations kept (oldest dropped first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,8 +335,10 @@ class FrontEnd(LyncProxy):
             value = contact.params.get("expires")
             expires = int(value) if value and value.isdigit() else default
             expires = min(expires, self.config.registration_expires)
-            current = [b for b in current if b.contact != contact.uri]
             instance = (contact.params.get("+sip.instance") or "").strip('"')
+            # The same device (instance) registering again replaces its old contact.
+            current = [b for b in current if b.contact != contact.uri
+                       and not (instance and b.instance == instance)]
             if expires > 0:
                 binding = Binding(aor, contact.uri, source, now + expires,
                                   opaque=session.context.opaque, instance=instance)
@@ -430,8 +434,19 @@ class FrontEnd(LyncProxy):
                 self._unauthorized(transaction, request, self._challenge_header(),
                                    "Unauthorized: message signature does not verify")
                 return None
+        self._forget_closed(aor)
         self.signed_in[context.opaque] = session
+        while len(self.signed_in) > MAX_SIGNED_IN:
+            del self.signed_in[next(iter(self.signed_in))]
         return session
+
+    def _forget_closed(self, aor: str) -> None:
+        """Drop ``aor``'s associations whose own connection has closed."""
+        transports = self.stack.transports
+        for opaque, old in list(self.signed_in.items()):
+            if (old.aor == aor and old.connection_id is not None
+                    and transports.connection(old.connection_id) is None):
+                del self.signed_in[opaque]
 
     def _unauthorized(self, transaction: ServerTransaction, request: Request, challenge: str,
                       reason: str = "Unauthorized") -> None:

@@ -270,4 +270,7 @@ async def test_client_signs_in_again_after_the_fe_drops_its_connection(pki: LabP
         latest = side.fe.lookup("alice.parkes@example.com")[-1]
         assert latest.hop.connection_id != first.hop.connection_id
         assert latest.opaque != first.opaque  # a new security association
+        # The device's old contact and association are gone, not left to linger.
+        assert len(side.fe.lookup("alice.parkes@example.com")) == 1
+        assert first.opaque not in side.fe.signed_in
         assert alice.registered
