@@ -16,7 +16,7 @@ import re
 import secrets
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,6 +270,24 @@ class _Agent(UserAgent):
                   params=Params.of(transport="tls"))
         return f"<{uri}>"
 
+    def new_request(self, method: str, uri: URI, target: Hop, *, to: Address | None = None,
+                    body: bytes = b"", content_type: str | None = None,
+                    headers: Iterable[tuple[str, str]] = (), call_id: str | None = None
+                    ) -> Request:
+        request = super().new_request(method, uri, target, to=to, body=body,
+                                      content_type=content_type, headers=headers,
+                                      call_id=call_id)
+        self.client.sign_request(request)
+        return request
+
+    def dialog_request(self, dialog: Dialog, method: str, *, body: bytes = b"",
+                       content_type: str | None = None,
+                       headers: Iterable[tuple[str, str]] = ()) -> tuple[Request, Hop]:
+        request, hop = super().dialog_request(dialog, method, body=body,
+                                              content_type=content_type, headers=headers)
+        self.client.sign_request(request)
+        return request, hop
+
     def handle_new_request(self, transaction: ServerTransaction, request: Request
                            ) -> Awaitable[None] | None:
         if request.method == "INVITE":
@@ -425,9 +443,9 @@ class LyncClient:
             if authorization is not None and self._handshaking:
                 self._sign(request, extra=authorization)  # the AUTHENTICATE, signed
             elif authorization is not None:
-                request.headers.add("Authorization", authorization)
+                request.headers.set("Authorization", authorization)
             elif self.security is not None:
-                self._sign(request)
+                self._sign(request)  # again: the CSeq changed
             response = await agent.stack.send_request(request, self.registrar)
             if response.status == 401:
                 authorization = self._answer_challenge(response)
@@ -479,6 +497,12 @@ class LyncClient:
         # The rest of the header comes with the signature (_sign).
         return f', gssapi-data="{authenticate}", version={version}'
 
+    def sign_request(self, request: Request) -> None:
+        """Sign what we send once signed in, as sipe does (REGISTER signs itself; ACK and
+        CANCEL are hop by hop)."""
+        if self.security is not None and request.method not in ("REGISTER", "ACK", "CANCEL"):
+            self._sign(request)
+
     def _sign(self, request: Request, *, extra: str = "") -> None:
         """Authorization carrying our signature of ``request``."""
         context = self.security
@@ -522,8 +546,6 @@ class LyncClient:
                      ("Supported", "com.microsoft.autoextend"), ("Supported", "ms-benotify"),
                      ("Proxy-Require", "ms-benotify"),
                      ("Supported", "ms-piggyback-first-notify"), ("Expires", "0")))
-        if self.security is not None:
-            self._sign(request)
         response = await agent.stack.send_request(request, self.registrar)
         if response.status != 200:
             raise CallRefused(f"provisioning answered {response.status} {response.reason}",
