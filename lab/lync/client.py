@@ -355,6 +355,9 @@ class LyncClient:
         """provisioning-v2 ServerConfiguration (ucPC2PCAVEncryption, mrasUri...)."""
         self.keep_alive = 300
         """Seconds between CRLF keep-alives (the FE's ms-keep-alive timeout)."""
+        self.unsigned: list[str] = []
+        """Messages from the FE a real client would have dropped (not signed / bad
+        signature), newest last."""
         self.server_signatures = 0
         """FE signatures verified."""
         self.reregistrations = 0
@@ -392,6 +395,7 @@ class LyncClient:
         hop = Hop(Transport.TLS, resolve(target.host), target.port,
                   server_hostname=config.registrar_name or target.host)
         client = cls(config, stack, hop)
+        stack.observer = client._observe
         try:
             await client.connect()
             if register:
@@ -519,20 +523,47 @@ class LyncClient:
 
     def _verify(self, message: Response | Request) -> None:
         """Check the FE's signature (Authentication-Info), as sipe does."""
-        context = self.security
-        if context is None:
+        if self.security is None:
             return
         self._handshaking = False
+        problem = self._signature_problem(message)
+        if problem is not None:
+            raise CallRefused(problem, 0)
+
+    def _signature_problem(self, message: Response | Request) -> str | None:
+        """Why ``message`` is not signed by the FE we signed in with (None: it is)."""
+        context = self.security
+        if context is None:
+            return None
         info = message.headers.get("Authentication-Info")
         if info is None:
-            raise CallRefused("the FE's answer is not signed", 0)
+            return "the FE's message is not signed"
         _, params = auth_params(info)
         text = signature_text(message, protocol="NTLM", rand=params.get("srand", ""),
                               num=params.get("snum", ""), realm=params.get("realm", REALM),
                               target=params.get("targetname", ""), version=context.version)
         if not context.verify(text, params.get("rspauth", "")):
-            raise CallRefused("the FE's signature does not verify", 0)
+            return "the FE's signature does not verify"
         self.server_signatures += 1
+        return None
+
+    def _observe(self, sent: bool, message: Request | Response, local: TransportAddress,
+                 remote: TransportAddress, data: bytes) -> None:
+        """Check every message from the registrar once signed in (sipe ignores unsigned
+        ones but provisional responses and 401s): the lab records what a real client
+        would have dropped."""
+        if sent or self.security is None or self._handshaking:
+            return
+        if isinstance(message, Response) and (message.status < 200 or message.status == 401):
+            return
+        if isinstance(message, Response) and message.cseq.method == "REGISTER":
+            return  # register() checks its own answers
+        problem = self._signature_problem(message)
+        if problem is not None:
+            first = data.split(b"\r\n", 1)[0].decode(errors="replace")
+            self.unsigned.append(f"{first}: {problem}")
+            del self.unsigned[:-100]
+            logger.warning("%s: %s: %s", self.aor, first, problem)
 
     async def provisioning(self) -> dict[str, str]:
         """Subscribe to provisioning-v2 (one-off) and read ServerConfiguration."""

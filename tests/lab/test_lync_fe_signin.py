@@ -134,8 +134,11 @@ async def test_self_subscriptions_are_answered_by_the_fe(
         alice._verify(response)
         # Without piggyback support: 200, then a signed NOTIFY with the body.
         notifies: asyncio.Queue[Request] = asyncio.Queue()
+        checking = alice.agent.stack.observer
+        assert checking is not None
 
         def observe(sent, message, local, remote, data):  # type: ignore[no-untyped-def]
+            checking(sent, message, local, remote, data)
             if not sent and isinstance(message, Request) and message.method == "NOTIFY":
                 notifies.put_nowait(message)
 
@@ -150,6 +153,7 @@ async def test_self_subscriptions_are_answered_by_the_fe(
         assert notify.body.decode().startswith(root)
         assert notify.from_.tag == response.to.tag
         alice._verify(notify)
+        assert alice.unsigned == []
 
 
 async def test_service_and_mras_are_answered_by_the_fe(pki: LabPKI) -> None:
@@ -292,3 +296,22 @@ async def test_unsigned_request_after_sign_in_is_refused(pki: LabPKI, user: str)
         response = await client.agent.stack.send_request(unsigned, client.registrar)
         assert response.status == 407
         assert (response.headers.get("Proxy-Authenticate") or "").startswith("NTLM ")
+
+
+@pytest.mark.parametrize("with_edge", [False, True])
+async def test_everything_the_fe_sends_a_signed_in_client_is_signed(
+        pki: LabPKI, with_edge: bool) -> None:
+    """A call between two signed-in clients (david through the Edge when it runs): every
+    request and final response each receives carries a valid FE signature."""
+    async with MicrosoftSide.run(pki, with_edge=with_edge) as side:
+        alice = await side.client("alice", video=False)
+        david = await side.client("david", video=False)
+        call = await alice.call("david.jones@example.com", video=False)
+        incoming = await asyncio.wait_for(david.incoming_calls.get(), 10)
+        await call.wait_connected()
+        await call.hold()
+        await call.resume()
+        await incoming.hangup()
+        await asyncio.wait_for(call.ended.wait(), 5)
+        assert alice.unsigned == [] and david.unsigned == []
+        assert alice.server_signatures >= 6 and david.server_signatures >= 5
