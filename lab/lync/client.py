@@ -214,6 +214,7 @@ class LyncCall:
             request, hop = agent.dialog_request(dialog, "INVITE", body=body, content_type=SDP)
             pending = agent.stack.start_request(request, hop)
             response = await pending.final
+            self.client.check_signed(response)
             dialog.receive_response(request, response)
             if not 200 <= response.status < 300:
                 raise CallRefused(f"re-INVITE answered {response.status} {response.reason}",
@@ -290,6 +291,7 @@ class _Agent(UserAgent):
 
     def handle_new_request(self, transaction: ServerTransaction, request: Request
                            ) -> Awaitable[None] | None:
+        self.client.check_signed(request)
         if request.method == "INVITE":
             return self.client.incoming(transaction, request)
         if request.method in ("MESSAGE", "INFO", "NOTIFY"):
@@ -299,6 +301,7 @@ class _Agent(UserAgent):
 
     def handle_dialog_request(self, dialog: Dialog, transaction: ServerTransaction,
                               request: Request) -> Awaitable[None] | None:
+        self.client.check_signed(request)
         call = self.client.call_of(dialog)
         if request.method == "BYE":
             self.stack.respond(transaction, 200)
@@ -395,7 +398,6 @@ class LyncClient:
         hop = Hop(Transport.TLS, resolve(target.host), target.port,
                   server_hostname=config.registrar_name or target.host)
         client = cls(config, stack, hop)
-        stack.observer = client._observe
         try:
             await client.connect()
             if register:
@@ -547,20 +549,18 @@ class LyncClient:
         self.server_signatures += 1
         return None
 
-    def _observe(self, sent: bool, message: Request | Response, local: TransportAddress,
-                 remote: TransportAddress, data: bytes) -> None:
-        """Check every message from the registrar once signed in (sipe ignores unsigned
-        ones but provisional responses and 401s): the lab records what a real client
-        would have dropped."""
-        if sent or self.security is None or self._handshaking:
+    def check_signed(self, message: Request | Response) -> None:
+        """Check a message from the FE once signed in (sipe drops unsigned ones but
+        provisional responses and 401s): the lab records what a real client would have
+        dropped, and goes on."""
+        if self.security is None or self._handshaking:
             return
         if isinstance(message, Response) and (message.status < 200 or message.status == 401):
             return
-        if isinstance(message, Response) and message.cseq.method == "REGISTER":
-            return  # register() checks its own answers
         problem = self._signature_problem(message)
         if problem is not None:
-            first = data.split(b"\r\n", 1)[0].decode(errors="replace")
+            first = (f"{message.method} {message.uri}" if isinstance(message, Request)
+                     else f"{message.status} {message.reason} ({message.cseq.method})")
             self.unsigned.append(f"{first}: {problem}")
             del self.unsigned[:-100]
             logger.warning("%s: %s: %s", self.aor, first, problem)
@@ -723,6 +723,7 @@ class LyncClient:
         except SipTimeoutError as error:
             await call.finish(f"no answer: {error}")
             return
+        self.check_signed(response)
         if not 200 <= response.status < 300:
             if not call.answered.done():
                 call.answered.set_exception(CallRefused(
@@ -799,7 +800,7 @@ class LyncClient:
         request, hop = self.agent.dialog_request(dialog, "BYE", headers=headers)
         dialog.terminate()
         try:
-            await self.agent.stack.send_request(request, hop)
+            self.check_signed(await self.agent.stack.send_request(request, hop))
             result = "completed" if reason is None else f"hung up: {reason}"
         except SipTimeoutError as error:
             result = f"BYE unanswered: {error}"

@@ -134,11 +134,8 @@ async def test_self_subscriptions_are_answered_by_the_fe(
         alice._verify(response)
         # Without piggyback support: 200, then a signed NOTIFY with the body.
         notifies: asyncio.Queue[Request] = asyncio.Queue()
-        checking = alice.agent.stack.observer
-        assert checking is not None
 
         def observe(sent, message, local, remote, data):  # type: ignore[no-untyped-def]
-            checking(sent, message, local, remote, data)
             if not sent and isinstance(message, Request) and message.method == "NOTIFY":
                 notifies.put_nowait(message)
 
