@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
-from collections.abc import Awaitable
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,16 +27,30 @@ from lab.lync import offer as sdp_offer
 from lab.lync.client_media import IceServers, MediaStream, networks
 from lab.lync.config import ClientConfig
 from lab.lync.im import InstantMessaging
+from lab.lync.sipae import (
+    REALM,
+    AuthError,
+    ClientHandshake,
+    SecurityAssociation,
+    auth_params,
+    signature_text,
+)
 from media.ms_dialect import Crypto, pick_sdp_body, read_stream
 from media.sdp import SessionDescription, parse_sdp
 from sip.dialog import Dialog, DialogState
 from sip.errors import ProtocolError
 from sip.headers import Address
-from sip.message import Request, Response, new_tag
+from sip.message import Request, Response, new_call_id, new_tag
 from sip.stack import ClientRequest, Hop, SipStack, SipTimeoutError
 from sip.timers import TimerSettings
 from sip.transaction_server import ServerState, ServerTransaction
-from sip.transport import ConnectionInfo, Transport, TransportAddress, TransportSettings
+from sip.transport import (
+    ConnectionInfo,
+    Transport,
+    TransportAddress,
+    TransportError,
+    TransportSettings,
+)
 from sip.uri import URI, Params
 from sip.useragent import ALLOW, UserAgent, UserAgentError, response_for
 
@@ -43,6 +60,10 @@ logger = logging.getLogger(__name__)
 
 SDP = "application/sdp"
 USER_AGENT = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync) (lab)"
+PROVISIONING_REQUEST = (
+    '<provisioningGroupList xmlns="http://schemas.microsoft.com/2006/09/sip/'
+    'provisioninggrouplist"><provisioningGroup name="ServerConfiguration"/>'
+    '<provisioningGroup name="ucPolicy"/></provisioningGroupList>')
 ICE_FAILED = 'Reason: SIP;cause=488;text="ICE processing failed: no media connectivity"'
 
 
@@ -77,6 +98,8 @@ class LyncCall:
         """How the call ended."""
         self.invite: ClientRequest | None = None
         self.invite_tx: ServerTransaction | None = None
+        self.on_hold = False
+        """We put the call on hold: our answers never receive until we resume."""
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -118,9 +141,11 @@ class LyncCall:
             raise TimeoutError(f"no media within {timeout} s: {self.media()}") from None
 
     async def hold(self) -> None:
+        self.on_hold = True
         await self._reinvite("sendonly")
 
     async def resume(self) -> None:
+        self.on_hold = False
         await self._reinvite("sendrecv")
 
     async def add_video(self) -> None:
@@ -190,6 +215,7 @@ class LyncCall:
             request, hop = agent.dialog_request(dialog, "INVITE", body=body, content_type=SDP)
             pending = agent.stack.start_request(request, hop)
             response = await pending.final
+            self.client.check_signed(response)
             dialog.receive_response(request, response)
             if not 200 <= response.status < 300:
                 raise CallRefused(f"re-INVITE answered {response.status} {response.reason}",
@@ -246,8 +272,27 @@ class _Agent(UserAgent):
                   params=Params.of(transport="tls"))
         return f"<{uri}>"
 
+    def new_request(self, method: str, uri: URI, target: Hop, *, to: Address | None = None,
+                    body: bytes = b"", content_type: str | None = None,
+                    headers: Iterable[tuple[str, str]] = (), call_id: str | None = None
+                    ) -> Request:
+        request = super().new_request(method, uri, target, to=to, body=body,
+                                      content_type=content_type, headers=headers,
+                                      call_id=call_id)
+        self.client.sign_request(request)
+        return request
+
+    def dialog_request(self, dialog: Dialog, method: str, *, body: bytes = b"",
+                       content_type: str | None = None,
+                       headers: Iterable[tuple[str, str]] = ()) -> tuple[Request, Hop]:
+        request, hop = super().dialog_request(dialog, method, body=body,
+                                              content_type=content_type, headers=headers)
+        self.client.sign_request(request)
+        return request, hop
+
     def handle_new_request(self, transaction: ServerTransaction, request: Request
                            ) -> Awaitable[None] | None:
+        self.client.check_signed(request)
         if request.method == "INVITE":
             return self.client.incoming(transaction, request)
         if request.method in ("MESSAGE", "INFO", "NOTIFY"):
@@ -257,6 +302,7 @@ class _Agent(UserAgent):
 
     def handle_dialog_request(self, dialog: Dialog, transaction: ServerTransaction,
                               request: Request) -> Awaitable[None] | None:
+        self.client.check_signed(request)
         if self.client.im.handle(dialog, transaction, request):
             return None
         call = self.client.call_of(dialog)
@@ -307,6 +353,27 @@ class LyncClient:
         self.incoming_calls: asyncio.Queue[LyncCall] = asyncio.Queue()
         """Calls we were offered, in arrival order."""
         self.registered = False
+        self.granted = config.expires
+        """Registration lifetime the FE granted."""
+        self.security: SecurityAssociation | None = None
+        """Our MS-SIPAE association with the FE (None until signed in)."""
+        self.instance = str(uuid.uuid4())
+        """+sip.instance of our Contact."""
+        self.server_configuration: dict[str, str] = {}
+        """provisioning-v2 ServerConfiguration (ucPC2PCAVEncryption, mrasUri...)."""
+        self.keep_alive = 300
+        """Seconds between CRLF keep-alives (the FE's ms-keep-alive timeout)."""
+        self.unsigned: list[str] = []
+        """Messages from the FE a real client would have dropped (not signed / bad
+        signature), newest last."""
+        self.server_signatures = 0
+        """FE signatures verified."""
+        self.reregistrations = 0
+        """Sign-ins after a lost connection."""
+        self._register_call_id = new_call_id(config.host)
+        self._register_cseq = 0
+        self._cnum = 0
+        self._handshaking = False
         self._refresh: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         servers = config
@@ -340,6 +407,7 @@ class LyncClient:
             await client.connect()
             if register:
                 await client.register()
+                await client.provisioning()
         except BaseException:
             await stack.close()
             raise
@@ -354,31 +422,224 @@ class LyncClient:
         self.registrar = replace(hop, connection_id=info.id)
         return info
 
+    async def connect_ping(self) -> None:
+        """A CRLF keep-alive on our registrar connection (fails when it is gone)."""
+        hop = self.registrar
+        if hop.connection_id is None or self.agent.stack.transports.connection(
+                hop.connection_id) is None:
+            raise TransportError("the registrar connection is closed")
+        await self.agent.stack.transports.send(b"\r\n\r\n", hop.address,
+                                               server_hostname=hop.server_hostname,
+                                               connection_id=hop.connection_id)
+
     async def register(self, expires: int | None = None) -> Response:
-        """REGISTER our Contact; raises CallRefused on a non-2xx."""
+        """Sign in (MS-SIPAE NTLM, as sipe) and REGISTER our Contact; raises CallRefused on
+        a refusal or a server signature that does not verify."""
         expires = self.config.expires if expires is None else expires
         agent = self.agent
-        uri = URI("sip", host=self.config.domain)
-        request = agent.new_request(
-            "REGISTER", uri, self.registrar, to=Address(agent.aor),
-            headers=(("Contact", f"{agent.contact(Transport.TLS)};expires={expires}"),
-                     ("User-Agent", USER_AGENT), ("Supported", "gruu-10, msrtc-event-categories")))
-        response = await agent.stack.send_request(request, self.registrar)
-        if not 200 <= response.status < 300:
-            raise CallRefused(f"REGISTER answered {response.status} {response.reason}",
-                              response.status)
-        self.registered = expires > 0
-        if self.registered and self._refresh is None:
-            self._refresh = asyncio.ensure_future(self._refresh_loop(expires))
-        return response
+        authorization: str | None = None
+        for _ in range(4):
+            self._register_cseq += 1
+            request = agent.new_request(
+                "REGISTER", URI("sip", host=self.config.domain), self.registrar,
+                to=Address(agent.aor), call_id=self._register_call_id,
+                headers=(("Contact", f"{agent.contact(Transport.TLS)};expires={expires}"
+                          f';+sip.instance="<urn:uuid:{self.instance}>"'),
+                         ("User-Agent", USER_AGENT), ("Supported", "gruu-10"),
+                         ("Supported", "adhoclist"), ("Supported", "msrtc-event-categories"),
+                         ("Supported", "com.microsoft.msrtc.presence"),
+                         ("Event", "registration"), ("Allow-Events", "presence"),
+                         ("ms-keep-alive", "UAC;hop-hop=yes")))
+            request.headers.set("CSeq", f"{self._register_cseq} REGISTER")
+            if authorization is not None and self._handshaking:
+                self._sign(request, extra=authorization)  # the AUTHENTICATE, signed
+            elif authorization is not None:
+                request.headers.set("Authorization", authorization)
+            elif self.security is not None:
+                self._sign(request)  # again: the CSeq changed
+            response = await agent.stack.send_request(request, self.registrar)
+            if response.status == 401:
+                authorization = self._answer_challenge(response)
+                continue
+            if not 200 <= response.status < 300:
+                raise CallRefused(f"REGISTER answered {response.status} {response.reason}",
+                                  response.status)
+            self._verify(response)
+            granted = response.headers.get("Expires")
+            self.granted = int(granted) if granted and granted.isdigit() else expires
+            keep_alive = re.search(r"timeout=(\d+)", response.headers.get("ms-keep-alive") or "")
+            if keep_alive:
+                self.keep_alive = max(1, int(keep_alive.group(1)))
+            self.registered = expires > 0
+            if self.registered and self._refresh is None:
+                self._refresh = asyncio.ensure_future(self._maintain())
+            return response
+        raise CallRefused("REGISTER: authentication did not complete", 401)
 
-    async def _refresh_loop(self, expires: int) -> None:
+    def _answer_challenge(self, response: Response) -> str:
+        """The Authorization for the next REGISTER after a 401 (sipe's sequence: empty
+        gssapi-data, then the AUTHENTICATE signed with the new context)."""
+        header = next((h for h in response.headers.get_all("WWW-Authenticate")
+                       if h.strip().upper().startswith("NTLM")), None)
+        if header is None:
+            raise CallRefused("REGISTER: no NTLM in the 401", 401)
+        _, params = auth_params(header)
+        realm, target = params.get("realm", REALM), params.get("targetname", "")
+        version = int(params.get("version", "4") or 4)
+        token = params.get("gssapi-data")
+        if not token:
+            self.security = None
+            if self._handshaking:
+                # Our AUTHENTICATE was refused: wrong password or unknown account.
+                self._handshaking = False
+                raise CallRefused(f"REGISTER: sign-in refused ({response.reason})", 401)
+            return (f'NTLM qop="auth", realm="{realm}", targetname="{target}",'
+                    f' gssapi-data="", version={version}')
+        login = self.config.login or self.config.user
+        domain, _, user = login.rpartition("\\")
+        handshake = ClientHandshake(user, self.config.password, domain)
+        try:
+            authenticate, context = handshake.authenticate(
+                token, opaque=params.get("opaque", ""), target=target, version=version)
+        except AuthError as error:
+            raise CallRefused(f"REGISTER: {error}", 401) from None
+        self.security = context
+        self._handshaking = True
+        # The rest of the header comes with the signature (_sign).
+        return f', gssapi-data="{authenticate}", version={version}'
+
+    def sign_request(self, request: Request) -> None:
+        """Sign what we send once signed in, as sipe does (REGISTER signs itself; ACK and
+        CANCEL are hop by hop)."""
+        if self.security is not None and request.method not in ("REGISTER", "ACK", "CANCEL"):
+            self._sign(request)
+
+    def _sign(self, request: Request, *, extra: str = "") -> None:
+        """Authorization carrying our signature of ``request``."""
+        context = self.security
+        assert context is not None
+        self._cnum += 1
+        rand = secrets.token_hex(4)
+        text = signature_text(request, protocol="NTLM", rand=rand, num=str(self._cnum),
+                              realm=context.realm, target=context.target,
+                              version=context.version)
+        request.headers.set("Authorization", (
+            f'NTLM qop="auth", opaque="{context.opaque}", realm="{context.realm}",'
+            f' targetname="{context.target}"{extra}, crand="{rand}", cnum="{self._cnum}",'
+            f' response="{context.sign(text)}"'))
+
+    def _verify(self, message: Response | Request) -> None:
+        """Check the FE's signature (Authentication-Info), as sipe does."""
+        if self.security is None:
+            return
+        self._handshaking = False
+        problem = self._signature_problem(message)
+        if problem is not None:
+            raise CallRefused(problem, 0)
+
+    def _signature_problem(self, message: Response | Request) -> str | None:
+        """Why ``message`` is not signed by the FE we signed in with (None: it is)."""
+        context = self.security
+        if context is None:
+            return None
+        info = message.headers.get("Authentication-Info")
+        if info is None:
+            return "the FE's message is not signed"
+        _, params = auth_params(info)
+        text = signature_text(message, protocol="NTLM", rand=params.get("srand", ""),
+                              num=params.get("snum", ""), realm=params.get("realm", REALM),
+                              target=params.get("targetname", ""), version=context.version)
+        if not context.verify(text, params.get("rspauth", "")):
+            return "the FE's signature does not verify"
+        self.server_signatures += 1
+        return None
+
+    def check_signed(self, message: Request | Response) -> None:
+        """Check a message from the FE once signed in (sipe drops unsigned ones but
+        provisional responses and 401s): the lab records what a real client would have
+        dropped, and goes on."""
+        if self.security is None or self._handshaking:
+            return
+        if isinstance(message, Response) and (message.status < 200 or message.status == 401):
+            return
+        problem = self._signature_problem(message)
+        if problem is not None:
+            first = (f"{message.method} {message.uri}" if isinstance(message, Request)
+                     else f"{message.status} {message.reason} ({message.cseq.method})")
+            self.unsigned.append(f"{first}: {problem}")
+            del self.unsigned[:-100]
+            logger.warning("%s: %s: %s", self.aor, first, problem)
+
+    async def provisioning(self) -> dict[str, str]:
+        """Subscribe to provisioning-v2 (one-off) and read ServerConfiguration."""
+        agent = self.agent
+        request = agent.new_request(
+            "SUBSCRIBE", URI.parse(f"sip:{self.aor}"), self.registrar, to=Address(agent.aor),
+            body=PROVISIONING_REQUEST.encode(),
+            content_type="application/vnd-microsoft-roaming-provisioning-v2+xml",
+            headers=(("Event", "vnd-microsoft-provisioning-v2"),
+                     ("Accept", "application/vnd-microsoft-roaming-provisioning-v2+xml"),
+                     ("Supported", "com.microsoft.autoextend"), ("Supported", "ms-benotify"),
+                     ("Proxy-Require", "ms-benotify"),
+                     ("Supported", "ms-piggyback-first-notify"), ("Expires", "0")))
+        response = await agent.stack.send_request(request, self.registrar)
+        if response.status != 200:
+            raise CallRefused(f"provisioning answered {response.status} {response.reason}",
+                              response.status)
+        self._verify(response)
+        settings = read_provisioning(response.body)
+        self.server_configuration = settings
+        return settings
+
+    async def _maintain(self) -> None:
+        """Refresh the registration; after a failure or a lost connection, connect and
+        sign in again with backoff (retry_min doubling to retry_max)."""
+        loop = asyncio.get_running_loop()
+        delay = self.config.retry_min
+        refresh_at = loop.time() + max(1.0, self.granted / 2)
+        ping_at = loop.time() + self.keep_alive
+        failed = False
         while True:
-            await asyncio.sleep(max(1.0, expires / 2))  # the refresh interval, not a wait
+            # The connection watch tick: real clients notice a closed TLS connection at
+            # once; 0.5 s is close enough for the lab.
+            await asyncio.sleep(0.5)
+            connection_id = self.registrar.connection_id
+            lost = (connection_id is None
+                    or self.agent.stack.transports.connection(connection_id) is None)
+            if not lost and loop.time() >= ping_at:
+                # The CRLF keep-alive the FE asked for (ms-keep-alive timeout).
+                ping_at = loop.time() + self.keep_alive
+                try:
+                    await self.connect_ping()
+                except (OSError, TransportError) as error:
+                    logger.info("%s: keep-alive failed: %s", self.aor, error)
+                    lost = True
+            if not (lost or failed) and loop.time() < refresh_at:
+                continue
             try:
+                if lost:
+                    self.registered = False
+                    self.security = None
+                    logger.info("%s: connection to the registrar lost, signing in again",
+                                self.aor)
+                    await self.connect()
                 await self.register()
-            except (CallRefused, SipTimeoutError, UserAgentError) as error:
-                logger.warning("%s: registration refresh failed: %s", self.aor, error)
+                if lost:
+                    await self.provisioning()
+            except (CallRefused, SipTimeoutError, UserAgentError, OSError,
+                    TransportError) as error:
+                logger.warning("%s: sign-in failed (%s); next try in %.1f s", self.aor,
+                               error, delay)
+                failed = True
+                self.registered = False
+                await asyncio.sleep(delay)  # backoff between attempts
+                delay = min(delay * 2, self.config.retry_max)
+                continue
+            if lost or failed:
+                self.reregistrations += 1
+            failed = False
+            delay = self.config.retry_min
+            refresh_at = loop.time() + max(1.0, self.granted / 2)
 
     async def close(self) -> None:
         """Hang up every call, unregister, close the connection."""
@@ -469,6 +730,7 @@ class LyncClient:
         except SipTimeoutError as error:
             await call.finish(f"no answer: {error}")
             return
+        self.check_signed(response)
         if not 200 <= response.status < 300:
             if not call.answered.done():
                 call.answered.set_exception(CallRefused(
@@ -545,7 +807,7 @@ class LyncClient:
         request, hop = self.agent.dialog_request(dialog, "BYE", headers=headers)
         dialog.terminate()
         try:
-            await self.agent.stack.send_request(request, hop)
+            self.check_signed(await self.agent.stack.send_request(request, hop))
             result = "completed" if reason is None else f"hung up: {reason}"
         except SipTimeoutError as error:
             result = f"BYE unanswered: {error}"
@@ -659,6 +921,9 @@ class LyncClient:
                                         if not name.startswith("telephone-event")), None)
             stream.remote_direction = media.direction
             stream.direction = _ANSWER_DIRECTION[media.direction]
+            if call.on_hold:
+                # Still holding: a sendonly offer makes the stream inactive, not recvonly.
+                stream.direction = _HELD_DIRECTION[stream.direction]
             stream.cryptos = (ours,)
             out.append(sdp_offer.StreamDescription(
                 kind=stream.kind, ufrag=stream.ice.local_username,
@@ -707,6 +972,25 @@ class LyncClient:
 
 _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly",
                      "inactive": "inactive"}
+
+
+_HELD_DIRECTION = {"sendrecv": "sendonly", "recvonly": "inactive", "sendonly": "sendonly",
+                   "inactive": "inactive"}
+
+
+def read_provisioning(body: bytes) -> dict[str, str]:
+    """ServerConfiguration's children (``ucPC2PCAVEncryption``, ``mrasUri``...) by name."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as error:
+        raise CallRefused(f"provisioning body is not XML: {error}") from None
+    out: dict[str, str] = {}
+    for group in root:
+        if group.tag.rpartition("}")[2] == "provisionGroup" and (
+                group.get("name") == "ServerConfiguration"):
+            for item in group:
+                out[item.tag.rpartition("}")[2]] = (item.text or "").strip()
+    return out
 
 
 def _placeholder(kind: str) -> tuple[tuple[int, str, str | None], ...]:

@@ -22,9 +22,8 @@ from sip.transport import Transport, TransportAddress
 __all__ = ["LAB_USERS", "MicrosoftSide"]
 
 LAB_USERS = {
-    "alice": ClientConfig(aor="alice.parkes@example.com", host="127.0.1.10",
-                          cert_name="alice"),
-    "david": ClientConfig(aor="david.jones@example.com", host="127.0.5.10", cert_name="david",
+    "alice": ClientConfig(aor="alice.parkes@example.com", host="127.0.1.10"),
+    "david": ClientConfig(aor="david.jones@example.com", host="127.0.5.10",
                           turn_username="david.jones", turn_password="lab-turn"),
 }
 """The lab's users: alice internal (via the FE), david external (via the Edge)."""
@@ -62,6 +61,11 @@ class MicrosoftSide:
                         edge_config, listen=replace(edge_config.listen, port=0),
                         extra_ports=(), turn=replace(edge_config.turn or AvEdgeConfig(), port=0))
                 side.edge = await Edge.start(edge_config, pki)
+                turn = side.edge.turn_address
+                if turn is not None:
+                    # MRAS hands out the A/V Edge actually running (its port may be any).
+                    front_end.config = replace(front_end.config, turn_host=turn[0],
+                                               turn_udp_port=turn[1], turn_tcp_port=turn[1])
             yield side
         finally:
             for client in side.clients:
