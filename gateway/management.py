@@ -165,9 +165,7 @@ class ManagementServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        assert isinstance(server, asyncio.Server) and server.sockets
-        self._port = int(server.sockets[0].getsockname()[1])
+        self._port = int(runner.addresses[0][1])
         logger.info("management HTTP on %s", self.address_text)
 
     async def close(self) -> None:
