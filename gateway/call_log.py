@@ -243,12 +243,12 @@ class CallLog:
         if found is None:
             return None
         key, media = found
-        record = self.records.get(key)
-        if record is None:
+        owner = self.records.get(key)
+        if owner is None:
             return None
-        record.leg_ids.add(leg_id)
+        owner.leg_ids.add(leg_id)
         self._by_leg[leg_id] = key
-        if media is not None and not record.tapped:
+        if media is not None and not owner.tapped:
             self.tap(key, media)
         return key
 
@@ -284,14 +284,16 @@ class CallLog:
             ice, video = stream.ice, stream.video
 
             def ms_source(component: int, ice: Any = ice) -> tuple[Endpoint, Endpoint]:
-                route = ice._routes.get(component)
-                src = tuple(route[1][:2]) if route is not None else ("0.0.0.0", 0)
-                return src, (ice.host, ice.ports[component - 1])  # type: ignore[return-value]
+                # aioice's nominated pair (media.ice_leg copies it into its routes only once
+                # connect() returns; packets may come before that).
+                pair = ice.agent._nominated.get(component)
+                src = tuple(pair.remote_addr[:2]) if pair is not None else ("0.0.0.0", 0)
+                return src, (ice.host, ice.ports[component - 1])
 
             def video_source(component: int, video: Any = video) -> tuple[Endpoint, Endpoint]:
                 latched = video.latches[component - 1].latched
                 src = tuple(latched[:2]) if latched is not None else ("0.0.0.0", 0)
-                return src, (video.host, video.ports[component - 1])  # type: ignore[return-value]
+                return src, (video.host, video.ports[component - 1])
 
             for leg, where, side_name in ((ice, ms_source, "Microsoft"),
                                           (video, video_source, "video")):
@@ -366,7 +368,7 @@ def _nominated(ice: Any) -> str:
         if pair is None:
             return f"ICE checks: {summary or 'none'}; no nominated pair yet"
         local, remote = pair.local_candidate, pair.remote_candidate
-        return (f"ICE nominated pair {local.type}/{local.host}:{local.port} -> "
-                f"{remote.type}/{remote.host}:{remote.port} (checks: {summary})")
+        return (f"ICE pair {local.type} {local.host}:{local.port} -> "
+                f"{remote.type} {remote.host}:{remote.port} (checks: {summary})")
     except Exception:  # noqa: BLE001 - aioice internals may change; the timeline says so
         return "ICE pair: unknown"

@@ -486,7 +486,8 @@ def _timeline(record: CallRecord) -> list[dict[str, str]]:
         offers += 1
         directions = set(_DIRECTION.findall(message.sdp)) or {"sendrecv"}
         what = "offer" if message.is_request else "answer"
-        text = f"{message.side.value} peer {what} in {message.label} ({', '.join(sorted(directions))})"
+        ways = ", ".join(sorted(directions))
+        text = f"{message.side.value} peer {what} in {message.label} ({ways})"
         if message.is_request and offers > 1:
             held = directions & {"sendonly", "inactive"}
             text += ": hold" if held else ": resume"

@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const X = {microsoft: 110, gateway: 430, video: 750};
+const X = {microsoft: 130, gateway: 420, video: 710};
 const ROW = 34, TOP = 50;
 
 function svg(tag, attrs, text) {
@@ -34,7 +34,7 @@ function show(message, arrow) {
 function ladder(doc) {
   const box = document.getElementById("ladder");
   const height = TOP + ROW * (doc.messages.length + 1);
-  box.setAttribute("width", 860);
+  box.setAttribute("width", 760);
   box.setAttribute("height", height);
   box.replaceChildren();
   for (const [name, title] of [["microsoft", "Microsoft peer"], ["gateway", "gateway"],
@@ -58,9 +58,8 @@ function ladder(doc) {
                              fill: "#1d3557"}));
     g.append(svg("text", {x: (from + to) / 2, y: y - 4, "text-anchor": "middle", class: "label"},
                  m.label + (m.sdp !== null ? " (SDP)" : "")));
-    const side = m.side === "microsoft" ? 4 : 856;
-    g.append(svg("text", {x: side, y: y + 4, "text-anchor": m.side === "microsoft" ? "start" : "end",
-                          class: "time"}, `+${((m.t - t0) * 1000).toFixed(0)} ms`));
+    g.append(svg("text", {x: 4, y: y + 4, class: "time"},
+                 `+${((m.t - t0) * 1000).toFixed(0)} ms`));
     g.addEventListener("click", () => show(m, g));
     box.append(g);
   });

@@ -1,6 +1,11 @@
 // The dashboard: one render of /api/dashboard, then one per server-sent event on /events.
 "use strict";
 
+function party(address) {
+  // The From/To as sent, without the dialog's tag (noise on a dashboard).
+  return address ? address.replace(/;tag=[^;>]*$/, "") : "-";
+}
+
 function render(doc) {
   const st = doc.status, sys = st.system;
   document.getElementById("identity").textContent =
@@ -37,11 +42,11 @@ function render(doc) {
   fill(document.querySelector("#active-calls tbody"), st.calls.map(c => {
     const legs = el("td", {class: "mono"}), codecs = el("td", {}), packets = el("td", {});
     for (const leg of c.legs) {
-      legs.append(el("div", {}, `${leg.side}: ${leg.remote} (${leg.dialog_state})`));
+      legs.append(el("div", {}, `${leg.side} ${leg.remote} ${leg.dialog_state}`));
       for (const m of leg.media) {
         packets.append(el("div", {class: "pkts", "data-side": leg.side, "data-kind": m.kind,
                                   "data-in": m.packets_in, "data-out": m.packets_out},
-                          `${leg.side} ${m.kind}: ${m.packets_in} in / ${m.packets_out} out`));
+                          `${leg.side} ${m.kind}: ${m.packets_in} / ${m.packets_out}`));
       }
     }
     for (const [side, list] of Object.entries(c.codecs || {})) {
@@ -49,7 +54,7 @@ function render(doc) {
     }
     return el("tr", {"data-call-id": c.call_id},
       el("td", {class: "mono"}, callLink(c.call_id, c.call_id.slice(0, 18))),
-      el("td", {class: "from"}, c.from || "-"), el("td", {}, c.to || "-"),
+      el("td", {class: "from"}, party(c.from)), el("td", {}, party(c.to)),
       el("td", {}, c.state), el("td", {}, ago(c.duration)), legs, codecs,
       el("td", {class: "mono"}, c.ice || "-"), packets);
   }));
@@ -59,8 +64,8 @@ function render(doc) {
   }
   fill(document.querySelector("#recent-calls tbody"), doc.recent.map(c =>
     el("tr", {"data-call-id": c.call_id},
-       el("td", {}, localTime(c.started_at)), el("td", {class: "from"}, c.from || "-"),
-       el("td", {}, c.to || "-"),
+       el("td", {}, localTime(c.started_at)), el("td", {class: "from"}, party(c.from)),
+       el("td", {}, party(c.to)),
        el("td", {}, health(c.result === "completed", c.result)), el("td", {}, c.reason || ""),
        el("td", {}, callLink(c.call_id, "ladder")))));
   const refusals = Object.entries(doc.refusals);

@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from http import HTTPStatus
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
