@@ -23,6 +23,7 @@ import pytest
 from lab.topology import Lab
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -84,7 +85,24 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
 
 async def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T],
                    timeout: float = WAIT) -> T:
-    return await off_loop(WebDriverWait(driver, timeout, poll_frequency=0.2).until, condition)
+    # The dashboard re-renders its tables on every event: an element found a moment ago
+    # may be gone; try again rather than fail.
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException,))
+    return await off_loop(wait.until, condition)
+
+
+def text_of(driver: WebDriver, selector: str) -> str | None:
+    """The rendered text of the first match, read in one step (no stale element)."""
+    text: str | None = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+        selector)
+    return text
+
+
+def click(driver: WebDriver, selector: str) -> bool:
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+    return True
 
 
 def base_url(lab: Lab) -> str:
@@ -93,10 +111,12 @@ def base_url(lab: Lab) -> str:
 
 
 def packets_shown(driver: WebDriver, call_id: str) -> dict[tuple[str, str], tuple[int, int]]:
-    row = driver.find_element(By.CSS_SELECTOR, f'#active-calls tr[data-call-id="{call_id}"]')
-    return {(cell.get_attribute("data-side") or "", cell.get_attribute("data-kind") or ""):
-            (int(cell.get_attribute("data-in") or 0), int(cell.get_attribute("data-out") or 0))
-            for cell in row.find_elements(By.CSS_SELECTOR, ".pkts")}
+    cells = driver.execute_script(
+        "const row = document.querySelector(`#active-calls tr[data-call-id=\"${arguments[0]}\"]`);"
+        "return row ? Array.from(row.querySelectorAll('.pkts')).map("
+        "c => [c.dataset.side, c.dataset.kind, +c.dataset.in, +c.dataset.out]) : [];", call_id)
+    return {(side, kind): (packets_in, packets_out)
+            for side, kind, packets_in, packets_out in cells}
 
 
 def arrows(driver: WebDriver) -> list[dict[str, str]]:
@@ -134,22 +154,21 @@ async def test_dashboard_call_page_and_pcap_of_a_live_call(
         v[0] > first[k][0] for k, v in packets_shown(d, call.call_id).items() if k in first))
     assert await off_loop(browser.execute_script,
                           "return window.performance.timeOrigin") == page_id  # no reload
-    identity = await off_loop(lambda: browser.find_element(By.ID, "identity").text)
+    identity = await off_loop(text_of, browser, "#identity") or ""
     assert lab.gateway is not None
     assert lab.gateway.config.system.host_name in identity
-    zones = await off_loop(lambda: browser.find_element(By.ID, "zones").text)
+    zones = await off_loop(text_of, browser, "#zones") or ""
     assert "CUCM" in zones or "Active" in zones
 
     await call.hangup()
     await wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, selector))
     recent = f'#recent-calls tr[data-call-id="{call.call_id}"]'
     await wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, recent))
-    row_text = await off_loop(lambda: browser.find_element(By.CSS_SELECTOR, recent).text)
+    row_text = await off_loop(text_of, browser, recent) or ""
     assert "completed" in row_text and "BYE from the microsoft side" in row_text
 
     # The call page: both legs' ladders in order.
-    link = await off_loop(lambda: browser.find_element(By.CSS_SELECTOR, recent + " a"))
-    await off_loop(link.click)
+    await wait_for(browser, lambda d: click(d, recent + " a"))
     await wait_for(browser, lambda d: len(arrows(d)) >= 10)
     shown = await off_loop(arrows, browser)
     for side in ("microsoft", "video"):
@@ -249,12 +268,11 @@ async def test_values_from_sip_are_shown_as_text(lab: Lab, browser: WebDriver) -
     await off_loop(browser.get, base_url(lab) + "/")
     recent = '#recent-calls tr[data-call-id="evil-display-name@127.0.0.1"]'
     await wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, recent))
-    shown = await off_loop(
-        lambda: browser.find_element(By.CSS_SELECTOR, recent + " td.from").text)
+    shown = await off_loop(text_of, browser, recent + " td.from") or ""
     assert evil in shown
     assert await off_loop(lambda: browser.title) == "Gateway operator page"
     assert not await off_loop(browser.find_elements, By.CSS_SELECTOR, "#recent-calls img")
-    outcome = await off_loop(lambda: browser.find_element(By.CSS_SELECTOR, recent).text)
+    outcome = await off_loop(text_of, browser, recent) or ""
     assert "refused" in outcome
 
 
