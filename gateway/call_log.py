@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.diagnostics import ip_udp_packet, pcap_header, pcap_record
 from gateway.status import LegSide
 from media.ms_dialect import pick_sdp_body
-from sip.message import Request, Response
+from sip.message import Request, Response, parse_message
 
 if TYPE_CHECKING:
     from media.session import MediaSession
@@ -58,7 +58,7 @@ class CallLogSettings:
     """Calls kept (active and recent); the oldest ended one is dropped first."""
     messages: int = 200
     """SIP messages kept per call; the oldest are dropped first."""
-    packets: int = 2000
+    packets: int = 300
     """Media packets kept per call for its pcap (the first ones; later ones are counted)."""
 
     def __post_init__(self) -> None:
@@ -89,8 +89,8 @@ class LoggedMessage:
     cseq: str
     data: bytes
     """The message as on the wire (plain text also for TLS)."""
-    sdp: str | None
-    """The SDP part of the body, if any."""
+    has_body: bool
+    """Its SDP is read only when a page asks (:meth:`CallRecord.sdp`): not on the call path."""
 
     @property
     def is_request(self) -> bool:
@@ -134,6 +134,15 @@ class CallRecord:
     tapped: bool = False
     outcome: tuple[str, str] | None = None
     """(result, reason) once the call ended, remembered from the runtime."""
+    sdp_cache: dict[int, str | None] = field(default_factory=dict)
+
+    def sdp(self, message: LoggedMessage) -> str | None:
+        """The SDP part of a message's body (None: no SDP), parsed once, on demand."""
+        if not message.has_body:
+            return None
+        if message.seq not in self.sdp_cache:
+            self.sdp_cache[message.seq] = _sdp_text(message.data)
+        return self.sdp_cache[message.seq]
     from_: str = ""
     to: str = ""
 
@@ -161,10 +170,9 @@ def _label(message: Request | Response) -> str:
     return f"{message.status} {message.reason}"
 
 
-def _sdp_text(message: Request | Response) -> str | None:
-    if not message.body:
-        return None
+def _sdp_text(data: bytes) -> str | None:
     try:
+        message = parse_message(data)
         body, _ = pick_sdp_body(message.content_type or "", message.body)
     except Exception:  # noqa: BLE001 - a body we cannot read is shown as the message only
         return None
@@ -216,7 +224,7 @@ class CallLog:
             cseq = ""
         record.messages.append(LoggedMessage(
             next(self._seq), now, side, sent, transport, local, remote, leg_id,
-            _label(message), cseq, data, _sdp_text(message)))
+            _label(message), cseq, data, bool(message.body)))
 
     def _open(self, side: LegSide, sent: bool, message: Request | Response, leg_id: str,
               now: float) -> str | None:

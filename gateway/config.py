@@ -247,7 +247,7 @@ class SystemConfig:
     """Calls the operator's page keeps (active and recent, with their SIP messages)."""
     management_call_messages: int = 200
     """SIP messages kept per call for its ladder and pcap (the oldest go first)."""
-    management_call_packets: int = 2000
+    management_call_packets: int = 300
     """Media packets kept per call for its pcap (the first ones)."""
     outbound_ports: PortRange = PortRange(25000, 29999)
     """Source ports of outbound SIP TCP/TLS connections."""

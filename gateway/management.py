@@ -339,7 +339,7 @@ class ManagementServer:
             "messages_dropped": record.messages_dropped,
             "packets": len(record.packets),
             "packets_seen": record.packets_seen,
-            "messages": [_message_json(m, messages) for m in messages],
+            "messages": [_message_json(record, m, messages) for m in messages],
             "timeline": _timeline(record),
         }
 
@@ -407,7 +407,8 @@ def _call_id(request: web.Request) -> str:
     return call_id
 
 
-def _message_json(message: LoggedMessage, messages: list[LoggedMessage]) -> dict[str, Any]:
+def _message_json(record: CallRecord, message: LoggedMessage,
+                  messages: list[LoggedMessage]) -> dict[str, Any]:
     return {
         "seq": message.seq,
         "at": _iso(message.at),
@@ -421,22 +422,23 @@ def _message_json(message: LoggedMessage, messages: list[LoggedMessage]) -> dict
         "label": message.label,
         "cseq": message.cseq,
         "text": message.data.decode("utf-8", "replace"),
-        "sdp": message.sdp,
-        "sdp_other": _counterpart_sdp(message, messages),
+        "sdp": record.sdp(message),
+        "sdp_other": _counterpart_sdp(record, message, messages),
     }
 
 
-def _counterpart_sdp(message: LoggedMessage, messages: list[LoggedMessage]) -> str | None:
+def _counterpart_sdp(record: CallRecord, message: LoggedMessage,
+                     messages: list[LoggedMessage]) -> str | None:
     """The SDP on the other leg this one was rewritten from (sent) or into (received)."""
-    if message.sdp is None:
+    if record.sdp(message) is None:
         return None
     if message.sent:
         earlier = [m for m in messages if m.seq < message.seq and not m.sent
-                   and m.side is not message.side and m.sdp is not None]
-        return earlier[-1].sdp if earlier else None
+                   and m.side is not message.side and record.sdp(m) is not None]
+        return record.sdp(earlier[-1]) if earlier else None
     later = [m for m in messages if m.seq > message.seq and m.sent
-             and m.side is not message.side and m.sdp is not None]
-    return later[0].sdp if later else None
+             and m.side is not message.side and record.sdp(m) is not None]
+    return record.sdp(later[0]) if later else None
 
 
 def _endpoint(endpoint: tuple[str, int]) -> str:
@@ -464,8 +466,11 @@ def _codecs(record: CallRecord) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for message in reversed(record.messages):
         side = message.side.value
-        if not message.sent and message.sdp is not None and side not in found:
-            found[side] = _codecs_of(message.sdp)
+        if message.sent or side in found:
+            continue
+        sdp = record.sdp(message)
+        if sdp is not None:
+            found[side] = _codecs_of(sdp)
     return found
 
 
@@ -481,10 +486,11 @@ def _timeline(record: CallRecord) -> list[dict[str, str]]:
     events: list[tuple[float, str]] = [(n.at, n.text) for n in record.notes]
     offers = 0
     for message in record.messages:
-        if message.sdp is None or message.sent:
+        sdp = record.sdp(message)
+        if sdp is None or message.sent:
             continue
         offers += 1
-        directions = set(_DIRECTION.findall(message.sdp)) or {"sendrecv"}
+        directions = set(_DIRECTION.findall(sdp)) or {"sendrecv"}
         what = "offer" if message.is_request else "answer"
         ways = ", ".join(sorted(directions))
         text = f"{message.side.value} peer {what} in {message.label} ({ways})"

@@ -57,7 +57,9 @@ def test_a_call_is_its_two_legs_and_nothing_else() -> None:
         (MS, True, "200 OK")]
     assert record.leg_ids == {"in-1", "out-1"}
     assert record.from_.startswith('"Alice" <sip:alice@example.com>')
-    assert record.messages[0].sdp is not None and "m=audio 5004" in record.messages[0].sdp
+    sdp = record.sdp(record.messages[0])
+    assert sdp is not None and "m=audio 5004" in sdp
+    assert record.sdp(record.messages[2]) is not None
 
 
 def test_messages_per_call_and_calls_are_bounded_oldest_first() -> None:
@@ -116,6 +118,6 @@ def test_the_bounds_are_system_settings() -> None:
 
     config = loads("[system]\nmanagement_recent_calls = 5\nmanagement_call_messages = 7\n")
     assert (config.system.management_recent_calls, config.system.management_call_messages,
-            config.system.management_call_packets) == (5, 7, 2000)
+            config.system.management_call_packets) == (5, 7, 300)
     with pytest.raises(ConfigError, match="management_call_messages"):
         loads("[system]\nmanagement_call_messages = 0\n")
