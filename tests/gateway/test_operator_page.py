@@ -160,6 +160,8 @@ async def test_dashboard_call_page_and_pcap_of_a_live_call(
     zones = await off_loop(text_of, browser, "#zones") or ""
     assert "CUCM" in zones or "Active" in zones
 
+    await call.hold()
+    await call.resume()
     await call.hangup()
     await wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, selector))
     recent = f'#recent-calls tr[data-call-id="{call.call_id}"]'
@@ -174,6 +176,12 @@ async def test_dashboard_call_page_and_pcap_of_a_live_call(
     for side in ("microsoft", "video"):
         labels = [a["label"] for a in shown if a["side"] == side]
         assert in_order(labels, LADDER), (side, labels)
+    timeline = await off_loop(text_of, browser, "#timeline") or ""
+    assert "first packet from the Microsoft side" in timeline
+    assert "first packet from the video side" in timeline
+    assert "ICE pair host" in timeline
+    hold, resume = timeline.find(": hold"), timeline.find(": resume")
+    assert 0 < hold < resume, timeline
     ms_first = next(a for a in shown if a["side"] == "microsoft")
     assert (ms_first["label"], ms_first["sent"]) == ("INVITE", "false")  # alice called in
     video_invite = next(a for a in shown if a["side"] == "video" and a["label"] == "INVITE")
