@@ -153,7 +153,7 @@ class ManagementServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/dashboard", self._dashboard)
         app.router.add_get("/api/call/{call_id}", self._call)
-        app.router.add_get("/events", self._events)
+        app.router.add_get("/events", self._events, allow_head=False)  # a stream: no HEAD
         self._closing.clear()
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                keepalive_timeout=self.read_timeout, shutdown_timeout=1.0)
@@ -207,7 +207,12 @@ class ManagementServer:
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                       ) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
+            if request.path in MACHINE_PATHS:
+                # As before aiohttp: one request per connection for scrapers and scripts
+                # that read until the server closes.
+                response.force_close()
+            return response
         except web.HTTPMethodNotAllowed:
             return web.Response(status=405, text="only GET and HEAD\n",
                                 headers={"Allow": "GET, HEAD"})

@@ -255,3 +255,12 @@ async def test_ipv6_loopback() -> None:
 async def test_start_twice_is_an_error(served: Served) -> None:
     with pytest.raises(RuntimeError):
         await served.server.start()
+
+
+async def test_machine_endpoints_close_the_connection(served: Served) -> None:
+    """Scripts that read until the server closes keep working (one request per connection)."""
+    for path in ("/status", "/metrics", "/healthz"):
+        answer = await asyncio.wait_for(
+            raw(served, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()), 10)
+        assert status_line(answer) == "HTTP/1.1 200 OK"
+        assert b"Connection: close" in answer

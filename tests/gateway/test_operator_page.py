@@ -282,6 +282,16 @@ async def test_values_from_sip_are_shown_as_text(lab: Lab, browser: WebDriver) -
     assert not await off_loop(browser.find_elements, By.CSS_SELECTOR, "#recent-calls img")
     outcome = await off_loop(text_of, browser, recent) or ""
     assert "refused" in outcome
+    # The call page too: summary, ladder and the message text.
+    await wait_for(browser, lambda d: click(d, recent + " a"))
+    await wait_for(browser, lambda d: len(arrows(d)) >= 2)
+    summary = await off_loop(text_of, browser, "#summary") or ""
+    assert evil in summary and "404 Not Found" in summary
+    await wait_for(browser, lambda d: click(d, '#ladder g.arrow[data-label="INVITE"] text.label'))
+    text = await off_loop(text_of, browser, "#message-text") or ""
+    assert evil in text
+    assert await off_loop(lambda: browser.title) == "Call"
+    assert not await off_loop(browser.find_elements, By.CSS_SELECTOR, "main img, main script")
 
 
 def _video() -> Any:
