@@ -12,9 +12,11 @@ Memory is bounded by :class:`CallLogSettings`: a record keeps the last ``message
 messages and the first ``packets`` media packets (the pcap), and the log keeps the last
 ``calls`` records; the oldest go first (an ended call before an active one).
 
-Media packets come from :meth:`CallLog.tap`, which wraps the ``on_media`` callbacks of a
-call's stream legs (the relay calls them once per packet received) so the relay itself does
-not know about this log. Times (``now``) are Unix time: they become pcap timestamps and the
+Media packets come from :meth:`CallLog.tap`, which wraps the ``on_media`` callbacks and the
+``send`` of a call's stream legs (the relay calls them once per packet received and sent),
+so the relay itself does not know about this log. The pcap thus shows each packet as it
+came in (SRTP from Microsoft, say) and as it went out on the other leg (RTP to the endpoint).
+Times (``now``) are Unix time: they become pcap timestamps and the
 page's wall-clock times.
 """
 
@@ -99,7 +101,7 @@ class LoggedMessage:
 
 @dataclass(frozen=True, slots=True)
 class LoggedPacket:
-    """One media packet received on one of the call's stream legs."""
+    """One media packet received or sent on one of the call's stream legs."""
 
     at: float
     src: Endpoint
@@ -126,7 +128,7 @@ class CallRecord:
     messages: collections.deque[LoggedMessage]
     packets: list[LoggedPacket] = field(default_factory=list)
     packets_seen: int = 0
-    """Packets received (also those past the ``packets`` limit)."""
+    """Packets received from the peers (also those past the ``packets`` limit)."""
     messages_dropped: int = 0
     leg_ids: set[str] = field(default_factory=set)
     notes: list[MediaNote] = field(default_factory=list)
@@ -281,7 +283,8 @@ class CallLog:
     # -- media -------------------------------------------------------------------------------
 
     def tap(self, call_id: str, media: MediaSession) -> None:
-        """Record the packets received on every stream leg of ``media`` (wraps ``on_media``)."""
+        """Record the packets received and sent on every stream leg of ``media`` (wraps each
+        leg's ``on_media`` callback and its ``send``)."""
         record = self.records.get(call_id)
         if record is None:
             return
@@ -299,8 +302,9 @@ class CallLog:
                 return src, (ice.host, ice.ports[component - 1])
 
             def video_source(component: int, video: Any = video) -> tuple[Endpoint, Endpoint]:
-                latched = video.latches[component - 1].latched
-                src = tuple(latched[:2]) if latched is not None else ("0.0.0.0", 0)
+                latch = video.latches[component - 1]
+                peer = latch.latched or latch.target
+                src = tuple(peer[:2]) if peer is not None else ("0.0.0.0", 0)
                 return src, (video.host, video.ports[component - 1])
 
             for leg, where, side_name in ((ice, ms_source, "Microsoft"),
@@ -311,21 +315,50 @@ class CallLog:
                 leg.on_media = self._wrap(record, inner, where,
                                           f"{stream.kind}: first packet from the {side_name} "
                                           "side", ice if leg is ice else None, time.time)
+                # An instance attribute shadows the method: the relay's leg.send() finds it.
+                setattr(leg, "send", self._wrap_send(  # noqa: B010
+                    record, leg.send, where, f"{stream.kind}: first packet to the "
+                    f"{side_name} side", time.time))
+
+    def _wrap_send(self, record: CallRecord, inner: Callable[[bytes, int], bool],
+                   where: Callable[[int], tuple[Endpoint, Endpoint]], first_text: str,
+                   clock: Callable[[], float]) -> Callable[[bytes, int], bool]:
+        limit = self.settings.packets
+        first = [True]
+
+        def send(data: bytes, component: int) -> bool:
+            sent = inner(data, component)
+            if sent and (first[0] or len(record.packets) < limit):
+                now = clock()
+                peer, ours = where(component)
+                if first[0]:
+                    first[0] = False
+                    record.notes.append(MediaNote(now, f"{first_text} ({_ep(peer)})"))
+                if len(record.packets) < limit:
+                    record.packets.append(LoggedPacket(now, ours, peer, data))
+            return sent
+
+        return send
 
     def _wrap(self, record: CallRecord, inner: Callable[[bytes, int], None],
               where: Callable[[int], tuple[Endpoint, Endpoint]], first_text: str,
               ice: Any, clock: Callable[[], float]) -> Callable[[bytes, int], None]:
         limit = self.settings.packets
         first = [True]
+        # Media may come before our side of ICE has nominated: note the pair once it has.
+        pair_noted = [ice is None]
 
         def on_media(data: bytes, component: int) -> None:
             record.packets_seen += 1
+            if not pair_noted[0] and ice.agent._nominated.get(1) is not None:
+                pair_noted[0] = True
+                record.notes.append(MediaNote(clock(), _nominated(ice)))
             if first[0] or len(record.packets) < limit:
                 now = clock()
                 src, dst = where(component)
                 if first[0]:
                     first[0] = False
-                    if ice is not None:
+                    if not pair_noted[0]:
                         record.notes.append(MediaNote(now, _nominated(ice)))
                     record.notes.append(MediaNote(now, f"{first_text} ({_ep(src)})"))
                 if len(record.packets) < limit:
