@@ -51,6 +51,11 @@ logger = logging.getLogger(__name__)
 
 Endpoint = tuple[str, int]
 
+PENDING_LEGS = 32
+"""Unclaimed legs the gateway started (transfers under way) whose messages are kept."""
+PENDING_MESSAGES = 16
+"""Messages kept per unclaimed leg until its call claims it."""
+
 
 @dataclass(frozen=True, slots=True)
 class CallLogSettings:
@@ -195,6 +200,10 @@ class CallLog:
         self.records: collections.OrderedDict[str, CallRecord] = collections.OrderedDict()
         """By call id, oldest first."""
         self._by_leg: dict[str, str] = {}
+        self._pending: collections.OrderedDict[str, list[LoggedMessage]] = (
+            collections.OrderedDict())
+        """Legs the gateway started that no call claims yet (a transfer's new leg joins its
+        call only once the transfer is done): their first messages, few and bounded."""
         self._seq = itertools.count(1)
         self.is_active: Callable[[str], bool] = lambda call_id: False
         """Set by the runtime: protects active calls from eviction while ended ones remain."""
@@ -212,21 +221,44 @@ class CallLog:
             return
         key = self._by_leg.get(leg_id)
         if key is None:
-            key = self._open(side, sent, message, leg_id, now)
-            if key is None:
-                return
-        record = self.records.get(key)
-        if record is None:
-            return
-        if len(record.messages) == record.messages.maxlen:
-            record.messages_dropped += 1
+            key = (self._claim(leg_id) if leg_id in self._pending
+                   else self._open(side, sent, message, leg_id, now))
         try:
             cseq = str(message.cseq)
         except Exception:  # noqa: BLE001
             cseq = ""
-        record.messages.append(LoggedMessage(
-            next(self._seq), now, side, sent, transport, local, remote, leg_id,
-            _label(message), cseq, data, bool(message.body)))
+        logged = LoggedMessage(next(self._seq), now, side, sent, transport, local, remote,
+                               leg_id, _label(message), cseq, data, bool(message.body))
+        if key is None:
+            pending = self._pending.get(leg_id)
+            if pending is not None and len(pending) < PENDING_MESSAGES:
+                pending.append(logged)
+            return
+        record = self.records.get(key)
+        if record is None:
+            return
+        self._append(record, logged)
+
+    @staticmethod
+    def _append(record: CallRecord, logged: LoggedMessage) -> None:
+        if len(record.messages) == record.messages.maxlen:
+            record.messages_dropped += 1
+        record.messages.append(logged)
+
+    def _claim(self, leg_id: str) -> str | None:
+        """A pending leg's call, once the runtime names it; its messages join the call's."""
+        found = self.resolve(leg_id) if self.resolve is not None else None
+        record = self.records.get(found[0]) if found is not None else None
+        if record is None:
+            return None
+        earlier = self._pending.pop(leg_id, [])
+        merged = sorted([*record.messages, *earlier], key=lambda m: m.seq)
+        record.messages.clear()
+        for logged in merged:
+            self._append(record, logged)
+        record.leg_ids.add(leg_id)
+        self._by_leg[leg_id] = record.call_id
+        return record.call_id
 
     def _open(self, side: LegSide, sent: bool, message: Request | Response, leg_id: str,
               now: float) -> str | None:
@@ -251,6 +283,9 @@ class CallLog:
             return leg_id
         found = self.resolve(leg_id) if self.resolve is not None else None
         if found is None:
+            self._pending[leg_id] = []
+            while len(self._pending) > PENDING_LEGS:
+                self._pending.popitem(last=False)
             return None
         key, media = found
         owner = self.records.get(key)

@@ -346,11 +346,11 @@ class Gateway:
         return None
 
     def _call_of_leg(self, leg_call_id: str) -> tuple[str, Any] | None:
-        """The call whose outbound leg has this Call-ID, and its media (for the call log)."""
+        """The call one of whose legs has this Call-ID, and its media (for the call log)."""
         for call in self.calls.values():
-            outbound = call.outbound
-            if outbound is not None and outbound.call_id == leg_call_id:
-                return call.call_id, call.media
+            for leg in (call.outbound, call.inbound):
+                if leg is not None and leg.call_id == leg_call_id:
+                    return call.call_id, call.media
         return None
 
     # -- StatusSource ------------------------------------------------------------------------

@@ -121,3 +121,23 @@ def test_the_bounds_are_system_settings() -> None:
             config.system.management_call_packets) == (5, 7, 300)
     with pytest.raises(ConfigError, match="management_call_messages"):
         loads("[system]\nmanagement_call_messages = 0\n")
+
+
+def test_a_leg_claimed_later_joins_its_call_in_order() -> None:
+    """A transfer's new leg belongs to the call only once the transfer is done."""
+    claimed: set[str] = set()
+    log = CallLog(resolve=lambda leg: ("in-1", None) if leg in claimed or leg == "out-1"
+                  else None)
+    one_call(log, 1, 1.0)
+    feed(log, VIDEO, True, message("INVITE sip:3002@127.0.3.1 SIP/2.0", "xfer"), 2.0)
+    feed(log, VIDEO, False, message("SIP/2.0 200 OK", "xfer", to_tag="c", body=SDP), 2.1)
+    feed(log, MS, True, message("INVITE sip:alice@127.0.1.1 SIP/2.0", "in-1", "2 INVITE",
+                                to_tag="a1"), 2.2)
+    assert [m.leg_call_id for m in log.records["in-1"].messages].count("xfer") == 0
+    claimed.add("xfer")
+    feed(log, VIDEO, True, message("ACK sip:3002@127.0.3.1 SIP/2.0", "xfer", "1 ACK",
+                                   to_tag="c"), 2.3)
+    record = log.records["in-1"]
+    assert [(m.leg_call_id, m.label) for m in record.messages][-4:] == [
+        ("xfer", "INVITE"), ("xfer", "200 OK"), ("in-1", "INVITE"), ("xfer", "ACK")]
+    assert "xfer" in record.leg_ids and not log._pending
