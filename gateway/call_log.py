@@ -132,8 +132,6 @@ class CallRecord:
     inbound_side: LegSide
     messages: collections.deque[LoggedMessage]
     packets: list[LoggedPacket] = field(default_factory=list)
-    packets_seen: int = 0
-    """Packets received from the peers (also those past the ``packets`` limit)."""
     messages_dropped: int = 0
     leg_ids: set[str] = field(default_factory=set)
     notes: list[MediaNote] = field(default_factory=list)
@@ -347,15 +345,15 @@ class CallLog:
                 inner = leg.on_media
                 if inner is None:
                     continue
-                leg.on_media = self._wrap(record, inner, where,
+                leg.on_media = self._wrap(record, leg, inner, where,
                                           f"{stream.kind}: first packet from the {side_name} "
                                           "side", ice if leg is ice else None, time.time)
                 # An instance attribute shadows the method: the relay's leg.send() finds it.
                 setattr(leg, "send", self._wrap_send(  # noqa: B010
-                    record, leg.send, where, f"{stream.kind}: first packet to the "
+                    record, leg, leg.send, where, f"{stream.kind}: first packet to the "
                     f"{side_name} side", time.time))
 
-    def _wrap_send(self, record: CallRecord, inner: Callable[[bytes, int], bool],
+    def _wrap_send(self, record: CallRecord, leg: Any, inner: Callable[[bytes, int], bool],
                    where: Callable[[int], tuple[Endpoint, Endpoint]], first_text: str,
                    clock: Callable[[], float]) -> Callable[[bytes, int], bool]:
         limit = self.settings.packets
@@ -371,11 +369,14 @@ class CallLog:
                     record.notes.append(MediaNote(now, f"{first_text} ({_ep(peer)})"))
                 if len(record.packets) < limit:
                     record.packets.append(LoggedPacket(now, ours, peer, data))
+            elif sent:
+                # Capture full and first packet noted: the relay calls its own send again.
+                leg.__dict__.pop("send", None)
             return sent
 
         return send
 
-    def _wrap(self, record: CallRecord, inner: Callable[[bytes, int], None],
+    def _wrap(self, record: CallRecord, leg: Any, inner: Callable[[bytes, int], None],
               where: Callable[[int], tuple[Endpoint, Endpoint]], first_text: str,
               ice: Any, clock: Callable[[], float]) -> Callable[[bytes, int], None]:
         limit = self.settings.packets
@@ -384,7 +385,6 @@ class CallLog:
         pair_noted = [ice is None]
 
         def on_media(data: bytes, component: int) -> None:
-            record.packets_seen += 1
             if not pair_noted[0] and ice.agent._nominated.get(1) is not None:
                 pair_noted[0] = True
                 record.notes.append(MediaNote(clock(), _nominated(ice)))
@@ -398,6 +398,9 @@ class CallLog:
                     record.notes.append(MediaNote(now, f"{first_text} ({_ep(src)})"))
                 if len(record.packets) < limit:
                     record.packets.append(LoggedPacket(now, src, dst, data))
+            elif pair_noted[0] and leg.on_media is on_media:
+                # Capture full, notes taken: out of the relay's per-packet path for good.
+                leg.on_media = inner
             inner(data, component)
 
         return on_media

@@ -343,7 +343,6 @@ class ManagementServer:
             "legs": sorted(record.leg_ids, key=lambda leg: leg != record.call_id),
             "messages_dropped": record.messages_dropped,
             "packets": len(record.packets),
-            "packets_seen": record.packets_seen,
             "messages": [_message_json(record, m, messages) for m in messages],
             "timeline": _timeline(record),
         }

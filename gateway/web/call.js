@@ -82,8 +82,7 @@ async function start() {
                 ["reason", doc.reason || "-"], ["legs (Call-IDs)", doc.legs.join("  |  ")],
                 ["SIP messages", `${doc.messages.length} kept` +
                   (doc.messages_dropped ? `, ${doc.messages_dropped} older dropped` : "")],
-                ["media packets", `${doc.packets} in the pcap (received and sent); ` +
-                  `${doc.packets_seen} received in all`]];
+                ["media packets", `${doc.packets} in the pcap (the first ones, received and sent)`]];
   fill(document.querySelector("#summary tbody"), rows.map(([k, v]) =>
     el("tr", {}, el("th", {}, k), el("td", {class: "mono"}, v))));
   ladder(doc);

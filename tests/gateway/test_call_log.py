@@ -141,3 +141,58 @@ def test_a_leg_claimed_later_joins_its_call_in_order() -> None:
     assert [(m.leg_call_id, m.label) for m in record.messages][-4:] == [
         ("xfer", "INVITE"), ("xfer", "200 OK"), ("in-1", "INVITE"), ("xfer", "ACK")]
     assert "xfer" in record.leg_ids and not log._pending
+
+
+async def test_the_media_tap_records_then_leaves_the_packet_path() -> None:
+    """Real legs on loopback: the first packets go in the pcap (received and sent), then the
+    tap unhooks itself, so a long call costs the relay nothing once the capture is full."""
+    import asyncio
+    import socket
+    from types import SimpleNamespace
+
+    from media.ice_leg import IceLeg, IceSettings
+    from media.rtp_leg import RtpLeg
+
+    log = CallLog(CallLogSettings(packets=3))
+    feed(log, MS, False, message("INVITE sip:3001@video.example.com SIP/2.0", "c1"), 1.0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1] & ~1
+    video = RtpLeg("127.0.0.1", port)
+    try:
+        await video.open()
+    except OSError:
+        pytest.skip("the probed port pair was taken meanwhile")
+    ice = IceLeg("127.0.0.1", port + 2, IceSettings(), ufrag="abcd", pwd="p" * 22)
+    received: list[bytes] = []
+    relay = received.append
+
+    def on_media(data: bytes, component: int) -> None:
+        relay(data)
+
+    video.on_media = on_media
+    ice.on_media = on_media
+    log.tap("c1", SimpleNamespace(streams=[SimpleNamespace(kind="audio", ice=ice,
+                                                           video=video)]))  # type: ignore[arg-type]
+    assert video.on_media is not on_media and "send" in vars(video)
+    endpoint = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        endpoint.bind(("127.0.0.1", 0))
+        for n in range(6):
+            endpoint.sendto(bytes([0x80, 0, 0, n]) + bytes(8), ("127.0.0.1", port))
+        async with asyncio.timeout(10):
+            while len(received) < 6:
+                await asyncio.sleep(0.01)
+        record = log.records["c1"]
+        assert len(record.packets) == 3
+        assert record.packets[0].src == endpoint.getsockname()
+        assert video.on_media is on_media  # unhooked: capture full, first packet noted
+        assert video.send(b"\x80" + bytes(11), 1) and video.send(b"\x80" + bytes(11), 1)
+        assert "send" not in vars(video)  # the leg's own method again
+        notes = [n.text for n in record.notes]
+        assert any("first packet from the video side" in n for n in notes)
+        assert any("first packet to the video side" in n for n in notes)
+    finally:
+        endpoint.close()
+        await video.aclose()
+        await ice.close()
