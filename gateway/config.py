@@ -245,6 +245,12 @@ class SystemConfig:
     """Directory of the lab PKI (written by ``gateway certs init``)."""
     management: HostPort = HostPort("127.0.0.1", 9090)
     """Management HTTP address for /status and /metrics."""
+    management_recent_calls: int = 100
+    """Calls the operator's page keeps (active and recent, with their SIP messages)."""
+    management_call_messages: int = 200
+    """SIP messages kept per call for its ladder and pcap (the oldest go first)."""
+    management_call_packets: int = 300
+    """Media packets kept per call for its pcap (the first ones)."""
     outbound_ports: PortRange = PortRange(25000, 29999)
     """Source ports of outbound SIP TCP/TLS connections."""
     drain_timeout: float = 10.0
@@ -262,6 +268,9 @@ class SystemConfig:
         if not self.cluster_fqdn:
             object.__setattr__(self, "cluster_fqdn", self.fqdn)
         _check_range("drain_timeout", self.drain_timeout, 0)
+        _check_range("management_recent_calls", self.management_recent_calls, 1)
+        _check_range("management_call_messages", self.management_call_messages, 1)
+        _check_range("management_call_packets", self.management_call_packets, 0)
 
     @property
     def fqdn(self) -> str:

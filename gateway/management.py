@@ -1,67 +1,62 @@
-"""The management HTTP server: ``/status`` (JSON), ``/metrics`` (Prometheus), ``/healthz``.
+"""The management HTTP server (aiohttp): the operator's page and the machine endpoints.
 
-A deliberately small HTTP/1.1 server on ``asyncio.start_server`` (stdlib only): GET and HEAD,
-one request per connection (``Connection: close``), which is all a browser, ``curl`` or a
-Prometheus scraper needs. Parsing is a pure function (:func:`parse_request_head`) and routing
-another (:meth:`ManagementServer.respond`); the asyncio part only moves bytes. Malformed
-requests get a 4xx and the connection is closed: nothing a client sends can take the
-listener down.
+For machines, as before: ``/status`` (JSON; times as ISO 8601 wall-clock), ``/metrics``
+(Prometheus) and ``/healthz`` (200 ``ok`` / 503 ``draining``). For people: ``/`` (the
+dashboard: sides, zones, TURN, port pool, active calls with live counters over server-sent
+events, recent calls, refusals), ``/call/{id}`` (the SIP ladder of both legs, the media
+timeline) and ``/call/{id}/pcap`` (that call's SIP and media). The pages are static files
+(``gateway/web/``) whose scripts read ``/api/...`` JSON and build the DOM with
+``textContent``, so nothing taken from SIP is ever interpreted as HTML.
 
-Bound to 127.0.0.1:9090 by default (``[system] management``): the status page shows call
-details, so it is for the host's operators, not the network.
+aiohttp parses HTTP: malformed requests get its 4xx and the connection is closed; nothing a
+client sends can take the listener down. A failing status source costs one 500.
+
+Bound to 127.0.0.1:9090 by default (``[system] management``): the pages show call details,
+so they are for the host's operators, not the network.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
 from types import TracebackType
+from typing import Any
 
+from aiohttp import web
+
+from gateway.call_log import CallLog, CallRecord, LoggedMessage
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import GatewayMetrics
 from gateway.status import StatusSource
 
 __all__ = [
-    "HttpError",
-    "HttpRequest",
-    "HttpResponse",
     "ManagementServer",
     "ManagementSettings",
-    "parse_request_head",
+    "iso_times",
 ]
 
 logger = logging.getLogger(__name__)
 
-MAX_LINE = 4096
-"""Longest request or header line accepted (431 beyond)."""
-MAX_HEAD = 16384
-"""Most bytes of request line + headers accepted (431 beyond)."""
-MAX_HEADERS = 100
 READ_TIMEOUT = 10.0
-"""Seconds a client has to send its request head (408 after)."""
-WRITE_TIMEOUT = 10.0
-"""Seconds a client has to take the response before the connection is dropped."""
-
+"""Seconds an idle keep-alive connection is kept."""
+EVENTS_INTERVAL = 1.0
+"""Seconds between two dashboard updates on ``/events``."""
 JSON_CONTENT_TYPE = "application/json"
-TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
-ALLOWED_METHODS = ("GET", "HEAD")
-
-# RFC 9110 §5.6.2: token = 1*tchar; tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" /
-#   "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-# RFC 9112 §3: request-line = method SP request-target SP HTTP-version
-#   HTTP-version = "HTTP/" DIGIT "." DIGIT
-_REQUEST_LINE = re.compile(rf"({_TOKEN}) (\S+) HTTP/(\d)\.(\d)")
-# RFC 9112 §5: field-line = field-name ":" OWS field-value OWS (no whitespace before ":")
-_FIELD_LINE = re.compile(rf"({_TOKEN}):[ \t]*(.*?)[ \t]*")
-# field-value: visible characters, SP/HTAB, obs-text; never CTLs.
-_BAD_FIELD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+MACHINE_PATHS = ("/status", "/metrics", "/healthz")
+_STATIC = {
+    "app.css": "text/css",
+    "dashboard.js": "text/javascript",
+    "call.js": "text/javascript",
+    "common.js": "text/javascript",
+}
+_CALL_ID_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,142 +89,92 @@ class ManagementSettings:
         return f"{host}:{self.port}"
 
 
-class HttpError(Exception):
-    """A request we answer with an error status (then close the connection)."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    """A parsed request head."""
-
-    method: str
-    target: str
-    """The request-target as sent (``/status?x=1``)."""
-    version: tuple[int, int]
-    headers: tuple[tuple[str, str], ...]
-    """Field names lower-cased, in order."""
-
-    @property
-    def path(self) -> str:
-        """The target without its query string."""
-        return self.target.split("?", 1)[0]
-
-    def header(self, name: str) -> str | None:
-        """The first value of a field, or None."""
-        lowered = name.lower()
-        return next((v for n, v in self.headers if n == lowered), None)
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResponse:
-    """A complete response (the body is always small enough to hold in memory)."""
-
-    status: HTTPStatus
-    body: bytes = b""
-    content_type: str = TEXT_CONTENT_TYPE
-    headers: tuple[tuple[str, str], ...] = field(default=())
-    """Extra header fields."""
-
-    @classmethod
-    def text(cls, status: HTTPStatus, text: str,
-             headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
-        return cls(status, text.encode() + b"\n", TEXT_CONTENT_TYPE, headers)
-
-    def encode(self, *, head_only: bool = False) -> bytes:
-        lines = [
-            f"HTTP/1.1 {self.status.value} {self.status.phrase}",
-            f"Content-Type: {self.content_type}",
-            f"Content-Length: {len(self.body)}",
-            "Cache-Control: no-store",
-            "Connection: close",
-            *(f"{name}: {value}" for name, value in self.headers),
-        ]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return head if head_only else head + self.body
-
-
-def parse_request_head(lines: list[bytes]) -> HttpRequest:
-    """Parse a request line and header lines (each without its line ending).
-
-    Raises :class:`HttpError` (400 / 505) for anything malformed; never anything else.
-    """
-    if not lines:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "empty request")
-    # latin-1 maps every byte, so decoding cannot fail; the regexes reject what is not ASCII.
-    match = _REQUEST_LINE.fullmatch(lines[0].decode("latin-1"))
-    if match is None:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line")
-    method, target, major, minor = match.groups()
-    if major != "1":
-        raise HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"HTTP/{major}.{minor}")
-    if not target.startswith("/") or not target.isascii():
-        raise HttpError(HTTPStatus.BAD_REQUEST, "request target must be an origin-form path")
-    headers: list[tuple[str, str]] = []
-    for raw in lines[1:]:
-        text = raw.decode("latin-1")
-        if text[:1] in (" ", "\t"):
-            # RFC 9112 §5.2: a server MUST reject obs-fold (or replace it); we reject.
-            raise HttpError(HTTPStatus.BAD_REQUEST, "obsolete line folding")
-        field_match = _FIELD_LINE.fullmatch(text)
-        if field_match is None or _BAD_FIELD_VALUE.search(field_match.group(2)):
-            raise HttpError(HTTPStatus.BAD_REQUEST, "malformed header field")
-        headers.append((field_match.group(1).lower(), field_match.group(2)))
-    request = HttpRequest(method, target, (1, int(minor)), tuple(headers))
-    # RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host gets 400.
-    if request.version >= (1, 1) and sum(1 for n, _ in headers if n == "host") != 1:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "HTTP/1.1 request needs one Host header")
-    return request
+def iso_times(document: Any, offset: float) -> Any:
+    """``document`` with every number under a key ending in ``_at`` (a time on the runtime's
+    clock) turned into ISO 8601 UTC wall-clock text (``offset`` = wall clock - runtime clock).
+    Ages (``uptime``, ``duration``, ``idle``) stay seconds."""
+    if isinstance(document, dict):
+        return {key: (_iso(value + offset) if key.endswith("_at")
+                      and isinstance(value, int | float) and not isinstance(value, bool)
+                      else iso_times(value, offset))
+                for key, value in document.items()}
+    if isinstance(document, list):
+        return [iso_times(item, offset) for item in document]
+    return document
 
 
 class ManagementServer:
-    """Serves a :class:`StatusSource` and a :class:`GatewayMetrics` over HTTP.
+    """Serves a :class:`StatusSource`, a :class:`GatewayMetrics` and a :class:`CallLog`.
 
     Use as ``async with ManagementServer(source, metrics, settings) as server:``, or call
     :meth:`start` and :meth:`close`. ``clock`` gives the ``now`` passed to
-    ``source.status(now)``; it defaults to the running loop's clock. A client gets
-    ``read_timeout`` seconds to send its request head.
+    ``source.status(now)`` (default: the running loop's clock); ``wall_clock`` turns those
+    times into wall-clock ones for the JSON.
     """
 
     def __init__(self, source: StatusSource, metrics: GatewayMetrics,
                  settings: ManagementSettings | None = None, *,
                  clock: Callable[[], float] | None = None,
-                 read_timeout: float = READ_TIMEOUT) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 read_timeout: float = READ_TIMEOUT,
+                 calls: CallLog | None = None,
+                 events_interval: float = EVENTS_INTERVAL) -> None:
         self.source = source
         self.metrics = metrics
         self.settings = settings or ManagementSettings()
+        self.calls = calls if calls is not None else CallLog()
         self._clock = clock
+        self._wall_clock = wall_clock
         self.read_timeout = read_timeout
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self.events_interval = events_interval
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._closing = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._server is not None:
+        if self._runner is not None:
             raise RuntimeError("management server already started")
         if self._clock is None:
             self._clock = asyncio.get_running_loop().time
-        self._server = await asyncio.start_server(
-            self._on_connection, self.settings.host, self.settings.port,
-            limit=MAX_LINE + 2, reuse_address=True)
+        app = web.Application(middlewares=[self._errors], client_max_size=1024)
+        app.router.add_get("/", self._page("index.html"))
+        app.router.add_get("/call/{call_id}", self._page("call.html"))
+        app.router.add_get("/call/{call_id}/pcap", self._pcap)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/api/dashboard", self._dashboard)
+        app.router.add_get("/api/call/{call_id}", self._call)
+        app.router.add_get("/events", self._events, allow_head=False)  # a stream: no HEAD
+        self._closing.clear()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=self.read_timeout, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
         logger.info("management HTTP on %s", self.address_text)
 
     async def close(self) -> None:
-        """Stop listening and drop connections still in progress."""
-        if self._server is None:
+        """Stop listening and drop connections still in progress (event streams too)."""
+        if self._runner is None:
             return
-        server, self._server = self._server, None
-        server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
-        await server.wait_closed()
+        runner, self._runner = self._runner, None
+        self._closing.set()
+        await runner.cleanup()
 
     async def __aenter__(self) -> ManagementServer:
         await self.start()
@@ -242,115 +187,320 @@ class ManagementServer:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        if self._server is None or not self._server.sockets:
+        if self._runner is None:
             raise RuntimeError("management server not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._port
 
     @property
     def address_text(self) -> str:
         return str(ManagementSettings(self.settings.host, self.port))
 
-    # -- routing (pure but for the source and metrics it reads) -----------------------------
+    @property
+    def url(self) -> str:
+        """The operator's page."""
+        return f"http://{self.address_text}/"
 
-    def respond(self, request: HttpRequest) -> HttpResponse:
-        """The response to a well-formed request."""
-        routes: dict[str, Callable[[], HttpResponse]] = {
-            "/status": self._status,
-            "/metrics": self._metrics,
-            "/healthz": self._healthz,
-        }
-        route = routes.get(request.path)
-        if route is None:
-            return HttpResponse.text(HTTPStatus.NOT_FOUND,
-                                     f"not found; try {', '.join(sorted(routes))}")
-        if request.method not in ALLOWED_METHODS:
-            return HttpResponse.text(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD",
-                                     (("Allow", ", ".join(ALLOWED_METHODS)),))
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> web.StreamResponse:
         try:
-            return route()
+            response = await handler(request)
+            if request.path in MACHINE_PATHS:
+                # As before aiohttp: one request per connection for scrapers and scripts
+                # that read until the server closes.
+                response.force_close()
+            return response
+        except web.HTTPMethodNotAllowed:
+            return web.Response(status=405, text="only GET and HEAD\n",
+                                headers={"Allow": "GET, HEAD"})
+        except web.HTTPNotFound:
+            return web.Response(status=404, text="not found; try /, "
+                                + ", ".join(MACHINE_PATHS) + "\n")
+        except web.HTTPException:
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise
         except Exception:
             # A bug in a status provider must cost one 500, not the server.
             logger.exception("management %s failed", request.path)
-            return HttpResponse.text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+            return web.Response(status=500, text="internal error\n")
 
     def _now(self) -> float:
         assert self._clock is not None, "start() sets the clock"
         return self._clock()
 
-    def _status(self) -> HttpResponse:
-        snapshot = self.source.status(self._now())
-        body = json.dumps(snapshot.to_json(), indent=2, allow_nan=False).encode() + b"\n"
-        return HttpResponse(HTTPStatus.OK, body, JSON_CONTENT_TYPE)
-
-    def _metrics(self) -> HttpResponse:
-        return HttpResponse(HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
-
-    def _healthz(self) -> HttpResponse:
-        if self.source.status(self._now()).healthy:
-            return HttpResponse.text(HTTPStatus.OK, "ok")
-        return HttpResponse.text(HTTPStatus.SERVICE_UNAVAILABLE, "draining")
-
-    # -- connections -----------------------------------------------------------------------
-
-    async def _on_connection(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve_one(reader, writer)
-        except (TimeoutError, ConnectionError):
-            pass  # the client went away or would not read: nothing to tell it
-        except Exception:
-            logger.exception("management connection failed")
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _serve_one(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
-        head_only = False
-        try:
-            lines = await asyncio.wait_for(self._read_head(reader), self.read_timeout)
-            if lines is None:
-                return  # closed before sending anything
-            request = parse_request_head(lines)
-            head_only = request.method == "HEAD"
-            response = self.respond(request)
-        except HttpError as exc:
-            logger.debug("management: %s from %s", exc.message,
-                         writer.get_extra_info("peername"))
-            response = HttpResponse.text(exc.status, exc.message)
-        except TimeoutError:
-            response = HttpResponse.text(HTTPStatus.REQUEST_TIMEOUT, "request head too slow")
-        writer.write(response.encode(head_only=head_only))
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+    def _offset(self) -> float:
+        return self._wall_clock() - self._now()
 
     @staticmethod
-    async def _read_head(reader: asyncio.StreamReader) -> list[bytes] | None:
-        """Request line and header lines, without line endings; None on a silent close."""
-        lines: list[bytes] = []
-        total = 0
-        while True:
+    def _json(document: Any) -> web.Response:
+        body = json.dumps(document, indent=2, allow_nan=False).encode() + b"\n"
+        return web.Response(body=body, content_type=JSON_CONTENT_TYPE,
+                            headers={"Cache-Control": "no-store"})
+
+    # -- machines ----------------------------------------------------------------------------
+
+    def status_json(self) -> dict[str, Any]:
+        """``/status``: the source's snapshot with wall-clock ISO times."""
+        snapshot = self.source.status(self._now())
+        document: dict[str, Any] = iso_times(snapshot.to_json(), self._offset())
+        return document
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return self._json(self.status_json())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": METRICS_CONTENT_TYPE,
+                                     "Cache-Control": "no-store"})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.source.status(self._now()).healthy:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="draining\n")
+
+    # -- people ------------------------------------------------------------------------------
+
+    def _page(self, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(body=_resource(name), content_type="text/html",
+                                charset="utf-8", headers=_PAGE_HEADERS)
+        return page
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        kind = _STATIC.get(name)
+        if kind is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=_resource(name), content_type=kind, charset="utf-8",
+                            headers=_PAGE_HEADERS)
+
+    def dashboard_json(self) -> dict[str, Any]:
+        """``/api/dashboard`` (and each ``/events`` update): status, calls, refusals."""
+        status = self.status_json()
+        active = {call["call_id"]: call for call in status["calls"]}
+        for call_id, call in active.items():
+            record = self.calls.get(call_id)
+            call["from"] = record.from_ if record else ""
+            call["to"] = record.to if record else ""
+            call["codecs"] = _codecs(record) if record else {}
+            call["ice"] = _ice_of(record) if record else ""
+        recent = [self._summary(record) for record in self.calls.newest_first()
+                  if record.call_id not in active]
+        return {"status": status, "recent": recent, "refusals": self._refusals()}
+
+    def _summary(self, record: CallRecord) -> dict[str, Any]:
+        outcome = self._outcome(record)
+        return {
+            "call_id": record.call_id,
+            "started_at": _iso(record.started_at),
+            "from": record.from_,
+            "to": record.to,
+            "direction": f"from {record.inbound_side.value}",
+            "result": outcome[0],
+            "reason": outcome[1],
+            "messages": len(record.messages),
+            "duration": round(record.last_at - record.started_at, 3),
+        }
+
+    def _outcome(self, record: CallRecord) -> tuple[str, str]:
+        if record.outcome is not None:
+            return record.outcome
+        found = self.calls.outcome_of(record.call_id)
+        if found is not None and found[1]:
+            record.outcome = found  # ended: remember it (the runtime keeps only the last few)
+            return found
+        if found is not None:
+            return found[0], ""
+        final = record.final_answer()
+        if final is not None and not final.label.startswith("2"):
+            record.outcome = ("refused", final.label)
+            return record.outcome
+        return "ended", ""
+
+    def _refusals(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for family in self.metrics.registry.collect():
+            if family.name.endswith("calls_refused"):
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        counts[sample.labels.get("reason", "")] = sample.value
+        return counts
+
+    def call_json(self, call_id: str) -> dict[str, Any] | None:
+        """``/api/call/{id}``: the ladder's messages and the media timeline."""
+        record = self.calls.get(call_id)
+        if record is None:
+            return None
+        messages = list(record.messages)
+        return {
+            **self._summary(record),
+            "active": self.calls.is_active(call_id),
+            "inbound_side": record.inbound_side.value,
+            "legs": sorted(record.leg_ids, key=lambda leg: leg != record.call_id),
+            "messages_dropped": record.messages_dropped,
+            "packets": len(record.packets),
+            "messages": [_message_json(record, m, messages) for m in messages],
+            "timeline": _timeline(record),
+        }
+
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        return self._json(self.dashboard_json())
+
+    async def _call(self, request: web.Request) -> web.Response:
+        document = self.call_json(_call_id(request))
+        if document is None:
+            return web.Response(status=404, text="no such call (or no longer kept)\n")
+        return self._json(document)
+
+    async def _pcap(self, request: web.Request) -> web.Response:
+        call_id = _call_id(request)
+        data = self.calls.pcap(call_id)
+        if data is None:
+            return web.Response(status=404, text="no such call (or no longer kept)\n")
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", call_id)[:64]
+        return web.Response(body=data, headers={
+            "Content-Type": "application/vnd.tcpdump.pcap",
+            "Content-Disposition": f'attachment; filename="call-{safe}.pcap"',
+            "Cache-Control": "no-store"})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: the dashboard JSON every ``events_interval`` seconds."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-store"})
+        await response.prepare(request)
+        try:
+            async for document in self._updates():
+                await response.write(f"data: {json.dumps(document)}\n\n".encode())
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return response
+
+    async def _updates(self) -> AsyncIterator[dict[str, Any]]:
+        while not self._closing.is_set():
             try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
-                if not lines and not exc.partial.strip():
-                    return None
-                raise HttpError(HTTPStatus.BAD_REQUEST, "request head cut short") from None
-            except asyncio.LimitOverrunError:
-                raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                "request line or header too long") from None
-            total += len(line)
-            if total > MAX_HEAD or len(lines) > MAX_HEADERS:
-                raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                "request head too large")
-            # RFC 9112 §2.2: bare LF is accepted as a line terminator.
-            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-            if not line:
-                if not lines:
-                    continue  # RFC 9112 §2.2: ignore empty lines before the request line
-                return lines
-            lines.append(line)
+                yield self.dashboard_json()
+            except Exception:
+                logger.exception("management /events failed")
+                return
+            try:
+                await asyncio.wait_for(self._closing.wait(), self.events_interval)
+            except TimeoutError:
+                pass
+
+
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    # Only our own files run: a value that slipped into markup still could not run script.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _resource(name: str) -> bytes:
+    return resources.files("gateway").joinpath("web", name).read_bytes()
+
+
+def _call_id(request: web.Request) -> str:
+    call_id = request.match_info["call_id"]
+    if len(call_id) > _CALL_ID_MAX:
+        raise web.HTTPBadRequest(text="call id too long\n")
+    return call_id
+
+
+def _message_json(record: CallRecord, message: LoggedMessage,
+                  messages: list[LoggedMessage]) -> dict[str, Any]:
+    return {
+        "seq": message.seq,
+        "at": _iso(message.at),
+        "t": message.at,
+        "side": message.side.value,
+        "sent": message.sent,
+        "transport": message.transport,
+        "local": _endpoint(message.local),
+        "remote": _endpoint(message.remote),
+        "leg": message.leg_call_id,
+        "label": message.label,
+        "cseq": message.cseq,
+        "text": message.data.decode("utf-8", "replace"),
+        "sdp": record.sdp(message),
+        "sdp_other": _counterpart_sdp(record, message, messages),
+    }
+
+
+def _counterpart_sdp(record: CallRecord, message: LoggedMessage,
+                     messages: list[LoggedMessage]) -> str | None:
+    """The SDP on the other leg this one was rewritten from (sent) or into (received)."""
+    if record.sdp(message) is None:
+        return None
+    if message.sent:
+        earlier = [m for m in messages if m.seq < message.seq and not m.sent
+                   and m.side is not message.side and record.sdp(m) is not None]
+        return record.sdp(earlier[-1]) if earlier else None
+    later = [m for m in messages if m.seq > message.seq and m.sent
+             and m.side is not message.side and record.sdp(m) is not None]
+    return record.sdp(later[0]) if later else None
+
+
+def _endpoint(endpoint: tuple[str, int]) -> str:
+    host = f"[{endpoint[0]}]" if ":" in endpoint[0] else endpoint[0]
+    return f"{host}:{endpoint[1]}"
+
+
+_RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([^\s]+)", re.MULTILINE)
+
+
+def _codecs_of(sdp: str) -> list[str]:
+    """``audio PCMU/8000``: each m= line's first payload type, by name."""
+    names = dict(_RTPMAP.findall(sdp))
+    result = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            fields = line[2:].split()
+            if len(fields) >= 4 and fields[1] != "0":
+                result.append(f"{fields[0]} {names.get(fields[3], fields[3])}")
+    return result
+
+
+def _codecs(record: CallRecord) -> dict[str, list[str]]:
+    """Per side, the codecs of the last SDP the peer sent."""
+    found: dict[str, list[str]] = {}
+    for message in reversed(record.messages):
+        side = message.side.value
+        if message.sent or side in found:
+            continue
+        sdp = record.sdp(message)
+        if sdp is not None:
+            found[side] = _codecs_of(sdp)
+    return found
+
+
+def _ice_of(record: CallRecord) -> str:
+    return next((n.text for n in record.notes if n.text.startswith("ICE")), "")
+
+
+_DIRECTION = re.compile(r"^a=(sendrecv|sendonly|recvonly|inactive)\s*$", re.MULTILINE)
+
+
+def _timeline(record: CallRecord) -> list[dict[str, str]]:
+    """Offer/answer, hold/resume (from the SDP directions), first packets, the ICE pair."""
+    events: list[tuple[float, str]] = [(n.at, n.text) for n in record.notes]
+    offers = 0
+    for message in record.messages:
+        sdp = record.sdp(message)
+        if sdp is None or message.sent:
+            continue
+        offers += 1
+        directions = set(_DIRECTION.findall(sdp)) or {"sendrecv"}
+        what = "offer" if message.is_request else "answer"
+        ways = ", ".join(sorted(directions))
+        text = f"{message.side.value} peer {what} in {message.label} ({ways})"
+        if message.is_request and offers > 1:
+            held = directions & {"sendonly", "inactive"}
+            text += ": hold" if held else ": resume"
+        events.append((message.at, text))
+    events.sort(key=lambda event: event[0])
+    return [{"at": _iso(at), "text": text} for at, text in events]

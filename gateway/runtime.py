@@ -14,6 +14,7 @@ active calls get BYE, wait until they are gone or ``grace`` passes); ``await gat
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 from certs.pki import LabPKI, init_pki
 from gateway.call import Call
+from gateway.call_log import CallLog, CallLogSettings
 from gateway.config import MICROSOFT_ZONE, GatewayConfig
 from gateway.controller import CallController
 from gateway.diagnostics import DiagnosticLog
@@ -99,6 +101,13 @@ class Gateway:
         self.options = options or RuntimeOptions()
         self.metrics = GatewayMetrics()
         self.diagnostics = DiagnosticLog(self.options.diagnostics_dir)
+        system = config.system
+        self.call_log = CallLog(CallLogSettings(system.management_recent_calls,
+                                                system.management_call_messages,
+                                                system.management_call_packets),
+                                resolve=self._call_of_leg)
+        self.call_log.is_active = lambda call_id: call_id in self.calls
+        self.call_log.outcome_of = self._outcome_of
         self.router = Router(config)
         self.trusted = TrustedHosts(config.b2bua.trusted_hosts)
         self.zones = zones_from_config(config)
@@ -158,7 +167,8 @@ class Gateway:
                     outbound_ports=config.system.outbound_ports,
                     source_host=source_host_of(source[side]))
                 stack = SipStack(timers=self.options.timers, transport_settings=transport,
-                                 tls_client=client, observer=self.observe)
+                                 tls_client=client,
+                                 observer=functools.partial(self.observe, side=side))
                 self.stacks[side] = stack
                 self.agents[side] = SideAgent(stack, side, self.controller, user="gateway",
                                               domain=config.system.domain)
@@ -189,7 +199,8 @@ class Gateway:
                                               config.system.management.port)
                 if self.options.management_port is not None:
                     settings = ManagementSettings(settings.host, self.options.management_port)
-                self.management = ManagementServer(self, self.metrics, settings)
+                self.management = ManagementServer(self, self.metrics, settings,
+                                                   calls=self.call_log)
                 await self.management.start()
                 logger.info("listening on http:%s:%d", settings.host, self.management.port)
         except BaseException:
@@ -310,15 +321,38 @@ class Gateway:
     # -- observation -------------------------------------------------------------------------
 
     def observe(self, sent: bool, message: Request | Response, local: TransportAddress,
-                remote: TransportAddress, data: bytes) -> None:
-        """One SIP message sent or received: metrics, and the diagnostic capture."""
+                remote: TransportAddress, data: bytes, *, side: LegSide | None = None) -> None:
+        """One SIP message sent or received on ``side``'s stack: metrics, the diagnostic
+        capture and the call log."""
         direction = Direction.SENT if sent else Direction.RECEIVED
         label = message.method if isinstance(message, Request) else message.status
         self.metrics.sip_message(direction, label)
+        ours, theirs = (local.host, local.port), (remote.host, remote.port)
+        now = time.time()
         if self.diagnostics.running:
-            ours, theirs = (local.host, local.port), (remote.host, remote.port)
             src, dst = (ours, theirs) if sent else (theirs, ours)
-            self.diagnostics.record(direction, local.transport, src, dst, data, time.time())
+            self.diagnostics.record(direction, local.transport, src, dst, data, now)
+        if side is not None:
+            self.call_log.sip(side, sent, message, local.transport.value, ours, theirs, data,
+                              now)
+
+    def _outcome_of(self, call_id: str) -> tuple[str, str] | None:
+        """An active call's state, or an ended one's result and reason (for the call log)."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            return call.state.value, ""
+        for ended in reversed(self.controller.ended):
+            if ended.call_id == call_id:
+                return ended.outcome.result.value, ended.outcome.reason
+        return None
+
+    def _call_of_leg(self, leg_call_id: str) -> tuple[str, Any] | None:
+        """The call one of whose legs has this Call-ID, and its media (for the call log)."""
+        for call in self.calls.values():
+            for leg in (call.outbound, call.inbound):
+                if leg is not None and leg.call_id == leg_call_id:
+                    return call.call_id, call.media
+        return None
 
     # -- StatusSource ------------------------------------------------------------------------
 

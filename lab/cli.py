@@ -133,8 +133,12 @@ async def _calls(lab: Lab, args: argparse.Namespace, matrix: Any, load: Any
 
 
 def _announce(lab: Lab) -> None:
-    url = lab.status_url or "(management server off)"
-    sys.stderr.write(f"lab: running; status page {url}; Ctrl-C to stop\n")
+    management = lab.gateway.management if lab.gateway is not None else None
+    if management is not None:
+        sys.stderr.write(f"lab: running; operator's page {management.url} "
+                         f"(JSON {management.url}status); Ctrl-C to stop\n")
+    else:
+        sys.stderr.write("lab: running (management server off); Ctrl-C to stop\n")
     for role in lab.status().roles:
         sys.stderr.write(f"lab:   {role.role:<14} {role.state.value:<8} "
                          f"{', '.join(role.addresses)}\n")

@@ -13,6 +13,9 @@ command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || nee
 # libnice through GObject introspection (system python3): the [MS-ICE2] peer of the ICE leg.
 /usr/bin/python3 -c 'import gi; gi.require_version("Nice", "0.1")' >/dev/null 2>&1 \
   || need+=(gir1.2-nice-0.1 python3-gi)
+# chromium + its driver: the operator's page is tested in a headless browser (selenium).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"

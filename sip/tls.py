@@ -7,7 +7,9 @@ CN + SAN DNS entries) are exposed on every connection.
 
 from __future__ import annotations
 
+import os
 import ssl
+import sys
 from collections.abc import Mapping
 from os import PathLike
 from typing import Any
@@ -20,6 +22,15 @@ __all__ = [
 ]
 
 StrPath = str | PathLike[str]
+
+
+def _keylog(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Honour ``SSLKEYLOGFILE`` (NSS key log, for Wireshark) as ``ssl.create_default_context``
+    does; a bare ``ssl.SSLContext()`` ignores it."""
+    path = os.environ.get("SSLKEYLOGFILE")
+    if path and not sys.flags.ignore_environment:
+        context.keylog_filename = path
+    return context
 
 
 def server_context(
@@ -38,7 +49,7 @@ def server_context(
     """
     if require_client_cert and ca_file is None:
         raise ValueError("mutual TLS needs a ca_file to verify client certificates")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _keylog(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=cert, keyfile=key)
     if ca_file is not None:
@@ -61,7 +72,7 @@ def client_context(
     """
     if (cert is None) != (key is None):
         raise ValueError("a client certificate needs both cert and key")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = _keylog(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cafile=ca_file)
     context.check_hostname = check_hostname
