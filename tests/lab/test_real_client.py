@@ -14,17 +14,20 @@ Skips with the reason where pidgin-sipe is not installed or namespaces cannot be
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from certs.pki import LabPKI
+from gateway.status import CallView, LegSide
+from lab.cisco.imp import Imp
 from lab.netns import NetnsError, VethHost
 from lab.netns import unavailable as netns_unavailable
 from lab.topology import Lab
-from tests.peers.pidgin import Pidgin, SipeAccount
+from tests.peers.pidgin import Pidgin, SipeAccount, SipLogEntry
 from tests.peers.pidgin import unavailable as pidgin_unavailable
 
 pytestmark = [pytest.mark.peer, pytest.mark.asyncio]
@@ -33,8 +36,14 @@ USER = "alice.parkes@example.com"
 """The lab user sipe signs in as (the lab's own client of that name is stopped first)."""
 LAB_PASSWORD = "alice-lab-password"
 """Used only when the lab FE has no password for the user in its configuration."""
+IMP = "imp@video.example.com"
+ENDPOINT = "3001@video.example.com"
 SIGN_IN_TIMEOUT = 20.0
-CALL_TIMEOUT = 30.0
+CALL_TIMEOUT = 20.0
+MIN_PACKETS = 25
+"""RTP packets each way (half a second of 20 ms audio) that count as media flowing."""
+POLL = 0.05
+"""How often a lab-side condition with no event of its own is re-checked."""
 SELF_SUBSCRIPTIONS = ("vnd-microsoft-roaming-contacts", "vnd-microsoft-roaming-self",
                       "vnd-microsoft-roaming-ACL", "vnd-microsoft-provisioning-v2",
                       "presence.wpending")
@@ -106,28 +115,232 @@ async def sipe(lab: Lab, lab_pki: LabPKI, veth: VethHost, tmp_path: Path,
         yield pidgin
 
 
-def _answered(messages: list[str], event: str) -> bool:
-    """Whether sipe received a 2xx to its SUBSCRIBE for ``event``."""
-    call_ids = {m.group(1) for msg in messages if msg.startswith("SUBSCRIBE ")
-                and re.search(rf"(?im)^Event:\s*{re.escape(event)}\s*$", msg)
-                for m in [re.search(r"(?im)^Call-ID:\s*(\S+)", msg)] if m}
-    return any(msg.startswith("SIP/2.0 2") and re.search(r"(?im)^CSeq:\s*\d+\s+SUBSCRIBE", msg)
-               and (m := re.search(r"(?im)^Call-ID:\s*(\S+)", msg)) and m.group(1) in call_ids
-               for msg in messages)
+def _answered(messages: list[SipLogEntry], event: str) -> bool:
+    """Whether sipe received a 2xx to a SUBSCRIBE it sent for ``event``."""
+    call_ids = {m.header("Call-ID") for m in messages if m.sent
+                and m.start_line.startswith("SUBSCRIBE ") and m.header("Event") == event}
+    return any(not m.sent and m.start_line.startswith("SIP/2.0 2")
+               and (m.header("CSeq") or "").endswith(" SUBSCRIBE")
+               and m.header("Call-ID") in call_ids for m in messages)
+
+
+async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Re-check a lab-side condition that has no event (the gateway's call table, a
+    counter) until it holds; AssertionError naming ``what`` after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(POLL)
+
+
+def gateway_view(lab: Lab, call_id: str) -> CallView | None:
+    """The gateway's status of the call whose inbound leg has ``call_id``."""
+    status = lab.status().gateway
+    assert status is not None
+    return next((c for c in status.calls if c.call_id == call_id), None)
+
+
+def microsoft_packets(view: CallView) -> tuple[int, int]:
+    """(in, out) RTP packets on the gateway's Microsoft leg of a call, over its streams."""
+    media = [m for leg in view.legs if leg.side is LegSide.MICROSOFT for m in leg.media]
+    return sum(m.packets_in for m in media), sum(m.packets_out for m in media)
+
+
+def ports_in_use(lab: Lab) -> int:
+    status = lab.status().gateway
+    assert status is not None
+    return status.port_pool.in_use
+
+
+async def sent(sipe: Pidgin, pattern: str, since: int, timeout: float = CALL_TIMEOUT
+               ) -> SipLogEntry:
+    """The first SIP message sipe sent after ``since`` whose start line matches."""
+    regex = re.compile(pattern)
+    found: list[SipLogEntry] = []
+
+    def check() -> bool:
+        found[:] = [m for m in sipe.sip_messages(since) if m.sent and regex.search(m.start_line)]
+        return bool(found)
+
+    await until(check, timeout, f"sipe sending /{pattern}/ (log: {sipe.log_path})")
+    return found[0]
+
+
+async def received(sipe: Pidgin, pattern: str, since: int, timeout: float = CALL_TIMEOUT
+                   ) -> SipLogEntry:
+    """The first SIP message sipe received after ``since`` whose start line matches."""
+    regex = re.compile(pattern)
+    found: list[SipLogEntry] = []
+
+    def check() -> bool:
+        found[:] = [m for m in sipe.sip_messages(since)
+                    if not m.sent and regex.search(m.start_line)]
+        return bool(found)
+
+    await until(check, timeout, f"sipe receiving /{pattern}/ (log: {sipe.log_path})")
+    return found[0]
 
 
 async def test_sipe_signs_in(lab: Lab, sipe: Pidgin) -> None:
     """sipe connects over TLS (no client certificate), signs in with NTLM, and the FE
     answers every self-subscription it makes."""
     await sipe.wait_signed_on(SIGN_IN_TIMEOUT)
-    for event in SELF_SUBSCRIPTIONS:
-        await sipe.until(rf"(?i)^Event:\s*{re.escape(event)}\s*$", SIGN_IN_TIMEOUT)
-    # Every SUBSCRIBE sipe sent got its 2xx (and its NOTIFY) from the FE itself.
-    deadline = asyncio.get_running_loop().time() + SIGN_IN_TIMEOUT
-    while True:
-        messages = sipe.sip_messages()
+    register = [m for m in sipe.sip_messages() if not m.sent
+                and (m.header("CSeq") or "").endswith(" REGISTER")]
+    assert register and register[-1].start_line.startswith("SIP/2.0 200"), register
+    assert int(register[-1].header("Expires") or 0) > 0, register[-1].text
+    assert any(m.sent and (m.header("Authorization") or "").startswith("NTLM")
+               for m in sipe.sip_messages()), "sipe never sent NTLM credentials"
+    messages: list[SipLogEntry] = []
+
+    def all_answered() -> bool:
+        messages[:] = sipe.sip_messages()
+        return all(_answered(messages, event) for event in SELF_SUBSCRIPTIONS)
+
+    try:
+        await until(all_answered, SIGN_IN_TIMEOUT, "answers to sipe's self-subscriptions")
+    except AssertionError:
         missing = [e for e in SELF_SUBSCRIPTIONS if not _answered(messages, e)]
-        if not missing or asyncio.get_running_loop().time() > deadline:
-            break
-        await sipe.until(r"MESSAGE END", 5.0)
-    assert not missing, f"self-subscriptions not answered: {missing} (log: {sipe.log_path})"
+        raise AssertionError(f"self-subscriptions not answered by the FE: {missing} "
+                             f"(log: {sipe.log_path})") from None
+    # Answered by the FE itself: nothing came back to sipe as a request of its own.
+    assert not [m for m in messages if not m.sent and m.start_line.startswith("SUBSCRIBE ")]
+    assert await sipe.is_connected()
+
+
+async def test_im_from_sipe_reaches_imp(lab: Lab, sipe: Pidgin) -> None:
+    """An IM typed in sipe (an IM session: INVITE m=message, then MESSAGE) reaches IM&P
+    through the gateway's broker, with its text."""
+    assert lab.imp is not None
+    await sipe.wait_signed_on(SIGN_IN_TIMEOUT)
+    text = "hello from pidgin-sipe"
+    mark = sipe.mark()
+    await sipe.send_im(f"sip:{IMP}", text)
+    await until(lambda: any(text in t for t in texts_at(lab.imp)), CALL_TIMEOUT,
+                f"IM&P receiving {text!r} (log: {sipe.log_path})")
+    invite = await sent(sipe, rf"^INVITE sip:{re.escape(IMP)}", mark)
+    answer = await received(sipe, r"^SIP/2.0 [2-6]\d\d", mark)
+    assert answer.header("Call-ID") == invite.header("Call-ID")
+    assert answer.start_line.startswith("SIP/2.0 200"), answer.text
+
+
+def texts_at(imp: Imp) -> list[str]:
+    """The message texts IM&P received: MESSAGE bodies and an IM session INVITE's first
+    message (ms-text-format ... ms-body=<base64>)."""
+    texts = []
+    for request in imp.received:
+        if request.method == "MESSAGE":
+            texts.append(request.body.decode("utf-8", "replace"))
+        elif request.method == "INVITE":
+            header = request.headers.get("ms-text-format") or ""
+            match = re.search(r"ms-body=([A-Za-z0-9+/=]+)", header)
+            if match:
+                texts.append(base64.b64decode(match.group(1)).decode("utf-8", "replace"))
+    return texts
+
+
+def srtp_offer(entry: SipLogEntry) -> None:
+    """The SDP in ``entry`` offers audio over SRTP (RTP/SAVP with a=crypto)."""
+    assert re.search(r"(?m)^m=audio \d+ RTP/SAVP ", entry.text), entry.text
+    assert re.search(r"(?m)^a=crypto:", entry.text), entry.text
+
+
+async def connected_call(lab: Lab, sipe: Pidgin, call_id: str) -> CallView:
+    """Wait until the gateway's call ``call_id`` carries SRTP both ways on the Microsoft
+    leg, after ICE completed with sipe (libnice's pair selected, the gateway's ICE leg
+    connected); its status then."""
+    views: list[CallView] = []
+
+    def flowing() -> bool:
+        view = gateway_view(lab, call_id)
+        if view is None:
+            return False
+        views[:] = [view]
+        inbound, outbound = microsoft_packets(view)
+        return inbound >= MIN_PACKETS and outbound >= MIN_PACKETS
+
+    await until(flowing, CALL_TIMEOUT, f"SRTP both ways with sipe (log: {sipe.log_path})")
+    assert lab.gateway is not None
+    call = lab.gateway.calls[call_id]
+    assert call.media is not None
+    assert all(s.ice.connected for s in call.media.streams if s is not None)
+    return views[0]
+
+
+@pytest.mark.parametrize("hangs_up", ["sipe", "3001"])
+async def test_audio_call_from_sipe_to_3001(lab: Lab, sipe: Pidgin, hangs_up: str) -> None:
+    """sipe calls 3001: answered, ICE with sipe completes, SRTP flows both ways (the
+    gateway's Microsoft-leg counters, the endpoint's), and either side hangs up cleanly:
+    the call leaves the gateway's status and its ports go back to the pool."""
+    await sipe.wait_signed_on(SIGN_IN_TIMEOUT)
+    idle_ports = ports_in_use(lab)
+    mark = sipe.mark()
+    await sipe.call(f"sip:{ENDPOINT}")
+    invite = await sent(sipe, rf"^INVITE sip:{re.escape(ENDPOINT)}", mark)
+    srtp_offer(invite)
+    call_id = invite.header("Call-ID")
+    assert call_id is not None
+    ok = await received(sipe, r"^SIP/2.0 (200|4\d\d|5\d\d|6\d\d)", mark)
+    assert ok.start_line.startswith("SIP/2.0 200") and ok.header("Call-ID") == call_id, ok.text
+    srtp_offer(ok)
+    await connected_call(lab, sipe, call_id)
+    endpoint_call = lab.callee_of(call_id, "3001")
+    assert endpoint_call is not None
+    report = await endpoint_call.wait_media(both_ways=True, min_packets=MIN_PACKETS,
+                                            timeout=CALL_TIMEOUT)
+    assert report.packets_sent >= MIN_PACKETS and report.packets_received >= MIN_PACKETS
+    await sipe.until(r"autoanswer: media state connected", CALL_TIMEOUT, since=mark)
+
+    bye_mark = sipe.mark()
+    if hangs_up == "sipe":
+        await sipe.hangup(f"sip:{ENDPOINT}")
+        bye = await sent(sipe, r"^BYE ", bye_mark)
+        assert bye.header("Call-ID") == call_id
+        done = await received(sipe, r"^SIP/2.0 \d+", bye_mark)
+        assert done.start_line.startswith("SIP/2.0 200"), done.text
+        assert (done.header("CSeq") or "").endswith(" BYE"), done.text
+    else:
+        await endpoint_call.hangup()
+        bye = await received(sipe, r"^BYE ", bye_mark)
+        assert bye.header("Call-ID") == call_id
+        ok_bye = await sent(sipe, r"^SIP/2.0 200", bye_mark)
+        assert (ok_bye.header("CSeq") or "").endswith(" BYE")
+    await sipe.until(r"autoanswer: media state end", CALL_TIMEOUT, since=bye_mark)
+    await until(lambda: gateway_view(lab, call_id) is None, CALL_TIMEOUT, "the call to end")
+    await until(lambda: ports_in_use(lab) == idle_ports, CALL_TIMEOUT,
+                "the call's ports back in the pool")
+    await until(lambda: endpoint_call.state == "ended", CALL_TIMEOUT, "3001 to hang up")
+
+
+async def test_audio_call_from_3001_to_sipe(lab: Lab, sipe: Pidgin) -> None:
+    """3001 calls the sipe user: sipe rings, the plugin accepts as a user would, ICE
+    completes and SRTP flows both ways; 3001 hangs up."""
+    await sipe.wait_signed_on(SIGN_IN_TIMEOUT)
+    idle_ports = ports_in_use(lab)
+    mark = sipe.mark()
+    call = await lab.endpoint("3001").call(USER, video=False)
+    invite = await received(sipe, r"^INVITE sip:", mark)
+    srtp_offer(invite)
+    ringing = await sent(sipe, r"^SIP/2.0 180", mark)
+    assert ringing.header("Call-ID") == invite.header("Call-ID")
+    await sipe.until(r"autoanswer: accepting the call", CALL_TIMEOUT, since=mark)
+    ok = await sent(sipe, r"^SIP/2.0 200", mark)
+    assert ok.header("Call-ID") == invite.header("Call-ID")
+    srtp_offer(ok)
+    await call.wait_connected(timeout=CALL_TIMEOUT)
+    report = await call.wait_media(both_ways=True, min_packets=MIN_PACKETS,
+                                   timeout=CALL_TIMEOUT)
+    assert report.packets_sent >= MIN_PACKETS and report.packets_received >= MIN_PACKETS
+    assert lab.gateway is not None
+    gateway_call_id = next(iter(lab.gateway.calls))
+    await connected_call(lab, sipe, gateway_call_id)
+    bye_mark = sipe.mark()
+    await call.hangup()
+    await received(sipe, r"^BYE ", bye_mark)
+    await sipe.until(r"autoanswer: media state end", CALL_TIMEOUT, since=bye_mark)
+    await until(lambda: not lab.gateway or not lab.gateway.calls, CALL_TIMEOUT,
+                "the call to end")
+    await until(lambda: ports_in_use(lab) == idle_ports, CALL_TIMEOUT,
+                "the call's ports back in the pool")
