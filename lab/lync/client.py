@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
@@ -23,16 +25,30 @@ from lab.hosts import resolve
 from lab.lync import offer as sdp_offer
 from lab.lync.client_media import IceServers, MediaStream, networks
 from lab.lync.config import ClientConfig
+from lab.lync.sipae import (
+    REALM,
+    AuthError,
+    ClientHandshake,
+    SecurityAssociation,
+    auth_params,
+    signature_text,
+)
 from media.ms_dialect import Crypto, pick_sdp_body, read_stream
 from media.sdp import SessionDescription, parse_sdp
 from sip.dialog import Dialog, DialogState
 from sip.errors import ProtocolError
 from sip.headers import Address
-from sip.message import Request, Response, new_tag
+from sip.message import Request, Response, new_call_id, new_tag
 from sip.stack import ClientRequest, Hop, SipStack, SipTimeoutError
 from sip.timers import TimerSettings
 from sip.transaction_server import ServerState, ServerTransaction
-from sip.transport import ConnectionInfo, Transport, TransportAddress, TransportSettings
+from sip.transport import (
+    ConnectionInfo,
+    Transport,
+    TransportAddress,
+    TransportError,
+    TransportSettings,
+)
 from sip.uri import URI, Params
 from sip.useragent import ALLOW, UserAgent, UserAgentError, response_for
 
@@ -42,6 +58,10 @@ logger = logging.getLogger(__name__)
 
 SDP = "application/sdp"
 USER_AGENT = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync) (lab)"
+PROVISIONING_REQUEST = (
+    '<provisioningGroupList xmlns="http://schemas.microsoft.com/2006/09/sip/'
+    'provisioninggrouplist"><provisioningGroup name="ServerConfiguration"/>'
+    '<provisioningGroup name="ucPolicy"/></provisioningGroupList>')
 ICE_FAILED = 'Reason: SIP;cause=488;text="ICE processing failed: no media connectivity"'
 
 
@@ -76,6 +96,8 @@ class LyncCall:
         """How the call ended."""
         self.invite: ClientRequest | None = None
         self.invite_tx: ServerTransaction | None = None
+        self.on_hold = False
+        """We put the call on hold: our answers never receive until we resume."""
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -117,9 +139,11 @@ class LyncCall:
             raise TimeoutError(f"no media within {timeout} s: {self.media()}") from None
 
     async def hold(self) -> None:
+        self.on_hold = True
         await self._reinvite("sendonly")
 
     async def resume(self) -> None:
+        self.on_hold = False
         await self._reinvite("sendrecv")
 
     async def add_video(self) -> None:
@@ -302,6 +326,22 @@ class LyncClient:
         self.incoming_calls: asyncio.Queue[LyncCall] = asyncio.Queue()
         """Calls we were offered, in arrival order."""
         self.registered = False
+        self.granted = config.expires
+        """Registration lifetime the FE granted."""
+        self.security: SecurityAssociation | None = None
+        """Our MS-SIPAE association with the FE (None until signed in)."""
+        self.instance = str(uuid.uuid4())
+        """+sip.instance of our Contact."""
+        self.server_configuration: dict[str, str] = {}
+        """provisioning-v2 ServerConfiguration (ucPC2PCAVEncryption, mrasUri...)."""
+        self.server_signatures = 0
+        """FE signatures verified."""
+        self.reregistrations = 0
+        """Sign-ins after a lost connection."""
+        self._register_call_id = new_call_id(config.host)
+        self._register_cseq = 0
+        self._cnum = 0
+        self._handshaking = False
         self._refresh: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         servers = config
@@ -335,6 +375,7 @@ class LyncClient:
             await client.connect()
             if register:
                 await client.register()
+                await client.provisioning()
         except BaseException:
             await stack.close()
             raise
@@ -350,30 +391,171 @@ class LyncClient:
         return info
 
     async def register(self, expires: int | None = None) -> Response:
-        """REGISTER our Contact; raises CallRefused on a non-2xx."""
+        """Sign in (MS-SIPAE NTLM, as sipe) and REGISTER our Contact; raises CallRefused on
+        a refusal or a server signature that does not verify."""
         expires = self.config.expires if expires is None else expires
         agent = self.agent
-        uri = URI("sip", host=self.config.domain)
-        request = agent.new_request(
-            "REGISTER", uri, self.registrar, to=Address(agent.aor),
-            headers=(("Contact", f"{agent.contact(Transport.TLS)};expires={expires}"),
-                     ("User-Agent", USER_AGENT), ("Supported", "gruu-10, msrtc-event-categories")))
-        response = await agent.stack.send_request(request, self.registrar)
-        if not 200 <= response.status < 300:
-            raise CallRefused(f"REGISTER answered {response.status} {response.reason}",
-                              response.status)
-        self.registered = expires > 0
-        if self.registered and self._refresh is None:
-            self._refresh = asyncio.ensure_future(self._refresh_loop(expires))
-        return response
+        authorization: str | None = None
+        for _ in range(4):
+            self._register_cseq += 1
+            request = agent.new_request(
+                "REGISTER", URI("sip", host=self.config.domain), self.registrar,
+                to=Address(agent.aor), call_id=self._register_call_id,
+                headers=(("Contact", f"{agent.contact(Transport.TLS)};expires={expires}"
+                          f';+sip.instance="<urn:uuid:{self.instance}>"'),
+                         ("User-Agent", USER_AGENT), ("Supported", "gruu-10"),
+                         ("Supported", "adhoclist"), ("Supported", "msrtc-event-categories"),
+                         ("Supported", "com.microsoft.msrtc.presence"),
+                         ("Event", "registration"), ("Allow-Events", "presence"),
+                         ("ms-keep-alive", "UAC;hop-hop=yes")))
+            request.headers.set("CSeq", f"{self._register_cseq} REGISTER")
+            if authorization is not None and self._handshaking:
+                self._sign(request, extra=authorization)  # the AUTHENTICATE, signed
+            elif authorization is not None:
+                request.headers.add("Authorization", authorization)
+            elif self.security is not None:
+                self._sign(request)
+            response = await agent.stack.send_request(request, self.registrar)
+            if response.status == 401:
+                authorization = self._answer_challenge(response)
+                continue
+            if not 200 <= response.status < 300:
+                raise CallRefused(f"REGISTER answered {response.status} {response.reason}",
+                                  response.status)
+            self._verify(response)
+            granted = response.headers.get("Expires")
+            self.granted = int(granted) if granted and granted.isdigit() else expires
+            self.registered = expires > 0
+            if self.registered and self._refresh is None:
+                self._refresh = asyncio.ensure_future(self._maintain())
+            return response
+        raise CallRefused("REGISTER: authentication did not complete", 401)
 
-    async def _refresh_loop(self, expires: int) -> None:
+    def _answer_challenge(self, response: Response) -> str:
+        """The Authorization for the next REGISTER after a 401 (sipe's sequence: empty
+        gssapi-data, then the AUTHENTICATE signed with the new context)."""
+        header = next((h for h in response.headers.get_all("WWW-Authenticate")
+                       if h.strip().upper().startswith("NTLM")), None)
+        if header is None:
+            raise CallRefused("REGISTER: no NTLM in the 401", 401)
+        _, params = auth_params(header)
+        realm, target = params.get("realm", REALM), params.get("targetname", "")
+        version = int(params.get("version", "4") or 4)
+        token = params.get("gssapi-data")
+        if not token:
+            self.security = None
+            if self._handshaking:
+                # Our AUTHENTICATE was refused: wrong password or unknown account.
+                self._handshaking = False
+                raise CallRefused(f"REGISTER: sign-in refused ({response.reason})", 401)
+            return (f'NTLM qop="auth", realm="{realm}", targetname="{target}",'
+                    f' gssapi-data="", version={version}')
+        login = self.config.login or self.config.user
+        domain, _, user = login.rpartition("\\")
+        handshake = ClientHandshake(user, self.config.password, domain)
+        try:
+            authenticate, context = handshake.authenticate(
+                token, opaque=params.get("opaque", ""), target=target, version=version)
+        except AuthError as error:
+            raise CallRefused(f"REGISTER: {error}", 401) from None
+        self.security = context
+        self._handshaking = True
+        # The rest of the header comes with the signature (_sign).
+        return f', gssapi-data="{authenticate}", version={version}'
+
+    def _sign(self, request: Request, *, extra: str = "") -> None:
+        """Authorization carrying our signature of ``request``."""
+        context = self.security
+        assert context is not None
+        self._cnum += 1
+        rand = secrets.token_hex(4)
+        text = signature_text(request, protocol="NTLM", rand=rand, num=str(self._cnum),
+                              realm=context.realm, target=context.target,
+                              version=context.version)
+        request.headers.set("Authorization", (
+            f'NTLM qop="auth", opaque="{context.opaque}", realm="{context.realm}",'
+            f' targetname="{context.target}"{extra}, crand="{rand}", cnum="{self._cnum}",'
+            f' response="{context.sign(text)}"'))
+
+    def _verify(self, message: Response | Request) -> None:
+        """Check the FE's signature (Authentication-Info), as sipe does."""
+        context = self.security
+        if context is None:
+            return
+        self._handshaking = False
+        info = message.headers.get("Authentication-Info")
+        if info is None:
+            raise CallRefused("the FE's answer is not signed", 0)
+        _, params = auth_params(info)
+        text = signature_text(message, protocol="NTLM", rand=params.get("srand", ""),
+                              num=params.get("snum", ""), realm=params.get("realm", REALM),
+                              target=params.get("targetname", ""), version=context.version)
+        if not context.verify(text, params.get("rspauth", "")):
+            raise CallRefused("the FE's signature does not verify", 0)
+        self.server_signatures += 1
+
+    async def provisioning(self) -> dict[str, str]:
+        """Subscribe to provisioning-v2 (one-off) and read ServerConfiguration."""
+        agent = self.agent
+        request = agent.new_request(
+            "SUBSCRIBE", URI.parse(f"sip:{self.aor}"), self.registrar, to=Address(agent.aor),
+            body=PROVISIONING_REQUEST.encode(),
+            content_type="application/vnd-microsoft-roaming-provisioning-v2+xml",
+            headers=(("Event", "vnd-microsoft-provisioning-v2"),
+                     ("Accept", "application/vnd-microsoft-roaming-provisioning-v2+xml"),
+                     ("Supported", "com.microsoft.autoextend"), ("Supported", "ms-benotify"),
+                     ("Proxy-Require", "ms-benotify"),
+                     ("Supported", "ms-piggyback-first-notify"), ("Expires", "0")))
+        if self.security is not None:
+            self._sign(request)
+        response = await agent.stack.send_request(request, self.registrar)
+        if response.status != 200:
+            raise CallRefused(f"provisioning answered {response.status} {response.reason}",
+                              response.status)
+        self._verify(response)
+        settings = read_provisioning(response.body)
+        self.server_configuration = settings
+        return settings
+
+    async def _maintain(self) -> None:
+        """Refresh the registration; after a failure or a lost connection, connect and
+        sign in again with backoff (retry_min doubling to retry_max)."""
+        loop = asyncio.get_running_loop()
+        delay = self.config.retry_min
+        refresh_at = loop.time() + max(1.0, self.granted / 2)
+        failed = False
         while True:
-            await asyncio.sleep(max(1.0, expires / 2))  # the refresh interval, not a wait
+            # The connection watch tick: real clients notice a closed TLS connection at
+            # once; 0.5 s is close enough for the lab.
+            await asyncio.sleep(0.5)
+            connection_id = self.registrar.connection_id
+            lost = (connection_id is None
+                    or self.agent.stack.transports.connection(connection_id) is None)
+            if not (lost or failed) and loop.time() < refresh_at:
+                continue
             try:
+                if lost:
+                    self.registered = False
+                    self.security = None
+                    logger.info("%s: connection to the registrar lost, signing in again",
+                                self.aor)
+                    await self.connect()
                 await self.register()
-            except (CallRefused, SipTimeoutError, UserAgentError) as error:
-                logger.warning("%s: registration refresh failed: %s", self.aor, error)
+                if lost:
+                    await self.provisioning()
+            except (CallRefused, SipTimeoutError, UserAgentError, OSError,
+                    TransportError) as error:
+                logger.warning("%s: sign-in failed (%s); next try in %.1f s", self.aor,
+                               error, delay)
+                failed = True
+                self.registered = False
+                await asyncio.sleep(delay)  # backoff between attempts
+                delay = min(delay * 2, self.config.retry_max)
+                continue
+            failed = False
+            self.reregistrations += 1 if lost else 0
+            delay = self.config.retry_min
+            refresh_at = loop.time() + max(1.0, self.granted / 2)
 
     async def close(self) -> None:
         """Hang up every call, unregister, close the connection."""
@@ -652,6 +834,9 @@ class LyncClient:
                                         if not name.startswith("telephone-event")), None)
             stream.remote_direction = media.direction
             stream.direction = _ANSWER_DIRECTION[media.direction]
+            if call.on_hold:
+                # Still holding: a sendonly offer makes the stream inactive, not recvonly.
+                stream.direction = _HELD_DIRECTION[stream.direction]
             stream.cryptos = (ours,)
             out.append(sdp_offer.StreamDescription(
                 kind=stream.kind, ufrag=stream.ice.local_username,
@@ -700,6 +885,25 @@ class LyncClient:
 
 _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly",
                      "inactive": "inactive"}
+
+
+_HELD_DIRECTION = {"sendrecv": "sendonly", "recvonly": "inactive", "sendonly": "sendonly",
+                   "inactive": "inactive"}
+
+
+def read_provisioning(body: bytes) -> dict[str, str]:
+    """ServerConfiguration's children (``ucPC2PCAVEncryption``, ``mrasUri``...) by name."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as error:
+        raise CallRefused(f"provisioning body is not XML: {error}") from None
+    out: dict[str, str] = {}
+    for group in root:
+        if group.tag.rpartition("}")[2] == "provisionGroup" and (
+                group.get("name") == "ServerConfiguration"):
+            for item in group:
+                out[item.tag.rpartition("}")[2]] = (item.text or "").strip()
+    return out
 
 
 def _placeholder(kind: str) -> tuple[tuple[int, str, str | None], ...]:

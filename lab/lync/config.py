@@ -17,13 +17,19 @@ from sip.port_range import PortRange
 from sip.transport import Transport, TransportAddress
 
 __all__ = [
+    "LAB_PASSWORD",
     "AvEdgeConfig",
     "ClientConfig",
     "EdgeConfig",
     "FrontEndConfig",
     "StaticRoute",
     "TurnUser",
+    "UserAccount",
 ]
+
+LAB_PASSWORD = "Lab-Passw0rd"
+"""The lab users' sign-in password (FE accounts and client configs default to it)."""
+AV_ENCRYPTION_POLICIES = ("RequireEncryption", "SupportEncryption", "DoNotSupportEncryption")
 
 
 def _address(transport: Transport | None, port: int | None) -> dict[str, Any]:
@@ -55,6 +61,33 @@ class StaticRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class UserAccount:
+    """``[[accounts]]``: a user who may sign in (NTLM against this password)."""
+
+    aor: str
+    """``user@domain``; the NTLM account name is the user part (or the whole AOR)."""
+    password: str
+
+    def __post_init__(self) -> None:
+        user, at, domain = self.aor.removeprefix("sip:").partition("@")
+        if not at or not user or not domain:
+            raise ValueError(f"account aor {self.aor!r} is not user@domain")
+        if not self.password:
+            raise ValueError(f"account {self.aor} has an empty password")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnUser:
+    """One A/V Edge TURN account."""
+
+    username: str
+    password: str
+
+
+LAB_TURN_USERS = (TurnUser("alice.parkes", "lab-turn"), TurnUser("david.jones", "lab-turn"))
+
+
+@dataclass(frozen=True, slots=True)
 class FrontEndConfig:
     """The Lync Front End: registrar for ``domain`` and stateful proxy."""
 
@@ -62,7 +95,7 @@ class FrontEndConfig:
         default=TransportAddress(Transport.TLS, "127.0.1.1", 5061),
         metadata=_address(Transport.TLS, 5061),
     )
-    """SIP listener (mutual TLS 5061)."""
+    """SIP listener (TLS 5061; clients need no certificate, server peers present one)."""
     domain: str = "example.com"
     """The SIP domain we are registrar for."""
     certs: str = "certs"
@@ -80,8 +113,27 @@ class FrontEndConfig:
     """Routes for domains that are not ours."""
     registration_expires: int = 3600
     """Binding lifetime granted when the client asks for none (or more)."""
-    require_client_cert: bool = True
-    """Refuse TLS clients without a certificate (mutual TLS)."""
+    require_client_cert: bool = False
+    """Refuse TLS peers without a certificate (a real FE does not: clients sign in with
+    NTLM inside SIP; trusted servers are still known by their certificate)."""
+    target_name: str = "fe.example.com"
+    """Our FQDN as NTLM ``targetname`` (and in signatures)."""
+    accounts: tuple[UserAccount, ...] = (
+        UserAccount("alice.parkes@example.com", LAB_PASSWORD),
+        UserAccount("david.jones@example.com", LAB_PASSWORD),
+    )
+    """Users who may sign in."""
+    av_encryption: str = "RequireEncryption"
+    """``ucPC2PCAVEncryption`` in provisioning: RequireEncryption, SupportEncryption or
+    DoNotSupportEncryption (the gateway requires SRTP, so the lab requires it)."""
+    keep_alive: int = 300
+    """``ms-keep-alive`` timeout clients are told (seconds)."""
+    turn_host: str = "127.0.1.2"
+    """The A/V Edge relay MRAS names."""
+    turn_udp_port: int = 3478
+    turn_tcp_port: int = 3478
+    turn_users: tuple[TurnUser, ...] = LAB_TURN_USERS
+    """A/V Edge accounts MRAS hands out (the user's own, else the first)."""
     t1: float = 0.5
     """RFC 3261 T1, seconds."""
 
@@ -90,14 +142,21 @@ class FrontEndConfig:
             raise ValueError("the Front End listens on TLS only")
         if self.registration_expires <= 0:
             raise ValueError("registration_expires must be positive")
+        if self.av_encryption not in AV_ENCRYPTION_POLICIES:
+            raise ConfigError("av_encryption", f"{self.av_encryption!r} is not one of "
+                              + ", ".join(AV_ENCRYPTION_POLICIES))
+        if self.keep_alive <= 0:
+            raise ValueError("keep_alive must be positive")
 
-
-@dataclass(frozen=True, slots=True)
-class TurnUser:
-    """One A/V Edge TURN account."""
-
-    username: str
-    password: str
+    @property
+    def passwords(self) -> dict[str, str]:
+        """NTLM account name (user part, and the whole AOR), lower case -> password."""
+        out: dict[str, str] = {}
+        for account in self.accounts:
+            aor = account.aor.removeprefix("sip:").lower()
+            out[aor] = account.password
+            out.setdefault(aor.partition("@")[0], account.password)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +173,7 @@ class AvEdgeConfig:
     """Relay port range."""
     realm: str = "example.com"
     """Long-term credential realm."""
-    users: tuple[TurnUser, ...] = (
-        TurnUser("alice.parkes", "lab-turn"),
-        TurnUser("david.jones", "lab-turn"),
-    )
+    users: tuple[TurnUser, ...] = LAB_TURN_USERS
     """Accounts (the lab hands them to clients in their config instead of MRAS)."""
     allow_peers: tuple[str, ...] = ("127.0.0.0/8",)
     """Peers relays may reach (the lab is all loopback)."""
@@ -176,10 +232,17 @@ class ClientConfig:
     """Certificate name of the registrar."""
     certs: str = "certs"
     """Lab PKI directory (made when missing)."""
-    cert_name: str = "alice"
-    """Lab client certificate to present ("" for none)."""
+    cert_name: str = ""
+    """Lab client certificate to present ("" for none: clients sign in with NTLM)."""
+    password: str = LAB_PASSWORD
+    """Sign-in password (NTLM, [MS-SIPAE])."""
+    login: str = ""
+    """NTLM account (``DOMAIN\\user`` or ``user``; default: the AOR's user part)."""
     expires: int = 3600
     """Registration lifetime asked for."""
+    retry_min: float = 1.0
+    """First wait before signing in again after a failure (doubles up to retry_max)."""
+    retry_max: float = 60.0
     auto_answer: bool = True
     """Answer incoming calls (else ring until cancelled)."""
     answer_delay: float = 0.0
@@ -226,6 +289,8 @@ class ClientConfig:
             raise ValueError("relay_only needs a turn server")
         if self.audio_pps <= 0 or self.video_fps <= 0:
             raise ValueError("audio_pps and video_fps must be positive")
+        if not 0 < self.retry_min <= self.retry_max:
+            raise ValueError("retry_min must be positive and at most retry_max")
 
     @property
     def user(self) -> str:

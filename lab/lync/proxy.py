@@ -65,6 +65,11 @@ class Refusal:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+def _source_of(transaction: ServerTransaction) -> Hop | None:
+    source = transaction.source
+    return source if isinstance(source, Hop) else None
+
+
 def hop_for_uri(uri: URI, hosts: Mapping[str, str] = HOSTS) -> Hop:
     """Where a request for ``uri`` goes: a lab name resolved to its address, with the name
     kept as the TLS server name; an address gets the lab name it has, if any."""
@@ -118,6 +123,11 @@ class LyncProxy:
                      connection: ConnectionInfo | None) -> bool:
         """Answer a request addressed to this element itself; True when answered."""
         return False
+
+    def sign(self, message: Request | Response, toward: Hop | None,
+             answering: Request | None = None) -> None:
+        """Last change before ``message`` leaves (toward ``toward``, or as the answer to
+        ``answering``): the FE signs what goes to a signed-in client ([MS-SIPAE])."""
 
     # -- helpers for subclasses -------------------------------------------------------------
 
@@ -199,6 +209,7 @@ class LyncProxy:
 
     async def _forward(self, transaction: ServerTransaction, out: Request, hop: Hop) -> None:
         out.headers.prepend("Via", self._via(new_branch()))
+        self.sign(out, hop)
         try:
             pending = self.stack.start_request(
                 out, hop, on_provisional=lambda r: self._relay(transaction, r))
@@ -221,6 +232,7 @@ class LyncProxy:
 
     def _relay(self, transaction: ServerTransaction, response: Response) -> None:
         """Send a downstream response upstream without our Via (§16.7)."""
+        self.sign(response, _source_of(transaction), transaction.request)
         try:
             relay_response(self.stack, transaction, response)
         except ProtocolError as error:
@@ -237,6 +249,7 @@ class LyncProxy:
             response = make_response(transaction.request, refusal.status, refusal.reason)
             for name, value in refusal.headers:
                 response.headers.add(name, value)
+            self.sign(response, _source_of(transaction), transaction.request)
             self.stack.send_response(transaction, response)
         except ProtocolError as error:
             logger.warning("%s: cannot answer %d: %s", self.element, refusal.status,
@@ -260,6 +273,7 @@ class LyncProxy:
             return
         out, hop = decision
         out.headers.prepend("Via", self._via(new_branch()))
+        self.sign(out, hop)
         self.stack.send_stateless(out, hop)
 
     def _on_cancel(self, transaction: ServerTransaction, cancel: Request) -> None:

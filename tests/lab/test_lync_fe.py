@@ -136,11 +136,23 @@ async def test_unregister_removes_the_binding(pki: LabPKI) -> None:
         assert side.fe.lookup("alice.parkes@example.com") == []
 
 
-async def test_register_with_someone_elses_certificate_is_forbidden(pki: LabPKI) -> None:
+async def test_register_as_someone_else_is_forbidden(pki: LabPKI) -> None:
+    """NTLM as david (right password) cannot register alice's AOR."""
     async with MicrosoftSide.run(pki, with_edge=False) as side:
         with pytest.raises(CallRefused) as refused:
-            await side.client("alice", cert_name="david")
+            await side.client("alice", login="david.jones")
         assert refused.value.status == 403
+        assert side.fe.lookup("alice.parkes@example.com") == []
+
+
+async def test_wrong_password_is_refused(pki: LabPKI) -> None:
+    async with MicrosoftSide.run(pki, with_edge=False) as side:
+        with pytest.raises(CallRefused) as refused:
+            await side.client("alice", password="not-the-password")
+        assert refused.value.status == 401
+        assert side.fe.lookup("alice.parkes@example.com") == []
+        assert side.fe.auth_failures[-1][0] == "alice.parkes@example.com"
+        assert "wrong password" in side.fe.auth_failures[-1][1]
 
 
 async def test_static_route_reaches_the_gateway_over_mutual_tls(
