@@ -165,7 +165,7 @@ class Pidgin:
         self.cache = cache or workdir
         self.log_path = workdir / "pidgin.log"
         self.xvfb: PeerProcess | None = None
-        self.dbus: PeerProcess | None = None
+        self.bus_daemon: PeerProcess | None = None
         self.pidgin: PeerProcess | None = None
         self.bus = ""
         self.display = ""
@@ -200,10 +200,10 @@ class Pidgin:
         # namespace; the 108-byte limit on its length is why it is not in workdir.
         self._bus_dir = Path(f"/tmp/pidgin-bus-{os.getpid()}-{id(self):x}")
         self._bus_dir.mkdir(exist_ok=True)
-        self.dbus = PeerProcess([require("dbus-daemon"), "--session", "--nofork",
+        self.bus_daemon = PeerProcess([require("dbus-daemon"), "--session", "--nofork",
                                  "--print-address=1",
                                  f"--address=unix:path={self._bus_dir}/bus"], name="dbus")
-        self.bus = self.dbus.wait_for_line(r"^(unix:\S+)", START_TIMEOUT,
+        self.bus = self.bus_daemon.wait_for_line(r"^(unix:\S+)", START_TIMEOUT,
                                            stream="stdout").group(1)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -227,7 +227,7 @@ class Pidgin:
         if self.pidgin is not None:
             self.pidgin.stop()
             self.log_path.write_text(self.log())
-        for peer in (self.dbus, self.xvfb):
+        for peer in (self.bus_daemon, self.xvfb):
             if peer is not None:
                 peer.stop()
         bus_dir = getattr(self, "_bus_dir", None)
