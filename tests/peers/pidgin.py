@@ -30,6 +30,7 @@ from xml.sax.saxutils import escape
 from tests.peers.procs import PeerError, PeerProcess, require
 
 PLUGIN_SOURCE = Path(__file__).with_name("pidgin_plugin") / "autoanswer.c"
+SAX1_SHIM_SOURCE = Path(__file__).with_name("pidgin_plugin") / "sax1_compat.c"
 SERVICE = "im.pidgin.purple.PurpleService"
 OBJECT = "/im/pidgin/purple/PurpleObject"
 INTERFACE = "im.pidgin.purple.PurpleInterface"
@@ -73,9 +74,9 @@ def unavailable() -> str | None:
     if not Path("/usr/lib/purple-2/libsipe.so").exists() and not any(
             Path("/usr/lib").glob("*/purple-2/libsipe.so")):
         return "pidgin-sipe is not installed (run scripts/install-peers.sh)"
-    found = subprocess.run(["pkg-config", "--exists", "purple"], check=False)
-    if found.returncode != 0:
-        return "libpurple-dev is not installed (run scripts/install-peers.sh)"
+    for package, deb in (("purple", "libpurple-dev"), ("libxml-2.0", "libxml2-dev")):
+        if subprocess.run(["pkg-config", "--exists", package], check=False).returncode != 0:
+            return f"{deb} is not installed (run scripts/install-peers.sh)"
     return None
 
 
@@ -100,20 +101,30 @@ class SipeAccount:
         return f"{self.user},{self.login}" if self.login else self.user
 
 
-def build_plugin(directory: Path) -> Path:
-    """Compile the test plugin into ``directory`` (autoanswer.so); PeerError on failure."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "autoanswer.so"
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "purple", "gobject-2.0"],
+def _compile(source: Path, target: Path, packages: Sequence[str], *extra: str) -> Path:
+    """``source`` built as a shared object ``target``; PeerError naming what is missing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", *packages],
                            capture_output=True, text=True, check=False)
     if flags.returncode != 0:
-        raise PeerError(f"pkg-config purple: {flags.stderr.strip()} (install libpurple-dev)")
-    built = subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(target),
-                            str(PLUGIN_SOURCE), *flags.stdout.split()],
+        raise PeerError(f"pkg-config {' '.join(packages)}: {flags.stderr.strip()} "
+                        "(run scripts/install-peers.sh)")
+    built = subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(target), str(source),
+                            *flags.stdout.split(), *extra],
                            capture_output=True, text=True, check=False, timeout=60)
     if built.returncode != 0:
-        raise PeerError(f"building {PLUGIN_SOURCE.name} failed:\n{built.stderr}")
+        raise PeerError(f"building {source.name} failed:\n{built.stderr}")
     return target
+
+
+def build_plugin(directory: Path) -> Path:
+    """Compile the test plugin into ``directory`` (autoanswer.so)."""
+    return _compile(PLUGIN_SOURCE, directory / "autoanswer.so", ("purple", "gobject-2.0"))
+
+
+def build_sax1_shim(directory: Path) -> Path:
+    """Compile the libxml2 SAX1 compatibility shim (see pidgin_plugin/sax1_compat.c)."""
+    return _compile(SAX1_SHIM_SOURCE, directory / "sax1_compat.so", ("libxml-2.0",), "-ldl")
 
 
 def accounts_xml(account: SipeAccount) -> str:
@@ -152,11 +163,14 @@ class Pidgin:
     """pidgin + pidgin-sipe for one test; use as an async context manager (see the module doc).
 
     ``wrap`` prefixes pidgin's command line (``VethHost.argv`` runs it in a namespace);
-    ``cache`` holds what can be shared between runs (the GStreamer registry).
+    ``cache`` holds what can be shared between runs (the GStreamer registry);
+    ``sax1_compat`` preloads pidgin_plugin/sax1_compat.c, without which pidgin-sipe 1.25
+    reads no XML at all with Debian 12's current libxml2 (see that file).
     """
 
     def __init__(self, account: SipeAccount, workdir: Path, *, server_cert_pem: bytes,
-                 wrap: Sequence[str] = (), cache: Path | None = None) -> None:
+                 wrap: Sequence[str] = (), cache: Path | None = None,
+                 sax1_compat: bool = False) -> None:
         self.account = account
         self.workdir = workdir
         self.config = workdir / "purple"
@@ -164,6 +178,7 @@ class Pidgin:
         self.wrap = tuple(wrap)
         self.cache = cache or workdir
         self.log_path = workdir / "pidgin.log"
+        self.sax1_compat = sax1_compat
         self.xvfb: PeerProcess | None = None
         self.bus_daemon: PeerProcess | None = None
         self.pidgin: PeerProcess | None = None
@@ -218,6 +233,8 @@ class Pidgin:
             "PURPLE_VERBOSE_DEBUG": "1",
             "LANG": "C.UTF-8",
         }
+        if self.sax1_compat:
+            env["LD_PRELOAD"] = str(build_sax1_shim(self.workdir / "shim"))
         self.pidgin = PeerProcess([*self.wrap, require("pidgin"), "-c", str(self.config),
                                    "-d", "-f", "-l"], env=env, name="pidgin")
         self.wait_log(r"autoanswer: loaded", START_TIMEOUT)
