@@ -13,6 +13,15 @@ side (RFC 5658), so that in-dialog NOTIFYs come back through the gateway: the FE
 only the gateway, IM&P cannot reach it directly. Requests routed to such a Record-Route
 are recognised by :meth:`SipBroker.handles` and loose-routed on (RFC 3261 §16.4, §16.12).
 
+IM sessions: an INVITE from Microsoft offering only ``m=message`` media (a Lync IM session,
+:mod:`gateway.im_session`) is brokered too, never set up as a call: it is Record-Routed
+like SUBSCRIBE, so its MESSAGEs (both ways), re-INVITEs and BYE come back through the
+broker's Record-Route and are loose-routed on. The ACK for its 2xx has no transaction of
+its own; :meth:`SipBroker.intercept` has the stack hand such ACKs (those whose top Route
+is ours) to the broker, which forwards them statelessly (§16.11), and a CANCEL of an IM
+session INVITE still pending at a node to the broker, which cancels it there (§16.10): the
+node's 487 then comes back as the INVITE's answer.
+
 Node choice: round robin over the nodes; a node that cannot be reached (transport error)
 or answers 503 is skipped for the next. When the nodes are all unreachable the client gets
 503, when the chosen one stays silent past ``answer_within`` it gets 408, each with a
@@ -24,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.config import BrokerConfig
+from gateway.im_session import is_im_session
 from sip.errors import ProtocolError
 from sip.headers import Via
 from sip.message import Request, Response, make_response, new_branch
@@ -42,8 +52,8 @@ logger = logging.getLogger(__name__)
 
 BROKERED_METHODS = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO"})
 """SIP SIMPLE methods the broker takes outside a dialog."""
-DIALOG_FORMING = frozenset({"SUBSCRIBE"})
-"""Brokered methods that create a dialog, so get Record-Routed."""
+DIALOG_FORMING = frozenset({"SUBSCRIBE", "INVITE"})
+"""Brokered methods that create a dialog, so get Record-Routed (INVITE: IM sessions only)."""
 BROKER_PARAM = "x-broker"
 """URI parameter marking the broker's Record-Route entries."""
 DEFAULT_MAX_FORWARDS = 70
@@ -62,6 +72,12 @@ class BrokerStats:
     """Final responses relayed back."""
     refused: int = 0
     """Requests answered locally (408, 482, 483, 503...)."""
+    im_sessions: int = 0
+    """IM sessions set up (a 2xx to an IM session INVITE relayed)."""
+    im_sessions_ended: int = 0
+    """IM sessions ended (a 2xx to a BYE relayed)."""
+    acks: int = 0
+    """ACKs (for an IM session's 2xx) forwarded."""
 
 
 class SipBroker:
@@ -80,20 +96,101 @@ class SipBroker:
         """Seconds to wait for a node's final response before answering 408."""
         self.stats = BrokerStats()
         self._next = itertools.count()
+        self._pending_invites: dict[ServerTransaction, ClientRequest] = {}
+        """IM session INVITEs waiting for a node's final answer (CANCEL goes to them)."""
 
     # -- what the runtime asks -----------------------------------------------------------
 
     def handles(self, request: Request) -> bool:
         """Whether ``request`` is the broker's: enabled and either an out-of-dialog SIMPLE
-        request (no To tag) or a request routed through one of our Record-Routes."""
+        request or IM session INVITE (no To tag), or a request routed through one of our
+        Record-Routes."""
         if not self.settings.enabled:
             return False
         try:
             if self._routed_to_us(request):
                 return True
-            return request.method in BROKERED_METHODS and request.to.tag is None
+            if request.to.tag is not None:
+                return False
+            return request.method in BROKERED_METHODS or is_im_session(request)
         except ProtocolError:
             return False
+
+    def routed_from_node(self, host: str, request: Request) -> bool:
+        """Whether ``request`` comes from an IM&P node through our Record-Route: the node's
+        half of a brokered dialog, which the Microsoft trusted hosts do not list."""
+        try:
+            return self.is_node(host) and self._routed_to_us(request)
+        except ProtocolError:
+            return False
+
+    def is_node(self, host: str) -> bool:
+        """Whether ``host`` is one of the IM&P nodes (their in-dialog requests come back
+        to the Microsoft side through our Record-Route, from an address that is no
+        Microsoft trusted host)."""
+        return self.settings.enabled and any(
+            host == node for node in self.settings.destinations
+        )
+
+    def intercept(self, allowed: Callable[[str], bool] | None = None) -> None:
+        """Take what the broker needs from the stack before its current handlers: ACKs
+        routed through our Record-Route (IM sessions), screened by ``allowed(source
+        host)`` (an ACK cannot be refused, so one from elsewhere is dropped), and CANCELs
+        of the IM session INVITEs we forwarded."""
+        inner = self.stack.handlers.on_ack
+        inner_cancel = self.stack.handlers.on_cancel
+
+        def on_cancel(transaction: ServerTransaction, cancel: Request) -> None:
+            pending = self._pending_invites.get(transaction)
+            if pending is not None:
+                pending.cancel()  # the node's 487 is relayed as the INVITE's answer
+            elif inner_cancel is not None:
+                inner_cancel(transaction, cancel)
+            elif transaction.state in (ServerState.TRYING, ServerState.PROCEEDING):
+                self.stack.respond(transaction, 487)  # the stack's own default
+
+        def on_ack(ack: Request, source: Hop) -> None:
+            try:
+                ours = self.settings.enabled and self._top_route_is_ours(ack)
+            except ProtocolError:
+                ours = False
+            if not ours:
+                if inner is not None:
+                    inner(ack, source)
+                return
+            if allowed is not None and not (allowed(source.host) or self.is_node(source.host)):
+                logger.warning("broker: ACK from %s dropped: not a trusted host", source.host)
+                return
+            self.forward_ack(ack, source)
+
+        self.stack.handlers.on_ack = on_ack
+        self.stack.handlers.on_cancel = on_cancel
+
+    def forward_ack(self, ack: Request, source: Hop) -> None:
+        """Forward an ACK routed through us statelessly along its route (§16.11)."""
+        try:
+            out = ack.copy()
+            while self._top_route_is_ours(out):
+                out.headers.pop_first("Route")
+            max_forwards = ack.max_forwards
+            if max_forwards is not None and max_forwards <= 0:
+                logger.info("broker: ACK with no hops left dropped (Call-ID %s)", ack.call_id)
+                return
+            out.headers.set(
+                "Max-Forwards",
+                (max_forwards - 1) if max_forwards is not None else DEFAULT_MAX_FORWARDS,
+            )
+            outbound = self._local(source.transport)
+            if outbound is None:
+                logger.warning("broker: ACK dropped: no %s listener", source.transport.value)
+                return
+            out.headers.prepend("Via", self._via(outbound, new_branch()))
+            target = self._route_targets(out, source.transport)[0]
+            self.stack.send_stateless(out, target)
+        except ProtocolError as error:
+            logger.info("broker: ACK dropped: %s", error.message)
+            return
+        self.stats.acks += 1
 
     async def forward(
         self, transaction: ServerTransaction, request: Request, received: Hop
@@ -153,7 +250,12 @@ class SipBroker:
                 self._refuse(transaction, 500, f"Server Internal Error: {error.message}")
                 return
             self.stats.forwarded += 1
-            response = await self._final(pending, transaction)
+            if attempt.method == "INVITE":
+                self._pending_invites[transaction] = pending
+            try:
+                response = await self._final(pending, transaction)
+            finally:
+                self._pending_invites.pop(transaction, None)
             if response is None:
                 return  # 408 already given
             if isinstance(response, SipTimeoutError):
@@ -203,6 +305,13 @@ class SipBroker:
             return
         if response.status >= 200:
             self.stats.relayed += 1
+        if 200 <= response.status < 300:
+            method = transaction.request.method
+            if method == "INVITE" and response.to.tag is not None:
+                if transaction.request.to.tag is None:
+                    self.stats.im_sessions += 1
+            elif method == "BYE":
+                self.stats.im_sessions_ended += 1
 
     def _refuse(self, transaction: ServerTransaction, status: int, reason: str) -> None:
         if transaction.state not in (ServerState.TRYING, ServerState.PROCEEDING):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.call import Call, CallEvent, CallState, EndedCall, Outcome
 from gateway.config import MICROSOFT_ZONE, MediaEncryption
+from gateway.im_session import NO_BROKER, is_im_session
 from gateway.leg import Leg, LegRole, SideAgent, reason_header
 from gateway.metrics import CallResult, RefusalReason
 from gateway.routing import RouteDecision, RouteRefusal, alias_of, alias_to_uri
@@ -117,16 +118,21 @@ class CallController:
             return True
         source = transaction.source
         host = source.host if isinstance(source, Hop) else str(source)
-        refusal = self.gateway.trusted.check(host, request.method)
+        broker = self.gateway.broker
+        # IM&P nodes send in-dialog requests (IM sessions, NOTIFY) back through the broker.
+        from_node = broker is not None and broker.routed_from_node(host, request)
+        refusal = None if from_node else self.gateway.trusted.check(host, request.method)
         if refusal is not None:
             if request.method == "INVITE":
                 self.gateway.metrics.call_refused(RefusalReason.UNTRUSTED_HOST)
             if refusal.answer:
                 agent.stack.respond(transaction, refusal.status, refusal.reason)
             return False
-        broker = self.gateway.broker
         if broker is not None and broker.handles(request):
             self._spawn(broker.forward(transaction, request, source))
+            return False
+        if is_im_session(request):  # never a call; without a broker there is no IM&P
+            agent.stack.respond(transaction, *NO_BROKER)
             return False
         return True
 

@@ -207,6 +207,7 @@ class Gateway:
             logger.warning("b2bua.broker is enabled but the broker is not available")
             return
         self.broker = SipBroker(settings, self.stacks[LegSide.MICROSOFT])
+        self.broker.intercept(lambda host: self.trusted.lookup(host) is not None)
 
     async def close(self) -> None:
         """Stop everything (calls are dropped without signalling: drain first)."""

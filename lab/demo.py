@@ -208,15 +208,17 @@ def _ice_pair(lab: Lab, row: _Row, call: Handle | None, answered: Handle | None)
 
 async def run_message(lab: Lab, sender: str = "alice",
                       target: str = "imp@video.example.com") -> CallReport:
-    """IM through the broker: a MESSAGE from a Lync client reaches the IM&P stand-in."""
+    """IM through the broker, as the client sends it (an IM session for Lync 2010 and later:
+    INVITE m=message, the text as a MESSAGE inside it, BYE): the text reaches IM&P."""
     text = "hello from the lab"
     delivered = answers = 0
     result, reason = Result.FAILED, ""
     assert lab.imp is not None
+    client = lab.clients[sender]
     try:
         waiting = asyncio.ensure_future(lab.imp.wait_for("MESSAGE", STEP_TIMEOUT))
         try:
-            response = await lab.send_message(sender, target, text, STEP_TIMEOUT)
+            response = await client.im.send(target, text, timeout=STEP_TIMEOUT)
             answers = 1
             if not 200 <= response.status < 300:
                 raise _Failed(f"MESSAGE answered {response.status} {response.reason}")
@@ -226,7 +228,14 @@ async def run_message(lab: Lab, sender: str = "alice",
         delivered = 1
         if request.body.decode(errors="replace") != text:
             raise _Failed(f"IM&P got {request.body!r}")
-        result, reason = Result.PASSED, f"200 OK, IM&P received the text from {sender}"
+        how = "page-mode MESSAGE"
+        session = client.im.session_with(f"sip:{target}")
+        if session is not None:
+            how = "IM session"
+            bye = await session.close(STEP_TIMEOUT)
+            if bye is None or bye.status != 200:
+                raise _Failed(f"BYE of the IM session answered {bye and bye.status}")
+        result, reason = Result.PASSED, f"200 OK, IM&P received the text from {sender} ({how})"
     except (_Failed, Exception) as error:
         reason = str(error) or type(error).__name__
         logger.warning("IM through the broker: %s", reason)

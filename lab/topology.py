@@ -488,18 +488,11 @@ class Lab:
 
     async def send_message(self, sender: str, target: str, text: str,
                            timeout: float = 10.0) -> Response:
-        """A SIP MESSAGE (text/plain) from Lync client ``sender`` to ``target``
-        ("imp@video.example.com"): through the FE and the gateway's broker to IM&P."""
-        from sip.headers import Address
-        from sip.uri import URI
-
-        client = self.clients[sender]
-        uri = URI.parse(target if target.startswith("sip") else f"sip:{target}")
-        request = client.agent.new_request(
-            "MESSAGE", uri, client.registrar, to=Address(uri), body=text.encode(),
-            content_type="text/plain")
-        async with asyncio.timeout(timeout):
-            return await client.agent.stack.send_request(request, client.registrar)
+        """Text from Lync client ``sender`` to ``target`` ("imp@video.example.com") as that
+        client sends IM (``im_mode``: an IM session, INVITE m=message then MESSAGE, or a
+        page-mode MESSAGE): through the FE and the gateway's broker to IM&P. The response
+        that took the text."""
+        return await self.clients[sender].im.send(target, text, timeout=timeout)
 
     # -- status -------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from lab.hosts import resolve
 from lab.lync import offer as sdp_offer
 from lab.lync.client_media import IceServers, MediaStream, networks
 from lab.lync.config import ClientConfig
+from lab.lync.im import InstantMessaging
 from lab.lync.sipae import (
     REALM,
     AuthError,
@@ -280,6 +281,8 @@ class _Agent(UserAgent):
 
     def handle_dialog_request(self, dialog: Dialog, transaction: ServerTransaction,
                               request: Request) -> Awaitable[None] | None:
+        if self.client.im.handle(dialog, transaction, request):
+            return None
         call = self.client.call_of(dialog)
         if request.method == "BYE":
             self.stack.respond(transaction, 200)
@@ -319,6 +322,8 @@ class LyncClient:
         self.aor = config.aor.removeprefix("sip:")
         """``user@domain``."""
         self.agent = _Agent(self, stack)
+        self.im = InstantMessaging(self, USER_AGENT)
+        """Instant messaging (IM sessions or page mode, per ``config.im_mode``)."""
         self.registrar = registrar
         """The hop all our requests go to (pinned to our connection once it is open)."""
         self.calls: dict[str, LyncCall] = {}
@@ -565,6 +570,7 @@ class LyncClient:
             except Exception as error:  # closing anyway
                 logger.info("%s: hangup on close: %r", self.aor, error)
                 await call.finish("client stopped")
+        await self.im.close()
         if self._refresh is not None:
             self._refresh.cancel()
         if self.registered:

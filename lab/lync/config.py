@@ -270,8 +270,13 @@ class ClientConfig:
     elsewhere are ignored."""
     t1: float = 0.5
     """RFC 3261 T1, seconds."""
+    im_mode: str = "session"
+    """IM as real clients send it: "session" (INVITE m=message, then MESSAGEs in the dialog:
+    Lync 2010 and later, pidgin-sipe) or "page" (one page-mode MESSAGE per text: older)."""
 
     def __post_init__(self) -> None:
+        if self.im_mode not in ("session", "page"):
+            raise ConfigError("im_mode", f"{self.im_mode!r}: not \"session\" or \"page\"")
         networks = []
         for index, cidr in enumerate(self.allowed_networks):
             try:

@@ -1,7 +1,10 @@
 """The simulated IM&P node on loopback over TCP and TLS: MESSAGE, NOTIFY, PUBLISH (with a
 SIP-ETag), INFO and OPTIONS get 200; SUBSCRIBE gets 200 with a To tag and Expires and then a
-NOTIFY carrying PIDF (RFC 3863) in the new dialog; other methods 405; each is recorded for
-`wait_for`; and the `gateway imp` config check."""
+NOTIFY carrying PIDF (RFC 3863) in the new dialog; an IM session INVITE (m=message, as
+pidgin-sipe sends it) gets 200 with an m=message answer, its MESSAGEs are recorded like
+page-mode ones, BYE ends it, and a MESSAGE for an unknown session gets 481; an INVITE for
+anything but IM gets 488; other methods 405; each is recorded for `wait_for`; and the
+`gateway imp` config check."""
 
 from __future__ import annotations
 
@@ -124,11 +127,93 @@ async def test_subscribe_gets_200_then_a_pidf_notify(imp, client) -> None:  # ty
 
 async def test_other_methods_get_405_and_wait_for_times_out(imp, client) -> None:  # type: ignore[no-untyped-def]
     hop = hop_to(imp, Transport.TCP)
-    request = client.new_request("INVITE", URI.parse("sip:bob@video.example.com"), hop)
+    request = client.new_request("REFER", URI.parse("sip:bob@video.example.com"), hop)
     response = await asyncio.wait_for(client.stack.send_request(request, hop), 5)
     assert response.status == 405 and "MESSAGE" in (response.headers.get("Allow") or "")
     with pytest.raises(TimeoutError):
         await imp.wait_for("MESSAGE", timeout=0.1)
+
+
+# What pidgin-sipe 1.25 offers (sipe-im.c: sipe_im_invite), with a lab address and port.
+SIPE_IM_OFFER = (
+    b"v=0\r\no=- 0 0 IN IP4 127.0.3.72\r\ns=session\r\nc=IN IP4 127.0.3.72\r\nt=0 0\r\n"
+    b"m=message 5061 sip null\r\na=accept-types:text/plain text/html image/gif "
+    b"multipart/alternative application/im-iscomposing+xml application/ms-imdn+xml "
+    b"text/x-msmsgsinvite\r\n"
+)
+
+
+async def test_im_session_invite_message_bye(imp, client) -> None:  # type: ignore[no-untyped-def]
+    hop = hop_to(imp, Transport.TLS)
+    invite = client.new_request(
+        "INVITE",
+        URI.parse("sip:bob@video.example.com"),
+        hop,
+        body=SIPE_IM_OFFER,
+        content_type="application/sdp",
+        headers=(("Supported", "ms-sender"), ("Ms-Conversation-ID", "123456789"),
+                 ("ms-text-format", "text/plain; charset=UTF-8;ms-body=aGk=")),
+    )
+    pending = client.stack.start_request(invite, hop)
+    ok = await asyncio.wait_for(pending.final, 5)
+    assert ok.status == 200 and ok.to.tag and ok.contact
+    assert ok.content_type == "application/sdp"
+    answer = ok.body.decode()
+    assert "\r\nm=message " in answer and " sip sip:imp@video.example.com\r\n" in answer
+    assert "a=accept-types:text/plain" in answer
+    # A standards node: it does not say it read the text in the INVITE's ms-text-format.
+    assert "ms-text-format" not in ",".join(ok.headers.getlist("Supported"))
+    dialog = Dialog.create_uac(invite, ok)
+    client.dialogs.add(dialog, hop)
+    client.send_ack(dialog, pending.transaction)
+    assert (await imp.wait_for("INVITE", timeout=5)).call_id == invite.call_id
+    assert (await imp.wait_for("ACK", timeout=5)).call_id == invite.call_id
+    assert invite.call_id in imp.sessions
+
+    text = b"hello inside the session"
+    response = await asyncio.wait_for(
+        client.send_in_dialog(dialog, "MESSAGE", body=text, content_type="text/plain"), 5
+    )
+    assert response.status == 200
+    message = await imp.wait_for("MESSAGE", timeout=5)
+    assert message.body == text and message.call_id == invite.call_id
+
+    # A re-INVITE refreshing the session gets the same answer, in the same dialog.
+    reinvite, _ = client.dialog_request(
+        dialog, "INVITE", body=SIPE_IM_OFFER, content_type="application/sdp")
+    pending = client.stack.start_request(reinvite, hop)
+    again = await asyncio.wait_for(pending.final, 5)
+    assert again.status == 200 and again.to.tag == ok.to.tag and again.body == ok.body
+    client.send_ack(dialog, pending.transaction)
+    assert (await imp.wait_for("ACK", timeout=5)).cseq.seq == reinvite.cseq.seq
+
+    bye = await asyncio.wait_for(client.send_in_dialog(dialog, "BYE"), 5)
+    assert bye.status == 200
+    assert (await imp.wait_for("BYE", timeout=5)).call_id == invite.call_id
+    assert invite.call_id not in imp.sessions
+    # After the BYE the session is gone: a MESSAGE in it is refused, not recorded.
+    late = client.new_request(
+        "MESSAGE", URI.parse("sip:bob@video.example.com"), hop, body=b"late",
+        content_type="text/plain", call_id=invite.call_id,
+    )
+    late.headers.set("To", str(ok.to))
+    response = await asyncio.wait_for(client.stack.send_request(late, hop), 5)
+    assert response.status == 481
+    with pytest.raises(TimeoutError):
+        await imp.wait_for("MESSAGE", timeout=0.1)
+
+
+async def test_an_invite_that_is_no_im_session_gets_488(imp, client) -> None:  # type: ignore[no-untyped-def]
+    hop = hop_to(imp, Transport.TCP)
+    audio = SIPE_IM_OFFER.replace(b"m=message 5061 sip null", b"m=audio 5004 RTP/AVP 0")
+    for body in (b"", audio):
+        request = client.new_request(
+            "INVITE", URI.parse("sip:bob@video.example.com"), hop, body=body,
+            content_type="application/sdp" if body else None,
+        )
+        response = await asyncio.wait_for(client.stack.send_request(request, hop), 5)
+        assert response.status == 488 and "IM" in response.reason
+    assert not imp.sessions
 
 
 def test_imp_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

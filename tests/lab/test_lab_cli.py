@@ -43,6 +43,7 @@ def test_json_demo_matrix_passes_with_media_both_ways(lab_pki: LabPKI) -> None:
         if expected is None:  # the IM row: one MESSAGE delivered, one 200 back
             assert call["packets"] == {"to_callee": 1, "to_caller": 1}
             assert call["callee"] == "imp@video.example.com" and call["ice_pair"] is None
+            assert "(IM session)" in call["reason"], call  # as Lync 2010+ and sipe send IM
             continue
         assert call["packets"]["to_callee"] >= 10 and call["packets"]["to_caller"] >= 10
         if expected == "relay":
