@@ -10,6 +10,12 @@ candidates. It fills the same fields ``gather_candidates`` would (``_protocols``
 ``_local_candidates``, the two ``_local_candidates_*`` flags): that is aioice internals,
 pinned by the tests in tests/media/test_ice_leg.py.
 
+STUN goes through ``media.ms_stun.DialectProtocol``: the leg reads checks in [MS-ICE2]
+version 2 (Lync, libnice's OC2007R2 mode) and in RFC 5389, answers each in its own dialect,
+and sends its own checks in the dialect the peer showed (MS-ICE2 first, alternating on
+retransmission while unknown; ``IceSettings.stun_dialect`` pins one). The dialect is logged
+once per leg when learned.
+
 Every STUN message and packet this leg sends goes through ``_Protocol``, which refuses any
 destination outside ``allowed_networks`` (the lab keeps all traffic on loopback) and records
 the destinations it used. Remote candidates outside those networks are never added.
@@ -51,6 +57,7 @@ from aioice.turn import (
 )
 
 from media.ms_dialect import Candidate, CandidateTransport, CandidateType
+from media.ms_stun import DialectPolicy, DialectProtocol, StunDialect
 
 __all__ = [
     "IceLeg",
@@ -90,6 +97,20 @@ class IceSettings:
     """Networks this leg may send to; candidates elsewhere are ignored."""
     connect_timeout: float = 30.0
     """Seconds the connectivity checks may take before the stream fails."""
+    stun_dialect: str = "auto"
+    """STUN dialect of the checks: "auto" (the peer's: [MS-ICE2] v2 or RFC 5389), or
+    "ms-ice2" / "rfc5389" to speak only that one."""
+
+    def __post_init__(self) -> None:
+        if self.stun_dialect != "auto":
+            StunDialect(self.stun_dialect)  # ValueError naming the value
+
+
+def dialect_policy(label: str, setting: str) -> DialectPolicy:
+    """The :class:`DialectPolicy` for an ``IceSettings.stun_dialect`` value."""
+    if setting == "auto":
+        return DialectPolicy(label)
+    return DialectPolicy(label, accept=(StunDialect(setting),), prefer=StunDialect(setting))
 
 
 def _networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
@@ -127,8 +148,9 @@ def address_allowed(host: str, networks: Sequence[Network]) -> bool:
 _ALLOWED: dict[tuple[str, tuple[Network, ...]], bool] = {}
 
 
-class _Protocol(StunProtocol):
-    """aioice's socket protocol with an RFC 7983 fast path for RTP/RTCP and a send guard."""
+class _Protocol(DialectProtocol):
+    """The dialect-aware socket protocol with an RFC 7983 fast path for RTP/RTCP and a send
+    guard."""
 
     receiver: _Agent
 
@@ -151,9 +173,10 @@ class _Protocol(StunProtocol):
 
 
 class _Agent(Connection):
-    def __init__(self, leg: IceLeg, **kwargs: Any) -> None:
+    def __init__(self, leg: IceLeg, stun_policy: DialectPolicy, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.leg = leg
+        self.stun_policy = stun_policy
 
     def data_received(self, data: bytes, component: int) -> None:
         sink = self.leg.on_media
@@ -221,8 +244,10 @@ class IceLeg:
         self.settings = settings
         self.turn_ports = tuple(turn_ports)
         self.networks = _networks(settings.allowed_networks)
-        self.agent = _Agent(self, ice_controlling=controlling, components=2,
-                            local_username=ufrag, local_password=pwd)
+        self.stun_policy = dialect_policy(f"ICE leg {host}:{port}", settings.stun_dialect)
+        """Which STUN dialect the peer speaks (``stun_policy.peer`` once known)."""
+        self.agent = _Agent(self, self.stun_policy, ice_controlling=controlling,
+                            components=2, local_username=ufrag, local_password=pwd)
         self.on_media: Callable[[bytes, int], None] | None = None
         """Called with (packet, component) for every RTP/RTCP packet received."""
         self.destinations: set[Address] = set()

@@ -593,7 +593,8 @@ class LyncClient:
     def new_stream(self, kind: str, call: LyncCall, *, controlling: bool) -> MediaStream:
         rate = self.config.audio_pps if kind == "audio" else self.config.video_fps
         return MediaStream(kind, self.config.host, self.ice_servers, controlling=controlling,
-                           on_packet=call.changed, rate=rate, allowed=self.allowed_networks)
+                           on_packet=call.changed, rate=rate, allowed=self.allowed_networks,
+                           stun_dialect=self.config.stun_dialect)
 
     def call_of(self, dialog: Dialog) -> LyncCall | None:
         call = self.calls.get(dialog.id.call_id)

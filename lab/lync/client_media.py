@@ -8,6 +8,11 @@ for the gateway. Every STUN message and packet goes through :class:`GuardedProto
 which refuses (and logs, once per destination) any destination outside the client's
 ``allowed_networks`` (loopback unless configured: the lab never sends elsewhere).
 
+STUN: a client speaks one dialect (``ClientConfig.stun_dialect``): [MS-ICE2] version 2 as
+Lync 2013 / Skype for Business clients and libnice's OC2007R2 mode do (the default, with
+the version-1 copies of each check such a client sends until it hears version 2), or RFC
+5389 as the older behaviour; ``media.ms_stun`` holds the codec and the aioice hook.
+
 MKI: pylibsrtp has no MKI setting; RFC 3711 §3.1 puts the MKI between the encrypted
 payload and the auth tag and leaves it out of the authentication, so it is inserted after
 ``protect`` and removed (``media.srtp.strip_mki``) before ``unprotect``.
@@ -39,6 +44,7 @@ from media.ice_leg import (
     to_sdp_candidate,
 )
 from media.ms_dialect import CRYPTO_SUITE, Candidate, CandidateTransport, Crypto, SsrcRange
+from media.ms_stun import DialectPolicy, DialectProtocol, StunDialect
 from media.srtp import AUTH_TAG_LEN, SrtpError, strip_mki
 
 __all__ = [
@@ -86,9 +92,9 @@ def rtp_packet(payload_type: int, seq: int, timestamp: int, ssrc: int, payload: 
                        timestamp & 0xFFFFFFFF, ssrc) + payload
 
 
-class GuardedProtocol(StunProtocol):
-    """aioice's socket protocol that sends only inside the agent's allowed networks, with an
-    RTP fast path."""
+class GuardedProtocol(DialectProtocol):
+    """The dialect-aware socket protocol that sends only inside the agent's allowed networks,
+    with an RTP fast path."""
 
     receiver: ClientIce
 
@@ -124,9 +130,12 @@ class ClientIce(Connection):
 
     def __init__(self, host: str, servers: IceServers, *, controlling: bool,
                  on_media: Callable[[bytes, int], None],
-                 allowed: Sequence[Network] = LOOPBACK) -> None:
+                 allowed: Sequence[Network] = LOOPBACK,
+                 stun_dialect: StunDialect = StunDialect.MS_ICE2) -> None:
         super().__init__(ice_controlling=controlling, components=2)
         self.host = host
+        self.stun_policy = DialectPolicy.pinned(f"ICE {host}", stun_dialect)
+        """The one STUN dialect we speak, and what we learned of the peer."""
         self.servers = servers
         self.on_media = on_media
         self.allowed = tuple(allowed)
@@ -262,10 +271,11 @@ class MediaStream:
 
     def __init__(self, kind: str, host: str, servers: IceServers, *, controlling: bool,
                  on_packet: Callable[[], None], rate: int,
-                 allowed: Sequence[Network] = LOOPBACK) -> None:
+                 allowed: Sequence[Network] = LOOPBACK,
+                 stun_dialect: str = StunDialect.MS_ICE2.value) -> None:
         self.kind = kind
         self.ice = ClientIce(host, servers, controlling=controlling, on_media=self._received,
-                             allowed=allowed)
+                             allowed=allowed, stun_dialect=StunDialect(stun_dialect))
         self.cryptos: tuple[Crypto, ...] = (new_crypto(1, True), new_crypto(2, False))
         """Our keys as offered: one with the MKI Lync uses, one without."""
         first = secrets.randbelow(2**31 - 1000) + 1

@@ -268,6 +268,9 @@ class ClientConfig:
     allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     """The only networks our media and STUN/TURN may go to (CIDRs); candidates and servers
     elsewhere are ignored."""
+    stun_dialect: str = "ms-ice2"
+    """STUN of our ICE checks: "ms-ice2" ([MS-ICE2] version 2, as Lync 2013 / Skype for
+    Business clients send it) or "rfc5389" (standard, the lab's older behaviour)."""
     t1: float = 0.5
     """RFC 3261 T1, seconds."""
     im_mode: str = "session"
@@ -277,6 +280,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if self.im_mode not in ("session", "page"):
             raise ConfigError("im_mode", f"{self.im_mode!r}: not \"session\" or \"page\"")
+        if self.stun_dialect not in ("ms-ice2", "rfc5389"):
+            raise ConfigError("stun_dialect", f"{self.stun_dialect!r}: ms-ice2 or rfc5389")
         networks = []
         for index, cidr in enumerate(self.allowed_networks):
             try:
