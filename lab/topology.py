@@ -335,10 +335,6 @@ class Lab:
         b2bua["turn_servers"] = [{"address": TURN_HOST, "port": turn_port,
                                   "username": GATEWAY_TURN_USER,
                                   "password": GATEWAY_TURN_PASSWORD}]
-        cucm_tls = _listener(self.cucm.listeners, Transport.TLS)
-        for zone in data.get("zones", []):
-            if CUCM_HOST in zone.get("peers", ()):
-                zone["port"], zone["transport"] = cucm_tls.port, "tls"
         if self.broker:
             imp_tls = _listener(self.imp.listeners, Transport.TLS)
             b2bua["broker"] = {"enabled": True, "destinations": [IMP_HOST],
@@ -356,6 +352,12 @@ class Lab:
                 data.setdefault(section, {}).update(values)
             else:
                 data[section] = values
+        # After the overrides: a zone list given there still reaches this lab's own CUCM
+        # (its real port), never whatever listens on the default one (another lab's).
+        cucm_tls = _listener(self.cucm.listeners, Transport.TLS)
+        for zone in data.get("zones", []):
+            if CUCM_HOST in zone.get("peers", ()):
+                zone["port"], zone["transport"] = cucm_tls.port, "tls"
         config = from_mapping(data)
         if self.any_port:
             # The file format wants real ports; the runtime binds port 0 to a free one.

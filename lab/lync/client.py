@@ -557,8 +557,9 @@ class LyncClient:
                 await asyncio.sleep(delay)  # backoff between attempts
                 delay = min(delay * 2, self.config.retry_max)
                 continue
+            if lost or failed:
+                self.reregistrations += 1
             failed = False
-            self.reregistrations += 1 if lost else 0
             delay = self.config.retry_min
             refresh_at = loop.time() + max(1.0, self.granted / 2)
 

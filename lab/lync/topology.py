@@ -22,9 +22,8 @@ from sip.transport import Transport, TransportAddress
 __all__ = ["LAB_USERS", "MicrosoftSide"]
 
 LAB_USERS = {
-    "alice": ClientConfig(aor="alice.parkes@example.com", host="127.0.1.10",
-                          cert_name="alice"),
-    "david": ClientConfig(aor="david.jones@example.com", host="127.0.5.10", cert_name="david",
+    "alice": ClientConfig(aor="alice.parkes@example.com", host="127.0.1.10"),
+    "david": ClientConfig(aor="david.jones@example.com", host="127.0.5.10",
                           turn_username="david.jones", turn_password="lab-turn"),
 }
 """The lab's users: alice internal (via the FE), david external (via the Edge)."""
