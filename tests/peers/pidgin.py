@@ -232,6 +232,8 @@ class Pidgin:
             "PURPLE_UNSAFE_DEBUG": "1",
             "PURPLE_VERBOSE_DEBUG": "1",
             "LANG": "C.UTF-8",
+            # libnice's own lines (checks, STUN errors, component states) go to stderr.
+            "G_MESSAGES_DEBUG": "libnice,libnice-stun",
         }
         if self.sax1_compat:
             env["LD_PRELOAD"] = str(build_sax1_shim(self.workdir / "shim"))
@@ -264,9 +266,15 @@ class Pidgin:
     # -- the debug log ------------------------------------------------------------------------
 
     def log(self) -> str:
-        """pidgin's debug output so far (stdout and stderr)."""
+        """pidgin's debug output so far: stdout (libpurple's and sipe's log), then stderr
+        (GLib's: libnice's lines)."""
         assert self.pidgin is not None
-        return self.pidgin.stdout() + self.pidgin.stderr()
+        return self.pidgin.stdout() + "\n=== stderr ===\n" + self.pidgin.stderr()
+
+    def nice_log(self) -> str:
+        """libnice's lines so far."""
+        assert self.pidgin is not None
+        return self.pidgin.stderr()
 
     def mark(self) -> int:
         """A position in the log: :meth:`wait_log` ``since`` it sees only later lines."""
