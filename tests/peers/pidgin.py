@@ -42,6 +42,7 @@ MEDIA_AUDIO = 3
 """PurpleMediaSessionType: PURPLE_MEDIA_AUDIO (receive | send)."""
 DBUS_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
+QUIT_TIMEOUT = 5.0
 DBUS_VALUE = re.compile(r"^\s*(?:int32|uint32|boolean|string)\s+\"?(.*?)\"?$", re.M)
 
 
@@ -119,7 +120,8 @@ def _compile(source: Path, target: Path, packages: Sequence[str], *extra: str) -
 
 def build_plugin(directory: Path) -> Path:
     """Compile the test plugin into ``directory`` (autoanswer.so)."""
-    return _compile(PLUGIN_SOURCE, directory / "autoanswer.so", ("purple", "gobject-2.0"))
+    return _compile(PLUGIN_SOURCE, directory / "autoanswer.so",
+                    ("purple", "gobject-2.0", "gmodule-2.0"))
 
 
 def build_sax1_shim(directory: Path) -> Path:
@@ -244,6 +246,16 @@ class Pidgin:
     def close(self) -> None:
         """Stop pidgin, the bus and Xvfb (whatever started); keep pidgin's log on disk."""
         if self.pidgin is not None:
+            if self.pidgin.poll() is None and self.bus:
+                # As a user quits: libpurple's own quit, then SIGTERM if it is still there.
+                try:
+                    self.dbus_call("PurpleCoreQuit")
+                except PeerError:
+                    pass  # it quit before answering, or the bus is gone: stop() below
+                try:
+                    self.pidgin.proc.wait(QUIT_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    pass
             self.pidgin.stop()
             self.log_path.write_text(self.log())
         for peer in (self.bus_daemon, self.xvfb):

@@ -15,6 +15,7 @@
 
 #include <glib.h>
 #include <glib-object.h>
+#include <gmodule.h>
 
 #include <connection.h>
 #include <conversation.h>
@@ -124,14 +125,24 @@ static gboolean plugin_load(PurplePlugin *plugin)
 	                 G_CALLBACK(init_media), NULL);
 	purple_signal_connect(purple_conversations_get_handle(), "sending-im-msg", plugin,
 	                      PURPLE_CALLBACK(sending_im), NULL);
+	/* Never unmapped while pidgin runs: GLib may still hold pending idle callbacks. */
+	if (plugin->handle != NULL)
+		g_module_make_resident(plugin->handle);
 	purple_debug_info(TAG, "loaded\n");
 	return TRUE;
 }
 
 static gboolean plugin_unload(PurplePlugin *plugin)
 {
-	g_signal_handlers_disconnect_by_func(G_OBJECT(purple_media_manager_get()),
-	                                     G_CALLBACK(init_media), NULL);
+	PurpleMediaManager *manager = purple_media_manager_get();
+	GList *item;
+
+	g_signal_handlers_disconnect_by_func(G_OBJECT(manager), G_CALLBACK(init_media), NULL);
+	/* Calls still around (pidgin quitting) must not call into this unloaded code. */
+	for (item = purple_media_manager_get_media(manager); item != NULL; item = item->next) {
+		g_signal_handlers_disconnect_by_func(item->data, G_CALLBACK(state_changed), NULL);
+		g_signal_handlers_disconnect_by_func(item->data, G_CALLBACK(stream_info), NULL);
+	}
 	return TRUE;
 }
 
