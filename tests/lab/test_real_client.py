@@ -292,10 +292,12 @@ def srtp_offer(entry: SipLogEntry) -> None:
         entry.text)
 
 
-async def connected_call(lab: Lab, sipe: Pidgin, call_id: str) -> CallView:
-    """Wait until the gateway's call ``call_id`` carries SRTP both ways on the Microsoft
-    leg, after ICE completed with sipe (libnice's pair selected, the gateway's ICE leg
-    connected); its status then."""
+async def connected_call(lab: Lab, sipe: Pidgin, call_id: str, since: int) -> CallView:
+    """Wait until ICE with sipe completed (libnice's RTP component ready after line
+    ``since`` of sipe's log, the gateway's ICE legs connected) and the gateway's call
+    ``call_id`` carries SRTP both ways on its Microsoft leg; its status then."""
+    await sipe.until(r"libnice-DEBUG: .* component 1 STATE-CHANGE connected -> ready",
+                     CALL_TIMEOUT, since=since)
     views: list[CallView] = []
 
     def flowing() -> bool:
@@ -330,7 +332,7 @@ async def test_audio_call_from_sipe_to_3001(lab: Lab, sipe: Pidgin, hangs_up: st
     ok = await received(sipe, r"^SIP/2.0 [2-6]\d\d", mark, call_id=call_id, method="INVITE")
     assert ok.start_line.startswith("SIP/2.0 200"), ok.text
     srtp_offer(ok)
-    await connected_call(lab, sipe, call_id)
+    await connected_call(lab, sipe, call_id, mark)
     endpoint_call = lab.callee_of(call_id, "3001")
     assert endpoint_call is not None
     report = await endpoint_call.wait_media(both_ways=True, min_packets=MIN_PACKETS,
@@ -374,7 +376,7 @@ async def test_audio_call_from_3001_to_sipe(lab: Lab, sipe: Pidgin) -> None:
     assert report.packets_sent >= MIN_PACKETS and report.packets_received >= MIN_PACKETS
     assert lab.gateway is not None
     gateway_call_id = next(iter(lab.gateway.calls))
-    await connected_call(lab, sipe, gateway_call_id)
+    await connected_call(lab, sipe, gateway_call_id, mark)
     bye_mark = sipe.mark()
     await call.hangup()
     await received(sipe, r"^BYE ", bye_mark, call_id=call_id)

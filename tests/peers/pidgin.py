@@ -35,7 +35,11 @@ SERVICE = "im.pidgin.purple.PurpleService"
 OBJECT = "/im/pidgin/purple/PurpleObject"
 INTERFACE = "im.pidgin.purple.PurpleInterface"
 NO_SOUND_CARD = ("openalsrc:NONE,openalsink:NONE,pulsesrc:NONE,pulsesink:NONE,"
-                 "alsasrc:NONE,alsasink:NONE")
+                 "alsasrc:NONE,alsasink:NONE,audiotestsrc:PRIMARY")
+"""GStreamer ranks: no sound card elements, so pidgin's default sink (autoaudiosink) falls
+back to a fake sink; audiotestsrc (a 440 Hz sine) ranked up so that autoaudiosrc picks it:
+its own fallback would be audiotestsrc playing silence, which sipe's codecs send as sparse
+comfort noise (a packet every second or two)."""
 HANGUP_COMMAND = "autoanswer:hangup"
 """An IM the plugin swallows and answers by hanging up the account's calls."""
 MEDIA_AUDIO = 3
@@ -148,15 +152,15 @@ def accounts_xml(account: SipeAccount) -> str:
         "  </settings>\n </account>\n</account>\n")
 
 
-def prefs_xml(plugin: Path) -> str:
-    """prefs.xml loading the test plugin (and no sounds, no idle-away)."""
+def prefs_xml(plugins: Sequence[Path]) -> str:
+    """prefs.xml loading ``plugins``; no sounds, no idle-away."""
+    items = "".join(f"<item value='{escape(str(p))}'/>" for p in plugins)
     return (
         "<?xml version='1.0' encoding='UTF-8' ?>\n<pref version='1' name='/'>\n"
         " <pref name='purple'><pref name='away'>"
         "<pref name='idle_reporting' type='string' value='none'/></pref></pref>\n"
         " <pref name='pidgin'>\n"
-        "  <pref name='plugins'><pref name='loaded' type='pathlist'>"
-        f"<item value='{escape(str(plugin))}'/></pref></pref>\n"
+        f"  <pref name='plugins'><pref name='loaded' type='pathlist'>{items}</pref></pref>\n"
         "  <pref name='sound'><pref name='method' type='string' value='none'/></pref>\n"
         " </pref>\n</pref>\n")
 
@@ -234,7 +238,7 @@ class Pidgin:
             "PURPLE_UNSAFE_DEBUG": "1",
             "PURPLE_VERBOSE_DEBUG": "1",
             "LANG": "C.UTF-8",
-            # libnice's own lines (checks, STUN errors, component states) go to stderr.
+            # libnice's own lines (checks, STUN errors, component states) into the log.
             "G_MESSAGES_DEBUG": "libnice,libnice-stun",
         }
         if self.sax1_compat:
@@ -272,21 +276,16 @@ class Pidgin:
         pinned.mkdir(parents=True, exist_ok=True)
         (pinned / self.account.server).write_bytes(self.server_cert_pem)
         (self.config / "accounts.xml").write_text(accounts_xml(self.account))
-        (self.config / "prefs.xml").write_text(prefs_xml(plugin))
+        (self.config / "prefs.xml").write_text(prefs_xml([plugin]))
         (self.config / "accounts.xml").chmod(0o600)
 
     # -- the debug log ------------------------------------------------------------------------
 
     def log(self) -> str:
-        """pidgin's debug output so far: stdout (libpurple's and sipe's log), then stderr
-        (GLib's: libnice's lines)."""
+        """pidgin's output so far: its debug log (libpurple's, sipe's and, through pidgin's
+        GLib log handler, libnice's lines) on stdout, then stderr."""
         assert self.pidgin is not None
         return self.pidgin.stdout() + "\n=== stderr ===\n" + self.pidgin.stderr()
-
-    def nice_log(self) -> str:
-        """libnice's lines so far."""
-        assert self.pidgin is not None
-        return self.pidgin.stderr()
 
     def mark(self) -> int:
         """A position in the log: :meth:`wait_log` ``since`` it sees only later lines."""
