@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import uuid
 import xml.etree.ElementTree as ET
@@ -339,6 +340,8 @@ class LyncClient:
         """+sip.instance of our Contact."""
         self.server_configuration: dict[str, str] = {}
         """provisioning-v2 ServerConfiguration (ucPC2PCAVEncryption, mrasUri...)."""
+        self.keep_alive = 300
+        """Seconds between CRLF keep-alives (the FE's ms-keep-alive timeout)."""
         self.server_signatures = 0
         """FE signatures verified."""
         self.reregistrations = 0
@@ -395,6 +398,16 @@ class LyncClient:
         self.registrar = replace(hop, connection_id=info.id)
         return info
 
+    async def connect_ping(self) -> None:
+        """A CRLF keep-alive on our registrar connection (fails when it is gone)."""
+        hop = self.registrar
+        if hop.connection_id is None or self.agent.stack.transports.connection(
+                hop.connection_id) is None:
+            raise TransportError("the registrar connection is closed")
+        await self.agent.stack.transports.send(b"\r\n\r\n", hop.address,
+                                               server_hostname=hop.server_hostname,
+                                               connection_id=hop.connection_id)
+
     async def register(self, expires: int | None = None) -> Response:
         """Sign in (MS-SIPAE NTLM, as sipe) and REGISTER our Contact; raises CallRefused on
         a refusal or a server signature that does not verify."""
@@ -430,6 +443,9 @@ class LyncClient:
             self._verify(response)
             granted = response.headers.get("Expires")
             self.granted = int(granted) if granted and granted.isdigit() else expires
+            keep_alive = re.search(r"timeout=(\d+)", response.headers.get("ms-keep-alive") or "")
+            if keep_alive:
+                self.keep_alive = max(1, int(keep_alive.group(1)))
             self.registered = expires > 0
             if self.registered and self._refresh is None:
                 self._refresh = asyncio.ensure_future(self._maintain())
@@ -528,6 +544,7 @@ class LyncClient:
         loop = asyncio.get_running_loop()
         delay = self.config.retry_min
         refresh_at = loop.time() + max(1.0, self.granted / 2)
+        ping_at = loop.time() + self.keep_alive
         failed = False
         while True:
             # The connection watch tick: real clients notice a closed TLS connection at
@@ -536,6 +553,14 @@ class LyncClient:
             connection_id = self.registrar.connection_id
             lost = (connection_id is None
                     or self.agent.stack.transports.connection(connection_id) is None)
+            if not lost and loop.time() >= ping_at:
+                # The CRLF keep-alive the FE asked for (ms-keep-alive timeout).
+                ping_at = loop.time() + self.keep_alive
+                try:
+                    await self.connect_ping()
+                except (OSError, TransportError) as error:
+                    logger.info("%s: keep-alive failed: %s", self.aor, error)
+                    lost = True
             if not (lost or failed) and loop.time() < refresh_at:
                 continue
             try:

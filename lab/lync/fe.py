@@ -62,6 +62,8 @@ SUPPORTED = ("gruu-10", "adhoclist", "msrtc-event-categories",
              "com.microsoft.msrtc.presence", "ms-piggyback-first-notify", "ms-benotify")
 MAX_PENDING = 1000
 """Handshakes waiting for their AUTHENTICATE (oldest dropped first)."""
+MAX_SIGNED_IN = 10000
+"""Established associations kept (oldest dropped first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,13 +331,14 @@ class FrontEnd(LyncProxy):
         default = int(expires_header) if expires_header and expires_header.isdigit() else (
             self.config.registration_expires)
         current = [b for b in self.bindings.get(aor, []) if b.expires_at > now]
-        registered: list[tuple[Binding, str]] = []
         for contact in request.contact:
             value = contact.params.get("expires")
             expires = int(value) if value and value.isdigit() else default
             expires = min(expires, self.config.registration_expires)
-            current = [b for b in current if b.contact != contact.uri]
             instance = (contact.params.get("+sip.instance") or "").strip('"')
+            # The same device (instance) registering again replaces its old contact.
+            current = [b for b in current if b.contact != contact.uri
+                       and not (instance and b.instance == instance)]
             if expires > 0:
                 binding = Binding(aor, contact.uri, source, now + expires,
                                   opaque=session.context.opaque, instance=instance)
@@ -351,18 +354,17 @@ class FrontEnd(LyncProxy):
         for binding in current:
             left = max(0, int(binding.expires_at - now))
             longest = max(longest, left)
-            contact = f"<{binding.contact}>;expires={left}"
+            text = f"<{binding.contact}>;expires={left}"
             if binding.instance:
                 gruu = f"sip:{aor};opaque=user:epid:{_epid(binding.instance)};gruu"
-                contact += f';+sip.instance="{binding.instance}";gruu="{gruu}"'
-            registered.append((binding, contact))
-            response.headers.add("Contact", contact)
+                text += f';+sip.instance="{binding.instance}";gruu="{gruu}"'
+            response.headers.add("Contact", text)
         response.headers.add("Expires", str(longest))
         for value in SUPPORTED:
             response.headers.add("Supported", value)
         # sipe splits Allow-Events on "," without trimming: no spaces.
         response.headers.add("Allow-Events", ",".join((*SELF_EVENTS, "presence")))
-        response.headers.add("ms-keep-alive", f"UAS; tcp=no; hop-hop=yes; end-point=no;"
+        response.headers.add("ms-keep-alive", f"UAS; tcp=no; hop-hop=yes; end-end=no;"
                              f" timeout={self.config.keep_alive}")
         if session.remote:
             response.headers.add("ms-user-logon-data", "RemoteUser")
@@ -432,8 +434,19 @@ class FrontEnd(LyncProxy):
                 self._unauthorized(transaction, request, self._challenge_header(),
                                    "Unauthorized: message signature does not verify")
                 return None
+        self._forget_closed(aor)
         self.signed_in[context.opaque] = session
+        while len(self.signed_in) > MAX_SIGNED_IN:
+            del self.signed_in[next(iter(self.signed_in))]
         return session
+
+    def _forget_closed(self, aor: str) -> None:
+        """Drop ``aor``'s associations whose own connection has closed."""
+        transports = self.stack.transports
+        for opaque, old in list(self.signed_in.items()):
+            if (old.aor == aor and old.connection_id is not None
+                    and transports.connection(old.connection_id) is None):
+                del self.signed_in[opaque]
 
     def _unauthorized(self, transaction: ServerTransaction, request: Request, challenge: str,
                       reason: str = "Unauthorized") -> None:
@@ -452,10 +465,9 @@ class FrontEnd(LyncProxy):
                         session: SignedIn) -> None:
         event = (request.headers.get("Event") or "").split(";", 1)[0].strip()
         policy = AvEncryption(self.config.av_encryption)
+        # No focusFactoryUri: the lab has no conferencing server to offer.
         document = self_document(event, session.aor, encryption=policy,
-                                 mras_uri=self.mras_uri,
-                                 focus_factory_uri=f"sip:{session.aor};gruu;opaque=app:conf:"
-                                                   "focusfactory")
+                                 mras_uri=self.mras_uri)
         if document is None:
             if event.lower() == "presence":
                 document = None  # batched presence of an empty list: nothing to tell

@@ -50,11 +50,12 @@ def self_document(event: str, aor: str, *, encryption: AvEncryption, mras_uri: s
     uri = escape(f"sip:{aor}", {'"': "&quot;"})
     match event.lower():
         case "vnd-microsoft-provisioning-v2":
+            focus = (f"<focusFactoryUri>{escape(focus_factory_uri)}</focusFactoryUri>"
+                     if focus_factory_uri else "")
             body = (
                 '<provisionGroupList xmlns="http://schemas.microsoft.com/2006/09/sip/'
                 'provisiongrouplist">'
-                '<provisionGroup name="ServerConfiguration">'
-                f"<focusFactoryUri>{escape(focus_factory_uri)}</focusFactoryUri>"
+                f'<provisionGroup name="ServerConfiguration">{focus}'
                 f"<mrasUri>{escape(mras_uri)}</mrasUri>"
                 f"<ucPC2PCAVEncryption>{encryption.value}</ucPC2PCAVEncryption>"
                 "<ucPortRangeEnabled>false</ucPortRangeEnabled>"

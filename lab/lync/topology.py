@@ -61,6 +61,11 @@ class MicrosoftSide:
                         edge_config, listen=replace(edge_config.listen, port=0),
                         extra_ports=(), turn=replace(edge_config.turn or AvEdgeConfig(), port=0))
                 side.edge = await Edge.start(edge_config, pki)
+                turn = side.edge.turn_address
+                if turn is not None:
+                    # MRAS hands out the A/V Edge actually running (its port may be any).
+                    front_end.config = replace(front_end.config, turn_host=turn[0],
+                                               turn_udp_port=turn[1], turn_tcp_port=turn[1])
             yield side
         finally:
             for client in side.clients:

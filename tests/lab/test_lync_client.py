@@ -140,6 +140,24 @@ async def test_hold_and_resume(pki: LabPKI) -> None:
         assert report.packets_received >= before + 10
 
 
+async def test_both_on_hold_is_inactive_until_each_resumes(pki: LabPKI) -> None:
+    """A client already holding answers the other side's hold (sendonly) with inactive,
+    not recvonly (which would take it off hold)."""
+    async with MicrosoftSide.run(pki, with_edge=False) as side:
+        _, _, call, incoming = await connected_pair(side, video=False)
+        await call.wait_media(both_ways=True, min_packets=5)
+        await call.hold()
+        await incoming.hold()
+        assert [s.direction for s in incoming.streams] == ["sendonly"]
+        assert [s.direction for s in call.streams] == ["inactive"]
+        assert not call.streams[0].sending
+        await incoming.resume()
+        assert [s.direction for s in call.streams] == ["sendonly"]  # still holding
+        assert call.streams[0].sending and not incoming.streams[0].sending
+        await call.resume()
+        assert [s.direction for s in incoming.streams] == ["sendrecv"]
+
+
 async def test_voice_call_upgraded_to_video(pki: LabPKI) -> None:
     async with MicrosoftSide.run(pki, with_edge=False) as side:
         _, _, call, incoming = await connected_pair(side, video=False)

@@ -55,6 +55,7 @@ async def test_sign_in_answer_carries_what_sipe_reads(pki: LabPKI) -> None:
         try:
             response = await client.register()
             assert client.server_signatures == 1  # the 200's rspauth verified
+            assert client.keep_alive == 300  # from ms-keep-alive: the CRLF ping interval
             assert response.headers.get("Expires") == "3600"
             assert "msrtc-event-categories" in response.headers.get_all("Supported")
             events = (response.headers.get("Allow-Events") or "").split(",")
@@ -234,3 +235,42 @@ async def test_trusted_server_is_not_challenged(pki: LabPKI) -> None:
         finally:
             await stack.close()
         assert response.status == 200
+
+
+async def _until(condition, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.1)  # polling state the roles expose, bounded above
+
+
+async def test_external_client_signs_in_through_the_edge(pki: LabPKI) -> None:
+    async with MicrosoftSide.run(pki) as side:
+        david = await side.client("david", video=False)
+        sessions = [s for s in side.fe.signed_in.values()
+                    if s.aor == "david.jones@example.com"]
+        assert len(sessions) == 1 and sessions[0].remote
+        assert sessions[0].connection_id is None  # found by opaque, not by connection
+        assert david.server_configuration["ucPC2PCAVEncryption"] == "RequireEncryption"
+        assert side.edge is not None and side.edge.turn_address is not None
+        assert (side.fe.config.turn_host, side.fe.config.turn_udp_port) == \
+            side.edge.turn_address  # what MRAS hands out is the running A/V Edge
+        refreshed = await david.register()  # signed both ways through the Edge
+        assert refreshed.headers.get("ms-user-logon-data") == "RemoteUser"
+        assert david.server_signatures >= 3
+
+
+async def test_client_signs_in_again_after_the_fe_drops_its_connection(pki: LabPKI) -> None:
+    async with MicrosoftSide.run(pki, with_edge=False) as side:
+        alice = await side.client("alice", video=False, retry_min=0.2, retry_max=1.0)
+        first = side.fe.lookup("alice.parkes@example.com")[-1]
+        assert first.hop.connection_id is not None
+        side.fe.stack.transports.close_connection(first.hop.connection_id)
+        await _until(lambda: alice.reregistrations >= 1, "alice never signed in again")
+        latest = side.fe.lookup("alice.parkes@example.com")[-1]
+        assert latest.hop.connection_id != first.hop.connection_id
+        assert latest.opaque != first.opaque  # a new security association
+        # The device's old contact and association are gone, not left to linger.
+        assert len(side.fe.lookup("alice.parkes@example.com")) == 1
+        assert first.opaque not in side.fe.signed_in
+        assert alice.registered

@@ -90,3 +90,26 @@ async def test_a_role_that_cannot_start_is_reported_and_the_rest_stopped(
         assert topology.ROLES[1] == "dmz-turn"
     failed = [e for e in events if e.state is RoleState.FAILED]
     assert [e.role for e in failed] == ["dmz-turn"] and failed[0].detail
+
+
+async def test_zone_overrides_still_reach_this_labs_cucm(lab_pki: LabPKI) -> None:
+    """A ``zones`` override (here: the default list with another hop count) replaces the
+    section after the lab pointed the CUCM zone at its own CUCM: the lab points it again."""
+    from gateway.configkit import read_toml
+    from gateway.run import DEFAULT_CONFIG
+    from lab.topology import CUCM_HOST
+    from sip.transport import Transport
+
+    zones = read_toml(DEFAULT_CONFIG)["zones"]
+    for zone in zones:
+        zone["hop_count"] = 7
+    async with Lab(lab_pki, any_port=True, gateway_overrides={"zones": zones}) as lab:
+        assert lab.cucm is not None
+        cucm_tls = next(a for a in lab.cucm.listeners if a.transport is Transport.TLS)
+        config = lab.gateway_config()
+        cucm_zones = [z for z in config.zones if CUCM_HOST in z.peers]
+        assert cucm_zones and all(z.hop_count == 7 for z in cucm_zones)
+        assert all(z.port == cucm_tls.port for z in cucm_zones)
+        call = await lab.client("alice").call("3001@video.example.com", video=False)
+        await call.wait_connected()
+        await call.hangup()
