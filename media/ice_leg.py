@@ -13,8 +13,8 @@ pinned by the tests in tests/media/test_ice_leg.py.
 STUN goes through ``media.ms_stun.DialectProtocol``: the leg reads checks in [MS-ICE2]
 version 2 (Lync, libnice's OC2007R2 mode) and in RFC 5389, answers each in its own dialect,
 and sends its own checks in the dialect the peer showed (MS-ICE2 first, alternating on
-retransmission while unknown; ``IceSettings.stun_dialect`` pins one). The dialect is logged
-once per leg when learned.
+retransmission while unknown; ``IceSettings.stun_dialect`` pins one). The dialect is
+logged once per leg when learned.
 
 Every STUN message and packet this leg sends goes through ``_Protocol``, which refuses any
 destination outside ``allowed_networks`` (the lab keeps all traffic on loopback) and records
@@ -109,6 +109,8 @@ class IceSettings:
 def dialect_policy(label: str, setting: str) -> DialectPolicy:
     """The :class:`DialectPolicy` for an ``IceSettings.stun_dialect`` value."""
     if setting == "auto":
+        # No version-1 copies: a standard peer (aioice) takes a message whose FINGERPRINT
+        # fails for media. A version-1 peer is answered in its way once it has checked us.
         return DialectPolicy(label)
     return DialectPolicy(label, accept=(StunDialect(setting),), prefer=StunDialect(setting))
 

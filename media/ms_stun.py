@@ -13,7 +13,9 @@ agent/conncheck.c, which cite [MS-ICE2] 3.1.4.8.2):
   padded 9-byte USERNAME is unreadable to such a reader (libnice: "STUN error: 47 instead of
   1134 bytes for attribute": it took the padding as the next attribute header).
 - Every check carries MS-CANDIDATE-IDENTIFIER (0x8054, the sender's candidate foundation) and
-  MS-IMPLEMENTATION-VERSION (0x8070, value 2); every response carries the version too.
+  MS-IMPLEMENTATION-VERSION (0x8070, value 2); every response carries the version too
+  ([MS-ICE2] 2.2.2: the identifier only in binding requests, the version in all binding
+  requests and responses).
 - MESSAGE-INTEGRITY: HMAC-SHA1 over the header with the message's *final* length (counting
   the FINGERPRINT that follows) and the attributes before MESSAGE-INTEGRITY, the input then
   zero-padded to a multiple of 64 bytes (the RFC 3489 rule). RFC 5389 counts only up to
@@ -24,6 +26,9 @@ agent/conncheck.c, which cite [MS-ICE2] 3.1.4.8.2):
   It stops once it hears MS-IMPLEMENTATION-VERSION from the peer. A receiver accepts the
   legacy CRC only on a message without MS-IMPLEMENTATION-VERSION (a version-1 sender); a
   version-2 agent's legacy copy (version present, legacy CRC) is dropped.
+
+Not handled: the draft-STUN-02 message format (no magic cookie) that [MS-ICE2] also allows
+for older peers; such datagrams are not taken for STUN.
 
 The first half of this module is the codec, sans-IO (bytes in, bytes out): :func:`decode`,
 :func:`verify_integrity` (which also says which dialect's integrity matched) and
@@ -344,7 +349,9 @@ class DialectPolicy:
     its own; the gateway both). ``prefer``: the dialect of our checks until the peer's is
     known; while unknown and both are accepted, retransmissions alternate between them, so
     a peer of either kind answers one. ``legacy_copies``: send the version-1 copy of each
-    check, as a version-2 Microsoft client does, until the peer shows version 2."""
+    [MS-ICE2] check, as a version-2 Microsoft client does, until the peer shows a version
+    (only when it differs from the check: most legacy CRCs equal the standard one). A
+    version-1 peer (legacy FINGERPRINT, no version) gets legacy FINGERPRINTs."""
 
     def __init__(self, label: str, *, accept: Iterable[StunDialect] = tuple(StunDialect),
                  prefer: StunDialect = StunDialect.MS_ICE2,
@@ -359,6 +366,9 @@ class DialectPolicy:
         """The peer's dialect, learned from its first authenticated check or response."""
         self.peer_version: int | None = None
         """MS-IMPLEMENTATION-VERSION the peer sent (None: none seen)."""
+        self.peer_legacy_crc = False
+        """The peer is an [MS-ICE2] version-1 agent (legacy FINGERPRINT, no version): we
+        write its FINGERPRINT the same way."""
         self._replies: OrderedDict[bytes, StunDialect] = OrderedDict()
         self._tries: OrderedDict[bytes, int] = OrderedDict()
 
@@ -368,13 +378,16 @@ class DialectPolicy:
         return cls(label, accept=(dialect,), prefer=dialect,
                    legacy_copies=dialect is StunDialect.MS_ICE2)
 
-    def learned(self, dialect: StunDialect, version: int | None, how: str) -> None:
+    def learned(self, dialect: StunDialect, version: int | None, how: str, *,
+                legacy_crc: bool = False) -> None:
         if version is not None:
             self.peer_version = version
-        if self.peer is dialect:
+        legacy_crc = legacy_crc and dialect is StunDialect.MS_ICE2 and version is None
+        if self.peer is dialect and self.peer_legacy_crc == legacy_crc:
             return
-        previous, self.peer = self.peer, dialect
-        logger.info("%s: STUN dialect %s (%s%s)", self.label, dialect.value, how,
+        previous, self.peer, self.peer_legacy_crc = self.peer, dialect, legacy_crc
+        logger.info("%s: STUN dialect %s%s (%s%s)", self.label, dialect.value,
+                    " version 1 (legacy FINGERPRINT)" if legacy_crc else "", how,
                     "" if previous is None else f"; was {previous.value}")
 
     def request_dialect(self, transaction_id: bytes) -> StunDialect:
@@ -424,7 +437,8 @@ class _ReceivedMessage(Message):
         if self.message_class == Class.REQUEST:
             self.policy.reply_to(self.transaction_id, dialect)
         self.policy.learned(dialect, self.decoded.implementation_version,
-                            f"from the peer's {kind}")
+                            f"from the peer's {kind}",
+                            legacy_crc=self.decoded.fingerprint is Fingerprint.LEGACY)
         return True
 
 
@@ -518,10 +532,13 @@ class DialectProtocol(StunProtocol):
                                  candidate_identifier=self.local_candidate.foundation)
         message_type = message.message_method | message.message_class
         fingerprint = "FINGERPRINT" in message.attributes
-        self.transport.sendto(encode(message_type, message.transaction_id, attributes,
-                                     dialect, key=key, fingerprint=fingerprint), addr)
-        if (request and fingerprint and dialect is StunDialect.MS_ICE2
-                and policy.legacy_copies and policy.peer_version is None):
-            self.transport.sendto(encode(message_type, message.transaction_id, attributes,
-                                         dialect, key=key, fingerprint=True,
-                                         legacy_fingerprint=True), addr)
+        ms = dialect is StunDialect.MS_ICE2
+        data = encode(message_type, message.transaction_id, attributes, dialect, key=key,
+                      fingerprint=fingerprint, legacy_fingerprint=ms and policy.peer_legacy_crc)
+        self.transport.sendto(data, addr)
+        if (request and fingerprint and ms and policy.legacy_copies
+                and policy.peer_version is None and not policy.peer_legacy_crc):
+            legacy = encode(message_type, message.transaction_id, attributes, dialect,
+                            key=key, legacy_fingerprint=True)
+            if legacy != data:  # an identical copy would be a mere retransmission
+                self.transport.sendto(legacy, addr)

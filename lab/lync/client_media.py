@@ -276,6 +276,7 @@ class MediaStream:
         self.kind = kind
         self.ice = ClientIce(host, servers, controlling=controlling, on_media=self._received,
                              allowed=allowed, stun_dialect=StunDialect(stun_dialect))
+        self.ice.stun_policy.label = f"ICE {host} {kind}"
         self.cryptos: tuple[Crypto, ...] = (new_crypto(1, True), new_crypto(2, False))
         """Our keys as offered: one with the MKI Lync uses, one without."""
         first = secrets.randbelow(2**31 - 1000) + 1

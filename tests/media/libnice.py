@@ -36,9 +36,14 @@ def why_not() -> str | None:
         [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('Nice', '0.1');"
          " from gi.repository import Nice"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
-        return ("libnice's introspection data is missing (apt-get install gir1.2-nice-0.1 "
-                "python3-gi): " + probe.stderr.strip().splitlines()[-1:][0:1].__repr__())
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return ("libnice's introspection data is missing (scripts/install-peers.sh installs "
+                f"gir1.2-nice-0.1 python3-gi): {last}")
     return None
+
+
+class NamespaceUnavailable(RuntimeError):
+    """The namespace or veth could not be made here (no CAP_NET_ADMIN, no veth module)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +74,12 @@ def veth_pair() -> Iterator[Veth]:
     veth = Veth(ns, f"10.199.{octet}.1", f"10.199.{octet}.2", f"10.199.{octet}.0/24")
     made_ns = False
     try:
-        _ip("netns", "add", ns)
-        made_ns = True
-        _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        try:
+            _ip("netns", "add", ns)
+            made_ns = True
+            _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        except RuntimeError as error:
+            raise NamespaceUnavailable(str(error)) from error
         _ip("link", "set", inside, "netns", ns)
         _ip("addr", "add", f"{veth.ours}/24", "dev", outside)
         _ip("link", "set", outside, "up")

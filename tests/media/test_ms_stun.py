@@ -7,6 +7,7 @@ import json
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,3 +202,95 @@ async def test_protocol_drops_bad_stun_and_passes_other_data_on() -> None:
     protocol.datagram_received(load("libnice-request.bin"), ("10.0.0.1", 1))
     assert receiver.data == [b"not stun at all"]
     assert len(receiver.requests) == 1
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: object = None) -> None:
+        self.sent.append(data)
+
+
+class _Agent:
+    def __init__(self, policy: DialectPolicy) -> None:
+        self.stun_policy = policy
+        self.local_password = "gatewaypassword0123456789"
+        self.remote_password = "peerpassword0123456789"
+        self.verified: list[bool] = []
+
+    def data_received(self, data: bytes, component: int) -> None:
+        raise AssertionError("STUN reached the media sink")
+
+    def request_received(self, message: Any, addr: object, protocol: object) -> None:
+        self.verified.append(message.check_message_integrity(self.local_password.encode()))
+
+
+def _protocol(policy: DialectPolicy) -> tuple[Any, _Agent, _Transport]:
+    from media.ms_stun import DialectProtocol
+
+    class Local:
+        component = 1
+        foundation = "6"
+
+    agent, transport = _Agent(policy), _Transport()
+    protocol = DialectProtocol(agent)  # type: ignore[arg-type]
+    protocol.local_candidate = Local()  # type: ignore[assignment]
+    protocol.transport = transport  # type: ignore[assignment]
+    return protocol, agent, transport
+
+
+def _check(tid: bytes) -> Any:
+    from aioice.stun import Class, Message, Method
+    message = Message(Method.BINDING, Class.REQUEST, transaction_id=tid)
+    message.attributes["USERNAME"] = "peer:gw01"
+    message.attributes["PRIORITY"] = 1853824767
+    message.attributes["ICE-CONTROLLING"] = 1
+    message.add_message_integrity(b"ignored: the protocol signs with the remote password")
+    return message
+
+
+def _tid(n: int) -> bytes:
+    return bytes([n % 256]) * 12
+
+
+async def test_ms_ice2_client_sends_version_1_copies_only_when_they_differ() -> None:
+    tids = [_tid(n) for n in range(256)]
+    copies = 0
+    for tid in tids:
+        protocol, _, transport = _protocol(DialectPolicy.pinned("client", StunDialect.MS_ICE2))
+        protocol.send_stun(_check(tid), ("10.0.0.2", 5000))  # first try: MS-ICE2
+        first = decode(transport.sent[0])
+        assert first.implementation_version == 2
+        assert first.get(MS_CANDIDATE_IDENTIFIER) == b"6\0\0\0"
+        assert verify_integrity(first, b"peerpassword0123456789") is StunDialect.MS_ICE2
+        if len(transport.sent) == 2:
+            copies += 1
+            copy = transport.sent[1]
+            assert copy[:-4] == transport.sent[0][:-4]
+            assert struct.unpack("!I", copy[-4:])[0] == legacy_crc32(copy[:-8]) ^ 0x5354554E
+            with pytest.raises(StunDecodeError):
+                decode(copy)  # what a version-2 receiver (libnice, the gateway) does
+    assert 0 < copies < len(tids)
+
+
+async def test_version_1_peer_gets_legacy_fingerprints() -> None:
+    protocol, agent, transport = _protocol(DialectPolicy("gw", legacy_copies=True))
+    for n in range(500):  # a version-1 check whose legacy CRC differs from the standard one
+        attributes = [(0x0006, pad_value(f"gw01:p{n}".encode())),
+                      (0x0024, struct.pack("!I", 1))]
+        data = encode(0x0001, bytes(12), attributes, StunDialect.MS_ICE2,
+                      key=agent.local_password.encode(), legacy_fingerprint=True)
+        if decode(data).fingerprint is Fingerprint.LEGACY:
+            break
+    protocol.datagram_received(data, ("10.0.0.2", 5000))
+    assert agent.verified == [True]
+    policy = agent.stun_policy
+    assert policy.peer is StunDialect.MS_ICE2 and policy.peer_legacy_crc
+    from aioice.stun import Class, Message, Method
+    response = Message(Method.BINDING, Class.RESPONSE, transaction_id=bytes(12))
+    response.attributes["XOR-MAPPED-ADDRESS"] = ("10.0.0.2", 5000)
+    response.add_message_integrity(b"x")
+    protocol.send_stun(response, ("10.0.0.2", 5000))
+    (sent,) = transport.sent
+    assert struct.unpack("!I", sent[-4:])[0] == legacy_crc32(sent[:-8]) ^ 0x5354554E
