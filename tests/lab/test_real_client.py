@@ -8,6 +8,11 @@ veth (libnice skips loopback interfaces); the lab runs in this process on its lo
 addresses, which the namespace reaches over the veth (lab.netns.VethHost). Driven over
 D-Bus, with the test plugin accepting calls (tests/peers/pidgin.py).
 
+Debian 12's current libxml2 leaves sipe 1.25 unable to read any XML body (its provisioning
+included, so it never learns the FE's A/V encryption policy): the IM and call tests run
+sipe with tests/peers/pidgin_plugin/sax1_compat.c preloaded, which restores libxml2's
+earlier behaviour for sipe's parser only; the stock runs are kept as strict xfails.
+
 Skips with the reason where pidgin-sipe is not installed or namespaces cannot be made.
 """
 
@@ -34,8 +39,6 @@ pytestmark = [pytest.mark.peer, pytest.mark.asyncio]
 
 USER = "alice.parkes@example.com"
 """The lab user sipe signs in as (the lab's own client of that name is stopped first)."""
-LAB_PASSWORD = "alice-lab-password"
-"""Used only when the lab FE has no password for the user in its configuration."""
 IMP = "imp@video.example.com"
 ENDPOINT = "3001@video.example.com"
 SIGN_IN_TIMEOUT = 20.0
@@ -88,15 +91,6 @@ async def lab(lab_pki: LabPKI, veth: VethHost) -> AsyncIterator[Lab]:
         yield running
 
 
-def password_of(lab: Lab, user: str) -> str:
-    """The lab FE's password for ``user`` (its NTLM accounts), else :data:`LAB_PASSWORD`."""
-    assert lab.microsoft is not None
-    passwords = getattr(lab.microsoft.fe.config, "passwords", None)
-    if isinstance(passwords, dict) and user.lower() in passwords:
-        return str(passwords[user.lower()])
-    return LAB_PASSWORD
-
-
 @pytest.fixture
 def libxml2() -> str:
     """Which libxml2 behaviour sipe gets: "sax1-compat" (the shim in
@@ -112,8 +106,9 @@ async def sipe(lab: Lab, lab_pki: LabPKI, veth: VethHost, tmp_path: Path, cache:
     """pidgin-sipe started in the namespace, signing in to the lab FE as alice."""
     assert lab.microsoft is not None
     fe = lab.microsoft.fe.listener
-    account = SipeAccount(user=USER, password=password_of(lab, USER), server=fe.host,
-                          port=fe.port)
+    # What the user types: the address, the password the FE has for it, the FE's address.
+    account = SipeAccount(user=USER, password=lab.microsoft.fe.config.passwords[USER],
+                          server=fe.host, port=fe.port)
     leaf = lab_pki.host("fe").cert.read_bytes()
     async with Pidgin(account, tmp_path, server_cert_pem=leaf, wrap=veth.argv([]),
                       cache=cache, sax1_compat=libxml2 == "sax1-compat") as pidgin:
