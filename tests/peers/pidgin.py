@@ -10,9 +10,11 @@ states. pidgin's debug log (every SIP message sipe sends and receives, libnice's
 kept in memory, waited on line by line, and written to ``pidgin.log`` in the work directory.
 
 libpurple is driven over D-Bus with ``dbus-send`` (no D-Bus library needed in the venv).
-Audio comes from GStreamer's test source: the sound-card elements are ranked out with
-``GST_PLUGIN_FEATURE_RANK`` so autoaudiosrc/sink fall back to audiotestsrc / a fake sink.
-Every process is stopped on :meth:`Pidgin.close` (also after a failed start).
+No sound card: ``GST_PLUGIN_FEATURE_RANK`` ranks the sound-card elements out and
+audiotestsrc (a sine) in, so pidgin's default source and sink are a test tone and a fake
+sink. ``sax1_compat`` preloads ``pidgin_plugin/sax1_compat.c`` (why: see that file).
+Every process is stopped on :meth:`Pidgin.close` (also after a failed start): pidgin quits
+through libpurple first, then SIGTERM/SIGKILL; then the bus and Xvfb.
 """
 
 from __future__ import annotations
@@ -48,8 +50,6 @@ DBUS_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
 QUIT_TIMEOUT = 5.0
 DBUS_VALUE = re.compile(r"^\s*(?:int32|uint32|boolean|string)\s+\"?(.*?)\"?$", re.M)
-
-
 SIP_START = re.compile(r"^MESSAGE START ([<>])")
 
 
