@@ -94,8 +94,8 @@ async def lab(lab_pki: LabPKI, veth: VethHost) -> AsyncIterator[Lab]:
 @pytest.fixture
 def libxml2() -> str:
     """Which libxml2 behaviour sipe gets: "sax1-compat" (the shim in
-    tests/peers/pidgin_plugin/sax1_compat.c, as libxml2 behaved before the CVE-2023-39615
-    fix) or "stock" (Debian 12's current libxml2, with which sipe 1.25 reads no XML body:
+    tests/peers/pidgin_plugin/sax1_compat.c, as libxml2 behaved before Debian's security
+    updates) or "stock" (Debian 12's current libxml2, with which sipe 1.25 reads no XML body:
     not its provisioning, so not the FE's A/V encryption policy). Tests parametrize it."""
     return "sax1-compat"
 
@@ -184,7 +184,7 @@ async def received(sipe: Pidgin, start: str, since: int, **match: str) -> SipLog
 
 
 STOCK_LIBXML2 = pytest.param("stock", marks=pytest.mark.xfail(strict=True, reason=(
-    "Debian 12's libxml2 (2.9.14+dfsg-1.3~deb12u2 and later, the CVE-2023-39615 fix) never "
+    "Debian 12's security-updated libxml2 (2.9.14+dfsg-1.3~deb12u5/u6) never "
     "calls the SAX1 callbacks of pidgin-sipe 1.25's XML reader: sipe reads no XML body, so "
     "not the FE's provisioning-v2, and keeps its A/V encryption policy at 'rejected' "
     "(RTP/AVP without a=crypto, which the gateway refuses with 488)")))

@@ -2,10 +2,10 @@
  *
  * sipe's XML reader (sipe-xml.c) passes libxml2 a handler marked XML_SAX2_MAGIC that fills
  * in only the SAX1 callbacks (startElement/endElement). libxml2 used to parse with SAX1 for
- * such a handler; since the CVE-2023-39615 fix (upstream 2.11.5, in Debian 12's
- * 2.9.14+dfsg-1.3~deb12u2 and later) the magic alone selects SAX2, whose element callbacks
- * sipe leaves NULL: every document then parses "successfully" into nothing, and sipe reads
- * no provisioning (A/V encryption policy, MRAS URI), roaming data or presence.
+ * such a handler; Debian 12's security-updated 2.9.14 (seen with +dfsg-1.3~deb12u5 and
+ * deb12u6) lets the magic alone select SAX2, whose element callbacks sipe leaves NULL: every
+ * document then parses "successfully" into nothing, and sipe reads no provisioning (A/V
+ * encryption policy, MRAS URI), roaming data or presence.
  *
  * For exactly that kind of handler (SAX2 magic, no SAX2 element callbacks, SAX1 ones set),
  * this parses with a copy marked as a SAX1 handler, as libxml2 did before; every other
