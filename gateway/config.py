@@ -1,7 +1,8 @@
 """Gateway configuration: one TOML file loaded into a tree of frozen dataclasses.
 
 Sections mirror the product's pages: ``[system]``, ``[b2bua]`` (with ``[b2bua.broker]``),
-``[video]``, ``[[zones]]``, ``[[search_rules]]`` and ``[[transforms]]``. Every field has
+``[video]``, ``[transport]`` (SIP listener limits), ``[[zones]]``, ``[[search_rules]]`` and
+``[[transforms]]``. Every field has
 the product's documented default (SPEC.md §2-3). An unknown key, a wrong type or a bad
 value raises :class:`ConfigError` naming the key (``b2bua.max_calls: expected integer,
 got string``). Precedence: defaults < file < environment (``GATEWAY_<SECTION>_<KEY>``)
@@ -37,7 +38,7 @@ from gateway.configkit import (  # ConfigError & co. are re-exported
     wrong_type,
 )
 from sip.port_range import PortRange
-from sip.transport import Transport, TransportAddress
+from sip.transport import Transport, TransportAddress, TransportSettings
 
 __all__ = [
     "MICROSOFT_ZONE",
@@ -56,6 +57,7 @@ __all__ = [
     "SearchRuleConfig",
     "SystemConfig",
     "TransformConfig",
+    "TransportLimitsConfig",
     "TrustedHost",
     "TrustedHostType",
     "TurnServer",
@@ -417,6 +419,54 @@ class VideoConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TransportLimitsConfig:
+    """``[transport]``: limits of every SIP stream listener and connection (both sides),
+    against hostile or careless peers. 0 turns a limit off."""
+
+    max_connections: int = 2048
+    """Stream connections held at once (TLS handshakes included); at the cap the oldest
+    idle inbound one is closed for a new one, or the new one is refused."""
+    max_connections_per_source: int = 512
+    """Inbound stream connections from one source address."""
+    message_timeout: float = 20.0
+    """Seconds from a message's first byte to its last; later, the connection is closed."""
+    idle_timeout: float = 600.0
+    """Seconds without a complete message or keep-alive before a connection is closed."""
+    max_unsent_bytes: int = 1048576
+    """Bytes queued for a peer that does not read before its connection is closed."""
+    max_message_size: int = 65536
+    """Largest SIP message; a larger one is answered 413 (its body skipped on streams)."""
+    tls_handshake_timeout: float = 10.0
+    """Seconds for a TLS handshake."""
+
+    def __post_init__(self) -> None:
+        _check_range("max_connections", self.max_connections, 0)
+        _check_range("max_connections_per_source", self.max_connections_per_source, 0)
+        _check_range("message_timeout", self.message_timeout, 0)
+        _check_range("idle_timeout", self.idle_timeout, 0)
+        _check_range("max_unsent_bytes", self.max_unsent_bytes, 0)
+        _check_range("max_message_size", self.max_message_size, 1024, 1 << 24)
+        _check_range("tls_handshake_timeout", self.tls_handshake_timeout, 0.1)
+
+    def settings(self, **others: Any) -> TransportSettings:
+        """The :class:`TransportSettings` with these limits (``others``: the rest)."""
+
+        def cap(value: float) -> Any:
+            return value if value > 0 else None
+
+        return TransportSettings(
+            max_connections=cap(self.max_connections),
+            max_connections_per_source=cap(self.max_connections_per_source),
+            message_timeout=cap(self.message_timeout),
+            idle_timeout=cap(self.idle_timeout),
+            max_unsent_bytes=cap(self.max_unsent_bytes),
+            max_message_size=self.max_message_size,
+            tls_handshake_timeout=self.tls_handshake_timeout,
+            **others,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ZoneConfig:
     """``[[zones]]``: a neighbor zone (Unified CM ...)."""
 
@@ -579,6 +629,7 @@ class GatewayConfig:
     system: SystemConfig = SystemConfig()
     b2bua: B2buaConfig = B2buaConfig()
     video: VideoConfig = VideoConfig()
+    transport: TransportLimitsConfig = TransportLimitsConfig()
     zones: tuple[ZoneConfig, ...] = ()
     search_rules: tuple[SearchRuleConfig, ...] = ()
     transforms: tuple[TransformConfig, ...] = ()
@@ -671,6 +722,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "system": SystemConfig,
     "b2bua": B2buaConfig,
     "video": VideoConfig,
+    "transport": TransportLimitsConfig,
 }
 _LISTS: dict[str, type[Any]] = {
     "zones": ZoneConfig,
@@ -707,7 +759,8 @@ def _apply_override(data: dict[str, Any], dotted: str, text: str, origin: str) -
     section, _, key = dotted.partition(".")
     if section not in _SECTIONS or not key:
         raise ConfigError(
-            dotted, f"{origin}: only [system], [b2bua] and [video] keys can be overridden"
+            dotted,
+            f"{origin}: only [system], [b2bua], [video] and [transport] keys can be overridden",
         )
     hint = field_hint(_SECTIONS[section], key)
     if hint is None:
@@ -718,8 +771,8 @@ def _apply_override(data: dict[str, Any], dotted: str, text: str, origin: str) -
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """``GATEWAY_<SECTION>_<KEY>`` variables as (dotted key, value, origin).
 
-    Only the sections ``system``, ``b2bua`` and ``video`` are read; other ``GATEWAY_*``
-    variables belong to other tools and are left alone.
+    Only the sections ``system``, ``b2bua``, ``video`` and ``transport`` are read; other
+    ``GATEWAY_*`` variables belong to other tools and are left alone.
     """
     found = []
     for name, value in sorted(environ.items()):

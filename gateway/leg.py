@@ -332,6 +332,15 @@ class SideAgent(UserAgent):
     ) -> Awaitable[None] | None:
         return self.owner.on_new_request(self, transaction, request)
 
+    def handle_too_many_hops(
+        self, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        # A new INVITE goes to the controller, whose routing answers it 483 and counts the
+        # refusal (too_many_hops); anything else gets the UA's plain 483.
+        if request.method == "INVITE" and request.to.tag is None:
+            return self.handle_new_request(transaction, request)
+        return super().handle_too_many_hops(transaction, request)
+
     def handle_dialog_request(
         self, dialog: Dialog, transaction: ServerTransaction, request: Request
     ) -> Awaitable[None] | None:

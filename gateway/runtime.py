@@ -57,7 +57,6 @@ from sip.timers import TimerSettings
 from sip.transport import (
     Transport,
     TransportAddress,
-    TransportSettings,
     source_host_of,
 )
 
@@ -155,8 +154,9 @@ class Gateway:
                   LegSide.VIDEO: config.video.listen[0].host if config.video.listen else ""}
         try:
             for side in LegSide:
-                transport = TransportSettings(outbound_ports=config.system.outbound_ports,
-                                              source_host=source_host_of(source[side]))
+                transport = config.transport.settings(
+                    outbound_ports=config.system.outbound_ports,
+                    source_host=source_host_of(source[side]))
                 stack = SipStack(timers=self.options.timers, transport_settings=transport,
                                  tls_client=client, observer=self.observe)
                 self.stacks[side] = stack

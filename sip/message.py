@@ -17,11 +17,13 @@ from .uri import URI
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "MAX_REASON_LENGTH",
     "REASON_PHRASES",
     "Headers",
     "Message",
     "Request",
     "Response",
+    "bounded_reason",
     "error_response",
     "make_response",
     "new_branch",
@@ -33,6 +35,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SIZE = 65536
+MAX_REASON_LENGTH = 100
+"""Longest reason phrase we write: a reason naming input (an alias, a header) must not
+echo it whole; over UDP every retransmission of the response would reflect it."""
 T = TypeVar("T")
 
 # Headers whose values contain commas that are not list separators (§7.3.1 exceptions,
@@ -586,8 +591,18 @@ def make_response(
         items.append(("Content-Type", content_type))
     elif body:
         raise LocalProtocolError("a response body needs a content type")
-    return Response(status, reason if reason is not None else REASON_PHRASES.get(status, ""),
-                    headers, body)
+    text = REASON_PHRASES.get(status, "") if reason is None else bounded_reason(reason)
+    return Response(status, text, headers, body)
+
+
+def bounded_reason(text: str) -> str:
+    """``text`` as a reason phrase: one line, at most :data:`MAX_REASON_LENGTH` chars."""
+    if len(text) <= MAX_REASON_LENGTH and text.isprintable():
+        return text
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", text).strip()
+    if len(text) > MAX_REASON_LENGTH:
+        text = text[: MAX_REASON_LENGTH - 3].rstrip() + "..."
+    return text
 
 
 _COPIED = {"via": "Via", "from": "From", "call-id": "Call-ID", "cseq": "CSeq",
@@ -596,7 +611,7 @@ _COPIED = {"via": "Via", "from": "From", "call-id": "Call-ID", "cseq": "CSeq",
 
 def _reason_text(message: str) -> str:
     # A reason phrase is one line of printable text.
-    return re.sub(r"[\x00-\x1f\x7f]+", " ", message)[:120].strip() or "Bad Request"
+    return bounded_reason(message) or "Bad Request"
 
 
 def error_response(data: bytes, error: ProtocolError) -> bytes | None:

@@ -225,6 +225,7 @@ class SipStack:
             transport_settings, on_message=self._on_message, tls_client=tls_client
         )
         """Sockets and connections."""
+        self.transports.on_oversized_response = self._on_oversized_response
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._requests: dict[ClientTransaction, ClientRequest] = {}
@@ -370,6 +371,24 @@ class SipStack:
                     self.layer.send_stateless(reply, source)
         except Exception:
             logger.exception("transaction layer failed on %s from %s", _describe(message), source)
+        self._process()
+
+    def _on_oversized_response(
+        self, response: Response, connection: ConnectionInfo, size: int
+    ) -> None:
+        # Too large to take (its body was passed over): its transaction fails now as a
+        # transport error, so the TU (a proxy) answers upstream at once, and no ACK goes to
+        # a final response we never read (a 2xx's sender then ends its dialog with BYE).
+        if self._closed or response.status < 200:
+            return
+        transaction = self.layer.client_for(response)
+        if transaction is None:
+            return
+        self._failures[transaction] = (
+            f"{response.status} response of {size} bytes over the limit of"
+            f" {self.transports.settings.max_message_size}"
+        )
+        self.layer.transport_error(transaction, asyncio.get_running_loop().time())
         self._process()
 
     def _on_timer(self) -> None:

@@ -216,6 +216,11 @@ class TransactionLayer:
             reliable=transaction.reliable,
         )
 
+    def client_for(self, response: Response) -> ClientTransaction | None:
+        """The live client transaction ``response`` belongs to (§17.1.3), if any."""
+        key = TransactionKey.for_client_response(response)
+        return self._clients.get(key) if key is not None else None
+
     def transport_error(
         self, transaction: ClientTransaction | ServerTransaction, now: float
     ) -> None:

@@ -2,7 +2,12 @@
 
 One :class:`TransportManager` owns every socket and connection. It parses what arrives
 and hands each message up with its source address and connection; it answers malformed
-requests itself (400 naming the problem, 413 when too large) and keeps serving. Responses
+requests itself (400 naming the problem, 413 when too large: on a stream the oversized
+body is skipped and the connection kept) and keeps serving. Hostile or careless peers are
+bounded (:class:`TransportSettings`): a cap on connections in total and per source
+address (the oldest idle inbound one is closed to make room), a deadline for a message
+once its first byte came, a cap on bytes queued for a peer that does not read, and a
+failed TLS handshake frees its buffers at once. Responses
 sent to the source of a request go back on the connection the request came on, and open
 connections to a peer are reused. Outbound TCP/TLS connections take their source port
 from a configured range (Gateway Expressway default 25000-29999).
@@ -18,6 +23,8 @@ import errno
 import ipaddress
 import logging
 import os
+import re
+import resource
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
@@ -26,10 +33,11 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from sip.errors import ParseError, ProtocolError
+from sip.framing import Oversized
 from sip.message import Request, Response, error_response, parse_message
 from sip.port_range import DEFAULT_OUTBOUND_PORTS, PortCursor, PortRange
 from sip.tls import describe_tls_error
-from sip.transport_stream import StreamConnection
+from sip.transport_stream import DropReason, StreamConnection
 from sip.transport_udp import DatagramEndpoint
 
 __all__ = [
@@ -39,6 +47,7 @@ __all__ = [
     "TransportAddress",
     "TransportError",
     "TransportManager",
+    "TransportCounters",
     "TransportSettings",
     "source_host_of",
 ]
@@ -149,6 +158,40 @@ class TransportSettings:
     """Seconds to establish a TCP connection."""
     tls_handshake_timeout: float = 10.0
     """Seconds for a TLS handshake (both directions)."""
+    max_connections: int | None = 2048
+    """Stream connections held at once (inbound, outbound and TLS handshakes in progress;
+    Kamailio's and OpenSIPS's tcp_max_connections default). At the cap the oldest idle
+    inbound connection is closed for a new one; None: no cap. Never above half the
+    process's open-file limit (the rest is for media sockets and files)."""
+    max_connections_per_source: int | None = 512
+    """Inbound stream connections from one source address (a quarter of the total, so one
+    address cannot take every slot); at the cap its own oldest idle one is closed."""
+    message_timeout: float | None = 20.0
+    """Seconds from a message's first byte to its last on a stream (Kamailio's
+    tcp_msg_read_timeout); later, the connection is closed. None: no deadline."""
+    max_unsent_bytes: int | None = 1 << 20
+    """Bytes queued for a stream peer that does not read; past it the connection is
+    closed (16 messages of the largest size). None: no cap."""
+
+
+@dataclass(slots=True)
+class TransportCounters:
+    """What the transport limits did, since start (for metrics and tests)."""
+
+    refused: int = 0
+    """Inbound connections closed at once: the cap was reached and nothing was idle."""
+    evicted: int = 0
+    """Idle inbound connections closed to make room for a new one."""
+    message_deadline: int = 0
+    """Connections closed because a message was not completed in time."""
+    slow_reader: int = 0
+    """Connections closed because the peer did not read what we sent."""
+    idle: int = 0
+    """Connections closed after the idle timeout."""
+    oversized: int = 0
+    """Messages over the size limit passed over (the connection kept)."""
+    tls_failed: int = 0
+    """Inbound TLS handshakes that failed."""
 
 
 class TransportError(ConnectionError):
@@ -160,6 +203,7 @@ class _Encodable(Protocol):
 
 
 MessageHandler = Callable[[ReceivedMessage], None]
+OversizedHandler = Callable[[Response, "ConnectionInfo", int], None]
 ClosedHandler = Callable[[ConnectionInfo], None]
 
 
@@ -200,6 +244,18 @@ class TransportManager:
         self._stream_transport: dict[int, Transport] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.counters = TransportCounters()
+        """What the transport limits did (refused, evicted, deadline, slow reader...)."""
+        self._max_connections = _capped_by_fd_limit(self.settings.max_connections)
+        self._inbound: dict[str, dict[int, None]] = {}
+        """Inbound streams (ready or in TLS handshake) per source host, oldest first."""
+        self._handshakes: dict[int, tuple[str, asyncio.Task[None]]] = {}
+        """Inbound TLS handshakes in progress: source host and task, oldest first."""
+        self.on_oversized_response: OversizedHandler | None = None
+        """Hears of a response passed over for its size (headers only, body dropped),
+        with the connection and the declared size: the stack fails its transaction."""
+        self._closed_info: dict[int, ConnectionInfo] = {}
+        """Streams taken out of the tables whose close is not yet reported."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -303,12 +359,22 @@ class TransportManager:
                 logger.warning("TLS listener %s: accept failed: %s", sock.getsockname(), error)
                 await asyncio.sleep(0.1)  # EMFILE and the like: back off, keep listening
                 continue
-            self.spawn(self._tls_handshake(conn, peer, context))
+            host = str(peer[0])
+            if not self._admit(host, f"{host}:{peer[1]}", Transport.TLS):
+                conn.close()
+                continue
+            stream = self._new_stream(Transport.TLS, outbound=False, server_hostname=None)
+            task = self.spawn(self._tls_handshake(stream, conn, peer, context))
+            self._handshakes[stream.id] = (host, task)
+            self._inbound.setdefault(host, {})[stream.id] = None
 
     async def _tls_handshake(
-        self, conn: socket.socket, peer: tuple[Any, ...], context: ssl.SSLContext
+        self,
+        stream: StreamConnection,
+        conn: socket.socket,
+        peer: tuple[Any, ...],
+        context: ssl.SSLContext,
     ) -> None:
-        stream = self._new_stream(Transport.TLS, outbound=False, server_hostname=None)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: stream,
@@ -317,11 +383,27 @@ class TransportManager:
                 ssl_handshake_timeout=self.settings.tls_handshake_timeout,
             )
         except OSError as error:  # ssl.SSLError, TimeoutError, ConnectionError included
+            self.counters.tls_failed += 1
             logger.warning(
                 "TLS handshake with %s:%s failed: %s", peer[0], peer[1], describe_tls_error(error)
             )
-            self._stream_transport.pop(stream.id, None)
+            self._forget_inbound(stream.id, str(peer[0]))
             conn.close()
+            # python/cpython#109534 (fixed in 3.12.2, not in 3.11): the stdlib loop's
+            # handshake waiter keeps this exception, whose traceback frames hold the
+            # SSLProtocol and its 256 KiB buffers in a cycle that only a full collection
+            # frees; between collections a handshake flood piles them up and the heap's
+            # high-water mark never comes back (measured +10 MB per 1,000 failures).
+            # Dropping the traceback breaks the cycle: reference counting frees it now.
+            error.__traceback__ = None
+            error.__context__ = None
+        except asyncio.CancelledError:
+            # Evicted (or the manager closes) while still shaking hands.
+            self._forget_inbound(stream.id, str(peer[0]))
+            conn.close()
+            raise
+        finally:
+            self._handshakes.pop(stream.id, None)
 
     @property
     def listeners(self) -> tuple[TransportAddress, ...]:
@@ -503,6 +585,10 @@ class TransportManager:
             sock.close()
             reason = describe_tls_error(error) if tls else _describe_os_error(error)
             logger.warning("connection to %s failed: %s", target, reason)
+            # python/cpython#109534, our side: see _tls_handshake (the cause is kept, its
+            # traceback, which holds the SSLProtocol and its buffers, is not).
+            error.__traceback__ = None
+            error.__context__ = None
             raise TransportError(f"cannot connect to {target}: {reason}") from error
         if stream.id not in self._streams:
             raise TransportError(f"connection to {target} closed during setup")
@@ -594,15 +680,101 @@ class TransportManager:
             keepalive_interval=self.settings.keepalive_interval,
             keepalive_timeout=self.settings.keepalive_timeout,
             server_hostname=server_hostname,
+            message_timeout=self.settings.message_timeout,
+            max_unsent=self.settings.max_unsent_bytes,
         )
         self._stream_transport[stream.id] = transport
         return stream
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a background coroutine, cancelled by :meth:`close`."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
+
+    # -- internals: connection limits ------------------------------------------------
+
+    @property
+    def stream_count(self) -> int:
+        """Stream connections held: open ones and inbound TLS handshakes in progress."""
+        return len(self._streams) + len(self._handshakes)
+
+    def _admit(self, host: str, peer: str, transport: Transport) -> bool:
+        """Make room for a new inbound connection from ``host``, or say no.
+
+        At a cap the victim is the oldest idle inbound connection (of that source for the
+        per-source cap): first one that never carried a SIP message (a handshake still
+        running, a connection that sent nothing or only junk), then the one whose last
+        message is oldest.
+        """
+        per_source = self.settings.max_connections_per_source
+        if per_source is not None and len(self._inbound.get(host, ())) >= per_source:
+            ids = list(self._inbound.get(host, ()))
+            if not self._evict(ids, f"{per_source} from {host}", ordered=True):
+                return self._refuse(peer, transport, f"{per_source} connections from {host}")
+        total = self._max_connections
+        if total is not None and self.stream_count >= total:
+            candidates = (i for ids in list(self._inbound.values()) for i in ids)
+            if not self._evict(candidates, f"{total} in all", ordered=False):
+                return self._refuse(peer, transport, f"{total} connections in all")
+        return True
+
+    def _evict(self, candidates: Any, cap: str, *, ordered: bool) -> bool:
+        # ``ordered``: ids come oldest first (one source's table), so the first that never
+        # carried a message is the victim; otherwise every candidate is ranked.
+        victim: int | None = None
+        best: tuple[int, float, int] | None = None
+        for connection_id in candidates:
+            if connection_id in self._handshakes:
+                rank = (0, 0.0, connection_id)
+            else:
+                entry = self._streams.get(connection_id)
+                if entry is None or entry[0].closed:
+                    continue
+                stream = entry[0]
+                rank = (min(stream.messages, 1), stream.last_message_at, connection_id)
+            if best is None or rank < best:
+                best, victim = rank, connection_id
+                if ordered and rank[0] == 0:
+                    break
+        if victim is None:
+            return False
+        self.counters.evicted += 1
+        if victim in self._handshakes:
+            host, task = self._handshakes.pop(victim)
+            logger.info("connection cap (%s): dropping a TLS handshake from %s", cap, host)
+            self._forget_inbound(victim, host)
+            task.cancel()
+            return True
+        stream, info = self._streams[victim]
+        logger.info(
+            "connection cap (%s): closing the oldest idle connection %d from %s",
+            cap,
+            victim,
+            info.remote,
+        )
+        self._forget_stream(stream)
+        stream.abort()
+        return True
+
+    def _refuse(self, peer: str, transport: Transport, cap: str) -> bool:
+        self.counters.refused += 1
+        logger.warning(
+            "connection cap reached (%s), none idle: %s connection from %s refused",
+            cap,
+            transport.value,
+            peer,
+        )
+        return False
+
+    def _forget_inbound(self, connection_id: int, host: str) -> None:
+        self._stream_transport.pop(connection_id, None)
+        ids = self._inbound.get(host)
+        if ids is not None:
+            ids.pop(connection_id, None)
+            if not ids:
+                del self._inbound[host]
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -614,8 +786,20 @@ class TransportManager:
     def stream_ready(self, stream: StreamConnection) -> None:
         transport = self._stream_transport[stream.id]
         if self._closing or stream.peername is None or stream.sockname is None:
+            self._handshakes.pop(stream.id, None)
+            for ids in self._inbound.values():
+                ids.pop(stream.id, None)
             stream.abort()
             return
+        host = stream.peername[0]
+        self._handshakes.pop(stream.id, None)  # a TLS handshake that just succeeded
+        if not stream.outbound and transport is Transport.TCP:
+            # TCP is accepted by asyncio's server: the caps are applied as it arrives.
+            if not self._admit(host, _format_address(stream.peername), transport):
+                self._stream_transport.pop(stream.id, None)
+                stream.abort()
+                return
+            self._inbound.setdefault(host, {})[stream.id] = None
         remote = TransportAddress(transport, *stream.peername)
         info = ConnectionInfo(
             id=stream.id,
@@ -652,19 +836,76 @@ class TransportManager:
         )
         self._answer_malformed(data, error, peer, stream.write)
 
-    def stream_closed(self, stream: StreamConnection, exc: BaseException | None) -> None:
-        self._stream_transport.pop(stream.id, None)
-        entry = self._streams.pop(stream.id, None)
-        if entry is None:
+    def stream_oversized(self, stream: StreamConnection, item: Oversized) -> None:
+        self.counters.oversized += 1
+        peer = _format_address(stream.peername)
+        error = ParseError(
+            f"message larger than {self.settings.max_message_size} bytes ({item.size} declared)",
+            413,
+        )
+        if item.head.startswith(b"SIP/"):
+            self._oversized_response(stream, item)
             return
-        info = entry[1]
+        answer = error_response(item.head, error)
+        if answer is None:
+            logger.warning(
+                "connection %d from %s: an oversized message passed over (%s); connection kept",
+                stream.id,
+                peer,
+                error.message,
+            )
+            return
+        logger.warning(
+            "connection %d from %s: request answered 413 (%s); connection kept",
+            stream.id,
+            peer,
+            error.message,
+        )
+        try:
+            stream.write(answer)
+        except ConnectionError as send_error:
+            logger.info("could not answer %s: %s", peer, send_error)
+
+    def _oversized_response(self, stream: StreamConnection, item: Oversized) -> None:
+        # A response cannot be answered: its headers (parsed without the body) go to
+        # ``on_oversized_response``, which ends its client transaction at once (a proxy
+        # then answers upstream) instead of leaving it to Timer B/F.
+        entry = self._streams.get(stream.id)
+        peer = _format_address(stream.peername)
+        logger.warning(
+            "connection %d from %s: a response of %d bytes (limit %d) passed over; connection kept",
+            stream.id,
+            peer,
+            item.size,
+            self.settings.max_message_size,
+        )
+        if entry is None or self.on_oversized_response is None:
+            return
+        try:
+            response = parse_message(_bodiless(item.head))
+        except ProtocolError as error:
+            logger.info("oversized response from %s not parsed: %s", peer, error.message)
+            return
+        if isinstance(response, Response):
+            try:
+                self.on_oversized_response(response, entry[1], item.size)
+            except Exception:
+                logger.exception("oversized-response handler failed for %s", peer)
+
+    def stream_dropped(self, stream: StreamConnection, reason: DropReason) -> None:
+        if reason is DropReason.MESSAGE_DEADLINE:
+            self.counters.message_deadline += 1
+        elif reason is DropReason.SLOW_READER:
+            self.counters.slow_reader += 1
+        elif reason is DropReason.IDLE:
+            self.counters.idle += 1
+
+    def stream_closed(self, stream: StreamConnection, exc: BaseException | None) -> None:
+        self._forget_stream(stream)
+        info = self._closed_info.pop(stream.id, None)
+        if info is None:
+            return
         assert info.remote is not None
-        ids = self._by_remote.get(info.remote)
-        if ids is not None:
-            if stream.id in ids:
-                ids.remove(stream.id)
-            if not ids:
-                del self._by_remote[info.remote]
         logger.debug(
             "connection %d with %s closed%s", stream.id, info.remote, f": {exc}" if exc else ""
         )
@@ -673,6 +914,25 @@ class TransportManager:
                 self._on_closed(info)
             except Exception:
                 logger.exception("connection-closed handler failed for %s", info.remote)
+
+    def _forget_stream(self, stream: StreamConnection) -> None:
+        """Take a stream out of every table (when it closes, or when it is evicted: the
+        slot is free at once, before asyncio reports the close)."""
+        self._stream_transport.pop(stream.id, None)
+        entry = self._streams.pop(stream.id, None)
+        if entry is None:
+            return
+        info = entry[1]
+        self._closed_info[stream.id] = info
+        assert info.remote is not None
+        if not stream.outbound:
+            self._forget_inbound(stream.id, info.remote.host)
+        ids = self._by_remote.get(info.remote)
+        if ids is not None:
+            if stream.id in ids:
+                ids.remove(stream.id)
+            if not ids:
+                del self._by_remote[info.remote]
 
     # -- DatagramOwner ---------------------------------------------------------------
 
@@ -775,6 +1035,46 @@ def _describe_os_error(error: OSError) -> str:
     if error.errno is not None and not isinstance(error, TimeoutError):
         return os.strerror(error.errno)
     return str(error) or type(error).__name__
+
+
+_BODY_HEADER = re.compile(
+    rb"\r?\n(?:content-length|l|content-type|c|content-encoding|e)[ \t]*:(?:[^\r\n]|\r?\n[ \t])*",
+    re.IGNORECASE,
+)
+
+
+def _bodiless(head: bytes) -> bytes:
+    """A message's header section without its body headers, with Content-Length 0."""
+    line_end = head.index(b"\n")
+    if head[line_end - 1 : line_end] == b"\r":
+        line_end -= 1
+    headers = _BODY_HEADER.sub(b"", head[line_end:].rstrip(b"\r\n"))
+    return head[:line_end] + headers + b"\r\nContent-Length: 0\r\n\r\n"
+
+
+def _format_address(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "?"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _capped_by_fd_limit(wanted: int | None) -> int | None:
+    """``wanted`` connections, at most half the open-file limit: past it accept() fails
+    with EMFILE for every listener (and media sockets cannot be bound)."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    ceiling = max(16, soft // 2)
+    if wanted is None or wanted > ceiling:
+        logger.info(
+            "stream connections capped at %d: half the open-file limit of %d", ceiling, soft
+        )
+        return ceiling
+    return wanted
 
 
 def _family(host: str) -> int:

@@ -267,6 +267,14 @@ class UserAgent:
     def handle_ack(self, dialog: Dialog, ack: Request) -> None:
         """The ACK for our 2xx in ``dialog``."""
 
+    def handle_too_many_hops(
+        self, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        """A request with Max-Forwards 0: 483 (a subclass that routes may answer it itself,
+        to count it)."""
+        self.stack.respond(transaction, 483)
+        return None
+
     def handle_cancel(self, transaction: ServerTransaction, cancel: Request) -> None:
         """A CANCEL matched our pending INVITE; default: 487 to the INVITE."""
         self.stack.respond(transaction, 487)
@@ -292,8 +300,7 @@ class UserAgent:
     ) -> Awaitable[None] | None:
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0:
-            self.stack.respond(transaction, 483)
-            return None
+            return self.handle_too_many_hops(transaction, request)
         unsupported = self.unsupported(request)
         if unsupported and request.method != "CANCEL":
             # §8.2.2.3: refuse what we would have to understand, naming it.

@@ -83,7 +83,7 @@ async def _until(stop: asyncio.Event) -> None:
 
 
 def fe_main(argv: list[str]) -> int:
-    """`gateway lync-fe`: the Lync Front End (registrar + proxy, mutual TLS 5061)."""
+    """`gateway lync-fe`: the Lync Front End (registrar + proxy, TLS 5061, NTLM sign-in)."""
     args = _parser("lync-fe", "A simulated Lync Front End pool.").parse_args(argv)
     config = _prepare(FrontEndConfig, args, "lync-fe")
     if isinstance(config, int):

@@ -16,7 +16,7 @@ import re
 import secrets
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -215,6 +215,7 @@ class LyncCall:
             request, hop = agent.dialog_request(dialog, "INVITE", body=body, content_type=SDP)
             pending = agent.stack.start_request(request, hop)
             response = await pending.final
+            self.client.check_signed(response)
             dialog.receive_response(request, response)
             if not 200 <= response.status < 300:
                 raise CallRefused(f"re-INVITE answered {response.status} {response.reason}",
@@ -271,8 +272,27 @@ class _Agent(UserAgent):
                   params=Params.of(transport="tls"))
         return f"<{uri}>"
 
+    def new_request(self, method: str, uri: URI, target: Hop, *, to: Address | None = None,
+                    body: bytes = b"", content_type: str | None = None,
+                    headers: Iterable[tuple[str, str]] = (), call_id: str | None = None
+                    ) -> Request:
+        request = super().new_request(method, uri, target, to=to, body=body,
+                                      content_type=content_type, headers=headers,
+                                      call_id=call_id)
+        self.client.sign_request(request)
+        return request
+
+    def dialog_request(self, dialog: Dialog, method: str, *, body: bytes = b"",
+                       content_type: str | None = None,
+                       headers: Iterable[tuple[str, str]] = ()) -> tuple[Request, Hop]:
+        request, hop = super().dialog_request(dialog, method, body=body,
+                                              content_type=content_type, headers=headers)
+        self.client.sign_request(request)
+        return request, hop
+
     def handle_new_request(self, transaction: ServerTransaction, request: Request
                            ) -> Awaitable[None] | None:
+        self.client.check_signed(request)
         if request.method == "INVITE":
             return self.client.incoming(transaction, request)
         if request.method in ("MESSAGE", "INFO", "NOTIFY"):
@@ -282,6 +302,7 @@ class _Agent(UserAgent):
 
     def handle_dialog_request(self, dialog: Dialog, transaction: ServerTransaction,
                               request: Request) -> Awaitable[None] | None:
+        self.client.check_signed(request)
         if self.client.im.handle(dialog, transaction, request):
             return None
         call = self.client.call_of(dialog)
@@ -342,6 +363,9 @@ class LyncClient:
         """provisioning-v2 ServerConfiguration (ucPC2PCAVEncryption, mrasUri...)."""
         self.keep_alive = 300
         """Seconds between CRLF keep-alives (the FE's ms-keep-alive timeout)."""
+        self.unsigned: list[str] = []
+        """Messages from the FE a real client would have dropped (not signed / bad
+        signature), newest last."""
         self.server_signatures = 0
         """FE signatures verified."""
         self.reregistrations = 0
@@ -430,9 +454,9 @@ class LyncClient:
             if authorization is not None and self._handshaking:
                 self._sign(request, extra=authorization)  # the AUTHENTICATE, signed
             elif authorization is not None:
-                request.headers.add("Authorization", authorization)
+                request.headers.set("Authorization", authorization)
             elif self.security is not None:
-                self._sign(request)
+                self._sign(request)  # again: the CSeq changed
             response = await agent.stack.send_request(request, self.registrar)
             if response.status == 401:
                 authorization = self._answer_challenge(response)
@@ -484,6 +508,12 @@ class LyncClient:
         # The rest of the header comes with the signature (_sign).
         return f', gssapi-data="{authenticate}", version={version}'
 
+    def sign_request(self, request: Request) -> None:
+        """Sign what we send once signed in, as sipe does (REGISTER signs itself; ACK and
+        CANCEL are hop by hop)."""
+        if self.security is not None and request.method not in ("REGISTER", "ACK", "CANCEL"):
+            self._sign(request)
+
     def _sign(self, request: Request, *, extra: str = "") -> None:
         """Authorization carrying our signature of ``request``."""
         context = self.security
@@ -500,20 +530,45 @@ class LyncClient:
 
     def _verify(self, message: Response | Request) -> None:
         """Check the FE's signature (Authentication-Info), as sipe does."""
-        context = self.security
-        if context is None:
+        if self.security is None:
             return
         self._handshaking = False
+        problem = self._signature_problem(message)
+        if problem is not None:
+            raise CallRefused(problem, 0)
+
+    def _signature_problem(self, message: Response | Request) -> str | None:
+        """Why ``message`` is not signed by the FE we signed in with (None: it is)."""
+        context = self.security
+        if context is None:
+            return None
         info = message.headers.get("Authentication-Info")
         if info is None:
-            raise CallRefused("the FE's answer is not signed", 0)
+            return "the FE's message is not signed"
         _, params = auth_params(info)
         text = signature_text(message, protocol="NTLM", rand=params.get("srand", ""),
                               num=params.get("snum", ""), realm=params.get("realm", REALM),
                               target=params.get("targetname", ""), version=context.version)
         if not context.verify(text, params.get("rspauth", "")):
-            raise CallRefused("the FE's signature does not verify", 0)
+            return "the FE's signature does not verify"
         self.server_signatures += 1
+        return None
+
+    def check_signed(self, message: Request | Response) -> None:
+        """Check a message from the FE once signed in (sipe drops unsigned ones but
+        provisional responses and 401s): the lab records what a real client would have
+        dropped, and goes on."""
+        if self.security is None or self._handshaking:
+            return
+        if isinstance(message, Response) and (message.status < 200 or message.status == 401):
+            return
+        problem = self._signature_problem(message)
+        if problem is not None:
+            first = (f"{message.method} {message.uri}" if isinstance(message, Request)
+                     else f"{message.status} {message.reason} ({message.cseq.method})")
+            self.unsigned.append(f"{first}: {problem}")
+            del self.unsigned[:-100]
+            logger.warning("%s: %s: %s", self.aor, first, problem)
 
     async def provisioning(self) -> dict[str, str]:
         """Subscribe to provisioning-v2 (one-off) and read ServerConfiguration."""
@@ -527,8 +582,6 @@ class LyncClient:
                      ("Supported", "com.microsoft.autoextend"), ("Supported", "ms-benotify"),
                      ("Proxy-Require", "ms-benotify"),
                      ("Supported", "ms-piggyback-first-notify"), ("Expires", "0")))
-        if self.security is not None:
-            self._sign(request)
         response = await agent.stack.send_request(request, self.registrar)
         if response.status != 200:
             raise CallRefused(f"provisioning answered {response.status} {response.reason}",
@@ -677,6 +730,7 @@ class LyncClient:
         except SipTimeoutError as error:
             await call.finish(f"no answer: {error}")
             return
+        self.check_signed(response)
         if not 200 <= response.status < 300:
             if not call.answered.done():
                 call.answered.set_exception(CallRefused(
@@ -753,7 +807,7 @@ class LyncClient:
         request, hop = self.agent.dialog_request(dialog, "BYE", headers=headers)
         dialog.terminate()
         try:
-            await self.agent.stack.send_request(request, hop)
+            self.check_signed(await self.agent.stack.send_request(request, hop))
             result = "completed" if reason is None else f"hung up: {reason}"
         except SipTimeoutError as error:
             result = f"BYE unanswered: {error}"

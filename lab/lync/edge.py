@@ -1,8 +1,9 @@
 """The simulated Lync Edge: Access Edge (SIP proxy for external clients) + A/V Edge (TURN).
 
 Access Edge: external clients connect over TLS (5061, and 443 where that port can be
-bound); everything they send goes on to the FE pool over mutual TLS with the "edge"
-certificate, Record-Routed so in-dialog requests come back through us. Requests from the
+bound) without a certificate; everything they send (their REGISTER too: the FE signs them
+in with NTLM) goes on to the FE pool over mutual TLS with the "edge" certificate,
+Record-Routed so in-dialog requests come back through us. Requests from the
 internal side (a connection whose certificate names the FE) go to the external client
 whose connection the Request-URI (the client's Contact) names.
 

@@ -193,7 +193,11 @@ class FrontEnd(LyncProxy):
         if request.method == "REGISTER":
             return None
         if trust is Trust.CLIENT:
-            return self._check_signature(request, source)
+            return self._check_signature(request, source, required=True)
+        if trust is Trust.SERVER and request.from_.uri.host.lower() == (
+                self.config.domain.lower()):
+            # A user of ours through the Edge: signed in like any client.
+            return self._check_signature(request, source, required=True)
         if trust is not Trust.UNTRUSTED:
             if request.headers.get("Authorization"):
                 return self._check_signature(request, source)
@@ -214,20 +218,29 @@ class FrontEnd(LyncProxy):
         del self.refusals[:-100]
         return refusal
 
-    def _check_signature(self, request: Request, source: Hop) -> Refusal | None:
-        """A signed-in client's request: a signature present must verify (ACK and CANCEL
-        are hop-by-hop and pass)."""
+    def _check_signature(self, request: Request, source: Hop, *, required: bool = False
+                         ) -> Refusal | None:
+        """A client's request must carry a signature that verifies ([MS-SIPAE]: every
+        message after sign-in is signed); ACK and CANCEL are hop by hop and pass."""
+        if request.method in ("ACK", "CANCEL"):
+            return None
         header = request.headers.get("Authorization") or request.headers.get(
             "Proxy-Authorization")
-        if not header or request.method in ("ACK", "CANCEL"):
-            return None
+        if not header:
+            if not required:
+                return None
+            self.refusals.append((request.method, 407))
+            del self.refusals[:-100]
+            return Refusal(407, "Proxy Authentication Required: unsigned request", (
+                ("Proxy-Authenticate", self._challenge_header()),))
         session = self.session_of(request, source)
         _, params = auth_params(header)
         if session is None:
             return Refusal(401, "Unauthorized: unknown security association", (
                 ("WWW-Authenticate", self._challenge_header()),))
         if "response" not in params:
-            return None
+            return Refusal(401, "Unauthorized: no message signature", (
+                ("WWW-Authenticate", self._challenge_header()),))
         text = signature_text(request, protocol="NTLM", rand=params.get("crand", ""),
                               num=params.get("cnum", ""), realm=session.context.realm,
                               target=session.context.target)
@@ -241,6 +254,12 @@ class FrontEnd(LyncProxy):
 
     def sign(self, message: Request | Response, toward: Hop | None,
              answering: Request | None = None) -> None:
+        if isinstance(message, Request):
+            # A client's credentials were for us (the hop it signed in with): never passed on.
+            for name in ("Authorization", "Proxy-Authorization"):
+                value = message.headers.get(name)
+                if value and auth_params(value)[1].get("opaque", "") in self.signed_in:
+                    message.headers.remove(name)
         session: SignedIn | None = None
         if answering is not None:
             # An answer goes back where the request came from (``toward``).
@@ -352,7 +371,7 @@ class FrontEnd(LyncProxy):
         response = make_response(request, 200)
         longest = 0
         for binding in current:
-            left = max(0, int(binding.expires_at - now))
+            left = max(0, round(binding.expires_at - now))
             longest = max(longest, left)
             text = f"<{binding.contact}>;expires={left}"
             if binding.instance:

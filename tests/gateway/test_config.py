@@ -398,7 +398,8 @@ def test_flag_overrides() -> None:
     assert config.b2bua.broker.targets() == (HostPort("127.0.5.1", 5061),)
     assert "expected section.key=value" in error_of("", overrides=["b2bua.max_calls"])
     assert "unknown key 'b2bua.nope'" in error_of("", overrides=["b2bua.nope=1"])
-    assert "only [system], [b2bua] and [video]" in error_of("", overrides=["zones.name=x"])
+    only = "only [system], [b2bua], [video] and [transport]"
+    assert only in error_of("", overrides=["zones.name=x"])
     message = error_of("", overrides=["b2bua.max_calls=0"])
     assert message == "b2bua.max_calls: must be at least 1, got 0 (from --set b2bua.max_calls)"
 

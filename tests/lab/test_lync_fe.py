@@ -168,6 +168,7 @@ async def test_static_route_reaches_the_gateway_over_mutual_tls(
     assert request.method == "INVITE"
     assert str(request.uri) == "sip:3001@video.example.com"
     assert "fe.example.com" in peer_names  # the FE presented its certificate (mutual TLS)
+    assert request.headers.get("Authorization") is None  # alice's signature was for the FE
     assert request.record_route[0].uri.host == fe.host
     assert "lr" in request.record_route[0].uri.params
     assert request.via[0].host == fe.host  # the FE's Via on top, alice's below

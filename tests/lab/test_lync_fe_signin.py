@@ -150,6 +150,7 @@ async def test_self_subscriptions_are_answered_by_the_fe(
         assert notify.body.decode().startswith(root)
         assert notify.from_.tag == response.to.tag
         alice._verify(notify)
+        assert alice.unsigned == []
 
 
 async def test_service_and_mras_are_answered_by_the_fe(pki: LabPKI) -> None:
@@ -197,11 +198,9 @@ async def test_clients_sign_in_again_after_the_fe_restarts(pki: LabPKI) -> None:
         config = replace(old.config, listen=replace(old.config.listen, port=listen.port))
         side.fe = await FrontEnd.start(config, pki)
         try:
-            deadline = asyncio.get_running_loop().time() + 20
-            while not side.fe.lookup("alice.parkes@example.com"):
-                assert asyncio.get_running_loop().time() < deadline, "alice never came back"
-                await asyncio.sleep(0.1)  # polling the registrar's table, bounded above
-            assert alice.reregistrations >= 1
+            # The FE binds before alice has read the 200: wait for both.
+            await _until(lambda: bool(side.fe.lookup("alice.parkes@example.com"))
+                         and alice.reregistrations >= 1, "alice never came back")
             assert alice.registered
         finally:
             await side.fe.stop()
@@ -274,3 +273,42 @@ async def test_client_signs_in_again_after_the_fe_drops_its_connection(pki: LabP
         assert len(side.fe.lookup("alice.parkes@example.com")) == 1
         assert first.opaque not in side.fe.signed_in
         assert alice.registered
+
+
+@pytest.mark.parametrize("user", ["alice", "david"])
+async def test_unsigned_request_after_sign_in_is_refused(pki: LabPKI, user: str) -> None:
+    """Signed in (directly, or through the Edge), every request must still be signed."""
+    async with MicrosoftSide.run(pki) as side:
+        client = await side.client(user, video=False)
+        request = client.agent.new_request(
+            "SERVICE", URI.parse(f"sip:{client.aor}"), client.registrar,
+            to=Address(client.agent.aor), body=b"<publish/>", content_type="application/xml")
+        assert request.headers.get("Authorization")  # the client signs by itself
+        signed = await client.agent.stack.send_request(request, client.registrar)
+        assert signed.status == 200
+        unsigned = client.agent.new_request(
+            "SERVICE", URI.parse(f"sip:{client.aor}"), client.registrar,
+            to=Address(client.agent.aor), body=b"<publish/>", content_type="application/xml")
+        unsigned.headers.remove("Authorization")
+        response = await client.agent.stack.send_request(unsigned, client.registrar)
+        assert response.status == 407
+        assert (response.headers.get("Proxy-Authenticate") or "").startswith("NTLM ")
+
+
+@pytest.mark.parametrize("with_edge", [False, True])
+async def test_everything_the_fe_sends_a_signed_in_client_is_signed(
+        pki: LabPKI, with_edge: bool) -> None:
+    """A call between two signed-in clients (david through the Edge when it runs): every
+    request and final response each receives carries a valid FE signature."""
+    async with MicrosoftSide.run(pki, with_edge=with_edge) as side:
+        alice = await side.client("alice", video=False)
+        david = await side.client("david", video=False)
+        call = await alice.call("david.jones@example.com", video=False)
+        incoming = await asyncio.wait_for(david.incoming_calls.get(), 10)
+        await call.wait_connected()
+        await call.hold()
+        await call.resume()
+        await incoming.hangup()
+        await asyncio.wait_for(call.ended.wait(), 5)
+        assert alice.unsigned == [] and david.unsigned == []
+        assert alice.server_signatures >= 6 and david.server_signatures >= 5

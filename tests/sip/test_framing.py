@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sip.errors import ParseError
-from sip.framing import KeepAlive, StreamFramer
+from sip.framing import KeepAlive, Oversized, StreamFramer
 from sip.message import parse_message
 
 LYNC = (Path(__file__).parent.parent / "data" / "sip" / "lync_invite.sip").read_bytes()
@@ -91,11 +91,30 @@ def test_size_limits() -> None:
     with pytest.raises(ParseError) as info:
         framer.next_message()
     assert info.value.status_hint == 413
-    framer = StreamFramer(max_size=1024)
+    # A declared body past what is worth skipping: the stream cannot be kept.
+    framer = StreamFramer(max_size=1024, max_skip=4096)
     framer.feed(OPTIONS.replace(b"l: 0", b"l: 5000"))
     with pytest.raises(ParseError) as info:
         framer.next_message()
     assert info.value.status_hint == 413
+
+
+def test_oversized_body_is_skipped_and_the_stream_stays_framed() -> None:
+    # RFC 3261 §18.3: with the length known, the oversized body is passed over.
+    framer = StreamFramer(max_size=1024)
+    big = OPTIONS.replace(b"l: 0", b"l: 5000")
+    framer.feed(big + b"x" * 1000)
+    item = framer.next_message()
+    assert isinstance(item, Oversized)
+    assert item.head == big and item.size == len(big) + 5000
+    assert framer.in_message and framer.next_message() is None
+    framer.feed(b"x" * 3999)
+    assert framer.in_message and framer.next_message() is None
+    framer.feed(b"x" + OPTIONS[:10])  # the body's last byte, then the next message begins
+    assert framer.next_message() is None and framer.buffered == 10
+    framer.feed(OPTIONS[10:])
+    assert framer.next_message() == OPTIONS
+    assert not framer.in_message
 
 
 def test_header_folding_does_not_hide_content_length() -> None:

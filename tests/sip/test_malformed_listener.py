@@ -277,22 +277,39 @@ def test_tcp_unframeable_content_length_gets_400_then_close(endpoint: GatewayPro
     assert_new_connection_served(remote, endpoint)
 
 
-@pytest.mark.parametrize("shape", ["declared body too large", "endless headers"])
-def test_tcp_oversize_gets_413(shape: str, endpoint: GatewayProcess) -> None:
+def test_tcp_oversize_with_known_length_gets_413_and_keeps_the_connection(
+    endpoint: GatewayProcess,
+) -> None:
+    # RFC 3261 §18.3: the Content-Length says where the next message starts, so the body
+    # is passed over and the same connection serves the next request.
     remote = endpoint.address("tcp")
     peer = TcpPeer(remote)
     try:
-        if shape == "declared body too large":
-            data, _ = request("tcp", peer.local, remote, content_length=str(MAX_MESSAGE + 10))
-            peer.sock.sendall(data + b"x" * 1024)
-        else:
-            data, _ = request("tcp", peer.local, remote)
-            head = data[: data.index(b"\r\n\r\n")]
-            filler = b"".join(b"\r\nX-Filler: " + b"a" * 1000 for _ in range(70))
-            peer.sock.sendall(head + filler)  # no blank line: headers never end
+        declared = MAX_MESSAGE + 10
+        data, cid = request("tcp", peer.local, remote, content_length=str(declared))
+        peer.sock.sendall(data + b"x" * 1024)
         reply = peer.receive()
         assert reply.status == 413, reply
-        assert "larger" in reply.reason.lower() or "longer" in reply.reason.lower(), reply
+        assert reply.headers.get("call-id") == cid
+        assert "larger" in reply.reason.lower(), reply
+        peer.sock.sendall(b"x" * (declared - 1024))  # the rest of the oversized body
+        assert_still_serving(peer, endpoint)
+    finally:
+        peer.close()
+
+
+def test_tcp_endless_headers_get_413_then_close(endpoint: GatewayProcess) -> None:
+    # No blank line within the limit: where the message ends is unknown, so it closes.
+    remote = endpoint.address("tcp")
+    peer = TcpPeer(remote)
+    try:
+        data, _ = request("tcp", peer.local, remote)
+        head = data[: data.index(b"\r\n\r\n")]
+        filler = b"".join(b"\r\nX-Filler: " + b"a" * 1000 for _ in range(70))
+        peer.sock.sendall(head + filler)  # no blank line: headers never end
+        reply = peer.receive()
+        assert reply.status == 413, reply
+        assert "longer" in reply.reason.lower(), reply
         assert peer.closed_by_peer()
     finally:
         peer.close()
