@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ __all__ = [
     "NetnsHost",
     "NetnsTopology",
     "SEGMENTS",
+    "VethHost",
     "unavailable",
 ]
 
@@ -248,3 +250,130 @@ class NetnsTopology:
             raise NetnsError(f"{' '.join(argv)}: {error}") from error
         if result.returncode != 0:
             raise NetnsError(f"{' '.join(argv)}: {result.stderr.strip() or result.returncode}")
+
+
+# -- one namespace on a veth to the host's namespace --------------------------------------
+
+
+class VethHost:
+    """One namespace joined to the caller's namespace by a veth pair, from which the lab's
+    loopback addresses (127.0.0.0/8 of the caller's namespace) are reachable.
+
+    For a real peer that will not use loopback (libnice skips loopback interfaces): the peer
+    runs inside (``argv``) on ``address``; the lab keeps its 127.x addresses outside. Inside,
+    127.0.0.0/8 is routed over the veth (only 127.0.0.1 stays local); both veth ends accept
+    127.x sources and destinations (``route_localnet``, ``accept_local``, no ``rp_filter``);
+    neighbours are static because ARP will not answer for a 127.x sender. A context manager:
+    the namespace (and with it both veth ends) is deleted on exit, also after a failed build.
+    """
+
+    def __init__(self, prefix: str, *, subnet: str = "10.99.0.0/24", host: int = 10) -> None:
+        # veth names are prefix + "h" / "n": the kernel allows 15 characters.
+        if not re.fullmatch(r"[a-z0-9-]{1,12}", prefix):
+            raise ValueError(f"namespace prefix {prefix!r}: 1-12 of a-z 0-9 -")
+        net = ipaddress.IPv4Network(subnet)
+        if not net.is_private or net.prefixlen > 30:
+            raise ValueError(f"{subnet}: a private IPv4 network of 4 addresses or more is needed")
+        self.prefix = prefix
+        self.namespace = prefix + "peer"
+        self.subnet = net
+        self.outer = str(net.network_address + 1)
+        """The caller's end (the inside's next hop toward the lab)."""
+        self.address = str(net.network_address + host)
+        """The inside end: the peer's address."""
+        self.outer_link, self.inner_link = prefix + "h", prefix + "n"
+        self._made = False
+
+    @classmethod
+    def unique(cls, **kwargs: object) -> VethHost:
+        """A veth host on a 10.99.N.0/24 no interface here uses yet, with a prefix no other
+        run uses (``vh<pid><random>-``)."""
+        used = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True,
+                              text=True, timeout=COMMAND_TIMEOUT, check=False).stdout
+        taken = {int(m.group(1)) for m in re.finditer(r"inet 10\.99\.(\d+)\.", used)}
+        free = [n for n in range(256) if n not in taken]
+        if not free:
+            raise NetnsError("every 10.99.N.0/24 is in use here")
+        tag = f"vh{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
+        kwargs.setdefault("subnet", f"10.99.{random.choice(free)}.0/24")
+        return cls(tag, **kwargs)  # type: ignore[arg-type]
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        """``command`` run inside the namespace."""
+        return ["ip", "netns", "exec", self.namespace, *command]
+
+    def __enter__(self) -> VethHost:
+        try:
+            self.create()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def create(self) -> None:
+        """Make the namespace, the veth pair, addresses, routes, sysctls and neighbours."""
+        ns, run = self.namespace, NetnsTopology._run
+        run(["ip", "netns", "add", ns])
+        self._made = True
+        run(["ip", "link", "add", self.outer_link, "type", "veth",
+             "peer", "name", self.inner_link])
+        run(["ip", "link", "set", self.inner_link, "netns", ns])
+        length = self.subnet.prefixlen
+        run(["ip", "addr", "add", f"{self.outer}/{length}", "dev", self.outer_link])
+        run(["ip", "-n", ns, "addr", "add", f"{self.address}/{length}", "dev", self.inner_link])
+        for key, value in (("route_localnet", "1"), ("accept_local", "1"), ("rp_filter", "0")):
+            run(["sysctl", "-qw", f"net.ipv4.conf.{self.outer_link}.{key}={value}"])
+            for device in (self.inner_link, "all"):
+                run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                     f"net.ipv4.conf.{device}.{key}={value}"])
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run(["ip", "link", "set", self.outer_link, "up"])
+        run(["ip", "-n", ns, "link", "set", self.inner_link, "up"])
+        # Inside, only 127.0.0.1 stays local: the rest of 127/8 is the lab, over the veth.
+        run(["ip", "-n", ns, "route", "del", "local", "127.0.0.0/8", "dev", "lo",
+             "table", "local"])
+        run(["ip", "-n", ns, "route", "replace", "local", "127.0.0.1", "dev", "lo",
+             "table", "local"])
+        run(["ip", "-n", ns, "route", "add", "127.0.0.0/8", "via", self.outer,
+             "dev", self.inner_link])
+        run(["ip", "-n", ns, "neigh", "replace", self.outer, "lladdr",
+             self._mac(None, self.outer_link), "dev", self.inner_link, "nud", "permanent"])
+        run(["ip", "neigh", "replace", self.address, "lladdr",
+             self._mac(ns, self.inner_link), "dev", self.outer_link, "nud", "permanent"])
+        logger.debug("veth host %s at %s (%s <-> %s)", ns, self.address, self.outer_link,
+                     self.inner_link)
+
+    def destroy(self) -> None:
+        """Delete the namespace (both veth ends go with it)."""
+        if not self._made:
+            return
+        self._made = False
+        result = subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True,
+                                text=True, timeout=COMMAND_TIMEOUT, check=False)
+        if result.returncode != 0:
+            logger.warning("cannot delete namespace %s: %s", self.namespace,
+                           result.stderr.strip())
+        # A veth end left in this namespace would keep the subnet's address in use.
+        subprocess.run(["ip", "link", "del", self.outer_link], capture_output=True,
+                       timeout=COMMAND_TIMEOUT, check=False)
+
+    def exists(self) -> bool:
+        """Whether the namespace or the outer veth end is still there."""
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                               timeout=COMMAND_TIMEOUT, check=False).stdout.split()
+        link = subprocess.run(["ip", "link", "show", self.outer_link], capture_output=True,
+                              timeout=COMMAND_TIMEOUT, check=False)
+        return self.namespace in names or link.returncode == 0
+
+    @staticmethod
+    def _mac(ns: str | None, link: str) -> str:
+        argv = ["ip", *(["-n", ns] if ns else []), "-o", "link", "show", link]
+        shown = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                               check=False).stdout
+        match = re.search(r"link/ether ([0-9a-f:]{17})", shown)
+        if match is None:
+            raise NetnsError(f"no MAC address for {link}: {shown.strip()}")
+        return match.group(1)

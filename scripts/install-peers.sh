@@ -16,6 +16,14 @@ command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || nee
 # chromium + its driver: the operator's page is tested in a headless browser (selenium).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# pidgin-sipe, the real Microsoft client (tests/lab/test_real_client.py): headless pidgin and
+# its D-Bus, GStreamer media (plugins-bad: srtpenc; nice: libnice), and what the test's
+# libpurple plugin and libxml2 shim are compiled against (tests/peers/pidgin_plugin/).
+for pkg in pidgin pidgin-sipe xvfb xauth dbus-x11 libnss3-tools gstreamer1.0-plugins-base \
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice libpurple-dev \
+    libxml2-dev pkg-config gcc; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
