@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--auth-secret", help="TURN REST API shared secret")
     p.add_argument(
+        "--ms-turn-secret", help="MRAS key shared with the FE (MS-TURN credentials)"
+    )
+    p.add_argument(
         "--allow-peer",
         action="append",
         default=[],
@@ -72,6 +75,7 @@ def config_from_args(args: argparse.Namespace, path: str | None = None) -> TurnC
         "external_address",
         "realm",
         "auth_secret",
+        "ms_turn_secret",
         "user_quota",
         "total_quota",
     ):
@@ -131,7 +135,7 @@ def check_config(args: argparse.Namespace) -> int:
     except OSError as exc:
         sys.stderr.write(f"config error: {path}: cannot read the file: {exc.strerror or exc}\n")
         return 1
-    if not config.users and not config.auth_secret:
+    if not config.users and not config.auth_secret and not config.ms_turn_secret:
         sys.stderr.write("warning: no users and no auth_secret: every request will get 401\n")
     sys.stdout.write(f"config OK: {path}: {config.summary()}\n")
     return 0
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         logger.error("configuration: %s", exc)
         return 2
-    if not config.users and not config.auth_secret:
+    if not config.users and not config.auth_secret and not config.ms_turn_secret:
         logger.warning("no --user or --auth-secret: every request will be refused (401)")
     try:
         aio.run(serve(config))

@@ -49,6 +49,9 @@ class TurnConfig:
     """Static accounts as (username, password)."""
     auth_secret: str | None = None
     """TURN REST API shared secret (usernames ``expiry:user``)."""
+    ms_turn_secret: str | None = None
+    """MRAS key the A/V Edge shares with the FE: MS-TURN accepts the credentials the FE's
+    MRAS service issues under it (``turn.auth.mras_credentials``) until they expire."""
     allow_peers: tuple[str, ...] = ()
     """CIDRs exempted from the peer deny list (loopback, private ranges ...)."""
     udp: bool = True
@@ -129,6 +132,8 @@ class TurnConfig:
         auth = f"{users} user" + ("" if users == 1 else "s")
         if self.auth_secret:
             auth += " + REST API secret"
+        if self.ms_turn_secret:
+            auth += " + MRAS key (MS-TURN)"
         peers = ", ".join(self.allow_peers) or "none"
         return (f"TURN {self.listen}:{ports} {transports or 'no listener'}, relays {relay},"
                 f" realm {self.realm}, {auth}, allowed peers {peers}")

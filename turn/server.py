@@ -32,6 +32,7 @@ from .config import TurnConfig
 from .core import TurnCore
 from .errors import DecodeError
 from .framing import StreamFramer
+from .ms_turn import FRAME_CONTROL, MsStreamFramer
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,10 @@ class TurnServer:
     def control(self, data: bytes, ft: FiveTuple) -> None:
         """A STUN message from a client."""
         self._run(self.core.handle_stun(data, ft, self._require_loop().time()))
+
+    def client_data(self, data: bytes, ft: FiveTuple) -> None:
+        """Bytes from a client that are not control: MS-TURN's unencapsulated data."""
+        self._run(self.core.client_data(ft, data, self._require_loop().time()))
 
     def _run(self, actions: list[Action]) -> None:
         loop = self._require_loop()
@@ -353,11 +358,14 @@ class _UdpListener(asyncio.DatagramProtocol):
                 relay = self.relays.get(result[0].id)
                 if relay is not None:
                     relay.sendto(result[2], result[1])
-        elif first < 0x40:
-            try:
+                return
+        try:
+            if first < 0x40:
                 self.server.control(data, ft)
-            except Exception:  # a listener must survive anything a packet can trigger
-                logger.exception("error handling a datagram from %s", addr)
+            else:  # RTP & co. from an MS-TURN client, for its active destination
+                self.server.client_data(data, ft)
+        except Exception:  # a listener must survive anything a packet can trigger
+            logger.exception("error handling a datagram from %s", addr)
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("UDP listener error: %s", exc)
@@ -397,6 +405,9 @@ class _TcpClient(asyncio.Protocol):
         self.server = server
         self.core = server.core
         self.framer = StreamFramer()
+        self.ms_framer: MsStreamFramer | None = None
+        """Set when the connection speaks MS-TURN's framing ([MS-TURN] 2.1.4)."""
+        self.fresh = True
         self.loop = server._require_loop()
         self.transport: asyncio.Transport
         self.ft: FiveTuple | None = None
@@ -418,6 +429,15 @@ class _TcpClient(asyncio.Protocol):
             self.pipe.write(data, to_peer=True)
             return
         assert self.ft is not None
+        if self.fresh and data:
+            self.fresh = False
+            # 0x02 / 0x03 start an MS-TURN frame; an RFC 8656 stream starts with a STUN
+            # type byte of 0x00 / 0x01 or a channel number 0x40-0x7F.
+            if data[0] in (0x02, 0x03):
+                self.ms_framer = MsStreamFramer()
+        if self.ms_framer is not None:
+            self._ms_data_received(self.ms_framer, data)
+            return
         try:
             self.framer.feed(data)
             while self.pipe is None:
@@ -441,6 +461,26 @@ class _TcpClient(asyncio.Protocol):
             self.transport.close()
         except Exception:
             logger.exception("error on TCP client %s", self.ft.client)
+            self.transport.close()
+
+    def _ms_data_received(self, framer: MsStreamFramer, data: bytes) -> None:
+        assert self.ft is not None
+        try:
+            framer.feed(data)
+            while not self.transport.is_closing():
+                frame = framer.next_frame()
+                if frame is None:
+                    break
+                kind, payload = frame
+                if kind == FRAME_CONTROL:
+                    self.server.control(payload, self.ft)
+                else:
+                    self.server.client_data(payload, self.ft)
+        except DecodeError as exc:
+            logger.info("closing MS-TURN TCP client %s: %s", self.ft.client, exc.message)
+            self.transport.close()
+        except Exception:
+            logger.exception("error on MS-TURN TCP client %s", self.ft.client)
             self.transport.close()
 
     def pipe_to(self, peer: _PeerConnection) -> None:
