@@ -161,6 +161,8 @@ def main() -> int:
         return 1
     if args.gather_only:
         print(json.dumps(report), flush=True)
+        sys.stdin.read()  # the test looks at the server meanwhile; EOF: release and go
+        close(ctx, (ms, far))
         return 0
     for a, b in ((ms, far), (far, ms)):
         ok, ufrag, pwd = a.agent.get_local_credentials(a.stream)
@@ -183,9 +185,22 @@ def main() -> int:
     report["far_received"] = sum(d.startswith(b"ms-to-far") for d in far.received)
     report["ms_received"] = sum(d.startswith(b"far-to-ms") for d in ms.received)
     report["sent_each_way"] = args.packets
+    report["released"] = close(ctx, (ms, far))
     print(json.dumps(report), flush=True)
     both = report["far_received"] and report["ms_received"]
     return 0 if both else 1
+
+
+def close(ctx: GLib.MainContext, sides: tuple[Side, ...]) -> bool:
+    """nice_agent_close_async: libnice deletes its TURN allocations (Allocate, LIFETIME 0)."""
+    closed: list[Nice.Agent] = []
+    for side in sides:
+        side.agent.close_async(lambda agent, result, *_: closed.append(agent), None)
+    end = time.monotonic() + 5.0
+    while len(closed) < len(sides) and time.monotonic() < end:
+        ctx.iteration(False)
+        time.sleep(0.002)
+    return len(closed) == len(sides)
 
 
 if __name__ == "__main__":
