@@ -10,6 +10,9 @@ command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
+# libnice (pidgin-sipe's ICE) driven from the system python3: the MS-TURN real-peer test
+/usr/bin/python3 -c "import gi; gi.require_version('Nice', '0.1')" >/dev/null 2>&1 \
+  || need+=(python3-gi gir1.2-nice-0.1)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
