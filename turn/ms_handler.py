@@ -63,7 +63,11 @@ class MsRefusal(Exception):
     """An MS-TURN error response to send (Send requests: a drop)."""
 
     def __init__(
-        self, message: str, code: int, key: bytes | None = None, extra: tuple[tuple[int, bytes], ...] = ()
+        self,
+        message: str,
+        code: int,
+        key: bytes | None = None,
+        extra: tuple[tuple[int, bytes], ...] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -211,13 +215,19 @@ class MsTurnHandler:
             if existing.username != username:
                 raise MsRefusal("allocation belongs to another user", 441, key)
             if existing.allocate_tid == msg.transaction_id:
-                return [SendToClient(ft, existing.allocate_response)] if existing.allocate_response else []
+                return (
+                    [SendToClient(ft, existing.allocate_response)]
+                    if existing.allocate_response
+                    else []
+                )
             if existing.state is not AllocationState.ACTIVE:
                 raise MsRefusal("allocation is still being made", 437, key)
             self._check_sequence(msg, existing, key)
             return self._refresh(msg, existing, requested, key, now)
         family = msg.get(MsAttr.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and (len(family) < 1 or family[0] != (2 if ":" in core.relay_host else 1)):
+        if family is not None and (
+            len(family) < 1 or family[0] != (2 if ":" in core.relay_host else 1)
+        ):
             raise MsRefusal("address family not supported", 440, key)
         if len(core.allocations) >= core.config.total_quota:
             raise MsRefusal("server allocation quota reached", 486, key)
@@ -255,7 +265,9 @@ class MsTurnHandler:
     ) -> list[Action]:
         """An Allocate on a live allocation refreshes it; LIFETIME 0 deletes it."""
         core = self.core
-        lifetime = core._lifetime(requested, allocate=False) if requested is not None else alloc.lifetime
+        lifetime = (
+            core._lifetime(requested, allocate=False) if requested is not None else alloc.lifetime
+        )
         actions: list[Action] = []
         if lifetime == 0:
             logger.info("MS-TURN allocation #%d deleted by the client", alloc.id)
@@ -340,7 +352,8 @@ class MsTurnHandler:
         self.core._permit(alloc, peer[0], now)
         logger.info("MS-TURN allocation #%d: active destination %s:%d", alloc.id, *peer)
         response = self._framed(
-            ft, ms_turn.encode(MsType.SET_ACTIVE_DESTINATION_RESPONSE, msg.transaction_id, [], key=key)
+            ft,
+            ms_turn.encode(MsType.SET_ACTIVE_DESTINATION_RESPONSE, msg.transaction_id, [], key=key),
         )
         ms.sad_tid, ms.sad_response = msg.transaction_id, response
         return [SendToClient(ft, response)]
@@ -362,7 +375,9 @@ class MsTurnHandler:
         if code not in (401, 438) or msg.integrity_offset is not None:
             logger.info("refused MS-TURN 0x%04x: %d %s", msg.msg_type, code, refusal.message)
         error_type = _ERROR_TYPE[MsType(msg.msg_type)]
-        return self._framed(ft, ms_turn.encode(error_type, msg.transaction_id, attrs, key=refusal.key))
+        return self._framed(
+            ft, ms_turn.encode(error_type, msg.transaction_id, attrs, key=refusal.key)
+        )
 
     @staticmethod
     def _framed(ft: FiveTuple, message: bytes) -> bytes:

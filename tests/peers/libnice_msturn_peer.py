@@ -91,11 +91,18 @@ class Side:
         ):
             raise RuntimeError("nice_agent_attach_recv failed")
 
-    def _recv(self, agent: int, stream: int, component: int, length: int, buf: object, _: object) -> None:
+    def _recv(
+        self, agent: int, stream: int, component: int, length: int, buf: object, _: object
+    ) -> None:
         self.received.append(ctypes.string_at(buf, length))
 
     def _selected(
-        self, agent: Nice.Agent, stream: int, component: int, local: Nice.Candidate, remote: Nice.Candidate
+        self,
+        agent: Nice.Agent,
+        stream: int,
+        component: int,
+        local: Nice.Candidate,
+        remote: Nice.Candidate,
     ) -> None:
         self.selected = {"local": _describe(local), "remote": _describe(remote)}
 
@@ -105,6 +112,11 @@ class Side:
     def _state(self, agent: Nice.Agent, stream: int, component: int, state: int) -> None:
         if state == Nice.ComponentState.READY:
             self.ready = True
+
+
+def _emit(report: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
 
 
 def main() -> int:
@@ -132,9 +144,7 @@ def main() -> int:
         ms.agent.set_property("ice-tcp", True)
         ms.agent.set_property("ice-udp", False)
     relay = Nice.RelayType.TCP if args.relay_type == "tcp" else Nice.RelayType.UDP
-    ms.agent.set_relay_info(
-        ms.stream, 1, args.turn, args.port, args.username, args.password, relay
-    )
+    ms.agent.set_relay_info(ms.stream, 1, args.turn, args.port, args.username, args.password, relay)
     report: dict[str, object] = {"relay_type": args.relay_type}
     deadline = time.monotonic() + args.timeout
 
@@ -150,17 +160,17 @@ def main() -> int:
     far.agent.gather_candidates(far.stream)
     if not spin(lambda: ms.gathered and far.gathered):
         report["error"] = "candidate gathering did not finish"
-        print(json.dumps(report))
+        _emit(report)
         return 1
     ms_cands = ms.agent.get_local_candidates(ms.stream, 1)
     report["ms_candidates"] = [_describe(c) for c in ms_cands]
     report["far_candidates"] = [_describe(c) for c in far.agent.get_local_candidates(far.stream, 1)]
     if not any(c.type == Nice.CandidateType.RELAYED for c in ms_cands):
         report["error"] = "no relay candidate gathered"
-        print(json.dumps(report))
+        _emit(report)
         return 1
     if args.gather_only:
-        print(json.dumps(report), flush=True)
+        _emit(report)
         sys.stdin.read()  # the test looks at the server meanwhile; EOF: release and go
         close(ctx, (ms, far))
         return 0
@@ -171,7 +181,7 @@ def main() -> int:
     if not spin(lambda: ms.ready and far.ready and ms.selected and far.selected):
         report["error"] = "ICE did not reach READY"
         report["ms_pair"], report["far_pair"] = ms.selected, far.selected
-        print(json.dumps(report))
+        _emit(report)
         return 1
     report["ms_pair"], report["far_pair"] = ms.selected, far.selected
     for i in range(args.packets):
@@ -179,14 +189,16 @@ def main() -> int:
         far.agent.send(far.stream, 1, len(f"far-to-ms-{i:04d}"), f"far-to-ms-{i:04d}")
         spin(lambda: True)
     spin(
-        lambda: sum(d.startswith(b"ms-to-far") for d in far.received) >= args.packets
-        and sum(d.startswith(b"far-to-ms") for d in ms.received) >= args.packets
+        lambda: (
+            sum(d.startswith(b"ms-to-far") for d in far.received) >= args.packets
+            and sum(d.startswith(b"far-to-ms") for d in ms.received) >= args.packets
+        )
     )
     report["far_received"] = sum(d.startswith(b"ms-to-far") for d in far.received)
     report["ms_received"] = sum(d.startswith(b"far-to-ms") for d in ms.received)
     report["sent_each_way"] = args.packets
     report["released"] = close(ctx, (ms, far))
-    print(json.dumps(report), flush=True)
+    _emit(report)
     both = report["far_received"] and report["ms_received"]
     return 0 if both else 1
 

@@ -78,7 +78,9 @@ def test_allocate_response_names_the_relay_and_the_mapped_address() -> None:
     assert msg.check_integrity(SESSION.key)
     relay = EVENTS[2]["relay"]
     assert ms_turn.unpack_address(msg.get(MsAttr.MAPPED_ADDRESS) or b"") == tuple(relay)
-    mapped = ms_turn.unpack_xor_mapped(msg.get(MsAttr.XOR_MAPPED_ADDRESS) or b"", msg.transaction_id)
+    mapped = ms_turn.unpack_xor_mapped(
+        msg.get(MsAttr.XOR_MAPPED_ADDRESS) or b"", msg.transaction_id
+    )
     assert mapped == tuple(EVENTS[0]["client"])
     connection_id, number = ms_turn.unpack_sequence(msg.get(MsAttr.MS_SEQUENCE_NUMBER) or b"")
     assert number == 0 and connection_id.hex() == EVENTS[2]["connection_id"]
@@ -95,7 +97,9 @@ def test_libnice_send_and_set_active_destination_carry_our_connection_id() -> No
         got_cid, number = ms_turn.unpack_sequence(msg.get(MsAttr.MS_SEQUENCE_NUMBER) or b"")
         assert got_cid == cid
         numbers.append(number)
-        assert ms_turn.unpack_address(msg.get(MsAttr.DESTINATION_ADDRESS) or b"")[0] == "10.198.77.2"
+        assert (
+            ms_turn.unpack_address(msg.get(MsAttr.DESTINATION_ADDRESS) or b"")[0] == "10.198.77.2"
+        )
     assert numbers[0] == 1 and numbers[1] > numbers[0]
     assert ms_turn.parse(vector("udp/05-send-request.bin")).msg_type == MsType.SEND_REQUEST
 
@@ -120,7 +124,9 @@ def test_tcp_frames_are_type_zero_length() -> None:
     assert kinds == [ms_turn.FRAME_CONTROL] * 2
     for name in ("tcp/02-allocate-401.frame", "tcp/04-allocate-response.frame"):
         data = vector(name)
-        assert data[0] == 0x02 and data[1] == 0 and struct.unpack("!H", data[2:4])[0] == len(data) - 4
+        assert (
+            data[0] == 0x02 and data[1] == 0 and struct.unpack("!H", data[2:4])[0] == len(data) - 4
+        )
     bad = ms_turn.MsStreamFramer()
     bad.feed(b"\x07\x00\x00\x04abcd")
     with pytest.raises(DecodeError):
@@ -130,7 +136,11 @@ def test_tcp_frames_are_type_zero_length() -> None:
 @pytest.mark.parametrize("cut", range(0, 40, 3))
 def test_garbage_gives_decode_error_only(cut: int) -> None:
     data = vector("udp/03-allocate-request.bin")
-    for bad in (data[:cut], data[:cut] + b"\xff" * 7, data[:20] + b"\x00\x0f\x00\x04" + data[24:cut]):
+    for bad in (
+        data[:cut],
+        data[:cut] + b"\xff" * 7,
+        data[:20] + b"\x00\x0f\x00\x04" + data[24:cut],
+    ):
         try:
             ms_turn.parse(bad)
         except DecodeError:
@@ -168,7 +178,9 @@ def test_peer_data_before_any_send_is_dropped() -> None:
     core = SESSION.core()
     alloc = replay(SESSION, core, upto=3)
     assert alloc is not None
-    assert core.data_from_peer(alloc, tuple(EVENTS[3]["peer"]), request(3), EVENTS[3]["now"]) is None
+    assert (
+        core.data_from_peer(alloc, tuple(EVENTS[3]["peer"]), request(3), EVENTS[3]["now"]) is None
+    )
 
 
 def test_after_set_active_destination_data_is_unencapsulated_both_ways() -> None:
@@ -196,13 +208,17 @@ def test_allocate_again_refreshes_and_lifetime_zero_deletes() -> None:
     assert alloc is not None
     now = EVENTS[3]["now"] + 100
     nonce = ms_turn.parse(request(ALLOCATE)).get(MsAttr.NONCE)
-    refresh = resign(request(ALLOCATE), SESSION.key, tid=b"R" * 16, lifetime=ms_turn.pack_u32(300), nonce=nonce)
+    refresh = resign(
+        request(ALLOCATE), SESSION.key, tid=b"R" * 16, lifetime=ms_turn.pack_u32(300), nonce=nonce
+    )
     (answer,) = sent(core.handle_stun(refresh, ft_of(), now))
     msg = ms_turn.parse(answer)
     assert msg.msg_type == MsType.ALLOCATE_RESPONSE and msg.check_integrity(SESSION.key)
     assert ms_turn.unpack_u32(msg.get(MsAttr.LIFETIME) or b"") == 300
     assert alloc.expiry == pytest.approx(now + 300)
-    delete = resign(request(ALLOCATE), SESSION.key, tid=b"D" * 16, lifetime=ms_turn.pack_u32(0), nonce=nonce)
+    delete = resign(
+        request(ALLOCATE), SESSION.key, tid=b"D" * 16, lifetime=ms_turn.pack_u32(0), nonce=nonce
+    )
     actions = core.handle_stun(delete, ft_of(), now)
     assert CloseRelay(alloc) in actions
     assert ms_turn.unpack_u32(ms_turn.parse(sent(actions)[0]).get(MsAttr.LIFETIME) or b"") == 0
@@ -295,7 +311,9 @@ def test_unknown_comprehension_required_attribute_gets_420() -> None:
     nonce = ms_turn.parse(request(ALLOCATE)).get(MsAttr.NONCE)
     data = resign(request(ALLOCATE), SESSION.key, nonce=nonce)
     msg = ms_turn.parse(data)
-    attrs = [(t, v) for t, v in msg.attributes[1:] if t != MsAttr.MESSAGE_INTEGRITY] + [(0x0030, b"\0" * 4)]
+    attrs = [(t, v) for t, v in msg.attributes[1:] if t != MsAttr.MESSAGE_INTEGRITY] + [
+        (0x0030, b"\0" * 4)
+    ]
     data = ms_turn.encode(msg.msg_type, msg.transaction_id, attrs, key=SESSION.key)
     (answer,) = sent(core.handle_stun(data, ft_of(), EVENTS[1]["now"]))
     assert _error(answer) == (MsType.ALLOCATE_ERROR, 420)
@@ -353,8 +371,17 @@ def test_set_active_destination_with_old_sequence_number_gets_400() -> None:
     msg = ms_turn.parse(request(SAD))
     cid, number = ms_turn.unpack_sequence(msg.get(MsAttr.MS_SEQUENCE_NUMBER) or b"")
     elsewhere = ms_turn.pack_address(("10.198.77.2", 9))
-    for seq in (ms_turn.pack_sequence(cid, number), ms_turn.pack_sequence(b"\x00" * 20, number + 1)):
-        data = resign(request(SAD), SESSION.key, tid=b"S" * 16, ms_sequence_number=seq, destination_address=elsewhere)
+    for seq in (
+        ms_turn.pack_sequence(cid, number),
+        ms_turn.pack_sequence(b"\x00" * 20, number + 1),
+    ):
+        data = resign(
+            request(SAD),
+            SESSION.key,
+            tid=b"S" * 16,
+            ms_sequence_number=seq,
+            destination_address=elsewhere,
+        )
         (answer,) = sent(core.handle_stun(data, ft_of(), EVENTS[SAD]["now"]))
         assert _error(answer) == (MsType.SET_ACTIVE_DESTINATION_ERROR, 400)
         assert ms_turn.parse(answer).check_integrity(SESSION.key)

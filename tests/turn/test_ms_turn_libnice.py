@@ -187,7 +187,9 @@ async def test_libnice_allocates_over_ms_turn_tcp_framing(
     assert server.stats().allocations == 0
 
 
-async def test_expired_mras_credentials_gather_no_relay(running: tuple[Veth, TurnServer, str]) -> None:
+async def test_expired_mras_credentials_gather_no_relay(
+    running: tuple[Veth, TurnServer, str],
+) -> None:
     veth, server, secret = running
     port = server.addresses[0][2]
     creds = mras_credentials(secret, "david@example.com", time.time() - 9 * 3600)
