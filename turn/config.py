@@ -37,6 +37,8 @@ class TurnConfig:
     """IP address the UDP and TCP listeners bind to (any 127.x.y.z works on Linux)."""
     ports: tuple[int, int] = (3478, 3478)
     """Listening port range, inclusive (large systems: 3478-3483); (0, 0) picks a free port."""
+    tcp_ports: tuple[int, ...] = ()
+    """Further TCP-only listening ports (the A/V Edge's TCP 443 beside 3478)."""
     relay_ports: tuple[int, int] = (24000, 29999)
     """Relay port range, inclusive, shared by UDP and TCP relays."""
     relay_address: str | None = None
@@ -85,6 +87,9 @@ class TurnConfig:
             low, high = getattr(self, key)
             if not (0 <= low <= high <= 65535) or (low == 0 and high != 0):
                 raise ConfigError(f"{key}: bad port range {low}-{high}")
+        for port in self.tcp_ports:
+            if not 0 < port <= 65535:
+                raise ConfigError(f"tcp_ports: bad port {port}")
         if self.relay_ports[0] == 0:
             raise ConfigError("relay_ports: a relay range is needed")
         for key in ("listen", "relay_address", "external_address"):
@@ -175,6 +180,12 @@ def from_mapping(data: dict[str, Any], base: TurnConfig | None = None) -> TurnCo
             ):
                 raise ConfigError('users: expected a table of username = "password"')
             changes[key] = tuple(value.items())
+        elif key == "tcp_ports":
+            if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                raise ConfigError("tcp_ports: expected a list of port numbers")
+            changes[key] = tuple(value)
         elif key == "allow_peers":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError("allow_peers: expected a list of CIDR strings")

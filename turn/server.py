@@ -75,6 +75,13 @@ class TurnServer:
             except OSError:
                 await self._close_listeners()  # no half-started server
                 raise
+        try:
+            for port in self.config.tcp_ports:
+                if ("tcp", host, port) not in self.addresses:
+                    await self._listen(host, port, udp=False)
+        except OSError:
+            await self._close_listeners()
+            raise
         for transport, h, p in self.addresses:
             logger.info("TURN listening on %s %s:%d", transport, h, p)
         logger.info(
@@ -102,9 +109,9 @@ class TurnServer:
                 await self._close_listeners()
         raise OSError(f"no free port on {host}: {last}")
 
-    async def _listen(self, host: str, port: int) -> None:
+    async def _listen(self, host: str, port: int, *, udp: bool = True) -> None:
         loop = self._require_loop()
-        if self.config.udp:
+        if self.config.udp and udp:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _UdpListener(self, (host, port)), local_addr=(host, port)
             )
