@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
 import socket
 import time
 from typing import Any
@@ -217,3 +218,48 @@ async def test_malformed_ms_turn_over_tcp_closes_only_that_connection() -> None:
         finally:
             bad_writer.close()
             good.close()
+
+
+async def test_standard_clients_relay_with_zero_loss_beside_a_live_ms_turn_allocation() -> None:
+    """coturn's turnutils_uclient and aioice on the server that is holding an MS-TURN
+    allocation with an active destination: standard TURN is unaffected, and the MS-TURN
+    allocation still relays afterwards."""
+    from aioice import turn as aioice_turn
+
+    from .helpers import PASSWORD, USER
+    from .test_coturn import MODES, run_uclient, totals
+    from .test_server import Echo, Receiver
+
+    loop = asyncio.get_running_loop()
+    async with running_server(ms_turn_secret=SECRET) as server:
+        port = server_port(server)
+        ms = MsClient(tcp=False)
+        await ms.connect(port)
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.setblocking(False)
+        echo_transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        try:
+            relay = await ms.allocate()
+            answer = await ms.set_active_destination(peer.getsockname())
+            assert answer.msg_type == MsType.SET_ACTIVE_DESTINATION_RESPONSE
+            if shutil.which("turnutils_uclient"):
+                for mode in ("udp-channels", "udp-send-indications", "tcp-control"):
+                    sent, received, lost = totals(await run_uclient(port, *MODES[mode]))
+                    assert sent > 0 and received == sent and lost == 0, mode
+            turn_transport, receiver = await aioice_turn.create_turn_endpoint(
+                Receiver, ("127.0.0.1", port), USER, PASSWORD
+            )
+            echo = echo_transport.get_extra_info("sockname")
+            for i in range(20):
+                turn_transport.sendto(b"ping %d" % i, echo)
+                data, addr = await asyncio.wait_for(receiver.queue.get(), 3)
+                assert (data, addr) == (b"echo:ping %d" % i, echo)
+            turn_transport.close()
+            await ms.send_raw(b"\x80still here", ms_turn.FRAME_DATA)
+            data, source = await asyncio.wait_for(loop.sock_recvfrom(peer, 2048), 5)
+            assert (data, source) == (b"\x80still here", relay)
+        finally:
+            echo_transport.close()
+            peer.close()
+            ms.close()
