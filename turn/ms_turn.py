@@ -340,3 +340,50 @@ def _trim(value: bytes) -> bytes:
 def long_term_key(username: bytes, realm: bytes, password: bytes) -> bytes:
     """MD5(username ":" realm ":" password) over the raw (binary) values, trimmed."""
     return hashlib.md5(_trim(username) + b":" + _trim(realm) + b":" + _trim(password)).digest()
+
+
+# -- pseudo-TLS ---------------------------------------------------------------------------
+#
+# On TCP 443 MS clients (and pidgin-sipe, whose libnice takes a relay on port 443 for "tls")
+# open with a TLS 1.0 ClientHello offering only TLS_DH_anon_WITH_RC4_128_MD5 (0x0018) and
+# wait for a ServerHello + ServerHelloDone; then, no TLS at all, the MS-TURN frames follow
+# ([MS-TURN] 2.1.3, "pseudo-TLS"). It lets TURN through proxies that only pass TLS on 443.
+
+_TLS_HANDSHAKE = 0x16
+_TLS_1_0 = b"\x03\x01"
+PSEUDO_TLS_CIPHER = 0x0018
+
+
+def pseudo_tls_record_length(buf: bytes) -> int | None:
+    """Bytes of the TLS record starting ``buf`` (None: not all here yet)."""
+    if len(buf) < 5:
+        return None
+    if buf[0] != _TLS_HANDSHAKE or buf[1:3] != _TLS_1_0:
+        raise DecodeError("not a TLS 1.0 handshake record")
+    return 5 + int.from_bytes(buf[3:5], "big")
+
+
+def check_pseudo_tls_client_hello(record: bytes) -> None:
+    """A ClientHello offering the pseudo-TLS cipher, or ``DecodeError`` (a real TLS client
+    cannot be served here)."""
+    body = record[5:]
+    if len(body) < 4 + 2 + 32 + 1 or body[0] != 0x01:
+        raise DecodeError("pseudo-TLS: not a ClientHello")
+    pos = 4 + 2 + 32
+    pos += 1 + body[pos]  # session id
+    if pos + 2 > len(body):
+        raise DecodeError("pseudo-TLS: ClientHello truncated")
+    n = struct.unpack("!H", body[pos : pos + 2])[0]
+    suites = body[pos + 2 : pos + 2 + n]
+    offered = {struct.unpack("!H", suites[i : i + 2])[0] for i in range(0, len(suites) - 1, 2)}
+    if PSEUDO_TLS_CIPHER not in offered:
+        raise DecodeError("pseudo-TLS: real TLS ClientHello (no 0x0018 cipher): not served")
+
+
+def pseudo_tls_server_hello(random: bytes, session_id: bytes) -> bytes:
+    """ServerHello (TLS 1.0, the pseudo-TLS cipher, no compression) + ServerHelloDone in one
+    record; the client looks at neither ``random`` nor ``session_id`` (32 bytes each)."""
+    hello = _TLS_1_0 + random + bytes([len(session_id)]) + session_id
+    hello += struct.pack("!HB", PSEUDO_TLS_CIPHER, 0)
+    messages = b"\x02" + len(hello).to_bytes(3, "big") + hello + b"\x0e\x00\x00\x00"
+    return bytes([_TLS_HANDSHAKE]) + _TLS_1_0 + struct.pack("!H", len(messages)) + messages

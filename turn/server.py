@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any, cast
 
+from . import ms_turn
 from .allocation import (
     Action,
     Address,
@@ -415,6 +417,7 @@ class _TcpClient(asyncio.Protocol):
         self.ms_framer: MsStreamFramer | None = None
         """Set when the connection speaks MS-TURN's framing ([MS-TURN] 2.1.4)."""
         self.fresh = True
+        self.tls_buffer = b""
         self.loop = server._require_loop()
         self.transport: asyncio.Transport
         self.ft: FiveTuple | None = None
@@ -437,11 +440,9 @@ class _TcpClient(asyncio.Protocol):
             return
         assert self.ft is not None
         if self.fresh and data:
-            self.fresh = False
-            # 0x02 / 0x03 start an MS-TURN frame; an RFC 8656 stream starts with a STUN
-            # type byte of 0x00 / 0x01 or a channel number 0x40-0x7F.
-            if data[0] in (0x02, 0x03):
-                self.ms_framer = MsStreamFramer()
+            data = self._first_bytes(data)
+            if not data:
+                return
         if self.ms_framer is not None:
             self._ms_data_received(self.ms_framer, data)
             return
@@ -469,6 +470,35 @@ class _TcpClient(asyncio.Protocol):
         except Exception:
             logger.exception("error on TCP client %s", self.ft.client)
             self.transport.close()
+
+    def _first_bytes(self, data: bytes) -> bytes:
+        """Pick the connection's dialect from its first bytes; returns what is left to frame.
+
+        0x02 / 0x03 start an MS-TURN frame; 0x16 a pseudo-TLS handshake ([MS-TURN] 2.1.3)
+        after which MS-TURN frames follow; an RFC 8656 stream starts with a STUN type byte
+        of 0x00 / 0x01 or a channel number 0x40-0x7F.
+        """
+        if data[0] == 0x16 or self.tls_buffer:
+            self.tls_buffer += data
+            try:
+                length = ms_turn.pseudo_tls_record_length(self.tls_buffer)
+                if length is None or len(self.tls_buffer) < length:
+                    return b""
+                ms_turn.check_pseudo_tls_client_hello(self.tls_buffer[:length])
+            except DecodeError as exc:
+                logger.info("closing TCP client %s: %s", self.ft and self.ft.client, exc.message)
+                self.transport.close()
+                return b""
+            rest = self.tls_buffer[length:]
+            self.tls_buffer = b""
+            self.transport.write(ms_turn.pseudo_tls_server_hello(os.urandom(32), os.urandom(32)))
+            self.ms_framer = MsStreamFramer()
+            self.fresh = False
+            return rest
+        self.fresh = False
+        if data[0] in (0x02, 0x03):
+            self.ms_framer = MsStreamFramer()
+        return data
 
     def _ms_data_received(self, framer: MsStreamFramer, data: bytes) -> None:
         assert self.ft is not None

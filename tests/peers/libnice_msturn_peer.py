@@ -123,7 +123,12 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--turn", required=True, help="TURN server IP")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--relay-type", choices=("udp", "tcp"), default="udp")
+    p.add_argument(
+        "--relay-type",
+        choices=("udp", "tcp", "tls"),
+        default="udp",
+        help="tls: libnice's pseudo-TLS (what pidgin-sipe asks for on port 443)",
+    )
     p.add_argument("--username", required=True, help="MRAS username (base64, as MRAS gives it)")
     p.add_argument("--password", required=True, help="MRAS password (base64)")
     p.add_argument(
@@ -140,10 +145,12 @@ def main() -> int:
     ms = Side("ms", ctx, controlling=True)
     far = Side("far", ctx, controlling=False)
     ms.agent.set_property("force-relay", True)
-    if args.relay_type == "tcp":
+    if args.relay_type != "udp":
         ms.agent.set_property("ice-tcp", True)
         ms.agent.set_property("ice-udp", False)
-    relay = Nice.RelayType.TCP if args.relay_type == "tcp" else Nice.RelayType.UDP
+    relay = {"udp": Nice.RelayType.UDP, "tcp": Nice.RelayType.TCP, "tls": Nice.RelayType.TLS}[
+        args.relay_type
+    ]
     ms.agent.set_relay_info(ms.stream, 1, args.turn, args.port, args.username, args.password, relay)
     report: dict[str, object] = {"relay_type": args.relay_type}
     deadline = time.monotonic() + args.timeout

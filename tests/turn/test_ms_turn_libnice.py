@@ -155,14 +155,16 @@ async def test_libnice_oc2007r2_relays_through_our_ms_turn_over_udp(
     assert report["released"] and stats.allocations == 0
 
 
+@pytest.mark.parametrize("relay_type", ["tcp", "tls"])
 async def test_libnice_allocates_over_ms_turn_tcp_framing(
-    running: tuple[Veth, TurnServer, str],
+    running: tuple[Veth, TurnServer, str], relay_type: str
 ) -> None:
+    """TCP, and pseudo-TLS (what pidgin-sipe asks libnice for on the Edge's port 443)."""
     veth, server, secret = running
     port = server.addresses[0][2]
     creds = mras_credentials(secret, "david@example.com", time.time())
     proc = await _peer(
-        veth, port, "--relay-type", "tcp", "--gather-only",
+        veth, port, "--relay-type", relay_type, "--gather-only",
         "--username", creds.username, "--password", creds.password, "--timeout", "30",
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdin is not None

@@ -263,3 +263,35 @@ async def test_standard_clients_relay_with_zero_loss_beside_a_live_ms_turn_alloc
             echo_transport.close()
             peer.close()
             ms.close()
+
+
+async def test_pseudo_tls_then_ms_turn_on_the_extra_tcp_port() -> None:
+    """[MS-TURN] 2.1.3: a TLS 1.0 ClientHello offering only 0x0018, our ServerHello +
+    ServerHelloDone, then plain MS-TURN frames; a real TLS ClientHello is closed."""
+    extra = random_free_port("127.0.0.1", socket.SOCK_STREAM)
+    async with running_server(ms_turn_secret=SECRET, tcp_ports=(extra,)) as server:
+        hello = b"\x03\x01" + os.urandom(32) + b"\x00" + b"\x00\x02\x00\x18" + b"\x01\x00"
+        handshake = b"\x01" + len(hello).to_bytes(3, "big") + hello
+        record = b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
+        client = MsClient(tcp=True)
+        await client.connect(extra)
+        try:
+            assert client.writer is not None and client.reader is not None
+            client.writer.write(record[:7])  # in pieces, as TCP may deliver it
+            await client.writer.drain()
+            client.writer.write(record[7:])
+            reply = await asyncio.wait_for(client.reader.readexactly(5), 5)
+            assert reply[:3] == b"\x16\x03\x01"
+            body = await client.reader.readexactly(int.from_bytes(reply[3:5], "big"))
+            assert body[0] == 0x02 and body[-4:] == b"\x0e\x00\x00\x00"
+            assert body[4 + 2 + 32 + 1 + 32 : 4 + 2 + 32 + 1 + 32 + 3] == b"\x00\x18\x00"
+            await client.allocate()
+            assert server.stats().allocations == 1
+        finally:
+            client.close()
+        real = record.replace(b"\x00\x02\x00\x18", b"\x00\x02\x13\x01")
+        reader, writer = await asyncio.open_connection("127.0.0.1", extra)
+        writer.write(real)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
