@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="gateway turn", description="DMZ TURN server (RFC 8656, RFC 6062)"
+        prog="gateway turn",
+        description="TURN server (RFC 8656, RFC 6062, and MS-TURN for Microsoft clients)",
     )
     p.add_argument("--config", help="TOML file (flags override it)")
     p.add_argument("--check-config", metavar="FILE",

@@ -129,6 +129,8 @@ class TurnConfig:
         """One line for ``--check-config``."""
         low, high = self.ports
         ports = str(low) if low == high else f"{low}-{high}"
+        if self.tcp_ports:
+            ports += " (tcp also " + ",".join(str(p) for p in self.tcp_ports) + ")"
         transports = "+".join(t for t, on in (("udp", self.udp), ("tcp", self.tcp)) if on)
         relay = f"{self.relay_bind_address}:{self.relay_ports[0]}-{self.relay_ports[1]}"
         if self.external_address:

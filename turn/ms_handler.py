@@ -251,7 +251,8 @@ class MsTurnHandler:
             lifetime=lifetime,
             ms=MsTurnState(
                 connection_id=core._rng.randbytes(ms_turn.CONNECTION_ID_LENGTH),
-                version=ms_turn.unpack_u32(version) if version is not None else 1,
+                # Echoed, capped at 2: no HMAC-SHA256 (3) nor IPv6 allocations (4).
+                version=min(ms_turn.unpack_u32(version), 2) if version is not None else 1,
             ),
         )
         core._next_id += 1
