@@ -421,3 +421,27 @@ def test_rfc_allocation_is_not_taken_over_by_ms_turn() -> None:
     data = resign(request(ALLOCATE), SESSION.key, tid=b"Z" * 16, nonce=nonce)
     (answer,) = sent(core.handle_stun(data, ft, EVENTS[3]["now"]))
     assert _error(answer) == (MsType.ALLOCATE_ERROR, 437)
+
+
+def test_libnice_pseudo_tls_client_hello_is_accepted_and_answered_in_kind() -> None:
+    hello = vector("tls/01-client-hello.bin")
+    assert ms_turn.pseudo_tls_record_length(hello) == len(hello)
+    ms_turn.check_pseudo_tls_client_hello(hello)
+    ours = ms_turn.pseudo_tls_server_hello(bytes(32), bytes(32))
+    captured = vector("tls/02-server-hello.bin")
+    assert len(ours) == len(captured)
+    # equal except the random (offset 11) and the session id (offset 44) that nobody reads
+    masked = bytearray(captured)
+    masked[11:43] = bytes(32)
+    masked[44:76] = bytes(32)
+    assert bytes(masked) == ours
+    framer = ms_turn.MsStreamFramer()
+    framer.feed(vector("tls/03-allocate-request-no-credentials.frame"))
+    frame = framer.next_frame()
+    assert frame is not None and frame[0] == ms_turn.FRAME_CONTROL
+    assert ms_turn.parse(frame[1]).msg_type == MsType.ALLOCATE_REQUEST
+    real = hello.replace(b"\x00\x02\x00\x18", b"\x00\x02\x13\x01")
+    with pytest.raises(DecodeError):
+        ms_turn.check_pseudo_tls_client_hello(real)
+    with pytest.raises(DecodeError):
+        ms_turn.pseudo_tls_record_length(b"\x17\x03\x03\x00\x10")
