@@ -445,3 +445,26 @@ def test_libnice_pseudo_tls_client_hello_is_accepted_and_answered_in_kind() -> N
         ms_turn.check_pseudo_tls_client_hello(real)
     with pytest.raises(DecodeError):
         ms_turn.pseudo_tls_record_length(b"\x17\x03\x03\x00\x10")
+
+
+def test_mutated_libnice_messages_never_raise_nor_relay_forged_data() -> None:
+    """h11's fuzz invariant on the MS path: garbage in gives a refusal or nothing, never an
+    exception; a mutated Send is never relayed (its integrity no longer holds)."""
+    import random
+
+    rng = random.Random(5)
+    for index in (0, ALLOCATE, SEND, SAD):
+        original = request(index)
+        for _ in range(300):
+            core = SESSION.core()
+            replay(SESSION, core, upto=3)
+            data = bytearray(original)
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            if rng.random() < 0.3:
+                data = data[: rng.randrange(len(data))]
+            actions = core.handle_stun(bytes(data), ft_of(), EVENTS[index]["now"])
+            for action in actions:
+                if isinstance(action, SendToPeer):
+                    # only an intact, validly signed Send may relay (a flip in ignored bytes)
+                    assert ms_turn.parse(bytes(data)).check_integrity(SESSION.key)
