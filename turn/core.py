@@ -182,14 +182,14 @@ class TurnCore:
         c = self.counters
         c.packets_to_client += 1
         c.bytes_to_client += len(data)
-        if alloc.ms is not None:
-            return self.ms.data_to_client(alloc, peer, data)
         number = alloc.peer_channels.get(peer)
         if number is not None and alloc.channels[number].expiry > now:
             frame = _CHANNEL_HEADER.pack(number, len(data)) + data
             if alloc.five_tuple.transport is Transport.TCP and len(data) % 4:
                 frame += bytes(4 - len(data) % 4)  # stream transports pad ChannelData
             return frame
+        if alloc.ms is not None:  # MS-TURN has no channels: tested off the channel path
+            return self.ms.data_to_client(alloc, peer, data)
         return self._data_indication(peer, data)
 
     def relay_opened(self, alloc: Allocation, now: float) -> list[Action]:
