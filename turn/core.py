@@ -178,7 +178,11 @@ class TurnCore:
         """Hot path: a datagram at a UDP relay -> ChannelData or a Data indication, or None."""
         expiry = alloc.permissions.get(peer[0])
         if expiry is None or expiry <= now or alloc.expiry <= now:
-            return None
+            # MS-TURN: the active destination stays permitted while it is set (its data
+            # travels unencapsulated, so no Send refreshes a permission for it).
+            ms = alloc.ms
+            if ms is None or peer != ms.active_destination or alloc.expiry <= now:
+                return None
         c = self.counters
         c.packets_to_client += 1
         c.bytes_to_client += len(data)

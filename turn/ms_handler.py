@@ -122,13 +122,14 @@ class MsTurnHandler:
 
     def data_from_client(self, alloc: Allocation, data: bytes, now: float) -> list[Action]:
         """Unencapsulated data (a UDP datagram that is not MS-TURN, or a TCP 0x03 frame): it
-        goes to the active destination, if one is set and still permitted."""
+        goes to the active destination, if one is set (the destination was checked against
+        the deny list when it was set, and stays permitted while it is the active one)."""
         ms = alloc.ms
         if ms is None or alloc.state is not AllocationState.ACTIVE or alloc.expiry <= now:
             return []
         peer = ms.active_destination
-        if peer is None or not alloc.permitted(peer[0], now):
-            return []
+        if peer is None:
+            return []  # no Send wrapper to say where to: nothing to relay to
         c = self.core.counters
         c.packets_to_peer += 1
         c.bytes_to_peer += len(data)

@@ -468,3 +468,25 @@ def test_mutated_libnice_messages_never_raise_nor_relay_forged_data() -> None:
                 if isinstance(action, SendToPeer):
                     # only an intact, validly signed Send may relay (a flip in ignored bytes)
                     assert ms_turn.parse(bytes(data)).check_integrity(SESSION.key)
+
+
+def test_active_destination_outlives_the_five_minute_permissions() -> None:
+    """Media to and from the active destination goes unencapsulated, so no Send refreshes a
+    permission for it; it stays relayed while the allocation lives (refreshed here)."""
+    core = SESSION.core()
+    alloc = replay(SESSION, core, upto=SAD + 1)
+    assert alloc is not None and alloc.ms is not None
+    peer = alloc.ms.active_destination
+    assert peer is not None
+    later = EVENTS[SAD]["now"] + core.config.permission_lifetime + 60
+    core.handle_timer(later)
+    assert not alloc.permitted(peer[0], later)
+    nonce = ms_turn.parse(request(ALLOCATE)).get(MsAttr.NONCE)
+    refresh = resign(request(ALLOCATE), SESSION.key, tid=b"F" * 16, nonce=nonce)
+    (answer,) = sent(core.handle_stun(refresh, ft_of(), later))
+    assert ms_turn.parse(answer).msg_type == MsType.ALLOCATE_RESPONSE
+    assert core.data_from_peer(alloc, peer, b"\x80rtp", later) == b"\x80rtp"
+    assert core.client_data(ft_of(), b"\x80rtp", later) == [SendToPeer(alloc, peer, b"\x80rtp")]
+    # other peers lost their permission: nothing from them
+    other = (peer[0], peer[1] + 1)
+    assert core.data_from_peer(alloc, other, b"x", later) is None
