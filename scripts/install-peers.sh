@@ -10,7 +10,7 @@ command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
-# libnice through GObject introspection (system python3): the [MS-ICE2] peer of the ICE leg.
+# libnice through GObject introspection (system python3): the [MS-ICE2] and MS-TURN peer.
 /usr/bin/python3 -c 'import gi; gi.require_version("Nice", "0.1")' >/dev/null 2>&1 \
   || need+=(gir1.2-nice-0.1 python3-gi)
 # chromium + its driver: the operator's page is tested in a headless browser (selenium).
