@@ -72,3 +72,18 @@ def test_state_relays_with_srtp_mapping_and_hold() -> None:
     assert state.from_video(rtp(0xABCDEF, 2, b"c"), 1, now=4.0) is None
     assert state.video_counters.dropped_direction == 1
     assert state.from_video(rtp(0xABCDEF, 3, b"c")[:8] + bytes(20), 2, now=4.0) is not None
+
+
+@pytest.mark.parametrize("size", [1480, 1500, 4000, 65000])
+@pytest.mark.parametrize("component", [1, 2])
+def test_oversized_packets_are_dropped_and_counted_never_raised(size: int, component: int
+                                                               ) -> None:
+    """Issue 12: a packet over ~1,480 bytes made pylibsrtp raise ValueError out of the
+    datagram callback (one traceback per packet). Both ways, RTP and RTCP: dropped as SRTP."""
+    state = StreamState()
+    state.apply(m(key=KEY_GW), m(key=KEY_MS), m(key=KEY_GW), m(key=KEY_MS), None)
+    big = rtp(1000, 1, b"x" * size) if component == 1 else bytes([0x80, 201, 0, 1]) + bytes(size)
+    for way, counters in ((state.from_video, state.video_counters),
+                          (state.from_microsoft, state.ms_counters)):
+        assert way(big, component, 1.0) is None
+        assert counters.packets_in == 1 and counters.dropped_srtp == 1
