@@ -136,6 +136,8 @@ class PortPool:
         """Ports of the TURN client range (0: TURN ports come from the media range)."""
         self._leases: dict[int, PortLease] = {}
         self._probes: dict[int, BoundProbe] = {}
+        self._held: dict[int, PortLease] = {}
+        """Leases whose release was refused (sockets still open): freed once they close."""
         self._ids = itertools.count(1)
         self.calls_refused = 0
         """Allocations refused because the pool was short (a counter for status/metrics)."""
@@ -175,6 +177,8 @@ class PortPool:
         wanted = tuple(PortUnit(u) for u in units)
         if not wanted:
             raise ValueError("an allocation needs at least one unit")
+        if self._held:
+            self.reclaim()
         turn_pairs = sum(u for u in wanted if u is PortUnit.TURN_CONNECTION) // 2
         media_pairs = sum(wanted) // 2 - turn_pairs
         if self._turn_free is self._free:
@@ -208,16 +212,25 @@ class PortPool:
         probe = self._probes.get(lease.lease_id)
         bound = probe() if probe is not None else 0
         if bound:
-            self.held_back += 1
-            logger.warning("%s: %d ports still bound: lease %d kept out of the pool",
-                           lease.owner, bound, lease.lease_id)
+            if lease.lease_id not in self._held:
+                self.held_back += 1
+                self._held[lease.lease_id] = lease
+                logger.warning("%s: %d ports still bound: lease %d kept out of the pool until "
+                               "they close", lease.owner, bound, lease.lease_id)
             return False
         del self._leases[lease.lease_id]
+        self._held.pop(lease.lease_id, None)
         self._probes.pop(lease.lease_id, None)
         for unit, start in zip(lease.units, _starts(lease.units), strict=True):
             target = self._turn_free if unit is PortUnit.TURN_CONNECTION else self._free
             target.extend(lease.pairs[start:start + unit // 2])
         return True
+
+
+    def reclaim(self) -> int:
+        """Free the held-back leases whose sockets have closed since; the number freed."""
+        freed = [lease for lease in list(self._held.values()) if self.release(lease)]
+        return len(freed)
 
 
 def _starts(units: tuple[PortUnit, ...]) -> list[int]:

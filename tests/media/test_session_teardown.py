@@ -143,3 +143,10 @@ async def test_a_lease_with_a_socket_still_bound_is_kept_out_of_the_pool() -> No
     assert not pool.release(lease) and pool.ports_in_use == 4 and pool.held_back == 1
     bound[0] = 0
     assert pool.release(lease) and pool.ports_in_use == 0
+    bound[0] = 2
+    held = pool.allocate("call", [PortUnit.STREAM], probe=lambda: bound[0])
+    assert not pool.release(held) and pool.ports_in_use == 4
+    assert pool.reclaim() == 0
+    bound[0] = 0  # the sockets closed later: the next allocation (or reclaim) frees them
+    pool.allocate("next", [PortUnit.STREAM])
+    assert pool.ports_in_use == 4 and len(pool.leases) == 1

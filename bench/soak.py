@@ -1,0 +1,224 @@
+"""Memory soak: N calls through the gateway at a steady rate; RSS and the top allocation
+growth (tracemalloc) every minute.
+
+    .venv/bin/python bench/soak.py [--calls 12000] [--rate 20] [--every 60] [--frames 1]
+
+SIPp plays the Lync FE (tests/data/sipp/bench_fe_uac.xml: the multipart INVITE, answered,
+ACKed and hung up at once) into an stunnel client doing the FE's mutual TLS to the gateway's
+Microsoft listener; the gateway routes to SIPp playing Unified CM (bench_cucm_uas.xml) over
+TCP, as bench/b2bua_cps.py does. The gateway runs in this process (the same ``Gateway`` that
+``gateway run`` starts, on uvloop with its GC tuning) so that tracemalloc sees its heap:
+every ``--every`` seconds, and when 1k / 2k / 10k calls have ended, a line gives the calls
+ended, RSS, the traced heap, asyncio tasks, calls in progress and media ports held; each
+minute also the ten source lines whose allocations grew most since the previous report, and
+the traceback of the largest.
+
+Goal (issue 12): RSS flat after warm-up, growth under 5 MB between the 2nd and the 10th
+thousand call. RSS includes tracemalloc's own bookkeeping (printed as "tm"); ``--frames 1``
+keeps that small, more frames say who called. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import linecache
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from certs.pki import init_pki  # noqa: E402
+from gateway.config import load  # noqa: E402
+from gateway.run import tune_gc  # noqa: E402
+from gateway.runtime import Gateway  # noqa: E402
+from tests.gateway.conftest import (  # noqa: E402
+    CUCM_HOST,
+    Scenario,
+    fe_tunnel,
+    gateway_toml,
+    pick_ports,
+    serve_scenario,
+    start_scenario,
+)
+from tests.peers.sipp import SippTransport  # noqa: E402
+
+MILESTONES = (1000, 2000, 10_000)
+GOAL_MB = 5.0
+
+
+class _Running:
+    """Enough of tests.gateway.conftest.RunningGateway for fe_tunnel (address and ports)."""
+
+    def __init__(self, gateway: Gateway, ports: object) -> None:
+        self.gateway = gateway
+        self.ports = ports
+
+    @property
+    def microsoft(self) -> tuple[str, int]:
+        listen = self.gateway.config.b2bua.listen
+        return listen.host, listen.port
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def calls_ended(gateway: Gateway) -> int:
+    total = 0.0
+    for result in ("completed", "cancelled", "rejected", "failed"):
+        value = gateway.metrics.registry.get_sample_value(
+            "gateway_calls_total", {"result": result})
+        total += value or 0.0
+    return int(total)
+
+
+def top_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, count: int
+               ) -> list[str]:
+    """The ``count`` source lines whose live allocations grew most, and the largest one's
+    traceback."""
+    stats = after.compare_to(before, "lineno")
+    lines = []
+    for stat in stats[:count]:
+        frame = stat.traceback[0]
+        code = linecache.getline(frame.filename, frame.lineno).strip()
+        lines.append(f"    {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  "
+                     f"{_short(frame.filename)}:{frame.lineno}  {code[:70]}")
+    traced = after.compare_to(before, "traceback")
+    if traced and traced[0].size_diff > 0:
+        lines.append(f"    largest growth ({traced[0].size_diff / 1024:+.1f} KiB), called from:")
+        for frame in traced[0].traceback.format()[-12:]:
+            lines.append(f"      {frame}")
+    return lines
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", str(ROOT) + "/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+async def soak(args: argparse.Namespace, base: Path) -> int:
+    pki, _ = init_pki(base / "pki")
+    ports = pick_ports()
+    config_path = base / "gateway.toml"
+    config_path.write_text(gateway_toml(pki, ports))
+    config = load(config_path, overrides=[
+        "b2bua.max_calls=5000",
+        f"b2bua.media_ports={args.media_ports}",
+    ])
+    gateway = Gateway(config)
+    await gateway.start()
+    tune_gc()
+    loop = asyncio.get_running_loop()
+    with ExitStack() as stack:
+        uas = stack.enter_context(serve_scenario(Scenario(
+            "bench_cucm_uas.xml", transport=SippTransport.TCP, calls=10_000_000,
+            local_host=CUCM_HOST, local_port=ports.cucm, global_timeout=36_000,
+            keys={"uri_transport": "tcp"},
+            extra=("-reconnect_close", "false", "-max_socket", "5000")), base))
+        tunnel = stack.enter_context(fe_tunnel(_Running(gateway, ports), pki, base))  # type: ignore[arg-type]
+        uac = start_scenario(Scenario(
+            "bench_fe_uac.xml", transport=SippTransport.TCP, calls=args.calls,
+            remote=(tunnel.host, tunnel.port), service="3001", rate=args.rate,
+            limit=max(100, int(args.rate * 5)), keys={"via_transport": "TLS"},
+            global_timeout=args.calls / args.rate * 3 + 120,
+            extra=("-max_socket", "5000")), base)
+        started = time.monotonic()
+        gc.collect()
+        baseline = tracemalloc.take_snapshot()
+        previous = baseline
+        at: dict[int, float] = {}
+        next_report = started + args.every
+        print(f"soak: {args.calls} calls at {args.rate}/s through gateway/tls "
+              f"(SIPp -> stunnel -> gateway -> SIPp); pid {os.getpid()}; "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"{'t(s)':>6} {'ended':>7} {'RSS MB':>8} {'heap MB':>8} {'tm MB':>6} "
+              f"{'tasks':>6} {'calls':>6} {'ports':>6} {'bound':>6}", flush=True)
+
+        def line(label: str) -> None:
+            heap = tracemalloc.get_traced_memory()[0] / 2**20
+            own = tracemalloc.get_tracemalloc_memory() / 2**20
+            print(f"{time.monotonic() - started:6.0f} {calls_ended(gateway):7d} {rss_mb():8.1f} "
+                  f"{heap:8.1f} {own:6.1f} {len(asyncio.all_tasks()):6d} "
+                  f"{len(gateway.calls):6d} {gateway.pool.ports_in_use:6d} "
+                  f"{gateway.pool.bound_ports:6d}  {label}", flush=True)
+
+        while uac.peer.poll() is None:
+            await asyncio.sleep(0.5)
+            ended = calls_ended(gateway)
+            for mark in MILESTONES:
+                if ended >= mark and mark not in at:
+                    gc.collect()
+                    at[mark] = rss_mb()
+                    line(f"<- {mark} calls")
+            if loop.time() and time.monotonic() >= next_report:
+                next_report += args.every
+                gc.collect()
+                snapshot = tracemalloc.take_snapshot()
+                line(f"load {os.getloadavg()[0]:.2f}")
+                for text in top_growth(previous, snapshot, args.top):
+                    print(text, flush=True)
+                previous = snapshot
+        result = uac.result(30.0)
+        for _ in range(100):  # the last calls' teardown
+            if not gateway.calls:
+                break
+            await asyncio.sleep(0.1)
+        gc.collect()
+        line("end")
+        stats = result.stats
+        print(f"SIPp: successful={stats.successful if stats else 0} "
+              f"failed={stats.failed if stats else '?'}", flush=True)
+        print("growth since the start (top owners):", flush=True)
+        for text in top_growth(baseline, tracemalloc.take_snapshot(), args.top):
+            print(text, flush=True)
+        if 2000 in at and 10_000 in at:
+            growth = at[10_000] - at[2000]
+            verdict = "PASS" if growth < GOAL_MB else "FAIL"
+            print(f"RSS 2k -> 10k calls: {at[2000]:.1f} -> {at[10_000]:.1f} MB "
+                  f"({growth:+.1f} MB; goal < {GOAL_MB} MB): {verdict}", flush=True)
+        for mark, value in sorted(at.items()):
+            print(f"RSS at {mark} calls: {value:.1f} MB", flush=True)
+        del uas
+    await gateway.close()
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=12_000, help="calls to place")
+    parser.add_argument("--rate", type=float, default=20.0, help="calls per second")
+    parser.add_argument("--every", type=float, default=60.0, help="seconds between reports")
+    parser.add_argument("--frames", type=int, default=1,
+                        help="tracemalloc frames per trace (8 slows a loaded machine enough "
+                             "to miss ACK deadlines at 20 calls/s)")
+    parser.add_argument("--top", type=int, default=10, help="growth lines per report")
+    parser.add_argument("--media-ports", default="20000-29999", help="the media port pool")
+    args = parser.parse_args(argv)
+    tracemalloc.start(args.frames)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # the gateway's own fallback
+        runner = asyncio.run
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        return runner(soak(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
