@@ -322,6 +322,17 @@ class MediaSession:
             await asyncio.gather(task, return_exceptions=True)
         await stream.video.aclose()
         await stream.ice.close()
+        left = stream.ice.agent._protocols
+        if left:
+            # IceLeg.close gives aioice's close 5 s; when that ran out (seen under load),
+            # the sockets it had not reached yet stay bound for good: close them here.
+            self.log.warning("%s: %s stream: closing %d ICE sockets aioice left open",
+                             self.call_id, stream.kind, len(left))
+            for protocol in left:
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            left.clear()
+            await asyncio.sleep(0)  # connection_lost runs on the loop's next turn
 
     def _emit(self, event: MediaEvent) -> None:
         self.events.put_nowait(event)

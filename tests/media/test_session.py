@@ -275,3 +275,41 @@ async def test_pool_exhaustion_and_failed_bind_release_everything() -> None:
         assert pool.ports_in_use == 0 and third.streams == []
     finally:
         squatter.close()
+
+
+async def dropped(session: MediaSession, count: int) -> None:
+    """Wait until the first stream's video leg has refused ``count`` packets (by source)."""
+    for _ in range(int(WAIT / 0.01)):
+        if session.counters()[0].video.dropped_source >= count:
+            break
+        await asyncio.sleep(0.01)
+    assert session.counters()[0].video.dropped_source == count
+
+
+async def test_a_stranger_sending_before_the_call_never_latches_in_strict_mode() -> None:
+    """Issue 12: a stranger that sent to the video-leg port first took 72 of 81 packets.
+    STRICT: nothing latches before the endpoint's SDP, then only its host does."""
+    async with call_setup(["audio"]) as (call, pool, _):
+        session = call.session
+        await session.prepare(["audio"])
+        stream = session.streams[0]
+        assert stream is not None
+        stranger = VideoPeer(host="127.0.0.5")
+        await stranger.open()
+        stranger.gateway = {0: (GATEWAY, stream.video.ports)}
+        try:
+            for seq in range(3):
+                stranger.send(0, rtp(5, seq, b"intruder-early"))
+            await dropped(session, 3)
+            await call.offer_answer(["audio"])
+            await next_event(session, MediaConnected)
+            stranger.send(0, rtp(5, 4, b"intruder-during"))
+            call.video.send(0, rtp(6, 1, b"endpoint"))
+            latched = await next_event(session, SourceLatched)
+            assert latched.address == ("127.0.0.1", call.video.ports[0])  # type: ignore[union-attr]
+            plain, _ = await receive(call.lync.streams[0].received)
+            assert plain.endswith(b"endpoint")
+            await dropped(session, 4)
+            assert call.lync.streams[0].received.empty()
+        finally:
+            stranger.close()
