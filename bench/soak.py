@@ -69,6 +69,12 @@ class _Running:
         return listen.host, listen.port
 
 
+def say(text: str) -> None:
+    """One line of the report, at once (it is read while the soak runs)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def rss_mb() -> float:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
@@ -102,6 +108,48 @@ def top_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, count:
         lines.append(f"    largest growth ({traced[0].size_diff / 1024:+.1f} KiB), called from:")
         for frame in traced[0].traceback.format()[-12:]:
             lines.append(f"      {frame}")
+    return lines
+
+
+def census() -> dict[str, int]:
+    """Live objects tracked by the collector, by type name (module-qualified)."""
+    counts: dict[str, int] = {}
+    for obj in gc.get_objects():
+        kind = type(obj)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def holders(type_name: str, depth: int = 4) -> list[str]:
+    """Who keeps one live object of ``type_name``: a referrer chain (attribute or key names
+    where they can be found), for finding the owner of a growth."""
+    sample = next((o for o in gc.get_objects()
+                   if f"{type(o).__module__}.{type(o).__qualname__}" == type_name), None)
+    lines: list[str] = []
+    seen = {id(sample)}
+    current = sample
+    for level in range(depth):
+        referrers = [r for r in gc.get_referrers(current)
+                     if id(r) not in seen and not isinstance(r, type(sys._getframe()))
+                     and r is not lines]
+        if not referrers:
+            break
+        holder = referrers[0]
+        seen.add(id(holder))
+        where = ""
+        if isinstance(holder, dict):
+            where = next((f"[{k!r}]"[:60] for k, v in holder.items() if v is current), "")
+            owner = next((o for o in gc.get_referrers(holder)
+                          if getattr(o, "__dict__", None) is holder), None)
+            if owner is not None:
+                where = f".{where[2:-2]}" if where.startswith("['") else where
+                holder = owner
+        kind = type(holder)
+        lines.append(f"      {'  ' * level}<- {kind.__module__}.{kind.__qualname__}{where}"
+                     f" (len {len(holder)})" if hasattr(holder, "__len__") else
+                     f"      {'  ' * level}<- {kind.__module__}.{kind.__qualname__}{where}")
+        current = holder
     return lines
 
 
@@ -141,22 +189,23 @@ async def soak(args: argparse.Namespace, base: Path) -> int:
         started = time.monotonic()
         gc.collect()
         baseline = tracemalloc.take_snapshot()
+        counted: dict[str, int] | None = None
         previous = baseline
         at: dict[int, float] = {}
         next_report = started + args.every
-        print(f"soak: {args.calls} calls at {args.rate}/s through gateway/tls "
+        say(f"soak: {args.calls} calls at {args.rate}/s through gateway/tls "
               f"(SIPp -> stunnel -> gateway -> SIPp); pid {os.getpid()}; "
-              f"load {os.getloadavg()[0]:.2f}", flush=True)
-        print(f"{'t(s)':>6} {'ended':>7} {'RSS MB':>8} {'heap MB':>8} {'tm MB':>6} "
-              f"{'tasks':>6} {'calls':>6} {'ports':>6} {'bound':>6}", flush=True)
+              f"load {os.getloadavg()[0]:.2f}")
+        say(f"{'t(s)':>6} {'ended':>7} {'RSS MB':>8} {'heap MB':>8} {'tm MB':>6} "
+              f"{'tasks':>6} {'calls':>6} {'ports':>6} {'bound':>6}")
 
         def line(label: str) -> None:
             heap = tracemalloc.get_traced_memory()[0] / 2**20
             own = tracemalloc.get_tracemalloc_memory() / 2**20
-            print(f"{time.monotonic() - started:6.0f} {calls_ended(gateway):7d} {rss_mb():8.1f} "
+            say(f"{time.monotonic() - started:6.0f} {calls_ended(gateway):7d} {rss_mb():8.1f} "
                   f"{heap:8.1f} {own:6.1f} {len(asyncio.all_tasks()):6d} "
                   f"{len(gateway.calls):6d} {gateway.pool.ports_in_use:6d} "
-                  f"{gateway.pool.bound_ports:6d}  {label}", flush=True)
+                  f"{gateway.pool.bound_ports:6d}  {label}")
 
         while uac.peer.poll() is None:
             await asyncio.sleep(0.5)
@@ -166,13 +215,15 @@ async def soak(args: argparse.Namespace, base: Path) -> int:
                     gc.collect()
                     at[mark] = rss_mb()
                     line(f"<- {mark} calls")
+                    if mark == 2000:
+                        counted = census()
             if loop.time() and time.monotonic() >= next_report:
                 next_report += args.every
                 gc.collect()
                 snapshot = tracemalloc.take_snapshot()
                 line(f"load {os.getloadavg()[0]:.2f}")
                 for text in top_growth(previous, snapshot, args.top):
-                    print(text, flush=True)
+                    say(text)
                 previous = snapshot
         result = uac.result(30.0)
         for _ in range(100):  # the last calls' teardown
@@ -182,18 +233,30 @@ async def soak(args: argparse.Namespace, base: Path) -> int:
         gc.collect()
         line("end")
         stats = result.stats
-        print(f"SIPp: successful={stats.successful if stats else 0} "
-              f"failed={stats.failed if stats else '?'}", flush=True)
-        print("growth since the start (top owners):", flush=True)
+        say(f"SIPp: successful={stats.successful if stats else 0} "
+              f"failed={stats.failed if stats else '?'}")
+        say("growth since the start (top owners):")
         for text in top_growth(baseline, tracemalloc.take_snapshot(), args.top):
-            print(text, flush=True)
+            say(text)
+        if counted is not None:
+            now = census()
+            grown = sorted(((now.get(k, 0) - counted.get(k, 0), k) for k in now), reverse=True)
+            say("live objects grown since 2000 calls (type: growth), and who holds one:")
+            for diff, name in grown[:args.top]:
+                if diff <= 0:
+                    break
+                say(f"    {diff:+8d}  {name}")
+            for _, name in grown[:3]:
+                say(f"    {name}:")
+                for text in holders(name):
+                    say(text)
         if 2000 in at and 10_000 in at:
             growth = at[10_000] - at[2000]
             verdict = "PASS" if growth < GOAL_MB else "FAIL"
-            print(f"RSS 2k -> 10k calls: {at[2000]:.1f} -> {at[10_000]:.1f} MB "
-                  f"({growth:+.1f} MB; goal < {GOAL_MB} MB): {verdict}", flush=True)
+            say(f"RSS 2k -> 10k calls: {at[2000]:.1f} -> {at[10_000]:.1f} MB "
+                  f"({growth:+.1f} MB; goal < {GOAL_MB} MB): {verdict}")
         for mark, value in sorted(at.items()):
-            print(f"RSS at {mark} calls: {value:.1f} MB", flush=True)
+            say(f"RSS at {mark} calls: {value:.1f} MB")
         del uas
     await gateway.close()
     return 0

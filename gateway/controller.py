@@ -33,8 +33,8 @@ from media.events import MediaEvent, MediaFailed
 from media.ms_dialect import EncryptionMismatch
 from media.port_pool import PortPoolExhausted
 from media.rewrite import NoCommonCodec
-from media.sdp import SessionDescription
 from media.rtp_leg import LatchMode, LatchSettings
+from media.sdp import SessionDescription
 from media.session import MediaSession, MediaSettings, StreamCounters
 from sip.errors import ProtocolError
 from sip.headers import Address

@@ -46,9 +46,9 @@ the gateway's loop (a leak check: it comes back to its idle value when calls end
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Iterable
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
