@@ -107,7 +107,6 @@ class CallController:
         self._delayed: set[str] = set()
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._teardowns: dict[str, asyncio.Future[None]] = {}
         self.call_ended = asyncio.Event()
         """Set each time a call ends (cleared by whoever waits on it)."""
 
@@ -644,15 +643,13 @@ class CallController:
     async def _discard(self, call: Call) -> None:
         """Forget the call and give its media back (also for refused calls). One teardown
         per call: a second caller (the set-up path after a CANCEL) waits for the first."""
-        running = self._teardowns.get(call.call_id)
-        if running is not None:
-            await asyncio.shield(running)
+        if call.torn_down is not None:
+            await asyncio.shield(call.torn_down)
             return
-        done = self._teardowns[call.call_id] = asyncio.get_running_loop().create_future()
+        done = call.torn_down = asyncio.get_running_loop().create_future()
         try:
             await self._teardown(call)
         finally:
-            del self._teardowns[call.call_id]
             done.set_result(None)
 
     async def _teardown(self, call: Call) -> None:
