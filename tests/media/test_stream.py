@@ -87,3 +87,23 @@ def test_oversized_packets_are_dropped_and_counted_never_raised(size: int, compo
                           (state.from_microsoft, state.ms_counters)):
         assert way(big, component, 1.0) is None
         assert counters.packets_in == 1 and counters.dropped_srtp == 1
+
+
+@pytest.mark.parametrize("srtp", [True, False])
+def test_any_bytes_either_way_are_forwarded_or_dropped_never_raised(srtp: bool) -> None:
+    """Issue 12: no traceback per packet for any input (random sizes 0-3000, random bytes,
+    RTP-looking headers, both components, both ways, with and without SRTP and mapping)."""
+    import random
+
+    rng = random.Random(12)
+    state = StreamState()
+    keys = (KEY_GW, KEY_MS) if srtp else (None, None)
+    state.apply(m(key=keys[0]), m(key=keys[1]), m(), m(), SsrcRange(10, 19))
+    for n in range(600):
+        size = rng.choice([0, 1, 4, 8, 11, 12, 13, 20, 200, 1400, 1480, 1490, 1500, 3000])
+        data = bytearray(rng.randbytes(size))
+        if data and n % 2:
+            data[0] = 0x80 | (data[0] & 0x3F)  # version 2: looks like RTP/RTCP
+        for way in (state.from_video, state.from_microsoft):
+            out = way(bytes(data), 1 + n % 2, float(n))
+            assert out is None or isinstance(out, bytes)
