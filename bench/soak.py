@@ -32,6 +32,7 @@ import tracemalloc
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -92,10 +93,16 @@ def calls_ended(gateway: Gateway) -> int:
     return int(total)
 
 
-def top_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, count: int
-               ) -> list[str]:
+def snapshot() -> tracemalloc.Snapshot | None:
+    return tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
+
+
+def top_growth(before: tracemalloc.Snapshot | None, after: tracemalloc.Snapshot | None,
+               count: int) -> list[str]:
     """The ``count`` source lines whose live allocations grew most, and the largest one's
-    traceback."""
+    traceback (nothing without tracemalloc)."""
+    if before is None or after is None:
+        return []
     stats = after.compare_to(before, "lineno")
     lines = []
     for stat in stats[:count]:
@@ -106,8 +113,8 @@ def top_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, count:
     traced = after.compare_to(before, "traceback")
     if traced and traced[0].size_diff > 0:
         lines.append(f"    largest growth ({traced[0].size_diff / 1024:+.1f} KiB), called from:")
-        for frame in traced[0].traceback.format()[-12:]:
-            lines.append(f"      {frame}")
+        for text in traced[0].traceback.format()[-12:]:
+            lines.append(f"      {text}")
     return lines
 
 
@@ -188,7 +195,7 @@ async def soak(args: argparse.Namespace, base: Path) -> int:
             extra=("-max_socket", "5000")), base)
         started = time.monotonic()
         gc.collect()
-        baseline = tracemalloc.take_snapshot()
+        baseline = snapshot()
         counted: dict[str, int] | None = None
         previous = baseline
         at: dict[int, float] = {}
@@ -220,11 +227,11 @@ async def soak(args: argparse.Namespace, base: Path) -> int:
             if loop.time() and time.monotonic() >= next_report:
                 next_report += args.every
                 gc.collect()
-                snapshot = tracemalloc.take_snapshot()
+                current = snapshot()
                 line(f"load {os.getloadavg()[0]:.2f}")
-                for text in top_growth(previous, snapshot, args.top):
+                for text in top_growth(previous, current, args.top):
                     say(text)
-                previous = snapshot
+                previous = current
         result = uac.result(30.0)
         for _ in range(100):  # the last calls' teardown
             if not gateway.calls:
@@ -236,7 +243,7 @@ async def soak(args: argparse.Namespace, base: Path) -> int:
         say(f"SIPp: successful={stats.successful if stats else 0} "
               f"failed={stats.failed if stats else '?'}")
         say("growth since the start (top owners):")
-        for text in top_growth(baseline, tracemalloc.take_snapshot(), args.top):
+        for text in top_growth(baseline, snapshot(), args.top):
             say(text)
         if counted is not None:
             now = census()
@@ -269,18 +276,21 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--every", type=float, default=60.0, help="seconds between reports")
     parser.add_argument("--frames", type=int, default=1,
                         help="tracemalloc frames per trace (8 slows a loaded machine enough "
-                             "to miss ACK deadlines at 20 calls/s)")
+                             "to miss ACK deadlines at 20 calls/s; 0: no tracemalloc, RSS "
+                             "without its bookkeeping)")
     parser.add_argument("--top", type=int, default=10, help="growth lines per report")
     parser.add_argument("--media-ports", default="20000-29999", help="the media port pool")
     args = parser.parse_args(argv)
-    tracemalloc.start(args.frames)
+    if args.frames > 0:
+        tracemalloc.start(args.frames)
+    runner: Any = asyncio.run
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:  # the gateway's own fallback
-        runner = asyncio.run
+        pass
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        return runner(soak(args, Path(tmp)))
+        return int(runner(soak(args, Path(tmp))))
 
 
 if __name__ == "__main__":
