@@ -387,10 +387,12 @@ class B2buaConfig:
     allowed_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     """The only networks the gateway's ICE and media toward Microsoft may send to (CIDRs);
     candidates elsewhere are ignored."""
-    turn_client_ports: PortRange | None = PortRange(57002, 57801)
+    turn_client_ports: PortRange | None = None
     """Local ports of the gateway's connections to its TURN servers (2 per stream and server),
-    apart from ``media_ports`` so that the 1000 media ports serve 100 audio+video calls with
-    TURN offered; unset: taken from ``media_ports``."""
+    apart from ``media_ports``: with ``"57002-57801"`` the default 1000 media ports serve the
+    100 audio+video calls of ``max_calls`` with TURN offered (2 TURN servers). Unset (the
+    default, so that several gateways on one host never share a fixed range): taken from
+    ``media_ports``, 12 ports per audio+video call with one TURN server."""
     media_latching: MediaLatching = MediaLatching.STRICT
     """Video-side latching for every zone that does not set its own."""
     media_relatch_after: float = 5.0

@@ -7,11 +7,14 @@ takes one ``STREAM`` unit (4 ports) per relayed stream, so an audio-only call ho
 audio+video call 8 (the documented unit, in two leases when video is added later).
 
 TURN connections (the choice made here): the SPEC's default pool is exactly 80 AV calls + 20
-sharing calls = 1000 ports, with no room left for TURN client ports, so the product counts
-them apart from the media range. ``PortPoolSettings.turn_first_port``/``turn_last_port`` give
-them their own range; the 1000 media ports then serve 125 audio+video calls (100 is the
-B2BUA's limit) whatever the number of TURN servers. Without a TURN range they come from the
-media range, as before.
+sharing calls = 1000 ports, with no room left for TURN client ports, so they are counted apart
+from the media range: ``PortPoolSettings.turn_first_port``/``turn_last_port`` give them their
+own range (the gateway's ``b2bua.turn_client_ports``), and the 1000 media ports then serve
+125 audio+video calls (100 is the B2BUA's limit) whatever the number of TURN servers. Without
+a TURN range they come from the media range, as before (12 ports per audio+video call with
+one TURN server: 83 calls in 1000 ports). The TURN client sockets are separate sockets
+because ``media.ice_leg`` allocates relays from sockets of their own; allocating from the
+host candidate's socket (RFC 8445 §5.1.1.2) would make them cost no port at all.
 
 A lease goes back only when its sockets are closed: the holder passes a probe (how many of
 its ports are still bound) and ``release`` keeps a lease whose probe is not zero, so a port

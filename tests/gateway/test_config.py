@@ -534,7 +534,9 @@ def test_media_latching_keys() -> None:
     config = cfg.loads("")
     assert config.b2bua.media_latching is cfg.MediaLatching.STRICT
     assert config.b2bua.media_relatch_after == 5.0
-    assert config.b2bua.turn_client_ports == PortRange(57002, 57801)
+    assert config.b2bua.turn_client_ports is None
+    ranged = cfg.loads('[b2bua]\nturn_client_ports = "57002-57801"')
+    assert ranged.b2bua.turn_client_ports == PortRange(57002, 57801)
     config = cfg.loads(
         '[b2bua]\nmedia_latching = "nat"\nmedia_relatch_after = 2.5\n'
         '[[zones]]\nname = "CUCM"\npeers = ["127.0.3.1"]\nmedia_latching = "strict"\n'
