@@ -128,35 +128,42 @@ def census() -> dict[str, int]:
     return counts
 
 
-def holders(type_name: str, depth: int = 4) -> list[str]:
-    """Who keeps one live object of ``type_name``: a referrer chain (attribute or key names
-    where they can be found), for finding the owner of a growth."""
-    sample = next((o for o in gc.get_objects()
+def holders(type_name: str, depth: int = 5) -> list[str]:
+    """Who keeps one live object of ``type_name``: a chain of referrers up to an object of a
+    class of ours (a dict that is an object's ``__dict__`` is shown as that object), for
+    finding the owner of a growth."""
+    objects = gc.get_objects()
+    sample = next((o for o in objects
                    if f"{type(o).__module__}.{type(o).__qualname__}" == type_name), None)
+    del objects  # the list refers to everything: it must not show up as a holder
     lines: list[str] = []
+    if sample is None:
+        return lines
     seen = {id(sample)}
-    current = sample
+    current: object = sample
     for level in range(depth):
+        frames = (type(sys._getframe()),)
         referrers = [r for r in gc.get_referrers(current)
-                     if id(r) not in seen and not isinstance(r, type(sys._getframe()))
-                     and r is not lines]
+                     if id(r) not in seen and not isinstance(r, frames)
+                     and type(r).__name__ != "cell"]
         if not referrers:
             break
         holder = referrers[0]
         seen.add(id(holder))
         where = ""
         if isinstance(holder, dict):
-            where = next((f"[{k!r}]"[:60] for k, v in holder.items() if v is current), "")
             owner = next((o for o in gc.get_referrers(holder)
                           if getattr(o, "__dict__", None) is holder), None)
+            key = next((k for k, v in holder.items() if v is current), None)
+            where = f".{key}" if owner is not None and key is not None else f"[{key!r}]"[:60]
             if owner is not None:
-                where = f".{where[2:-2]}" if where.startswith("['") else where
                 holder = owner
         kind = type(holder)
-        lines.append(f"      {'  ' * level}<- {kind.__module__}.{kind.__qualname__}{where}"
-                     f" (len {len(holder)})" if hasattr(holder, "__len__") else
-                     f"      {'  ' * level}<- {kind.__module__}.{kind.__qualname__}{where}")
+        size = f" (len {len(holder)})" if isinstance(holder, list | dict | set | tuple) else ""
+        lines.append(f"      {'  ' * level}<- {kind.__module__}.{kind.__qualname__}{where}{size}")
         current = holder
+        if not kind.__module__.startswith("builtins"):
+            break
     return lines
 
 
@@ -253,7 +260,8 @@ async def soak(args: argparse.Namespace, base: Path) -> int:
                 if diff <= 0:
                     break
                 say(f"    {diff:+8d}  {name}")
-            for _, name in grown[:3]:
+            ours = [name for _, name in grown if not name.startswith("builtins.")]
+            for name in ours[:3]:
                 say(f"    {name}:")
                 for text in holders(name):
                     say(text)
