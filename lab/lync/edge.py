@@ -44,8 +44,10 @@ class Edge(LyncProxy):
     @classmethod
     async def start(cls, config: EdgeConfig, pki: LabPKI | None = None) -> Edge:
         """Bind the Access Edge listeners and start the A/V Edge."""
+        # Connections go only toward the FE (clients' own connections are reused): they
+        # leave from the internal leg, not from the external listen address.
         stack, pki = await server_stack(config.certs, config.cert_name, config.t1,
-                                        config.listen.host, pki)
+                                        config.source_host, pki)
         edge = cls(config, stack)
         try:
             # External clients may come without a certificate: asked for, not required.

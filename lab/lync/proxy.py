@@ -41,10 +41,11 @@ DEFAULT_MAX_FORWARDS = 70
 
 
 async def server_stack(
-    certs: str, cert_name: str, t1: float, host: str, pki: LabPKI | None = None
+    certs: str, cert_name: str, t1: float, host: str | None, pki: LabPKI | None = None
 ) -> tuple[SipStack, LabPKI]:
     """A Lync server's SIP stack (no listener yet) and the lab PKI it uses: ``pki``, else
-    the one in ``certs`` (made there if missing). Outbound TLS presents ``cert_name``; T2 is
+    the one in ``certs`` (made there if missing). Outbound TLS presents ``cert_name`` and
+    leaves from ``host`` (None: the kernel's choice, for a role on several networks); T2 is
     at least 8*T1, as Lync servers retransmit."""
     if pki is None:
         pki = (await asyncio.to_thread(init_pki, Path(certs)))[0]
