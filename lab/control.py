@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 MAX_LINE = 65536
 """Longest request line."""
+HANDLE_OPS = frozenset({"wait_connected", "wait_media", "hold", "resume", "add_video", "hangup",
+                        "media"})
+"""Operations on a call handle."""
 RPC_MARGIN = 5.0
 """Seconds a client waits beyond the timeout it asked the server to use."""
 
@@ -156,6 +159,8 @@ class ControlServer:
             status, reason = await self.party.message(str(request["target"]),
                                                       str(request.get("text", "")), timeout)
             return {"status": status, "reason": reason}
+        if op not in HANDLE_OPS:
+            raise ControlError(f"unknown op {op!r}")
         handle = self._handle(request)
         actions: dict[str, Callable[[], Awaitable[Any]]] = {
             "wait_connected": lambda: handle.wait_connected(timeout),
@@ -169,8 +174,6 @@ class ControlServer:
         }
         if op in actions:
             await actions[op]()
-        elif op != "media":
-            raise ControlError(f"unknown op {op!r}")
         return {"state": handle.state, "media": _media(handle)}
 
 
