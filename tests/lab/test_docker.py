@@ -94,6 +94,8 @@ class Engine:
     own: Path | None = None
     """Our dockerd's directory, when we started one."""
     pid: int | None = None
+    host_state: dict[str, str] = field(default_factory=dict)
+    """What dockerd changes on the host (FORWARD policy, ip_forward), restored at the end."""
 
     def docker(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
         return run(["docker", *args], env=self.env, **kw)  # type: ignore[arg-type]
@@ -126,8 +128,53 @@ def _remove_stale_bridge_rules() -> None:
         run(["iptables", "-t", table, "-D", *rule.split()], check=False, timeout=30)
 
 
+def _other_dockerd_running() -> bool:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() == "dockerd":
+                return True
+    return False
+
+
+def _remove_docker_chains() -> None:
+    """The DOCKER* chains (and the jumps to them) our dockerd added, once no dockerd runs."""
+    if shutil.which("iptables") is None or _other_dockerd_running():
+        return
+    for table in ("nat", "filter"):
+        listing = run(["iptables", "-t", table, "-S"], check=False, timeout=30).stdout
+        for line in listing.splitlines():
+            if line.startswith("-A ") and re.search(r"-j DOCKER(-[A-Z0-9-]+)?\b", line) \
+                    and not line.startswith("-A DOCKER"):
+                run(["iptables", "-t", table, "-D", *line[3:].split()], check=False, timeout=30)
+        for chain in re.findall(r"^-N (DOCKER[A-Z0-9-]*)$", listing, flags=re.M):
+            run(["iptables", "-t", table, "-F", chain], check=False, timeout=30)
+        for chain in re.findall(r"^-N (DOCKER[A-Z0-9-]*)$", listing, flags=re.M):
+            run(["iptables", "-t", table, "-X", chain], check=False, timeout=30)
+
+
+FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+def _host_state() -> dict[str, str]:
+    state = {"ip_forward": FORWARDING.read_text().strip()}
+    if shutil.which("iptables") is not None:
+        policy = run(["iptables", "-S", "FORWARD"], check=False, timeout=30).stdout.split("\n")[0]
+        if policy.startswith("-P FORWARD "):
+            state["forward_policy"] = policy.split()[-1]
+    return state
+
+
+def _restore_host_state(state: dict[str, str]) -> None:
+    if "forward_policy" in state and not _other_dockerd_running():
+        run(["iptables", "-P", "FORWARD", state["forward_policy"]], check=False, timeout=30)
+    if "ip_forward" in state:
+        with contextlib.suppress(OSError):
+            FORWARDING.write_text(state["ip_forward"])
+
+
 def _start_dockerd(directory: Path) -> Engine:
     socket_path = directory / "docker.sock"
+    host_state = _host_state()
     env = {**os.environ, "DOCKER_HOST": f"unix://{socket_path}"}
     log = (directory / "dockerd.log").open("wb")
     process = subprocess.Popen(
@@ -136,7 +183,7 @@ def _start_dockerd(directory: Path) -> Engine:
          "-H", f"unix://{socket_path}", "--bridge=none"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()  # the child has its own descriptor
-    engine = Engine(env, directory, process.pid)
+    engine = Engine(env, directory, process.pid, host_state)
     try:
         wait_until("dockerd answering", lambda: process.poll() is None and _answers(env),
                    ENGINE_START, every=0.5)
@@ -166,6 +213,8 @@ def _stop_dockerd(engine: Engine) -> None:
             os.kill(engine.pid, signal.SIGKILL)
     engine.pid = None
     _remove_stale_bridge_rules()
+    _remove_docker_chains()
+    _restore_host_state(engine.host_state)
     if engine.own is not None:
         # Mounts under the data root are gone with a clean stop; unmount any left.
         mounts = Path("/proc/mounts").read_text().split("\n")
