@@ -40,7 +40,7 @@ import pytest
 
 from tests.peers.procs import random_free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.peer]
+pytestmark = [pytest.mark.slow, pytest.mark.peer, pytest.mark.timeout(900)]
 
 logger = logging.getLogger(__name__)
 
