@@ -38,6 +38,8 @@ MAX_LINE = 65536
 HANDLE_OPS = frozenset({"wait_connected", "wait_media", "hold", "resume", "add_video", "hangup",
                         "media"})
 """Operations on a call handle."""
+MAX_HANDLES = 200
+"""Call handles kept (oldest forgotten first): a long-running party serves many demos."""
 RPC_MARGIN = 5.0
 """Seconds a client waits beyond the timeout it asked the server to use."""
 
@@ -74,6 +76,7 @@ class ControlServer:
         self.handles: dict[str, CallHandle] = {}
         self.incoming: list[str] = []
         """Handles of calls offered to us, in arrival order."""
+        self._issued = 0
         self._arrived = asyncio.Condition()
         self._server: asyncio.AbstractServer | None = None
         self._collector: asyncio.Task[None] | None = None
@@ -96,8 +99,11 @@ class ControlServer:
             await self._server.wait_closed()
 
     def _keep(self, handle: CallHandle) -> str:
-        key = f"h{len(self.handles) + 1}"
+        self._issued += 1
+        key = f"h{self._issued}"
         self.handles[key] = handle
+        while len(self.handles) > MAX_HANDLES:
+            del self.handles[next(iter(self.handles))]
         return key
 
     async def _collect(self) -> None:
@@ -153,7 +159,7 @@ class ControlServer:
                 await asyncio.wait_for(
                     self._arrived.wait_for(lambda: len(self.incoming) > after), timeout)
                 key = self.incoming[after]
-            handle = self.handles[key]
+            handle = self._handle({"handle": key})
             return {"handle": key, "call_id": handle.call_id, "media": _media(handle)}
         if op == "message":
             status, reason = await self.party.message(str(request["target"]),
