@@ -40,7 +40,7 @@ def retry_delay(failures: int) -> float:
     """Seconds to wait before the next attempt after ``failures`` failed ones in a row:
     1, 2, 4 ... up to :data:`RETRY_MAX` (a restarted registrar is usually back within
     seconds; one that stays down is not hammered)."""
-    return min(RETRY_MAX, RETRY_FIRST * 2 ** max(0, failures - 1))
+    return min(RETRY_MAX, RETRY_FIRST * 2.0 ** max(0, failures - 1))
 
 
 class RegistrationError(Exception):
