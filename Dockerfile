@@ -6,8 +6,9 @@
 #               registry can be reached, a local one (e.g. `mmdebstrap` of Debian bookworm
 #               with python3 python3-venv, `docker import`ed; see README "Docker").
 #   PIP_WHEELS  unset: dependencies come from the package index. A directory of the build
-#               context (`pip wheel -w wheels -r constraints.txt setuptools wheel` on the
-#               host): install only from there, never from an index.
+#               context filled on the host (`pip wheel -w wheels -r constraints.txt`, or
+#               `pip download` for Python 3.11 where the host's differs): install only from
+#               there, never from an index.
 # Written for the classic builder too (docker-compose 1.29 builds without BuildKit).
 ARG BASE_IMAGE=python:3.11-slim
 
