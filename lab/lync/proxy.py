@@ -148,6 +148,11 @@ class LyncProxy:
         return URI("sip", host=local.host, port=local.port,
                    params=Params.of(transport="tls", lr=None))
 
+    def record_routes(self, connection: ConnectionInfo | None, hop: Hop) -> tuple[URI, ...]:
+        """Record-Route URIs to prepend, in order, for a request that came on ``connection``
+        and goes to ``hop`` (an element on two networks adds one per side, RFC 5658)."""
+        return (self.record_route_uri(),)
+
     # -- requests ---------------------------------------------------------------------------
 
     def _on_request(self, transaction: ServerTransaction, request: Request) -> None:
@@ -195,7 +200,8 @@ class LyncProxy:
             uri, hop = decided
             out.uri = uri
         if request.method in DIALOG_FORMING and request.to.tag is None:
-            out.headers.prepend("Record-Route", f"<{self.record_route_uri()}>")
+            for uri in self.record_routes(connection, hop):
+                out.headers.prepend("Record-Route", f"<{uri}>")
         return out, hop
 
     async def _forward(self, transaction: ServerTransaction, out: Request, hop: Hop) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -37,3 +38,43 @@ def test_internal_source_must_be_an_address() -> None:
         EdgeConfig(internal_source="edge.internal")
     assert EdgeConfig(internal_source="").source_host is None
     assert EdgeConfig().source_host == "127.0.1.2"
+
+
+@pytest.mark.parametrize("caller", ["alice", "david"])
+async def test_two_legged_edge_record_routes_each_side(pki: LabPKI, caller: str) -> None:
+    """One Record-Route per leg: david sees the external listener first, the FE the address
+    of the Edge's own connection to it, so in-dialog requests from the inside (ACK, BYE)
+    reach david over that connection, never toward the external address."""
+    config = replace(EdgeConfig(), internal_source="127.0.1.12",
+                     listen=TransportAddress(Transport.TLS, EXTERNAL_LEG, 5061))
+    async with MicrosoftSide.run(pki, edge=config) as side:
+        alice = await side.client("alice")
+        david = await side.client("david", relay_only=True)
+        assert side.edge is not None
+        external = side.edge.listener
+        if caller == "alice":
+            call = await alice.call("david.jones@example.com")
+            callee = await asyncio.wait_for(david.incoming_calls.get(), 10)
+        else:
+            call = await david.call("alice.parkes@example.com")
+            callee = await asyncio.wait_for(alice.incoming_calls.get(), 10)
+        await call.wait_connected()
+        await call.wait_media(both_ways=True, min_packets=10)
+        david_call = call if caller == "david" else callee
+        assert david_call.dialog is not None
+        routes = [a.uri for a in david_call.dialog.route_set]
+        edge_entries = [u for u in routes if u.host in (EXTERNAL_LEG, "127.0.1.12")]
+        # david's route set starts at the external listener, then the internal leg's flow.
+        assert [u.host for u in edge_entries] == [EXTERNAL_LEG, "127.0.1.12"], routes
+        assert (edge_entries[0].port or 5061) == external.port
+        # The inside hangs up: the BYE crosses FE and Edge to david.
+        inside = call if caller == "alice" else callee
+        outside = callee if caller == "alice" else call
+        await inside.hangup()
+        await asyncio.wait_for(outside.ended.wait(), 10)
+        assert outside.result == "BYE from peer"
+        # The FE reached the Edge only over the Edge's own connection.
+        to_listener = [c for c in side.fe.stack.transports.connections()
+                       if c.outbound and c.remote is not None
+                       and c.remote.host in (EXTERNAL_LEG, "127.0.1.12")]
+        assert not to_listener, to_listener
