@@ -295,3 +295,8 @@ class RemoteCall:
 
     def media(self) -> MediaReport:
         return self._report
+
+    async def refresh(self) -> str:
+        """Ask for the call's state and counters now; the state."""
+        await self._op("media")
+        return self._state

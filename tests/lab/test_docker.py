@@ -439,6 +439,40 @@ def test_demo_matrix_passes_between_the_containers(lab: ComposeLab,
     assert result.returncode == 0
 
 
+# Run in the demo container: endpoint 3001 calls david (through CUCM, the gateway, the FE and
+# the Edge, media through the relays), then hangs up from the video side.
+INTO_DAVID = """
+import asyncio, json
+from lab.control import RemoteParty
+async def main():
+    endpoint, david = RemoteParty("172.28.3.21", 7000), RemoteParty("172.28.5.31", 7000)
+    offered = (await david.status())["incoming"]
+    call = await endpoint.call("david.jones@example.com")
+    await call.wait_connected(15)
+    answered = david.offered_after(offered)
+    await answered.wait_media(both_ways=True, min_packets=10, timeout=15)
+    await call.wait_media(both_ways=True, min_packets=10, timeout=15)
+    pair = answered.media().ice_pair  # before the hangup closes ICE
+    await call.hangup()
+    for _ in range(50):  # until the BYE reached david (his side ends), 5 s at most
+        if await answered.refresh() == "ended":
+            break
+        await asyncio.sleep(0.1)
+    print(json.dumps({"david": answered.state, "pair": pair}))
+asyncio.run(main())
+"""
+
+
+def test_the_video_side_calls_david_and_hangs_up(lab: ComposeLab) -> None:
+    """In-dialog requests from the inside (ACK, BYE) reach the external client: the Edge
+    Record-Routes its internal leg toward the FE, which cannot reach the external network."""
+    result = lab.compose("--profile", "demo", "run", "--rm", "--entrypoint", "python", "demo",
+                         "-c", INTO_DAVID, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["david"] == "ended" and "relay" in report["pair"].split("/"), report
+
+
 def test_calls_work_again_seconds_after_cucm_restarts(lab: ComposeLab,
                                                       record_property: Callable[..., None]
                                                       ) -> None:
