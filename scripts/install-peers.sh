@@ -24,6 +24,12 @@ for pkg in pidgin pidgin-sipe xvfb xauth dbus-x11 libnss3-tools gstreamer1.0-plu
     libxml2-dev pkg-config gcc; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
+# The Docker lab test (tests/lab/test_docker.py): an engine, compose 1.29, and mmdebstrap for
+# a local base image where no registry can be reached; iptables to clean up after dockerd.
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
