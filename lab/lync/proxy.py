@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 DEFAULT_MAX_FORWARDS = 70
+SERVER_KEEPALIVE = 120.0
+"""Seconds between CRLF keep-alives on a server's outbound connections."""
 
 
 async def server_stack(
@@ -46,12 +48,15 @@ async def server_stack(
     """A Lync server's SIP stack (no listener yet) and the lab PKI it uses: ``pki``, else
     the one in ``certs`` (made there if missing). Outbound TLS presents ``cert_name`` and
     leaves from ``host`` (None: the kernel's choice, for a role on several networks); T2 is
-    at least 8*T1, as Lync servers retransmit."""
+    at least 8*T1, as Lync servers retransmit. Its outbound connections (the Edge's to the
+    FE, the FE's to the gateway) send RFC 5626 CRLF keep-alives, so an idle lab keeps them
+    past the peer's 600 s idle timeout."""
     if pki is None:
         pki = (await asyncio.to_thread(init_pki, Path(certs)))[0]
     stack = SipStack(
         timers=TimerSettings(t1=t1, t2=max(4.0, t1 * 8)),
-        transport_settings=TransportSettings(outbound_ports=None, source_host=host),
+        transport_settings=TransportSettings(outbound_ports=None, source_host=host,
+                                             keepalive_interval=SERVER_KEEPALIVE),
         tls_client=pki.client_context(cert_name),
     )
     return stack, pki
