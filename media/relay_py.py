@@ -176,7 +176,7 @@ class PyRelay:
                     data = rewrite_rtcp(data, _same, mapper.unmap)
             if dst.tx is not None:
                 data = dst.tx.protect_rtcp(data) if rtcp else dst.tx.protect(data)
-        except pylibsrtp.Error:
+        except (pylibsrtp.Error, ValueError):  # ValueError: over pylibsrtp's 1500-byte buffer
             return Verdict.SRTP, None, None
         out_rules = dst.plan
         target = (dst.latched if out_rules.latching is not Latching.FIXED

@@ -32,7 +32,12 @@
 #define MAX_MKI 16
 #define MAP_CAP 1024
 #define AUTH_TAG 10
-#define LAT_BUCKETS 20000       /* 1 us buckets up to 20 ms, then one overflow bucket */
+#define LAT_BUCKETS 20000
+/* pylibsrtp (the portable path) works in a 1500-byte buffer and reserves its largest trailer
+ * (144 bytes SRTP, 148 SRTCP) before protecting: both paths refuse the same sizes */
+#define SRTP_BUF 1500
+#define SRTP_TRAILER 144
+#define SRTCP_TRAILER 148       /* 1 us buckets up to 20 ms, then one overflow bucket */
 
 enum { SIDE_A = 0, SIDE_B = 1 };
 enum { MODE_FIXED = 0, MODE_STRICT = 1, MODE_NAT = 2 };
@@ -268,6 +273,7 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
     }
     if (!(rtcp ? r->rtcp_live : r->fwd[s])) return V_DIRECTION;
     if (in->rx) {
+        if (n > SRTP_BUF) return V_SRTP;
         if (in->mki_len) {
             if (n < 12 + in->mki_len + AUTH_TAG) return V_SRTP;
             int at = n - AUTH_TAG - in->mki_len;
@@ -288,6 +294,7 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
         }
     }
     if (out->tx) {
+        if (n + (rtcp ? SRTCP_TRAILER : SRTP_TRAILER) > SRTP_BUF) return V_SRTP;
         srtp_err_status_t st = rtcp ? srtp_protect_rtcp(out->tx, buf, &n)
                                     : srtp_protect(out->tx, buf, &n);
         if (st != srtp_err_status_ok) return V_SRTP;
@@ -424,7 +431,8 @@ static PyObject *Relay_feed(RelayObject *self, PyObject *args) {
         return NULL;
     }
     uint8_t buf[BUF_SIZE];
-    int len = data.len > BUF_SIZE ? BUF_SIZE + 1 : (int)data.len;
+    /* the real length (counted, and judged before anything past BUF_SIZE is read) */
+    int len = data.len > 0x7fffffff ? 0x7fffffff : (int)data.len;
     memcpy(buf, data.buf, data.len > BUF_SIZE ? BUF_SIZE : data.len);
     PyBuffer_Release(&data);
     const addr_t *dest = NULL;
