@@ -13,6 +13,8 @@ command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || nee
 # libnice through GObject introspection (system python3): the [MS-ICE2] peer of the ICE leg.
 /usr/bin/python3 -c 'import gi; gi.require_version("Nice", "0.1")' >/dev/null 2>&1 \
   || need+=(gir1.2-nice-0.1 python3-gi)
+# rtpengine (userspace forwarding only): bench/relay_vs_rtpengine.py runs it beside our relay.
+command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"

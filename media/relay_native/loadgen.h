@@ -20,8 +20,36 @@ typedef struct {
 
 static const char LOADGEN_DOC[] =
     "loadgen(fd_a, fd_b, flows, seconds, keys=(None, None), drain=0.5) -> dict\n"
-    "flows: [(side, (host, port), pps, size, ssrc)], sent from the side's socket;\n"
+    "flows: [(side, (host, port), pps, size, ssrc[, rx_key])], sent from the side's socket;\n"
+    "rx_key: the SRTP key this flow's packets arrive with at the other side (per SSRC);\n"
     "keys: (send+receive SRTP key of side A or None, same for B).";
+
+/* adds a receive stream for one SSRC with its own key (rtpengine picks a key per call) */
+static int lg_add_rx(srtp_t *ctx, PyObject *key, uint32_t ssrc) {
+    char *data;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(key, &data, &len) < 0) return -1;
+    if (len != 30) {
+        PyErr_SetString(PyExc_ValueError, "SRTP key must be 30 bytes");
+        return -1;
+    }
+    if (!*ctx && srtp_create(ctx, NULL) != srtp_err_status_ok) {
+        PyErr_SetString(PyExc_ValueError, "srtp_create failed");
+        return -1;
+    }
+    srtp_policy_t policy;
+    memset(&policy, 0, sizeof(policy));
+    srtp_crypto_policy_set_rtp_default(&policy.rtp);
+    srtp_crypto_policy_set_rtcp_default(&policy.rtcp);
+    policy.ssrc.type = ssrc_specific;
+    policy.ssrc.value = ssrc;
+    policy.key = (unsigned char *)data;  /* copied by libsrtp's key derivation */
+    if (srtp_add_stream(*ctx, &policy) != srtp_err_status_ok) {
+        PyErr_SetString(PyExc_ValueError, "srtp_add_stream failed");
+        return -1;
+    }
+    return 0;
+}
 
 static int lg_session(srtp_t *ctx, PyObject *key, int inbound) {
     *ctx = NULL;
@@ -66,13 +94,15 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
     int64_t start = mono_ns() + 20000000LL;
     for (Py_ssize_t i = 0; i < nflows; i++) {
         PyObject *t = PySequence_GetItem(flow_list, i);
-        PyObject *dest;
+        PyObject *dest, *rx_key = Py_None;
         int side, size;
         double pps;
         unsigned int ssrc;
-        int ok = t && PyArg_ParseTuple(t, "iOdiI", &side, &dest, &pps, &size, &ssrc);
+        int ok = t && PyArg_ParseTuple(t, "iOdiI|O", &side, &dest, &pps, &size, &ssrc, &rx_key);
         Py_XDECREF(t);
         if (!ok) goto done;
+        if (rx_key != Py_None && (side < 0 || side > 1 || lg_add_rx(&rx[!side], rx_key, ssrc) < 0))
+            goto done;
         if (side < 0 || side > 1 || pps <= 0 || size < 20 || size > MAX_IN - 64) {
             PyErr_SetString(PyExc_ValueError, "bad flow (side, pps or size)");
             goto done;
