@@ -21,13 +21,20 @@ import socket
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.relay_load import (  # noqa: E402
-    HOST, KEY_A, LoadGen, call_streams, cpu_seconds, endpoint_sockets, flows_for, percentile,
-    rss_kib, uptime,
+    HOST,
+    KEY_A,
+    LoadGen,
+    call_streams,
+    cpu_seconds,
+    endpoint_sockets,
+    flows_for,
+    percentile,
+    rss_kib,
+    uptime,
 )
 
 GOALS = "goals at 100 calls: 0 loss, relay p99 < 2 ms, e2e p99 < 10 ms, relay <= 50 % of " \
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write(f"load average      {uptime()} ({cores} cores)\n")
     out.write(f"packets           sent {sent}, received {received}, lost {sent - received} "
               f"({100 * (sent - received) / max(sent, 1):.3f} %)\n")
-    out.write(f"relay drops       " + ", ".join(
+    out.write("relay drops       " + ", ".join(
         f"{k} {v}" for k, v in counters.items() if k.startswith("dropped") and v) + "\n"
         if any(v for k, v in counters.items() if k.startswith("dropped")) else
         "relay drops       none\n")

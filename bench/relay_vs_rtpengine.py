@@ -29,7 +29,14 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.relay_load import (  # noqa: E402
-    AUDIO, HOST, KEY_A, VIDEO, LoadGen, endpoint_sockets, percentile, uptime,
+    AUDIO,
+    HOST,
+    KEY_A,
+    VIDEO,
+    LoadGen,
+    endpoint_sockets,
+    percentile,
+    uptime,
 )
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"

@@ -15,8 +15,17 @@ import pylibsrtp
 
 from media.ms_dialect import SsrcRange
 from media.relay import (
-    COUNTER_NAMES, MAP_CAP, MAX_PACKET, Address, ForwardingPlan, Latching, Relay, Side,
-    SidePlan, StunSink, Verdict,
+    COUNTER_NAMES,
+    MAP_CAP,
+    MAX_PACKET,
+    Address,
+    ForwardingPlan,
+    Latching,
+    Relay,
+    Side,
+    SidePlan,
+    StunSink,
+    Verdict,
 )
 from media.srtp import AUTH_TAG_LEN
 from media.ssrc import rewrite_rtcp

@@ -12,7 +12,14 @@ from aioice import stun
 
 from media.ms_dialect import SsrcRange
 from media.relay import (
-    ForwardingPlan, Latching, Relay, Side, SidePlan, Verdict, make_relay, native_available,
+    ForwardingPlan,
+    Latching,
+    Relay,
+    Side,
+    SidePlan,
+    Verdict,
+    make_relay,
+    native_available,
 )
 
 pytestmark = pytest.mark.skipif(not native_available(),

@@ -12,7 +12,14 @@ import pytest
 from aioice import stun
 
 from media.relay import (
-    ForwardingPlan, Latching, Side, SidePlan, Verdict, make_hub, make_relay, native_available,
+    ForwardingPlan,
+    Latching,
+    Side,
+    SidePlan,
+    Verdict,
+    make_hub,
+    make_relay,
+    native_available,
 )
 
 IMPLS = ["python", pytest.param("native", marks=pytest.mark.skipif(
