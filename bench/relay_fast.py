@@ -43,7 +43,8 @@ GOALS = "goals at 100 calls: 0 loss, relay p99 < 2 ms, e2e p99 < 10 ms, relay <=
 
 def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: bool,
             peer_a: tuple[str, int], peer_b: tuple[str, int], seconds: float,
-            ssrc_map: bool = True, latch_a: bool = False) -> None:
+            ssrc_map: bool = True, latch_a: bool = False, busy: bool = False,
+            realtime: bool = False) -> None:
     """One relay process: ``streams`` relays on one hub (bench/relay_vs_rtpengine.py runs it
     without SSRC mapping and with both sides latched, as rtpengine is run)."""
     from media.ms_dialect import SsrcRange
@@ -72,8 +73,15 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
         relays.append(relay)
     conn.send((ports, rss_kib() - rss0))
     conn.recv()  # go
+    if realtime:  # a relay host's setting: wake-ups preempt the machine's other work
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     before, wall = cpu_seconds(), time.monotonic()
-    hub.run(seconds + 0.8)
+    if busy:  # diagnostic: never sleep in epoll_wait (tells wake-up delays from work)
+        end = time.monotonic() + seconds + 0.8
+        while time.monotonic() < end:
+            hub.poll(0)
+    else:
+        hub.run(seconds + 0.8)
     cpu, wall = cpu_seconds() - before, time.monotonic() - wall
     totals: dict[str, int] = {}
     for relay in relays:
@@ -92,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="relay processes (one hub each)")
     ap.add_argument("--impl", choices=["native", "python"], default="native")
     ap.add_argument("--plain", action="store_true", help="no SRTP on the Microsoft side")
+    ap.add_argument("--busy-poll", action="store_true",
+                    help="diagnostic: the relay polls without sleeping (burns its core)")
+    ap.add_argument("--realtime", action="store_true",
+                    help="run the relay workers SCHED_FIFO (root): wake-ups are not queued "
+                         "behind the shared machine's other processes")
     args = ap.parse_args(argv)
     srtp = not args.plain
     streams_total = 2 * args.calls
@@ -105,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         n += n % 2 if start + n < streams_total else 0   # keep a call's streams together
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, daemon=True, args=(
-            child, start, n, args.impl, srtp, la.getsockname(), lb.getsockname(), args.seconds))
+            child, start, n, args.impl, srtp, la.getsockname(), lb.getsockname(), args.seconds,
+            True, False, args.busy_poll, args.realtime))
         proc.start()
         workers.append((proc, parent))
         start += n

@@ -139,7 +139,8 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
     for (;;) {
         int64_t now = mono_ns();
         if (now >= stop) break;
-        /* send what is due, batched per side */
+        /* send what is due (all of it: a generator that was descheduled catches up at
+         * once, as a network burst would), batched per side */
         if (now < stop_send) {
             for (int s = 0; s < 2; s++) {
                 int k = 0;
@@ -147,47 +148,51 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
                 clock_gettime(CLOCK_REALTIME, &wall);
                 int64_t wall_ns = (int64_t)wall.tv_sec * 1000000000LL + wall.tv_nsec;
                 for (Py_ssize_t i = 0; i <= nflows; i++) {
-                    if (k == BATCH || (i == nflows && k)) {
-                        int done_n = 0;
-                        while (done_n < k) {
-                            int m = sendmmsg(fds[s], msgs + done_n, k - done_n, 0);
-                            if (m <= 0) {
-                                if (m < 0 && (errno == EINTR || errno == ECONNREFUSED)) continue;
-                                send_err += (uint64_t)(k - done_n);
-                                break;
+                    lg_flow_t *f = i < nflows ? &flows[i] : NULL;
+                    while (k == BATCH || (!f && k) ||
+                           (f && f->side == s && f->next_ns <= now && f->next_ns < stop_send)) {
+                        if (k == BATCH || !f) {
+                            int done_n = 0;
+                            while (done_n < k) {
+                                int m = sendmmsg(fds[s], msgs + done_n, k - done_n, 0);
+                                if (m <= 0) {
+                                    if (m < 0 && (errno == EINTR || errno == ECONNREFUSED))
+                                        continue;
+                                    send_err += (uint64_t)(k - done_n);
+                                    break;
+                                }
+                                done_n += m;
+                                sent[s] += (uint64_t)m;
                             }
-                            done_n += m;
-                            sent[s] += (uint64_t)m;
+                            k = 0;
+                            if (!f) break;
+                            continue;
                         }
-                        k = 0;
+                        f->next_ns += f->period_ns;
+                        uint8_t *p = bufs[k];
+                        memset(p, 0, (size_t)f->size);
+                        p[0] = 0x80;
+                        p[1] = f->size > 400 ? 97 : 96;
+                        p[2] = f->seq >> 8; p[3] = (uint8_t)f->seq;
+                        wr32(p + 4, f->ts);
+                        wr32(p + 8, f->ssrc);
+                        f->seq++;
+                        f->ts += 960;
+                        memcpy(p + 12, &wall_ns, 8);
+                        int len = f->size;
+                        if (tx[s] && srtp_protect(tx[s], p, &len) != srtp_err_status_ok) {
+                            srtp_fail++;
+                            continue;
+                        }
+                        iov[k].iov_base = p;
+                        iov[k].iov_len = (size_t)len;
+                        memset(&msgs[k].msg_hdr, 0, sizeof(struct msghdr));
+                        msgs[k].msg_hdr.msg_name = &f->dest.ss;
+                        msgs[k].msg_hdr.msg_namelen = f->dest.len;
+                        msgs[k].msg_hdr.msg_iov = &iov[k];
+                        msgs[k].msg_hdr.msg_iovlen = 1;
+                        k++;
                     }
-                    if (i == nflows) break;
-                    lg_flow_t *f = &flows[i];
-                    if (f->side != s || f->next_ns > now) continue;
-                    f->next_ns += f->period_ns;
-                    uint8_t *p = bufs[k];
-                    memset(p, 0, (size_t)f->size);
-                    p[0] = 0x80;
-                    p[1] = f->size > 400 ? 97 : 96;
-                    p[2] = f->seq >> 8; p[3] = (uint8_t)f->seq;
-                    wr32(p + 4, f->ts);
-                    wr32(p + 8, f->ssrc);
-                    f->seq++;
-                    f->ts += 960;
-                    memcpy(p + 12, &wall_ns, 8);
-                    int len = f->size;
-                    if (tx[s] && srtp_protect(tx[s], p, &len) != srtp_err_status_ok) {
-                        srtp_fail++;
-                        continue;
-                    }
-                    iov[k].iov_base = p;
-                    iov[k].iov_len = (size_t)len;
-                    memset(&msgs[k].msg_hdr, 0, sizeof(struct msghdr));
-                    msgs[k].msg_hdr.msg_name = &f->dest.ss;
-                    msgs[k].msg_hdr.msg_namelen = f->dest.len;
-                    msgs[k].msg_hdr.msg_iov = &iov[k];
-                    msgs[k].msg_hdr.msg_iovlen = 1;
-                    k++;
                 }
             }
         }
