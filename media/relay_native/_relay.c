@@ -58,6 +58,7 @@ typedef struct {
     addr_t sdp;
     int64_t relatch_after_ns;
     srtp_t rx, tx;
+    PyObject *rx_owner, *tx_owner;  /* set: an external session (see set_external_srtp) */
     uint8_t rx_key[46], tx_key[46];
     int rx_key_len, tx_key_len;
     uint8_t mki[MAX_MKI];
@@ -237,6 +238,34 @@ static void rewrite_rtcp(RelayObject *r, uint8_t *pkt, int end, int sender, int 
     }
 }
 
+/* -- SRTP: the system libsrtp2, or an external libsrtp build's sessions ------------------
+ * Debian's libsrtp2 does its crypto through NSS, which costs several microseconds per packet
+ * (per-packet PK11 context operations and locks: see bench/relay_fast.py's profile note);
+ * pylibsrtp's wheel carries a libsrtp built on OpenSSL. Its functions are reachable through
+ * cffi (ffi.addressof), so media.relay_native can hand us their addresses and sessions made
+ * by pylibsrtp; each session is then run by the library that made it. */
+
+typedef srtp_err_status_t (*srtp_fn)(srtp_t, void *, int *);
+static srtp_fn ext_fn[4];   /* protect, unprotect, protect_rtcp, unprotect_rtcp */
+
+static inline srtp_err_status_t run_srtp(srtp_t ctx, int external, int which, uint8_t *buf,
+                                         int *len) {
+    if (external) return ext_fn[which](ctx, buf, len);
+    switch (which) {
+    case 0: return srtp_protect(ctx, buf, len);
+    case 1: return srtp_unprotect(ctx, buf, len);
+    case 2: return srtp_protect_rtcp(ctx, buf, len);
+    default: return srtp_unprotect_rtcp(ctx, buf, len);
+    }
+}
+
+static PyObject *set_external_srtp(PyObject *mod, PyObject *args) {
+    unsigned long long a[4];
+    if (!PyArg_ParseTuple(args, "KKKK", &a[0], &a[1], &a[2], &a[3])) return NULL;
+    for (int i = 0; i < 4; i++) ext_fn[i] = (srtp_fn)(uintptr_t)a[i];
+    Py_RETURN_NONE;
+}
+
 /* -- the per-packet path ----------------------------------------------------------------- */
 
 static inline int is_rtcp(const uint8_t *p) {  /* RFC 5761 §4: PT 64-95 with marker */
@@ -281,8 +310,7 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
             memmove(buf + at, buf + at + in->mki_len, AUTH_TAG);
             n -= in->mki_len;
         }
-        srtp_err_status_t st = rtcp ? srtp_unprotect_rtcp(in->rx, buf, &n)
-                                    : srtp_unprotect(in->rx, buf, &n);
+        srtp_err_status_t st = run_srtp(in->rx, in->rx_owner != NULL, rtcp ? 3 : 1, buf, &n);
         if (st != srtp_err_status_ok) return V_SRTP;
     }
     if (r->has_map) {
@@ -295,8 +323,7 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
     }
     if (out->tx) {
         if (n + (rtcp ? SRTCP_TRAILER : SRTP_TRAILER) > SRTP_BUF) return V_SRTP;
-        srtp_err_status_t st = rtcp ? srtp_protect_rtcp(out->tx, buf, &n)
-                                    : srtp_protect(out->tx, buf, &n);
+        srtp_err_status_t st = run_srtp(out->tx, out->tx_owner != NULL, rtcp ? 2 : 0, buf, &n);
         if (st != srtp_err_status_ok) return V_SRTP;
     }
     const addr_t *target = out->mode != MODE_FIXED && out->latched.valid ? &out->latched
@@ -309,10 +336,15 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
 
 /* -- Relay ------------------------------------------------------------------------------- */
 
+static void drop_session(srtp_t *ctx, PyObject **owner) {
+    if (*owner) Py_CLEAR(*owner);   /* the external library frees its own session */
+    else if (*ctx) srtp_dealloc(*ctx);
+    *ctx = NULL;
+}
+
 static void side_free_srtp(side_t *s) {
-    if (s->rx) srtp_dealloc(s->rx);
-    if (s->tx) srtp_dealloc(s->tx);
-    s->rx = s->tx = NULL;
+    drop_session(&s->rx, &s->rx_owner);
+    drop_session(&s->tx, &s->tx_owner);
     s->rx_key_len = s->tx_key_len = 0;
 }
 
@@ -333,11 +365,28 @@ static int make_session(srtp_t *ctx, const uint8_t *key, int inbound) {
     return 0;
 }
 
-/* keys kept when unchanged, so a re-published plan does not reset replay windows / ROCs */
-static int set_key(srtp_t *ctx, uint8_t *stored, int *stored_len, PyObject *key, int inbound) {
+/* `key`: None; 30 bytes of key + salt (a system libsrtp2 session, kept while the key is); or
+ * (owner, address) of an external session (kept while it is the same one). */
+static int set_key(srtp_t *ctx, PyObject **owner, uint8_t *stored, int *stored_len,
+                   PyObject *key, int inbound) {
     if (key == Py_None) {
-        if (*ctx) srtp_dealloc(*ctx);
-        *ctx = NULL;
+        drop_session(ctx, owner);
+        *stored_len = 0;
+        return 0;
+    }
+    if (PyTuple_Check(key)) {
+        PyObject *who;
+        unsigned long long address;
+        if (!PyArg_ParseTuple(key, "OK", &who, &address)) return -1;
+        if (!ext_fn[0]) {
+            PyErr_SetString(PyExc_ValueError, "external SRTP session without set_external_srtp");
+            return -1;
+        }
+        if (*owner && *ctx == (srtp_t)(uintptr_t)address) return 0;
+        drop_session(ctx, owner);
+        Py_INCREF(who);
+        *owner = who;
+        *ctx = (srtp_t)(uintptr_t)address;
         *stored_len = 0;
         return 0;
     }
@@ -348,9 +397,8 @@ static int set_key(srtp_t *ctx, uint8_t *stored, int *stored_len, PyObject *key,
         PyErr_SetString(PyExc_ValueError, "SRTP key must be 30 bytes (AES_CM_128 key + salt)");
         return -1;
     }
-    if (*ctx && *stored_len == len && !memcmp(stored, data, len)) return 0;
-    if (*ctx) srtp_dealloc(*ctx);
-    *ctx = NULL;
+    if (*ctx && !*owner && *stored_len == len && !memcmp(stored, data, len)) return 0;
+    drop_session(ctx, owner);
     memcpy(stored, data, len);
     *stored_len = (int)len;
     return make_session(ctx, stored, inbound);
@@ -371,8 +419,8 @@ static int publish_side(side_t *s, PyObject *t) {
     }
     addr_t addr;
     if (addr_from_py(sdp, &addr) < 0) return -1;
-    if (set_key(&s->rx, s->rx_key, &s->rx_key_len, rx_key, 1) < 0) return -1;
-    if (set_key(&s->tx, s->tx_key, &s->tx_key_len, tx_key, 0) < 0) return -1;
+    if (set_key(&s->rx, &s->rx_owner, s->rx_key, &s->rx_key_len, rx_key, 1) < 0) return -1;
+    if (set_key(&s->tx, &s->tx_owner, s->tx_key, &s->tx_key_len, tx_key, 0) < 0) return -1;
     int same = addr.valid == s->sdp.valid && (!addr.valid || addr_eq(&s->sdp, &addr.ss));
     if (!same) {     /* a new SDP address starts latching over */
         s->sdp = addr;
@@ -533,6 +581,10 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static int Relay_traverse(RelayObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->on_stun);
+    for (int i = 0; i < 2; i++) {
+        Py_VISIT(self->side[i].rx_owner);
+        Py_VISIT(self->side[i].tx_owner);
+    }
     return 0;
 }
 
@@ -871,6 +923,9 @@ static PyTypeObject HubType = {
 static PyMethodDef module_methods[] = {
     {"loadgen", (PyCFunction)(void (*)(void))loadgen, METH_VARARGS | METH_KEYWORDS,
      LOADGEN_DOC},
+    {"set_external_srtp", set_external_srtp, METH_VARARGS,
+     "set_external_srtp(protect, unprotect, protect_rtcp, unprotect_rtcp): the addresses of "
+     "another libsrtp build's functions, run on sessions published as (owner, address)"},
     {NULL}};
 
 static struct PyModuleDef module = {

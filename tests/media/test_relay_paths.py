@@ -3,8 +3,11 @@ verdicts, bytes, destinations, latches and counters out (media/relay.py's rules)
 
 from __future__ import annotations
 
+import os
 import random
 import struct
+import subprocess
+import sys
 
 import pylibsrtp
 import pytest
@@ -254,3 +257,21 @@ def test_stun_goes_up_and_garbage_is_dropped_and_counted_never_raised() -> None:
     counts = native.counters(Side.A)
     assert counts["packets_in"] == sum(1 for s in steps if s[0] == Side.A)
     assert counts["dropped_malformed"] > 0 and counts["stun"] == 1
+
+
+@pytest.mark.skipif(os.environ.get("GATEWAY_MEDIA_SRTP") == "system",
+                    reason="this is the child run")
+def test_the_system_libsrtp2_backend_matches_the_oracle_too() -> None:
+    """The native path's SRTP runs on pylibsrtp's libsrtp by default; with
+    GATEWAY_MEDIA_SRTP=system on Debian's libsrtp2 (chosen at import: a child process)."""
+    env = dict(os.environ, GATEWAY_MEDIA_SRTP="system")
+    done = subprocess.run(
+        [sys.executable, "-c", "import media.relay_native as m; print(m.SRTP_BACKEND)"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "system", done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+         "srtp or garbage"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert " passed" in done.stdout
