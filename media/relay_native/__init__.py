@@ -30,7 +30,7 @@ def _external_srtp() -> Any:
     if os.environ.get(SRTP_ENV, "").strip().lower() == "system":
         return None
     try:
-        from pylibsrtp._binding import ffi, lib  # type: ignore[import-untyped]
+        from pylibsrtp._binding import ffi, lib
         addresses = [int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
                      for name in _SRTP_FUNCTIONS]
         probe = pylibsrtp.Session(pylibsrtp.Policy(key=bytes(30),
