@@ -57,12 +57,44 @@ def rss_kib(pid: int | None = None) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _sessions(flows: list[Any], keys: tuple[bytes | None, bytes | None]) -> tuple[Any, Any]:
+    """The generator's SRTP sessions made by pylibsrtp (OpenSSL: cheaper than Debian's NSS
+    libsrtp2), as the native relay runs them; None where that backend is off."""
+    import pylibsrtp
+
+    from media import relay_native
+    if relay_native.SRTP_BACKEND != "pylibsrtp":
+        return None, None
+    from pylibsrtp._binding import ffi
+    policy = pylibsrtp.Policy
+    made: list[Any] = []
+    for key in keys:
+        tx = rx = None
+        if key is not None:
+            tx = pylibsrtp.Session(policy(key=key, ssrc_type=policy.SSRC_ANY_OUTBOUND))
+            rx = pylibsrtp.Session(policy(key=key, ssrc_type=policy.SSRC_ANY_INBOUND))
+        made += [tx, rx]
+    for flow in flows:
+        if len(flow) > 5 and flow[5] is not None:   # this flow arrives with its own key
+            side = 1 - flow[0]
+            if made[2 * side + 1] is None:
+                made[2 * side + 1] = pylibsrtp.Session()
+            made[2 * side + 1].add_stream(policy(key=flow[5], ssrc_type=policy.SSRC_SPECIFIC,
+                                                 ssrc_value=flow[4]))
+    addresses = tuple(0 if m is None else int(ffi.cast("uintptr_t", m._srtp[0])) for m in made)
+    return made, addresses
+
+
 def _loadgen_main(conn: Connection, fds: tuple[int, int], flows: list[Any], seconds: float,
-                  keys: tuple[bytes | None, bytes | None]) -> None:
+                  keys: tuple[bytes | None, bytes | None], realtime: bool) -> None:
     from media.relay_native import loadgen
+    owners, addresses = _sessions(flows, keys)
     conn.recv()  # go
+    if realtime:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     before, wall = cpu_seconds(), time.monotonic()
-    result = loadgen(fds[0], fds[1], flows, seconds, keys=keys, drain=0.5)
+    result = loadgen(fds[0], fds[1], flows, seconds, keys=keys, drain=0.5, sessions=addresses)
+    del owners
     result["cpu"] = cpu_seconds() - before
     result["wall"] = time.monotonic() - wall
     conn.send(result)
@@ -90,11 +122,12 @@ class LoadGen:
     """The load generator in a child process; ``start`` then ``result``."""
 
     def __init__(self, socks: tuple[socket.socket, socket.socket], flows: list[Any],
-                 seconds: float, keys: tuple[bytes | None, bytes | None] = (None, None)) -> None:
+                 seconds: float, keys: tuple[bytes | None, bytes | None] = (None, None),
+                 realtime: bool = False) -> None:
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
         fds = (socks[0].fileno(), socks[1].fileno())
-        self.proc = ctx.Process(target=_loadgen_main, args=(child, fds, flows, seconds, keys),
+        self.proc = ctx.Process(target=_loadgen_main, args=(child, fds, flows, seconds, keys, realtime),
                                 daemon=True)
         self.proc.start()
 

@@ -190,11 +190,13 @@ def make_relay(fd_a: int = -1, fd_b: int = -1, impl: str | None = None) -> Relay
     return PyRelay(fd_a, fd_b)
 
 
-def make_hub(timestamps: bool = False, impl: str | None = None) -> Hub:
+def make_hub(timestamps: bool = False, impl: str | None = None, rcvbuf: int = 0) -> Hub:
     """A hub for relays of the same implementation; ``timestamps`` records the relay-added
-    latency (kernel receive timestamp to after the send) in 1 us buckets."""
+    latency (kernel receive timestamp to after the send) in 1 us buckets; ``rcvbuf`` (bytes,
+    0: the system's) sizes each socket's receive queue, which absorbs the relay's scheduling
+    delays."""
     if (impl or implementation()) == "native":
         from media.relay_native import NativeHub
-        return NativeHub(timestamps)
+        return NativeHub(timestamps, rcvbuf)
     from media.relay_py import PyHub
-    return PyHub(timestamps)
+    return PyHub(timestamps, rcvbuf)

@@ -282,9 +282,10 @@ _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 class PyHub:
     """media.relay.Hub in Python (selectors)."""
 
-    def __init__(self, timestamps: bool = False) -> None:
+    def __init__(self, timestamps: bool = False, rcvbuf: int = 0) -> None:
         self._selector = selectors.DefaultSelector()
         self._timestamps = timestamps
+        self._rcvbuf = rcvbuf
         self._relays: set[PyRelay] = set()
         self._latency = [0] * (_LAT_BUCKETS + 1)
         self._stamps: list[int] = []
@@ -299,6 +300,8 @@ class PyHub:
         for side, sock in relay.sockets():
             if self._timestamps:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            if self._rcvbuf > 0:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
             self._selector.register(sock, selectors.EVENT_READ, (relay, side))
         relay.hub = self
         self._relays.add(relay)

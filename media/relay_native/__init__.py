@@ -119,8 +119,8 @@ class NativeHub:
 
     __slots__ = ("_core",)
 
-    def __init__(self, timestamps: bool = False) -> None:
-        self._core = _relay.Hub(timestamps=timestamps)
+    def __init__(self, timestamps: bool = False, rcvbuf: int = 0) -> None:
+        self._core = _relay.Hub(timestamps=timestamps, rcvbuf=rcvbuf)
 
     def register(self, relay: Relay) -> None:
         if not isinstance(relay, NativeRelay):

@@ -638,6 +638,7 @@ typedef struct {
     PyObject_HEAD
     int epfd;
     int timestamps;
+    int rcvbuf;
     PyObject *relays;   /* set: keeps registered relays alive */
     uint8_t (*bufs)[BUF_SIZE];
     struct mmsghdr in[BATCH], out[BATCH];
@@ -672,6 +673,9 @@ static PyObject *Hub_register(HubObject *self, PyObject *arg) {
             int on = 1;
             setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on));
         }
+        if (self->rcvbuf > 0 &&  /* past net.core.rmem_max where allowed (root) */
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &self->rcvbuf, sizeof(int)) < 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &self->rcvbuf, sizeof(int));
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &r->tags[i]};
         if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
             for (int j = 0; j < i; j++)
@@ -847,13 +851,14 @@ static PyObject *Hub_stats(HubObject *self, PyObject *unused) {
 }
 
 static PyObject *Hub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *names[] = {"timestamps", NULL};
-    int timestamps = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", names, &timestamps)) return NULL;
+    static char *names[] = {"timestamps", "rcvbuf", NULL};
+    int timestamps = 0, rcvbuf = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|pi", names, &timestamps, &rcvbuf)) return NULL;
     HubObject *self = (HubObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     self->timestamps = timestamps;
+    self->rcvbuf = rcvbuf;
     self->relays = PySet_New(NULL);
     self->bufs = PyMem_Calloc(BATCH, BUF_SIZE);
     self->lat = PyMem_Calloc(LAT_BUCKETS + 1, sizeof(uint32_t));

@@ -22,7 +22,9 @@ static const char LOADGEN_DOC[] =
     "loadgen(fd_a, fd_b, flows, seconds, keys=(None, None), drain=0.5) -> dict\n"
     "flows: [(side, (host, port), pps, size, ssrc[, rx_key])], sent from the side's socket;\n"
     "rx_key: the SRTP key this flow's packets arrive with at the other side (per SSRC);\n"
-    "keys: (send+receive SRTP key of side A or None, same for B).";
+    "keys: (send+receive SRTP key of side A or None, same for B);\n"
+    "sessions: instead of keys, (tx_a, rx_a, tx_b, rx_b) addresses (0: none) of sessions\n"
+    "of the external libsrtp (set_external_srtp), flows' receive streams already added.";
 
 /* adds a receive stream for one SSRC with its own key (rtpengine picks a key per call) */
 static int lg_add_rx(srtp_t *ctx, PyObject *key, uint32_t ssrc) {
@@ -65,13 +67,15 @@ static int lg_session(srtp_t *ctx, PyObject *key, int inbound) {
 }
 
 static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
-    static char *names[] = {"fd_a", "fd_b", "flows", "seconds", "keys", "drain", NULL};
+    static char *names[] = {"fd_a", "fd_b", "flows", "seconds", "keys", "drain", "sessions",
+                            NULL};
     int fds[2];
-    PyObject *flow_list, *keys = NULL;
+    PyObject *flow_list, *keys = NULL, *sessions = NULL;
     double seconds, drain = 0.5;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiOd|Od", names, &fds[0], &fds[1], &flow_list,
-                                     &seconds, &keys, &drain))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiOd|OdO", names, &fds[0], &fds[1], &flow_list,
+                                     &seconds, &keys, &drain, &sessions))
         return NULL;
+    int external = sessions && sessions != Py_None;
     Py_ssize_t nflows = PySequence_Length(flow_list);
     if (nflows < 0) return NULL;
     if (nflows > LG_MAX_FLOWS) return PyErr_Format(PyExc_ValueError, "too many flows");
@@ -84,7 +88,18 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
         PyErr_NoMemory();
         goto done;
     }
-    if (keys && keys != Py_None) {
+    if (external) {
+        unsigned long long a[4];
+        if (!PyArg_ParseTuple(sessions, "KKKK", &a[0], &a[1], &a[2], &a[3])) goto done;
+        if (!ext_fn[0]) {
+            PyErr_SetString(PyExc_ValueError, "sessions without set_external_srtp");
+            goto done;
+        }
+        tx[0] = (srtp_t)(uintptr_t)a[0];
+        rx[0] = (srtp_t)(uintptr_t)a[1];
+        tx[1] = (srtp_t)(uintptr_t)a[2];
+        rx[1] = (srtp_t)(uintptr_t)a[3];
+    } else if (keys && keys != Py_None) {
         PyObject *ka, *kb;
         if (!PyArg_ParseTuple(keys, "OO", &ka, &kb)) goto done;
         if (lg_session(&tx[0], ka, 0) < 0 || lg_session(&rx[0], ka, 1) < 0 ||
@@ -101,7 +116,8 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
         int ok = t && PyArg_ParseTuple(t, "iOdiI|O", &side, &dest, &pps, &size, &ssrc, &rx_key);
         Py_XDECREF(t);
         if (!ok) goto done;
-        if (rx_key != Py_None && (side < 0 || side > 1 || lg_add_rx(&rx[!side], rx_key, ssrc) < 0))
+        if (!external && rx_key != Py_None &&
+            (side < 0 || side > 1 || lg_add_rx(&rx[!side], rx_key, ssrc) < 0))
             goto done;
         if (side < 0 || side > 1 || pps <= 0 || size < 20 || size > MAX_IN - 64) {
             PyErr_SetString(PyExc_ValueError, "bad flow (side, pps or size)");
@@ -180,7 +196,7 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
                         f->ts += 960;
                         memcpy(p + 12, &wall_ns, 8);
                         int len = f->size;
-                        if (tx[s] && srtp_protect(tx[s], p, &len) != srtp_err_status_ok) {
+                        if (tx[s] && run_srtp(tx[s], external, 0, p, &len) != srtp_err_status_ok) {
                             srtp_fail++;
                             continue;
                         }
@@ -222,7 +238,7 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
                     uint8_t *p = bufs[i];
                     int len = (int)msgs[i].msg_len;
                     if (len < 20 || p[0] >> 6 != 2) { bad++; continue; }
-                    if (rx[s] && srtp_unprotect(rx[s], p, &len) != srtp_err_status_ok) {
+                    if (rx[s] && run_srtp(rx[s], external, 1, p, &len) != srtp_err_status_ok) {
                         srtp_fail++;
                         continue;
                     }
@@ -254,7 +270,7 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
                                bad, "srtp_failures", srtp_fail, "latency_10us", hist);
     }
 done:
-    for (int s = 0; s < 2; s++) {
+    for (int s = 0; s < 2 && !external; s++) {  /* external sessions belong to their owner */
         if (tx[s]) srtp_dealloc(tx[s]);
         if (rx[s]) srtp_dealloc(rx[s]);
     }
