@@ -127,8 +127,8 @@ class LoadGen:
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
         fds = (socks[0].fileno(), socks[1].fileno())
-        self.proc = ctx.Process(target=_loadgen_main, args=(child, fds, flows, seconds, keys, realtime),
-                                daemon=True)
+        self.proc = ctx.Process(target=_loadgen_main, daemon=True,
+                                args=(child, fds, flows, seconds, keys, realtime))
         self.proc.start()
 
     def start(self) -> None:
