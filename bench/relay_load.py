@@ -86,14 +86,19 @@ def _sessions(flows: list[Any], keys: tuple[bytes | None, bytes | None]) -> tupl
 
 
 def _loadgen_main(conn: Connection, fds: tuple[int, int], flows: list[Any], seconds: float,
-                  keys: tuple[bytes | None, bytes | None], realtime: bool) -> None:
+                  keys: tuple[bytes | None, bytes | None], realtime: bool,
+                  verify_every: int) -> None:
     from media.relay_native import loadgen
     owners, addresses = _sessions(flows, keys)
     conn.recv()  # go
     if realtime:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        except PermissionError:  # not root: stays an ordinary process
+            pass
     before, wall = cpu_seconds(), time.monotonic()
-    result = loadgen(fds[0], fds[1], flows, seconds, keys=keys, drain=0.5, sessions=addresses)
+    result = loadgen(fds[0], fds[1], flows, seconds, keys=keys, drain=0.5, sessions=addresses,
+                     verify_every=verify_every)
     del owners
     result["cpu"] = cpu_seconds() - before
     result["wall"] = time.monotonic() - wall
@@ -123,12 +128,13 @@ class LoadGen:
 
     def __init__(self, socks: tuple[socket.socket, socket.socket], flows: list[Any],
                  seconds: float, keys: tuple[bytes | None, bytes | None] = (None, None),
-                 realtime: bool = False) -> None:
+                 realtime: bool = False, verify_every: int = 1) -> None:
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
         fds = (socks[0].fileno(), socks[1].fileno())
         self.proc = ctx.Process(target=_loadgen_main, daemon=True,
-                                args=(child, fds, flows, seconds, keys, realtime))
+                                args=(child, fds, flows, seconds, keys, realtime,
+                                      verify_every))
         self.proc.start()
 
     def start(self) -> None:
