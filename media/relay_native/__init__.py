@@ -16,7 +16,11 @@ from typing import Any, cast
 import pylibsrtp
 
 from media.relay import Address, ForwardingPlan, Relay, SidePlan, StunSink, Verdict
-from media.relay_native import _relay  # type: ignore[attr-defined]
+try:
+    from media.relay_native import _relay  # type: ignore[attr-defined]
+except ImportError as exc:  # the optional build did not happen (no gcc / libsrtp2-dev)
+    raise ImportError(f"the native relay (media/relay_native/_relay.c) is not built: {exc}; "
+                      "make venv installs its build dependencies") from None
 
 __all__ = ["SRTP_BACKEND", "NativeHub", "NativeRelay", "loadgen"]
 

@@ -151,3 +151,15 @@ def test_verdict_numbers_match_the_counter_names() -> None:
     relay = make_relay(impl="python")
     assert set(relay.counters(Side.A)) >= {"forwarded", "dropped_malformed", "dropped_send"}
     assert Verdict.SEND == 7
+
+
+def test_the_path_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from media import relay
+    monkeypatch.setenv(relay.ENV, "python")
+    assert relay.implementation() == "python"
+    assert type(relay.make_relay()).__name__ == "PyRelay"
+    monkeypatch.setenv(relay.ENV, "fast")
+    with pytest.raises(ValueError, match=relay.ENV):
+        relay.implementation()
+    monkeypatch.delenv(relay.ENV)
+    assert relay.implementation() == ("native" if native_available() else "python")
