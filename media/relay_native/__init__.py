@@ -16,6 +16,7 @@ from typing import Any, cast
 import pylibsrtp
 
 from media.relay import Address, ForwardingPlan, Relay, SidePlan, StunSink, Verdict
+
 try:
     from media.relay_native import _relay  # type: ignore[attr-defined]
 except ImportError as exc:  # the optional build did not happen (no gcc / libsrtp2-dev)
