@@ -18,6 +18,7 @@ RTCP (first byte 128-191; RTCP by payload type 192-223, RFC 5761 §4) stay in th
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from media.srtp import MASTER_KEY_SALT_LEN, LegKeys
 
 __all__ = [
     "ENV", "Address", "ForwardingPlan", "Hub", "Latching", "Relay", "Side", "SidePlan",
-    "Verdict", "implementation", "make_hub", "make_relay", "native_available",
+    "Verdict", "attach", "implementation", "make_hub", "make_relay", "native_available",
 ]
 
 ENV = "GATEWAY_MEDIA_RELAY"
@@ -200,3 +201,14 @@ def make_hub(timestamps: bool = False, impl: str | None = None, rcvbuf: int = 0)
         return NativeHub(timestamps, rcvbuf)
     from media.relay_py import PyHub
     return PyHub(timestamps, rcvbuf)
+
+
+def attach(hub: Hub, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Pump ``hub`` from ``loop`` (one reader on its epoll fd: one Python call per wake-up
+    for all its relays, not one per packet); returns the function that detaches it."""
+    fd = hub.fileno()
+    loop.add_reader(fd, hub.poll)
+
+    def detach() -> None:
+        loop.remove_reader(fd)
+    return detach

@@ -163,3 +163,33 @@ def test_the_path_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) 
         relay.implementation()
     monkeypatch.delenv(relay.ENV)
     assert relay.implementation() == ("native" if native_available() else "python")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+async def test_a_hub_attached_to_the_running_loop_relays_and_hands_stun_up(impl: str) -> None:
+    import asyncio
+
+    from media.relay import attach
+    rig = Rig(impl)
+    loop = asyncio.get_running_loop()
+    detach = attach(rig.hub, loop)
+    stun_seen = asyncio.Event()
+    rig.relay.on_stun = lambda side, data, addr: stun_seen.set()
+    try:
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        loop.add_reader(rig.video_peer.fileno(), lambda: got.put_nowait(rig.video_peer.recv(4096)))
+        microsoft = pylibsrtp.Session(pylibsrtp.Policy(
+            key=KEY_MS_RX, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+        for i in range(1, 21):
+            protected = microsoft.protect(rtp(7, i))
+            rig.ms_peer.sendto(protected[:-10] + b"\x01" + protected[-10:], rig.a_addr)
+        request = stun.Message(message_method=stun.Method.BINDING,
+                               message_class=stun.Class.REQUEST)
+        rig.ms_peer.sendto(bytes(request), rig.a_addr)
+        received = [await asyncio.wait_for(got.get(), 10) for _ in range(20)]
+        assert received == [rtp(7, i) for i in range(1, 21)]
+        await asyncio.wait_for(stun_seen.wait(), 10)
+        loop.remove_reader(rig.video_peer.fileno())
+    finally:
+        detach()
+        rig.close()
