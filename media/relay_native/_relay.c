@@ -800,13 +800,18 @@ static int hub_round(HubObject *self, int timeout_ms, int release_gil) {
     } else {
         n = epoll_wait(self->epfd, evs, 128, timeout_ms);
     }
+    /* every relay of this round is held until its end: an on_stun callback may close and
+     * drop any relay, whose event may still be further down the list */
+    RelayObject *held[128];
+    int sides[128];
     for (int i = 0; i < n; i++) {
         struct { RelayObject *relay; int side; } *tag = evs[i].data.ptr;
-        RelayObject *r = tag->relay;
-        Py_INCREF(r);  /* an on_stun callback may close it */
-        pump_side(self, r, tag->side);
-        Py_DECREF(r);
+        held[i] = tag->relay;
+        sides[i] = tag->side;
+        Py_INCREF(held[i]);
     }
+    for (int i = 0; i < n; i++) pump_side(self, held[i], sides[i]);
+    for (int i = 0; i < n; i++) Py_DECREF(held[i]);
     return n < 0 ? 0 : n;
 }
 
