@@ -36,6 +36,8 @@ __all__ = [
 ENV = "GATEWAY_MEDIA_RELAY"
 Address = tuple[str, int]
 StunSink = Callable[[int, bytes, Address], None]
+LatchSink = Callable[[int, Address], None]
+"""Called with (side, source) when a side latches to a new source (not per packet)."""
 
 MAX_PACKET = 2048 - 64
 """The largest datagram relayed (room left for the SRTP trailer); larger ones are dropped."""
@@ -140,6 +142,7 @@ class Relay(Protocol):
     """One stream component's packet path (both implementations)."""
 
     on_stun: StunSink | None
+    on_latch: LatchSink | None
 
     def publish(self, plan: ForwardingPlan) -> None: ...
     def feed(self, side: int, data: bytes, source: Address,

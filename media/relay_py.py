@@ -21,6 +21,7 @@ from media.relay import (
     Address,
     ForwardingPlan,
     Latching,
+    LatchSink,
     Relay,
     Side,
     SidePlan,
@@ -86,6 +87,7 @@ class _SideState:
     latched: Address | None = None
     last_heard: int = 0
     relatches: int = 0
+    latch_changed: bool = False
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
@@ -121,7 +123,16 @@ class PyRelay:
         self._plan = ForwardingPlan()
         self._mapper: _Mapper | None = None
         self.on_stun: StunSink | None = None
+        self.on_latch: LatchSink | None = None
         self.hub: PyHub | None = None
+
+    def _latch_callback(self, side: int) -> None:
+        state = self._sides[side]
+        if not state.latch_changed:
+            return
+        state.latch_changed = False
+        if self.on_latch is not None and state.latched is not None:
+            self.on_latch(side, state.latched)
 
     def publish(self, plan: ForwardingPlan) -> None:
         self._sides[0].take(plan.a)
@@ -158,6 +169,7 @@ class PyRelay:
                 if src.latched is not None:
                     src.relatches += 1
                 src.latched = source
+                src.latch_changed = True
             src.last_heard = now
         plan = self._plan
         if not (plan.rtcp if rtcp else (plan.a_to_b if side == Side.A else plan.b_to_a)):
@@ -198,6 +210,7 @@ class PyRelay:
              now_ns: int) -> tuple[Verdict, bytes | None, Address | None]:
         verdict, out, dest = self._process(side, data, source, now_ns)
         self._sides[side].verdicts[verdict] += 1
+        self._latch_callback(side)
         if out is not None:
             peer = self._sides[1 - side]
             peer.packets_out += 1
@@ -221,6 +234,7 @@ class PyRelay:
                 data = data + b"\0" * (_BUF + 1 - len(data))  # as the native path counts it
             now = time.monotonic_ns()
             verdict, out, dest = self._process(side, data, (addr[0], addr[1]), now)
+            self._latch_callback(side)
             if verdict is Verdict.STUN:
                 state.verdicts[verdict] += 1
                 if self.on_stun is not None:

@@ -15,7 +15,15 @@ from typing import Any, cast
 
 import pylibsrtp
 
-from media.relay import Address, ForwardingPlan, Relay, SidePlan, StunSink, Verdict
+from media.relay import (
+    Address,
+    ForwardingPlan,
+    LatchSink,
+    Relay,
+    SidePlan,
+    StunSink,
+    Verdict,
+)
 
 try:
     from media.relay_native import _relay  # type: ignore[attr-defined]
@@ -93,6 +101,14 @@ class NativeRelay:
     @on_stun.setter
     def on_stun(self, sink: StunSink | None) -> None:
         self._core.on_stun = sink
+
+    @property
+    def on_latch(self) -> LatchSink | None:
+        return cast(LatchSink | None, self._core.on_latch)
+
+    @on_latch.setter
+    def on_latch(self, sink: LatchSink | None) -> None:
+        self._core.on_latch = sink
 
     def publish(self, plan: ForwardingPlan) -> None:
         rng = plan.ssrc_range

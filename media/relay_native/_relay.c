@@ -67,6 +67,7 @@ typedef struct {
     addr_t latched;
     int64_t last_heard;
     uint64_t relatches;
+    int latch_changed;   /* on_latch is due (called after the packet, outside process) */
     /* counters for packets received on this side, and sent from it */
     uint64_t in_packets, in_bytes, out_packets, out_bytes;
     uint64_t verdicts[V_COUNT];
@@ -87,6 +88,7 @@ typedef struct RelayObject {
     map_entry_t *map;    /* FIFO ring, oldest at map_head */
     int map_len, map_cap, map_head;
     PyObject *on_stun;
+    PyObject *on_latch;
     PyObject *hub;       /* borrowed while registered */
     struct { struct RelayObject *relay; int side; } tags[2];
 } RelayObject;
@@ -297,6 +299,7 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
             in->latched.len = src->ss_family == AF_INET ? sizeof(struct sockaddr_in)
                                                         : sizeof(struct sockaddr_in6);
             in->latched.valid = 1;
+            in->latch_changed = 1;
         }
         in->last_heard = now;
     }
@@ -466,6 +469,19 @@ static PyObject *Relay_publish(RelayObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Calls on_latch(side, (host, port)) once a packet latched side `s` to a new source (rare:
+ * the first packet, a relatch), outside the per-packet path. */
+static void latch_callback(RelayObject *r, int s) {
+    side_t *x = &r->side[s];
+    if (!x->latch_changed) return;
+    x->latch_changed = 0;
+    if (!r->on_latch || r->on_latch == Py_None || !x->latched.valid) return;
+    PyObject *addr = addr_to_py(&x->latched.ss);
+    PyObject *res = addr ? PyObject_CallFunction(r->on_latch, "iN", s, addr) : NULL;
+    if (!res) PyErr_WriteUnraisable(r->on_latch);
+    Py_XDECREF(res);
+}
+
 static PyObject *Relay_feed(RelayObject *self, PyObject *args) {
     int s;
     Py_buffer data;
@@ -486,6 +502,7 @@ static PyObject *Relay_feed(RelayObject *self, PyObject *args) {
     const addr_t *dest = NULL;
     int v = process(self, s, buf, &len, &src.ss, now, &dest);
     self->side[s].verdicts[v]++;
+    latch_callback(self, s);
     if (v != V_FORWARD) return Py_BuildValue("(iOO)", v, Py_None, Py_None);
     self->side[!s].out_packets++;
     self->side[!s].out_bytes += (uint64_t)len;
@@ -581,6 +598,7 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static int Relay_traverse(RelayObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->on_stun);
+    Py_VISIT(self->on_latch);
     for (int i = 0; i < 2; i++) {
         Py_VISIT(self->side[i].rx_owner);
         Py_VISIT(self->side[i].tx_owner);
@@ -590,6 +608,7 @@ static int Relay_traverse(RelayObject *self, visitproc visit, void *arg) {
 
 static int Relay_clear(RelayObject *self) {
     Py_CLEAR(self->on_stun);
+    Py_CLEAR(self->on_latch);
     return 0;
 }
 
@@ -605,6 +624,8 @@ static void Relay_dealloc(RelayObject *self) {
 static PyMemberDef Relay_members[] = {
     {"on_stun", T_OBJECT, offsetof(RelayObject, on_stun), 0,
      "called with (side, data, (host, port)) for each STUN packet"},
+    {"on_latch", T_OBJECT, offsetof(RelayObject, on_latch), 0,
+     "called with (side, (host, port)) when a side latches to a new source"},
     {NULL}};
 
 static PyMethodDef Relay_methods[] = {
@@ -772,6 +793,7 @@ static void pump_side(HubObject *hub, RelayObject *r, int s) {
             }
             sent += m;
         }
+        latch_callback(r, s);
         for (int i = 0; i < sent; i++) {
             out->out_packets++;
             out->out_bytes += hub->iov_out[i].iov_len;

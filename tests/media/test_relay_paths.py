@@ -111,6 +111,9 @@ def test_plain_rtp_and_rtcp_both_ways_unchanged() -> None:
 
 def test_strict_latching_refuses_strangers_and_relatches_after_silence() -> None:
     native, python = both(plain_plan(relatch_after=1.0))
+    latches: dict[str, list[tuple[int, tuple[str, int]]]] = {"native": [], "python": []}
+    native.on_latch = lambda side, source: latches["native"].append((side, source))
+    python.on_latch = lambda side, source: latches["python"].append((side, source))
     same_host_other_port = (VIDEO[0], VIDEO[1] + 100)
     stranger = ("127.0.0.99", VIDEO[1])
     out = run_same(native, python, [
@@ -130,6 +133,9 @@ def test_strict_latching_refuses_strangers_and_relatches_after_silence() -> None
     assert out[0][2] == VIDEO and out[3][2] == same_host_other_port
     assert native.latched(Side.B) == same_host_other_port
     assert native.counters(Side.B)["relatches"] == 2
+    # one call per new source, not per packet
+    assert latches["native"] == latches["python"] == [
+        (Side.B, same_host_other_port), (Side.B, VIDEO), (Side.B, same_host_other_port)]
 
 
 def test_nat_latching_takes_the_first_source_and_a_new_sdp_address_starts_over() -> None:

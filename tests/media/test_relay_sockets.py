@@ -83,6 +83,8 @@ def rig(request: pytest.FixtureRequest) -> Rig:
 
 
 def test_srtp_microsoft_side_to_plain_video_side_and_back(rig: Rig) -> None:
+    latched: list[tuple[int, tuple[str, int]]] = []
+    rig.relay.on_latch = lambda side, source: latched.append((side, source))
     microsoft = pylibsrtp.Session(pylibsrtp.Policy(
         key=KEY_MS_RX, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
     sent = [rtp(7, i) for i in range(1, 201)]
@@ -106,6 +108,7 @@ def test_srtp_microsoft_side_to_plain_video_side_and_back(rig: Rig) -> None:
         rig.hub.poll(10)
     assert rig.relay.counters(Side.B)["dropped_source"] == 1
     assert rig.relay.latched(Side.B) == rig.video_peer.getsockname()
+    assert latched == [(Side.B, rig.video_peer.getsockname())]
     latency = rig.hub.latency()
     assert sum(latency) == 300                            # one sample per relayed packet
 
