@@ -70,10 +70,10 @@ class BadAnswer(RemoteProtocolError):
     def __init__(self, side: str, offer: SessionDescription, answer: SessionDescription) -> None:
         offered = ", ".join(kinds_of(offer))
         answered = ", ".join(kinds_of(answer)) or "none"
+        # Short enough to survive as a reason phrase (sip.message.MAX_REASON_LENGTH).
         super().__init__(
-            f"Bad Gateway: the {side} side answered an offer of {len(offer.media)} media "
-            f"lines ({offered}) with {len(answer.media)} ({answered}); RFC 3264 requires one "
-            f"answer line per offered line", 502)
+            f"Bad Gateway: the {side} side answered {len(offer.media)} media lines "
+            f"({offered}) with {len(answer.media)} ({answered}), against RFC 3264", 502)
 
 
 def check_answer(side: str, offer: SessionDescription | None,
