@@ -31,7 +31,7 @@ from tests.gateway.conftest import (
     run_scenario,
     serve_scenario,
 )
-from tests.peers.procs import SockKind, free_port, free_port_both
+from tests.peers.procs import SockKind, free_port_both
 
 pytestmark = pytest.mark.peer
 
