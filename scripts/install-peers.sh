@@ -32,6 +32,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# rtpengine (userspace forwarding only): bench/relay_vs_rtpengine.py runs it beside our relay.
+command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
