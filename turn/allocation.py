@@ -55,6 +55,24 @@ class Channel:
 
 
 @dataclass(slots=True, eq=False)
+class MsTurnState:
+    """What an MS-TURN ([MS-TURN]) allocation holds beyond an RFC 8656 one."""
+
+    connection_id: bytes
+    """The 20-byte connection id of MS-SEQUENCE-NUMBER, issued in the Allocate response."""
+    version: int = 1
+    """MS-VERSION the client sent (echoed in the Allocate response)."""
+    sequence: int = 0
+    """Highest MS-SEQUENCE-NUMBER accepted; later requests must be above it."""
+    active_destination: tuple[str, int] | None = None
+    """Peer set by Set Active Destination: its data travels without encapsulation."""
+    sad_tid: bytes = b""
+    """Transaction id of the last accepted Set Active Destination (retransmissions)."""
+    sad_response: bytes = b""
+    """Its response, sent again to a retransmission."""
+
+
+@dataclass(slots=True, eq=False)
 class Allocation:
     """One relayed transport address and what the client may do with it."""
 
@@ -82,6 +100,8 @@ class Allocation:
     peer_channels: dict[Address, int] = field(default_factory=dict)
     connections: set[int] = field(default_factory=set)
     """RFC 6062 connection ids of this allocation."""
+    ms: MsTurnState | None = None
+    """Set for an MS-TURN allocation (the client spoke MS-TURN when allocating)."""
 
     @property
     def relayed_address(self) -> Address:

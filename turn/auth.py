@@ -1,4 +1,4 @@
-"""Long-term credentials (RFC 8489 §9.2) and TURN REST shared-secret passwords.
+"""Long-term credentials (RFC 8489 §9.2), TURN REST and MRAS shared-secret passwords.
 
 Nonces are stateless: ``expiry-hex`` + a truncated HMAC of it under a per-process secret,
 so a server keeps no per-client nonce table and a forged or old nonce gets 438.
@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from .ms_turn import long_term_key as ms_long_term_key
+
 _NONCE_MAC_LENGTH = 12
 
 
@@ -26,6 +28,47 @@ def rest_password(secret: str, username: str) -> str:
     """TURN REST API password: base64(HMAC-SHA1(secret, username))."""
     mac = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
     return base64.b64encode(mac).decode("ascii")
+
+
+MRAS_LIFETIME = 8 * 3600
+"""Seconds MRAS credentials stay valid (the FE hands out 8-hour credentials)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MrasCredentials:
+    """A/V Edge credentials as the FE's MRAS service hands them out (base64 text)."""
+
+    username: str
+    """base64 of the username bytes ``<expiry-unix-seconds>:<identity>``."""
+    password: str
+    """base64 of HMAC-SHA1(shared key, username bytes)."""
+    expires: int
+    """Unix time after which the Edge refuses them."""
+    duration: int
+    """Validity in seconds (MRAS ``duration``), from issue time."""
+
+
+def mras_credentials(
+    secret: str, identity: str, now: float, lifetime: int = MRAS_LIFETIME
+) -> MrasCredentials:
+    """Issue MRAS credentials under the key the FE shares with the A/V Edge.
+
+    [MS-AVEDGEA]: the Edge and FE share a key; the username carries its expiry, the password
+    is a MAC of the username, so the Edge checks credentials without a per-user table.
+    MS clients (and libnice's MS modes) base64-decode both before use.
+    """
+    expires = int(now) + lifetime
+    user = f"{expires}:{identity}".encode()
+    return MrasCredentials(
+        username=base64.b64encode(user).decode("ascii"),
+        password=base64.b64encode(_mras_mac(secret, user)).decode("ascii"),
+        expires=expires,
+        duration=lifetime,
+    )
+
+
+def _mras_mac(secret: str, username: bytes) -> bytes:
+    return hmac.new(secret.encode(), username, hashlib.sha1).digest()
 
 
 @dataclass(slots=True)
@@ -41,7 +84,9 @@ class Authenticator:
     nonce_lifetime: float = 600.0
     """Seconds a nonce stays valid before 438 Stale Nonce."""
     wall_clock: Callable[[], float] = time.time
-    """Unix time, only for REST usernames whose expiry is a Unix timestamp."""
+    """Unix time, only for REST / MRAS usernames whose expiry is a Unix timestamp."""
+    ms_secret: str | None = None
+    """MRAS key shared with the FE: MS-TURN usernames ``expiry:identity`` (binary-safe)."""
     _nonce_key: bytes = field(default_factory=lambda: os.urandom(16))
     _keys: dict[str, bytes] = field(default_factory=dict)
 
@@ -80,3 +125,21 @@ class Authenticator:
                 self._keys.clear()
             self._keys[username + "\0" + password] = cached
         return cached
+
+    def ms_key_for(self, username: bytes, realm: bytes) -> bytes | None:
+        """The MS-TURN long-term key of raw ``username``: MRAS (unexpired) or a static user."""
+        password: bytes | None = None
+        if self.ms_secret is not None:
+            expiry, sep, _ = username.partition(b":")
+            if sep and expiry.isdigit() and int(expiry) > self.wall_clock():
+                password = _mras_mac(self.ms_secret, username)
+        if password is None:
+            try:
+                text = self.users.get(username.decode("utf-8"))
+            except UnicodeDecodeError:
+                text = None
+            if text is not None:
+                password = text.encode()
+        if password is None:
+            return None
+        return ms_long_term_key(username, realm, password)

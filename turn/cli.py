@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="gateway turn", description="DMZ TURN server (RFC 8656, RFC 6062)"
+        prog="gateway turn",
+        description="TURN server (RFC 8656, RFC 6062, and MS-TURN for Microsoft clients)",
     )
     p.add_argument("--config", help="TOML file (flags override it)")
     p.add_argument("--check-config", metavar="FILE",
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="an account (repeatable; added to those of --config)",
     )
     p.add_argument("--auth-secret", help="TURN REST API shared secret")
+    p.add_argument(
+        "--ms-turn-secret", help="MRAS key shared with the FE (MS-TURN credentials)"
+    )
     p.add_argument(
         "--allow-peer",
         action="append",
@@ -72,6 +76,7 @@ def config_from_args(args: argparse.Namespace, path: str | None = None) -> TurnC
         "external_address",
         "realm",
         "auth_secret",
+        "ms_turn_secret",
         "user_quota",
         "total_quota",
     ):
@@ -131,7 +136,7 @@ def check_config(args: argparse.Namespace) -> int:
     except OSError as exc:
         sys.stderr.write(f"config error: {path}: cannot read the file: {exc.strerror or exc}\n")
         return 1
-    if not config.users and not config.auth_secret:
+    if not config.users and not config.auth_secret and not config.ms_turn_secret:
         sys.stderr.write("warning: no users and no auth_secret: every request will get 401\n")
     sys.stdout.write(f"config OK: {path}: {config.summary()}\n")
     return 0
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         logger.error("configuration: %s", exc)
         return 2
-    if not config.users and not config.auth_secret:
+    if not config.users and not config.auth_secret and not config.ms_turn_secret:
         logger.warning("no --user or --auth-secret: every request will be refused (401)")
     try:
         aio.run(serve(config))

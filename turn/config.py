@@ -37,6 +37,8 @@ class TurnConfig:
     """IP address the UDP and TCP listeners bind to (any 127.x.y.z works on Linux)."""
     ports: tuple[int, int] = (3478, 3478)
     """Listening port range, inclusive (large systems: 3478-3483); (0, 0) picks a free port."""
+    tcp_ports: tuple[int, ...] = ()
+    """Further TCP-only listening ports (the A/V Edge's TCP 443 beside 3478)."""
     relay_ports: tuple[int, int] = (24000, 29999)
     """Relay port range, inclusive, shared by UDP and TCP relays."""
     relay_address: str | None = None
@@ -49,6 +51,9 @@ class TurnConfig:
     """Static accounts as (username, password)."""
     auth_secret: str | None = None
     """TURN REST API shared secret (usernames ``expiry:user``)."""
+    ms_turn_secret: str | None = None
+    """MRAS key the A/V Edge shares with the FE: MS-TURN accepts the credentials the FE's
+    MRAS service issues under it (``turn.auth.mras_credentials``) until they expire."""
     allow_peers: tuple[str, ...] = ()
     """CIDRs exempted from the peer deny list (loopback, private ranges ...)."""
     udp: bool = True
@@ -82,6 +87,9 @@ class TurnConfig:
             low, high = getattr(self, key)
             if not (0 <= low <= high <= 65535) or (low == 0 and high != 0):
                 raise ConfigError(f"{key}: bad port range {low}-{high}")
+        for port in self.tcp_ports:
+            if not 0 < port <= 65535:
+                raise ConfigError(f"tcp_ports: bad port {port}")
         if self.relay_ports[0] == 0:
             raise ConfigError("relay_ports: a relay range is needed")
         for key in ("listen", "relay_address", "external_address"):
@@ -121,6 +129,8 @@ class TurnConfig:
         """One line for ``--check-config``."""
         low, high = self.ports
         ports = str(low) if low == high else f"{low}-{high}"
+        if self.tcp_ports:
+            ports += " (tcp also " + ",".join(str(p) for p in self.tcp_ports) + ")"
         transports = "+".join(t for t, on in (("udp", self.udp), ("tcp", self.tcp)) if on)
         relay = f"{self.relay_bind_address}:{self.relay_ports[0]}-{self.relay_ports[1]}"
         if self.external_address:
@@ -129,6 +139,8 @@ class TurnConfig:
         auth = f"{users} user" + ("" if users == 1 else "s")
         if self.auth_secret:
             auth += " + REST API secret"
+        if self.ms_turn_secret:
+            auth += " + MRAS key (MS-TURN)"
         peers = ", ".join(self.allow_peers) or "none"
         return (f"TURN {self.listen}:{ports} {transports or 'no listener'}, relays {relay},"
                 f" realm {self.realm}, {auth}, allowed peers {peers}")
@@ -170,6 +182,12 @@ def from_mapping(data: dict[str, Any], base: TurnConfig | None = None) -> TurnCo
             ):
                 raise ConfigError('users: expected a table of username = "password"')
             changes[key] = tuple(value.items())
+        elif key == "tcp_ports":
+            if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                raise ConfigError("tcp_ports: expected a list of port numbers")
+            changes[key] = tuple(value)
         elif key == "allow_peers":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError("allow_peers: expected a list of CIDR strings")

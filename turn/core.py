@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from . import stun
+from . import ms_turn, stun
 from .allocation import (
     Action,
     Address,
@@ -38,6 +38,7 @@ from .allocation import (
 from .auth import Authenticator
 from .config import TurnConfig
 from .errors import DecodeError, RemoteProtocolError
+from .ms_handler import MsTurnHandler
 from .peers import PeerPolicy
 from .port_pool import PortPool
 from .stun import Attr, Class, Method, StunMessage
@@ -85,6 +86,7 @@ class TurnCore:
             users=dict(config.users),
             secret=config.auth_secret,
             nonce_lifetime=config.nonce_lifetime,
+            ms_secret=config.ms_turn_secret,
         )
         self.policy = PeerPolicy.from_strings(config.allow_peers)
         self._rng = rng or random.Random()
@@ -104,11 +106,23 @@ class TurnCore:
         self._software: tuple[tuple[int, bytes], ...] = (
             ((int(Attr.SOFTWARE), software.encode()),) if software else ()
         )
+        self.ms = MsTurnHandler(self)
+        """The MS-TURN dialect ([MS-TURN]) on the same allocations, quotas and policy."""
 
     # -- entry points -----------------------------------------------------------------------
 
     def handle_stun(self, data: bytes, five_tuple: FiveTuple, now: float) -> list[Action]:
-        """A STUN message from a client. Bad bytes give 400 when answerable, else nothing."""
+        """A STUN message from a client. Bad bytes give 400 when answerable, else nothing.
+
+        The dialect is told per message: no RFC magic cookie in the header and MAGIC-COOKIE
+        the first attribute is MS-TURN. Anything else from the 5-tuple of an MS-TURN
+        allocation is unencapsulated data for its active destination (ICE checks included).
+        """
+        if ms_turn.is_ms_turn(data):
+            return self.ms.handle(data, five_tuple, now)
+        alloc = self.allocations.get(five_tuple)
+        if alloc is not None and alloc.ms is not None:
+            return self.ms.data_from_client(alloc, data, now)
         try:
             msg = stun.parse(data)
         except DecodeError as exc:
@@ -129,6 +143,14 @@ class TurnCore:
             except DecodeError:
                 return []
         return []  # responses and other indications are not for a server
+
+    def client_data(self, five_tuple: FiveTuple, data: bytes, now: float) -> list[Action]:
+        """Bytes that are neither STUN nor a bound channel's ChannelData: for an MS-TURN
+        allocation, unencapsulated data to its active destination; else dropped."""
+        alloc = self.allocations.get(five_tuple)
+        if alloc is None or alloc.ms is None:
+            return []
+        return self.ms.data_from_client(alloc, data, now)
 
     def channel_data_from_client(
         self, five_tuple: FiveTuple, data: bytes, now: float
@@ -156,7 +178,11 @@ class TurnCore:
         """Hot path: a datagram at a UDP relay -> ChannelData or a Data indication, or None."""
         expiry = alloc.permissions.get(peer[0])
         if expiry is None or expiry <= now or alloc.expiry <= now:
-            return None
+            # MS-TURN: the active destination stays permitted while it is set (its data
+            # travels unencapsulated, so no Send refreshes a permission for it).
+            ms = alloc.ms
+            if ms is None or peer != ms.active_destination or alloc.expiry <= now:
+                return None
         c = self.counters
         c.packets_to_client += 1
         c.bytes_to_client += len(data)
@@ -166,6 +192,8 @@ class TurnCore:
             if alloc.five_tuple.transport is Transport.TCP and len(data) % 4:
                 frame += bytes(4 - len(data) % 4)  # stream transports pad ChannelData
             return frame
+        if alloc.ms is not None:  # MS-TURN has no channels: tested off the channel path
+            return self.ms.data_to_client(alloc, peer, data)
         return self._data_indication(peer, data)
 
     def relay_opened(self, alloc: Allocation, now: float) -> list[Action]:
@@ -173,6 +201,18 @@ class TurnCore:
         if self.allocations.get(alloc.five_tuple) is not alloc:
             return [CloseRelay(alloc)]  # deleted (connection closed) while binding
         alloc.state = AllocationState.ACTIVE
+        if alloc.ms is not None:
+            alloc.allocate_response = self.ms.allocate_success(alloc)
+            logger.info(
+                "MS-TURN allocation #%d for %s (%s) relay %s:%d, lifetime %ds",
+                alloc.id,
+                alloc.username,
+                _fmt(alloc.five_tuple.client),
+                alloc.relay_host,
+                alloc.relay_port,
+                alloc.lifetime,
+            )
+            return [SendToClient(alloc.five_tuple, alloc.allocate_response)]
         attrs: list[tuple[int, bytes]] = [
             (
                 Attr.XOR_RELAYED_ADDRESS,
@@ -222,6 +262,9 @@ class TurnCore:
         if port is None:
             self._forget(alloc)
             logger.warning("allocation #%d: no bindable relay port", alloc.id)
+            if alloc.ms is not None:
+                failure = self.ms.allocate_failure(alloc, 508, "Insufficient Capacity")
+                return [SendToClient(alloc.five_tuple, failure)]
             response = stun.encode(
                 Method.ALLOCATE,
                 Class.ERROR,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any, cast
 
+from . import ms_turn
 from .allocation import (
     Action,
     Address,
@@ -32,6 +34,7 @@ from .config import TurnConfig
 from .core import TurnCore
 from .errors import DecodeError
 from .framing import StreamFramer
+from .ms_turn import FRAME_CONTROL, MsStreamFramer
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,13 @@ class TurnServer:
             except OSError:
                 await self._close_listeners()  # no half-started server
                 raise
+        try:
+            for port in self.config.tcp_ports:
+                if ("tcp", host, port) not in self.addresses:
+                    await self._listen(host, port, udp=False)
+        except OSError:
+            await self._close_listeners()
+            raise
         for transport, h, p in self.addresses:
             logger.info("TURN listening on %s %s:%d", transport, h, p)
         logger.info(
@@ -101,9 +111,9 @@ class TurnServer:
                 await self._close_listeners()
         raise OSError(f"no free port on {host}: {last}")
 
-    async def _listen(self, host: str, port: int) -> None:
+    async def _listen(self, host: str, port: int, *, udp: bool = True) -> None:
         loop = self._require_loop()
-        if self.config.udp:
+        if self.config.udp and udp:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _UdpListener(self, (host, port)), local_addr=(host, port)
             )
@@ -174,6 +184,10 @@ class TurnServer:
     def control(self, data: bytes, ft: FiveTuple) -> None:
         """A STUN message from a client."""
         self._run(self.core.handle_stun(data, ft, self._require_loop().time()))
+
+    def client_data(self, data: bytes, ft: FiveTuple) -> None:
+        """Bytes from a client that are not control: MS-TURN's unencapsulated data."""
+        self._run(self.core.client_data(ft, data, self._require_loop().time()))
 
     def _run(self, actions: list[Action]) -> None:
         loop = self._require_loop()
@@ -353,11 +367,14 @@ class _UdpListener(asyncio.DatagramProtocol):
                 relay = self.relays.get(result[0].id)
                 if relay is not None:
                     relay.sendto(result[2], result[1])
-        elif first < 0x40:
-            try:
+                return
+        try:
+            if first < 0x40:
                 self.server.control(data, ft)
-            except Exception:  # a listener must survive anything a packet can trigger
-                logger.exception("error handling a datagram from %s", addr)
+            else:  # RTP & co. from an MS-TURN client, for its active destination
+                self.server.client_data(data, ft)
+        except Exception:  # a listener must survive anything a packet can trigger
+            logger.exception("error handling a datagram from %s", addr)
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("UDP listener error: %s", exc)
@@ -397,6 +414,10 @@ class _TcpClient(asyncio.Protocol):
         self.server = server
         self.core = server.core
         self.framer = StreamFramer()
+        self.ms_framer: MsStreamFramer | None = None
+        """Set when the connection speaks MS-TURN's framing ([MS-TURN] 2.1.4)."""
+        self.fresh = True
+        self.tls_buffer = b""
         self.loop = server._require_loop()
         self.transport: asyncio.Transport
         self.ft: FiveTuple | None = None
@@ -418,6 +439,13 @@ class _TcpClient(asyncio.Protocol):
             self.pipe.write(data, to_peer=True)
             return
         assert self.ft is not None
+        if self.fresh and data:
+            data = self._first_bytes(data)
+            if not data:
+                return
+        if self.ms_framer is not None:
+            self._ms_data_received(self.ms_framer, data)
+            return
         try:
             self.framer.feed(data)
             while self.pipe is None:
@@ -441,6 +469,55 @@ class _TcpClient(asyncio.Protocol):
             self.transport.close()
         except Exception:
             logger.exception("error on TCP client %s", self.ft.client)
+            self.transport.close()
+
+    def _first_bytes(self, data: bytes) -> bytes:
+        """Pick the connection's dialect from its first bytes; returns what is left to frame.
+
+        0x02 / 0x03 start an MS-TURN frame; 0x16 a pseudo-TLS handshake ([MS-TURN] 2.1.3)
+        after which MS-TURN frames follow; an RFC 8656 stream starts with a STUN type byte
+        of 0x00 / 0x01 or a channel number 0x40-0x7F.
+        """
+        if data[0] == 0x16 or self.tls_buffer:
+            self.tls_buffer += data
+            try:
+                length = ms_turn.pseudo_tls_record_length(self.tls_buffer)
+                if length is None or len(self.tls_buffer) < length:
+                    return b""
+                ms_turn.check_pseudo_tls_client_hello(self.tls_buffer[:length])
+            except DecodeError as exc:
+                logger.info("closing TCP client %s: %s", self.ft and self.ft.client, exc.message)
+                self.transport.close()
+                return b""
+            rest = self.tls_buffer[length:]
+            self.tls_buffer = b""
+            self.transport.write(ms_turn.pseudo_tls_server_hello(os.urandom(32), os.urandom(32)))
+            self.ms_framer = MsStreamFramer()
+            self.fresh = False
+            return rest
+        self.fresh = False
+        if data[0] in (0x02, 0x03):
+            self.ms_framer = MsStreamFramer()
+        return data
+
+    def _ms_data_received(self, framer: MsStreamFramer, data: bytes) -> None:
+        assert self.ft is not None
+        try:
+            framer.feed(data)
+            while not self.transport.is_closing():
+                frame = framer.next_frame()
+                if frame is None:
+                    break
+                kind, payload = frame
+                if kind == FRAME_CONTROL:
+                    self.server.control(payload, self.ft)
+                else:
+                    self.server.client_data(payload, self.ft)
+        except DecodeError as exc:
+            logger.info("closing MS-TURN TCP client %s: %s", self.ft.client, exc.message)
+            self.transport.close()
+        except Exception:
+            logger.exception("error on MS-TURN TCP client %s", self.ft.client)
             self.transport.close()
 
     def pipe_to(self, peer: _PeerConnection) -> None:

@@ -1,0 +1,207 @@
+"""The real-peer proof of MS-TURN: libnice (pidgin-sipe's ICE) in its OC2007R2 mode allocates
+on our TURN server with MRAS credentials, ICE selects its relay candidate and data flows both
+ways through our relay.
+
+libnice ignores loopback interfaces, so the agents run in a network namespace of their own
+(a veth pair, ``msturn-<random>``, 10.198.X.0/24) and the server listens on the veth's other
+end. The peer is the system ``/usr/bin/python3`` with Debian's PyGObject and
+``gir1.2-nice-0.1`` (``scripts/install-peers.sh``), not the venv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from turn.auth import mras_credentials
+from turn.config import TurnConfig
+from turn.server import TurnServer
+
+from .helpers import relay_range
+
+PEER = Path(__file__).parent.parent / "peers" / "libnice_msturn_peer.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('Nice', '0.1')"],
+        capture_output=True,
+    )
+    if probe.returncode:
+        return "libnice GObject bindings missing (gir1.2-nice-0.1, python3-gi)"
+    return None
+
+
+@dataclass(frozen=True)
+class Veth:
+    namespace: str
+    server_ip: str
+    client_ip: str
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["ip", *args], capture_output=True)
+
+
+@pytest.fixture
+def veth() -> Iterator[Veth]:
+    reason = _missing()
+    if reason:
+        pytest.skip(f"libnice MS-TURN test skipped: {reason}")
+    tag = secrets.token_hex(3)
+    ns, near, far = f"msturn-{tag}", f"mt{tag}a", f"mt{tag}b"
+    used = _ip("-4", "addr").stdout.decode()
+    subnet = next(
+        n for n in (secrets.randbelow(250) + 2 for _ in range(50)) if f"10.198.{n}." not in used
+    )
+    server_ip, client_ip = f"10.198.{subnet}.1", f"10.198.{subnet}.2"
+    steps = [
+        ("netns", "add", ns),
+        ("link", "add", near, "type", "veth", "peer", "name", far),
+        ("link", "set", far, "netns", ns),
+        ("addr", "add", f"{server_ip}/24", "dev", near),
+        ("link", "set", near, "up"),
+        ("-n", ns, "addr", "add", f"{client_ip}/24", "dev", far),
+        ("-n", ns, "link", "set", far, "up"),
+        ("-n", ns, "link", "set", "lo", "up"),
+    ]
+    try:
+        for step in steps:
+            done = _ip(*step)
+            if done.returncode:
+                pytest.skip(
+                    f"libnice MS-TURN test skipped: cannot make network namespaces here: "
+                    f"ip {' '.join(step)}: {done.stderr.decode().strip()}"
+                )
+        yield Veth(ns, server_ip, client_ip)
+    finally:
+        _ip("link", "del", near)
+        _ip("netns", "del", ns)
+        assert ns not in _ip("netns", "list").stdout.decode()
+
+
+async def _server(veth: Veth, secret: str) -> TurnServer:
+    config = TurnConfig(
+        listen=veth.server_ip,
+        ports=(0, 0),
+        relay_ports=relay_range(),
+        ms_turn_secret=secret,
+        allow_peers=(str(ipaddress.ip_network(f"{veth.server_ip}/24", strict=False)),),
+    )
+    server = TurnServer(config)
+    await server.start()
+    return server
+
+
+async def _peer(veth: Veth, port: int, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", veth.namespace, SYSTEM_PYTHON, str(PEER),
+        "--turn", veth.server_ip, "--port", str(port), *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def running(veth: Veth) -> AsyncIterator[tuple[Veth, TurnServer, str]]:
+    secret = secrets.token_urlsafe(16)
+    server = await _server(veth, secret)
+    try:
+        yield veth, server, secret
+    finally:
+        await server.stop()
+
+
+async def test_libnice_oc2007r2_relays_through_our_ms_turn_over_udp(
+    running: tuple[Veth, TurnServer, str],
+) -> None:
+    veth, server, secret = running
+    port = server.addresses[0][2]
+    creds = mras_credentials(secret, "david@example.com", time.time())
+    packets = 20
+    proc = await _peer(
+        veth, port, "--username", creds.username, "--password", creds.password,
+        "--packets", str(packets), "--timeout", "40",
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert out, err.decode()[-2000:]
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert proc.returncode == 0, report
+    low, high = server.config.relay_ports
+    (relay,) = report["ms_candidates"]
+    host, _, relay_port = relay.removeprefix("relay/").rpartition(":")
+    assert host == veth.server_ip and low <= int(relay_port) <= high
+    assert report["ms_pair"]["local"] == relay  # ICE selected the relay candidate
+    assert report["far_pair"]["remote"] == relay
+    assert report["far_received"] == packets and report["ms_received"] == packets
+    stats = server.stats()
+    assert stats.packets_to_peer >= packets and stats.packets_to_client >= packets
+    assert stats.auth_failures == 0
+    # libnice released its allocation on close (Allocate with LIFETIME 0)
+    assert report["released"] and stats.allocations == 0
+
+
+@pytest.mark.parametrize("relay_type", ["tcp", "tls"])
+async def test_libnice_allocates_over_ms_turn_tcp_framing(
+    running: tuple[Veth, TurnServer, str], relay_type: str
+) -> None:
+    """TCP, and pseudo-TLS (what pidgin-sipe asks libnice for on the Edge's port 443)."""
+    veth, server, secret = running
+    port = server.addresses[0][2]
+    creds = mras_credentials(secret, "david@example.com", time.time())
+    proc = await _peer(
+        veth, port, "--relay-type", relay_type, "--gather-only",
+        "--username", creds.username, "--password", creds.password, "--timeout", "30",
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 45)
+        assert line, (await proc.stderr.read()).decode()[-2000:]  # type: ignore[union-attr]
+        report = json.loads(line)
+        relays = [c for c in report["ms_candidates"] if c.startswith(f"relay/{veth.server_ip}:")]
+        assert relays, report
+        stats = server.stats()
+        assert stats.allocations == 1 and stats.auth_failures == 0
+        (alloc,) = server.core.allocations.values()
+        assert alloc.ms is not None and alloc.five_tuple.transport.name == "TCP"
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 30)
+    # the control connection closed (or libnice deleted it): nothing is left
+    for _ in range(200):
+        if server.stats().allocations == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert server.stats().allocations == 0
+
+
+async def test_expired_mras_credentials_gather_no_relay(
+    running: tuple[Veth, TurnServer, str],
+) -> None:
+    veth, server, secret = running
+    port = server.addresses[0][2]
+    creds = mras_credentials(secret, "david@example.com", time.time() - 9 * 3600)
+    proc = await _peer(
+        veth, port, "--username", creds.username, "--password", creds.password,
+        "--timeout", "20",
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 45)
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert proc.returncode == 1
+    assert not any(c.startswith("relay/") for c in report.get("ms_candidates", [])), report
+    stats = server.stats()
+    assert stats.allocations == 0 and stats.auth_failures >= 1 and stats.packets_to_peer == 0
