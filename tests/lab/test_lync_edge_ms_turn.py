@@ -1,0 +1,133 @@
+"""The lab's A/V Edge in MS-TURN mode: the FE's MRAS answers name the running A/V Edge and
+hand out time-limited credentials the Edge accepts; the external client (david) allocates
+there with MS-TURN like a real client, media crosses the relay, allocations are released;
+the per-client standard TURN setting still works."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import replace
+
+import pytest
+
+from certs.pki import LabPKI
+from lab.lync.client_media import ClientIce
+from lab.lync.config import AvEdgeConfig, EdgeConfig
+from lab.lync.mras import MrasError, parse_answer
+from lab.lync.topology import MicrosoftSide
+from turn.allocation import TurnStats
+from turn.ms_turn import long_term_key
+from turn.server import TurnServer
+
+
+async def released(turn: TurnServer) -> TurnStats:
+    async def zero() -> TurnStats:
+        while (stats := turn.stats()).allocations:
+            await asyncio.sleep(0.05)
+        return stats
+    return await asyncio.wait_for(zero(), 10)
+
+
+async def test_mras_answer_names_the_av_edge_with_credentials_it_accepts(pki: LabPKI) -> None:
+    async with MicrosoftSide.run(pki) as side:
+        david = await side.client("david")
+        assert side.edge is not None and side.edge.turn is not None
+        assert david.remote_user  # signed in through the Access Edge
+        answer = david.media_relay
+        assert answer is not None
+        (relay,) = answer.relays
+        udp = side.edge.turn_address
+        assert udp is not None and (relay.host, relay.udp_port) == udp
+        assert relay.tcp_port == side.edge.turn_tcp_port
+        assert answer.duration == 480  # minutes: what sipe asks for, the 8-hour cap
+        username = base64.b64decode(answer.username)
+        expiry, _, identity = username.partition(b":")
+        assert identity == b"david.jones@example.com"  # the signed-in user
+        assert abs(int(expiry) - (time.time() + 480 * 60)) < 60
+        # The password is the Edge's to check: its MS-TURN key for these bytes exists
+        # (the FE and Edge share the MRAS key by configuration) and matches the password.
+        auth = side.edge.turn.core.auth
+        key = auth.ms_key_for(username, b"example.com")
+        assert key is not None
+        assert key == long_term_key(username, b"example.com",
+                                    base64.b64decode(answer.password))
+        # A username changed (a later expiry) no longer goes with the password.
+        forged = b"9" + username
+        assert auth.ms_key_for(forged, b"example.com") != long_term_key(
+            forged, b"example.com", base64.b64decode(answer.password))
+
+
+def test_mras_answer_parsing_refuses_what_it_cannot_use() -> None:
+    with pytest.raises(MrasError, match="not XML"):
+        parse_answer(b"<nope")
+    with pytest.raises(MrasError, match="no credentials"):
+        parse_answer(b'<response xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"'
+                     b' reasonPhrase="Forbidden"/>')
+
+
+@pytest.mark.parametrize("direction", ["external-calls", "internal-calls"])
+async def test_external_client_relays_through_ms_turn_and_releases(
+        pki: LabPKI, direction: str) -> None:
+    async with MicrosoftSide.run(pki) as side:
+        assert side.edge is not None and side.edge.turn is not None
+        turn = side.edge.turn
+        alice = await side.client("alice")
+        david = await side.client("david", relay_only=True)
+        caller, callee, target = (
+            (david, alice, "alice.parkes@example.com") if direction == "external-calls"
+            else (alice, david, "david.jones@example.com"))
+        call = await caller.call(target)
+        incoming = await asyncio.wait_for(callee.incoming_calls.get(), 10)
+        await call.wait_connected()
+        report = await call.wait_media(both_ways=True, min_packets=20)
+        other = await incoming.wait_media(both_ways=True, min_packets=20)
+        external = report if caller is david else other
+        assert external.ice_pair is not None and external.ice_pair.startswith("relay/")
+        # Every allocation on the Edge is an MS-TURN one (david's); none standard.
+        allocations = list(turn.core.allocations.values())
+        assert allocations and all(a.ms is not None for a in allocations)
+        # The chosen peers became active destinations: media travels unencapsulated.
+        assert any(a.ms is not None and a.ms.active_destination is not None
+                   for a in allocations)
+        stats = turn.stats()
+        assert stats.packets_to_peer >= 20 and stats.packets_to_client >= 20
+        await call.hangup()
+        await asyncio.wait_for(incoming.ended.wait(), 5)
+        await david.close()
+        side.clients.remove(david)
+        assert (await released(turn)).allocations == 0
+
+
+async def test_standard_turn_setting_still_relays(pki: LabPKI) -> None:
+    async with MicrosoftSide.run(pki) as side:
+        assert side.edge is not None and side.edge.turn is not None
+        alice = await side.client("alice")
+        david = await side.client("david", relay_only=True, turn_dialect="rfc8656")
+        assert david.media_relay is None
+        call = await david.call("alice.parkes@example.com")
+        incoming = await asyncio.wait_for(alice.incoming_calls.get(), 10)
+        report = await call.wait_media(both_ways=True, min_packets=20)
+        assert report.ice_pair is not None and report.ice_pair.startswith("relay/")
+        allocations = list(side.edge.turn.core.allocations.values())
+        assert allocations and all(a.ms is None for a in allocations)
+        await call.hangup()
+        await asyncio.wait_for(incoming.ended.wait(), 5)
+
+
+async def test_mras_credentials_under_another_key_get_no_relay(pki: LabPKI) -> None:
+    edge = replace(EdgeConfig(), turn=replace(AvEdgeConfig(), mras_secret="not-the-fe-key"))
+    async with MicrosoftSide.run(pki, edge=edge) as side:
+        assert side.edge is not None and side.edge.turn is not None
+        david = await side.client("david")
+        assert david.media_relay is not None  # MRAS answered, but the Edge refuses it
+        ice = ClientIce(david.config.host, david.ice_servers, controlling=True,
+                        on_media=lambda data, component: None, allowed=david.allowed_networks)
+        try:
+            await ice.gather()
+            assert [c.type for c in ice.local_candidates if c.type == "relay"] == []
+        finally:
+            await ice.close()
+        stats = side.edge.turn.stats()
+        assert stats.allocations == 0 and stats.auth_failures >= 2
