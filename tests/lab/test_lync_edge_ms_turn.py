@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +22,11 @@ from lab.lync.topology import MicrosoftSide
 from turn.allocation import TurnStats
 from turn.ms_turn import long_term_key
 from turn.server import TurnServer
+
+if TYPE_CHECKING:
+    from lab.endpoint.agent import Endpoint
+    from lab.lync.client import LyncClient
+    from lab.topology import Lab
 
 
 async def released(turn: TurnServer) -> TurnStats:
@@ -131,3 +138,27 @@ async def test_mras_credentials_under_another_key_get_no_relay(pki: LabPKI) -> N
             await ice.close()
         stats = side.edge.turn.stats()
         assert stats.allocations == 0 and stats.auth_failures >= 2
+
+
+async def test_demo_external_row_relays_through_ms_turn_to_the_gateway(
+        lab: Lab, lync_client: Callable[..., Awaitable[LyncClient]],
+        sip_endpoint: Endpoint) -> None:
+    """The demo's "external Lync via Edge and TURN -> endpoint" row, whole lab: david's
+    media reaches the gateway only through his MS-TURN allocation on the A/V Edge."""
+    assert lab.microsoft is not None and lab.microsoft.edge is not None
+    turn = lab.microsoft.edge.turn
+    assert turn is not None
+    david = await lync_client("david")
+    call = await david.call("3001@video.example.com")
+    await call.wait_connected()
+    answered = await sip_endpoint.next_call()
+    assert (await answered.wait_media(both_ways=True)).packets_received >= 10
+    media = await call.wait_media(both_ways=True)
+    assert media.ice_pair is not None and media.ice_pair.startswith("relay/")
+    allocations = list(turn.core.allocations.values())
+    assert allocations and all(a.ms is not None for a in allocations)
+    stats = turn.stats()
+    assert stats.packets_to_peer >= 10 and stats.packets_to_client >= 10
+    await call.hangup()
+    await david.close()
+    assert (await released(turn)).allocations == 0
