@@ -193,6 +193,13 @@ class AvEdgeConfig:
     get MRAS credentials instead)."""
     allow_peers: tuple[str, ...] = ("127.0.0.0/8",)
     """Peers relays may reach (the lab is all loopback)."""
+    max_lifetime: int = 3600
+    """Longest allocation lifetime granted (seconds; also the default when shorter than
+    600): an allocation its client never deletes ends after it."""
+
+    def __post_init__(self) -> None:
+        if self.max_lifetime <= 0:
+            raise ConfigError("max_lifetime", f"{self.max_lifetime}: must be positive")
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,8 @@ class Edge(LyncProxy):
             users=tuple((u.username, u.password) for u in av.users),
             ms_turn_secret=av.mras_secret or None,
             allow_peers=av.allow_peers,
+            default_lifetime=min(600, av.max_lifetime),
+            max_lifetime=av.max_lifetime,
         )
 
     @property
@@ -90,7 +92,7 @@ class Edge(LyncProxy):
             return None
         ports = [p for t, _, p in self.turn.addresses if t == "tcp"]
         extra = [p for p in ports if p in self.config.turn.tcp_ports]
-        return (extra or ports or [None])[0]
+        return (extra or ports)[0] if ports else None
 
     @property
     def turn_address(self) -> tuple[str, int] | None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from xml.sax.saxutils import escape, quoteattr
 
 from turn.auth import mras_credentials
-from xml.sax.saxutils import escape, quoteattr
 
 __all__ = ["CONTENT_TYPE", "CredentialsRequest", "MrasAnswer", "MrasError", "Relay", "answer",
            "answer_with_key", "parse_answer", "parse_request", "request_body"]
