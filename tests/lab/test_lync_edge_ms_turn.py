@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -17,8 +19,11 @@ import pytest
 from certs.pki import LabPKI
 from lab.lync.client_media import ClientIce
 from lab.lync.config import AvEdgeConfig, EdgeConfig
+from lab.lync.edge import Edge
 from lab.lync.mras import MrasError, parse_answer
 from lab.lync.topology import MicrosoftSide
+from sip.transport import Transport, TransportAddress
+from tests.peers.procs import random_free_port
 from turn.allocation import TurnStats
 from turn.ms_turn import long_term_key
 from turn.server import TurnServer
@@ -162,3 +167,36 @@ async def test_demo_external_row_relays_through_ms_turn_to_the_gateway(
     await call.hangup()
     await david.close()
     assert (await released(turn)).allocations == 0
+
+
+async def test_av_edge_tcp_443_busy_falls_back_with_a_warning(
+        pki: LabPKI, caplog: pytest.LogCaptureFixture) -> None:
+    """The A/V Edge's extra TCP port (443) is served where it can be bound; taken (by the
+    Access Edge's own TLS 443 on the same address, or anything else), the Edge warns and MRAS
+    names its main TURN port for TCP instead."""
+    busy = socket.socket()
+    busy.bind(("127.0.1.2", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        config = replace(EdgeConfig(), listen=TransportAddress(Transport.TLS, "127.0.1.2", 0),
+                         extra_ports=(), turn=replace(AvEdgeConfig(), port=0, tcp_ports=(port,)))
+        with caplog.at_level(logging.WARNING, logger="lab.lync.edge"):
+            edge = await Edge.start(config, pki)
+        try:
+            assert edge.turn is not None and edge.turn_address is not None
+            assert f"TCP ports {port} not bound" in caplog.text
+            assert edge.turn_tcp_port == edge.turn_address[1]
+        finally:
+            await edge.stop()
+        extra = random_free_port("127.0.1.2", socket.SOCK_STREAM)
+        edge = await Edge.start(replace(config, turn=replace(config.turn, tcp_ports=(extra,))),
+                                pki)
+        try:
+            assert edge.turn is not None
+            assert extra in [p for t, _, p in edge.turn.addresses if t == "tcp"]
+            assert edge.turn_tcp_port == extra  # what MRAS then names for TCP
+        finally:
+            await edge.stop()
+    finally:
+        busy.close()
