@@ -421,7 +421,7 @@ class LyncClient:
                 # internal clients ask MRAS too; the lab's internal ones keep host-only
                 # media, as before, so their calls hold no A/V Edge allocations.
                 if config.turn_dialect == "ms-turn" and (client.remote_user or config.turn):
-                    await client.request_media_relay()
+                    await client._renew_media_relay()
         except BaseException:
             await stack.close()
             raise
@@ -648,10 +648,11 @@ class LyncClient:
         return answer
 
     async def _renew_media_relay(self) -> None:
+        """:meth:`request_media_relay`, a failure logged (signed in, but no relay)."""
         try:
             await self.request_media_relay()
         except (SipTimeoutError, TransportError, CallRefused) as error:
-            logger.warning("%s: MRAS renewal failed: %r", self.aor, error)
+            logger.warning("%s: MRAS request failed: %r", self.aor, error)
 
     async def _maintain(self) -> None:
         """Refresh the registration; after a failure or a lost connection, connect and
