@@ -137,6 +137,12 @@ def main() -> int:
         help="report the candidates and stop (TCP relays: libnice frames MS-TURN over TCP"
         " correctly only on its ICE-TCP path, whose relay candidates are TCP ones)",
     )
+    p.add_argument(
+        "--sipe-tls-port",
+        type=int,
+        help="also a TLS relay on this port, ICE-TCP left on: the relay set pidgin-sipe gives"
+        " libnice for an Edge (UDP 3478, TLS 443); ICE then picks among them",
+    )
     p.add_argument("--packets", type=int, default=20)
     p.add_argument("--timeout", type=float, default=30.0)
     args = p.parse_args()
@@ -152,6 +158,17 @@ def main() -> int:
         args.relay_type
     ]
     ms.agent.set_relay_info(ms.stream, 1, args.turn, args.port, args.username, args.password, relay)
+    if args.sipe_tls_port:
+        ms.agent.set_property("ice-tcp", True)
+        ms.agent.set_relay_info(
+            ms.stream,
+            1,
+            args.turn,
+            args.sipe_tls_port,
+            args.username,
+            args.password,
+            Nice.RelayType.TLS,
+        )
     report: dict[str, object] = {"relay_type": args.relay_type}
     deadline = time.monotonic() + args.timeout
 

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.procs import random_free_port
 from turn.auth import mras_credentials
 from turn.config import TurnConfig
 from turn.server import TurnServer
@@ -205,3 +207,35 @@ async def test_expired_mras_credentials_gather_no_relay(
     assert not any(c.startswith("relay/") for c in report.get("ms_candidates", [])), report
     stats = server.stats()
     assert stats.allocations == 0 and stats.auth_failures >= 1 and stats.packets_to_peer == 0
+
+
+async def test_libnice_with_pidgin_sipes_relay_set_udp_and_tls_443(veth: Veth) -> None:
+    """The relays pidgin-sipe hands libnice for an A/V Edge: UDP 3478 and "tls" on TCP 443
+    (here a free port in tcp_ports), ICE-TCP on. Both allocations are made; ICE selects the
+    UDP relay and media flows both ways."""
+    secret = secrets.token_urlsafe(16)
+    tls_port = random_free_port(veth.server_ip, socket.SOCK_STREAM)
+    config = TurnConfig(
+        listen=veth.server_ip,
+        ports=(0, 0),
+        tcp_ports=(tls_port,),
+        relay_ports=relay_range(),
+        ms_turn_secret=secret,
+        allow_peers=(str(ipaddress.ip_network(f"{veth.server_ip}/24", strict=False)),),
+    )
+    async with TurnServer(config) as server:
+        port = server.addresses[0][2]
+        creds = mras_credentials(secret, "david@example.com", time.time())
+        proc = await _peer(
+            veth, port, "--sipe-tls-port", str(tls_port),
+            "--username", creds.username, "--password", creds.password, "--timeout", "40",
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert out, err.decode()[-2000:]
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        assert proc.returncode == 0, report
+        relays = [c for c in report["ms_candidates"] if c.startswith("relay/")]
+        assert len(relays) >= 2, report  # the UDP relay and the one allocated over TLS
+        assert report["ms_pair"]["local"].startswith(f"relay/{veth.server_ip}:")
+        assert report["far_received"] == report["ms_received"] == report["sent_each_way"]
+        assert server.stats().auth_failures == 0
