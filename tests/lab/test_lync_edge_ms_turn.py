@@ -12,13 +12,15 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from certs.pki import LabPKI
+from gateway.configkit import ConfigError, load_dataclass
 from lab.lync.client_media import ClientIce
-from lab.lync.config import AvEdgeConfig, EdgeConfig
+from lab.lync.config import AvEdgeConfig, ClientConfig, EdgeConfig, FrontEndConfig
 from lab.lync.edge import Edge
 from lab.lync.mras import MrasError, parse_answer
 from lab.lync.topology import MicrosoftSide
@@ -200,3 +202,22 @@ async def test_av_edge_tcp_443_busy_falls_back_with_a_warning(
             await edge.stop()
     finally:
         busy.close()
+
+
+def test_shipped_configs_share_the_mras_key_and_name_the_dialects() -> None:
+    """lync-fe.toml and lync-edge.toml carry the same MRAS key (shared by configuration, as
+    a real FE and Edge share it); david is configured for MS-TURN; bad values name the key."""
+    configs = Path(__file__).resolve().parents[2] / "lab" / "configs"
+    fe = load_dataclass(FrontEndConfig, configs / "lync-fe.toml")
+    edge = load_dataclass(EdgeConfig, configs / "lync-edge.toml")
+    david = load_dataclass(ClientConfig, configs / "lync-client-david.toml")
+    assert fe.mras_secret and fe.mras_secret == edge.turn.mras_secret
+    assert edge.turn.tcp_ports == (443,) and fe.turn_tcp_port == 443
+    assert (fe.turn_host, fe.turn_udp_port) == (edge.turn.listen, edge.turn.port)
+    assert david.turn_dialect == "ms-turn"
+    with pytest.raises(ConfigError, match="turn_dialect"):
+        load_dataclass(ClientConfig, configs / "lync-client-david.toml",
+                       overrides=["turn_dialect=stun"])
+    with pytest.raises(ConfigError, match="max_lifetime"):
+        load_dataclass(EdgeConfig, configs / "lync-edge.toml",
+                       overrides=["turn.max_lifetime=0"])
