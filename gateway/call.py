@@ -9,6 +9,7 @@ table does not allow raises :class:`CallStateError` and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Mapping
@@ -145,6 +146,9 @@ class Call:
     """Set when the call is disconnected."""
     history: list[tuple[CallEvent, CallState]] = field(default_factory=list)
     """Every event applied and the state it led to (for logs and tests)."""
+    torn_down: asyncio.Future[None] | None = None
+    """The controller's teardown of this call (media closed, ports back), once begun: there is
+    one per call, whoever asks for it first (a CANCEL, the set-up path, a BYE)."""
 
     def handle(self, event: CallEvent) -> CallState:
         """Apply ``event``; raises :class:`CallStateError` when the table has no entry."""

@@ -49,6 +49,7 @@ __all__ = [
     "Encryption",
     "GatewayConfig",
     "MediaEncryption",
+    "MediaLatching",
     "OnMatch",
     "PatternBehavior",
     "PatternType",
@@ -107,6 +108,15 @@ class MediaEncryption(enum.Enum):
     """RTP only; an SRTP offer from the zone is refused (488)."""
     BEST_EFFORT = "best_effort"
     """Offer SDES-SRTP; take whatever the zone offers."""
+
+
+class MediaLatching(enum.Enum):
+    """How the video leg learns where the endpoint's media comes from (media.rtp_leg)."""
+
+    STRICT = "strict"
+    """Latch to a source on the endpoint's SDP address, then only to it (the default)."""
+    NAT = "nat"
+    """Latch to the first source at all: endpoints behind a NAT (private SDP addresses)."""
 
 
 class TrustedHostType(enum.Enum):
@@ -388,9 +398,26 @@ class B2buaConfig:
     allowed_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     """The only networks the gateway's ICE and media toward Microsoft may send to (CIDRs);
     candidates elsewhere are ignored."""
+    turn_client_ports: PortRange | None = None
+    """Local ports of the gateway's connections to its TURN servers (2 per stream and server),
+    apart from ``media_ports``: with ``"57002-57801"`` the default 1000 media ports serve the
+    100 audio+video calls of ``max_calls`` with TURN offered (2 TURN servers). Unset (the
+    default, so that several gateways on one host never share a fixed range): taken from
+    ``media_ports``, 12 ports per audio+video call with one TURN server."""
+    media_latching: MediaLatching = MediaLatching.STRICT
+    """Video-side latching for every zone that does not set its own."""
+    media_relatch_after: float = 5.0
+    """Seconds the latched video-side source must be silent before another may take over."""
 
     def __post_init__(self) -> None:
         _check_range("max_calls", self.max_calls, 1)
+        if not self.media_relatch_after > 0:
+            raise _field_error("media_relatch_after", "must be positive")
+        turn = self.turn_client_ports
+        media = self.media_ports
+        if turn is not None and turn.first <= media.last and media.first <= turn.last:
+            raise _field_error("turn_client_ports", f"{turn.first}-{turn.last} overlaps "
+                               f"media_ports {media.first}-{media.last}")
         object.__setattr__(self, "ms_tls_name", _tls_name("ms_tls_name", self.ms_tls_name))
         object.__setattr__(
             self, "allowed_networks", _check_networks("allowed_networks", self.allowed_networks)
@@ -500,6 +527,8 @@ class ZoneConfig:
     tls_name: str | None = None
     """TLS: certificate name expected of every peer (``cucm.video.example.com``); unset:
     each peer's address, checked against the certificate's IP SANs."""
+    media_latching: MediaLatching | None = None
+    """Video-side latching toward this zone; unset: ``b2bua.media_latching``."""
 
     def __post_init__(self) -> None:
         if not self.name.strip():

@@ -23,19 +23,20 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.call import Call, CallEvent, CallState, EndedCall, Outcome
-from gateway.config import MICROSOFT_ZONE, MediaEncryption
+from gateway.config import MICROSOFT_ZONE, MediaEncryption, ZoneConfig
 from gateway.im_session import NO_BROKER, is_im_session
 from gateway.leg import Leg, LegRole, SideAgent, reason_header
 from gateway.metrics import CallResult, RefusalReason
 from gateway.routing import RouteDecision, RouteRefusal, alias_of, alias_to_uri
-from gateway.sdp_bridge import SdpBridge, sdp_of, video_security_for
+from gateway.sdp_bridge import SdpBridge, TooManyMediaLines, sdp_of, video_security_for
 from gateway.status import LegSide
 from media.events import MediaEvent, MediaFailed
 from media.ms_dialect import EncryptionMismatch
 from media.port_pool import PortPoolExhausted
 from media.rewrite import NoCommonCodec
+from media.rtp_leg import LatchMode, LatchSettings
 from media.sdp import SessionDescription
-from media.session import MediaSession, StreamCounters
+from media.session import MediaSession, MediaSettings, StreamCounters
 from sip.errors import ProtocolError
 from sip.headers import Address
 from sip.message import Request, Response
@@ -245,15 +246,17 @@ class CallController:
             self._refuse(inbound, decision)
             return
         if request.call_id in self.calls:
+            self.gateway.metrics.call_refused(RefusalReason.CALL_ID_IN_USE)
             agent.stack.respond(tx, 482, "Loop Detected: Call-ID already in a call")
             return
         try:
             offer = sdp_of(request)
         except ProtocolError as error:
-            self._refuse(inbound, Refusal(_status(error, 400), error.message))
+            self._refuse(inbound, _sdp_refusal(error))
             return
         if offer is None and agent.side is LegSide.MICROSOFT:
-            self._refuse(inbound, Refusal(488, "Not Acceptable Here: INVITE without SDP"))
+            self._refuse(inbound, Refusal(488, "Not Acceptable Here: INVITE without SDP",
+                                          RefusalReason.NO_SDP))
             return
         video_zone = (gateway.source_zone(agent.side, request) if agent.side is LegSide.VIDEO
                       else decision.zone)
@@ -263,12 +266,13 @@ class CallController:
                 zone.media_encryption if zone is not None else MediaEncryption.AUTO,
                 offer if agent.side is LegSide.VIDEO else None)
         except ProtocolError as error:
-            self._refuse(inbound, Refusal(_status(error, 488), error.message))
+            self._refuse(inbound, Refusal(_status(error, 488), error.message,
+                                          RefusalReason.ZONE_ENCRYPTION))
             return
         call = Call(request.call_id, loop.time(), inbound)
         inbound.call = call
         self.calls[call.call_id] = call  # counted against max_calls from here on
-        session = MediaSession(call.call_id, gateway.pool, gateway.media_settings,
+        session = MediaSession(call.call_id, gateway.pool, self._media_settings(zone),
                                on_event=lambda event: self._media_event(call, event))
         call.media = session
         bridge = SdpBridge(session, gateway.encryption, security)
@@ -283,6 +287,11 @@ class CallController:
                 out_sdp = await bridge.delayed_offer()
                 self._delayed.add(call.call_id)
         except Exception as error:  # noqa: BLE001 - every failure must refuse cleanly
+            if call.ended:
+                # CANCELled (or the gateway stopped) during set-up: the session's close
+                # made prepare fail; whoever ended the call owns the teardown.
+                await self._discard(call)
+                return
             refusal = _media_refusal(error)
             if refusal.status >= 500 and not isinstance(error, ProtocolError | OSError):
                 call.log().exception("media set-up failed")
@@ -638,7 +647,18 @@ class CallController:
         return byes
 
     async def _discard(self, call: Call) -> None:
-        """Forget the call and give its media back (also for refused calls)."""
+        """Forget the call and give its media back (also for refused calls). One teardown
+        per call: a second caller (the set-up path after a CANCEL) waits for the first."""
+        if call.torn_down is not None:
+            await asyncio.shield(call.torn_down)
+            return
+        done = call.torn_down = asyncio.get_running_loop().create_future()
+        try:
+            await self._teardown(call)
+        finally:
+            done.set_result(None)
+
+    async def _teardown(self, call: Call) -> None:
         if not call.ended:
             call.end(CallEvent.FAIL, Outcome(CallResult.FAILED, "refused"))
         self._bridges.pop(call.call_id, None)
@@ -662,6 +682,16 @@ class CallController:
                                     call.connected_at, asyncio.get_running_loop().time(),
                                     counters))
         self.call_ended.set()
+
+    def _media_settings(self, zone: ZoneConfig | None) -> MediaSettings:
+        """The gateway's media settings with the latching of the call's video zone."""
+        b2bua = self.gateway.config.b2bua
+        mode = b2bua.media_latching
+        if zone is not None and zone.media_latching is not None:
+            mode = zone.media_latching
+        latch = LatchSettings(LatchMode(mode.value), b2bua.media_relatch_after)
+        settings = self.gateway.media_settings
+        return settings if settings.latch == latch else replace(settings, latch=latch)
 
     def _refuse(self, leg: Leg, refusal: Refusal) -> None:
         logger.info("refused INVITE %s from %s: %d %s", leg.call_id, leg.remote_text,
@@ -703,20 +733,32 @@ def _status(error: ProtocolError, default: int) -> int:
     return error.status_hint if 400 <= error.status_hint <= 699 else default
 
 
+def _sdp_refusal(error: ProtocolError) -> Refusal:
+    """The refusal for an INVITE body that cannot be used."""
+    if isinstance(error, TooManyMediaLines):
+        return Refusal(488, error.message, RefusalReason.TOO_MANY_MEDIA_LINES)
+    return Refusal(_status(error, 400), error.message, RefusalReason.BAD_SDP)
+
+
 def _media_refusal(error: BaseException) -> Refusal:
     """The refusal for a failure while setting up or rewriting media."""
+    if isinstance(error, TooManyMediaLines):
+        return _sdp_refusal(error)
     if isinstance(error, PortPoolExhausted):
         return Refusal(503, f"Service Unavailable: {error.message}",
                        RefusalReason.PORT_POOL_EXHAUSTED)
     if isinstance(error, EncryptionMismatch):
         return Refusal(488, EncryptionMismatch.reason_phrase, RefusalReason.ENCRYPTION_MISMATCH)
     if isinstance(error, NoCommonCodec):
-        return Refusal(488, f"Not Acceptable Here: {error.message}")
+        return Refusal(488, f"Not Acceptable Here: {error.message}",
+                       RefusalReason.NO_COMMON_CODEC)
     if isinstance(error, ProtocolError):
-        return Refusal(_status(error, 500), error.message)
+        return Refusal(_status(error, 500), error.message, RefusalReason.MEDIA_SETUP_FAILED)
     if isinstance(error, OSError):
-        return Refusal(503, f"Service Unavailable: media ports: {error.strerror or error}")
-    return Refusal(500, "Server Internal Error: media set-up failed")
+        return Refusal(503, f"Service Unavailable: media ports: {error.strerror or error}",
+                       RefusalReason.MEDIA_SETUP_FAILED)
+    return Refusal(500, "Server Internal Error: media set-up failed",
+                   RefusalReason.MEDIA_SETUP_FAILED)
 
 
 def _reason_of(request: Request) -> tuple[str, str] | None:

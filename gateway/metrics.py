@@ -81,6 +81,20 @@ class RefusalReason(enum.Enum):
     """Loop detected: 482."""
     DRAINING = "draining"
     """Shutting down: 503."""
+    CALL_ID_IN_USE = "call_id_in_use"
+    """The INVITE's Call-ID is already a call here: 482."""
+    BAD_SDP = "bad_sdp"
+    """A body that cannot be used as SDP: 400 / 415."""
+    NO_SDP = "no_sdp"
+    """An INVITE from Microsoft without SDP: 488."""
+    TOO_MANY_MEDIA_LINES = "too_many_media_lines"
+    """More m= lines than the gateway relays: 488."""
+    ZONE_ENCRYPTION = "zone_encryption"
+    """The zone's media encryption mode refuses the offer: 488."""
+    NO_COMMON_CODEC = "no_common_codec"
+    """No codec both sides take: 488."""
+    MEDIA_SETUP_FAILED = "media_setup_failed"
+    """Media ports could not be bound, or media set-up failed otherwise: 503 / 500."""
 
 
 class Direction(enum.Enum):

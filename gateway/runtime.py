@@ -114,7 +114,10 @@ class Gateway:
         self.encryption = encryption_policy(config.b2bua.encryption)
         self.retry_after = self.options.retry_after
         ports = config.b2bua.media_ports
-        self.pool = PortPool(PortPoolSettings(ports.first, ports.last))
+        turn = config.b2bua.turn_client_ports if config.b2bua.offer_turn else None
+        self.pool = PortPool(PortPoolSettings(ports.first, ports.last,
+                                              turn.first if turn else None,
+                                              turn.last if turn else None))
         self.media_settings = self._media_settings()
         self.controller = CallController(self)
         self.agents: dict[LegSide, SideAgent] = {}

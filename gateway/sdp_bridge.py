@@ -18,10 +18,18 @@ from media.ms_dialect import EncryptionPolicy, pick_sdp
 from media.rewrite import VideoSecurity, build_delayed_offer, to_microsoft, to_standard
 from media.sdp import SessionDescription, parse_sdp
 from media.session import MediaSession
-from sip.errors import LocalProtocolError, RemoteProtocolError
+from sip.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from sip.message import Request, Response
 
-__all__ = ["DELAYED_OFFER_KINDS", "Exchange", "SdpBridge", "encryption_policy", "sdp_of"]
+__all__ = [
+    "DELAYED_OFFER_KINDS",
+    "MAX_MEDIA_LINES",
+    "Exchange",
+    "SdpBridge",
+    "TooManyMediaLines",
+    "encryption_policy",
+    "sdp_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +48,31 @@ def encryption_policy(setting: Encryption) -> EncryptionPolicy:
     return _POLICIES[setting]
 
 
+MAX_MEDIA_LINES = 16
+"""m= lines the gateway relays in one SDP: Lync offers at most five (audio, video, panoramic
+video, application sharing, data); thousands (issue 12) would each cost a stream's worth of
+work and a line in every SDP we write."""
+
+
+class TooManyMediaLines(ProtocolError):
+    """An SDP with more m= lines than ``MAX_MEDIA_LINES``: refused with 488."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"Not Acceptable Here: {count} m= lines, the gateway relays at most "
+                         f"{MAX_MEDIA_LINES}", 488)
+
+
 def sdp_of(message: Request | Response) -> SessionDescription | None:
     """The SDP of a message (the RFC 5245 part of a Microsoft multipart body), or None.
 
-    Raises ``ParseError`` (400, 415 for a body without SDP) when it cannot be used.
+    Raises ``ParseError`` (400, 415 for a body without SDP) when it cannot be used, and
+    ``TooManyMediaLines`` (488) over ``MAX_MEDIA_LINES``.
     """
     if not message.body:
         return None
     sdp, _ = pick_sdp(message.content_type or "application/sdp", message.body)
+    if len(sdp.media) > MAX_MEDIA_LINES:
+        raise TooManyMediaLines(len(sdp.media))
     return sdp
 
 

@@ -25,13 +25,20 @@ JSON shape (stable snake_case keys; times and ages in seconds, ``null`` when unk
                                       "last_packet_at": float | null,
                                       "idle": float | null}, ...]}, ...]}, ...],
       "port_pool": {"first": int, "last": int, "total": int, "in_use": int, "free": int,
-                    "calls_refused": int},
+                    "calls_refused": int, "bound": int, "held_back": int,
+                    "turn_total": int, "turn_in_use": int},
       "turn_servers": [{"address": str, "port": int, "alive": bool, "status": str,
                         "allocations": int}, ...],
-      "capacity": {"active": int, "max": int}
+      "capacity": {"active": int, "max": int},
+      "tasks": int
     }
 
     SIDE = {"name": str, "address": str, "alive": bool, "status": str}
+
+``port_pool.bound`` counts ports with a socket open now (not reservations: ``in_use`` also
+counts reserved ports not yet bound); ``held_back`` counts leases kept out of the pool because
+their sockets were still open at release. ``tasks`` is the number of asyncio tasks alive in
+the gateway's loop (a leak check: it comes back to its idle value when calls end).
 
 ``status`` is ``"Alive"`` (``"Active"`` for a zone, as the product's zone page says) when
 ``alive`` is true, else the failure reason, e.g. ``"Failed: 408 Request Timeout to OPTIONS"``.
@@ -39,9 +46,10 @@ JSON shape (stable snake_case keys; times and ages in seconds, ``null`` when unk
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from media.counters import LegCounters
@@ -73,6 +81,14 @@ ZONE_ACTIVE = "Active"
 """What the product's zone page shows for a zone (or zone peer) that answers."""
 
 Json = dict[str, Any]
+
+
+def running_tasks() -> int:
+    """asyncio tasks alive in the running loop (0 outside one)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
 
 
 def _age(now: float, then: float | None) -> float | None:
@@ -296,12 +312,21 @@ class PortPoolView:
     free: int
     calls_refused: int
     """Allocations refused because the pool was short."""
+    bound: int = 0
+    """Ports with a socket open now (media and TURN client ports)."""
+    held_back: int = 0
+    """Releases refused because the lease's sockets were still open."""
+    turn_total: int = 0
+    """Ports of the TURN client range (0: TURN ports come from the media range)."""
+    turn_in_use: int = 0
+    """TURN client range ports held."""
 
     @classmethod
     def from_pool(cls, pool: PortPool) -> PortPoolView:
         """A snapshot of the media core's pool."""
         return cls(pool.settings.first_port, pool.settings.last_port, pool.total_ports,
-                   pool.ports_in_use, pool.ports_free, pool.calls_refused)
+                   pool.ports_in_use, pool.ports_free, pool.calls_refused, pool.bound_ports,
+                   pool.held_back, pool.turn_ports, pool.turn_ports_in_use)
 
     def to_json(self) -> Json:
         return {
@@ -311,6 +336,10 @@ class PortPoolView:
             "in_use": self.in_use,
             "free": self.free,
             "calls_refused": self.calls_refused,
+            "bound": self.bound,
+            "held_back": self.held_back,
+            "turn_total": self.turn_total,
+            "turn_in_use": self.turn_in_use,
         }
 
 
@@ -360,6 +389,8 @@ class GatewayStatus:
     port_pool: PortPoolView
     turn_servers: tuple[TurnServerView, ...]
     capacity: Capacity
+    tasks: int = field(default_factory=running_tasks)
+    """asyncio tasks alive in the running loop when the snapshot was made."""
 
     def to_json(self) -> Json:
         """A JSON-ready dict (only str/int/float/bool/None/list/dict); shape in the module doc."""
@@ -374,6 +405,7 @@ class GatewayStatus:
             "port_pool": self.port_pool.to_json(),
             "turn_servers": [t.to_json() for t in self.turn_servers],
             "capacity": self.capacity.to_json(),
+            "tasks": self.tasks,
         }
 
     @property

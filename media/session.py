@@ -16,11 +16,17 @@ The life of a call, as the B2BUA drives it::
 m= line ``i`` of every SDP is stream ``i`` (the B2BUA keeps m= lines one for one). Audio and
 video are relayed; other kinds (applicationsharing, data) get port 0 in the plans.
 
-Ports (SPEC §3): one ``PortUnit.AUDIO_VIDEO`` lease (8 ports) per call, taken by the first
-``prepare`` even for a voice call, so that adding video later needs no new ports, plus one
-``PortUnit.TURN_CONNECTION`` per stream and TURN server (the relay candidates' TURN
-connections are bound on those pool ports). Pairs of the AUDIO_VIDEO unit: audio Microsoft
-leg, audio video leg, video Microsoft leg, video video leg.
+Ports (SPEC §3): one lease per relayed stream, taken when the stream is added: a
+``PortUnit.STREAM`` (4 ports: the Microsoft leg's pair, then the video leg's) plus one
+``PortUnit.TURN_CONNECTION`` per TURN server (the relay candidates' TURN connections are
+bound on those ports). An audio-only call holds 4 ports, an audio+video call 8 (the
+documented unit); TURN ports come from the pool's TURN range when it has one.
+
+One owner: ``close`` may be called while a ``prepare`` is still binding or gathering (a
+CANCEL during set-up). It waits for that ``prepare`` (which then fails with
+``LocalProtocolError``), closes every stream either of them opened, and gives each lease
+back only once the lease's sockets are closed (the pool asks a probe), so no socket outlives
+the session and no bound port goes back to the pool.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from media.ice_leg import IceLeg, IceSettings
 from media.ms_dialect import EncryptionPolicy, IceVersion, SsrcRange, read_stream
 from media.port_pool import PortLease, PortPool, PortUnit
 from media.rewrite import SdpPlan, StreamPlan, VideoSecurity, make_ice_credentials
-from media.rtp_leg import LatchMode, RtpLeg
+from media.rtp_leg import LatchSettings, RtpLeg
 from media.sdp import Media, SessionDescription
 from media.stream import MediaStream
 from sip.errors import LocalProtocolError
@@ -68,8 +74,8 @@ class MediaSettings:
     """The gateway's media address toward the video network."""
     ice: IceSettings = field(default_factory=IceSettings)
     """STUN/TURN servers, allowed networks, ICE timeout."""
-    latch_mode: LatchMode = LatchMode.LATCH
-    """Video-leg latching; STRICT ignores sources other than the latched one."""
+    latch: LatchSettings = field(default_factory=LatchSettings)
+    """Video-leg latching: which source latches first, when another may take over."""
     ssrc_range_size: int = 100
     """Width of the x-ssrc-range we advertise to Microsoft per stream."""
 
@@ -95,7 +101,8 @@ class MediaSession:
         self.on_event = on_event
         self.events: asyncio.Queue[MediaEvent] = asyncio.Queue()
         """Every event, in order (also passed to ``on_event`` when given)."""
-        self.lease: PortLease | None = None
+        self.leases: dict[int, PortLease] = {}
+        """The ports of each relayed stream, by m= line."""
         self.streams: list[MediaStream | None] = []
         """Per m= line; None for a kind the gateway does not relay."""
         self.kinds: list[str] = []
@@ -103,62 +110,68 @@ class MediaSession:
         self._versions = {"microsoft": 0, "video": 0}
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._closed = False
+        self._busy = asyncio.Lock()
+        """Held by ``prepare`` and ``close``: close never runs beside a set-up."""
         self.log = logging.LoggerAdapter(logger, {"call_id": call_id})
 
     # -- set up ------------------------------------------------------------------------------
 
     async def prepare(self, kinds: Sequence[str]) -> None:
         """Make sure there is a stream for each m= line kind (new ones are added at the end:
-        bound, with ICE candidates gathered). The first call reserves the ports and raises
-        ``PortPoolExhausted`` when the pool is short; a port that cannot be bound raises
-        ``OSError``. On any failure, the streams this call opened are closed, and when it was
-        the first call, the lease goes back to the pool."""
+        ports reserved, bound, with ICE candidates gathered). Raises ``PortPoolExhausted``
+        when the pool is short, ``OSError`` when a port cannot be bound, and
+        ``LocalProtocolError`` when the session is (or gets) closed meanwhile. On any failure
+        the streams this call opened are closed and their ports go back to the pool."""
         if self._closed:
             raise LocalProtocolError("media session is closed")
-        for index, kind in enumerate(kinds[:len(self.kinds)]):
-            if kind != self.kinds[index]:
-                raise LocalProtocolError(f"m= line {index} was {self.kinds[index]}, now {kind}")
-        first = self.lease is None
-        if first:
-            turn = len(self.settings.ice.turn_servers)
-            units = [PortUnit.AUDIO_VIDEO] + [PortUnit.TURN_CONNECTION] * (2 * turn)
-            self.lease = self.pool.allocate(self.call_id, units)
-        start = len(self.streams)
-        try:
-            for index in range(start, len(kinds)):
-                kind = kinds[index]
-                stream = await self._open(index, kind)
-                self.kinds.append(kind)
-                self.streams.append(stream)
-        except BaseException:
-            for stream in self.streams[start:]:
-                if stream is not None:
-                    await self._close_stream(stream)
-            del self.streams[start:]
-            del self.kinds[start:]
-            if first and self.lease is not None:
-                self.pool.release(self.lease)
-                self.lease = None
-            raise
+        async with self._busy:
+            if self._closed:
+                raise LocalProtocolError("media session is closed")
+            for index, kind in enumerate(kinds[:len(self.kinds)]):
+                if kind != self.kinds[index]:
+                    raise LocalProtocolError(
+                        f"m= line {index} was {self.kinds[index]}, now {kind}")
+            start = len(self.streams)
+            try:
+                for index in range(start, len(kinds)):
+                    kind = kinds[index]
+                    stream = await self._open(index, kind)
+                    self.kinds.append(kind)
+                    self.streams.append(stream)
+                    if self._closed:
+                        raise LocalProtocolError("media session closed during set-up")
+            except BaseException:
+                for index in range(start, len(self.streams)):
+                    await self._close_stream(index)
+                for index in [i for i in self.leases if i >= start]:
+                    self._release(index)
+                del self.streams[start:]
+                del self.kinds[start:]
+                raise
 
     async def _open(self, index: int, kind: str) -> MediaStream | None:
         slot = _SLOTS.get(kind)
         if slot is None or any(s is not None and s.kind == kind for s in self.streams):
             return None
-        assert self.lease is not None
-        pairs = self.lease.pairs
-        turn_ports = [pairs[4 + 2 * server + slot]
-                      for server in range(len(self.settings.ice.turn_servers))]
+        servers = len(self.settings.ice.turn_servers)
+        ports = _StreamPorts()
+        lease = self.pool.allocate(
+            self.call_id, [PortUnit.STREAM] + [PortUnit.TURN_CONNECTION] * servers,
+            probe=ports.bound)
+        self.leases[index] = lease
+        pairs = lease.pairs
         ufrag, pwd = make_ice_credentials()
-        ice = IceLeg(self.settings.microsoft_address, pairs[2 * slot], self.settings.ice,
-                     ufrag=ufrag, pwd=pwd, turn_ports=turn_ports)
-        video = RtpLeg(self.settings.video_address, pairs[2 * slot + 1], self.settings.latch_mode)
-        await video.open()
+        ice = IceLeg(self.settings.microsoft_address, pairs[0], self.settings.ice,
+                     ufrag=ufrag, pwd=pwd, turn_ports=pairs[2:2 + servers])
+        video = RtpLeg(self.settings.video_address, pairs[1], self.settings.latch)
+        ports.video, ports.ice = video, ice
         try:
+            await video.open()
             await ice.gather()
         except BaseException:
             await video.aclose()
             await ice.close()
+            self._release(index)
             raise
         first = random.getrandbits(32) & ~0xFFFF  # room for the whole range below 2^32
         ssrc_range = SsrcRange(first, first + self.settings.ssrc_range_size - 1)
@@ -170,6 +183,14 @@ class MediaSession:
         self.log.debug("%s: %s stream %d on %s:%d (Microsoft) / %s:%d (video)", self.call_id,
                        kind, index, ice.host, ice.ports[0], video.host, video.ports[0])
         return stream
+
+    def _release(self, index: int) -> int:
+        """Give stream ``index``'s ports back if its sockets are closed; the count given."""
+        lease = self.leases.get(index)
+        if lease is None or not self.pool.release(lease):
+            return 0
+        del self.leases[index]
+        return len(lease.ports)
 
     # -- plans for media.rewrite ---------------------------------------------------------------
 
@@ -268,35 +289,77 @@ class MediaSession:
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return self.lease.ports if self.lease is not None else ()
+        return tuple(p for lease in self.leases.values() for p in lease.ports)
+
+    @property
+    def bound_ports(self) -> int:
+        """Ports with a socket open now (the video leg's and the ICE leg's)."""
+        return sum(_bound(s.video, s.ice) for s in self.streams if s is not None)
 
     async def close(self) -> None:
-        """Stop every task, close every socket and TURN allocation, give the ports back."""
+        """Stop every task, close every socket and TURN allocation, give the ports back.
+        Waits for a ``prepare`` in progress (it then fails) so nothing it opens survives."""
         if self._closed:
-            return
+            async with self._busy:  # a close in progress: return once it is done
+                return
         self._closed = True
-        for stream in self.streams:
-            if stream is not None:
-                await self._close_stream(stream)
-        released = 0
-        if self.lease is not None:
-            released = len(self.lease.ports)
-            self.pool.release(self.lease)
-            self.lease = None
+        async with self._busy:
+            for index in range(len(self.streams)):
+                await self._close_stream(index)
+            released = sum(self._release(index) for index in list(self.leases))
+        if self.leases:
+            self.log.error("%s: %d ports still bound after close: kept out of the pool",
+                           self.call_id, self.bound_ports)
         self._emit(MediaClosed(released))
 
-    async def _close_stream(self, stream: MediaStream) -> None:
+    async def _close_stream(self, index: int) -> None:
+        stream = self.streams[index] if index < len(self.streams) else None
+        if stream is None:
+            return
         task = stream.connect_task
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await stream.video.aclose()
         await stream.ice.close()
+        left = stream.ice.agent._protocols
+        if left:
+            # IceLeg.close gives aioice's close 5 s; when that ran out (seen under load),
+            # the sockets it had not reached yet stay bound for good: close them here.
+            self.log.warning("%s: %s stream: closing %d ICE sockets aioice left open",
+                             self.call_id, stream.kind, len(left))
+            for protocol in left:
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            left.clear()
+            await asyncio.sleep(0)  # connection_lost runs on the loop's next turn
 
     def _emit(self, event: MediaEvent) -> None:
         self.events.put_nowait(event)
         if self.on_event is not None:
             self.on_event(event)
+
+
+class _StreamPorts:
+    """The probe the pool asks before taking a stream's ports back: sockets still bound."""
+
+    __slots__ = ("ice", "video")
+
+    def __init__(self) -> None:
+        self.video: RtpLeg | None = None
+        self.ice: IceLeg | None = None
+
+    def bound(self) -> int:
+        return _bound(self.video, self.ice)
+
+
+def _bound(video: RtpLeg | None, ice: IceLeg | None) -> int:
+    count = video.bound_ports if video is not None else 0
+    if ice is not None:
+        # aioice keeps every socket of the agent (host and TURN) in _protocols until its
+        # close() has closed them all (IceLeg has no count of its own).
+        count += len(ice.agent._protocols)
+    return count
 
 
 def _video_addresses(sdp: SessionDescription, media: Media

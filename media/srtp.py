@@ -107,7 +107,10 @@ class SrtpTransform:
             if rtcp:
                 return rx.unprotect_rtcp(packet)
             return rx.unprotect(packet)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError) as exc:
+            # pylibsrtp raises ValueError ("packet is too long") for a packet over its
+            # 1,500-byte buffer less the trailer: a bad packet like any other, never an
+            # exception out of the datagram callback.
             raise SrtpError(str(exc)) from None
 
     def protect(self, packet: bytes, rtcp: bool) -> bytes:
@@ -119,5 +122,8 @@ class SrtpTransform:
             if rtcp:
                 return tx.protect_rtcp(packet)
             return tx.protect(packet)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError) as exc:
+            # pylibsrtp raises ValueError ("packet is too long") for a packet over its
+            # 1,500-byte buffer less the trailer: a bad packet like any other, never an
+            # exception out of the datagram callback.
             raise SrtpError(str(exc)) from None

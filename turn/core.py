@@ -553,12 +553,15 @@ class TurnCore:
         return [OpenRelay(alloc)]
 
     def _lifetime(self, value: bytes | None, *, allocate: bool) -> int:
+        """RFC 8656 §7.2 / §7.3: min(requested, max), raised to the default lifetime when
+        below it (as coturn does: a LIFETIME of 1 is granted 600 s, not 1 s). A Refresh
+        asking 0 deletes the allocation."""
         if value is None:
             return self.config.default_lifetime
         requested = stun.unpack_u32(value)
-        if requested == 0 and allocate:
-            return self.config.default_lifetime
-        return min(requested, self.config.max_lifetime)
+        if requested == 0 and not allocate:
+            return 0
+        return max(min(requested, self.config.max_lifetime), self.config.default_lifetime)
 
     def _own_allocation(self, ft: FiveTuple, username: str, key: bytes) -> Allocation:
         alloc = self.allocations.get(ft)

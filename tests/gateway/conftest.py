@@ -248,8 +248,10 @@ def gateway_toml(
     monitor_interval: float = 0.5,
     trusted: Sequence[str] = (TRUSTED_SOURCE,),
     microsoft_transport: str = "tls",
+    b2bua_tables: str = "",
 ) -> str:
-    """The lab configuration (gateway/default.toml) moved onto this test's ports."""
+    """The lab configuration (gateway/default.toml) moved onto this test's ports;
+    ``b2bua_tables``: more [b2bua.*] tables (e.g. ``[[b2bua.turn_servers]]``)."""
     hosts = ", ".join(
         f'{{ name = "fe{i + 1:02d}", address = "{a}", type = "microsoft" }}'
         for i, a in enumerate(trusted)
@@ -275,7 +277,7 @@ trusted_hosts = [{hosts}]
 enabled = true
 destinations = ["{IMP_HOST}"]
 port = {ports.imp}
-
+{b2bua_tables}
 [video]
 listen = [
     "udp:{GATEWAY_HOST}:{ports.video}",
@@ -375,6 +377,7 @@ def run_gateway(
     overrides: Sequence[str] = (),
     monitor_interval: float = 0.5,
     microsoft_transport: str = "tls",
+    b2bua_tables: str = "",
 ) -> Iterator[RunningGateway]:
     """Write a config for free ports and run `gateway run --config` until every listener
     is logged; stopped (SIGTERM) on exit.
@@ -390,6 +393,7 @@ def run_gateway(
             ports,
             monitor_interval=monitor_interval,
             microsoft_transport=microsoft_transport,
+            b2bua_tables=b2bua_tables,
         )
     )
     argv = [gateway_executable(), "run", "--config", str(config)]

@@ -528,3 +528,33 @@ def test_tls_names_without_tls_are_an_alarm() -> None:
     warnings = cfg.loads(text).warnings
     assert any(w.startswith("b2bua.ms_tls_name: set but") for w in warnings)
     assert any(w.startswith("zones[0].tls_name: set but zone 'CUCM' is not TLS") for w in warnings)
+
+
+def test_media_latching_keys() -> None:
+    """Issue 12: latching is chosen per B2BUA, overridden per zone; safe default STRICT."""
+    config = cfg.loads("")
+    assert config.b2bua.media_latching is cfg.MediaLatching.STRICT
+    assert config.b2bua.media_relatch_after == 5.0
+    assert config.b2bua.turn_client_ports is None
+    ranged = cfg.loads('[b2bua]\nturn_client_ports = "57002-57801"')
+    assert ranged.b2bua.turn_client_ports == PortRange(57002, 57801)
+    config = cfg.loads(
+        '[b2bua]\nmedia_latching = "nat"\nmedia_relatch_after = 2.5\n'
+        '[[zones]]\nname = "CUCM"\npeers = ["127.0.3.1"]\nmedia_latching = "strict"\n'
+        '[[zones]]\nname = "Other"\npeers = ["127.0.3.2"]\n'
+    )
+    assert config.b2bua.media_latching is cfg.MediaLatching.NAT
+    assert config.b2bua.media_relatch_after == 2.5
+    assert [z.media_latching for z in config.zones] == [cfg.MediaLatching.STRICT, None]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[b2bua]\nmedia_latching = "follow"', "b2bua.media_latching"),
+    ("[b2bua]\nmedia_relatch_after = 0", "b2bua.media_relatch_after"),
+    ('[b2bua]\nturn_client_ports = "56500-57500"', "b2bua.turn_client_ports"),
+    ('[[zones]]\nname = "Z"\npeers = ["127.0.3.1"]\nmedia_latching = "any"',
+     "media_latching"),
+])
+def test_media_latching_errors_name_the_key(text: str, expected: str) -> None:
+    with pytest.raises(cfg.ConfigError, match=expected.replace(".", r"\.")):
+        cfg.loads(text)

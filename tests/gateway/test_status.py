@@ -109,7 +109,9 @@ def test_json_values_and_ages() -> None:
     assert audio["idle"] == pytest.approx(0.02)
     assert video["last_packet_at"] is None and video["idle"] is None
     assert data["port_pool"] == {"first": 56000, "last": 57000, "total": 1000, "in_use": 8,
-                                 "free": 992, "calls_refused": 0}
+                                 "free": 992, "calls_refused": 0, "bound": 0, "held_back": 0,
+                                 "turn_total": 0, "turn_in_use": 0}
+    assert data["tasks"] == 0  # no loop running here
     assert data["turn_servers"] == [{"address": "127.0.4.1", "port": 3478, "alive": True,
                                      "status": "Alive", "allocations": 2}]
     assert data["capacity"] == {"active": 1, "max": 100}

@@ -95,3 +95,31 @@ def test_allocate_and_free_cost_does_not_grow_with_pool_size() -> None:
     for lease in leases:
         big.release(lease)
     assert big.ports_in_use == 0 and big.ports_free == big.total_ports == 60000
+
+
+def test_default_pool_serves_100_audio_video_calls_with_turn_and_audio_only_takes_4() -> None:
+    """Issue 12, defect 2: an audio-only call took 8 + 2 x 2 per TURN server, so 83 calls fit
+    in 1000 ports. Now a stream takes 4 media ports, TURN client ports come from their own
+    range (gateway b2bua.turn_client_ports, default 57002-57801)."""
+    pool = PortPool(PortPoolSettings(56000, 57000, 57002, 57801))
+    assert (pool.total_ports, pool.turn_ports) == (1000, 800)
+    turn_servers = 2
+    stream = [PortUnit.STREAM] + [PortUnit.TURN_CONNECTION] * turn_servers
+    for call in range(100):
+        for _ in ("audio", "video"):
+            lease = pool.allocate(f"call-{call}", stream)
+            assert all(56000 <= p <= 57000 for p in lease.pairs_for(0))
+            assert all(57002 <= p <= 57801 for p in lease.pairs[2:])
+    assert pool.ports_in_use == 800 and pool.turn_ports_in_use == 800
+    audio_only = pool.allocate("voice", [PortUnit.STREAM])
+    assert len(audio_only.ports) == 4 and pool.ports_in_use == 804
+    with pytest.raises(PortPoolExhausted):  # TURN range full: refused whole
+        pool.allocate("one-more", stream)
+    assert pool.ports_in_use == 804
+
+
+def test_turn_range_must_not_overlap_the_media_range() -> None:
+    with pytest.raises(ValueError, match="overlaps"):
+        PortPoolSettings(56000, 57000, 56990, 57100)
+    with pytest.raises(ValueError, match="both"):
+        PortPoolSettings(56000, 57000, 57002, None)

@@ -16,7 +16,7 @@ from media.ice_leg import IceSettings, TurnServerSettings
 from media.ms_dialect import SsrcRange
 from media.port_pool import PortPool, PortPoolExhausted, PortPoolSettings
 from media.rewrite import to_microsoft, to_standard
-from media.rtp_leg import LatchMode
+from media.rtp_leg import LatchMode, LatchSettings
 from media.sdp import SessionDescription, parse_sdp
 from media.session import MediaSession, MediaSettings
 from tests.media.peers import LYNC_SSRC, LyncPeer, VideoPeer, rtcp_rr, rtp, ssrc_of
@@ -101,7 +101,7 @@ async def test_audio_video_call_relays_both_ways_with_srtp_and_ssrc_mapping() ->
         session = call.session
         connected = {(await next_event(session, MediaConnected)).stream for _ in range(2)}
         assert connected == {0, 1}
-        assert pool.ports_in_use == 8 + 2 * 2  # AUDIO_VIDEO + one TURN pair per stream
+        assert pool.ports_in_use == 8 + 2 * 2  # 4 per stream + one TURN pair per stream
 
         # Every candidate we offered, every address we sent to: loopback only.
         plan = call.ms_answer
@@ -118,7 +118,7 @@ async def test_audio_video_call_relays_both_ways_with_srtp_and_ssrc_mapping() ->
             assert {c.address for c in stream.ice.local_candidates
                     if c.type.value == "host"} == {GATEWAY}
             assert {c.port for c in stream.ice.local_candidates
-                    if c.type.value == "host"} <= set(pool.leases[0].ports)
+                    if c.type.value == "host"} <= set(session.ports)
 
         for index, kind in enumerate(["audio", "video"]):
             # Microsoft -> video: SRTP with MKI in, plain RTP out, SDP address (not latched yet).
@@ -151,38 +151,36 @@ async def test_audio_video_call_relays_both_ways_with_srtp_and_ssrc_mapping() ->
     assert pool.ports_in_use == 0
 
 
-async def test_latching_follows_the_endpoint_and_strict_mode_ignores_others() -> None:
-    for mode in (LatchMode.LATCH, LatchMode.STRICT):
-        async with call_setup(["audio"], {"latch_mode": mode}) as (call, pool, _):
-            await call.offer_answer(["audio"])
-            session = call.session
-            await next_event(session, MediaConnected)
-            # The endpoint sends from another socket than the one in its SDP.
-            other = VideoPeer(host="127.0.0.5")
-            await other.open()
-            other.gateway = call.video.gateway
-            other.send(0, rtp(5, 1, b"moved"))
-            if mode is LatchMode.LATCH:
-                latched = await next_event(session, SourceLatched)
-                assert latched.address == ("127.0.0.5", other.ports[0])  # type: ignore[union-attr]
-                await receive(call.lync.streams[0].received)
-                await call.lync.send(0, rtp(1000, 2, b"to-new-place"))
-                data, _, _ = await receive(other.received)
-                assert data.endswith(b"to-new-place")
-            else:
-                # Strict: only a source on the SDP host latches; others are ignored.
-                call.video.send(0, rtp(6, 1, b"sdp-socket"))
-                await next_event(session, SourceLatched)
-                other.send(0, rtp(5, 2, b"intruder"))
-                plain, _ = await receive(call.lync.streams[0].received)
-                assert plain.endswith(b"sdp-socket")
-                call.video.send(0, rtp(6, 2, b"sdp-socket-2"))
-                plain, _ = await receive(call.lync.streams[0].received)
-                assert plain.endswith(b"sdp-socket-2")
-                counters = session.counters()[0].video
-                assert counters.dropped_source == 2
-                assert counters.packets_in == 4
-            other.close()
+@pytest.mark.parametrize("mode", [LatchMode.STRICT, LatchMode.NAT])
+async def test_latching_keeps_the_endpoint_and_ignores_a_stranger(mode: LatchMode) -> None:
+    """Issue 12: latching followed the latest source, so a stranger took the stream. Now the
+    first source (on the SDP host for STRICT) is kept; others are dropped and counted."""
+    async with call_setup(["audio"], {"latch": LatchSettings(mode)}) as (call, pool, _):
+        await call.offer_answer(["audio"])
+        session = call.session
+        await next_event(session, MediaConnected)
+        stranger = VideoPeer(host="127.0.0.5")
+        await stranger.open()
+        stranger.gateway = call.video.gateway
+        try:
+            call.video.send(0, rtp(6, 1, b"sdp-socket"))
+            latched = await next_event(session, SourceLatched)
+            assert latched.address == ("127.0.0.1", call.video.ports[0])  # type: ignore[union-attr]
+            plain, _ = await receive(call.lync.streams[0].received)
+            assert plain.endswith(b"sdp-socket")
+            stranger.send(0, rtp(5, 2, b"intruder"))
+            stranger.send(0, b"not rtp at all")
+            call.video.send(0, rtp(6, 2, b"sdp-socket-2"))
+            plain, _ = await receive(call.lync.streams[0].received)
+            assert plain.endswith(b"sdp-socket-2")
+            await call.lync.send(0, rtp(1000, 2, b"to-the-endpoint"))
+            data, _, _ = await receive(call.video.received)
+            assert data.endswith(b"to-the-endpoint")
+            counters = session.counters()[0].video
+            assert counters.dropped_source == 2 and counters.packets_in == 4
+            assert stranger.received.empty()
+        finally:
+            stranger.close()
 
 
 async def test_hold_resume_and_adding_video() -> None:
@@ -190,7 +188,7 @@ async def test_hold_resume_and_adding_video() -> None:
         await call.offer_answer(["audio"])
         session = call.session
         await next_event(session, MediaConnected)
-        assert pool.ports_in_use == 8 + 2 * 2  # voice call holds the video ports too
+        assert pool.ports_in_use == 4 + 2  # a voice call holds only the audio stream's ports
 
         await call.offer_answer(["audio"], direction="sendonly")  # Lync holds
         await call.lync.send(0, rtp(1000, 1, b"music-on-hold"))
@@ -213,7 +211,7 @@ async def test_hold_resume_and_adding_video() -> None:
         plain, _ = await receive(call.lync.streams[0].received)
         assert plain.endswith(b"resumed")
 
-        # Upgrade to video by re-INVITE: same lease, a new ICE agent, media flows.
+        # Upgrade to video by re-INVITE: a second lease, a new ICE agent, media flows.
         await call.lync.add_stream("video")
         await call.offer_answer(["audio", "video"])
         assert (await next_event(session, MediaConnected)).stream == 1  # type: ignore[union-attr]
@@ -277,3 +275,41 @@ async def test_pool_exhaustion_and_failed_bind_release_everything() -> None:
         assert pool.ports_in_use == 0 and third.streams == []
     finally:
         squatter.close()
+
+
+async def dropped(session: MediaSession, count: int) -> None:
+    """Wait until the first stream's video leg has refused ``count`` packets (by source)."""
+    for _ in range(int(WAIT / 0.01)):
+        if session.counters()[0].video.dropped_source >= count:
+            break
+        await asyncio.sleep(0.01)
+    assert session.counters()[0].video.dropped_source == count
+
+
+async def test_a_stranger_sending_before_the_call_never_latches_in_strict_mode() -> None:
+    """Issue 12: a stranger that sent to the video-leg port first took 72 of 81 packets.
+    STRICT: nothing latches before the endpoint's SDP, then only its host does."""
+    async with call_setup(["audio"]) as (call, pool, _):
+        session = call.session
+        await session.prepare(["audio"])
+        stream = session.streams[0]
+        assert stream is not None
+        stranger = VideoPeer(host="127.0.0.5")
+        await stranger.open()
+        stranger.gateway = {0: (GATEWAY, stream.video.ports)}
+        try:
+            for seq in range(3):
+                stranger.send(0, rtp(5, seq, b"intruder-early"))
+            await dropped(session, 3)
+            await call.offer_answer(["audio"])
+            await next_event(session, MediaConnected)
+            stranger.send(0, rtp(5, 4, b"intruder-during"))
+            call.video.send(0, rtp(6, 1, b"endpoint"))
+            latched = await next_event(session, SourceLatched)
+            assert latched.address == ("127.0.0.1", call.video.ports[0])  # type: ignore[union-attr]
+            plain, _ = await receive(call.lync.streams[0].received)
+            assert plain.endswith(b"endpoint")
+            await dropped(session, 4)
+            assert call.lync.streams[0].received.empty()
+        finally:
+            stranger.close()

@@ -72,3 +72,38 @@ def test_state_relays_with_srtp_mapping_and_hold() -> None:
     assert state.from_video(rtp(0xABCDEF, 2, b"c"), 1, now=4.0) is None
     assert state.video_counters.dropped_direction == 1
     assert state.from_video(rtp(0xABCDEF, 3, b"c")[:8] + bytes(20), 2, now=4.0) is not None
+
+
+@pytest.mark.parametrize("size", [1480, 1500, 4000, 65000])
+@pytest.mark.parametrize("component", [1, 2])
+def test_oversized_packets_are_dropped_and_counted_never_raised(size: int, component: int
+                                                               ) -> None:
+    """Issue 12: a packet over ~1,480 bytes made pylibsrtp raise ValueError out of the
+    datagram callback (one traceback per packet). Both ways, RTP and RTCP: dropped as SRTP."""
+    state = StreamState()
+    state.apply(m(key=KEY_GW), m(key=KEY_MS), m(key=KEY_GW), m(key=KEY_MS), None)
+    big = rtp(1000, 1, b"x" * size) if component == 1 else bytes([0x80, 201, 0, 1]) + bytes(size)
+    for way, counters in ((state.from_video, state.video_counters),
+                          (state.from_microsoft, state.ms_counters)):
+        assert way(big, component, 1.0) is None
+        assert counters.packets_in == 1 and counters.dropped_srtp == 1
+
+
+@pytest.mark.parametrize("srtp", [True, False])
+def test_any_bytes_either_way_are_forwarded_or_dropped_never_raised(srtp: bool) -> None:
+    """Issue 12: no traceback per packet for any input (random sizes 0-3000, random bytes,
+    RTP-looking headers, both components, both ways, with and without SRTP and mapping)."""
+    import random
+
+    rng = random.Random(12)
+    state = StreamState()
+    keys = (KEY_GW, KEY_MS) if srtp else (None, None)
+    state.apply(m(key=keys[0]), m(key=keys[1]), m(), m(), SsrcRange(10, 19))
+    for n in range(600):
+        size = rng.choice([0, 1, 4, 8, 11, 12, 13, 20, 200, 1400, 1480, 1490, 1500, 3000])
+        data = bytearray(rng.randbytes(size))
+        if data and n % 2:
+            data[0] = 0x80 | (data[0] & 0x3F)  # version 2: looks like RTP/RTCP
+        for way in (state.from_video, state.from_microsoft):
+            out = way(bytes(data), 1 + n % 2, float(n))
+            assert out is None or isinstance(out, bytes)

@@ -252,21 +252,37 @@ def test_lifetime_capped_at_3600() -> None:
 def test_allocation_expires_at_its_lifetime() -> None:
     core = make_core()
     c = Client(core, ft())
-    c.allocate([(Attr.LIFETIME, stun.pack_u32(60))], now=100.0)
-    assert core.get_timer() is not None and core.get_timer() <= 160.0  # type: ignore[operator]
-    assert core.handle_timer(159.9) == []
-    actions = core.handle_timer(160.0)
+    c.allocate([(Attr.LIFETIME, stun.pack_u32(1200))], now=100.0)
+    assert core.get_timer() is not None and core.get_timer() <= 1300.0  # type: ignore[operator]
+    assert core.handle_timer(1299.9) == []
+    actions = core.handle_timer(1300.0)
     assert any(isinstance(a, CloseRelay) for a in actions)
     assert not core.allocations and core.pool.available == core.pool.size
+
+
+@pytest.mark.parametrize("requested", [1, 60, 599])
+def test_lifetime_below_the_default_is_raised_to_600(requested: int) -> None:
+    """Issue 12: LIFETIME 1 was granted as 1 s. RFC 8656 §7.2/§7.3 (and coturn): a lifetime
+    under the default gets the default, on Allocate and on Refresh."""
+    core = make_core()
+    c = Client(core, ft())
+    msg = c.allocate([(Attr.LIFETIME, stun.pack_u32(requested))], now=100.0)
+    assert stun.unpack_u32(msg.get(Attr.LIFETIME) or b"") == 600
+    assert core.handle_timer(100.0 + requested) == [] and core.allocations
+    refresh = c.response(c.request(Method.REFRESH, [(Attr.LIFETIME, stun.pack_u32(requested))],
+                                   now=200.0))
+    assert stun.unpack_u32(refresh.get(Attr.LIFETIME) or b"") == 600
+    assert core.handle_timer(799.9) == [] and core.allocations
+    assert any(isinstance(a, CloseRelay) for a in core.handle_timer(800.0))
 
 
 def test_refresh_extends_and_zero_deletes() -> None:
     core = make_core()
     c = Client(core, ft())
     c.allocate([(Attr.LIFETIME, stun.pack_u32(60))])
-    msg = c.response(c.request(Method.REFRESH, [(Attr.LIFETIME, stun.pack_u32(120))], now=50.0))
-    assert stun.unpack_u32(msg.get(Attr.LIFETIME) or b"") == 120
-    assert core.handle_timer(60.0) == [] and core.allocations
+    msg = c.response(c.request(Method.REFRESH, [(Attr.LIFETIME, stun.pack_u32(1200))], now=50.0))
+    assert stun.unpack_u32(msg.get(Attr.LIFETIME) or b"") == 1200
+    assert core.handle_timer(700.0) == [] and core.allocations
     actions = c.request(Method.REFRESH, [(Attr.LIFETIME, stun.pack_u32(0))], now=70.0)
     assert any(isinstance(a, CloseRelay) for a in actions)
     assert stun.unpack_u32(c.response(actions).get(Attr.LIFETIME) or b"") == 0
