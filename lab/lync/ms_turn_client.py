@@ -196,9 +196,12 @@ class MsTurnSession:
 class MsTurnProtocol(asyncio.DatagramProtocol):
     """The asyncio adapter: one UDP socket toward the A/V Edge."""
 
-    def __init__(self, server: Address, session: MsTurnSession) -> None:
+    def __init__(self, server: Address, session: MsTurnSession,
+                 retransmissions: tuple[float, ...] = RETRANSMISSIONS) -> None:
         self.server = server
         self.session = session
+        self.retransmissions = retransmissions
+        """Seconds between an unanswered request's copies."""
         self.transport: asyncio.DatagramTransport | None = None
         self.receiver: asyncio.DatagramProtocol | None = None
         """The protocol our relayed data goes to (aioice's ``StunProtocol``)."""
@@ -231,7 +234,7 @@ class MsTurnProtocol(asyncio.DatagramProtocol):
         future: asyncio.Future[MsMessage] = asyncio.get_running_loop().create_future()
         self._pending[tid] = future
         try:
-            for wait in RETRANSMISSIONS:
+            for wait in self.retransmissions:
                 self.transport.sendto(data, self.server)
                 try:
                     return await asyncio.wait_for(asyncio.shield(future), wait)
@@ -339,12 +342,14 @@ class MsTurnTransport:
 async def create_ms_turn_endpoint(
     protocol_factory: Callable[[], asyncio.DatagramProtocol], *, server: Address,
     username: bytes, password: bytes, local_host: str, lifetime: int | None = None,
+    retransmissions: tuple[float, ...] = RETRANSMISSIONS,
 ) -> tuple[MsTurnTransport, asyncio.DatagramProtocol]:
     """Allocate on ``server`` from ``local_host``; the returned protocol (made by
     ``protocol_factory``) then sends and receives through the relay."""
     loop = asyncio.get_running_loop()
     _, turn = await loop.create_datagram_endpoint(
-        lambda: MsTurnProtocol(server, MsTurnSession(username, password, lifetime=lifetime)),
+        lambda: MsTurnProtocol(server, MsTurnSession(username, password, lifetime=lifetime),
+                               retransmissions),
         local_addr=(local_host, 0))
     try:
         allocated = await turn.allocate()

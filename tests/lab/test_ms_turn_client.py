@@ -163,6 +163,6 @@ async def test_no_answer_is_an_error() -> None:
         with pytest.raises(MsTurnError, match="did not answer"):
             await asyncio.wait_for(create_ms_turn_endpoint(
                 Receiver, server=silent.get_extra_info("sockname")[:2], username=b"u",
-                password=b"p", local_host="127.0.0.1"), 15)
+                password=b"p", local_host="127.0.0.1", retransmissions=(0.05, 0.1, 0.2)), 5)
     finally:
         silent.close()
