@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
-from lab.lync.ms_turn_client import MsTurnError, create_ms_turn_endpoint
+from lab.lync.ms_turn_client import MsTurnError, MsTurnSession, create_ms_turn_endpoint
 from tests.peers.procs import random_free_udp_range
+from turn.allocation import FiveTuple, OpenRelay, SendToClient, SendToPeer, Transport
 from turn.auth import mras_credentials
 from turn.config import TurnConfig
+from turn.core import TurnCore
+from turn.ms_turn import MsMessage
 from turn.server import TurnServer
 
 SECRET = "lab-mras-key"
@@ -166,3 +169,41 @@ async def test_no_answer_is_an_error() -> None:
                 password=b"p", local_host="127.0.0.1", retransmissions=(0.05, 0.1, 0.2)), 5)
     finally:
         silent.close()
+
+
+def test_session_against_the_server_core_in_memory() -> None:
+    """The client's sans-IO session and the server's sans-IO core, bytes passed by hand and
+    time given: challenge, allocation, a Send, a refresh after the nonce went stale (438,
+    then accepted), a replayed Send refused (dropped), the release."""
+    core = TurnCore(TurnConfig(listen="127.0.0.1", ports=(3478, 3478), realm=REALM,
+                               relay_ports=(50000, 50010), ms_turn_secret=SECRET,
+                               allow_peers=("127.0.0.0/8",), nonce_lifetime=60))
+    ft = FiveTuple(Transport.UDP, ("127.0.0.1", 40000), ("127.0.0.1", 3478))
+    username, password = mras()
+    session = MsTurnSession(username, password)
+    now = 1000.0
+
+    def exchange(request: bytes) -> MsMessage:
+        actions = core.handle_stun(request, ft, now)
+        for action in actions:
+            if isinstance(action, OpenRelay):
+                actions = core.relay_opened(action.allocation, now)
+        (reply,) = [a for a in actions if isinstance(a, SendToClient)]
+        answer = session.incoming(reply.data, ft.server, ft.server)
+        assert isinstance(answer, MsMessage)
+        return answer
+
+    assert not session.allocate_answer(exchange(session.allocate()[1]))  # 401: realm, nonce
+    assert session.allocate_answer(exchange(session.allocate()[1]))
+    assert session.allocated is not None and session.allocated.relayed[0] == "127.0.0.1"
+    (alloc,) = core.allocations.values()
+    send = session.send(b"rtp", ("127.0.0.1", 9000))
+    (out,) = core.handle_stun(send, ft, now)
+    assert isinstance(out, SendToPeer) and (out.peer, out.data) == (("127.0.0.1", 9000), b"rtp")
+    assert core.handle_stun(send, ft, now) == []  # the same sequence number again: dropped
+    now += 120  # the nonce is stale now: the refresh gets 438 with a new one, then passes
+    assert not session.allocate_answer(exchange(session.allocate()[1]))
+    assert session.allocate_answer(exchange(session.allocate()[1]))
+    assert alloc.expiry > now
+    assert session.allocate_answer(exchange(session.allocate(lifetime=0)[1]))
+    assert not core.allocations
