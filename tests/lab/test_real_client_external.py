@@ -188,7 +188,11 @@ async def test_sipe_outside_calls_3001_through_the_edge_relay(lab: Lab, sipe: Pi
         return inbound >= MIN_PACKETS and outbound >= MIN_PACKETS
 
     await until(flowing, CALL_TIMEOUT, f"SRTP both ways with sipe (log: {sipe.log_path})")
-    # The Microsoft side's selected pair: sipe's relay candidate (nothing else can reach).
+    # The Microsoft side's selected pair: sipe's relay candidate (nothing else can reach),
+    # as libnice selected it and as the gateway's leg nominated it.
+    selected = await sipe.until(r"libnice-DEBUG: .*Local selected pair: 1:1 .*", CALL_TIMEOUT,
+                                since=mark)
+    assert selected.group(0).endswith("RELAYED"), selected.group(0)
     assert nominated_remote_types(lab, call_id) == ["relay"]
     # Only MS-TURN allocations on the Edge (sipe's), carrying the media both ways.
     allocations = list(turn.core.allocations.values())
