@@ -10,6 +10,8 @@ command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
+# baresip, a real SIP UA without SRTP (tests/gateway/test_best_effort_baresip.py).
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 # libnice through GObject introspection (system python3): the [MS-ICE2] and MS-TURN peer.
 /usr/bin/python3 -c 'import gi; gi.require_version("Nice", "0.1")' >/dev/null 2>&1 \
   || need+=(gir1.2-nice-0.1 python3-gi)
