@@ -66,7 +66,17 @@ class Edge(LyncProxy):
                     logger.warning("Edge: TLS port %d not bound (%s); clients use %d", port,
                                    error.strerror, config.listen.port)
             if config.turn.enabled:
-                edge.turn = await _start_turn(edge.turn_config())
+                turn = edge.turn_config()
+                # One address for both roles here (a real Edge has one each): a TCP port the
+                # Access Edge already serves on it stays the Access Edge's.
+                shared = [p for p in turn.tcp_ports if any(
+                    a.host == turn.listen and a.port == p for a in stack.listeners)]
+                if shared:
+                    logger.info("A/V Edge: TCP %s is the Access Edge's on %s; MS-TURN over TCP "
+                                "on %d", ",".join(map(str, shared)), turn.listen, turn.ports[0])
+                    turn = turn.replace(tcp_ports=tuple(
+                        p for p in turn.tcp_ports if p not in shared))
+                edge.turn = await _start_turn(turn)
         except BaseException:
             await edge.close()
             raise

@@ -221,3 +221,23 @@ def test_shipped_configs_share_the_mras_key_and_name_the_dialects() -> None:
     with pytest.raises(ConfigError, match="max_lifetime"):
         load_dataclass(EdgeConfig, configs / "lync-edge.toml",
                        overrides=["turn.max_lifetime=0"])
+
+
+async def test_access_edge_keeps_its_tcp_port_on_the_shared_address(
+        pki: LabPKI, caplog: pytest.LogCaptureFixture) -> None:
+    """The lab's Edge has one address for both roles: a port the Access Edge serves (its TLS
+    443) is left to it without a warning, and MRAS names the A/V Edge's main TCP port."""
+    port = random_free_port("127.0.1.2", socket.SOCK_STREAM)
+    config = replace(EdgeConfig(), listen=TransportAddress(Transport.TLS, "127.0.1.2", 0),
+                     extra_ports=(port,), turn=replace(AvEdgeConfig(), port=0, tcp_ports=(port,)))
+    with caplog.at_level(logging.INFO, logger="lab.lync.edge"):
+        edge = await Edge.start(config, pki)
+    try:
+        assert any(a.port == port for a in edge.stack.listeners)  # the Access Edge's
+        assert edge.turn is not None and edge.turn_address is not None
+        assert port not in [p for _, _, p in edge.turn.addresses]
+        assert edge.turn_tcp_port == edge.turn_address[1]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert f"TCP {port} is the Access Edge's" in caplog.text
+    finally:
+        await edge.stop()
