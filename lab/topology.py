@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from lab.endpoint.agent import Endpoint
     from lab.endpoint.handle import EndpointCall
     from lab.lync.client import LyncCall, LyncClient
+    from lab.lync.config import EdgeConfig
     from lab.lync.topology import MicrosoftSide
     from sip.message import Response
     from turn.server import TurnServer
@@ -145,8 +146,10 @@ class Lab:
                  any_port: bool = False, management: bool = True,
                  broker: bool = True, progress: ProgressCallback | None = None,
                  gateway_overrides: dict[str, Any] | None = None,
-                 ice_timeout: float = 15.0) -> None:
+                 ice_timeout: float = 15.0, lync_edge: EdgeConfig | None = None) -> None:
         self._pki_source = pki
+        self.lync_edge = lync_edge
+        """The Lync Edge's config (default: the lab's)."""
         self.any_port = any_port
         self.management = management
         self.broker = broker
@@ -305,7 +308,8 @@ class Lab:
         self._report("lync-edge", RoleState.STARTING)
         try:
             side = await self._stack.enter_async_context(MicrosoftSide.run(
-                pki, fe=FrontEndConfig(), edge=EdgeConfig(), any_port=self.any_port))
+                pki, fe=FrontEndConfig(), edge=self.lync_edge or EdgeConfig(),
+                any_port=self.any_port))
         except BaseException as error:
             for role in ("lync-fe", "lync-edge"):
                 self._report(role, RoleState.FAILED, str(error) or type(error).__name__)

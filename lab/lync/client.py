@@ -11,6 +11,8 @@ with real sequence numbers and timestamps, and count what arrives. A call stays
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import re
 import secrets
@@ -23,6 +25,7 @@ from pathlib import Path
 from certs.pki import LabPKI, init_pki
 from lab.api import MediaReport
 from lab.hosts import resolve
+from lab.lync import mras
 from lab.lync import offer as sdp_offer
 from lab.lync.client_media import IceServers, MediaStream, networks
 from lab.lync.config import ClientConfig
@@ -384,6 +387,11 @@ class LyncClient:
             relay_only=servers.relay_only)
         self.allowed_networks = networks(config.allowed_networks)
         """The only networks our media may go to."""
+        self.remote_user = False
+        """Signed in through the Access Edge (the REGISTER 200 said ``RemoteUser``)."""
+        self.media_relay: mras.MrasAnswer | None = None
+        """The A/V Edge and credentials MRAS handed out (``turn_dialect = "ms-turn"``)."""
+        self._mras_renewal: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -408,6 +416,12 @@ class LyncClient:
             if register:
                 await client.register()
                 await client.provisioning()
+                # Relay candidates for those who need them: external users (signed in
+                # through the Access Edge) and clients configured with a relay. Real
+                # internal clients ask MRAS too; the lab's internal ones keep host-only
+                # media, as before, so their calls hold no A/V Edge allocations.
+                if config.turn_dialect == "ms-turn" and (client.remote_user or config.turn):
+                    await client._renew_media_relay()
         except BaseException:
             await stack.close()
             raise
@@ -471,6 +485,8 @@ class LyncClient:
             if keep_alive:
                 self.keep_alive = max(1, int(keep_alive.group(1)))
             self.registered = expires > 0
+            self.remote_user = "remoteuser" in (
+                response.headers.get("ms-user-logon-data") or "").lower()
             if self.registered and self._refresh is None:
                 self._refresh = asyncio.ensure_future(self._maintain())
             return response
@@ -591,6 +607,53 @@ class LyncClient:
         self.server_configuration = settings
         return settings
 
+    async def request_media_relay(self) -> mras.MrasAnswer | None:
+        """Ask the FE's MRAS (``mrasUri`` of provisioning) for the A/V Edge and credentials,
+        as Lync clients and sipe do after sign-in; relay candidates then come from an
+        MS-TURN allocation there. Asked again at half their validity. None (logged) when
+        provisioning names no MRAS or MRAS refuses: no relay candidates then."""
+        uri = self.server_configuration.get("mrasUri")
+        if not uri:
+            logger.warning("%s: provisioning names no mrasUri: no A/V Edge relay", self.aor)
+            return None
+        agent = self.agent
+        body = mras.request_body(
+            request_id=secrets.token_hex(4), sender=f"sip:{self.aor}", mras_uri=uri,
+            identity=f"sip:{self.aor}", location="internet" if self.remote_user else "intranet")
+        request = agent.new_request("SERVICE", URI.parse(uri), self.registrar,
+                                    to=Address(URI.parse(uri)), body=body.encode(),
+                                    content_type=mras.CONTENT_TYPE)
+        response = await agent.stack.send_request(request, self.registrar)
+        if response.status != 200:
+            logger.warning("%s: MRAS answered %d %s: no A/V Edge relay", self.aor,
+                           response.status, response.reason)
+            return None
+        self._verify(response)
+        try:
+            answer = mras.parse_answer(response.body)
+            username = base64.b64decode(answer.username, validate=True)
+            password = base64.b64decode(answer.password, validate=True)
+        except (mras.MrasError, binascii.Error) as error:
+            logger.warning("%s: unusable MRAS answer (%s): no A/V Edge relay", self.aor, error)
+            return None
+        relay = answer.relays[0]
+        self.media_relay = answer
+        self.ice_servers = replace(
+            self.ice_servers, turn=(resolve(relay.host), relay.udp_port), ms_turn=True,
+            ms_turn_username=username, ms_turn_password=password)
+        if self._mras_renewal is not None:
+            self._mras_renewal.cancel()
+        self._mras_renewal = asyncio.get_running_loop().call_later(
+            max(1.0, answer.duration * 30.0), lambda: self._spawn(self._renew_media_relay()))
+        return answer
+
+    async def _renew_media_relay(self) -> None:
+        """:meth:`request_media_relay`, a failure logged (signed in, but no relay)."""
+        try:
+            await self.request_media_relay()
+        except (SipTimeoutError, TransportError, CallRefused) as error:
+            logger.warning("%s: MRAS request failed: %r", self.aor, error)
+
     async def _maintain(self) -> None:
         """Refresh the registration; after a failure or a lost connection, connect and
         sign in again with backoff (retry_min doubling to retry_max)."""
@@ -650,6 +713,8 @@ class LyncClient:
                 logger.info("%s: hangup on close: %r", self.aor, error)
                 await call.finish("client stopped")
         await self.im.close()
+        if self._mras_renewal is not None:
+            self._mras_renewal.cancel()
         if self._refresh is not None:
             self._refresh.cancel()
         if self.registered:
@@ -1011,3 +1076,4 @@ def describe(call: LyncCall) -> str:
     return (f"call {call.call_id} {'to' if call.outgoing else 'from'} {call.peer}: "
             f"{call.state}, ICE {report.ice_pair or '-'}, sent {report.packets_sent}, "
             f"received {report.packets_received}")
+

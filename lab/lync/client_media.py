@@ -33,9 +33,11 @@ from typing import Any
 import pylibsrtp
 from aioice import Candidate as IceCandidate
 from aioice import Connection
+from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candidate
 from aioice.stun import Message
 
+from lab.lync.ms_turn_client import MsTurnTransport, create_ms_turn_endpoint
 from media.ice_leg import (
     Network,
     address_allowed,
@@ -123,6 +125,11 @@ class IceServers:
     turn_username: str = ""
     turn_password: str = ""
     relay_only: bool = False
+    ms_turn: bool = False
+    """Allocate on ``turn`` with MS-TURN (the A/V Edge, MRAS credentials), not RFC 8656."""
+    ms_turn_username: bytes = b""
+    """Raw MS-TURN username (MRAS's base64 decoded, as MS clients use it)."""
+    ms_turn_password: bytes = b""
 
 
 class ClientIce(Connection):
@@ -178,7 +185,11 @@ class ClientIce(Connection):
         if servers.stun is not None and self.guard(servers.stun):
             tasks += [asyncio.ensure_future(server_reflexive_candidate(p, servers.stun))
                       for p in hosts]
-        if servers.turn is not None and self.guard(servers.turn):
+        if servers.turn is not None and servers.ms_turn and self.guard(servers.turn):
+            tasks += [asyncio.ensure_future(ms_relayed_candidate(
+                component, servers, self.host, lambda: GuardedProtocol(self)))
+                for component in (1, 2)]
+        elif servers.turn is not None and self.guard(servers.turn):
             tasks += [asyncio.ensure_future(relayed_candidate(
                 component=component, hide_related_address=False,
                 protocol_factory=lambda: GuardedProtocol(self), turn_server=servers.turn,
@@ -206,6 +217,18 @@ class ClientIce(Connection):
     def sdp_candidates(self) -> tuple[Candidate, ...]:
         return tuple(to_sdp_candidate(c) for c in self.local_candidates)
 
+    async def set_active_destinations(self) -> None:
+        """On MS-TURN relays, make each nominated peer the active destination (as Lync
+        clients do once ICE has chosen), so media then travels unencapsulated."""
+        for pair in list(self._nominated.values()):
+            transport = pair.protocol.transport
+            if isinstance(transport, MsTurnTransport):
+                try:
+                    await transport.set_active_destination(pair.remote_addr)
+                except (ConnectionError, TimeoutError) as error:
+                    logger.warning("ICE %s: Set Active Destination failed: %s", self.host,
+                                   error)
+
     async def run(self, ufrag: str, pwd: str, candidates: Iterable[Candidate],
                   timeout: float) -> None:
         """Connectivity checks; ConnectionError / TimeoutError when they fail."""
@@ -224,6 +247,7 @@ class ClientIce(Connection):
                 related_address=c.related_address, related_port=c.related_port))
         await self.add_remote_candidate(None)
         await asyncio.wait_for(self.connect(), timeout)
+        await self.set_active_destinations()
 
     @property
     def pair_type(self) -> str | None:
@@ -240,6 +264,26 @@ class ClientIce(Connection):
             return False
         pair.protocol.transport.sendto(data, pair.remote_addr)
         return True
+
+
+async def ms_relayed_candidate(
+    component: int, servers: IceServers, host: str,
+    protocol_factory: Callable[[], StunProtocol],
+) -> tuple[IceCandidate, StunProtocol]:
+    """A relay candidate from an MS-TURN allocation (``aioice.ice.relayed_candidate``'s
+    counterpart: aioice's TURN client speaks only RFC 8656)."""
+    assert servers.turn is not None
+    _, protocol = await create_ms_turn_endpoint(
+        protocol_factory, server=servers.turn, username=servers.ms_turn_username,
+        password=servers.ms_turn_password, local_host=host)
+    assert isinstance(protocol, StunProtocol)
+    relayed = protocol.transport.get_extra_info("sockname")
+    related = protocol.transport.get_extra_info("related_address")
+    protocol.local_candidate = IceCandidate(
+        foundation=candidate_foundation("relay", "udp", relayed[0]), component=component,
+        transport="udp", priority=candidate_priority(component, "relay"), host=relayed[0],
+        port=relayed[1], type="relay", related_address=related[0], related_port=related[1])
+    return protocol.local_candidate, protocol
 
 
 @dataclass(slots=True)

@@ -29,6 +29,10 @@ __all__ = [
 
 LAB_PASSWORD = "Lab-Passw0rd"
 """The lab users' sign-in password (FE accounts and client configs default to it)."""
+LAB_MRAS_SECRET = "lab-mras-key"
+"""The key the lab's FE (MRAS) and A/V Edge share: MRAS issues TURN credentials under it and
+the Edge's MS-TURN checks them ([MS-AVEDGEA]; ``turn.auth.mras_credentials``)."""
+TURN_DIALECTS = ("ms-turn", "rfc8656")
 AV_ENCRYPTION_POLICIES = ("RequireEncryption", "SupportEncryption", "DoNotSupportEncryption")
 
 
@@ -131,9 +135,14 @@ class FrontEndConfig:
     turn_host: str = "127.0.1.2"
     """The A/V Edge relay MRAS names."""
     turn_udp_port: int = 3478
-    turn_tcp_port: int = 3478
+    turn_tcp_port: int = 443
+    """The A/V Edge's TCP port MRAS names (443, beside 3478, as a real A/V Edge)."""
+    mras_secret: str = LAB_MRAS_SECRET
+    """Key shared with the A/V Edge: MRAS hands out time-limited credentials made with it
+    ("" : hand out the static ``turn_users`` accounts instead, the older behaviour)."""
     turn_users: tuple[TurnUser, ...] = LAB_TURN_USERS
-    """A/V Edge accounts MRAS hands out (the user's own, else the first)."""
+    """A/V Edge accounts MRAS hands out without ``mras_secret`` (the user's own, else the
+    first)."""
     t1: float = 0.5
     """RFC 3261 T1, seconds."""
 
@@ -169,14 +178,28 @@ class AvEdgeConfig:
     """Address of the TURN/STUN listener (UDP and TCP)."""
     port: int = 3478
     """TURN/STUN port (0: any free port)."""
+    tcp_ports: tuple[int, ...] = (443,)
+    """Further TCP-only TURN ports (443, for MS-TURN clients behind firewalls that pass only
+    it); each bound only when it can be."""
+    mras_secret: str = LAB_MRAS_SECRET
+    """Key shared with the FE's MRAS: MS-TURN accepts the credentials MRAS issues under it
+    ("": only the static ``users``)."""
     relay_ports: PortRange = field(default=PortRange(50000, 59999))
     """Relay port range."""
     realm: str = "example.com"
     """Long-term credential realm."""
     users: tuple[TurnUser, ...] = LAB_TURN_USERS
-    """Accounts (the lab hands them to clients in their config instead of MRAS)."""
+    """Static accounts (standard TURN clients have them in their config; MS-TURN clients
+    get MRAS credentials instead)."""
     allow_peers: tuple[str, ...] = ("127.0.0.0/8",)
     """Peers relays may reach (the lab is all loopback)."""
+    max_lifetime: int = 3600
+    """Longest allocation lifetime granted (seconds; also the default when shorter than
+    600): an allocation its client never deletes ends after it."""
+
+    def __post_init__(self) -> None:
+        if self.max_lifetime <= 0:
+            raise ConfigError("max_lifetime", f"{self.max_lifetime}: must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +295,11 @@ class ClientConfig:
     """TURN server for relay candidates (the A/V Edge, or the DMZ TURN)."""
     turn_username: str = ""
     turn_password: str = ""
+    """Static TURN account, for ``turn_dialect = "rfc8656"``."""
+    turn_dialect: str = "ms-turn"
+    """"ms-turn": as Lync / Skype for Business clients, ask the FE's MRAS (``mrasUri`` from
+    provisioning) for the A/V Edge and its credentials and allocate with MS-TURN there;
+    "rfc8656": standard TURN on ``turn`` with the static account (the older behaviour)."""
     relay_only: bool = False
     """Offer only relay candidates (an external client behind a strict firewall)."""
     audio_pps: int = 50
@@ -295,6 +323,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if self.im_mode not in ("session", "page"):
             raise ConfigError("im_mode", f"{self.im_mode!r}: not \"session\" or \"page\"")
+        if self.turn_dialect not in TURN_DIALECTS:
+            raise ConfigError("turn_dialect", f"{self.turn_dialect!r}: ms-turn or rfc8656")
         if self.stun_dialect not in ("ms-ice2", "rfc5389"):
             raise ConfigError("stun_dialect", f"{self.stun_dialect!r}: ms-ice2 or rfc5389")
         networks = []

@@ -7,8 +7,10 @@ Record-Routed so in-dialog requests come back through us. Requests from the
 internal side (a connection whose certificate names the FE) go to the external client
 whose connection the Request-URI (the client's Contact) names.
 
-A/V Edge: ``turn.server.TurnServer`` on 3478 udp+tcp, relays 50000-59999, with the lab's
-accounts; external clients take their srflx and relay candidates from it.
+A/V Edge: ``turn.server.TurnServer`` on UDP 3478 and TCP 3478 + 443, relays 50000-59999,
+serving MS-TURN (Lync / Skype for Business clients, pidgin-sipe: credentials from the FE's
+MRAS, checked with the key the Edge shares with the FE) beside standard TURN (the static
+accounts); external clients take their srflx and relay candidates from it.
 """
 
 from __future__ import annotations
@@ -64,8 +66,17 @@ class Edge(LyncProxy):
                     logger.warning("Edge: TLS port %d not bound (%s); clients use %d", port,
                                    error.strerror, config.listen.port)
             if config.turn.enabled:
-                edge.turn = TurnServer(edge.turn_config())
-                await edge.turn.start()
+                turn = edge.turn_config()
+                # One address for both roles here (a real Edge has one each): a TCP port the
+                # Access Edge already serves on it stays the Access Edge's.
+                shared = [p for p in turn.tcp_ports if any(
+                    a.host == turn.listen and a.port == p for a in stack.listeners)]
+                if shared:
+                    logger.info("A/V Edge: TCP %s is the Access Edge's on %s; MS-TURN over TCP "
+                                "on %d", ",".join(map(str, shared)), turn.listen, turn.ports[0])
+                    turn = turn.replace(tcp_ports=tuple(
+                        p for p in turn.tcp_ports if p not in shared))
+                edge.turn = await _start_turn(turn)
         except BaseException:
             await edge.close()
             raise
@@ -77,10 +88,23 @@ class Edge(LyncProxy):
             listen=av.listen,
             ports=(av.port, av.port),
             relay_ports=(av.relay_ports.first, av.relay_ports.last),
+            tcp_ports=av.tcp_ports,
             realm=av.realm,
             users=tuple((u.username, u.password) for u in av.users),
+            ms_turn_secret=av.mras_secret or None,
             allow_peers=av.allow_peers,
+            default_lifetime=min(600, av.max_lifetime),
+            max_lifetime=av.max_lifetime,
         )
+
+    @property
+    def turn_tcp_port(self) -> int | None:
+        """The A/V Edge's TCP port for MS-TURN clients: 443 when bound, else the main one."""
+        if self.turn is None:
+            return None
+        ports = [p for t, _, p in self.turn.addresses if t == "tcp"]
+        extra = [p for p in ports if p in self.config.turn.tcp_ports]
+        return (extra or ports)[0] if ports else None
 
     @property
     def turn_address(self) -> tuple[str, int] | None:
@@ -149,3 +173,20 @@ class Edge(LyncProxy):
         if client is None or client.outbound:
             return Refusal(480, "Temporarily Unavailable: no such external client connected")
         return uri, Hop(Transport.TLS, uri.host, uri.port or 5061, connection_id=client.id)
+
+
+async def _start_turn(config: TurnConfig) -> TurnServer:
+    """The A/V Edge TURN server; its extra TCP ports (443) only where they can be bound."""
+    server = TurnServer(config)
+    try:
+        await server.start()
+    except OSError as error:
+        if not config.tcp_ports or error.errno not in (errno.EACCES, errno.EADDRINUSE,
+                                                       errno.EPERM):
+            raise
+        await server.stop()
+        logger.warning("A/V Edge: TCP ports %s not bound (%s); MS-TURN over TCP uses %d",
+                       ",".join(map(str, config.tcp_ports)), error.strerror, config.ports[0])
+        server = TurnServer(config.replace(tcp_ports=()))
+        await server.start()
+    return server

@@ -30,6 +30,7 @@ import asyncio
 import enum
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 
 from certs.pki import LabPKI
@@ -555,6 +556,16 @@ class FrontEnd(LyncProxy):
             asked = mras.parse_request(request.body)
         except mras.MrasError as error:
             self._reply(transaction, request, 400, f"Bad Request: {error}")
+            return
+        relays = (mras.Relay(self.config.turn_host, self.config.turn_udp_port,
+                             self.config.turn_tcp_port),)
+        if self.config.mras_secret:
+            body = mras.answer_with_key(asked, secret=self.config.mras_secret,
+                                        identity=session.aor, now=time.time(), relays=relays)
+            response = make_response(request, 200)
+            response.headers.add("Content-Type", mras.CONTENT_TYPE)
+            response.body = body.encode()
+            self._send(transaction, response)
             return
         user = session.aor.partition("@")[0]
         turn = next((u for u in self.config.turn_users if u.username == user),

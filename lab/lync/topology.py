@@ -59,13 +59,16 @@ class MicrosoftSide:
                 if any_port:
                     edge_config = replace(
                         edge_config, listen=replace(edge_config.listen, port=0),
-                        extra_ports=(), turn=replace(edge_config.turn or AvEdgeConfig(), port=0))
+                        extra_ports=(),
+                        turn=replace(edge_config.turn or AvEdgeConfig(), port=0, tcp_ports=()))
                 side.edge = await Edge.start(edge_config, pki)
                 turn = side.edge.turn_address
                 if turn is not None:
-                    # MRAS hands out the A/V Edge actually running (its port may be any).
-                    front_end.config = replace(front_end.config, turn_host=turn[0],
-                                               turn_udp_port=turn[1], turn_tcp_port=turn[1])
+                    # MRAS hands out the A/V Edge actually running (its ports may be any);
+                    # the key is each one's own configuration (the same by default).
+                    front_end.config = replace(
+                        front_end.config, turn_host=turn[0], turn_udp_port=turn[1],
+                        turn_tcp_port=side.edge.turn_tcp_port or turn[1])
             yield side
         finally:
             for client in side.clients:

@@ -5,6 +5,9 @@ FE restarts. Real TLS on loopback; the lab client plays the client as sipe does.
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
+import time
 from dataclasses import replace
 
 import pytest
@@ -169,9 +172,13 @@ async def test_service_and_mras_are_answered_by_the_fe(pki: LabPKI) -> None:
         assert response.status == 200
         body = response.body.decode()
         assert 'reasonPhrase="OK"' in body and 'credentialsRequestID="7"' in body
-        assert "<username>alice.parkes</username>" in body
-        assert "<password>lab-turn</password>" in body
-        assert "<udpPort>3478</udpPort>" in body
+        # Time-limited credentials made under the key the A/V Edge shares (no static account).
+        username = re.search(r"<username>([^<]+)</username>", body)
+        assert username is not None
+        expiry, _, user = base64.b64decode(username.group(1)).partition(b":")
+        assert user == b"alice.parkes@example.com" and int(expiry) > time.time()
+        assert "<password>lab-turn</password>" not in body
+        assert "<udpPort>3478</udpPort>" in body and "<tcpPort>443</tcpPort>" in body
         bad = await _self_request(alice, "SERVICE", mras, body=b"<nope/>",
                                   content_type="application/msrtc-media-relay-auth+xml")
         response = await alice.agent.stack.send_request(bad, alice.registrar)
