@@ -32,12 +32,12 @@ from typing import Any
 
 import pylibsrtp
 from aioice import Candidate as IceCandidate
-from aioice import Connection
 from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candidate
 from aioice.stun import Message
 
 from media.ice_leg import (
     Network,
+    PriorityAgent,
     address_allowed,
     gathered,
     host_candidate,
@@ -125,8 +125,9 @@ class IceServers:
     relay_only: bool = False
 
 
-class ClientIce(Connection):
-    """One stream's ICE agent (components 1 RTP and 2 RTCP) on the client's address."""
+class ClientIce(PriorityAgent):
+    """One stream's ICE agent (components 1 RTP and 2 RTCP) on the client's address; like a
+    real client it ends on the highest-priority nominated pair (``PriorityAgent``)."""
 
     def __init__(self, host: str, servers: IceServers, *, controlling: bool,
                  on_media: Callable[[bytes, int], None],
