@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aioice.ice import CandidatePair
@@ -44,6 +45,22 @@ def gateway_leg(turn: tuple[str, int], *, controlling: bool) -> IceLeg:
         ufrag="gwuf", pwd="g" * 24, turn_ports=[free_pair()], controlling=controlling)
 
 
+@asynccontextmanager
+async def gateway_and_alice() -> AsyncIterator[tuple[IceLeg, ClientIce]]:
+    """The gateway's leg (controlled, host and relay) and alice (controlling, host only),
+    both gathered."""
+    async with running_server(listen=DMZ_TURN) as turn:
+        leg = gateway_leg((DMZ_TURN, server_port(turn)), controlling=False)
+        alice = ClientIce(ALICE, IceServers(), controlling=True, on_media=lambda d, c: None)
+        try:
+            await leg.gather()
+            await alice.gather()
+            yield leg, alice
+        finally:
+            await alice.close()
+            await leg.close()
+
+
 def hold_host_path(leg: IceLeg) -> Callable[[], int]:
     """Make the leg's host sockets keep what they receive (a slow host path); returns the
     function that delivers it all and restores them, with the count delivered."""
@@ -69,65 +86,49 @@ def hold_host_path(leg: IceLeg) -> Callable[[], int]:
 
 
 async def test_a_slow_host_check_still_wins_over_the_relay() -> None:
-    async with running_server(listen=DMZ_TURN) as turn:
-        leg = gateway_leg((DMZ_TURN, server_port(turn)), controlling=False)
-        alice = ClientIce(ALICE, IceServers(), controlling=True, on_media=lambda d, c: None)
-        try:
-            await leg.gather()
-            await alice.gather()
-            assert {c.type.value for c in leg.local_candidates} == {"host", "relay"}
-            release = hold_host_path(leg)
+    async with gateway_and_alice() as (leg, alice):
+        assert {c.type.value for c in leg.local_candidates} == {"host", "relay"}
+        release = hold_host_path(leg)
 
-            gateway_checks = asyncio.ensure_future(
-                leg.connect(alice.local_username, alice.local_password, alice.sdp_candidates))
-            await alice.run(leg.ufrag, leg.pwd, leg.local_candidates, WAIT)
-            # Alice completed on the relay while her host checks wait for answers.
-            assert alice.pair_type == "host/relay"
-            await gateway_checks
-            assert leg.selected_type == "relay"
-            assert release() > 0, "no host check reached the gateway"
+        gateway_checks = asyncio.ensure_future(
+            leg.connect(alice.local_username, alice.local_password, alice.sdp_candidates))
+        await alice.run(leg.ufrag, leg.pwd, leg.local_candidates, WAIT)
+        # Alice completed on the relay while her host checks wait for answers.
+        assert alice.pair_type == "host/relay"
+        await gateway_checks
+        assert leg.selected_type == "relay"
+        assert release() > 0, "no host check reached the gateway"
 
-            await until(lambda: alice.pair_type == "host/host", "alice on host/host")
-            await until(lambda: leg.selected_type == "host", "the gateway on its host")
-            alice_rtp = next(c for c in alice.local_candidates
-                             if c.component == 1 and c.type == "host")
-            assert leg.remote_rtp == (alice_rtp.host, alice_rtp.port)
-            # Media follows the upgraded pair on both sides.
-            got: asyncio.Queue[bytes] = asyncio.Queue()
-            alice.on_media = lambda data, component: got.put_nowait(data)
-            assert leg.send(b"\x80" + b"\x00" * 11, 1)
-            assert await asyncio.wait_for(got.get(), WAIT) == b"\x80" + b"\x00" * 11
-            assert leg.destinations >= {(alice_rtp.host, alice_rtp.port)}
-        finally:
-            await alice.close()
-            await leg.close()
+        await until(lambda: alice.pair_type == "host/host", "alice on host/host")
+        await until(lambda: leg.selected_type == "host", "the gateway on its host")
+        alice_rtp = next(c for c in alice.local_candidates
+                         if c.component == 1 and c.type == "host")
+        assert leg.remote_rtp == (alice_rtp.host, alice_rtp.port)
+        # Media follows the upgraded pair on both sides.
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        alice.on_media = lambda data, component: got.put_nowait(data)
+        assert leg.send(b"\x80" + b"\x00" * 11, 1)
+        assert await asyncio.wait_for(got.get(), WAIT) == b"\x80" + b"\x00" * 11
+        assert leg.destinations >= {(alice_rtp.host, alice_rtp.port)}
 
 
 async def test_a_late_nomination_of_a_lower_pair_does_not_move_the_gateway_down() -> None:
     # Controlled, aioice took whatever pair was nominated last; the relay's USE-CANDIDATE
     # (through the TURN server) may well come after the host's.
-    async with running_server(listen=DMZ_TURN) as turn:
-        leg = gateway_leg((DMZ_TURN, server_port(turn)), controlling=False)
-        alice = ClientIce(ALICE, IceServers(), controlling=True, on_media=lambda d, c: None)
-        try:
-            await leg.gather()
-            await alice.gather()
-            await asyncio.gather(
-                leg.connect(alice.local_username, alice.local_password, alice.sdp_candidates),
-                alice.run(leg.ufrag, leg.pwd, leg.local_candidates, WAIT))
-            assert alice.pair_type == "host/host" and leg.selected_type == "host"
-            relay_protocol = next(p for p in leg.agent._protocols
-                                  if p.local_candidate.type == "relay"
-                                  and p.local_candidate.component == 1)
-            relay = CandidatePair(relay_protocol, leg.agent._nominated[1].remote_candidate)
-            relay.nominated = True
-            relay.state = relay.State.SUCCEEDED
-            leg.agent.check_complete(relay)  # as a late USE-CANDIDATE on it would
-            assert leg.agent._nominated[1].local_candidate.type == "host"
-            assert leg.selected_type == "host"
-        finally:
-            await alice.close()
-            await leg.close()
+    async with gateway_and_alice() as (leg, alice):
+        await asyncio.gather(
+            leg.connect(alice.local_username, alice.local_password, alice.sdp_candidates),
+            alice.run(leg.ufrag, leg.pwd, leg.local_candidates, WAIT))
+        assert alice.pair_type == "host/host" and leg.selected_type == "host"
+        relay_protocol = next(p for p in leg.agent._protocols
+                              if p.local_candidate.type == "relay"
+                              and p.local_candidate.component == 1)
+        relay = CandidatePair(relay_protocol, leg.agent._nominated[1].remote_candidate)
+        relay.nominated = True
+        relay.state = relay.State.SUCCEEDED
+        leg.agent.check_complete(relay)  # as a late USE-CANDIDATE on it would
+        assert leg.agent._nominated[1].local_candidate.type == "host"
+        assert leg.selected_type == "host"
 
 
 def bindable(port: int) -> bool:
