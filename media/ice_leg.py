@@ -243,14 +243,22 @@ class PriorityAgent(Connection):
             self.nominated_pair(pair)
 
     def _keep_better_checks(self) -> None:
-        # connect() cancels the check tasks it finds once the list completes: take those of
-        # pairs better than the nominated one out of its reach (close() cancels them).
+        # connect() cancels the check tasks it finds once the list completes, and starts no
+        # more: better pairs still in progress keep running out of its reach (close() cancels
+        # them), and better pairs not checked yet (an early check made a worse pair go
+        # first) are checked now, as nothing else would check them.
+        waiting = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
         for p in self._check_list:
             best = self._nominated.get(p.component)
-            if (p.task is not None and p.state == CandidatePair.State.IN_PROGRESS
-                    and best is not None and self.pair_priority(p) > self.pair_priority(best)):
-                self._upgrades.add(p.task)
-                p.task.add_done_callback(self._upgrades.discard)
+            if best is None or self.pair_priority(p) <= self.pair_priority(best):
+                continue
+            task = p.task
+            if task is None and p.state in waiting:
+                task = asyncio.create_task(self.check_start(p))
+                self.check_state(p, CandidatePair.State.IN_PROGRESS)  # no second check
+            if task is not None:
+                self._upgrades.add(task)
+                task.add_done_callback(self._upgrades.discard)
                 p.task = None
 
     async def close(self) -> None:

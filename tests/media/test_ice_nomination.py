@@ -131,6 +131,28 @@ async def test_a_late_nomination_of_a_lower_pair_does_not_move_the_gateway_down(
         assert leg.selected_type == "host"
 
 
+async def test_a_better_pair_not_checked_yet_is_checked_after_completion() -> None:
+    # An early check can make a worse pair go first and complete the list while a better
+    # one is still waiting; connect() starts no check after that, so the agent does.
+    async with gateway_and_alice() as (leg, alice):
+        await asyncio.gather(
+            leg.connect(alice.local_username, alice.local_password, alice.sdp_candidates),
+            alice.run(leg.ufrag, leg.pwd, leg.local_candidates, WAIT))
+        host = alice._nominated[1]
+        relay = CandidatePair(host.protocol, next(
+            c for c in alice._remote_candidates if c.component == 1 and c.type == "relay"))
+        relay.state, relay.nominated = relay.State.SUCCEEDED, True
+        alice._check_list.append(relay)
+        # Alice as if her relay check had completed the list before her host check began.
+        alice._nominated[1] = relay
+        host.state, host.nominated = host.State.WAITING, False
+        alice._keep_better_checks()
+        # Before the gateway's first consent check (4 s at the earliest) would trigger it.
+        await until(lambda: alice._nominated[1] is host and host.nominated,
+                    "alice back on the host pair", timeout=3.0)
+        assert alice.pair_type == "host/host"
+
+
 def bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
