@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: lab test lint peers venv bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py media/relay_native/_relay.c media/relay_native/loadgen.h
+	@./scripts/install-build-deps.sh $(PYTHON)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'
@@ -36,6 +37,9 @@ bench: venv peers
 	$(PY) bench/media_relay.py --calls 100 --seconds 10
 	$(PY) bench/b2bua_cps.py
 	$(PY) bench/capacity.py
+	$(PY) bench/relay_fast.py --calls 100 --seconds 10 --realtime
+	$(PY) bench/relay_fast.py --calls 300 --seconds 10 --workers 2 --realtime --verify-every 16
+	$(PY) bench/relay_vs_rtpengine.py --calls 100 --seconds 10 --realtime
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info certs/lab

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lync-client": ("lab.lync.cli:client_main", "a simulated Lync / SfB client"),
     "cucm": ("lab.cisco.cli:cucm_main", "a simulated Unified CM (trunk, registrar, proxy)"),
     "imp": ("lab.cisco.cli:imp_main", "a simulated IM&P node (MESSAGE/SUBSCRIBE/...)"),
+    "probe": ("lab.probe", "health check of a lab role over its real transport (exit 0/1)"),
+    "demo": ("lab.docker_demo", "the demo matrix between running lab containers"),
 }
 
 

@@ -28,7 +28,13 @@ from gateway.im_session import NO_BROKER, is_im_session
 from gateway.leg import Leg, LegRole, SideAgent, reason_header
 from gateway.metrics import CallResult, RefusalReason
 from gateway.routing import RouteDecision, RouteRefusal, alias_of, alias_to_uri
-from gateway.sdp_bridge import SdpBridge, TooManyMediaLines, sdp_of, video_security_for
+from gateway.sdp_bridge import (
+    BadAnswer,
+    SdpBridge,
+    TooManyMediaLines,
+    sdp_of,
+    video_security_for,
+)
 from gateway.status import LegSide
 from media.events import MediaEvent, MediaFailed
 from media.ms_dialect import EncryptionMismatch
@@ -37,7 +43,7 @@ from media.rewrite import NoCommonCodec
 from media.rtp_leg import LatchMode, LatchSettings
 from media.sdp import SessionDescription
 from media.session import MediaSession, MediaSettings, StreamCounters
-from sip.errors import ProtocolError
+from sip.errors import ProtocolError, RemoteProtocolError
 from sip.headers import Address
 from sip.message import Request, Response
 from sip.stack import ClientRequest, Hop, SipTimeoutError
@@ -60,6 +66,11 @@ logger = logging.getLogger(__name__)
 ICE_FAILURE_TEXT = "failed to get media connectivity"
 """The Reason text of the BYEs sent when ICE toward Microsoft fails."""
 BROKER_METHODS = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO"})
+EXPECTED_ERRORS = (ProtocolError, OSError)
+"""What a call's set-up and offer/answer may legitimately raise (bad or refused SDP, no port,
+a socket error), each mapped to its SIP status by ``_media_refusal``. Anything else is a
+coding error: logged with its traceback and the call failed once with 500
+(``_fail_on_bug``), never turned into a quiet 488."""
 SIPFRAG = "message/sipfrag;version=2.0"
 
 
@@ -184,7 +195,8 @@ class CallController:
             return
         if call.call_id in self._delayed and leg is call.inbound:
             self._delayed.discard(call.call_id)
-            self._spawn(self._delayed_answer(call, ack))
+            self._spawn(self._guarded(call, self._delayed_answer(call, ack),
+                                      "applying the ACK's answer"))
             return
         if call.can(CallEvent.CONFIRM):
             call.handle(CallEvent.CONFIRM)
@@ -293,8 +305,8 @@ class CallController:
                 await self._discard(call)
                 return
             refusal = _media_refusal(error)
-            if refusal.status >= 500 and not isinstance(error, ProtocolError | OSError):
-                call.log().exception("media set-up failed")
+            if not isinstance(error, EXPECTED_ERRORS):
+                call.log().error("media set-up failed: coding error", exc_info=error)
             # Ports back before the refusal leaves: the caller may retry at once.
             await self._discard(call)
             self._refuse(inbound, refusal)
@@ -304,9 +316,18 @@ class CallController:
             return
         self._counted.add(call.call_id)
         gateway.metrics.call_started()
-        await self._place(call, decision, out_sdp)
+        best_effort = (agent.side is LegSide.MICROSOFT and zone is not None
+                       and zone.media_encryption is MediaEncryption.BEST_EFFORT)
+        try:
+            await self._place(call, decision, out_sdp, plain_fallback=best_effort)
+        except Exception as error:  # noqa: BLE001 - the coding-error guard of the call
+            self._fail_on_bug(call, error, "placing the call")
 
-    async def _place(self, call: Call, decision: RouteDecision, sdp: SessionDescription) -> None:
+    async def _place(self, call: Call, decision: RouteDecision, sdp: SessionDescription, *,
+                     plain_fallback: bool = False) -> None:
+        """Send the outbound INVITE (to each of the zone's peers in turn while unreachable)
+        and relay its outcome. ``plain_fallback``: a best-effort zone's callee refusing our
+        SRTP offer with 488 gets the same INVITE again with plain RTP."""
         gateway = self.gateway
         inbound = call.inbound
         request = inbound.invite
@@ -346,7 +367,39 @@ class CallController:
                 return
             break
         assert response is not None and call.outbound is not None
+        if plain_fallback and response.status == 488 and not call.ended:
+            bridge = self._bridges[call.call_id]
+            if bridge.offers_srtp_to_video:
+                retried = await self._offer_plain(call, call.outbound, bridge, target.zone)
+                if retried is None:
+                    return
+                response = retried
         await self._final(call, call.outbound, response)
+
+    async def _offer_plain(self, call: Call, refused: Leg, bridge: SdpBridge,
+                           zone: str) -> Response | None:
+        """Best Effort: the video side refused our SRTP offer; the same INVITE (same Call-ID,
+        CSeq + 1) with plain RTP. None when the call ended meanwhile or the retry got no
+        answer (then the call is cleared here)."""
+        sdp = bridge.plain_video_offer()
+        invite = refused.agent.retry_invite(refused.invite, refused.hop, bytes(sdp))
+        refused.invite = invite
+        refused.local_sdp = sdp
+        refused.last_status = None
+        call.log().info("%s refused SRTP (488): offering plain RTP (best effort)", zone)
+        try:
+            refused.client = refused.agent.stack.start_request(
+                invite, refused.hop, on_provisional=functools.partial(self._ring, call, refused))
+            return await refused.client.response()
+        except SipTimeoutError as error:
+            refused.client = None
+            if not call.ended:
+                status = 503 if error.transport_error else 408
+                text = (f"Service Unavailable: {zone} unreachable" if error.transport_error
+                        else f"Request Timeout: no answer from {zone}")
+                call.inbound.reject(status, text)
+                self._clear(call, CallEvent.FAIL, Outcome(CallResult.FAILED, text))
+            return None
 
     def _ring(self, call: Call, outbound: Leg, response: Response) -> None:
         outbound.last_status = response.status
@@ -390,8 +443,10 @@ class CallController:
                 back = await bridge.video_answer(answer)
             else:
                 back = await bridge.microsoft_answer(answer)
-        except Exception as error:  # noqa: BLE001
-            refusal = _media_refusal(error)
+        except EXPECTED_ERRORS as error:
+            if call.ended:
+                return  # cancelled meanwhile: whoever ended the call cleared it
+            refusal = _callee_refusal(error)
             call.log().warning("answer cannot be relayed: %s", refusal.reason)
             outbound.bye(reason_header(refusal.status, refusal.reason))
             inbound.reject(refusal.status, refusal.reason)
@@ -413,7 +468,7 @@ class CallController:
                 raise ProtocolError("the ACK carries no SDP answer to our offer", 488)
             call.inbound.remote_sdp = answer
             await self._bridges[call.call_id].delayed_video_answer(answer)
-        except Exception as error:  # noqa: BLE001
+        except EXPECTED_ERRORS as error:
             refusal = _media_refusal(error)
             self._clear(call, CallEvent.FAIL, Outcome(CallResult.FAILED, refusal.reason),
                         reason=reason_header(refusal.status, refusal.reason))
@@ -424,6 +479,14 @@ class CallController:
     # -- in-call requests -----------------------------------------------------------------
 
     async def _reinvite(
+        self, call: Call, leg: Leg, tx: ServerTransaction, request: Request
+    ) -> None:
+        try:
+            await self._relay_reinvite(call, leg, tx, request)
+        except Exception as error:  # noqa: BLE001 - the coding-error guard of the call
+            self._fail_on_bug(call, error, "relaying a re-INVITE", tx=(leg, tx))
+
+    async def _relay_reinvite(
         self, call: Call, leg: Leg, tx: ServerTransaction, request: Request
     ) -> None:
         stack = leg.agent.stack
@@ -449,7 +512,7 @@ class CallController:
                     out_offer = await bridge.microsoft_offer(offer)
                 else:
                     out_offer = await bridge.video_offer(offer)
-            except Exception as error:  # noqa: BLE001
+            except EXPECTED_ERRORS as error:
                 bridge.pending = None
                 refusal = _media_refusal(error)
                 stack.respond(tx, refusal.status, refusal.reason)
@@ -470,7 +533,7 @@ class CallController:
                     back = await bridge.video_answer(answer)
                 else:
                     back = await bridge.microsoft_answer(answer)
-            except Exception as error:  # noqa: BLE001
+            except EXPECTED_ERRORS as error:
                 bridge.pending = None
                 refusal = _media_refusal(error)
                 stack.respond(tx, refusal.status, refusal.reason)
@@ -530,6 +593,8 @@ class CallController:
         stack.respond(tx, 202, "Accepted")
         try:
             await self._transfer(call, leg, ms_leg, refer_to, decision)
+        except Exception as error:  # noqa: BLE001 - the coding-error guard of the call
+            self._fail_on_bug(call, error, "transferring the call")
         finally:
             self._busy.discard(call.call_id)
 
@@ -578,7 +643,7 @@ class CallController:
                 raise ProtocolError("Microsoft re-INVITE answer without SDP", 488)
             ms_leg.remote_sdp = ms_answer
             await bridge.microsoft_reanswer(ms_answer)
-        except Exception as error:  # noqa: BLE001
+        except EXPECTED_ERRORS as error:
             bridge.pending = None
             refusal = _media_refusal(error)
             new.bye(reason_header(refusal.status, refusal.reason))
@@ -600,6 +665,38 @@ class CallController:
                         headers=(("Event", "refer"), ("Subscription-State", state)))
         except ProtocolError as error:
             logger.warning("[%s] cannot NOTIFY: %s", leg.call_id, error.message)
+
+    # -- coding errors --------------------------------------------------------------------
+
+    async def _guarded(self, call: Call, work: Coroutine[Any, Any, None], what: str) -> None:
+        try:
+            await work
+        except Exception as error:  # noqa: BLE001 - the coding-error guard of the call
+            self._fail_on_bug(call, error, what)
+
+    def _fail_on_bug(self, call: Call, error: Exception, what: str, *,
+                     tx: tuple[Leg, ServerTransaction] | None = None) -> None:
+        """A coding error (anything but ``EXPECTED_ERRORS``) while ``what``: logged with its
+        traceback; the pending request (the caller's INVITE, or ``tx``) gets one 500 and
+        the call is cleared (BYE with Reason, CANCEL, media closed, ports released)."""
+        call.log().error("%s failed: coding error", what, exc_info=error)
+        text = f"Server Internal Error: gateway fault while {what}"
+        if tx is not None:
+            leg, transaction = tx
+            if transaction.state in (ServerState.TRYING, ServerState.PROCEEDING):
+                leg.agent.stack.respond(transaction, 500, text)
+        if call.ended:
+            return
+        call.inbound.reject(500, text)
+        outbound = call.outbound
+        if outbound is not None and outbound.client is not None:
+            outbound.client.cancel()
+            outbound.client = None
+        bridge = self._bridges.get(call.call_id)
+        if bridge is not None:
+            bridge.pending = None
+        self._clear(call, CallEvent.FAIL, Outcome(CallResult.FAILED, text),
+                    reason=reason_header(500, text))
 
     # -- media --------------------------------------------------------------------------
 
@@ -759,6 +856,19 @@ def _media_refusal(error: BaseException) -> Refusal:
                        RefusalReason.MEDIA_SETUP_FAILED)
     return Refusal(500, "Server Internal Error: media set-up failed",
                    RefusalReason.MEDIA_SETUP_FAILED)
+
+
+def _callee_refusal(error: BaseException) -> Refusal:
+    """The caller's answer when the callee's 2xx cannot be relayed: the callee's fault
+    (an answer breaking RFC 3264, an SDP we cannot parse) is a 502 naming it, never the
+    400 the caller would read as its own; codecs and encryption keep their 488."""
+    if isinstance(error, BadAnswer):
+        return Refusal(502, error.message, RefusalReason.MEDIA_SETUP_FAILED)
+    refusal = _media_refusal(error)
+    if isinstance(error, RemoteProtocolError) and refusal.status < 500 and refusal.status != 488:
+        return Refusal(502, f"Bad Gateway: the called side's answer is unusable: "
+                            f"{error.message}", RefusalReason.MEDIA_SETUP_FAILED)
+    return refusal
 
 
 def _reason_of(request: Request) -> tuple[str, str] | None:

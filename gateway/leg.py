@@ -30,12 +30,38 @@ from sip.useragent import ALLOW, UserAgent, response_for
 if TYPE_CHECKING:
     from gateway.call import Call
 
-__all__ = ["GATEWAY_ALLOW", "Leg", "LegOwner", "LegRole", "SideAgent", "reason_header"]
+__all__ = [
+    "GATEWAY_ALLOW",
+    "MICROSOFT_ALLOW",
+    "SUPPORTED",
+    "VIDEO_ALLOW",
+    "Leg",
+    "LegOwner",
+    "LegRole",
+    "SideAgent",
+    "allow_for",
+    "reason_header",
+]
 
 logger = logging.getLogger(__name__)
 
 GATEWAY_ALLOW = ALLOW + ", REFER, NOTIFY"
-"""Methods the B2BUA takes inside a call."""
+"""Every method the B2BUA takes inside a call, on one side or the other."""
+VIDEO_ALLOW = GATEWAY_ALLOW
+"""The video side: REFER (we carry out the transfer of the Microsoft client), NOTIFY and
+UPDATE / INFO without a body (answered 200; with a body they get 501 until the redesign
+of issue 14 relays them)."""
+MICROSOFT_ALLOW = ALLOW + ", NOTIFY"
+"""The Microsoft side: a REFER from Microsoft is refused (403), so it is not allowed."""
+SUPPORTED: frozenset[str] = frozenset()
+"""Option tags (RFC 3261 §19.2) the gateway implements: none yet. ``timer`` (RFC 4028),
+``100rel`` (RFC 3262) and ``replaces`` (RFC 3891) are issue 14's redesign; until then a
+``Require`` naming them gets 420, and no message of ours claims them in ``Supported``."""
+
+
+def allow_for(side: LegSide) -> str:
+    """The ``Allow`` value the gateway sends on ``side``."""
+    return MICROSOFT_ALLOW if side is LegSide.MICROSOFT else VIDEO_ALLOW
 
 
 def reason_header(cause: int, text: str) -> tuple[str, str]:
@@ -136,7 +162,7 @@ class Leg:
             body=body,
             content_type="application/sdp" if body else None,
         )
-        response.headers.add("Allow", GATEWAY_ALLOW)
+        response.headers.add("Allow", allow_for(self.side))
         if self.dialog is None:
             self.dialog = Dialog.create_uas(
                 self.invite, response, local_contact=self.agent.contact(self.hop.transport)
@@ -240,7 +266,7 @@ class LegOwner(Protocol):
 class SideAgent(UserAgent):
     """The UA core of one side of the gateway."""
 
-    supported = frozenset({"replaces", "timer", "histinfo", "ms-safe-transfer", "100rel"})
+    supported = SUPPORTED
 
     def __init__(
         self, stack: SipStack, side: LegSide, owner: LegOwner, *, user: str, domain: str
@@ -261,10 +287,24 @@ class SideAgent(UserAgent):
         stack.handlers.on_request = screened
 
     def unsupported(self, request: Request) -> list[str]:
-        # Microsoft clients send Require: ms-... only with extensions we relay anyway; a
-        # B2BUA refuses only what it would have to act on itself (100rel is answered 1xx
-        # without reliability, which RFC 3262 §3 allows only when not required).
-        return [tag for tag in super().unsupported(request) if not tag.lower().startswith("ms-")]
+        """``Require`` tags we do not implement (answered 420 with ``Unsupported``, RFC 3261
+        §8.2.2.3, by the UA core before the request reaches the controller)."""
+        tags = super().unsupported(request)
+        if self.side is LegSide.MICROSOFT:
+            # Microsoft's own ms-* tags (MS-SIPRE extensions the FE and Edge act on) have
+            # always passed here so a real FE's requests are never refused for them; the
+            # lab's FE traffic (tests/data/sipp/lync_fe_*.xml) requires none. They pass on
+            # the Microsoft side only: the video side has no business requiring an ms-* tag.
+            tags = [tag for tag in tags if not tag.lower().startswith("ms-")]
+        return tags
+
+    def answer_options(self, transaction: ServerTransaction) -> None:
+        """200 to OPTIONS with this side's Allow (and no Supported: we implement no option
+        tag yet)."""
+        headers = [("Allow", allow_for(self.side)), ("Accept", "application/sdp")]
+        if self.supported:
+            headers.append(("Supported", ", ".join(sorted(self.supported))))
+        self.stack.respond(transaction, 200, headers=tuple(headers))
 
     # -- legs ------------------------------------------------------------------------------
 
@@ -318,12 +358,22 @@ class SideAgent(UserAgent):
         out.add("Call-ID", new_call_id(self.local_address(hop.transport).host))
         out.add("CSeq", "1 INVITE")
         out.add("Contact", self.contact(hop.transport))
-        out.add("Allow", GATEWAY_ALLOW)
+        out.add("Allow", allow_for(self.side))
         for name, value in headers:
             out.add(name, value)
         if body:
             out.add("Content-Type", "application/sdp")
         return Request("INVITE", uri, out, body)
+
+    def retry_invite(self, invite: Request, hop: Hop, body: bytes) -> Request:
+        """``invite`` sent again after a final refusal, with a new body: the same Call-ID,
+        From tag and To, CSeq + 1 and a new branch (the shape RFC 3261 §8.1.3.5 gives a
+        retried request), so the callee sees one call attempt, not two calls."""
+        retry = invite.copy()
+        retry.headers.set("Via", f"{self.via(hop.transport)};branch={new_branch()}")
+        retry.headers.set("CSeq", f"{invite.cseq.seq + 1} INVITE")
+        retry.body = body
+        return retry
 
     # -- to the owner ------------------------------------------------------------------------
 

@@ -15,14 +15,24 @@ Series (with the default ``namespace="gateway"``)::
     gateway_turn_allocations                       allocations held on TURN servers
     gateway_zone_up{zone}                          1 when the zone is Active, else 0
     gateway_call_setup_seconds                     INVITE in -> 200 OK relayed (histogram)
+    gateway_sip_transport_events_total{side,reason} what each side's SIP transport limits did
+
+The transport series are read from each stack's live ``TransportCounters`` at scrape time (a
+collector, not a second count kept in step): they cannot drift from what ``/status`` shows.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from gateway.status import LegSide
+from sip.transport import TransportCounters
 
 __all__ = [
     "CONTENT_TYPE",
@@ -31,6 +41,7 @@ __all__ = [
     "GatewayMetrics",
     "RefusalReason",
     "SIP_METHODS",
+    "TransportReason",
 ]
 
 # Spelled out: prometheus-client 0.22+ moved CONTENT_TYPE_LATEST to version=1.0.0, while
@@ -97,6 +108,42 @@ class RefusalReason(enum.Enum):
     """Media ports could not be bound, or media set-up failed otherwise: 503 / 500."""
 
 
+class TransportReason(enum.Enum):
+    """What a SIP transport limit did: the fields of ``sip.transport.TransportCounters``."""
+
+    REFUSED = "refused"
+    """An inbound connection closed at once: the cap was reached and nothing was idle."""
+    EVICTED = "evicted"
+    """An idle inbound connection closed to make room for a new one."""
+    MESSAGE_DEADLINE = "message_deadline"
+    """A connection closed because a message was not completed in time."""
+    SLOW_READER = "slow_reader"
+    """A connection closed because the peer did not read what was sent."""
+    IDLE = "idle"
+    """A connection closed after the idle timeout."""
+    OVERSIZED = "oversized"
+    """A message over the size limit passed over."""
+    TLS_FAILED = "tls_failed"
+    """An inbound TLS handshake that failed."""
+
+
+class _TransportCollector(Collector):
+    """``sip_transport_events_total{side,reason}``, read from the stacks' live counters."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sides: dict[LegSide, TransportCounters] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            self.name, "What each side's SIP transport limits did, by reason.",
+            labels=["side", "reason"])
+        for side, counters in self.sides.items():
+            for reason in TransportReason:
+                family.add_metric([side.value, reason.value], getattr(counters, reason.value))
+        yield family
+
+
 class Direction(enum.Enum):
     """Whether the gateway sent or received a SIP message."""
 
@@ -137,6 +184,9 @@ class GatewayMetrics:
         self._setup = Histogram("call_setup_seconds",
                                 "Time from the inbound INVITE to the relayed 200 OK.",
                                 namespace=ns, registry=reg, buckets=SETUP_BUCKETS)
+        self._transport = _TransportCollector(f"{ns}_sip_transport_events" if ns
+                                              else "sip_transport_events")
+        reg.register(self._transport)
         # Every result/reason series exists from the start (at 0): rate() and alerts then
         # work before the first occurrence.
         for result in CallResult:
@@ -170,6 +220,10 @@ class GatewayMetrics:
     def sip_message(self, direction: Direction, method_or_status: str | int) -> None:
         """One SIP message: a request's method (str) or a response's status code (int)."""
         self._sip.labels(Direction(direction).value, sip_label(method_or_status)).inc()
+
+    def watch_transport(self, side: LegSide, counters: TransportCounters) -> None:
+        """Export a side's transport counters (its ``TransportManager.counters``)."""
+        self._transport.sides[LegSide(side)] = counters
 
     def set_media_ports_in_use(self, ports: int) -> None:
         self._ports.set(ports)

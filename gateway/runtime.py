@@ -44,6 +44,7 @@ from gateway.status import (
     SideStatus,
     StreamCountersView,
     SystemView,
+    TransportCountersView,
     TurnServerView,
     ZoneStatusView,
 )
@@ -174,6 +175,7 @@ class Gateway:
                                  tls_client=client,
                                  observer=functools.partial(self.observe, side=side))
                 self.stacks[side] = stack
+                self.metrics.watch_transport(side, stack.transports.counters)
                 self.agents[side] = SideAgent(stack, side, self.controller, user="gateway",
                                               domain=config.system.domain)
             ms = self.stacks[LegSide.MICROSOFT]
@@ -387,9 +389,12 @@ class Gateway:
                      for s in config.b2bua.turn_servers)
         self.metrics.set_media_ports_in_use(self.pool.ports_in_use)
         self.metrics.set_turn_allocations(sum(t.allocations for t in turn))
+        transport = tuple(TransportCountersView.from_counters(side, stack.transports.counters)
+                          for side, stack in self.stacks.items())
         return GatewayStatus(now, system, microsoft, video, tuple(zones), calls,
                              PortPoolView.from_pool(self.pool), turn,
-                             Capacity(len(self.calls), config.b2bua.max_calls))
+                             Capacity(len(self.calls), config.b2bua.max_calls),
+                             transport=transport)
 
     def _turn_allocations(self, host: str, port: int) -> int:
         count = 0

@@ -23,6 +23,7 @@ from sip.message import Request, Response
 
 __all__ = [
     "DELAYED_OFFER_KINDS",
+    "BadAnswer",
     "MAX_MEDIA_LINES",
     "Exchange",
     "SdpBridge",
@@ -60,6 +61,26 @@ class TooManyMediaLines(ProtocolError):
     def __init__(self, count: int) -> None:
         super().__init__(f"Not Acceptable Here: {count} m= lines, the gateway relays at most "
                          f"{MAX_MEDIA_LINES}", 488)
+
+
+class BadAnswer(RemoteProtocolError):
+    """An answer that breaks RFC 3264 §6 (not one m= line per offered line): the
+    answering side's fault, so the other side gets 502 naming it."""
+
+    def __init__(self, side: str, offer: SessionDescription, answer: SessionDescription) -> None:
+        offered = ", ".join(kinds_of(offer))
+        answered = ", ".join(kinds_of(answer)) or "none"
+        # Short enough to survive as a reason phrase (sip.message.MAX_REASON_LENGTH).
+        super().__init__(
+            f"Bad Gateway: the {side} side answered {len(offer.media)} media lines "
+            f"({offered}) with {len(answer.media)} ({answered}), against RFC 3264", 502)
+
+
+def check_answer(side: str, offer: SessionDescription | None,
+                 answer: SessionDescription) -> None:
+    """Raise ``BadAnswer`` when ``answer`` does not answer each m= line of ``offer``."""
+    if offer is not None and len(answer.media) != len(offer.media):
+        raise BadAnswer(side, offer, answer)
 
 
 def sdp_of(message: Request | Response) -> SessionDescription | None:
@@ -157,6 +178,7 @@ class SdpBridge:
         """The video side's answer -> our answer to Microsoft; applies the exchange."""
         exchange = self._pending(True)
         assert exchange.ms_remote is not None
+        check_answer("video", exchange.video_local, video_answer)
         ms_answer = _wire(to_microsoft(
             video_answer, self.session.microsoft_plan(encryption=self.encryption),
             answer_to=exchange.ms_remote))
@@ -164,6 +186,24 @@ class SdpBridge:
         exchange.ms_local = ms_answer
         await self._apply(exchange)
         return ms_answer
+
+    @property
+    def offers_srtp_to_video(self) -> bool:
+        """Our pending offer toward the video side is SDES-SRTP (a best-effort zone may
+        then fall back to RTP when it is refused)."""
+        return (self.video_security is VideoSecurity.SRTP and self.pending is not None
+                and self.pending.microsoft_offers)
+
+    def plain_video_offer(self) -> SessionDescription:
+        """Best Effort's second offer: Microsoft's pending offer rewritten for the video
+        side again, with plain RTP (the ports prepared for the first offer are kept)."""
+        exchange = self._pending(True)
+        assert exchange.ms_remote is not None
+        self.video_security = VideoSecurity.RTP
+        video_offer = _wire(to_standard(exchange.ms_remote, self.session.video_plan(
+            video_security=self.video_security, encryption=self.encryption)))
+        exchange.video_local = video_offer
+        return video_offer
 
     # -- video offers --------------------------------------------------------------------------
 
@@ -180,6 +220,7 @@ class SdpBridge:
         """Microsoft's answer -> our answer to the video side; applies the exchange."""
         exchange = self._pending(False)
         assert exchange.video_remote is not None
+        check_answer("Microsoft", exchange.ms_local, ms_answer)
         video_answer = _wire(to_standard(
             ms_answer, self.session.video_plan(
                 video_security=self.video_security, encryption=self.encryption),
@@ -204,6 +245,7 @@ class SdpBridge:
         """Microsoft's answer to the delayed offer -> our offer to the video side (in the
         200 OK); the video side answers in its ACK (:meth:`delayed_video_answer`)."""
         exchange = self._pending(False)
+        check_answer("Microsoft", exchange.ms_local, ms_answer)
         video_offer = _wire(to_standard(ms_answer, self.session.video_plan(
             video_security=self.video_security, encryption=self.encryption)))
         exchange.ms_remote = ms_answer
@@ -213,6 +255,7 @@ class SdpBridge:
     async def delayed_video_answer(self, video_answer: SessionDescription) -> None:
         """The ACK's answer completes the delayed-offer exchange."""
         exchange = self._pending(False)
+        check_answer("video", exchange.video_local, video_answer)
         exchange.video_remote = video_answer
         await self._apply(exchange)
 
@@ -239,6 +282,7 @@ class SdpBridge:
     async def microsoft_reanswer(self, ms_answer: SessionDescription) -> None:
         """Microsoft's answer to the transfer re-INVITE; applies it."""
         exchange = self._pending(False)
+        check_answer("Microsoft", exchange.ms_local, ms_answer)
         exchange.ms_remote = ms_answer
         await self._apply(exchange)
 

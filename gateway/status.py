@@ -30,8 +30,12 @@ JSON shape (stable snake_case keys; times and ages in seconds, ``null`` when unk
       "turn_servers": [{"address": str, "port": int, "alive": bool, "status": str,
                         "allocations": int}, ...],
       "capacity": {"active": int, "max": int},
-      "tasks": int
+      "tasks": int,
+      "transport": {"microsoft": TRANSPORT, "video": TRANSPORT}
     }
+
+    TRANSPORT = {"refused": int, "evicted": int, "message_deadline": int, "slow_reader": int,
+                 "idle": int, "oversized": int, "tls_failed": int}
 
     SIDE = {"name": str, "address": str, "alive": bool, "status": str}
 
@@ -39,6 +43,11 @@ JSON shape (stable snake_case keys; times and ages in seconds, ``null`` when unk
 counts reserved ports not yet bound); ``held_back`` counts leases kept out of the pool because
 their sockets were still open at release. ``tasks`` is the number of asyncio tasks alive in
 the gateway's loop (a leak check: it comes back to its idle value when calls end).
+
+``transport`` gives, per side's SIP stack, what its transport limits did since start
+(``sip.transport.TransportCounters``): connections refused at the cap, idle ones evicted for
+a new one, closed for an unfinished message, a peer that does not read, or idleness; oversized
+messages passed over; inbound TLS handshakes that failed. A side without a stack is absent.
 
 ``status`` is ``"Alive"`` (``"Active"`` for a zone, as the product's zone page says) when
 ``alive`` is true, else the failure reason, e.g. ``"Failed: 408 Request Timeout to OPTIONS"``.
@@ -54,6 +63,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from media.counters import LegCounters
 from media.port_pool import PortPool
+from sip.transport import TransportCounters
 
 __all__ = [
     "ALIVE",
@@ -70,6 +80,7 @@ __all__ = [
     "StatusSource",
     "StreamCountersView",
     "SystemView",
+    "TransportCountersView",
     "streams_of",
     "TurnServerView",
     "ZoneStatusView",
@@ -376,6 +387,39 @@ class Capacity:
 
 
 @dataclass(frozen=True, slots=True)
+class TransportCountersView:
+    """What one side's transport limits did since start (a copy of its counters)."""
+
+    side: LegSide
+    """The stack's side."""
+    refused: int = 0
+    """Inbound connections closed at once: the cap was reached and nothing was idle."""
+    evicted: int = 0
+    """Idle inbound connections closed to make room for a new one."""
+    message_deadline: int = 0
+    """Connections closed because a message was not completed in time."""
+    slow_reader: int = 0
+    """Connections closed because the peer did not read what was sent."""
+    idle: int = 0
+    """Connections closed after the idle timeout."""
+    oversized: int = 0
+    """Messages over the size limit passed over."""
+    tls_failed: int = 0
+    """Inbound TLS handshakes that failed."""
+
+    @classmethod
+    def from_counters(cls, side: LegSide, counters: TransportCounters) -> TransportCountersView:
+        """A snapshot of a ``TransportManager``'s live counters."""
+        return cls(side, counters.refused, counters.evicted, counters.message_deadline,
+                   counters.slow_reader, counters.idle, counters.oversized, counters.tls_failed)
+
+    def to_json(self) -> Json:
+        return {"refused": self.refused, "evicted": self.evicted,
+                "message_deadline": self.message_deadline, "slow_reader": self.slow_reader,
+                "idle": self.idle, "oversized": self.oversized, "tls_failed": self.tls_failed}
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayStatus:
     """Everything ``/status`` shows, at one instant."""
 
@@ -391,6 +435,8 @@ class GatewayStatus:
     capacity: Capacity
     tasks: int = field(default_factory=running_tasks)
     """asyncio tasks alive in the running loop when the snapshot was made."""
+    transport: tuple[TransportCountersView, ...] = ()
+    """Each side's transport limit counters."""
 
     def to_json(self) -> Json:
         """A JSON-ready dict (only str/int/float/bool/None/list/dict); shape in the module doc."""
@@ -406,6 +452,7 @@ class GatewayStatus:
             "turn_servers": [t.to_json() for t in self.turn_servers],
             "capacity": self.capacity.to_json(),
             "tasks": self.tasks,
+            "transport": {t.side.value: t.to_json() for t in self.transport},
         }
 
     @property

@@ -10,6 +10,8 @@ command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
+# baresip, a real SIP UA without SRTP (tests/gateway/test_best_effort_baresip.py).
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 # libnice through GObject introspection (system python3): the [MS-ICE2] and MS-TURN peer.
 /usr/bin/python3 -c 'import gi; gi.require_version("Nice", "0.1")' >/dev/null 2>&1 \
   || need+=(gir1.2-nice-0.1 python3-gi)
@@ -24,6 +26,14 @@ for pkg in pidgin pidgin-sipe xvfb xauth dbus-x11 libnss3-tools gstreamer1.0-plu
     libxml2-dev pkg-config gcc; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
+# The Docker lab test (tests/lab/test_docker.py): an engine, compose 1.29, and mmdebstrap for
+# a local base image where no registry can be reached; iptables to clean up after dockerd.
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# rtpengine (userspace forwarding only): bench/relay_vs_rtpengine.py runs it beside our relay.
+command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -141,6 +141,7 @@ class Transaction(Generic[S, E]):
         "reliable",
         "state",
         "timers",
+        "__weakref__",  # so tests and soak diagnostics can watch a transaction go away
     )
 
     INVITE_TABLE: Mapping[S, Mapping[E, S]]

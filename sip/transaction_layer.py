@@ -122,8 +122,12 @@ class TransactionLayer:
         # Deadlines in a heap, so that get_timer() stays O(log n) with thousands of live
         # transactions (a B2BUA at 300 calls/s holds ~10k). Entries are checked against the
         # transaction's own ``timers`` when they reach the top: stale ones are dropped.
+        # ``_queued`` is the truth (the live entries); a stale entry would otherwise keep an
+        # ended transaction and its message bytes alive until its deadline (Timer C: 180 s),
+        # so the heap is rebuilt from ``_queued`` once stale entries outnumber live ones.
         self._heap: list[tuple[float, int, Transaction, Timer]] = []
         self._queued: dict[Transaction, dict[Timer, float]] = {}
+        self._live = 0
         self._order = itertools.count()
 
     # -- inputs -------------------------------------------------------------------------
@@ -268,21 +272,52 @@ class TransactionLayer:
 
     # -- internals ----------------------------------------------------------------------
 
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the deadline heap, live and stale (for soak checks and tests)."""
+        return len(self._heap)
+
     def _track(self, tx: Transaction) -> None:
         """Queue the deadlines ``tx`` armed or moved since we last looked."""
         queued = self._queued.setdefault(tx, {})
         for timer in [t for t in queued if t not in tx.timers]:
             del queued[timer]  # disarmed: re-arming it later, even at the same time, re-queues
+            self._live -= 1
         for timer, deadline in tx.timers.items():
             if queued.get(timer) != deadline:
+                if timer not in queued:
+                    self._live += 1
                 queued[timer] = deadline
                 heapq.heappush(self._heap, (deadline, next(self._order), tx, timer))
+        if not queued:
+            del self._queued[tx]  # nothing armed: the heap's entries for it are all stale
+        self._compact()
+
+    def _forget(self, tx: Transaction) -> None:
+        """Drop an ended transaction's deadlines; its heap entries become stale."""
+        self._live -= len(self._queued.pop(tx, {}))
+        self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap from the live deadlines once stale entries outnumber them.
+
+        Amortised O(1) per push: a rebuild costs O(live) and follows at least ``live``
+        pushes since the last one. The floor keeps small heaps from rebuilding all the time.
+        """
+        if len(self._heap) <= 2 * self._live + 64:
+            return
+        self._heap = [
+            (deadline, next(self._order), tx, timer)
+            for tx, queued in self._queued.items()
+            for timer, deadline in queued.items()
+        ]
+        heapq.heapify(self._heap)
 
     def _earliest(self) -> tuple[float, Transaction, Timer] | None:
         heap = self._heap
         while heap:
             deadline, _, tx, timer = heap[0]
-            if tx.timers.get(timer) == deadline and tx in self._queued:
+            if tx.timers.get(timer) == deadline == self._queued.get(tx, {}).get(timer):
                 return deadline, tx, timer
             heapq.heappop(heap)  # disarmed, moved, or its transaction is gone
         return None
@@ -297,10 +332,10 @@ class TransactionLayer:
                     self.send_request(pending, tx.destination, now, reliable=tx.reliable)
             if tx.state is ClientState.TERMINATED and self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]
-                self._queued.pop(tx, None)
+                self._forget(tx)
         elif tx.state is ServerState.TERMINATED and self._servers.get(tx.key) is tx:
             del self._servers[tx.key]
-            self._queued.pop(tx, None)
+            self._forget(tx)
             for key in self._accepted_keys.pop(tx, ()):
                 if self._accepted.get(key) is tx:
                     del self._accepted[key]

@@ -46,6 +46,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SDP = "application/sdp"
+KEEPALIVE_INTERVAL = 30.0
+"""RFC 5626 ping interval on the streams we open (a phone keeps its registrar flow up)."""
 
 
 class CallState(enum.Enum):
@@ -176,8 +178,11 @@ class Endpoint(UserAgent):
             timers=config.timers,
             # Endpoints are not the gateway: their outbound connections use kernel ports,
             # from the endpoint's own address (the gateway matches zones by it).
+            # Registered over TCP/TLS, RFC 5626 CRLF pings keep the flow (and so the
+            # binding) alive and show when it is gone (see Registration).
             transport_settings=TransportSettings(
-                outbound_ports=None, source_host=source_host_of(first_host)
+                outbound_ports=None, source_host=source_host_of(first_host),
+                keepalive_interval=KEEPALIVE_INTERVAL,
             ),
             tls_client=tls_client,
         )

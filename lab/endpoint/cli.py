@@ -8,11 +8,15 @@ stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
+from gateway.addresses import HostPort, parse_host_port
 from gateway.configkit import ConfigError
+from lab.control import ControlError, ControlServer
 from lab.endpoint.agent import CallFailed, Endpoint
 from lab.endpoint.config import EndpointConfig, ListenSpec, load_endpoint
 from lab.role_cli import (
@@ -86,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--media-host", help="address for RTP sockets (default: first listener host)")
     p.add_argument("--t1", type=float, default=0.5, help="RFC 3261 T1 in seconds")
+    p.add_argument("--control", metavar="HOST:PORT", type=parse_host_port,
+                   help="serve a control port there (lab.control: calls and the registration "
+                   "state for the demo and the health probe)")
     add_verbose_option(p)
     return p
 
@@ -105,26 +112,59 @@ def _config(args: argparse.Namespace) -> EndpointConfig:
     )
 
 
-async def _run(config: EndpointConfig, call: URI | None, duration: float) -> int:
+class _Party:
+    """The endpoint as a :class:`lab.control.Party`."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.aor = endpoint.config.aor
+
+    def registered(self) -> bool:
+        registration = self.endpoint.registration
+        return registration is None or registration.registered.is_set()
+
+    async def call(self, target: str, video: bool) -> Any:
+        return await self.endpoint.call(target, video=video)
+
+    async def next_incoming(self) -> Any:
+        from lab.endpoint.handle import EndpointCall
+
+        return EndpointCall.incoming(self.endpoint, await self.endpoint.incoming.get())
+
+    async def message(self, target: str, text: str, timeout: float) -> tuple[int, str]:
+        raise ControlError("an endpoint sends no MESSAGE")
+
+
+async def _run(config: EndpointConfig, call: URI | None, duration: float,
+               control: HostPort | None = None) -> int:
     endpoint = await Endpoint.start(config)
     try:
-        announce(logger, endpoint.stack.listeners, f"endpoint ready ({config.aor})")
-        if call is not None:
-            try:
-                placed = await endpoint.place_call(call, duration=duration)
-            except CallFailed as error:
-                sys.stderr.write(f"gateway endpoint: call failed: {error}\n")
-                return 1
-            sys.stdout.write(
-                f"call {placed.call_id} to {call}: {placed.result}"
-                f" (setup {placed.setup_ms or 0:.0f} ms)\n"
-            )
-            return 0
-        await stop_on_signal().wait()
-        logger.info("stopping")
-        return 0
+        async with contextlib.AsyncExitStack() as stack:
+            if control is not None:
+                await stack.enter_async_context(
+                    ControlServer(_Party(endpoint), control.host, control.port))
+            return await _serve(endpoint, config, call, duration)
     finally:
         await endpoint.close()
+
+
+async def _serve(endpoint: Endpoint, config: EndpointConfig, call: URI | None,
+                 duration: float) -> int:
+    announce(logger, endpoint.stack.listeners, f"endpoint ready ({config.aor})")
+    if call is not None:
+        try:
+            placed = await endpoint.place_call(call, duration=duration)
+        except CallFailed as error:
+            sys.stderr.write(f"gateway endpoint: call failed: {error}\n")
+            return 1
+        sys.stdout.write(
+            f"call {placed.call_id} to {call}: {placed.result}"
+            f" (setup {placed.setup_ms or 0:.0f} ms)\n"
+        )
+        return 0
+    await stop_on_signal().wait()
+    logger.info("stopping")
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -150,4 +190,4 @@ def main(argv: list[str]) -> int:
     except (ValueError, ProtocolError) as error:
         sys.stderr.write(f"gateway endpoint: {error}\n")
         return 2
-    return run(_run(config, target, args.duration), "endpoint")
+    return run(_run(config, target, args.duration, args.control), "endpoint")

@@ -3,6 +3,11 @@ registrar, refresh before the granted time runs out, unregister (Expires: 0) on 
 
 One Call-ID for every REGISTER of the binding, CSeq counting up (§10.2.4 SHOULD), so the
 registrar sees refreshes of one binding rather than new ones.
+
+Recovery (as a phone does after a Unified CM restart): a refresh that fails, or the loss of
+the connection the binding was made over (TCP/TLS; RFC 5626 §4.4 treats the flow as the
+binding's lifeline), starts re-registration at once and then with exponential backoff
+(:func:`retry_delay`) until the registrar accepts again.
 """
 
 from __future__ import annotations
@@ -18,12 +23,24 @@ from sip.stack import Hop, SipTimeoutError
 from sip.uri import URI
 from sip.useragent import UserAgent
 
-__all__ = ["Registration", "RegistrationError", "granted_expires"]
+__all__ = ["Registration", "RegistrationError", "granted_expires", "retry_delay"]
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER_FAILURE = 5.0
-"""Seconds before a failed refresh is tried again."""
+RETRY_FIRST = 1.0
+"""Seconds before the attempt after a first failure."""
+RETRY_MAX = 30.0
+"""Longest wait between attempts."""
+FLOW_CHECK = 1.0
+"""How often the binding's connection is looked at. The transport manager's connection
+table is the public view of a closed flow (the stack has no per-connection callback)."""
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait before the next attempt after ``failures`` failed ones in a row:
+    1, 2, 4 ... up to :data:`RETRY_MAX` (a restarted registrar is usually back within
+    seconds; one that stays down is not hammered)."""
+    return min(RETRY_MAX, RETRY_FIRST * 2.0 ** max(0, failures - 1))
 
 
 class RegistrationError(Exception):
@@ -70,9 +87,13 @@ class Registration:
         """Set while a binding is in place."""
         self.refreshed = asyncio.Event()
         """Set after each successful REGISTER (clear it to wait for the next)."""
+        self.failures = 0
+        """Failed attempts since the last success."""
         self._call_id = new_call_id(agent.local_address(registrar.transport).host)
         self._cseq = 0
         self._task: asyncio.Task[None] | None = None
+        self._flow: int | None = None
+        """Id of the stream connection the binding was made over (None: UDP, or unknown)."""
 
     @property
     def contact_uri(self) -> URI:
@@ -112,6 +133,8 @@ class Registration:
         except ProtocolError as error:
             raise RegistrationError(f"unusable REGISTER answer: {error.message}") from error
         self.count += 1
+        self.failures = 0
+        self._flow = self._flow_of()
         self.registered.set()
         self.refreshed.set()
         logger.info(
@@ -119,21 +142,49 @@ class Registration:
         )
         return self.granted
 
-    async def start(self) -> None:
-        """Register now (RegistrationError when refused) and keep the binding refreshed."""
-        granted = await self._bind()
-        self._task = asyncio.ensure_future(self._refresh(granted))
+    def _flow_of(self) -> int | None:
+        if not self.registrar.reliable:
+            return None
+        found = self.agent.stack.transports.find_connection(
+            self.registrar.address, self.registrar.server_hostname)
+        return found.id if found is not None else None
 
-    async def _refresh(self, granted: int) -> None:
+    def flow_lost(self) -> bool:
+        """Whether the connection the binding was made over has closed."""
+        return (self._flow is not None
+                and self.agent.stack.transports.connection(self._flow) is None)
+
+    async def start(self) -> None:
+        """Register now (RegistrationError when refused) and keep the binding refreshed,
+        re-registering when it fails or its connection is lost."""
+        granted = await self._bind()
+        self._task = asyncio.ensure_future(self._maintain(granted))
+
+    async def _wait_refresh_or_flow_loss(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while not self.flow_lost():
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, FLOW_CHECK) if self._flow is not None else left)
+        logger.warning("%s: connection to the registrar %s lost: registering again",
+                       self.agent.aor, self.registrar)
+        self.registered.clear()
+
+    async def _maintain(self, granted: int) -> None:
         delay = refresh_delay(granted)
         while True:
-            await asyncio.sleep(delay)  # the refresh timer of the binding
+            await self._wait_refresh_or_flow_loss(delay)
             try:
                 delay = refresh_delay(await self._bind())
-            except RegistrationError as error:
-                logger.warning("registration refresh failed: %s", error)
+            except (RegistrationError, ProtocolError, OSError) as error:
+                self.failures += 1
                 self.registered.clear()
-                delay = RETRY_AFTER_FAILURE
+                delay = retry_delay(self.failures)
+                logger.warning("%s: registration failed (%d in a row, next try in %.0f s): %s",
+                               self.agent.aor, self.failures, delay, error)
+                self._flow = None
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Stop refreshing and remove the binding (best effort within ``timeout``)."""

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.addresses import parse_host_port
 from gateway.configkit import ConfigError, load_dataclass
 from lab.lync.config import ClientConfig, EdgeConfig, FrontEndConfig
 from lab.role_cli import (
@@ -145,6 +146,9 @@ def client_main(argv: list[str]) -> int:
         help="seconds to keep a --call call up after media flows",
     )
     parser.add_argument("--no-video", action="store_true", help="audio only for --call")
+    parser.add_argument("--control", metavar="HOST:PORT", type=parse_host_port,
+                        help="serve a control port there (lab.control: calls, MESSAGE and the "
+                        "registration state for the demo and the health probe)")
     args = parser.parse_args(argv)
     config = _prepare(ClientConfig, args, "lync-client")
     if isinstance(config, int):
@@ -162,14 +166,50 @@ def client_main(argv: list[str]) -> int:
                 [("tls", local.host, local.port)] if local else [],
                 f"Lync client {client.aor} (registered) ready",
             )
-            if args.call is None:
-                await _until(stop)
-                return 0
-            return await _place(client, args.call, not args.no_video, args.duration)
+            async with contextlib.AsyncExitStack() as served:
+                if args.control is not None:
+                    from lab.control import ControlServer
+
+                    await served.enter_async_context(ControlServer(
+                        _Party(client), args.control.host, args.control.port))
+                if args.call is None:
+                    await _until(stop)
+                    return 0
+                return await _place(client, args.call, not args.no_video, args.duration)
         finally:
             await client.close()
 
     return run(serve(), "lync-client")
+
+
+class _Party:
+    """The client as a :class:`lab.control.Party` (its public state only)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.aor: str = client.aor
+
+    def registered(self) -> bool:
+        return bool(self.client.registered)
+
+    async def call(self, target: str, video: bool) -> Any:
+        return await self.client.call(target, video=video)
+
+    async def next_incoming(self) -> Any:
+        return await self.client.incoming_calls.get()
+
+    async def message(self, target: str, text: str, timeout: float) -> tuple[int, str]:
+        from sip.headers import Address
+        from sip.uri import URI
+
+        client = self.client
+        uri = URI.parse(target if target.startswith("sip") else f"sip:{target}")
+        request = client.agent.new_request(
+            "MESSAGE", uri, client.registrar, to=Address(uri), body=text.encode(),
+            content_type="text/plain")
+        async with asyncio.timeout(timeout):
+            response = await client.agent.stack.send_request(request, client.registrar)
+        return response.status, response.reason
 
 
 async def _place(client: Any, target: str, video: bool, duration: float) -> int:

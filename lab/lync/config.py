@@ -14,7 +14,7 @@ from typing import Any
 from gateway.addresses import HostPort
 from gateway.configkit import ConfigError
 from sip.port_range import PortRange
-from sip.transport import Transport, TransportAddress
+from sip.transport import Transport, TransportAddress, source_host_of
 
 __all__ = [
     "LAB_PASSWORD",
@@ -197,6 +197,10 @@ class EdgeConfig:
     """Where client traffic goes (the FE pool)."""
     front_end_name: str = "fe.example.com"
     """Certificate name of the FE."""
+    internal_source: str = "127.0.1.2"
+    """Address our connections to the FE leave from: the Edge's leg on the internal network
+    (a multi-homed Edge sends from the network it talks to; ``listen`` is its external leg).
+    "" lets the kernel pick the address of its route to the FE."""
     internal_names: tuple[str, ...] = ("fe.example.com", "pool.example.com")
     """Certificate names that mark a connection as coming from the internal side."""
     certs: str = "certs"
@@ -211,6 +215,17 @@ class EdgeConfig:
     def __post_init__(self) -> None:
         if self.listen.transport is not Transport.TLS:
             raise ValueError("the Access Edge listens on TLS only")
+        if self.internal_source:
+            try:
+                ipaddress.ip_address(self.internal_source.strip("[]"))
+            except ValueError:
+                raise ConfigError("internal_source",
+                                  f"{self.internal_source!r} is not an IP address") from None
+
+    @property
+    def source_host(self) -> str | None:
+        """The internal leg's address for outgoing connections (None: the kernel's choice)."""
+        return source_host_of(self.internal_source) if self.internal_source else None
 
 
 @dataclass(frozen=True, slots=True)

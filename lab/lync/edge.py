@@ -22,7 +22,7 @@ from lab.lync.proxy import LyncProxy, Refusal, hop_for_address, server_stack
 from sip.message import Request
 from sip.stack import Hop, SipStack
 from sip.transport import ConnectionInfo, Transport, TransportAddress
-from sip.uri import URI
+from sip.uri import URI, Params
 from turn.config import TurnConfig
 from turn.server import TurnServer
 
@@ -45,8 +45,10 @@ class Edge(LyncProxy):
     @classmethod
     async def start(cls, config: EdgeConfig, pki: LabPKI | None = None) -> Edge:
         """Bind the Access Edge listeners and start the A/V Edge."""
+        # Connections go only toward the FE (clients' own connections are reused): they
+        # leave from the internal leg, not from the external listen address.
         stack, pki = await server_stack(config.certs, config.cert_name, config.t1,
-                                        config.listen.host, pki)
+                                        config.source_host, pki)
         edge = cls(config, stack)
         try:
             # External clients may come without a certificate: asked for, not required.
@@ -96,6 +98,41 @@ class Edge(LyncProxy):
         await super().close()
 
     # -- routing --------------------------------------------------------------------------------
+
+    # -- the two legs ------------------------------------------------------------------------
+
+    def is_ours(self, uri: URI) -> bool:
+        """Our listeners, and any URI on our internal leg (the Record-Route of a flow)."""
+        inside = self.config.source_host
+        return super().is_ours(uri) or (inside is not None and self.two_legs
+                                        and uri.host.strip("[]") == inside)
+
+    @property
+    def two_legs(self) -> bool:
+        """Whether the internal leg has its own address (a multi-homed Edge)."""
+        return self.config.internal_source not in ("", self.config.listen.host)
+
+    def record_routes(self, connection: ConnectionInfo | None, hop: Hop) -> tuple[URI, ...]:
+        """On two legs, one Record-Route per side (RFC 5658): the external listener for the
+        clients, and toward the FE the local address of our connection to it. The FE has no
+        route to the external network, and reaches that address over the connection we
+        opened (it reuses a connection whose remote address a Route names)."""
+        external = self.record_route_uri()
+        if not self.two_legs:
+            return (external,)
+        if self.from_inside(connection):
+            flow = connection
+        else:
+            flow = self.stack.transports.find_connection(
+                TransportAddress(hop.transport, hop.host, hop.port), hop.server_hostname)
+        if flow is None:
+            logger.info("Edge: no connection to the FE yet: one Record-Route (in-dialog "
+                        "requests from the FE need the external address)")
+            return (external,)
+        internal = URI("sip", host=flow.local.host, port=flow.local.port,
+                       params=Params.of(transport="tls", lr=None))
+        # Prepended in order: the entry for the side the request goes to ends up on top.
+        return (internal, external) if self.from_inside(connection) else (external, internal)
 
     def from_inside(self, connection: ConnectionInfo | None) -> bool:
         names = {n.lower() for n in (connection.peer_names if connection else ())}

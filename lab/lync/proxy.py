@@ -38,19 +38,25 @@ logger = logging.getLogger(__name__)
 
 DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 DEFAULT_MAX_FORWARDS = 70
+SERVER_KEEPALIVE = 120.0
+"""Seconds between CRLF keep-alives on a server's outbound connections."""
 
 
 async def server_stack(
-    certs: str, cert_name: str, t1: float, host: str, pki: LabPKI | None = None
+    certs: str, cert_name: str, t1: float, host: str | None, pki: LabPKI | None = None
 ) -> tuple[SipStack, LabPKI]:
     """A Lync server's SIP stack (no listener yet) and the lab PKI it uses: ``pki``, else
-    the one in ``certs`` (made there if missing). Outbound TLS presents ``cert_name``; T2 is
-    at least 8*T1, as Lync servers retransmit."""
+    the one in ``certs`` (made there if missing). Outbound TLS presents ``cert_name`` and
+    leaves from ``host`` (None: the kernel's choice, for a role on several networks); T2 is
+    at least 8*T1, as Lync servers retransmit. Its outbound connections (the Edge's to the
+    FE, the FE's to the gateway) send RFC 5626 CRLF keep-alives, so an idle lab keeps them
+    past the peer's 600 s idle timeout."""
     if pki is None:
         pki = (await asyncio.to_thread(init_pki, Path(certs)))[0]
     stack = SipStack(
         timers=TimerSettings(t1=t1, t2=max(4.0, t1 * 8)),
-        transport_settings=TransportSettings(outbound_ports=None, source_host=host),
+        transport_settings=TransportSettings(outbound_ports=None, source_host=host,
+                                             keepalive_interval=SERVER_KEEPALIVE),
         tls_client=pki.client_context(cert_name),
     )
     return stack, pki
@@ -157,6 +163,11 @@ class LyncProxy:
         return URI("sip", host=local.host, port=local.port,
                    params=Params.of(transport="tls", lr=None))
 
+    def record_routes(self, connection: ConnectionInfo | None, hop: Hop) -> tuple[URI, ...]:
+        """Record-Route URIs to prepend, in order, for a request that came on ``connection``
+        and goes to ``hop`` (an element on two networks adds one per side, RFC 5658)."""
+        return (self.record_route_uri(),)
+
     # -- requests ---------------------------------------------------------------------------
 
     def _on_request(self, transaction: ServerTransaction, request: Request) -> None:
@@ -204,7 +215,8 @@ class LyncProxy:
             uri, hop = decided
             out.uri = uri
         if request.method in DIALOG_FORMING and request.to.tag is None:
-            out.headers.prepend("Record-Route", f"<{self.record_route_uri()}>")
+            for uri in self.record_routes(connection, hop):
+                out.headers.prepend("Record-Route", f"<{uri}>")
         return out, hop
 
     async def _forward(self, transaction: ServerTransaction, out: Request, hop: Hop) -> None:

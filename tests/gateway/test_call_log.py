@@ -178,6 +178,8 @@ async def test_the_media_tap_records_then_leaves_the_packet_path() -> None:
     endpoint = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         endpoint.bind(("127.0.0.1", 0))
+        # the endpoint's SDP address is known (strict latching takes media only from there)
+        video.set_remote(endpoint.getsockname(), None)
         for n in range(6):
             endpoint.sendto(bytes([0x80, 0, 0, n]) + bytes(8), ("127.0.0.1", port))
         async with asyncio.timeout(10):

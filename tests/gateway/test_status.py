@@ -23,6 +23,7 @@ from gateway.status import (
     StatusSource,
     StreamCountersView,
     SystemView,
+    TransportCountersView,
     TurnServerView,
     ZoneStatusView,
     streams_of,
@@ -62,6 +63,8 @@ def sample_status(now: float = NOW, *, draining: bool = False,
         port_pool=PortPoolView(56000, 57000, 1000, 8, 992, 0),
         turn_servers=(TurnServerView("127.0.4.1", 3478, Health.up(), 2),),
         capacity=Capacity(1, 100),
+        transport=(TransportCountersView(LegSide.MICROSOFT, tls_failed=3),
+                   TransportCountersView(LegSide.VIDEO, oversized=1, slow_reader=2)),
     )
 
 

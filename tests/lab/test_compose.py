@@ -2,7 +2,10 @@
 every service runs an existing `gateway <role>` whose config exists and passes
 `--check-config`, listeners sit on the service's own addresses, the exposed ports are the
 spec's (SPEC §2) and agree with the configs, a `certs` one-shot runs first, every
-long-running service has a real health probe, and no key can reach the image."""
+long-running service has a real health probe (`gateway probe` over its transport, parties
+by their registration), the demo one-shot reaches every party's control port, the image is
+layered (pinned dependencies before the source, non-root) and no key can reach it.
+tests/lab/test_docker.py runs the same file on a real engine."""
 
 from __future__ import annotations
 
@@ -48,10 +51,13 @@ def compose() -> dict[str, Any]:
     return data
 
 
+ONE_SHOTS = {"certs", "demo"}
+
+
 def roles(compose: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every long-running service (all but the certs one-shot)."""
+    """Every long-running service (all but the certs and demo one-shots)."""
     for name, service in compose["services"].items():
-        if name != "certs":
+        if name not in ONE_SHOTS:
             yield name, service
 
 
@@ -76,7 +82,7 @@ def test_services_are_the_lab_hosts(compose: dict[str, Any]) -> None:
 def test_every_command_is_an_existing_gateway_role(compose: dict[str, Any]) -> None:
     used: set[str] = set()
     for name, service in compose["services"].items():
-        command = service["command"]
+        command = service.get("entrypoint", service.get("command"))
         assert isinstance(command, list), f"{name}: command must be an exec-form list"
         assert command[0] == "gateway", f"{name}: {command}"
         assert command[1] in COMMANDS, f"{name}: unknown role {command[1]!r}"
@@ -129,16 +135,53 @@ def test_certs_one_shot_runs_before_every_role(compose: dict[str, Any]) -> None:
 
 
 def test_every_role_has_a_real_health_probe(compose: dict[str, Any]) -> None:
+    from lab.docker_demo import PARTIES
+
+    parties = {f"endpoint-{n}" if n.isdigit() else f"lync-client-{n}": a
+               for n, a in PARTIES.items()}
     for name, service in roles(compose):
         check = service.get("healthcheck")
         assert check is not None, f"{name} has no healthcheck"
         test = check["test"]
         assert test[0] == "CMD", name
-        probe = " ".join(test[1:])
-        assert "--check-config" not in probe, f"{name}: a config check is not a health probe"
-        assert any(word in probe for word in ("/healthz", "create_connection", "/proc/net/tcp")), \
-            f"{name}: {probe}"
-    assert "/healthz" in " ".join(compose["services"]["gateway"]["healthcheck"]["test"])
+        if name == "gateway":  # its own status command
+            assert "/healthz" in " ".join(test[1:])
+            continue
+        assert test[1:3] == ["gateway", "probe"], f"{name}: {test}"
+        scheme, host, _ = test[3].split(":")
+        assert host in addresses(service), f"{name}: probes {host}, not itself"
+        if name in parties:  # healthy only while registered
+            assert test[3] == f"control:{parties[name]}", name
+            assert test[3].removeprefix("control:") in " ".join(service["command"]), name
+        elif scheme == "tls":  # a real handshake: the lab CA and the name to check
+            assert "--tls-name" in test and "--certs" in test, name
+        else:
+            assert scheme in ("tcp", "udp", "stun"), f"{name}: {test}"
+    assert set(parties) <= {name for name, _ in roles(compose)}
+
+
+def test_demo_one_shot_reaches_every_party(compose: dict[str, Any]) -> None:
+    from lab.docker_demo import PARTIES
+
+    demo = compose["services"]["demo"]
+    assert demo["profiles"] == ["demo"] and demo["entrypoint"] == ["gateway", "demo"]
+    subnets = {name: ipaddress.ip_network(net["ipam"]["config"][0]["subnet"])
+               for name, net in compose["networks"].items()}
+    reachable = [subnets[net] for net in demo["networks"]]
+    for party, address in PARTIES.items():
+        host = ipaddress.ip_address(address.split(":")[0])
+        assert any(host in net for net in reachable), f"demo cannot reach {party}"
+
+
+def test_edge_sends_to_the_fe_from_its_internal_leg(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    edge = tomllib.loads(config_path(services["lync-edge"]).read_text())
+    fe_host = edge["front_end"].split(":")[1]
+    internal = ipaddress.ip_network(
+        compose["networks"]["internal"]["ipam"]["config"][0]["subnet"])
+    assert ipaddress.ip_address(fe_host) in internal
+    assert edge["internal_source"] == services["lync-edge"]["networks"]["internal"][
+        "ipv4_address"]
 
 
 def test_exposed_ports_are_the_spec_ports(compose: dict[str, Any]) -> None:
@@ -146,7 +189,8 @@ def test_exposed_ports_are_the_spec_ports(compose: dict[str, Any]) -> None:
         exposed = set(compose["services"][name].get("expose", []))
         assert wanted <= exposed, f"{name}: missing {sorted(wanted - exposed)}"
     gateway = compose["services"]["gateway"]
-    assert "127.0.0.1:9090:9090" in gateway["ports"]  # management, host loopback only
+    # Management on host loopback only, the host port configurable.
+    assert gateway["ports"] == ["127.0.0.1:${GATEWAY_STATUS_PORT:-9090}:9090"]
 
 
 def test_configs_agree_with_the_compose_file(compose: dict[str, Any]) -> None:
@@ -196,8 +240,41 @@ def test_no_key_reaches_the_image() -> None:
     assert {"certs/lab", "**/*.key", ".venv", ".git"} <= set(ignored)
     dockerfile = (ROOT / "Dockerfile").read_text()
     copied = [line.split()[1:-1] for line in dockerfile.splitlines()
-              if line.startswith("COPY ")]
+              if line.startswith("COPY ") and "--from=" not in line]
     for sources in copied:
         for source in sources:
+            source = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", source)  # the default of an ARG
             assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
-    assert "pip install ." in dockerfile
+
+
+def test_image_layers_pinned_dependencies_before_the_source() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.index("--requirement /build/constraints.txt") < dockerfile.index(
+        "COPY gateway")
+    # Every requirement pinned to one version; the project's own dependencies all there.
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not pinned"
+            pins[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in constraints.txt"
+    assert {"setuptools", "wheel"} <= set(pins)  # the build backend, for --no-index builds
+    # Build arguments with the documented defaults; offline means --no-index.
+    assert "ARG BASE_IMAGE=python:3.11-slim" in dockerfile
+    assert "--no-index --find-links /build/wheels" in dockerfile
+    final = dockerfile[dockerfile.rindex("\nFROM "):]
+    assert "USER gateway" in final and "/build" not in final.replace("--from=", "")
+
+
+def test_compose_passes_the_build_arguments(compose: dict[str, Any]) -> None:
+    builders = {name: s["build"] for name, s in compose["services"].items() if "build" in s}
+    assert list(builders) == ["certs"], "one service builds the image, the others run it"
+    args = builders["certs"]["args"]
+    assert args == {"BASE_IMAGE": "${BASE_IMAGE:-python:3.11-slim}",
+                    "PIP_WHEELS": "${PIP_WHEELS:-}"}
+    images = {s["image"] for s in compose["services"].values()}
+    assert images == {"gateway-emulator:lab"}

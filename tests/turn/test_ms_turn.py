@@ -214,8 +214,9 @@ def test_allocate_again_refreshes_and_lifetime_zero_deletes() -> None:
     (answer,) = sent(core.handle_stun(refresh, ft_of(), now))
     msg = ms_turn.parse(answer)
     assert msg.msg_type == MsType.ALLOCATE_RESPONSE and msg.check_integrity(SESSION.key)
-    assert ms_turn.unpack_u32(msg.get(MsAttr.LIFETIME) or b"") == 300
-    assert alloc.expiry == pytest.approx(now + 300)
+    # the same lifetime rule as RFC 8656 allocations: below the default is raised to it
+    assert ms_turn.unpack_u32(msg.get(MsAttr.LIFETIME) or b"") == 600
+    assert alloc.expiry == pytest.approx(now + 600)
     delete = resign(
         request(ALLOCATE), SESSION.key, tid=b"D" * 16, lifetime=ms_turn.pack_u32(0), nonce=nonce
     )

@@ -1,0 +1,198 @@
+"""Benchmark of the relay's packet path alone: N calls, each an audio stream (50 packets/s
+each way, 172 bytes) and a video stream (250 packets/s each way, 1100 bytes), Microsoft side
+SRTP (``--plain``: RTP) with the SSRCs mapped into a range, video side plain RTP latched
+(strict). The relay (media.relay: native by default, ``--impl python`` for the portable path)
+runs in ``--workers`` processes, each with its own hub; the load comes from the native load
+generator (bench/relay_load.py) in another process, whose CPU is reported too.
+
+    .venv/bin/python bench/relay_fast.py --calls 100 --seconds 10
+
+Figures: loss; relay-added latency from the kernel's receive timestamp (SO_TIMESTAMPNS) to
+after the send, measured in the relay; end-to-end latency (generator send to kernel receive);
+CPU per relayed packet; share of the machine; memory per call. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import sys
+import time
+from multiprocessing.connection import Connection
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.relay_load import (  # noqa: E402
+    HOST,
+    KEY_A,
+    LoadGen,
+    call_streams,
+    cpu_seconds,
+    endpoint_sockets,
+    flows_for,
+    percentile,
+    rss_kib,
+    uptime,
+)
+
+RCVBUF = 1 << 20
+"""Per relay socket: ~4 s of a video stream, so that a worker descheduled by the shared
+machine's other processes delays packets instead of dropping them."""
+GOALS = "goals at 100 calls: 0 loss, relay p99 < 2 ms, e2e p99 < 10 ms, relay <= 50 % of " \
+        "the machine, <= 100 KB per call; at 300 calls: 0 loss"
+
+
+def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: bool,
+            peer_a: tuple[str, int], peer_b: tuple[str, int], seconds: float,
+            ssrc_map: bool = True, latch_a: bool = False, busy: bool = False,
+            realtime: bool = False) -> None:
+    """One relay process: ``streams`` relays on one hub (bench/relay_vs_rtpengine.py runs it
+    without SSRC mapping and with both sides latched, as rtpengine is run)."""
+    from media.ms_dialect import SsrcRange
+    from media.relay import ForwardingPlan, Latching, SidePlan, make_hub, make_relay
+
+    hub = make_hub(timestamps=True, impl=impl, rcvbuf=RCVBUF)
+    make_relay(impl=impl).close()   # imports and library set-up are not per call
+    rss0 = rss_kib()
+    relays = []
+    ports = []
+    for i in range(first_stream, first_stream + streams):
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.bind((HOST, 0))
+        b.bind((HOST, 0))
+        ports.append((a.getsockname()[1], b.getsockname()[1]))
+        relay = make_relay(a.detach(), b.detach(), impl=impl)
+        first = 0x01000000 + 256 * i
+        relay.publish(ForwardingPlan(
+            a=SidePlan(latching=Latching.STRICT if latch_a else Latching.FIXED, address=peer_a,
+                       rx_key=KEY_A if srtp else None, tx_key=KEY_A if srtp else None),
+            b=SidePlan(latching=Latching.STRICT, address=peer_b),
+            a_to_b=True, b_to_a=True, rtcp=True,
+            ssrc_range=SsrcRange(first, first + 99) if ssrc_map else None))
+        hub.register(relay)
+        relays.append(relay)
+    conn.send((ports, rss_kib() - rss0))
+    conn.recv()  # go
+    if realtime:  # a relay host's setting: wake-ups preempt the machine's other work
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))  # above the generator
+        except PermissionError:  # not root: stays an ordinary process
+            pass
+    before, wall = cpu_seconds(), time.monotonic()
+    if busy:  # diagnostic: never sleep in epoll_wait (tells wake-up delays from work)
+        end = time.monotonic() + seconds + 0.8
+        while time.monotonic() < end:
+            hub.poll(0)
+    else:
+        hub.run(seconds + 0.8)
+    cpu, wall = cpu_seconds() - before, time.monotonic() - wall
+    totals: dict[str, int] = {}
+    for relay in relays:
+        for side in (0, 1):
+            for k, v in relay.counters(side).items():
+                totals[k] = totals.get(k, 0) + v
+    conn.send({"cpu": cpu, "wall": wall, "latency": hub.latency(), "counters": totals})
+    for relay in relays:
+        relay.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--workers", type=int, default=1, help="relay processes (one hub each)")
+    ap.add_argument("--impl", choices=["native", "python"], default="native")
+    ap.add_argument("--plain", action="store_true", help="no SRTP on the Microsoft side")
+    ap.add_argument("--busy-poll", action="store_true",
+                    help="diagnostic: the relay polls without sleeping (burns its core)")
+    ap.add_argument("--verify-every", type=int, default=1, metavar="N",
+                    help="the generator authenticates one SRTP packet in N it receives "
+                         "(a cheaper generator for 300 calls on 2 cores)")
+    ap.add_argument("--realtime", action="store_true",
+                    help="run the relay workers and the load generator SCHED_FIFO (root): "
+                         "wake-ups are not queued behind the shared machine's other work")
+    args = ap.parse_args(argv)
+    srtp = not args.plain
+    streams_total = 2 * args.calls
+    la, lb = endpoint_sockets()
+    ctx = mp.get_context("fork")
+    workers = []
+    per = -(-streams_total // args.workers)
+    start = 0
+    while start < streams_total:
+        n = min(per, streams_total - start)
+        n += n % 2 if start + n < streams_total else 0   # keep a call's streams together
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, daemon=True, args=(
+            child, start, n, args.impl, srtp, la.getsockname(), lb.getsockname(), args.seconds,
+            True, False, args.busy_poll, args.realtime))
+        proc.start()
+        workers.append((proc, parent))
+        start += n
+    ports: list[tuple[int, int]] = []
+    rss_relays = 0
+    for _, conn in workers:
+        got, rss = conn.recv()
+        ports += got
+        rss_relays += rss
+    streams = call_streams(args.calls, ports)
+    load = LoadGen((la, lb), flows_for(streams), args.seconds,
+                   keys=(KEY_A if srtp else None, None), realtime=args.realtime,
+                   verify_every=args.verify_every)
+    load_before = os.times()
+    for _, conn in workers:
+        conn.send("go")
+    load.start()
+    lg = load.result(args.seconds + 30)
+    results = [conn.recv() for _, conn in workers]
+    for proc, _ in workers:
+        proc.join(5)
+    del load_before
+    sent, received = sum(lg["sent"]), sum(lg["received"])
+    relay_cpu = sum(r["cpu"] for r in results)
+    wall = max(r["wall"] for r in results)
+    lat = [sum(col) for col in zip(*(r["latency"] for r in results), strict=True)]
+    counters: dict[str, int] = {}
+    for r in results:
+        for k, v in r["counters"].items():
+            counters[k] = counters.get(k, 0) + v
+    relayed = counters.get("forwarded", 0)
+    cores = os.cpu_count() or 1
+    out = sys.stdout
+    out.write(f"relay path        {args.impl}, {args.workers} worker(s), "
+              f"{'SRTP <-> RTP' if srtp else 'RTP <-> RTP'} (SSRC mapping, strict latch)\n")
+    out.write(f"calls             {args.calls} (audio 50 + video 250 pps each way) = "
+              f"{args.calls * 600} pkt/s offered\n")
+    out.write(f"load average      {uptime()} ({cores} cores)\n")
+    out.write(f"packets           sent {sent}, received {received}, lost {sent - received} "
+              f"({100 * (sent - received) / max(sent, 1):.3f} %)\n")
+    out.write("relay drops       " + ", ".join(
+        f"{k} {v}" for k, v in counters.items() if k.startswith("dropped") and v) + "\n"
+        if any(v for k, v in counters.items() if k.startswith("dropped")) else
+        "relay drops       none\n")
+    out.write(f"relay-added       p50 {percentile(lat, 0.5, 1):.3f} ms, p99 "
+              f"{percentile(lat, 0.99, 1):.3f} ms, p99.9 {percentile(lat, 0.999, 1):.3f} ms "
+              f"({sum(lat)} samples, receive timestamp -> after send)\n")
+    e2e = lg["latency_10us"]
+    out.write(f"end to end        p50 {percentile(e2e, 0.5, 10):.3f} ms, p99 "
+              f"{percentile(e2e, 0.99, 10):.3f} ms, max bucket "
+              f"{percentile(e2e, 1.0, 10):.2f} ms\n")
+    out.write(f"relay CPU         {relay_cpu:.2f} s in {wall:.1f} s = "
+              f"{100 * relay_cpu / wall / cores:.1f} % of the machine, "
+              f"{1e6 * relay_cpu / max(relayed, 1):.2f} us per relayed packet\n")
+    out.write(f"load gen CPU      {lg['cpu']:.2f} s = "
+              f"{1e6 * lg['cpu'] / max(sent + received, 1):.2f} us per packet sent+received "
+              f"(send errors {lg['send_errors']}, SRTP failures {lg['srtp_failures']})\n")
+    out.write(f"memory            {rss_relays / args.calls:.1f} KiB per call (relay RSS growth "
+              f"while setting up {args.calls} calls)\n")
+    out.write(GOALS + "\n")
+    la.close()
+    lb.close()
+    return 0 if sent == received else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
