@@ -48,6 +48,7 @@ __all__ = [
     "ConfigError",
     "Encryption",
     "GatewayConfig",
+    "IceStunDialect",
     "MediaEncryption",
     "MediaLatching",
     "OnMatch",
@@ -108,6 +109,17 @@ class MediaEncryption(enum.Enum):
     """RTP only; an SRTP offer from the zone is refused (488)."""
     BEST_EFFORT = "best_effort"
     """Offer SDES-SRTP; take whatever the zone offers."""
+
+
+class IceStunDialect(enum.Enum):
+    """The STUN dialect of the ICE legs toward Microsoft (media.ms_stun)."""
+
+    AUTO = "auto"
+    """The peer's: [MS-ICE2] version 2 or RFC 5389, learned from its checks (the default)."""
+    MS_ICE2 = "ms-ice2"
+    """Only [MS-ICE2] version 2 (Lync 2013 / Skype for Business clients, libnice's OC2007R2)."""
+    RFC5389 = "rfc5389"
+    """Only RFC 5389 (standard ICE agents)."""
 
 
 class MediaLatching(enum.Enum):
@@ -406,6 +418,8 @@ class B2buaConfig:
     ``media_ports``, 12 ports per audio+video call with one TURN server."""
     media_latching: MediaLatching = MediaLatching.STRICT
     """Video-side latching for every zone that does not set its own."""
+    ice_stun_dialect: IceStunDialect = IceStunDialect.AUTO
+    """STUN dialect of the ICE checks toward Microsoft: "auto", "ms-ice2" or "rfc5389"."""
     media_relatch_after: float = 5.0
     """Seconds the latched video-side source must be silent before another may take over."""
 

@@ -149,6 +149,7 @@ class Gateway:
                 turn_servers=turn,
                 allowed_networks=b2bua.allowed_networks,
                 connect_timeout=self.options.ice_timeout,
+                stun_dialect=b2bua.ice_stun_dialect.value,
             ),
         )
 

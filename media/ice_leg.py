@@ -47,7 +47,12 @@ from typing import Any
 from aioice import Candidate as IceCandidate
 from aioice import Connection
 from aioice.candidate import candidate_foundation, candidate_priority
-from aioice.ice import StunProtocol, server_reflexive_candidate
+from aioice.ice import (
+    CandidatePair,
+    StunProtocol,
+    candidate_pair_priority,
+    server_reflexive_candidate,
+)
 from aioice.stun import Message
 from aioice.turn import (
     DEFAULT_ALLOCATION_LIFETIME,
@@ -62,6 +67,7 @@ from media.ms_stun import DialectPolicy, DialectProtocol, StunDialect
 __all__ = [
     "IceLeg",
     "IceSettings",
+    "PriorityAgent",
     "TurnServerSettings",
     "gathered",
     "host_candidate",
@@ -73,6 +79,9 @@ logger = logging.getLogger(__name__)
 Address = tuple[str, int]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 GATHER_TIMEOUT = 5.0
+TURN_RELEASE_TIMEOUT = 1.0
+"""Seconds ``IceLeg.close`` waits for a TURN server to confirm the deallocations (all at
+once); after that the sockets close anyway and the server lets the allocations expire."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +183,94 @@ class _Protocol(DialectProtocol):
             self.transport.sendto(data, addr)
 
 
-class _Agent(Connection):
+class PriorityAgent(Connection):
+    """An aioice agent that ends on the highest-priority nominated pair of each component.
+
+    aioice nominates aggressively when controlling (every check carries USE-CANDIDATE) and
+    takes the first nominated pair to succeed, cancels every other check, and, controlled,
+    takes whatever pair was nominated last. So when a host check is slower than a relay check
+    (a loaded peer, a lost first transmission) both agents stay on the relay, and a late
+    USE-CANDIDATE on a lower pair moves a controlled agent down. RFC 5245 §8.1.2 (aggressive
+    nomination, as [MS-ICE2] and libnice's Microsoft modes use it) keeps higher-priority
+    checks in progress running and uses the highest-priority nominated pair: so does this.
+    ``check_complete`` is aioice's (1.0 / 0.13) with those two changes; pinned by
+    tests/media/test_ice_nomination.py.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._upgrades: set[asyncio.Task[None]] = set()
+        """Checks of pairs better than the nominated one, left running after completion."""
+
+    def pair_priority(self, pair: CandidatePair) -> int:
+        return candidate_pair_priority(pair.local_candidate, pair.remote_candidate,
+                                       self.ice_controlling)
+
+    def nominated_pair(self, pair: CandidatePair) -> None:
+        """Called when ``pair`` replaces a lower nominated pair after the checks completed."""
+
+    def check_complete(self, pair: CandidatePair) -> None:
+        pair.task = None
+        if pair.state == CandidatePair.State.SUCCEEDED:
+            if pair.nominated:
+                self._select(pair)
+            if self._check_list_maybe_complete():
+                self._keep_better_checks()
+                return
+            # Updating candidate pair states (RFC 8445 section 7.2.5.3.3).
+            for p in self._check_list:
+                if (p.local_candidate.foundation == pair.local_candidate.foundation
+                        and p.state == CandidatePair.State.FROZEN):
+                    self.check_state(p, CandidatePair.State.WAITING)
+        self._check_list_maybe_fail()
+
+    def _select(self, pair: CandidatePair) -> None:
+        current = self._nominated.get(pair.component)
+        priority = self.pair_priority(pair)
+        if current is not None and current is not pair \
+                and self.pair_priority(current) > priority:
+            return  # a better pair is nominated already: it stays
+        self._nominated[pair.component] = pair
+        # Pairs not checked yet that can only be worse are not needed (RFC 5245 §8.1.2).
+        for p in [p for p in self._check_list if p.component == pair.component
+                  and p.state in (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
+                  and self.pair_priority(p) < priority]:
+            if p.task is not None:
+                p.task.cancel()
+            self._check_list.remove(p)
+        if current is not None and current is not pair:
+            logger.info("ICE: %s nominated over %s (higher priority)", pair, current)
+            self.nominated_pair(pair)
+
+    def _keep_better_checks(self) -> None:
+        # connect() cancels the check tasks it finds once the list completes, and starts no
+        # more: better pairs still in progress keep running out of its reach (close() cancels
+        # them), and better pairs not checked yet (an early check made a worse pair go
+        # first) are checked now, as nothing else would check them.
+        waiting = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
+        for p in self._check_list:
+            best = self._nominated.get(p.component)
+            if best is None or self.pair_priority(p) <= self.pair_priority(best):
+                continue
+            task = p.task
+            if task is None and p.state in waiting:
+                task = asyncio.create_task(self.check_start(p))
+                self.check_state(p, CandidatePair.State.IN_PROGRESS)  # no second check
+            if task is not None:
+                self._upgrades.add(task)
+                task.add_done_callback(self._upgrades.discard)
+                p.task = None
+
+    async def close(self) -> None:
+        upgrades = list(self._upgrades)
+        for task in upgrades:
+            task.cancel()
+        if upgrades:
+            await asyncio.wait(upgrades)
+        await super().close()
+
+
+class _Agent(PriorityAgent):
     def __init__(self, leg: IceLeg, stun_policy: DialectPolicy, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.leg = leg
@@ -184,6 +280,9 @@ class _Agent(Connection):
         sink = self.leg.on_media
         if sink is not None:
             sink(data, component)
+
+    def nominated_pair(self, pair: CandidatePair) -> None:
+        self.leg.route(pair)
 
 
 def _role(controlling: bool) -> str:
@@ -259,6 +358,8 @@ class IceLeg:
         self.connected = False
         self.selected_type: str | None = None
         self._routes: dict[int, tuple[Any, Address]] = {}
+        self._relays: list[tuple[_Protocol, TurnClientUdpProtocol]] = []
+        """Relay protocols with their TURN client (for a bounded deallocation on close)."""
 
     @property
     def controlling(self) -> bool:
@@ -357,6 +458,7 @@ class IceLeg:
         except BaseException:
             inner_transport.close()
             raise
+        self._relays.append((protocol, inner))
         relayed = transport.get_extra_info("sockname")
         related = transport.get_extra_info("related_address") or (self.host, local_port)
         protocol.local_candidate = IceCandidate(
@@ -393,11 +495,18 @@ class IceLeg:
             await agent.add_remote_candidate(_to_ice_candidate(c))
         await agent.add_remote_candidate(None)
         await asyncio.wait_for(agent.connect(), self.settings.connect_timeout)
-        self._routes = {component: (pair.protocol.transport, pair.remote_addr)
-                        for component, pair in agent._nominated.items()}
-        rtp = agent._nominated.get(1)
-        self.selected_type = rtp.local_candidate.type if rtp is not None else None
         self.connected = True
+        for pair in agent._nominated.values():
+            self.route(pair)
+
+    def route(self, pair: CandidatePair) -> None:
+        """Send ``pair.component``'s media on ``pair`` (the nominated pair, or a better one
+        nominated after the checks completed)."""
+        if not self.connected:
+            return  # connect() takes the nominated pairs when the checks complete
+        self._routes[pair.component] = (pair.protocol.transport, pair.remote_addr)
+        if pair.component == 1:
+            self.selected_type = pair.local_candidate.type
 
     @property
     def remote_rtp(self) -> Address | None:
@@ -413,9 +522,35 @@ class IceLeg:
         return True
 
     async def close(self) -> None:
+        """Stop the checks and close every socket, within about TURN_RELEASE_TIMEOUT.
+
+        aioice's ``Connection.close`` closes its protocols one after the other, and a relay
+        protocol's close waits for its TURN deallocation (REFRESH with LIFETIME 0), retried
+        for up to 31.5 s when the server is slow or gone: four relays of a loaded call took
+        over 5 s. Here the relays are taken out of aioice's list and released together, each
+        deallocation bounded (the server frees an allocation it never heard about when it
+        expires, RFC 8656 §6); aioice then closes the host sockets and stops its tasks."""
         self._routes.clear()
         self.connected = False
+        relays, self._relays = self._relays, []
+        agent = self.agent
+        agent._protocols = [p for p in agent._protocols
+                            if all(p is not relay for relay, _ in relays)]
+        results = await asyncio.gather(agent.close(), *(self._release(*r) for r in relays),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                logger.warning("ICE leg %s:%d: close: %r", self.host, self.ports[0], result)
+
+    async def _release(self, protocol: _Protocol, turn: TurnClientUdpProtocol) -> None:
         try:
-            await asyncio.wait_for(self.agent.close(), 5.0)
-        except (TimeoutError, OSError) as exc:
-            logger.warning("ICE leg %s:%d: close: %r", self.host, self.ports[0], exc)
+            # delete() closes the TURN socket however it ends, cancelled included.
+            await asyncio.wait_for(turn.delete(), TURN_RELEASE_TIMEOUT)
+        except TimeoutError:
+            logger.info("ICE leg %s:%d: TURN server %s:%d did not confirm the deallocation "
+                        "within %.1f s", self.host, self.ports[0], *turn.server,
+                        TURN_RELEASE_TIMEOUT)
+        finally:
+            # Nothing is left to delete: this stops the TurnTransport's pending sends and
+            # waits for the socket's connection_lost.
+            await protocol.close()

@@ -68,6 +68,8 @@ from aioice.stun import (
     unpack_xor_address,
 )
 
+from turn.stun_ms import AttributeLayoutError, RawAttribute, padded_hmac_sha1, walk_attributes
+
 __all__ = [
     "DialectPolicy",
     "DialectProtocol",
@@ -118,12 +120,8 @@ class StunDecodeError(ValueError):
     """Not a well-formed STUN message in either dialect (bad layout, length, fingerprint)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StunAttribute:
-    type: int
-    value: bytes
-    offset: int
-    """Where the attribute's header starts in the message."""
+StunAttribute = RawAttribute
+"""One attribute as read: type, value and where its header starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,28 +211,22 @@ def _fingerprint(data: bytes, legacy: bool) -> int:
 # -- decoding -----------------------------------------------------------------------------------
 
 def _walk(data: bytes, aligned: bool) -> tuple[StunAttribute, ...] | None:
-    """The attributes, or None when ``data`` does not parse in this layout."""
+    """The attributes up to MESSAGE-INTEGRITY, and FINGERPRINT (last, 4 bytes) after it, or
+    None when ``data`` does not parse in this layout."""
+    try:
+        walked = walk_attributes(data, HEADER, aligned)
+    except AttributeLayoutError:
+        return None
     attributes: list[StunAttribute] = []
-    pos, end = HEADER, len(data)
     integrity = False
-    while pos < end:
-        if end - pos < 4:
+    for attr in walked:
+        if attr.type == FINGERPRINT and (len(attr.value) != 4 or attr is not walked[-1]):
             return None
-        attr_type, length = struct.unpack_from("!HH", data, pos)
-        stop = pos + 4 + length
-        step = stop + (-length % 4 if aligned else 0)
-        if step > end:
+        if attr.type == MESSAGE_INTEGRITY and len(attr.value) != 20:
             return None
-        if attr_type == FINGERPRINT:
-            if length != 4 or step != end:
-                return None
-        if not integrity or attr_type == FINGERPRINT:
-            attributes.append(StunAttribute(attr_type, data[pos + 4:stop], pos))
-        if attr_type == MESSAGE_INTEGRITY:
-            if length != 20:
-                return None
-            integrity = True
-        pos = step
+        if not integrity or attr.type == FINGERPRINT:
+            attributes.append(attr)
+        integrity = integrity or attr.type == MESSAGE_INTEGRITY
     return tuple(attributes)
 
 
@@ -279,14 +271,14 @@ def decode(data: bytes) -> DecodedMessage:
     raise StunDecodeError("attributes overrun the message in both layouts")
 
 
-def _integrity_input(data: bytes, offset: int, dialect: StunDialect) -> bytes:
-    """What MESSAGE-INTEGRITY at ``offset`` covers, with the length each dialect uses."""
+def _integrity(data: bytes, offset: int, dialect: StunDialect, key: bytes) -> bytes:
+    """The MESSAGE-INTEGRITY at ``offset`` computed the ``dialect``'s way."""
     if dialect is StunDialect.RFC5389:
         length = offset + 24 - HEADER
-        return data[:2] + struct.pack("!H", length) + data[4:offset]
+        text = data[:2] + struct.pack("!H", length) + data[4:offset]
+        return hmac.new(key, text, hashlib.sha1).digest()
     # [MS-ICE2]: the length field as it is on the wire (FINGERPRINT counted), input padded.
-    covered = data[:offset]
-    return covered + bytes(-len(covered) % 64)
+    return padded_hmac_sha1(data[:offset], key)
 
 
 def verify_integrity(message: DecodedMessage, key: bytes,
@@ -297,8 +289,7 @@ def verify_integrity(message: DecodedMessage, key: bytes,
         return None
     order = sorted(dialects, key=lambda d: d is not message.hint)
     for dialect in order:
-        digest = hmac.new(key, _integrity_input(message.data, attr.offset, dialect),
-                          hashlib.sha1).digest()
+        digest = _integrity(message.data, attr.offset, dialect, key)
         if hmac.compare_digest(digest, attr.value):
             return dialect
     return None
@@ -332,8 +323,8 @@ def encode(message_type: int, transaction_id: bytes,
     data = bytearray(struct.pack("!HHI", message_type, final, COOKIE) + transaction_id + body)
     if key is not None:
         offset = len(data)
-        mac = hmac.new(key, _integrity_input(bytes(data), offset, dialect), hashlib.sha1)
-        data += struct.pack("!HH", MESSAGE_INTEGRITY, 20) + mac.digest()
+        mac = _integrity(bytes(data), offset, dialect, key)
+        data += struct.pack("!HH", MESSAGE_INTEGRITY, 20) + mac
     if fingerprint:
         crc = _fingerprint(bytes(data), legacy_fingerprint)
         data += struct.pack("!HHI", FINGERPRINT, 4, crc)

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import DecodeError
+from .stun_ms import AttributeLayoutError, padded_hmac_sha1, walk_attributes
 
 MAGIC_COOKIE = 0x72C64BC6
 MAGIC_COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
@@ -163,35 +164,25 @@ def parse(data: bytes) -> MsMessage:
 
 
 def _walk(data: bytes, *, aligned: bool) -> tuple[tuple[tuple[int, bytes], ...], int | None]:
-    attributes: list[tuple[int, bytes]] = []
+    try:
+        walked = walk_attributes(data, HEADER_LENGTH, aligned)
+    except AttributeLayoutError as error:
+        raise DecodeError(f"MS-TURN {error}") from None
     mi: int | None = None
-    pos, end = HEADER_LENGTH, len(data)
-    while pos < end:
-        if pos + 4 > end:
-            raise DecodeError("truncated MS-TURN attribute header")
-        attr_type, attr_len = _ATTR.unpack_from(data, pos)
-        value_end = pos + 4 + attr_len
-        if value_end > end:
-            raise DecodeError(f"MS-TURN attribute 0x{attr_type:04x} overruns the message")
-        if attr_type == MsAttr.MESSAGE_INTEGRITY:
-            if attr_len != _MI_LENGTH:
+    for attr in walked:
+        if attr.type == MsAttr.MESSAGE_INTEGRITY:
+            if len(attr.value) != _MI_LENGTH:
                 raise DecodeError("MESSAGE-INTEGRITY must be 20 bytes")
             if mi is None:
-                mi = pos
-        attributes.append((attr_type, data[pos + 4 : value_end]))
-        pos = value_end + (-attr_len % 4 if aligned else 0)
-    if pos != end:
-        raise DecodeError("MS-TURN attributes do not end with the message")
-    return tuple(attributes), mi
+                mi = attr.offset
+    return tuple((attr.type, attr.value) for attr in walked), mi
 
 
 def integrity(before_mi: bytes, key: bytes) -> bytes:
     """HMAC-SHA1 of the message up to MESSAGE-INTEGRITY, its length field counting the
     MESSAGE-INTEGRITY attribute, zero-padded to a multiple of 64 bytes."""
     length = len(before_mi) - HEADER_LENGTH + 4 + _MI_LENGTH
-    text = before_mi[:2] + struct.pack("!H", length) + before_mi[4:]
-    text += bytes(-len(text) % 64)
-    return hmac.new(key, text, hashlib.sha1).digest()
+    return padded_hmac_sha1(before_mi[:2] + struct.pack("!H", length) + before_mi[4:], key)
 
 
 def encode(

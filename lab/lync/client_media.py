@@ -32,7 +32,6 @@ from typing import Any
 
 import pylibsrtp
 from aioice import Candidate as IceCandidate
-from aioice import Connection
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candidate
 from aioice.stun import Message
@@ -40,6 +39,7 @@ from aioice.stun import Message
 from lab.lync.ms_turn_client import MsTurnTransport, create_ms_turn_endpoint
 from media.ice_leg import (
     Network,
+    PriorityAgent,
     address_allowed,
     gathered,
     host_candidate,
@@ -132,8 +132,9 @@ class IceServers:
     ms_turn_password: bytes = b""
 
 
-class ClientIce(Connection):
-    """One stream's ICE agent (components 1 RTP and 2 RTCP) on the client's address."""
+class ClientIce(PriorityAgent):
+    """One stream's ICE agent (components 1 RTP and 2 RTCP) on the client's address; like a
+    real client it ends on the highest-priority nominated pair (``PriorityAgent``)."""
 
     def __init__(self, host: str, servers: IceServers, *, controlling: bool,
                  on_media: Callable[[bytes, int], None],
