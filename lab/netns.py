@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Self
 
 __all__ = [
     "BLOCKED",
@@ -97,7 +98,48 @@ def unavailable() -> str | None:
     return None
 
 
-class NetnsTopology:
+def _check_prefix(prefix: str) -> None:
+    # veth names are the prefix plus up to two letters: the kernel allows 15 characters.
+    if not re.fullmatch(r"[a-z0-9-]{1,12}", prefix):
+        raise ValueError(f"namespace prefix {prefix!r}: 1-12 of a-z 0-9 -")
+
+
+def _unique_prefix(letters: str) -> str:
+    """A namespace prefix no other run uses (``<letters><pid><random>-``)."""
+    return f"{letters}{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
+
+
+def _delete_namespace(ns: str) -> None:
+    """``ip netns del``; a failure is logged, not raised (clean-up goes on)."""
+    result = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
+                            timeout=COMMAND_TIMEOUT, check=False)
+    if result.returncode != 0:
+        logger.warning("cannot delete namespace %s: %s", ns, result.stderr.strip())
+
+
+class _Built:
+    """A context manager over ``create``/``destroy``: destroyed on exit, and also when
+    ``create`` fails half-way (whatever it made so far)."""
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.create()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+class NetnsTopology(_Built):
     """Namespaces named ``<prefix><segment>`` and ``<prefix>fw``; a context manager.
 
     ``with NetnsTopology.unique() as net:`` builds everything and removes every namespace
@@ -112,9 +154,7 @@ class NetnsTopology:
         hosts: Sequence[NetnsHost] = LAB_HOSTS,
         blocked: Sequence[tuple[str, str]] = BLOCKED,
     ) -> None:
-        # veth names are prefix + segment initial + "f": the kernel allows 15 characters.
-        if not re.fullmatch(r"[a-z0-9-]{1,12}", prefix):
-            raise ValueError(f"namespace prefix {prefix!r}: 1-12 of a-z 0-9 -")
+        _check_prefix(prefix)  # veth names: prefix + segment initial (+ "f")
         base = ipaddress.ip_network(network)
         if base.prefixlen > 16 or not base.is_private:
             raise ValueError(f"{network}: a private /16 (or larger) is needed")
@@ -129,8 +169,7 @@ class NetnsTopology:
     @classmethod
     def unique(cls, **kwargs: object) -> NetnsTopology:
         """A topology whose prefix no other run uses (``gw<pid><random>-``)."""
-        tag = f"gw{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
-        return cls(tag, **kwargs)  # type: ignore[arg-type]
+        return cls(_unique_prefix("gw"), **kwargs)  # type: ignore[arg-type]
 
     # -- names and addresses ----------------------------------------------------------------
 
@@ -170,17 +209,6 @@ class NetnsTopology:
 
     # -- building -----------------------------------------------------------------------------
 
-    def __enter__(self) -> NetnsTopology:
-        try:
-            self.create()
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
-
     def create(self) -> None:
         """Make the namespaces, links, addresses, routes and firewall rules."""
         fw = self.namespace("fw")
@@ -215,10 +243,7 @@ class NetnsTopology:
     def destroy(self) -> None:
         """Remove every namespace made (their veths go with them)."""
         for ns in reversed(self._made):
-            result = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
-                                    timeout=COMMAND_TIMEOUT, check=False)
-            if result.returncode != 0:
-                logger.warning("cannot delete namespace %s: %s", ns, result.stderr.strip())
+            _delete_namespace(ns)
         self._made.clear()
 
     def existing(self) -> list[str]:
@@ -255,7 +280,7 @@ class NetnsTopology:
 # -- one namespace on a veth to the host's namespace --------------------------------------
 
 
-class VethHost:
+class VethHost(_Built):
     """One namespace joined to the caller's namespace by a veth pair, from which the lab's
     loopback addresses (127.0.0.0/8 of the caller's namespace) are reachable.
 
@@ -268,9 +293,7 @@ class VethHost:
     """
 
     def __init__(self, prefix: str, *, subnet: str = "10.99.0.0/24", host: int = 10) -> None:
-        # veth names are prefix + "h" / "n": the kernel allows 15 characters.
-        if not re.fullmatch(r"[a-z0-9-]{1,12}", prefix):
-            raise ValueError(f"namespace prefix {prefix!r}: 1-12 of a-z 0-9 -")
+        _check_prefix(prefix)  # veth names: prefix + "h" / "n"
         net = ipaddress.IPv4Network(subnet)
         if not net.is_private or net.prefixlen > 30:
             raise ValueError(f"{subnet}: a private IPv4 network of 4 addresses or more is needed")
@@ -294,24 +317,12 @@ class VethHost:
         free = [n for n in range(256) if n not in taken]
         if not free:
             raise NetnsError("every 10.99.N.0/24 is in use here")
-        tag = f"vh{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
         kwargs.setdefault("subnet", f"10.99.{random.choice(free)}.0/24")
-        return cls(tag, **kwargs)  # type: ignore[arg-type]
+        return cls(_unique_prefix("vh"), **kwargs)  # type: ignore[arg-type]
 
     def argv(self, command: Sequence[str]) -> list[str]:
         """``command`` run inside the namespace."""
         return ["ip", "netns", "exec", self.namespace, *command]
-
-    def __enter__(self) -> VethHost:
-        try:
-            self.create()
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
 
     def create(self) -> None:
         """Make the namespace, the veth pair, addresses, routes, sysctls and neighbours."""
@@ -351,11 +362,7 @@ class VethHost:
         if not self._made:
             return
         self._made = False
-        result = subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True,
-                                text=True, timeout=COMMAND_TIMEOUT, check=False)
-        if result.returncode != 0:
-            logger.warning("cannot delete namespace %s: %s", self.namespace,
-                           result.stderr.strip())
+        _delete_namespace(self.namespace)
         # A veth end left in this namespace would keep the subnet's address in use.
         subprocess.run(["ip", "link", "del", self.outer_link], capture_output=True,
                        timeout=COMMAND_TIMEOUT, check=False)
