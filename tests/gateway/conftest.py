@@ -360,6 +360,12 @@ class RunningGateway:
         )
 
 
+def idle(status: dict[str, Any]) -> bool:
+    """A /status with no call, no media port in use and no media socket bound."""
+    pool = status["port_pool"]
+    return not status["calls"] and pool["in_use"] == 0 and pool["bound"] == 0
+
+
 def _expected_listeners(ports: GatewayPorts, microsoft: str) -> set[tuple[str, str, int]]:
     return {
         (microsoft, GATEWAY_HOST, ports.microsoft),
@@ -380,7 +386,7 @@ def run_gateway(
     b2bua_tables: str = "",
 ) -> Iterator[RunningGateway]:
     """Write a config for free ports and run `gateway run --config` until every listener
-    is logged; stopped (SIGTERM) on exit.
+    is logged and /status is served; stopped (SIGTERM) on exit.
 
     ``microsoft_transport`` "tcp" puts the Microsoft listener on plain TCP (the product
     allows it, "not recommended"): the benchmark uses it to measure without stunnel.
@@ -411,6 +417,8 @@ def run_gateway(
         return True if expected <= found else None
 
     peer.wait_for_output(ready, GATEWAY_READY, "its four listeners")
+    # /status listens a little after the SIP listeners are logged.
+    peer.wait_for_bound(ports.management, SockKind.TCP, 15.0)
     try:
         yield RunningGateway(peer, ports, config)
     finally:

@@ -20,7 +20,6 @@ from tests.gateway.conftest import (
     run_gateway,
     tls_exchange,
 )
-from tests.peers.procs import SockKind
 
 pytestmark = pytest.mark.peer
 
@@ -29,7 +28,6 @@ pytestmark = pytest.mark.peer
 def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     require_peers()
     with run_gateway(pki, tmp_path_factory.mktemp("gateway")) as running:
-        running.peer.wait_for_bound(running.ports.management, SockKind.TCP, 15.0)
         yield running
 
 

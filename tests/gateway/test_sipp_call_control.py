@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,12 +25,13 @@ from tests.gateway.conftest import (
     Scenario,
     counters,
     fe_tunnel,
+    idle,
     require_peers,
     run_gateway,
     run_scenario,
     serve_scenario,
 )
-from tests.peers.procs import SockKind, free_port_both
+from tests.peers.procs import free_port_both
 
 pytestmark = pytest.mark.peer
 
@@ -72,13 +72,7 @@ def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory,
     require_peers()
     with run_gateway(pki, tmp_path_factory.mktemp("gateway"),
                      b2bua_tables=best_effort_tables(best_effort_port)) as running:
-        running.peer.wait_for_bound(running.ports.management, SockKind.TCP, 15.0)
         yield running
-
-
-def idle(status: dict[str, Any]) -> bool:
-    pool = status["port_pool"]
-    return not status["calls"] and pool["in_use"] == 0 and pool["bound"] == 0
 
 
 def final_responses(messages: str, status: int) -> list[str]:

@@ -17,7 +17,6 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +28,7 @@ from tests.gateway.conftest import (
     counters,
     cucm_behind_fe_tunnel,
     fe_tunnel,
+    idle,
     require_peers,
     run_gateway,
     run_scenario,
@@ -68,8 +68,6 @@ def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory,
               'username = "GatewayB2BUA"\npassword = "secret"\n')
     with run_gateway(pki, tmp_path_factory.mktemp("gateway"), b2bua_tables=tables,
                      overrides=["b2bua.offer_turn=true"]) as running:
-        # /status listens a little after the SIP listeners are logged.
-        running.peer.wait_for_bound(running.ports.management, SockKind.TCP, 15.0)
         yield running
 
 
@@ -81,11 +79,6 @@ def metrics(gateway: RunningGateway) -> dict[str, float]:
     for match in re.finditer(r'^gateway_calls_refused_total\{reason="(\w+)"\} (\S+)$', text, re.M):
         found[match[1]] = float(match[2])
     return found
-
-
-def idle(status: dict[str, Any]) -> bool:
-    pool = status["port_pool"]
-    return not status["calls"] and pool["in_use"] == 0 and pool["bound"] == 0
 
 
 def test_cancel_during_setup_leaks_nothing_and_calls_still_succeed(
