@@ -154,16 +154,24 @@ def serve_scenario(
 
 @contextmanager
 def cucm_behind_fe_tunnel(
-    gateway: RunningGateway, pki: LabPKI, base: Path, *, calls: int
+    gateway: RunningGateway,
+    pki: LabPKI,
+    base: Path,
+    *,
+    calls: int = 1,
+    file: str = "cucm_uas.xml",
+    host: str = CUCM_HOST,
+    port: int | None = None,
 ) -> Iterator[tuple[SippProcess, Stunnel]]:
-    """SIPp plays CUCM (cucm_uas.xml) behind the gateway's neighbor zone, and an stunnel
-    client plays the Lync FE's mutual TLS into the gateway's Microsoft listener (checking
-    the gateway's certificate against the cluster FQDN). Yields (CUCM, tunnel)."""
+    """SIPp plays CUCM (``file``, by default cucm_uas.xml) behind a neighbor zone (by
+    default the CUCM zone's ``host`` and port), and an stunnel client plays the Lync FE's
+    mutual TLS into the gateway's Microsoft listener (checking the gateway's certificate
+    against the cluster FQDN). Yields (CUCM, tunnel)."""
     cucm = Scenario(
-        "cucm_uas.xml",
+        file,
         calls=calls,
-        local_host=CUCM_HOST,
-        local_port=gateway.ports.cucm,
+        local_host=host,
+        local_port=gateway.ports.cucm if port is None else port,
         extra=("-reconnect_close", "false"),
     )
     with serve_scenario(cucm, base) as served, fe_tunnel(gateway, pki, base) as tunnel:

@@ -24,12 +24,12 @@ from tests.gateway.conftest import (
     RunningGateway,
     Scenario,
     counters,
+    cucm_behind_fe_tunnel,
     fe_tunnel,
     idle,
     require_peers,
     run_gateway,
     run_scenario,
-    serve_scenario,
 )
 from tests.peers.procs import free_port_both
 
@@ -126,9 +126,8 @@ def test_microsoft_side_require_gets_420_naming_the_tag(
 def test_callee_answering_too_few_m_lines_gives_the_caller_502_and_is_cleared(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path
 ) -> None:
-    cucm = Scenario("cucm_uas_audio_only.xml", local_host=CUCM_HOST,
-                    local_port=gateway.ports.cucm, extra=("-reconnect_close", "false"))
-    with serve_scenario(cucm, tmp_path) as served, fe_tunnel(gateway, pki, tmp_path) as tunnel:
+    with cucm_behind_fe_tunnel(gateway, pki, tmp_path,
+                               file="cucm_uas_audio_only.xml") as (served, tunnel):
         caller = run_scenario(
             Scenario("lync_fe_uac_502.xml", remote=(tunnel.host, tunnel.port), service="3001",
                      trace_messages=True),
@@ -153,9 +152,8 @@ def test_callee_answering_too_few_m_lines_gives_the_caller_502_and_is_cleared(
 def test_best_effort_zone_offers_plain_rtp_after_the_srtp_offer_is_refused(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path, best_effort_port: int
 ) -> None:
-    cucm = Scenario("cucm_uas_refuses_srtp.xml", local_host=BEST_EFFORT_HOST,
-                    local_port=best_effort_port, extra=("-reconnect_close", "false"))
-    with serve_scenario(cucm, tmp_path) as served, fe_tunnel(gateway, pki, tmp_path) as tunnel:
+    with cucm_behind_fe_tunnel(gateway, pki, tmp_path, file="cucm_uas_refuses_srtp.xml",
+                               host=BEST_EFFORT_HOST, port=best_effort_port) as (served, tunnel):
         caller = run_scenario(
             Scenario("lync_fe_uac.xml", remote=(tunnel.host, tunnel.port), service="5001",
                      duration_ms=300),

@@ -22,17 +22,14 @@ import pytest
 
 from certs.pki import LabPKI
 from tests.gateway.conftest import (
-    CUCM_HOST,
     RunningGateway,
     Scenario,
     counters,
     cucm_behind_fe_tunnel,
-    fe_tunnel,
     idle,
     require_peers,
     run_gateway,
     run_scenario,
-    serve_scenario,
 )
 from tests.peers.procs import PeerProcess, SockKind, free_port, random_free_udp_range
 
@@ -85,9 +82,8 @@ def test_cancel_during_setup_leaks_nothing_and_calls_still_succeed(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path
 ) -> None:
     before = gateway.wait_status(idle, SETTLE, "an idle gateway")
-    uas = Scenario("cucm_uas_cancel.xml", calls=CANCELS, local_host=CUCM_HOST,
-                   local_port=gateway.ports.cucm, extra=("-reconnect_close", "false"))
-    with serve_scenario(uas, tmp_path) as served, fe_tunnel(gateway, pki, tmp_path) as tunnel:
+    with cucm_behind_fe_tunnel(gateway, pki, tmp_path, calls=CANCELS,
+                               file="cucm_uas_cancel.xml") as (served, tunnel):
         caller = run_scenario(
             Scenario("lync_fe_uac_cancel.xml", calls=CANCELS, remote=(tunnel.host, tunnel.port),
                      service="3001", rate=10, limit=CANCELS, keys={"via_transport": "TLS"},
