@@ -32,6 +32,7 @@ from tests.gateway.conftest import (
     run_scenario,
 )
 from tests.peers.procs import free_port_both
+from tests.peers.sipp import SippResult
 
 pytestmark = pytest.mark.peer
 
@@ -81,6 +82,15 @@ def final_responses(messages: str, status: int) -> list[str]:
     return [b for b in blocks if re.search(rf"^SIP/2\.0 {status} ", b, re.M)]
 
 
+def assert_420_naming(caller: SippResult, gateway: RunningGateway, tag: str) -> None:
+    """The caller's call completed on a 420 whose Unsupported names ``tag``."""
+    context = f"{caller.describe()}\n{gateway.log()}"
+    assert counters(caller)["successful"] == 1, context
+    refusals = final_responses(caller.messages, 420)
+    assert refusals and re.search(rf"^Unsupported: *{re.escape(tag)} *$", refusals[0],
+                                  re.M | re.I), context
+
+
 # -- 420 Bad Extension -------------------------------------------------------------------
 
 
@@ -94,11 +104,7 @@ def test_video_side_require_gets_420_naming_the_tag(
                  keys={"require": tag, "domain": "example.com", "caller": "3001",
                        "caller_domain": "video.example.com"}),
         tmp_path)
-    context = f"{caller.describe()}\n{gateway.log()}"
-    assert counters(caller)["successful"] == 1, context
-    refusals = final_responses(caller.messages, 420)
-    assert refusals and re.search(rf"^Unsupported: *{re.escape(tag)} *$", refusals[0],
-                                  re.M | re.I), context
+    assert_420_naming(caller, gateway, tag)
     gateway.wait_status(idle, SETTLE, "nothing set up for a 420")
 
 
@@ -113,11 +119,7 @@ def test_microsoft_side_require_gets_420_naming_the_tag(
                      keys={"require": tag, "domain": "video.example.com",
                            "caller": "alice.parkes", "caller_domain": "example.com"}),
             tmp_path)
-    context = f"{caller.describe()}\n{gateway.log()}"
-    assert counters(caller)["successful"] == 1, context
-    refusals = final_responses(caller.messages, 420)
-    assert refusals and re.search(rf"^Unsupported: *{re.escape(tag)} *$", refusals[0],
-                                  re.M | re.I), context
+    assert_420_naming(caller, gateway, tag)
 
 
 # -- the callee's fault ---------------------------------------------------------------
