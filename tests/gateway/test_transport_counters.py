@@ -34,16 +34,6 @@ SERIES = re.compile(
 def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     require_peers()
     with run_gateway(pki, tmp_path_factory.mktemp("gateway")) as running:
-        # The management server starts after the SIP listeners are logged: wait for it.
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                transport_metrics(running)
-                break
-            except urllib.error.URLError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         yield running
 
 
