@@ -353,6 +353,13 @@ class RunningGateway:
             data: dict[str, Any] = json.load(reply)
         return data
 
+    def metrics(self) -> str:
+        """GET /metrics: the Prometheus text."""
+        url = f"http://127.0.0.1:{self.ports.management}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
+            text: str = reply.read().decode()
+        return text
+
     def wait_status(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
         """Re-read /status until `predicate(status)` holds (status cannot push changes)."""
         deadline = time.monotonic() + timeout

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,9 +68,7 @@ def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory,
 
 
 def metrics(gateway: RunningGateway) -> dict[str, float]:
-    url = f"http://127.0.0.1:{gateway.ports.management}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
-        text = reply.read().decode()
+    text = gateway.metrics()
     found = {}
     for match in re.finditer(r'^gateway_calls_refused_total\{reason="(\w+)"\} (\S+)$', text, re.M):
         found[match[1]] = float(match[2])

@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -39,9 +37,7 @@ def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
 
 def transport_metrics(gateway: RunningGateway) -> dict[tuple[str, str], float]:
     """``{(side, reason): value}`` from GET /metrics."""
-    url = f"http://127.0.0.1:{gateway.ports.management}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
-        text = reply.read().decode()
+    text = gateway.metrics()
     return {(side, reason): float(value) for reason, side, value in SERIES.findall(text)}
 
 
