@@ -34,6 +34,7 @@ __all__ = [
     "NetnsError",
     "NetnsHost",
     "NetnsTopology",
+    "NetnsUnavailable",
     "SEGMENTS",
     "VethHost",
     "unavailable",
@@ -58,6 +59,10 @@ BLOCKED: tuple[tuple[str, str], ...] = (
 
 class NetnsError(RuntimeError):
     """A namespace, link, address or route could not be made."""
+
+
+class NetnsUnavailable(NetnsError):
+    """Not even the namespace or its veth pair could be made (no CAP_NET_ADMIN, no veth)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +295,13 @@ class VethHost(_Built):
     127.x sources and destinations (``route_localnet``, ``accept_local``, no ``rp_filter``);
     neighbours are static because ARP will not answer for a 127.x sender. A context manager:
     the namespace (and with it both veth ends) is deleted on exit, also after a failed build.
+
+    ``lab_loopback=False`` makes only the namespace and the addressed veth pair (a peer that
+    talks to the caller's end of the veth, not to the lab's 127.x addresses).
     """
 
-    def __init__(self, prefix: str, *, subnet: str = "10.99.0.0/24", host: int = 10) -> None:
+    def __init__(self, prefix: str, *, subnet: str = "10.99.0.0/24", host: int = 10,
+                 lab_loopback: bool = True) -> None:
         _check_prefix(prefix)  # veth names: prefix + "h" / "n"
         net = ipaddress.IPv4Network(subnet)
         if not net.is_private or net.prefixlen > 30:
@@ -305,6 +314,7 @@ class VethHost(_Built):
         self.address = str(net.network_address + host)
         """The inside end: the peer's address."""
         self.outer_link, self.inner_link = prefix + "h", prefix + "n"
+        self.lab_loopback = lab_loopback
         self._made = False
 
     @classmethod
@@ -327,22 +337,34 @@ class VethHost(_Built):
     def create(self) -> None:
         """Make the namespace, the veth pair, addresses, routes, sysctls and neighbours."""
         ns, run = self.namespace, NetnsTopology._run
-        run(["ip", "netns", "add", ns])
-        self._made = True
-        run(["ip", "link", "add", self.outer_link, "type", "veth",
-             "peer", "name", self.inner_link])
+        try:
+            run(["ip", "netns", "add", ns])
+            self._made = True
+            run(["ip", "link", "add", self.outer_link, "type", "veth",
+                 "peer", "name", self.inner_link])
+        except NetnsError as error:
+            raise NetnsUnavailable(str(error)) from error
         run(["ip", "link", "set", self.inner_link, "netns", ns])
         length = self.subnet.prefixlen
         run(["ip", "addr", "add", f"{self.outer}/{length}", "dev", self.outer_link])
         run(["ip", "-n", ns, "addr", "add", f"{self.address}/{length}", "dev", self.inner_link])
-        for key, value in (("route_localnet", "1"), ("accept_local", "1"), ("rp_filter", "0")):
-            run(["sysctl", "-qw", f"net.ipv4.conf.{self.outer_link}.{key}={value}"])
-            for device in (self.inner_link, "all"):
-                run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                     f"net.ipv4.conf.{device}.{key}={value}"])
+        if self.lab_loopback:
+            for key, value in (("route_localnet", "1"), ("accept_local", "1"),
+                               ("rp_filter", "0")):
+                run(["sysctl", "-qw", f"net.ipv4.conf.{self.outer_link}.{key}={value}"])
+                for device in (self.inner_link, "all"):
+                    run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                         f"net.ipv4.conf.{device}.{key}={value}"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         run(["ip", "link", "set", self.outer_link, "up"])
         run(["ip", "-n", ns, "link", "set", self.inner_link, "up"])
+        if self.lab_loopback:
+            self._route_lab_loopback()
+        logger.debug("veth host %s at %s (%s <-> %s)", ns, self.address, self.outer_link,
+                     self.inner_link)
+
+    def _route_lab_loopback(self) -> None:
+        ns, run = self.namespace, NetnsTopology._run
         # Inside, only 127.0.0.1 stays local: the rest of 127/8 is the lab, over the veth.
         run(["ip", "-n", ns, "route", "del", "local", "127.0.0.0/8", "dev", "lo",
              "table", "local"])
@@ -354,8 +376,6 @@ class VethHost(_Built):
              self._mac(None, self.outer_link), "dev", self.inner_link, "nud", "permanent"])
         run(["ip", "neigh", "replace", self.address, "lladdr",
              self._mac(ns, self.inner_link), "dev", self.outer_link, "nud", "permanent"])
-        logger.debug("veth host %s at %s (%s <-> %s)", ns, self.address, self.outer_link,
-                     self.inner_link)
 
     def destroy(self) -> None:
         """Delete the namespace (both veth ends go with it)."""
