@@ -14,10 +14,8 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import secrets
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import NetnsError, VethHost
+from tests.media.libnice import SYSTEM_PYTHON, why_not
 from tests.peers.procs import random_free_port
 from turn.auth import mras_credentials
 from turn.config import TurnConfig
@@ -34,19 +33,6 @@ from turn.server import TurnServer
 from .helpers import relay_range
 
 PEER = Path(__file__).parent.parent / "peers" / "libnice_msturn_peer.py"
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('Nice', '0.1')"],
-        capture_output=True,
-    )
-    if probe.returncode:
-        return "libnice GObject bindings missing (gir1.2-nice-0.1, python3-gi)"
-    return None
 
 
 @dataclass(frozen=True)
@@ -58,7 +44,7 @@ class Veth:
 
 @pytest.fixture
 def veth() -> Iterator[Veth]:
-    reason = _missing()
+    reason = why_not()
     if reason:
         pytest.skip(f"libnice MS-TURN test skipped: {reason}")
     host = VethHost.unique(lab_loopback=False)
