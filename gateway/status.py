@@ -58,7 +58,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 from media.counters import LegCounters
@@ -409,14 +409,11 @@ class TransportCountersView:
 
     @classmethod
     def from_counters(cls, side: LegSide, counters: TransportCounters) -> TransportCountersView:
-        """A snapshot of a ``TransportManager``'s live counters."""
-        return cls(side, counters.refused, counters.evicted, counters.message_deadline,
-                   counters.slow_reader, counters.idle, counters.oversized, counters.tls_failed)
+        """A snapshot of a ``TransportManager``'s live counters (field by field, by name)."""
+        return cls(side, **asdict(counters))
 
     def to_json(self) -> Json:
-        return {"refused": self.refused, "evicted": self.evicted,
-                "message_deadline": self.message_deadline, "slow_reader": self.slow_reader,
-                "idle": self.idle, "oversized": self.oversized, "tls_failed": self.tls_failed}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "side"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,8 +98,22 @@ def print_table(reports: list[CallReport]) -> None:
     Console().print(table)
 
 
+def write_report(reports: list[CallReport], *, as_json: bool) -> bool:
+    """The results on stdout: the summary object (``--json``) or the table. True when
+    every call passed."""
+    from lab.demo import summary
+
+    document = summary(reports)
+    if as_json:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        print_table(reports)
+    sys.stdout.flush()
+    return bool(document["failed"] == 0)
+
+
 async def _run(args: argparse.Namespace) -> int:
-    from lab.demo import demo_matrix, load_calls, summary
+    from lab.demo import demo_matrix, load_calls
     from lab.topology import Lab
 
     progress = Progress(fancy=not args.json)
@@ -108,17 +122,12 @@ async def _run(args: argparse.Namespace) -> int:
         async with lab:
             progress.close()
             reports = await _calls(lab, args, demo_matrix, load_calls)
-            document = summary(reports)
-            if args.json:
-                sys.stdout.write(json.dumps(document, indent=2) + "\n")
-            else:
-                print_table(reports)
-            sys.stdout.flush()
+            passed = write_report(reports, as_json=args.json)
             if args.keep_running:
                 _announce(lab)
                 await stop_on_signal().wait()
                 sys.stderr.write("lab: stopping\n")
-            return 0 if document["failed"] == 0 else 1
+            return 0 if passed else 1
     finally:
         progress.close()
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from gateway.addresses import HostPort, parse_host_port
 from lab.control import ControlError, RemoteCall, RemoteParty
-from lab.demo import AOR, MATRIX, STEP_TIMEOUT, CallReport, Result, run_call, summary
+from lab.demo import AOR, MATRIX, STEP_TIMEOUT, CallReport, Result, run_call
 from sip import aio
 
 __all__ = ["DockerLab", "PARTIES", "main"]
@@ -112,15 +111,9 @@ async def _run(args: argparse.Namespace) -> int:
                          f"{', '.join(missing)}\n")
         return 1
     reports = await docker_matrix(lab, args.duration)
-    document = summary(reports)
-    if args.json:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    else:
-        from lab.cli import print_table
+    from lab.cli import write_report
 
-        print_table(reports)
-    sys.stdout.flush()
-    return 0 if document["failed"] == 0 else 1
+    return 0 if write_report(reports, as_json=args.json) else 1
 
 
 def main(argv: list[str]) -> int:

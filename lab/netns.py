@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Self
 
 __all__ = [
     "BLOCKED",
@@ -33,6 +34,7 @@ __all__ = [
     "NetnsError",
     "NetnsHost",
     "NetnsTopology",
+    "NetnsUnavailable",
     "SEGMENTS",
     "VethHost",
     "unavailable",
@@ -57,6 +59,10 @@ BLOCKED: tuple[tuple[str, str], ...] = (
 
 class NetnsError(RuntimeError):
     """A namespace, link, address or route could not be made."""
+
+
+class NetnsUnavailable(NetnsError):
+    """Not even the namespace or its veth pair could be made (no CAP_NET_ADMIN, no veth)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +103,48 @@ def unavailable() -> str | None:
     return None
 
 
-class NetnsTopology:
+def _check_prefix(prefix: str) -> None:
+    # veth names are the prefix plus up to two letters: the kernel allows 15 characters.
+    if not re.fullmatch(r"[a-z0-9-]{1,12}", prefix):
+        raise ValueError(f"namespace prefix {prefix!r}: 1-12 of a-z 0-9 -")
+
+
+def _unique_prefix(letters: str) -> str:
+    """A namespace prefix no other run uses (``<letters><pid><random>-``)."""
+    return f"{letters}{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
+
+
+def _delete_namespace(ns: str) -> None:
+    """``ip netns del``; a failure is logged, not raised (clean-up goes on)."""
+    result = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
+                            timeout=COMMAND_TIMEOUT, check=False)
+    if result.returncode != 0:
+        logger.warning("cannot delete namespace %s: %s", ns, result.stderr.strip())
+
+
+class _Built:
+    """A context manager over ``create``/``destroy``: destroyed on exit, and also when
+    ``create`` fails half-way (whatever it made so far)."""
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.create()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+class NetnsTopology(_Built):
     """Namespaces named ``<prefix><segment>`` and ``<prefix>fw``; a context manager.
 
     ``with NetnsTopology.unique() as net:`` builds everything and removes every namespace
@@ -112,9 +159,7 @@ class NetnsTopology:
         hosts: Sequence[NetnsHost] = LAB_HOSTS,
         blocked: Sequence[tuple[str, str]] = BLOCKED,
     ) -> None:
-        # veth names are prefix + segment initial + "f": the kernel allows 15 characters.
-        if not re.fullmatch(r"[a-z0-9-]{1,12}", prefix):
-            raise ValueError(f"namespace prefix {prefix!r}: 1-12 of a-z 0-9 -")
+        _check_prefix(prefix)  # veth names: prefix + segment initial (+ "f")
         base = ipaddress.ip_network(network)
         if base.prefixlen > 16 or not base.is_private:
             raise ValueError(f"{network}: a private /16 (or larger) is needed")
@@ -129,8 +174,7 @@ class NetnsTopology:
     @classmethod
     def unique(cls, **kwargs: object) -> NetnsTopology:
         """A topology whose prefix no other run uses (``gw<pid><random>-``)."""
-        tag = f"gw{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
-        return cls(tag, **kwargs)  # type: ignore[arg-type]
+        return cls(_unique_prefix("gw"), **kwargs)  # type: ignore[arg-type]
 
     # -- names and addresses ----------------------------------------------------------------
 
@@ -170,17 +214,6 @@ class NetnsTopology:
 
     # -- building -----------------------------------------------------------------------------
 
-    def __enter__(self) -> NetnsTopology:
-        try:
-            self.create()
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
-
     def create(self) -> None:
         """Make the namespaces, links, addresses, routes and firewall rules."""
         fw = self.namespace("fw")
@@ -215,10 +248,7 @@ class NetnsTopology:
     def destroy(self) -> None:
         """Remove every namespace made (their veths go with them)."""
         for ns in reversed(self._made):
-            result = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
-                                    timeout=COMMAND_TIMEOUT, check=False)
-            if result.returncode != 0:
-                logger.warning("cannot delete namespace %s: %s", ns, result.stderr.strip())
+            _delete_namespace(ns)
         self._made.clear()
 
     def existing(self) -> list[str]:
@@ -255,7 +285,7 @@ class NetnsTopology:
 # -- one namespace on a veth to the host's namespace --------------------------------------
 
 
-class VethHost:
+class VethHost(_Built):
     """One namespace joined to the caller's namespace by a veth pair, from which the lab's
     loopback addresses (127.0.0.0/8 of the caller's namespace) are reachable.
 
@@ -265,12 +295,14 @@ class VethHost:
     127.x sources and destinations (``route_localnet``, ``accept_local``, no ``rp_filter``);
     neighbours are static because ARP will not answer for a 127.x sender. A context manager:
     the namespace (and with it both veth ends) is deleted on exit, also after a failed build.
+
+    ``lab_loopback=False`` makes only the namespace and the addressed veth pair (a peer that
+    talks to the caller's end of the veth, not to the lab's 127.x addresses).
     """
 
-    def __init__(self, prefix: str, *, subnet: str = "10.99.0.0/24", host: int = 10) -> None:
-        # veth names are prefix + "h" / "n": the kernel allows 15 characters.
-        if not re.fullmatch(r"[a-z0-9-]{1,12}", prefix):
-            raise ValueError(f"namespace prefix {prefix!r}: 1-12 of a-z 0-9 -")
+    def __init__(self, prefix: str, *, subnet: str = "10.99.0.0/24", host: int = 10,
+                 lab_loopback: bool = True) -> None:
+        _check_prefix(prefix)  # veth names: prefix + "h" / "n"
         net = ipaddress.IPv4Network(subnet)
         if not net.is_private or net.prefixlen > 30:
             raise ValueError(f"{subnet}: a private IPv4 network of 4 addresses or more is needed")
@@ -282,6 +314,7 @@ class VethHost:
         self.address = str(net.network_address + host)
         """The inside end: the peer's address."""
         self.outer_link, self.inner_link = prefix + "h", prefix + "n"
+        self.lab_loopback = lab_loopback
         self._made = False
 
     @classmethod
@@ -294,44 +327,44 @@ class VethHost:
         free = [n for n in range(256) if n not in taken]
         if not free:
             raise NetnsError("every 10.99.N.0/24 is in use here")
-        tag = f"vh{os.getpid() % 100000}{uuid.uuid4().hex[:3]}-"
         kwargs.setdefault("subnet", f"10.99.{random.choice(free)}.0/24")
-        return cls(tag, **kwargs)  # type: ignore[arg-type]
+        return cls(_unique_prefix("vh"), **kwargs)  # type: ignore[arg-type]
 
     def argv(self, command: Sequence[str]) -> list[str]:
         """``command`` run inside the namespace."""
         return ["ip", "netns", "exec", self.namespace, *command]
 
-    def __enter__(self) -> VethHost:
-        try:
-            self.create()
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
-
     def create(self) -> None:
         """Make the namespace, the veth pair, addresses, routes, sysctls and neighbours."""
         ns, run = self.namespace, NetnsTopology._run
-        run(["ip", "netns", "add", ns])
-        self._made = True
-        run(["ip", "link", "add", self.outer_link, "type", "veth",
-             "peer", "name", self.inner_link])
+        try:
+            run(["ip", "netns", "add", ns])
+            self._made = True
+            run(["ip", "link", "add", self.outer_link, "type", "veth",
+                 "peer", "name", self.inner_link])
+        except NetnsError as error:
+            raise NetnsUnavailable(str(error)) from error
         run(["ip", "link", "set", self.inner_link, "netns", ns])
         length = self.subnet.prefixlen
         run(["ip", "addr", "add", f"{self.outer}/{length}", "dev", self.outer_link])
         run(["ip", "-n", ns, "addr", "add", f"{self.address}/{length}", "dev", self.inner_link])
-        for key, value in (("route_localnet", "1"), ("accept_local", "1"), ("rp_filter", "0")):
-            run(["sysctl", "-qw", f"net.ipv4.conf.{self.outer_link}.{key}={value}"])
-            for device in (self.inner_link, "all"):
-                run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                     f"net.ipv4.conf.{device}.{key}={value}"])
+        if self.lab_loopback:
+            for key, value in (("route_localnet", "1"), ("accept_local", "1"),
+                               ("rp_filter", "0")):
+                run(["sysctl", "-qw", f"net.ipv4.conf.{self.outer_link}.{key}={value}"])
+                for device in (self.inner_link, "all"):
+                    run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                         f"net.ipv4.conf.{device}.{key}={value}"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         run(["ip", "link", "set", self.outer_link, "up"])
         run(["ip", "-n", ns, "link", "set", self.inner_link, "up"])
+        if self.lab_loopback:
+            self._route_lab_loopback()
+        logger.debug("veth host %s at %s (%s <-> %s)", ns, self.address, self.outer_link,
+                     self.inner_link)
+
+    def _route_lab_loopback(self) -> None:
+        ns, run = self.namespace, NetnsTopology._run
         # Inside, only 127.0.0.1 stays local: the rest of 127/8 is the lab, over the veth.
         run(["ip", "-n", ns, "route", "del", "local", "127.0.0.0/8", "dev", "lo",
              "table", "local"])
@@ -343,19 +376,13 @@ class VethHost:
              self._mac(None, self.outer_link), "dev", self.inner_link, "nud", "permanent"])
         run(["ip", "neigh", "replace", self.address, "lladdr",
              self._mac(ns, self.inner_link), "dev", self.outer_link, "nud", "permanent"])
-        logger.debug("veth host %s at %s (%s <-> %s)", ns, self.address, self.outer_link,
-                     self.inner_link)
 
     def destroy(self) -> None:
         """Delete the namespace (both veth ends go with it)."""
         if not self._made:
             return
         self._made = False
-        result = subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True,
-                                text=True, timeout=COMMAND_TIMEOUT, check=False)
-        if result.returncode != 0:
-            logger.warning("cannot delete namespace %s: %s", self.namespace,
-                           result.stderr.strip())
+        _delete_namespace(self.namespace)
         # A veth end left in this namespace would keep the subnet's address in use.
         subprocess.run(["ip", "link", "del", self.outer_link], capture_output=True,
                        timeout=COMMAND_TIMEOUT, check=False)

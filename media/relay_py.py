@@ -8,12 +8,10 @@ import selectors
 import socket
 import struct
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pylibsrtp
 
-from media.ms_dialect import SsrcRange
 from media.relay import (
     COUNTER_NAMES,
     MAP_CAP,
@@ -29,7 +27,7 @@ from media.relay import (
     Verdict,
 )
 from media.srtp import AUTH_TAG_LEN
-from media.ssrc import rewrite_rtcp
+from media.ssrc import SsrcMapper, rewrite_rtcp
 
 __all__ = ["PyHub", "PyRelay"]
 
@@ -38,36 +36,6 @@ _BATCH = 64
 _U32 = struct.Struct("!I")
 _TIMESPEC = struct.Struct("@qq")
 _LAT_BUCKETS = 20000
-
-
-class _Mapper:
-    """media.ssrc.SsrcMapper's rule with the native path's table cap (``MAP_CAP``)."""
-
-    def __init__(self, ssrc_range: SsrcRange) -> None:
-        self.range = ssrc_range
-        self._size = ssrc_range.last - ssrc_range.first + 1
-        self._cap = min(self._size, MAP_CAP)
-        self._forward: OrderedDict[int, int] = OrderedDict()
-        self._reverse: dict[int, int] = {}
-        self._next = ssrc_range.first
-
-    def map(self, original: int) -> int:
-        mapped = self._forward.get(original)
-        if mapped is not None:
-            return mapped
-        if len(self._forward) >= self._cap:
-            _, mapped = self._forward.popitem(last=False)
-            # the reverse entry of the reused SSRC is overwritten just below
-        else:
-            mapped = self._next
-            first = self.range.first
-            self._next = first + (self._next - first + 1) % self._size
-        self._forward[original] = mapped
-        self._reverse[mapped] = original
-        return mapped
-
-    def unmap(self, mapped: int) -> int:
-        return self._reverse.get(mapped, mapped)
 
 
 def _same(ssrc: int) -> int:
@@ -121,7 +89,7 @@ class PyRelay:
                 state.sock = socket.socket(fileno=fd)
                 state.sock.setblocking(False)
         self._plan = ForwardingPlan()
-        self._mapper: _Mapper | None = None
+        self._mapper: SsrcMapper | None = None
         self.on_stun: StunSink | None = None
         self.on_latch: LatchSink | None = None
         self.hub: PyHub | None = None
@@ -140,7 +108,7 @@ class PyRelay:
         if plan.ssrc_range is None:
             self._mapper = None
         elif self._mapper is None or self._mapper.range != plan.ssrc_range:
-            self._mapper = _Mapper(plan.ssrc_range)
+            self._mapper = SsrcMapper(plan.ssrc_range, MAP_CAP)
         self._plan = plan
 
     def _process(self, side: int, data: bytes, source: Address,

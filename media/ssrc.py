@@ -27,10 +27,13 @@ RTCP_SR, RTCP_RR, RTCP_SDES, RTCP_BYE, RTCP_APP, RTCP_RTPFB, RTCP_PSFB = range(2
 
 class SsrcMapper:
     """Stable mapping endpoint SSRC -> SSRC in ``range``; the least recently new is reused
-    when the range is full."""
+    when the range is full, or when ``cap`` SSRCs are mapped (the native relay's table size,
+    ``media.relay.MAP_CAP``) if that comes first."""
 
-    def __init__(self, ssrc_range: SsrcRange) -> None:
+    def __init__(self, ssrc_range: SsrcRange, cap: int | None = None) -> None:
         self.range = ssrc_range
+        self._size = ssrc_range.last - ssrc_range.first + 1
+        self._cap = self._size if cap is None else min(self._size, cap)
         self._forward: OrderedDict[int, int] = OrderedDict()
         self._reverse: dict[int, int] = {}
         self._next = ssrc_range.first
@@ -39,13 +42,12 @@ class SsrcMapper:
         mapped = self._forward.get(original)
         if mapped is not None:
             return mapped
-        size = self.range.last - self.range.first + 1
-        if len(self._forward) >= size:
-            old, mapped = self._forward.popitem(last=False)
+        if len(self._forward) >= self._cap:
+            _, mapped = self._forward.popitem(last=False)
             del self._reverse[mapped]
         else:
             mapped = self._next
-            self._next = self.range.first + (self._next - self.range.first + 1) % size
+            self._next = self.range.first + (self._next - self.range.first + 1) % self._size
         self._forward[original] = mapped
         self._reverse[mapped] = original
         return mapped

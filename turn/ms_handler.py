@@ -35,6 +35,7 @@ from .allocation import (
 )
 from .errors import DecodeError
 from .ms_turn import MsAttr, MsMessage, MsType
+from .stun import REASONS
 
 if TYPE_CHECKING:
     from .core import TurnCore
@@ -44,18 +45,6 @@ logger = logging.getLogger(__name__)
 _ERROR_TYPE = {
     MsType.ALLOCATE_REQUEST: MsType.ALLOCATE_ERROR,
     MsType.SET_ACTIVE_DESTINATION_REQUEST: MsType.SET_ACTIVE_DESTINATION_ERROR,
-}
-_REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    420: "Unknown Attribute",
-    437: "Allocation Mismatch",
-    438: "Stale Nonce",
-    440: "Address Family not Supported",
-    441: "Wrong Credentials",
-    486: "Allocation Quota Reached",
-    508: "Insufficient Capacity",
 }
 
 
@@ -365,7 +354,7 @@ class MsTurnHandler:
     def _refusal(self, msg: MsMessage, refusal: MsRefusal, ft: FiveTuple, now: float) -> bytes:
         code = refusal.code
         attrs: list[tuple[int, bytes]] = [
-            (int(MsAttr.ERROR_CODE), ms_turn.pack_error_code(code, _REASONS.get(code, "Error"))),
+            (int(MsAttr.ERROR_CODE), ms_turn.pack_error_code(code, REASONS.get(code, "Error"))),
             *refusal.extra,
         ]
         if code in (401, 438):

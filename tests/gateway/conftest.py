@@ -154,16 +154,24 @@ def serve_scenario(
 
 @contextmanager
 def cucm_behind_fe_tunnel(
-    gateway: RunningGateway, pki: LabPKI, base: Path, *, calls: int
+    gateway: RunningGateway,
+    pki: LabPKI,
+    base: Path,
+    *,
+    calls: int = 1,
+    file: str = "cucm_uas.xml",
+    host: str = CUCM_HOST,
+    port: int | None = None,
 ) -> Iterator[tuple[SippProcess, Stunnel]]:
-    """SIPp plays CUCM (cucm_uas.xml) behind the gateway's neighbor zone, and an stunnel
-    client plays the Lync FE's mutual TLS into the gateway's Microsoft listener (checking
-    the gateway's certificate against the cluster FQDN). Yields (CUCM, tunnel)."""
+    """SIPp plays CUCM (``file``, by default cucm_uas.xml) behind a neighbor zone (by
+    default the CUCM zone's ``host`` and port), and an stunnel client plays the Lync FE's
+    mutual TLS into the gateway's Microsoft listener (checking the gateway's certificate
+    against the cluster FQDN). Yields (CUCM, tunnel)."""
     cucm = Scenario(
-        "cucm_uas.xml",
+        file,
         calls=calls,
-        local_host=CUCM_HOST,
-        local_port=gateway.ports.cucm,
+        local_host=host,
+        local_port=gateway.ports.cucm if port is None else port,
         extra=("-reconnect_close", "false"),
     )
     with serve_scenario(cucm, base) as served, fe_tunnel(gateway, pki, base) as tunnel:
@@ -345,6 +353,13 @@ class RunningGateway:
             data: dict[str, Any] = json.load(reply)
         return data
 
+    def metrics(self) -> str:
+        """GET /metrics: the Prometheus text."""
+        url = f"http://127.0.0.1:{self.ports.management}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
+            text: str = reply.read().decode()
+        return text
+
     def wait_status(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
         """Re-read /status until `predicate(status)` holds (status cannot push changes)."""
         deadline = time.monotonic() + timeout
@@ -358,6 +373,12 @@ class RunningGateway:
             f"/status never showed {what} within {timeout:g} s; last: "
             f"{json.dumps(last)[:3000]}\n--- gateway log ---\n{self.log()}"
         )
+
+
+def idle(status: dict[str, Any]) -> bool:
+    """A /status with no call, no media port in use and no media socket bound."""
+    pool = status["port_pool"]
+    return not status["calls"] and pool["in_use"] == 0 and pool["bound"] == 0
 
 
 def _expected_listeners(ports: GatewayPorts, microsoft: str) -> set[tuple[str, str, int]]:
@@ -380,7 +401,7 @@ def run_gateway(
     b2bua_tables: str = "",
 ) -> Iterator[RunningGateway]:
     """Write a config for free ports and run `gateway run --config` until every listener
-    is logged; stopped (SIGTERM) on exit.
+    is logged and /status is served; stopped (SIGTERM) on exit.
 
     ``microsoft_transport`` "tcp" puts the Microsoft listener on plain TCP (the product
     allows it, "not recommended"): the benchmark uses it to measure without stunnel.
@@ -411,6 +432,8 @@ def run_gateway(
         return True if expected <= found else None
 
     peer.wait_for_output(ready, GATEWAY_READY, "its four listeners")
+    # /status listens a little after the SIP listeners are logged.
+    peer.wait_for_bound(ports.management, SockKind.TCP, 15.0)
     try:
         yield RunningGateway(peer, ports, config)
     finally:

@@ -13,6 +13,7 @@ from certs.pki import LabPKI
 from gateway.call import EndedCall, Outcome
 from gateway.controller import ICE_FAILURE_TEXT
 from gateway.metrics import CallResult
+from lab.endpoint import Endpoint
 from media.sdp import SessionDescription, parse_sdp
 from sip.dialog import Dialog
 from sip.headers import Address
@@ -27,6 +28,7 @@ from tests.gateway.test_runtime import (
     GATEWAY_HOST,
     WAIT,
     Lab,
+    MsCall,
     endpoint_port,
     make_lab,
     only_call,
@@ -49,6 +51,42 @@ def plain_answer(offer: SessionDescription, host: str, port: int) -> bytes:
         lines.append(f"m={media.kind} {port + 2 * index} RTP/AVP {first.payload_type}")
         lines += [f"a={a}" for a in first.attributes()]
     return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def transfer_target_zone(target: Endpoint) -> str:
+    """Config for a second CUCM zone where 3002@video.example.com (``target``) lives."""
+    return f"""
+[[zones]]
+name = "CUCM Two"
+peers = ["127.0.3.1"]
+port = {endpoint_port(target)}
+transport = "tcp"
+monitor = false
+
+[[search_rules]]
+name = "3002 on CUCM Two"
+priority = 50
+pattern_type = "exact"
+pattern = "3002@video.example.com"
+target = "CUCM Two"
+"""
+
+
+async def refer_to_3002(lab: Lab, transferor: Endpoint) -> tuple[MsCall, Any]:
+    """Microsoft calls 3001 (``transferor``); once the call is connected, 3001 REFERs it to
+    3002 and gets 202. Returns the FE's call and 3001's call."""
+    ms_call, response = await lab.fe.call("3001@video.example.com")
+    assert response.status == 200 and ms_call is not None
+    old = only_call(transferor)
+    await asyncio.wait_for(old.confirmed.wait(), WAIT)
+    await wait_for(lambda: next(iter(lab.gateway.calls.values())).state.value
+                   == "connected", "connected")
+    assert old.dialog is not None
+    refer, hop = transferor.dialog_request(
+        old.dialog, "REFER", headers=(("Refer-To", "<sip:3002@video.example.com>"),))
+    answer = await asyncio.wait_for(transferor.stack.send_request(refer, hop), WAIT)
+    assert answer.status == 202
+    return ms_call, old
 
 
 async def video_ua(host: str = "127.0.3.1") -> UserAgent:
@@ -177,23 +215,8 @@ async def test_a_2xx_never_acked_is_torn_down_after_64_t1(make_lab: Any) -> None
 async def test_refer_from_the_video_side_transfers_the_microsoft_client(
         make_lab: Any, pki: LabPKI) -> None:
     target = await start_endpoint(pki, aor="3002@video.example.com")
-    extra = f"""
-[[zones]]
-name = "CUCM Two"
-peers = ["127.0.3.1"]
-port = {endpoint_port(target)}
-transport = "tcp"
-monitor = false
-
-[[search_rules]]
-name = "3002 on CUCM Two"
-priority = 50
-pattern_type = "exact"
-pattern = "3002@video.example.com"
-target = "CUCM Two"
-"""
     try:
-        lab: Lab = await make_lab(extra=extra)
+        lab: Lab = await make_lab(extra=transfer_target_zone(target))
         notifies: list[bytes] = []
         transferor = lab.endpoint
         original = transferor.handle_dialog_request
@@ -206,17 +229,7 @@ target = "CUCM Two"
             return original(dialog, transaction, request)
 
         transferor.handle_dialog_request = record  # type: ignore[method-assign]
-        ms_call, response = await lab.fe.call("3001@video.example.com")
-        assert response.status == 200 and ms_call is not None
-        old = only_call(transferor)
-        await asyncio.wait_for(old.confirmed.wait(), WAIT)
-        await wait_for(lambda: next(iter(lab.gateway.calls.values())).state.value
-                       == "connected", "connected")
-        assert old.dialog is not None
-        refer, hop = transferor.dialog_request(
-            old.dialog, "REFER", headers=(("Refer-To", "<sip:3002@video.example.com>"),))
-        answer = await asyncio.wait_for(transferor.stack.send_request(refer, hop), WAIT)
-        assert answer.status == 202
+        ms_call, old = await refer_to_3002(lab, transferor)
         # The new target gets a plain offer and answers; Microsoft is re-INVITEd onto it.
         await wait_for(lambda: len(target.calls) == 1, "transfer target called")
         new = only_call(target)

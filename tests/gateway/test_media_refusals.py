@@ -5,7 +5,6 @@ trusted FE (mutual TLS) whose SDP has more m= lines than the gateway relays is r
 from __future__ import annotations
 
 import re
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +19,6 @@ from tests.gateway.conftest import (
     run_gateway,
     tls_exchange,
 )
-from tests.peers.procs import SockKind
 
 pytestmark = pytest.mark.peer
 
@@ -29,7 +27,6 @@ pytestmark = pytest.mark.peer
 def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     require_peers()
     with run_gateway(pki, tmp_path_factory.mktemp("gateway")) as running:
-        running.peer.wait_for_bound(running.ports.management, SockKind.TCP, 15.0)
         yield running
 
 
@@ -56,9 +53,7 @@ def invite_with_media_lines(count: int, to: str = "3001@video.example.com") -> b
 
 
 def refused(gateway: RunningGateway, reason: str) -> float:
-    url = f"http://127.0.0.1:{gateway.ports.management}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
-        text = reply.read().decode()
+    text = gateway.metrics()
     match = re.search(rf'^gateway_calls_refused_total\{{reason="{reason}"\}} (\S+)$', text, re.M)
     assert match is not None, text
     return float(match[1])

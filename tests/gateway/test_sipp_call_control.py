@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,13 +24,15 @@ from tests.gateway.conftest import (
     RunningGateway,
     Scenario,
     counters,
+    cucm_behind_fe_tunnel,
     fe_tunnel,
+    idle,
     require_peers,
     run_gateway,
     run_scenario,
-    serve_scenario,
 )
-from tests.peers.procs import SockKind, free_port_both
+from tests.peers.procs import free_port_both
+from tests.peers.sipp import SippResult
 
 pytestmark = pytest.mark.peer
 
@@ -72,19 +73,22 @@ def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory,
     require_peers()
     with run_gateway(pki, tmp_path_factory.mktemp("gateway"),
                      b2bua_tables=best_effort_tables(best_effort_port)) as running:
-        running.peer.wait_for_bound(running.ports.management, SockKind.TCP, 15.0)
         yield running
-
-
-def idle(status: dict[str, Any]) -> bool:
-    pool = status["port_pool"]
-    return not status["calls"] and pool["in_use"] == 0 and pool["bound"] == 0
 
 
 def final_responses(messages: str, status: int) -> list[str]:
     """The traced `SIP/2.0 <status> ...` messages (start line and headers)."""
     blocks = re.split(r"\n(?=-{5,}|\S.*message (?:sent|received))", messages)
     return [b for b in blocks if re.search(rf"^SIP/2\.0 {status} ", b, re.M)]
+
+
+def assert_420_naming(caller: SippResult, gateway: RunningGateway, tag: str) -> None:
+    """The caller's call completed on a 420 whose Unsupported names ``tag``."""
+    context = f"{caller.describe()}\n{gateway.log()}"
+    assert counters(caller)["successful"] == 1, context
+    refusals = final_responses(caller.messages, 420)
+    assert refusals and re.search(rf"^Unsupported: *{re.escape(tag)} *$", refusals[0],
+                                  re.M | re.I), context
 
 
 # -- 420 Bad Extension -------------------------------------------------------------------
@@ -100,11 +104,7 @@ def test_video_side_require_gets_420_naming_the_tag(
                  keys={"require": tag, "domain": "example.com", "caller": "3001",
                        "caller_domain": "video.example.com"}),
         tmp_path)
-    context = f"{caller.describe()}\n{gateway.log()}"
-    assert counters(caller)["successful"] == 1, context
-    refusals = final_responses(caller.messages, 420)
-    assert refusals and re.search(rf"^Unsupported: *{re.escape(tag)} *$", refusals[0],
-                                  re.M | re.I), context
+    assert_420_naming(caller, gateway, tag)
     gateway.wait_status(idle, SETTLE, "nothing set up for a 420")
 
 
@@ -119,11 +119,7 @@ def test_microsoft_side_require_gets_420_naming_the_tag(
                      keys={"require": tag, "domain": "video.example.com",
                            "caller": "alice.parkes", "caller_domain": "example.com"}),
             tmp_path)
-    context = f"{caller.describe()}\n{gateway.log()}"
-    assert counters(caller)["successful"] == 1, context
-    refusals = final_responses(caller.messages, 420)
-    assert refusals and re.search(rf"^Unsupported: *{re.escape(tag)} *$", refusals[0],
-                                  re.M | re.I), context
+    assert_420_naming(caller, gateway, tag)
 
 
 # -- the callee's fault ---------------------------------------------------------------
@@ -132,9 +128,8 @@ def test_microsoft_side_require_gets_420_naming_the_tag(
 def test_callee_answering_too_few_m_lines_gives_the_caller_502_and_is_cleared(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path
 ) -> None:
-    cucm = Scenario("cucm_uas_audio_only.xml", local_host=CUCM_HOST,
-                    local_port=gateway.ports.cucm, extra=("-reconnect_close", "false"))
-    with serve_scenario(cucm, tmp_path) as served, fe_tunnel(gateway, pki, tmp_path) as tunnel:
+    with cucm_behind_fe_tunnel(gateway, pki, tmp_path,
+                               file="cucm_uas_audio_only.xml") as (served, tunnel):
         caller = run_scenario(
             Scenario("lync_fe_uac_502.xml", remote=(tunnel.host, tunnel.port), service="3001",
                      trace_messages=True),
@@ -159,9 +154,8 @@ def test_callee_answering_too_few_m_lines_gives_the_caller_502_and_is_cleared(
 def test_best_effort_zone_offers_plain_rtp_after_the_srtp_offer_is_refused(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path, best_effort_port: int
 ) -> None:
-    cucm = Scenario("cucm_uas_refuses_srtp.xml", local_host=BEST_EFFORT_HOST,
-                    local_port=best_effort_port, extra=("-reconnect_close", "false"))
-    with serve_scenario(cucm, tmp_path) as served, fe_tunnel(gateway, pki, tmp_path) as tunnel:
+    with cucm_behind_fe_tunnel(gateway, pki, tmp_path, file="cucm_uas_refuses_srtp.xml",
+                               host=BEST_EFFORT_HOST, port=best_effort_port) as (served, tunnel):
         caller = run_scenario(
             Scenario("lync_fe_uac.xml", remote=(tunnel.host, tunnel.port), service="5001",
                      duration_ms=300),

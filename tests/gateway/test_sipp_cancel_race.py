@@ -14,25 +14,21 @@ from __future__ import annotations
 
 import re
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from certs.pki import LabPKI
 from tests.gateway.conftest import (
-    CUCM_HOST,
     RunningGateway,
     Scenario,
     counters,
     cucm_behind_fe_tunnel,
-    fe_tunnel,
+    idle,
     require_peers,
     run_gateway,
     run_scenario,
-    serve_scenario,
 )
 from tests.peers.procs import PeerProcess, SockKind, free_port, random_free_udp_range
 
@@ -68,33 +64,23 @@ def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory,
               'username = "GatewayB2BUA"\npassword = "secret"\n')
     with run_gateway(pki, tmp_path_factory.mktemp("gateway"), b2bua_tables=tables,
                      overrides=["b2bua.offer_turn=true"]) as running:
-        # /status listens a little after the SIP listeners are logged.
-        running.peer.wait_for_bound(running.ports.management, SockKind.TCP, 15.0)
         yield running
 
 
 def metrics(gateway: RunningGateway) -> dict[str, float]:
-    url = f"http://127.0.0.1:{gateway.ports.management}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
-        text = reply.read().decode()
+    text = gateway.metrics()
     found = {}
     for match in re.finditer(r'^gateway_calls_refused_total\{reason="(\w+)"\} (\S+)$', text, re.M):
         found[match[1]] = float(match[2])
     return found
 
 
-def idle(status: dict[str, Any]) -> bool:
-    pool = status["port_pool"]
-    return not status["calls"] and pool["in_use"] == 0 and pool["bound"] == 0
-
-
 def test_cancel_during_setup_leaks_nothing_and_calls_still_succeed(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path
 ) -> None:
     before = gateway.wait_status(idle, SETTLE, "an idle gateway")
-    uas = Scenario("cucm_uas_cancel.xml", calls=CANCELS, local_host=CUCM_HOST,
-                   local_port=gateway.ports.cucm, extra=("-reconnect_close", "false"))
-    with serve_scenario(uas, tmp_path) as served, fe_tunnel(gateway, pki, tmp_path) as tunnel:
+    with cucm_behind_fe_tunnel(gateway, pki, tmp_path, calls=CANCELS,
+                               file="cucm_uas_cancel.xml") as (served, tunnel):
         caller = run_scenario(
             Scenario("lync_fe_uac_cancel.xml", calls=CANCELS, remote=(tunnel.host, tunnel.port),
                      service="3001", rate=10, limit=CANCELS, keys={"via_transport": "TLS"},

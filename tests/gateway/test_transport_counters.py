@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -34,24 +32,12 @@ SERIES = re.compile(
 def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     require_peers()
     with run_gateway(pki, tmp_path_factory.mktemp("gateway")) as running:
-        # The management server starts after the SIP listeners are logged: wait for it.
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                transport_metrics(running)
-                break
-            except urllib.error.URLError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         yield running
 
 
 def transport_metrics(gateway: RunningGateway) -> dict[tuple[str, str], float]:
     """``{(side, reason): value}`` from GET /metrics."""
-    url = f"http://127.0.0.1:{gateway.ports.management}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
-        text = reply.read().decode()
+    text = gateway.metrics()
     return {(side, reason): float(value) for reason, side, value in SERIES.findall(text)}
 
 

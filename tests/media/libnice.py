@@ -1,9 +1,9 @@
 """A real libnice agent (tests/peers/libnice_peer.py) in a network namespace of its own,
 joined to the test process by a veth: libnice ignores loopback interfaces.
 
-The namespace and veth names carry a random tag (``msice-<tag>``, ``msi<tag>a/b``) and the
-/24 a random third octet of 10.199.0.0/16 not already on this host, so parallel runs do not
-meet; both are deleted on exit.
+The namespace and veth are ``lab.netns.VethHost``'s (``VethHost.unique``: names with a
+per-run tag, a 10.99.N.0/24 not already on this host, so parallel runs do not meet), without
+its lab-loopback routing; both are deleted on exit.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
-import secrets
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.netns import unavailable
+from lab.netns import NetnsUnavailable, VethHost, unavailable
 from media.ms_dialect import Candidate, CandidateTransport, parse_candidate
 
 SCRIPT = Path(__file__).resolve().parent.parent / "peers" / "libnice_peer.py"
@@ -56,41 +54,14 @@ class Veth:
     network: str
 
 
-def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10,
-                            check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-
-
 @contextlib.contextmanager
 def veth_pair() -> Iterator[Veth]:
-    tag = secrets.token_hex(3)
-    ns, outside, inside = f"msice-{tag}", f"msi{tag}a", f"msi{tag}b"
-    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True,
-                          check=False).stdout
-    octets = [n for n in range(1, 255) if f"10.199.{n}." not in used]
-    octet = random.choice(octets)
-    veth = Veth(ns, f"10.199.{octet}.1", f"10.199.{octet}.2", f"10.199.{octet}.0/24")
-    made_ns = False
+    host = VethHost.unique(lab_loopback=False)
     try:
-        try:
-            _ip("netns", "add", ns)
-            made_ns = True
-            _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
-        except RuntimeError as error:
-            raise NamespaceUnavailable(str(error)) from error
-        _ip("link", "set", inside, "netns", ns)
-        _ip("addr", "add", f"{veth.ours}/24", "dev", outside)
-        _ip("link", "set", outside, "up")
-        _ip("-n", ns, "addr", "add", f"{veth.theirs}/24", "dev", inside)
-        _ip("-n", ns, "link", "set", inside, "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
-        yield veth
-    finally:
-        subprocess.run(["ip", "link", "del", outside], capture_output=True, check=False)
-        if made_ns:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        with host:
+            yield Veth(host.namespace, host.outer, host.address, str(host.subnet))
+    except NetnsUnavailable as error:
+        raise NamespaceUnavailable(str(error)) from error
 
 
 class LibnicePeer:

@@ -20,6 +20,12 @@ def test_mapping_is_stable_inside_the_range_and_reversible() -> None:
     assert mapper.unmap(100) == 10 and mapper.map(8) == 101
 
 
+def test_a_cap_below_the_range_reuses_the_oldest_mapping_first() -> None:
+    mapper = SsrcMapper(SsrcRange(100, 199), cap=2)
+    assert [mapper.map(s) for s in (7, 8, 9)] == [100, 101, 100]
+    assert mapper.unmap(100) == 9 and mapper.map(10) == 101 and mapper.map(9) == 100
+
+
 def test_rtp_ssrc_rewrite_keeps_everything_else() -> None:
     mapper = SsrcMapper(SsrcRange(500, 599))
     packet = rtp(0xDEADBEEF, 3, b"payload")

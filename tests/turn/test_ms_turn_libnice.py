@@ -3,20 +3,19 @@ on our TURN server with MRAS credentials, ICE selects its relay candidate and da
 ways through our relay.
 
 libnice ignores loopback interfaces, so the agents run in a network namespace of their own
-(a veth pair, ``msturn-<random>``, 10.198.X.0/24) and the server listens on the veth's other
-end. The peer is the system ``/usr/bin/python3`` with Debian's PyGObject and
+(``lab.netns.VethHost`` without its lab-loopback routing) and the server listens on the
+veth's other end. The peer is the system ``/usr/bin/python3`` with Debian's PyGObject and
 ``gir1.2-nice-0.1`` (``scripts/install-peers.sh``), not the venv.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
-import os
 import secrets
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.netns import NetnsError, VethHost
+from tests.media.libnice import SYSTEM_PYTHON, why_not
 from tests.peers.procs import random_free_port
 from turn.auth import mras_credentials
 from turn.config import TurnConfig
@@ -32,19 +33,6 @@ from turn.server import TurnServer
 from .helpers import relay_range
 
 PEER = Path(__file__).parent.parent / "peers" / "libnice_msturn_peer.py"
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('Nice', '0.1')"],
-        capture_output=True,
-    )
-    if probe.returncode:
-        return "libnice GObject bindings missing (gir1.2-nice-0.1, python3-gi)"
-    return None
 
 
 @dataclass(frozen=True)
@@ -54,45 +42,20 @@ class Veth:
     client_ip: str
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["ip", *args], capture_output=True)
-
-
 @pytest.fixture
 def veth() -> Iterator[Veth]:
-    reason = _missing()
+    reason = why_not()
     if reason:
         pytest.skip(f"libnice MS-TURN test skipped: {reason}")
-    tag = secrets.token_hex(3)
-    ns, near, far = f"msturn-{tag}", f"mt{tag}a", f"mt{tag}b"
-    used = _ip("-4", "addr").stdout.decode()
-    subnet = next(
-        n for n in (secrets.randbelow(250) + 2 for _ in range(50)) if f"10.198.{n}." not in used
-    )
-    server_ip, client_ip = f"10.198.{subnet}.1", f"10.198.{subnet}.2"
-    steps = [
-        ("netns", "add", ns),
-        ("link", "add", near, "type", "veth", "peer", "name", far),
-        ("link", "set", far, "netns", ns),
-        ("addr", "add", f"{server_ip}/24", "dev", near),
-        ("link", "set", near, "up"),
-        ("-n", ns, "addr", "add", f"{client_ip}/24", "dev", far),
-        ("-n", ns, "link", "set", far, "up"),
-        ("-n", ns, "link", "set", "lo", "up"),
-    ]
-    try:
-        for step in steps:
-            done = _ip(*step)
-            if done.returncode:
-                pytest.skip(
-                    f"libnice MS-TURN test skipped: cannot make network namespaces here: "
-                    f"ip {' '.join(step)}: {done.stderr.decode().strip()}"
-                )
-        yield Veth(ns, server_ip, client_ip)
-    finally:
-        _ip("link", "del", near)
-        _ip("netns", "del", ns)
-        assert ns not in _ip("netns", "list").stdout.decode()
+    host = VethHost.unique(lab_loopback=False)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(host)
+        except NetnsError as error:
+            pytest.skip(f"libnice MS-TURN test skipped: cannot make network namespaces here: "
+                        f"{error}")
+        yield Veth(host.namespace, host.outer, host.address)
+    assert not host.exists()
 
 
 async def _server(veth: Veth, secret: str) -> TurnServer:
