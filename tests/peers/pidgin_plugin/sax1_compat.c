@@ -2,7 +2,7 @@
  *
  * sipe's XML reader (sipe-xml.c) passes libxml2 a handler marked XML_SAX2_MAGIC that fills
  * in only the SAX1 callbacks (startElement/endElement). libxml2 used to parse with SAX1 for
- * such a handler; Debian 12's security-updated 2.9.14 (seen with +dfsg-1.3~deb12u5 and
+ * such a handler; Debian 12's 2.9.14 (seen with +dfsg-1.3~deb12u4, deb12u5 and
  * deb12u6) lets the magic alone select SAX2, whose element callbacks sipe leaves NULL: every
  * document then parses "successfully" into nothing, and sipe reads no provisioning (A/V
  * encryption policy, MRAS URI), roaming data or presence.
