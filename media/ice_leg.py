@@ -40,7 +40,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,10 +68,12 @@ __all__ = [
     "IceLeg",
     "IceSettings",
     "PriorityAgent",
+    "Relay",
     "TurnServerSettings",
     "gathered",
     "host_candidate",
     "to_sdp_candidate",
+    "turn_relay",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,8 +82,18 @@ Address = tuple[str, int]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 GATHER_TIMEOUT = 5.0
 TURN_RELEASE_TIMEOUT = 1.0
-"""Seconds ``IceLeg.close`` waits for a TURN server to confirm the deallocations (all at
+"""Seconds ``PriorityAgent.close`` waits for a TURN server to confirm the deallocations (all at
 once); after that the sockets close anyway and the server lets the allocations expire."""
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A relay candidate's protocol (in the agent's ``_protocols``) and how to delete its
+    allocation; ``release`` closes the TURN socket however it ends, cancelled included."""
+
+    protocol: StunProtocol
+    release: Callable[[], Awaitable[None]]
+    server: Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +213,10 @@ class PriorityAgent(Connection):
         super().__init__(**kwargs)
         self._upgrades: set[asyncio.Task[None]] = set()
         """Checks of pairs better than the nominated one, left running after completion."""
+        self.relays: list[Relay] = []
+        """Relay candidates' protocols, released together and bounded by ``close``."""
+        self.label = "ICE"
+        """Names the agent in logs."""
 
     def pair_priority(self, pair: CandidatePair) -> int:
         return candidate_pair_priority(pair.local_candidate, pair.remote_candidate,
@@ -262,12 +278,29 @@ class PriorityAgent(Connection):
                 p.task = None
 
     async def close(self) -> None:
+        """Stop the checks and close every socket within about TURN_RELEASE_TIMEOUT.
+
+        aioice's ``Connection.close`` closes its protocols one after the other, and a relay
+        protocol's close waits for its TURN deallocation (REFRESH with LIFETIME 0, or
+        MS-TURN's Allocate with LIFETIME 0), retried for up to 31.5 s when the server is
+        slow or gone: four relays of a loaded call took over 5 s. Here the ``relays`` are
+        taken out of aioice's list and released together, each deallocation bounded (the
+        server frees an allocation it never heard about when it expires, RFC 8656 §6);
+        aioice then closes the host sockets and stops its tasks."""
         upgrades = list(self._upgrades)
         for task in upgrades:
             task.cancel()
         if upgrades:
             await asyncio.wait(upgrades)
-        await super().close()
+        relays, self.relays = self.relays, []
+        self._protocols = [p for p in self._protocols
+                           if all(p is not relay.protocol for relay in relays)]
+        results = await asyncio.gather(super().close(),
+                                       *(_release(r, self.label) for r in relays),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                logger.warning("%s: close: %r", self.label, result)
 
 
 class _Agent(PriorityAgent):
@@ -275,6 +308,7 @@ class _Agent(PriorityAgent):
         super().__init__(**kwargs)
         self.leg = leg
         self.stun_policy = stun_policy
+        self.label = f"ICE leg {leg.host}:{leg.ports[0]}"
 
     def data_received(self, data: bytes, component: int) -> None:
         sink = self.leg.on_media
@@ -331,6 +365,37 @@ def _to_ice_candidate(c: Candidate) -> IceCandidate:
                         related_address=c.related_address, related_port=c.related_port)
 
 
+async def turn_relay(protocol_factory: Callable[[], StunProtocol],
+                     server: TurnServerSettings, local_addr: Address,
+                     component: int) -> tuple[IceCandidate, Relay]:
+    """A relay candidate from an RFC 8656 allocation on ``server``, its socket bound on
+    ``local_addr`` (aioice's ``relayed_candidate`` binds where the OS likes and hides its
+    TURN client, which ``PriorityAgent.close`` needs for a bounded deallocation)."""
+    loop = asyncio.get_running_loop()
+    inner_transport, inner = await loop.create_datagram_endpoint(
+        lambda: TurnClientUdpProtocol(server.address, username=server.username,
+                                      password=server.password,
+                                      lifetime=DEFAULT_ALLOCATION_LIFETIME,
+                                      channel_refresh_time=DEFAULT_CHANNEL_REFRESH_TIME),
+        local_addr=local_addr, remote_addr=server.address)
+    try:
+        protocol = protocol_factory()
+        transport = TurnTransport(inner)
+        await transport._connect(protocol)
+    except BaseException:
+        inner_transport.close()
+        raise
+    relayed = transport.get_extra_info("sockname")
+    related = transport.get_extra_info("related_address") or local_addr
+    protocol.local_candidate = IceCandidate(
+        foundation=candidate_foundation("relay", "udp", relayed[0]), component=component,
+        transport="udp", priority=candidate_priority(component, "relay"),
+        host=relayed[0], port=relayed[1], type="relay",
+        related_address=related[0], related_port=related[1])
+    # delete() closes the TURN socket however it ends, cancelled included.
+    return protocol.local_candidate, Relay(protocol, inner.delete, server.address)
+
+
 class IceLeg:
     """ICE toward Microsoft for one stream: host candidates on ``host``:``port``/``port+1``,
     relay candidates from TURN connections bound on ``turn_ports`` (one pair per server).
@@ -358,8 +423,6 @@ class IceLeg:
         self.connected = False
         self.selected_type: str | None = None
         self._routes: dict[int, tuple[Any, Address]] = {}
-        self._relays: list[tuple[_Protocol, TurnClientUdpProtocol]] = []
-        """Relay protocols with their TURN client (for a bounded deallocation on close)."""
 
     @property
     def controlling(self) -> bool:
@@ -444,29 +507,10 @@ class IceLeg:
     async def _relayed(self, server: TurnServerSettings, component: int,
                        local_port: int) -> tuple[IceCandidate, StunProtocol]:
         # aioice's create_turn_endpoint binds an ephemeral port: bind the pool port instead.
-        loop = asyncio.get_running_loop()
-        inner_transport, inner = await loop.create_datagram_endpoint(
-            lambda: TurnClientUdpProtocol(server.address, username=server.username,
-                                          password=server.password,
-                                          lifetime=DEFAULT_ALLOCATION_LIFETIME,
-                                          channel_refresh_time=DEFAULT_CHANNEL_REFRESH_TIME),
-            local_addr=(self.host, local_port), remote_addr=server.address)
-        try:
-            protocol = _Protocol(self.agent)
-            transport = TurnTransport(inner)
-            await transport._connect(protocol)
-        except BaseException:
-            inner_transport.close()
-            raise
-        self._relays.append((protocol, inner))
-        relayed = transport.get_extra_info("sockname")
-        related = transport.get_extra_info("related_address") or (self.host, local_port)
-        protocol.local_candidate = IceCandidate(
-            foundation=candidate_foundation("relay", "udp", relayed[0]), component=component,
-            transport="udp", priority=candidate_priority(component, "relay"),
-            host=relayed[0], port=relayed[1], type="relay",
-            related_address=related[0], related_port=related[1])
-        return protocol.local_candidate, protocol
+        candidate, relay = await turn_relay(lambda: _Protocol(self.agent), server,
+                                            (self.host, local_port), component)
+        self.agent.relays.append(relay)
+        return candidate, relay.protocol
 
     @property
     def local_candidates(self) -> tuple[Candidate, ...]:
@@ -522,35 +566,20 @@ class IceLeg:
         return True
 
     async def close(self) -> None:
-        """Stop the checks and close every socket, within about TURN_RELEASE_TIMEOUT.
-
-        aioice's ``Connection.close`` closes its protocols one after the other, and a relay
-        protocol's close waits for its TURN deallocation (REFRESH with LIFETIME 0), retried
-        for up to 31.5 s when the server is slow or gone: four relays of a loaded call took
-        over 5 s. Here the relays are taken out of aioice's list and released together, each
-        deallocation bounded (the server frees an allocation it never heard about when it
-        expires, RFC 8656 §6); aioice then closes the host sockets and stops its tasks."""
+        """Stop the checks and close every socket, within about TURN_RELEASE_TIMEOUT
+        (``PriorityAgent.close``)."""
         self._routes.clear()
         self.connected = False
-        relays, self._relays = self._relays, []
-        agent = self.agent
-        agent._protocols = [p for p in agent._protocols
-                            if all(p is not relay for relay, _ in relays)]
-        results = await asyncio.gather(agent.close(), *(self._release(*r) for r in relays),
-                                       return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception):
-                logger.warning("ICE leg %s:%d: close: %r", self.host, self.ports[0], result)
+        await self.agent.close()
 
-    async def _release(self, protocol: _Protocol, turn: TurnClientUdpProtocol) -> None:
-        try:
-            # delete() closes the TURN socket however it ends, cancelled included.
-            await asyncio.wait_for(turn.delete(), TURN_RELEASE_TIMEOUT)
-        except TimeoutError:
-            logger.info("ICE leg %s:%d: TURN server %s:%d did not confirm the deallocation "
-                        "within %.1f s", self.host, self.ports[0], *turn.server,
-                        TURN_RELEASE_TIMEOUT)
-        finally:
-            # Nothing is left to delete: this stops the TurnTransport's pending sends and
-            # waits for the socket's connection_lost.
-            await protocol.close()
+
+async def _release(relay: Relay, label: str) -> None:
+    try:
+        await asyncio.wait_for(relay.release(), TURN_RELEASE_TIMEOUT)
+    except TimeoutError:
+        logger.info("%s: TURN server %s:%d did not confirm the deallocation within %.1f s",
+                    label, *relay.server, TURN_RELEASE_TIMEOUT)
+    finally:
+        # Nothing is left to delete: this stops the transport's pending sends and waits for
+        # the socket's connection_lost.
+        await relay.protocol.close()

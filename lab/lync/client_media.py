@@ -33,17 +33,20 @@ from typing import Any
 import pylibsrtp
 from aioice import Candidate as IceCandidate
 from aioice.candidate import candidate_foundation, candidate_priority
-from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candidate
+from aioice.ice import StunProtocol, server_reflexive_candidate
 from aioice.stun import Message
 
 from lab.lync.ms_turn_client import MsTurnTransport, create_ms_turn_endpoint
 from media.ice_leg import (
     Network,
     PriorityAgent,
+    Relay,
+    TurnServerSettings,
     address_allowed,
     gathered,
     host_candidate,
     to_sdp_candidate,
+    turn_relay,
 )
 from media.ms_dialect import CRYPTO_SUITE, Candidate, CandidateTransport, Crypto, SsrcRange
 from media.ms_stun import DialectPolicy, DialectProtocol, StunDialect
@@ -142,6 +145,7 @@ class ClientIce(PriorityAgent):
                  stun_dialect: StunDialect = StunDialect.MS_ICE2) -> None:
         super().__init__(ice_controlling=controlling, components=2)
         self.host = host
+        self.label = f"ICE {host}"
         self.stun_policy = DialectPolicy.pinned(f"ICE {host}", stun_dialect)
         """The one STUN dialect we speak, and what we learned of the peer."""
         self.servers = servers
@@ -186,16 +190,8 @@ class ClientIce(PriorityAgent):
         if servers.stun is not None and self.guard(servers.stun):
             tasks += [asyncio.ensure_future(server_reflexive_candidate(p, servers.stun))
                       for p in hosts]
-        if servers.turn is not None and servers.ms_turn and self.guard(servers.turn):
-            tasks += [asyncio.ensure_future(ms_relayed_candidate(
-                component, servers, self.host, lambda: GuardedProtocol(self)))
-                for component in (1, 2)]
-        elif servers.turn is not None and self.guard(servers.turn):
-            tasks += [asyncio.ensure_future(relayed_candidate(
-                component=component, hide_related_address=False,
-                protocol_factory=lambda: GuardedProtocol(self), turn_server=servers.turn,
-                turn_username=servers.turn_username, turn_password=servers.turn_password,
-                turn_ssl=False, turn_transport="udp")) for component in (1, 2)]
+        if servers.turn is not None and self.guard(servers.turn):
+            tasks += [asyncio.ensure_future(self._relayed(component)) for component in (1, 2)]
         def failed(error: BaseException) -> None:
             logger.warning("ICE %s: gathering failed: %r", self.host, error)
 
@@ -213,6 +209,24 @@ class ClientIce(PriorityAgent):
         self._local_candidates = candidates
         self._local_candidates_start = True
         self._local_candidates_end = True
+
+    async def _relayed(self, component: int) -> tuple[IceCandidate, StunProtocol]:
+        # Kept in ``relays`` so that close releases them together, bounded (PriorityAgent).
+        servers = self.servers
+        assert servers.turn is not None
+        if servers.ms_turn:
+            candidate, protocol = await ms_relayed_candidate(
+                component, servers, self.host, lambda: GuardedProtocol(self))
+            transport = protocol.transport
+            assert isinstance(transport, MsTurnTransport)
+            relay = Relay(protocol, transport.protocol.release, servers.turn)
+        else:
+            candidate, relay = await turn_relay(
+                lambda: GuardedProtocol(self),
+                TurnServerSettings(servers.turn, servers.turn_username, servers.turn_password),
+                (self.host, 0), component)
+        self.relays.append(relay)
+        return candidate, relay.protocol
 
     @property
     def sdp_candidates(self) -> tuple[Candidate, ...]:

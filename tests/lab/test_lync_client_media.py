@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -117,3 +118,49 @@ async def test_two_agents_connect_inside_the_networks_and_not_outside() -> None:
     finally:
         for agent in (a, b, c):
             await agent.close()
+
+
+def bindable(address: tuple[str, int]) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("dialect", ["ms-turn", "rfc8656"])
+async def test_stream_close_is_prompt_when_the_turn_server_is_gone(dialect: str) -> None:
+    # aioice closed the relays one by one, each waiting for its deallocation (MS-TURN:
+    # 7.5 s of retransmissions, RFC 8656: 31.5 s); the stream's close gave up after 5 s
+    # with the sockets still bound. The client's agent releases them together, bounded, as
+    # the gateway's leg does (media.ice_leg.PriorityAgent.close).
+    from lab.lync.client_media import MediaStream
+    from media.ice_leg import TURN_RELEASE_TIMEOUT
+    from tests.lab.test_ms_turn_client import edge_turn, mras, udp_address
+
+    async with edge_turn() as server:
+        username, password = mras()
+        servers = IceServers(
+            turn=udp_address(server), turn_username="static", turn_password="static-pw",
+            ms_turn=dialect == "ms-turn", ms_turn_username=username,
+            ms_turn_password=password)
+        stream = MediaStream("audio", "127.0.0.1", servers, controlling=True,
+                             on_packet=lambda: None, rate=50)
+        await stream.ice.gather()
+        assert sum(c.type == "relay" for c in stream.ice.local_candidates) == 2
+        assert server.stats().allocations == 2
+    sockets = [p.transport.get_extra_info("sockname")[:2] for p in stream.ice._protocols
+               if p not in [r.protocol for r in stream.ice.relays]]
+    for relay in stream.ice.relays:  # the sockets toward the TURN server
+        turn_client = relay.release.__self__  # type: ignore[attr-defined]
+        sockets.append(turn_client.transport.get_extra_info("sockname")[:2])
+    assert len(sockets) == 4
+    before = asyncio.all_tasks()
+    started = time.monotonic()
+    await stream.close()
+    took = time.monotonic() - started
+    assert took < TURN_RELEASE_TIMEOUT + 1.0, f"close took {took:.1f} s"
+    assert all(bindable(address) for address in sockets), "a socket stayed bound"
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() <= before, asyncio.all_tasks() - before
