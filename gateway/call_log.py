@@ -340,6 +340,12 @@ class CallLog:
                 src = tuple(peer[:2]) if peer is not None else ("0.0.0.0", 0)
                 return src, (video.host, video.ports[component - 1])
 
+            noted: list[Any] = [None]
+            """The ICE pair the timeline shows (component 1), once it shows one."""
+            # IceLeg.route is what its agent calls when a better pair is nominated after
+            # the checks completed (PriorityAgent.nominated_pair): note each upgrade.
+            setattr(ice, "route", self._wrap_route(  # noqa: B010
+                record, ice, ice.route, noted, f"{stream.kind}: ", time.time))
             for leg, where, side_name in ((ice, ms_source, "Microsoft"),
                                           (video, video_source, "video")):
                 inner = leg.on_media
@@ -347,7 +353,8 @@ class CallLog:
                     continue
                 leg.on_media = self._wrap(record, leg, inner, where,
                                           f"{stream.kind}: first packet from the {side_name} "
-                                          "side", ice if leg is ice else None, time.time)
+                                          "side", ice if leg is ice else None, time.time,
+                                          noted)
                 # An instance attribute shadows the method: the relay's leg.send() finds it.
                 setattr(leg, "send", self._wrap_send(  # noqa: B010
                     record, leg, leg.send, where, f"{stream.kind}: first packet to the "
@@ -376,9 +383,24 @@ class CallLog:
 
         return send
 
+    @staticmethod
+    def _wrap_route(record: CallRecord, ice: Any, inner: Callable[[Any], None],
+                    noted: list[Any], prefix: str,
+                    clock: Callable[[], float]) -> Callable[[Any], None]:
+        def route(pair: Any) -> None:
+            inner(pair)
+            previous = noted[0]
+            if pair.component == 1 and previous is not None and pair is not previous:
+                noted[0] = pair
+                record.notes.append(MediaNote(clock(), f"{prefix}ICE pair upgraded to "
+                                              f"{_pair(pair)}, nominated over {_pair(previous)}"))
+
+        return route
+
     def _wrap(self, record: CallRecord, leg: Any, inner: Callable[[bytes, int], None],
               where: Callable[[int], tuple[Endpoint, Endpoint]], first_text: str,
-              ice: Any, clock: Callable[[], float]) -> Callable[[bytes, int], None]:
+              ice: Any, clock: Callable[[], float],
+              noted: list[Any]) -> Callable[[bytes, int], None]:
         limit = self.settings.packets
         first = [True]
         # Media may come before our side of ICE has nominated: note the pair once it has.
@@ -387,6 +409,7 @@ class CallLog:
         def on_media(data: bytes, component: int) -> None:
             if not pair_noted[0] and ice.agent._nominated.get(1) is not None:
                 pair_noted[0] = True
+                noted[0] = ice.agent._nominated.get(1)
                 record.notes.append(MediaNote(clock(), _nominated(ice)))
             if first[0] or len(record.packets) < limit:
                 now = clock()
@@ -446,8 +469,11 @@ def _nominated(ice: Any) -> str:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         if pair is None:
             return f"ICE checks: {summary or 'none'}; no nominated pair yet"
-        local, remote = pair.local_candidate, pair.remote_candidate
-        return (f"ICE pair {local.type} {local.host}:{local.port} -> "
-                f"{remote.type} {remote.host}:{remote.port} (checks: {summary})")
+        return f"ICE pair {_pair(pair)} (checks: {summary})"
     except Exception:  # noqa: BLE001 - aioice internals may change; the timeline says so
         return "ICE pair: unknown"
+
+
+def _pair(pair: Any) -> str:
+    local, remote = pair.local_candidate, pair.remote_candidate
+    return f"{local.type} {local.host}:{local.port} -> {remote.type} {remote.host}:{remote.port}"

@@ -198,3 +198,42 @@ async def test_the_media_tap_records_then_leaves_the_packet_path() -> None:
         endpoint.close()
         await video.aclose()
         await ice.close()
+
+
+async def test_the_media_timeline_notes_an_ice_pair_upgrade() -> None:
+    """The gateway's leg completes on its relay while its host path is slow, media flows,
+    then the host check wins (PriorityAgent: "nominated over"): the timeline notes the first
+    pair and then the upgrade, with its time. Real legs and the project's TURN server on
+    loopback (the scenario of tests/media/test_ice_nomination.py)."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from tests.media.test_ice_nomination import WAIT, gateway_and_alice, hold_host_path, until
+
+    log = CallLog()
+    feed(log, MS, False, message("INVITE sip:3001@video.example.com SIP/2.0", "c1"), 1.0)
+    async with gateway_and_alice() as (leg, alice):
+        leg.on_media = lambda data, component: None
+        log.tap("c1", SimpleNamespace(streams=[SimpleNamespace(
+            kind="audio", ice=leg, video=SimpleNamespace(on_media=None))]))  # type: ignore[arg-type]
+        record = log.records["c1"]
+        release = hold_host_path(leg)
+        gateway_checks = asyncio.ensure_future(
+            leg.connect(alice.local_username, alice.local_password, alice.sdp_candidates))
+        await alice.run(leg.ufrag, leg.pwd, leg.local_candidates, WAIT)
+        await gateway_checks
+        assert leg.selected_type == "relay"
+        # Alice's media reaches the gateway's relay: the timeline notes the relay pair.
+        assert alice.send_media(b"\x80" + bytes(11), 1)
+        await until(lambda: len(record.notes) >= 2, "the first packet noted")
+        assert record.notes[0].text.startswith("ICE pair relay ")
+        assert not any("upgraded" in n.text for n in record.notes)
+        before = time.time()
+        assert release() > 0, "no host check reached the gateway"
+        await until(lambda: leg.selected_type == "host", "the gateway on its host")
+        upgrades = [n for n in record.notes if "upgraded" in n.text]
+        assert len(upgrades) == 1, [n.text for n in record.notes]
+        assert upgrades[0].text.startswith("audio: ICE pair upgraded to host 127.0.2.1:")
+        assert "nominated over relay " in upgrades[0].text
+        assert before <= upgrades[0].at <= time.time()
