@@ -281,9 +281,8 @@ class TurnServer:
                 self._relay_tcp[alloc.id] = server
             else:
                 _grow_buffers(sock)
-                send = self._client_sender(alloc.five_tuple)
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpRelay(self.core, alloc, send, loop), sock=sock
+                    lambda: self._udp_relay(alloc, loop), sock=sock
                 )
                 self._relay_udp[alloc.id] = transport
         except BaseException:
@@ -296,12 +295,13 @@ class TurnServer:
         self._opening.discard(alloc.id)
         self._run(self.core.relay_opened(alloc, loop.time()))
 
-    def _client_sender(self, ft: FiveTuple) -> Callable[[bytes], None]:
+    def _udp_relay(self, alloc: Allocation, loop: asyncio.AbstractEventLoop) -> _UdpRelay:
+        ft = alloc.five_tuple
         if ft.transport is Transport.UDP:
-            listener = self._udp[ft.server]
-            client = ft.client
-            return lambda data: listener.sendto(data, client)
-        return lambda data: self.send_to_client(ft, data)
+            # The listener's bound sendto and the client address, held by the relay: one
+            # C call per packet to the client, no Python frame in between.
+            return _UdpRelay(self.core, alloc, self._udp[ft.server].sendto, ft.client, loop)
+        return _UdpRelay(self.core, alloc, lambda data, to: self.send_to_client(to, data), ft, loop)
 
     def _close_relay(self, alloc: Allocation) -> None:
         self._opening.discard(alloc.id)
@@ -355,6 +355,10 @@ class _UdpListener(asyncio.DatagramProtocol):
         self.local = local
         self.relays = server._relay_udp
         self.loop = asyncio.get_running_loop()
+        # Bound methods looked up once, not per packet (the ChannelData hot path).
+        self.channel_data = self.core.channel_data_from_client
+        self.time = self.loop.time
+        self.relay_for = self.relays.get
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if len(addr) > 2:
@@ -362,9 +366,9 @@ class _UdpListener(asyncio.DatagramProtocol):
         ft = FiveTuple(Transport.UDP, addr, self.local)
         first = data[0] if data else 0xFF
         if 0x40 <= first < 0x80:
-            result = self.core.channel_data_from_client(ft, data, self.loop.time())
+            result = self.channel_data(ft, data, self.time())
             if result is not None:
-                relay = self.relays.get(result[0].id)
+                relay = self.relay_for(result[0].id)
                 if relay is not None:
                     relay.sendto(result[2], result[1])
                 return
@@ -381,26 +385,32 @@ class _UdpListener(asyncio.DatagramProtocol):
 
 
 class _UdpRelay(asyncio.DatagramProtocol):
-    __slots__ = ("core", "alloc", "send", "loop")
+    """A UDP relay port: peer datagrams go through ``TurnCore.data_from_peer`` (which owns
+    permissions, channels and expiry) and out with ``send(frame, to)``."""
+
+    __slots__ = ("data_from_peer", "alloc", "send", "to", "time")
 
     def __init__(
         self,
         core: TurnCore,
         alloc: Allocation,
-        send: Callable[[bytes], None],
+        send: Callable[[bytes, Any], None],
+        to: Any,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.core = core
+        # Bound methods looked up once, not per packet.
+        self.data_from_peer = core.data_from_peer
         self.alloc = alloc
         self.send = send
-        self.loop = loop
+        self.to = to
+        self.time = loop.time
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        out = self.core.data_from_peer(
-            self.alloc, addr[:2] if len(addr) > 2 else addr, data, self.loop.time()
+        out = self.data_from_peer(
+            self.alloc, addr[:2] if len(addr) > 2 else addr, data, self.time()
         )
         if out is not None:
-            self.send(out)
+            self.send(out, self.to)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from peers (port unreachable) must not end the relay.
