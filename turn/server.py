@@ -39,6 +39,8 @@ from .ms_turn import FRAME_CONTROL, MsStreamFramer
 logger = logging.getLogger(__name__)
 
 UDP_BUFFER = 1 << 20
+_UDP = Transport.UDP
+_new_tuple = tuple.__new__
 _BIND_RETRIES = 50
 
 
@@ -363,7 +365,8 @@ class _UdpListener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if len(addr) > 2:
             addr = addr[:2]
-        ft = FiveTuple(Transport.UDP, addr, self.local)
+        # tuple.__new__ is FiveTuple(...) without the NamedTuple's Python-level __new__.
+        ft = _new_tuple(FiveTuple, (_UDP, addr, self.local))
         first = data[0] if data else 0xFF
         if 0x40 <= first < 0x80:
             result = self.channel_data(ft, data, self.time())
