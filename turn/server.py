@@ -55,6 +55,11 @@ class TurnServer:
         self._tcp_servers: list[asyncio.AbstractServer] = []
         self._clients: dict[FiveTuple, _TcpClient] = {}
         self._relay_udp: dict[int, asyncio.DatagramTransport] = {}
+        # The sockets' own sendto, for the per-packet paths: it skips the transport's
+        # per-call address parsing and cache; OSError (a full buffer, an ICMP error) falls
+        # back to the transport, which queues the datagram or reports the error.
+        self._udp_raw: dict[Address, Callable[[bytes, Any], int]] = {}
+        self._relay_raw: dict[int, Callable[[bytes, Any], int]] = {}
         self._relay_tcp: dict[int, asyncio.AbstractServer] = {}
         self._opening: set[int] = set()
         self._peers: dict[int, _PeerConnection] = {}
@@ -116,13 +121,19 @@ class TurnServer:
     async def _listen(self, host: str, port: int, *, udp: bool = True) -> None:
         loop = self._require_loop()
         if self.config.udp and udp:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpListener(self, (host, port)), local_addr=(host, port)
-            )
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
+            sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+            try:
+                sock.bind((host, port))
+                sock.setblocking(False)
                 _grow_buffers(sock)
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpListener(self, (host, port)), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
             self._udp[(host, port)] = transport
+            self._udp_raw[(host, port)] = sock.sendto
             self.addresses.append(("udp", host, port))
         if self.config.tcp:
             server = await loop.create_server(
@@ -135,6 +146,7 @@ class TurnServer:
         for transport in self._udp.values():
             transport.close()
         self._udp.clear()
+        self._udp_raw.clear()
         for server in self._tcp_servers:
             server.close()
             await server.wait_closed()
@@ -162,6 +174,7 @@ class TurnServer:
         for server in self._tcp_servers:
             await server.wait_closed()
         self._udp.clear()
+        self._udp_raw.clear()
         self._tcp_servers.clear()
         await asyncio.sleep(0)  # let transports run their connection_lost callbacks
         logger.info("TURN stopped: %s", format_stats(self.stats()))
@@ -287,6 +300,7 @@ class TurnServer:
                     lambda: self._udp_relay(alloc, loop), sock=sock
                 )
                 self._relay_udp[alloc.id] = transport
+                self._relay_raw[alloc.id] = sock.sendto
         except BaseException:
             sock.close()
             self._opening.discard(alloc.id)
@@ -302,11 +316,15 @@ class TurnServer:
         if ft.transport is Transport.UDP:
             # The listener's bound sendto and the client address, held by the relay: one
             # C call per packet to the client, no Python frame in between.
-            return _UdpRelay(self.core, alloc, self._udp[ft.server].sendto, ft.client, loop)
-        return _UdpRelay(self.core, alloc, lambda data, to: self.send_to_client(to, data), ft, loop)
+            listener = self._udp[ft.server]
+            raw = self._udp_raw[ft.server]
+            return _UdpRelay(self.core, alloc, raw, listener.sendto, ft.client, loop)
+        send = self.send_to_client
+        return _UdpRelay(self.core, alloc, None, lambda data, to: send(to, data), ft, loop)
 
     def _close_relay(self, alloc: Allocation) -> None:
         self._opening.discard(alloc.id)
+        self._relay_raw.pop(alloc.id, None)
         udp = self._relay_udp.pop(alloc.id, None)
         if udp is not None:
             udp.close()
@@ -360,7 +378,7 @@ class _UdpListener(asyncio.DatagramProtocol):
         # Bound methods looked up once, not per packet (the ChannelData hot path).
         self.channel_data = self.core.channel_data_from_client
         self.time = self.loop.time
-        self.relay_for = self.relays.get
+        self.raw_for = server._relay_raw.get
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if len(addr) > 2:
@@ -371,9 +389,14 @@ class _UdpListener(asyncio.DatagramProtocol):
         if 0x40 <= first < 0x80:
             result = self.channel_data(ft, data, self.time())
             if result is not None:
-                relay = self.relay_for(result[0].id)
-                if relay is not None:
-                    relay.sendto(result[2], result[1])
+                send = self.raw_for(result[0].id)
+                if send is not None:
+                    try:
+                        send(result[2], result[1])
+                    except OSError:
+                        relay = self.relays.get(result[0].id)
+                        if relay is not None:
+                            relay.sendto(result[2], result[1])
                 return
         try:
             if first < 0x40:
@@ -391,12 +414,13 @@ class _UdpRelay(asyncio.DatagramProtocol):
     """A UDP relay port: peer datagrams go through ``TurnCore.data_from_peer`` (which owns
     permissions, channels and expiry) and out with ``send(frame, to)``."""
 
-    __slots__ = ("data_from_peer", "alloc", "send", "to", "time")
+    __slots__ = ("data_from_peer", "alloc", "raw", "send", "to", "time")
 
     def __init__(
         self,
         core: TurnCore,
         alloc: Allocation,
+        raw: Callable[[bytes, Any], int] | None,
         send: Callable[[bytes, Any], None],
         to: Any,
         loop: asyncio.AbstractEventLoop,
@@ -404,6 +428,8 @@ class _UdpRelay(asyncio.DatagramProtocol):
         # Bound methods looked up once, not per packet.
         self.data_from_peer = core.data_from_peer
         self.alloc = alloc
+        self.raw = raw
+        """The UDP listener socket's sendto (see ``TurnServer._udp_raw``); None on TCP."""
         self.send = send
         self.to = to
         self.time = loop.time
@@ -413,6 +439,12 @@ class _UdpRelay(asyncio.DatagramProtocol):
             self.alloc, addr[:2] if len(addr) > 2 else addr, data, self.time()
         )
         if out is not None:
+            if self.raw is not None:
+                try:
+                    self.raw(out, self.to)
+                    return
+                except OSError:
+                    pass
             self.send(out, self.to)
 
     def error_received(self, exc: Exception) -> None:

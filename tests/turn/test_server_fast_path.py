@@ -43,6 +43,8 @@ async def test_fast_paths_relay_and_refuse_as_the_core_does() -> None:
     to_client, to_peer = Recorder(), Recorder()
     server._udp[client.ft.server] = to_client  # type: ignore[assignment]
     server._relay_udp[alloc.id] = to_peer  # type: ignore[assignment]
+    server._udp_raw[client.ft.server] = to_client.sendto  # type: ignore[assignment]
+    server._relay_raw[alloc.id] = to_peer.sendto  # type: ignore[assignment]
     listener = _UdpListener(server, client.ft.server)
     relay = server._udp_relay(alloc, loop)
 
@@ -72,3 +74,33 @@ async def test_fast_paths_relay_and_refuse_as_the_core_does() -> None:
     assert both_ways(0x4000, other, now + 1) == (True, False)
     assert both_ways(0x4000, PEER, now + 301) == (False, False)  # permission expired
     assert both_ways(0x4000, PEER, now + 700) == (False, False)  # allocation expired
+
+
+async def test_a_refused_socket_send_falls_back_to_the_transport() -> None:
+    """A full socket buffer (or an ICMP error) on the direct send: the datagram goes
+    through the transport instead, which queues it or reports the error."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    core = make_core()
+    client = Client(core, ft())
+    client.allocate(now=now)
+    client.permit(PEER, now)
+    client.channel_bind(0x4000, PEER, now)
+    alloc = core.allocations[client.ft]
+    server = TurnServer(core.config, core)
+    server._loop = loop
+    to_client, to_peer = Recorder(), Recorder()
+
+    def full(data: bytes, addr: Any) -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    server._udp[client.ft.server] = to_client  # type: ignore[assignment]
+    server._relay_udp[alloc.id] = to_peer  # type: ignore[assignment]
+    server._udp_raw[client.ft.server] = full
+    server._relay_raw[alloc.id] = full
+    listener = _UdpListener(server, client.ft.server)
+    relay = server._udp_relay(alloc, loop)
+    listener.datagram_received(frame(0x4000, b"ping"), client.ft.client)
+    relay.datagram_received(b"pong", PEER)
+    assert to_peer.sent == [(b"ping", PEER)]
+    assert to_client.sent == [(frame(0x4000, b"pong"), client.ft.client)]
