@@ -164,7 +164,8 @@ class TurnCore:
         if channel is None or len(data) < 4 + length or channel.expiry <= now:
             return None
         peer = channel.peer
-        if not alloc.permitted(peer[0], now):
+        expiry = alloc.permissions.get(peer[0])  # Allocation.permitted, inlined: per packet
+        if expiry is None or expiry <= now:
             return None
         payload = data[4 : 4 + length]
         c = self.counters
@@ -188,10 +189,10 @@ class TurnCore:
         c.bytes_to_client += len(data)
         number = alloc.peer_channels.get(peer)
         if number is not None and alloc.channels[number].expiry > now:
-            frame = _CHANNEL_HEADER.pack(number, len(data)) + data
             if alloc.five_tuple.transport is Transport.TCP and len(data) % 4:
-                frame += bytes(4 - len(data) % 4)  # stream transports pad ChannelData
-            return frame
+                # stream transports pad ChannelData
+                return _CHANNEL_HEADER.pack(number, len(data)) + data + bytes(-len(data) % 4)
+            return _CHANNEL_HEADER.pack(number, len(data)) + data
         if alloc.ms is not None:  # MS-TURN has no channels: tested off the channel path
             return self.ms.data_to_client(alloc, peer, data)
         return self._data_indication(peer, data)

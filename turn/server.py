@@ -39,6 +39,8 @@ from .ms_turn import FRAME_CONTROL, MsStreamFramer
 logger = logging.getLogger(__name__)
 
 UDP_BUFFER = 1 << 20
+_UDP = Transport.UDP
+_new_tuple = tuple.__new__
 _BIND_RETRIES = 50
 
 
@@ -53,6 +55,11 @@ class TurnServer:
         self._tcp_servers: list[asyncio.AbstractServer] = []
         self._clients: dict[FiveTuple, _TcpClient] = {}
         self._relay_udp: dict[int, asyncio.DatagramTransport] = {}
+        # The sockets' own sendto, for the per-packet paths: it skips the transport's
+        # per-call address parsing and cache; OSError (a full buffer, an ICMP error) falls
+        # back to the transport, which queues the datagram or reports the error.
+        self._udp_raw: dict[Address, Callable[[bytes, Any], int]] = {}
+        self._relay_raw: dict[int, Callable[[bytes, Any], int]] = {}
         self._relay_tcp: dict[int, asyncio.AbstractServer] = {}
         self._opening: set[int] = set()
         self._peers: dict[int, _PeerConnection] = {}
@@ -114,13 +121,19 @@ class TurnServer:
     async def _listen(self, host: str, port: int, *, udp: bool = True) -> None:
         loop = self._require_loop()
         if self.config.udp and udp:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpListener(self, (host, port)), local_addr=(host, port)
-            )
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
+            sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+            try:
+                sock.bind((host, port))
+                sock.setblocking(False)
                 _grow_buffers(sock)
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpListener(self, (host, port)), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
             self._udp[(host, port)] = transport
+            self._udp_raw[(host, port)] = sock.sendto
             self.addresses.append(("udp", host, port))
         if self.config.tcp:
             server = await loop.create_server(
@@ -133,6 +146,7 @@ class TurnServer:
         for transport in self._udp.values():
             transport.close()
         self._udp.clear()
+        self._udp_raw.clear()
         for server in self._tcp_servers:
             server.close()
             await server.wait_closed()
@@ -160,6 +174,7 @@ class TurnServer:
         for server in self._tcp_servers:
             await server.wait_closed()
         self._udp.clear()
+        self._udp_raw.clear()
         self._tcp_servers.clear()
         await asyncio.sleep(0)  # let transports run their connection_lost callbacks
         logger.info("TURN stopped: %s", format_stats(self.stats()))
@@ -281,11 +296,11 @@ class TurnServer:
                 self._relay_tcp[alloc.id] = server
             else:
                 _grow_buffers(sock)
-                send = self._client_sender(alloc.five_tuple)
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpRelay(self.core, alloc, send, loop), sock=sock
+                    lambda: self._udp_relay(alloc, loop), sock=sock
                 )
                 self._relay_udp[alloc.id] = transport
+                self._relay_raw[alloc.id] = sock.sendto
         except BaseException:
             sock.close()
             self._opening.discard(alloc.id)
@@ -296,15 +311,20 @@ class TurnServer:
         self._opening.discard(alloc.id)
         self._run(self.core.relay_opened(alloc, loop.time()))
 
-    def _client_sender(self, ft: FiveTuple) -> Callable[[bytes], None]:
+    def _udp_relay(self, alloc: Allocation, loop: asyncio.AbstractEventLoop) -> _UdpRelay:
+        ft = alloc.five_tuple
         if ft.transport is Transport.UDP:
+            # The listener's bound sendto and the client address, held by the relay: one
+            # C call per packet to the client, no Python frame in between.
             listener = self._udp[ft.server]
-            client = ft.client
-            return lambda data: listener.sendto(data, client)
-        return lambda data: self.send_to_client(ft, data)
+            raw = self._udp_raw[ft.server]
+            return _UdpRelay(self.core, alloc, raw, listener.sendto, ft.client, loop)
+        send = self.send_to_client
+        return _UdpRelay(self.core, alloc, None, lambda data, to: send(to, data), ft, loop)
 
     def _close_relay(self, alloc: Allocation) -> None:
         self._opening.discard(alloc.id)
+        self._relay_raw.pop(alloc.id, None)
         udp = self._relay_udp.pop(alloc.id, None)
         if udp is not None:
             udp.close()
@@ -355,18 +375,28 @@ class _UdpListener(asyncio.DatagramProtocol):
         self.local = local
         self.relays = server._relay_udp
         self.loop = asyncio.get_running_loop()
+        # Bound methods looked up once, not per packet (the ChannelData hot path).
+        self.channel_data = self.core.channel_data_from_client
+        self.time = self.loop.time
+        self.raw_for = server._relay_raw.get
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if len(addr) > 2:
             addr = addr[:2]
-        ft = FiveTuple(Transport.UDP, addr, self.local)
+        # tuple.__new__ is FiveTuple(...) without the NamedTuple's Python-level __new__.
+        ft = _new_tuple(FiveTuple, (_UDP, addr, self.local))
         first = data[0] if data else 0xFF
         if 0x40 <= first < 0x80:
-            result = self.core.channel_data_from_client(ft, data, self.loop.time())
+            result = self.channel_data(ft, data, self.time())
             if result is not None:
-                relay = self.relays.get(result[0].id)
-                if relay is not None:
-                    relay.sendto(result[2], result[1])
+                send = self.raw_for(result[0].id)
+                if send is not None:
+                    try:
+                        send(result[2], result[1])
+                    except OSError:
+                        relay = self.relays.get(result[0].id)
+                        if relay is not None:
+                            relay.sendto(result[2], result[1])
                 return
         try:
             if first < 0x40:
@@ -381,26 +411,41 @@ class _UdpListener(asyncio.DatagramProtocol):
 
 
 class _UdpRelay(asyncio.DatagramProtocol):
-    __slots__ = ("core", "alloc", "send", "loop")
+    """A UDP relay port: peer datagrams go through ``TurnCore.data_from_peer`` (which owns
+    permissions, channels and expiry) and out with ``send(frame, to)``."""
+
+    __slots__ = ("data_from_peer", "alloc", "raw", "send", "to", "time")
 
     def __init__(
         self,
         core: TurnCore,
         alloc: Allocation,
-        send: Callable[[bytes], None],
+        raw: Callable[[bytes, Any], int] | None,
+        send: Callable[[bytes, Any], None],
+        to: Any,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.core = core
+        # Bound methods looked up once, not per packet.
+        self.data_from_peer = core.data_from_peer
         self.alloc = alloc
+        self.raw = raw
+        """The UDP listener socket's sendto (see ``TurnServer._udp_raw``); None on TCP."""
         self.send = send
-        self.loop = loop
+        self.to = to
+        self.time = loop.time
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        out = self.core.data_from_peer(
-            self.alloc, addr[:2] if len(addr) > 2 else addr, data, self.loop.time()
+        out = self.data_from_peer(
+            self.alloc, addr[:2] if len(addr) > 2 else addr, data, self.time()
         )
         if out is not None:
-            self.send(out)
+            if self.raw is not None:
+                try:
+                    self.raw(out, self.to)
+                    return
+                except OSError:
+                    pass
+            self.send(out, self.to)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from peers (port unreachable) must not end the relay.

@@ -1,0 +1,106 @@
+"""The adapter's per-packet paths (``_UdpListener`` / ``_UdpRelay``) relay and refuse
+exactly what ``TurnCore`` says: unknown channel, expired permission or channel, a peer
+never permitted, an expired allocation. Transports are recorders: the sockets are the
+boundary, the adapter and core are real."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+from turn.server import TurnServer, _UdpListener
+
+from .test_core import PEER, Client, ft, make_core
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent.append((data, addr))
+
+    def close(self) -> None:
+        pass
+
+
+def frame(number: int, payload: bytes) -> bytes:
+    return struct.pack("!HH", number, len(payload)) + payload
+
+
+async def test_fast_paths_relay_and_refuse_as_the_core_does() -> None:
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    core = make_core()
+    client = Client(core, ft())
+    client.allocate(now=now)
+    client.permit(PEER, now)
+    client.channel_bind(0x4000, PEER, now)
+    alloc = core.allocations[client.ft]
+    server = TurnServer(core.config, core)
+    server._loop = loop
+    to_client, to_peer = Recorder(), Recorder()
+    server._udp[client.ft.server] = to_client  # type: ignore[assignment]
+    server._relay_udp[alloc.id] = to_peer  # type: ignore[assignment]
+    server._udp_raw[client.ft.server] = to_client.sendto  # type: ignore[assignment]
+    server._relay_raw[alloc.id] = to_peer.sendto  # type: ignore[assignment]
+    listener = _UdpListener(server, client.ft.server)
+    relay = server._udp_relay(alloc, loop)
+
+    def both_ways(number: int, peer: tuple[str, int], at: float) -> tuple[bool, bool]:
+        """(fast path relayed to the peer, fast path relayed to the client), with the core's
+        own verdict for the same packet, at the same time, checked to agree."""
+        to_peer.sent.clear()
+        to_client.sent.clear()
+        data = frame(number, b"ping")
+        core_out = core.channel_data_from_client(client.ft, data, at)
+        core_in = core.data_from_peer(alloc, peer, b"pong", at)
+        listener.time = relay.time = lambda: at  # type: ignore[method-assign]
+        listener.datagram_received(data, client.ft.client)
+        relay.datagram_received(b"pong", peer)
+        assert (core_out is not None) == bool(to_peer.sent)
+        assert (core_in is not None) == bool(to_client.sent)
+        if core_out is not None:
+            assert to_peer.sent == [(b"ping", core_out[1])]
+        if core_in is not None:
+            assert to_client.sent == [(core_in, client.ft.client)]
+        return bool(to_peer.sent), bool(to_client.sent)
+
+    assert both_ways(0x4000, PEER, now + 1) == (True, True)  # bound channel: ChannelData
+    assert to_client.sent == [(frame(0x4000, b"pong"), client.ft.client)]
+    assert both_ways(0x4001, PEER, now + 1) == (False, True)  # unknown channel dropped
+    other = ("127.0.0.2", 6000)  # never permitted (denied peer)
+    assert both_ways(0x4000, other, now + 1) == (True, False)
+    assert both_ways(0x4000, PEER, now + 301) == (False, False)  # permission expired
+    assert both_ways(0x4000, PEER, now + 700) == (False, False)  # allocation expired
+
+
+async def test_a_refused_socket_send_falls_back_to_the_transport() -> None:
+    """A full socket buffer (or an ICMP error) on the direct send: the datagram goes
+    through the transport instead, which queues it or reports the error."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    core = make_core()
+    client = Client(core, ft())
+    client.allocate(now=now)
+    client.permit(PEER, now)
+    client.channel_bind(0x4000, PEER, now)
+    alloc = core.allocations[client.ft]
+    server = TurnServer(core.config, core)
+    server._loop = loop
+    to_client, to_peer = Recorder(), Recorder()
+
+    def full(data: bytes, addr: Any) -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    server._udp[client.ft.server] = to_client  # type: ignore[assignment]
+    server._relay_udp[alloc.id] = to_peer  # type: ignore[assignment]
+    server._udp_raw[client.ft.server] = full
+    server._relay_raw[alloc.id] = full
+    listener = _UdpListener(server, client.ft.server)
+    relay = server._udp_relay(alloc, loop)
+    listener.datagram_received(frame(0x4000, b"ping"), client.ft.client)
+    relay.datagram_received(b"pong", PEER)
+    assert to_peer.sent == [(b"ping", PEER)]
+    assert to_client.sent == [(frame(0x4000, b"pong"), client.ft.client)]
