@@ -29,11 +29,9 @@ import pytest
 from certs.pki import LabPKI
 from gateway.status import CallView, LegSide
 from lab.cisco.imp import Imp
-from lab.netns import NetnsError, VethHost
-from lab.netns import unavailable as netns_unavailable
+from lab.netns import VethHost
 from lab.topology import Lab
-from tests.peers.pidgin import Pidgin, SipeAccount, SipLogEntry
-from tests.peers.pidgin import unavailable as pidgin_unavailable
+from tests.peers.pidgin import Pidgin, SipeAccount, SipLogEntry, pidgin_namespace
 
 pytestmark = [pytest.mark.peer, pytest.mark.asyncio]
 
@@ -58,20 +56,8 @@ subscribes to, the FE must answer."""
 @pytest.fixture(scope="module")
 def veth() -> Iterator[VethHost]:
     """A namespace for pidgin on a veth, from which the lab's 127.x addresses answer."""
-    for reason in (pidgin_unavailable(), netns_unavailable()):
-        if reason is not None:
-            pytest.skip(f"real-client test skipped: {reason}")
-    host = VethHost.unique()
-    try:
-        host.create()
-    except NetnsError as error:
-        host.destroy()
-        pytest.skip(f"real-client test skipped: cannot make a network namespace: {error}")
-    try:
+    with pidgin_namespace("real-client test") as host:
         yield host
-    finally:
-        host.destroy()
-        assert not host.exists(), f"namespace {host.namespace} left behind"
 
 
 @pytest.fixture(scope="module")

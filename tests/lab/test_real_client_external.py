@@ -17,7 +17,6 @@ As in test_real_client.py, sipe 1.25 needs tests/peers/pidgin_plugin/sax1_compat
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,7 @@ import pytest
 
 from certs.pki import LabPKI
 from lab.lync.config import AvEdgeConfig, EdgeConfig
-from lab.netns import NetnsError, VethHost
-from lab.netns import unavailable as netns_unavailable
+from lab.netns import VethHost
 from lab.topology import Lab
 from tests.lab.test_real_client import (
     CALL_TIMEOUT,
@@ -42,8 +40,7 @@ from tests.lab.test_real_client import (
     srtp_offer,
     until,
 )
-from tests.peers.pidgin import Pidgin, SipeAccount
-from tests.peers.pidgin import unavailable as pidgin_unavailable
+from tests.peers.pidgin import Pidgin, SipeAccount, pidgin_namespace
 from turn.server import TurnServer
 
 pytestmark = [pytest.mark.peer, pytest.mark.asyncio]
@@ -63,24 +60,12 @@ does; a short lifetime keeps the wait short (libnice refreshes before it ends)."
 def veth() -> Iterator[VethHost]:
     """pidgin's namespace on a veth, routed to the Edge's address only: every other lab
     address (FE, gateway, endpoints) is unreachable from it, as from the Internet."""
-    for reason in (pidgin_unavailable(), netns_unavailable()):
-        if reason is not None:
-            pytest.skip(f"external real-client test skipped: {reason}")
-    host = VethHost.unique()
-    try:
-        host.create()
-        for argv in (["ip", "-n", host.namespace, "route", "replace", "prohibit", "127.0.0.0/8"],
-                     ["ip", "-n", host.namespace, "route", "add", f"{EDGE_HOST}/32",
-                      "via", host.outer, "dev", host.inner_link]):
-            subprocess.run(argv, check=True, capture_output=True, timeout=10)
-    except (NetnsError, subprocess.CalledProcessError) as error:
-        host.destroy()
-        pytest.skip(f"external real-client test skipped: cannot make the namespace: {error}")
-    try:
+    def edge_only(host: VethHost) -> list[list[str]]:
+        return [["replace", "prohibit", "127.0.0.0/8"],
+                ["add", f"{EDGE_HOST}/32", "via", host.outer, "dev", host.inner_link]]
+
+    with pidgin_namespace("external real-client test", edge_only) as host:
         yield host
-    finally:
-        host.destroy()
-        assert not host.exists(), f"namespace {host.namespace} left behind"
 
 
 @pytest.fixture(scope="module")

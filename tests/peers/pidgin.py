@@ -24,11 +24,16 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import pytest
+
+from lab.netns import NetnsError, VethHost
+from lab.netns import unavailable as netns_unavailable
 from tests.peers.procs import PeerError, PeerProcess, require
 
 PLUGIN_SOURCE = Path(__file__).with_name("pidgin_plugin") / "autoanswer.c"
@@ -83,6 +88,32 @@ def unavailable() -> str | None:
         if subprocess.run(["pkg-config", "--exists", package], check=False).returncode != 0:
             return f"{deb} is not installed (run scripts/install-peers.sh)"
     return None
+
+
+@contextmanager
+def pidgin_namespace(
+    what: str, routes: Callable[[VethHost], Sequence[Sequence[str]]] | None = None
+) -> Iterator[VethHost]:
+    """A namespace on a veth for pidgin (libnice ignores loopback), always removed after;
+    skips ``what``, saying why, where pidgin or namespaces cannot be had. ``routes`` gives
+    further ``ip route`` argument lists to run inside it once it exists."""
+    for reason in (unavailable(), netns_unavailable()):
+        if reason is not None:
+            pytest.skip(f"{what} skipped: {reason}")
+    host = VethHost.unique()
+    try:
+        host.create()
+        for route in routes(host) if routes is not None else ():
+            subprocess.run(["ip", "-n", host.namespace, "route", *route], check=True,
+                           capture_output=True, timeout=10)
+    except (NetnsError, subprocess.CalledProcessError) as error:
+        host.destroy()
+        pytest.skip(f"{what} skipped: cannot make a network namespace: {error}")
+    try:
+        yield host
+    finally:
+        host.destroy()
+        assert not host.exists(), f"namespace {host.namespace} left behind"
 
 
 @dataclass(frozen=True, slots=True)
