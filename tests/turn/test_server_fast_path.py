@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from dataclasses import dataclass
 from typing import Any
 
+from turn.allocation import Allocation
+from turn.core import TurnCore
 from turn.server import TurnServer, _UdpListener
 
 from .test_core import PEER, Client, ft, make_core
@@ -29,18 +32,37 @@ def frame(number: int, payload: bytes) -> bytes:
     return struct.pack("!HH", number, len(payload)) + payload
 
 
-async def test_fast_paths_relay_and_refuse_as_the_core_does() -> None:
-    loop = asyncio.get_running_loop()
+@dataclass
+class Wired:
+    """A server whose client holds an allocation, a permission for PEER and channel 0x4000,
+    with recording transports toward the client and the peer."""
+
+    now: float
+    core: TurnCore
+    client: Client
+    alloc: Allocation
+    server: TurnServer
+    to_client: Recorder
+    to_peer: Recorder
+
+
+def wired(loop: asyncio.AbstractEventLoop) -> Wired:
     now = loop.time()
     core = make_core()
     client = Client(core, ft())
     client.allocate(now=now)
     client.permit(PEER, now)
     client.channel_bind(0x4000, PEER, now)
-    alloc = core.allocations[client.ft]
     server = TurnServer(core.config, core)
     server._loop = loop
-    to_client, to_peer = Recorder(), Recorder()
+    return Wired(now, core, client, core.allocations[client.ft], server, Recorder(), Recorder())
+
+
+async def test_fast_paths_relay_and_refuse_as_the_core_does() -> None:
+    loop = asyncio.get_running_loop()
+    w = wired(loop)
+    now, core, client, alloc, server = w.now, w.core, w.client, w.alloc, w.server
+    to_client, to_peer = w.to_client, w.to_peer
     server._udp[client.ft.server] = to_client  # type: ignore[assignment]
     server._relay_udp[alloc.id] = to_peer  # type: ignore[assignment]
     server._udp_raw[client.ft.server] = to_client.sendto  # type: ignore[assignment]
@@ -80,16 +102,9 @@ async def test_a_refused_socket_send_falls_back_to_the_transport() -> None:
     """A full socket buffer (or an ICMP error) on the direct send: the datagram goes
     through the transport instead, which queues it or reports the error."""
     loop = asyncio.get_running_loop()
-    now = loop.time()
-    core = make_core()
-    client = Client(core, ft())
-    client.allocate(now=now)
-    client.permit(PEER, now)
-    client.channel_bind(0x4000, PEER, now)
-    alloc = core.allocations[client.ft]
-    server = TurnServer(core.config, core)
-    server._loop = loop
-    to_client, to_peer = Recorder(), Recorder()
+    w = wired(loop)
+    client, alloc, server = w.client, w.alloc, w.server
+    to_client, to_peer = w.to_client, w.to_peer
 
     def full(data: bytes, addr: Any) -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
