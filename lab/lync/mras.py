@@ -40,13 +40,19 @@ class CredentialsRequest:
     to: str
 
 
-def parse_request(body: bytes) -> CredentialsRequest:
+def _root(body: bytes, kind: str) -> ET.Element:
+    """The MRAS ``request`` or ``response`` element of ``body``; MrasError otherwise."""
     try:
         root = ET.fromstring(body)
     except ET.ParseError as error:
         raise MrasError(f"not XML: {error}") from None
-    if root.tag != f"{_NS}request":
-        raise MrasError(f"root element {root.tag} is not an MRAS request")
+    if root.tag != f"{_NS}{kind}":
+        raise MrasError(f"root element {root.tag} is not an MRAS {kind}")
+    return root
+
+
+def parse_request(body: bytes) -> CredentialsRequest:
+    root = _root(body, "request")
     request = root.find(f"{_NS}credentialsRequest")
     if request is None:
         raise MrasError("no credentialsRequest")
@@ -130,12 +136,7 @@ def request_body(*, request_id: str, sender: str, mras_uri: str, identity: str,
 
 def parse_answer(body: bytes) -> MrasAnswer:
     """The credentials and relays of an MRAS response; MrasError says what is missing."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as error:
-        raise MrasError(f"not XML: {error}") from None
-    if root.tag != f"{_NS}response":
-        raise MrasError(f"root element {root.tag} is not an MRAS response")
+    root = _root(body, "response")
     credentials = root.find(f"{_NS}credentialsResponse/{_NS}credentials")
     if credentials is None:
         raise MrasError(f"no credentials (reasonPhrase {root.get('reasonPhrase')!r})")
