@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from certs.pki import LabPKI
+from lab.api import MediaReport
+from lab.lync.client import LyncCall, LyncClient
 from lab.lync.config import EdgeConfig
 from lab.lync.edge import Edge
 from lab.lync.topology import MicrosoftSide
@@ -31,22 +33,46 @@ async def test_external_client_registers_through_the_access_edge(pki: LabPKI) ->
         assert connection is not None and "edge.example.com" in connection.peer_names
 
 
+@dataclass
+class EdgeCall:
+    """A call between alice (internal) and david (external, relay only), media flowing."""
+
+    david: LyncClient
+    call: LyncCall
+    """The caller's side."""
+    incoming: LyncCall
+    """The callee's side."""
+    external: MediaReport
+    """david's media."""
+    internal: MediaReport
+    """alice's media."""
+
+
+async def call_across_the_edge(side: MicrosoftSide, direction: str,
+                               **david: object) -> EdgeCall:
+    """david calls alice ("external-calls") or alice calls david ("internal-calls"); returns
+    once the call is connected with 20 packets each way on both sides."""
+    alice = await side.client("alice")
+    outside = await side.client("david", relay_only=True, **david)
+    caller, callee, target = (
+        (outside, alice, "alice.parkes@example.com") if direction == "external-calls"
+        else (alice, outside, "david.jones@example.com"))
+    call = await caller.call(target)
+    incoming = await asyncio.wait_for(callee.incoming_calls.get(), 10)
+    await call.wait_connected()
+    report = await call.wait_media(both_ways=True, min_packets=20)
+    other = await incoming.wait_media(both_ways=True, min_packets=20)
+    external, internal = (report, other) if caller is outside else (other, report)
+    return EdgeCall(outside, call, incoming, external, internal)
+
+
 @pytest.mark.parametrize("direction", ["external-calls", "internal-calls"])
 async def test_call_across_the_edge_relays_media_through_av_edge_turn(
         pki: LabPKI, direction: str) -> None:
     async with MicrosoftSide.run(pki) as side:
-        alice = await side.client("alice")
-        david = await side.client("david", relay_only=True)
-        caller, callee, target = (
-            (david, alice, "alice.parkes@example.com") if direction == "external-calls"
-            else (alice, david, "david.jones@example.com"))
-        call = await caller.call(target)
-        incoming = await asyncio.wait_for(callee.incoming_calls.get(), 10)
-        await call.wait_connected()
-        report = await call.wait_media(both_ways=True, min_packets=20)
-        other = await incoming.wait_media(both_ways=True, min_packets=20)
-        external = report if caller is david else other
-        internal = other if caller is david else report
+        placed = await call_across_the_edge(side, direction)
+        call, incoming, external, internal = (
+            placed.call, placed.incoming, placed.external, placed.internal)
         assert external.ice_pair is not None and external.ice_pair.startswith("relay/")
         assert internal.ice_pair is not None and internal.ice_pair.endswith("/relay")
         assert side.edge is not None and side.edge.turn is not None

@@ -25,6 +25,7 @@ from lab.lync.edge import Edge
 from lab.lync.mras import MrasError, parse_answer
 from lab.lync.topology import MicrosoftSide
 from sip.transport import Transport, TransportAddress
+from tests.lab.test_lync_edge import call_across_the_edge
 from tests.peers.procs import random_free_port
 from turn.allocation import TurnStats
 from turn.ms_turn import long_term_key
@@ -87,17 +88,9 @@ async def test_external_client_relays_through_ms_turn_and_releases(
     async with MicrosoftSide.run(pki) as side:
         assert side.edge is not None and side.edge.turn is not None
         turn = side.edge.turn
-        alice = await side.client("alice")
-        david = await side.client("david", relay_only=True)
-        caller, callee, target = (
-            (david, alice, "alice.parkes@example.com") if direction == "external-calls"
-            else (alice, david, "david.jones@example.com"))
-        call = await caller.call(target)
-        incoming = await asyncio.wait_for(callee.incoming_calls.get(), 10)
-        await call.wait_connected()
-        report = await call.wait_media(both_ways=True, min_packets=20)
-        other = await incoming.wait_media(both_ways=True, min_packets=20)
-        external = report if caller is david else other
+        placed = await call_across_the_edge(side, direction)
+        david, call, incoming, external = (
+            placed.david, placed.call, placed.incoming, placed.external)
         assert external.ice_pair is not None and external.ice_pair.startswith("relay/")
         # Every allocation on the Edge is an MS-TURN one (david's); none standard.
         allocations = list(turn.core.allocations.values())
