@@ -1,4 +1,7 @@
-"""Per-leg packet counters (sans-IO: the caller passes the time of each packet)."""
+"""Per-leg packet counters (sans-IO: the caller passes the time of each packet).
+
+``media.stream.MediaStream.counters`` fills them from the relays' counters (per verdict, see
+``media.relay.Verdict``) for /status, /metrics and the operator's page."""
 
 from __future__ import annotations
 
@@ -18,7 +21,11 @@ class Drop(enum.IntEnum):
     NO_ROUTE = 2
     """Nowhere to send yet (ICE not connected, no address for the video side)."""
     SRTP = 3
-    """SRTP authentication / replay check failed, or a malformed packet."""
+    """SRTP authentication / replay check failed, or a packet too big for SRTP."""
+    MALFORMED = 4
+    """Not RTP/RTCP (version, size), or STUN on the video leg."""
+    SEND = 5
+    """The socket refused the send (buffer full, ICMP error)."""
 
 
 @dataclass(slots=True)
@@ -37,6 +44,8 @@ class LegCounters:
     dropped_source: int = 0
     dropped_no_route: int = 0
     dropped_srtp: int = 0
+    dropped_malformed: int = 0
+    dropped_send: int = 0
 
     def received(self, size: int, now: float) -> None:
         self.packets_in += 1
@@ -55,13 +64,17 @@ class LegCounters:
             self.dropped_source += 1
         elif why is Drop.NO_ROUTE:
             self.dropped_no_route += 1
+        elif why is Drop.MALFORMED:
+            self.dropped_malformed += 1
+        elif why is Drop.SEND:
+            self.dropped_send += 1
         else:
             self.dropped_srtp += 1
 
     @property
     def dropped_total(self) -> int:
         return (self.dropped_direction + self.dropped_source + self.dropped_no_route
-                + self.dropped_srtp)
+                + self.dropped_srtp + self.dropped_malformed + self.dropped_send)
 
     def idle_for(self, now: float) -> float | None:
         """Seconds since the last received packet (None: nothing received yet)."""

@@ -61,6 +61,7 @@ from aioice.turn import (
     TurnTransport,
 )
 
+from media.ice_adapter import RelayTransport
 from media.ms_dialect import Candidate, CandidateTransport, CandidateType
 from media.ms_stun import DialectPolicy, DialectProtocol, StunDialect
 
@@ -422,6 +423,8 @@ class IceLeg:
         """Destinations the guard refused (outside ``allowed_networks``)."""
         self.connected = False
         self.selected_type: str | None = None
+        self.on_route: Callable[[int], None] | None = None
+        """Called with the component whose media pair changed (connected, or upgraded)."""
         self._routes: dict[int, tuple[Any, Address]] = {}
 
     @property
@@ -462,19 +465,24 @@ class IceLeg:
 
     # -- gathering ---------------------------------------------------------------------------
 
-    async def gather(self) -> None:
+    async def gather(self, transports: Sequence[RelayTransport] = ()) -> None:
         """Bind host candidates (OSError if a port is taken: nothing stays bound), then add
         srflx and relay candidates; a STUN/TURN server that does not answer is logged and
-        skipped."""
+        skipped. ``transports`` (components 1 and 2): the host sockets are the relay's
+        (``media.ice_adapter``), already bound; none: this leg binds its own."""
         agent = self.agent
         loop = asyncio.get_running_loop()
         candidates: list[IceCandidate] = []
         hosts: list[_Protocol] = []
         try:
             for component, port in ((1, self.ports[0]), (2, self.ports[1])):
-                _, proto = await loop.create_datagram_endpoint(
-                    lambda: _Protocol(agent), local_addr=(self.host, port),
-                    family=socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+                if transports:
+                    proto = _Protocol(agent)
+                    transports[component - 1].attach(proto)
+                else:
+                    _, proto = await loop.create_datagram_endpoint(
+                        lambda: _Protocol(agent), local_addr=(self.host, port),
+                        family=socket.AF_INET6 if ":" in self.host else socket.AF_INET)
                 proto.local_candidate = host_candidate(self.host, port, component)
                 hosts.append(proto)
                 candidates.append(proto.local_candidate)
@@ -551,6 +559,17 @@ class IceLeg:
         self._routes[pair.component] = (pair.protocol.transport, pair.remote_addr)
         if pair.component == 1:
             self.selected_type = pair.local_candidate.type
+        if self.on_route is not None:
+            self.on_route(pair.component)
+
+    def route_of(self, component: int) -> tuple[Address, bool] | None:
+        """The media pair of ``component``: its remote address, and whether it leaves from
+        a host socket of the relay (False: a TURN allocation's socket, aioice's); None
+        before ICE completes."""
+        route = self._routes.get(component)
+        if route is None:
+            return None
+        return (route[1][0], route[1][1]), isinstance(route[0], RelayTransport)
 
     @property
     def remote_rtp(self) -> Address | None:

@@ -1,8 +1,8 @@
 """The video-network leg of a stream: plain UDP on two pool ports (RTP even, RTCP odd) with
 latching.
 
-Latching (``Latch``, sans-IO; rtpengine's endpoint learning and "strict source" are the
-reference): until the endpoint's first packet we send to its SDP address; the first
+Latching (done in the packet path: ``media.relay.Latching`` STRICT / NAT; rtpengine's
+endpoint learning and "strict source" are the reference): until the endpoint's first packet we send to its SDP address; the first
 acceptable packet latches the component to its source, and from then on we send there and
 accept only that source (rtpengine's strict-source: anything else is dropped, counted, never
 forwarded). Which first packet is acceptable depends on the mode:
@@ -22,15 +22,14 @@ header, minimum size) never latches and is never forwarded, whatever its source.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
-import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["Latch", "LatchMode", "LatchSettings", "RtpLeg", "looks_like_rtp"]
+from media.relay import Relay, Side
+
+__all__ = ["LatchMode", "LatchSettings", "LatchView", "RtpLeg", "looks_like_rtp"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,168 +70,81 @@ def looks_like_rtp(data: bytes, component: int) -> bool:
     return data[0] >> 6 == 2
 
 
-@dataclass(slots=True)
-class Latch:
-    """Where one component (RTP or RTCP) of the video leg sends, and whom it listens to."""
+class LatchView:
+    """Where one component of the video leg sends and whom it listens to, read from the
+    relay (which does the latching: ``media.relay.Latching``)."""
 
-    settings: LatchSettings = field(default_factory=LatchSettings)
-    sdp_address: Address | None = None
-    """From the endpoint's SDP (c= and m= / a=rtcp); None before its SDP is known."""
-    latched: Address | None = None
-    """Source of the accepted packets, once one arrived."""
-    last_heard: float = 0.0
-    """When the latched source last sent (the caller's clock)."""
-    relatches: int = 0
-    """How often the source changed after the first latch."""
+    __slots__ = ("_component", "_leg")
+
+    def __init__(self, leg: RtpLeg, component: int) -> None:
+        self._leg = leg
+        self._component = component
+
+    @property
+    def sdp_address(self) -> Address | None:
+        """From the endpoint's SDP (c= and m= / a=rtcp); None before its SDP is known."""
+        return self._leg.sdp[self._component - 1]
+
+    @property
+    def latched(self) -> Address | None:
+        """Source of the accepted packets, once one arrived."""
+        relay = self._leg.relay(self._component)
+        return None if relay is None else relay.latched(Side.B)
 
     @property
     def target(self) -> Address | None:
-        return self.latched if self.latched is not None else self.sdp_address
-
-    def accept(self, source: Address, now: float) -> bool:
-        """Whether a packet from ``source`` is the endpoint's; latches as a side effect.
-
-        Returns False for a packet to drop. ``latched`` changes only when this returns True."""
         latched = self.latched
-        if latched == source:
-            self.last_heard = now
-            return True
-        # The exact SDP address may take over from another port of its host at any time
-        # (rtpengine's heuristic ranks it first); anyone else waits for the silence.
-        exact = source == self.sdp_address and self.settings.mode is LatchMode.STRICT
-        if (latched is not None and not exact
-                and now - self.last_heard < self.settings.relatch_after):
-            return False
-        if self.settings.mode is LatchMode.STRICT and (
-                self.sdp_address is None or source[0] != self.sdp_address[0]):
-            return False
-        if latched is not None:
-            self.relatches += 1
-        self.latched = source
-        self.last_heard = now
-        return True
+        return latched if latched is not None else self.sdp_address
 
-    def update_sdp(self, address: Address | None) -> None:
-        """A new SDP from the endpoint: a different address starts latching over."""
-        if address != self.sdp_address:
-            self.sdp_address = address
-            self.latched = None
-
-
-class _Socket(asyncio.DatagramProtocol):
-    __slots__ = ("closed", "component", "leg", "transport")
-
-    def __init__(self, leg: RtpLeg, component: int) -> None:
-        self.leg = leg
-        self.component = component
-        self.transport: asyncio.DatagramTransport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.leg.on_packet(data, (addr[0], addr[1]), self.component)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from an endpoint that is not up yet: not fatal.
-        logger.debug("video leg %s:%d: %s", self.leg.host, self.leg.ports[self.component - 1], exc)
+    @property
+    def relatches(self) -> int:
+        """How often the source changed after the first latch."""
+        relay = self._leg.relay(self._component)
+        return 0 if relay is None else relay.counters(Side.B)["relatches"]
 
 
 PacketSink = Callable[[bytes, int], None]
-"""Called with (packet, component) for each packet the latch accepts."""
+"""Called with (packet, component) for each packet received on the Python path."""
 LatchSink = Callable[[int, Address], None]
 """Called with (component, source) when a component latches to a new source."""
 
 
 class RtpLeg:
-    """Two UDP sockets on ``host`` (RTP ``port``, RTCP ``port + 1``), latching per component."""
+    """The video leg of a stream: RTP ``port`` and RTCP ``port + 1`` on ``host``, each the
+    side B socket of its component's relay (``media.stream`` binds them and gives them to
+    the relays, which latch, forward and close them). What is left here is what call
+    control and the operator's page read and set: the endpoint's SDP addresses, the latch
+    state, ``on_media`` / ``send`` for the packets that take the Python path."""
 
     def __init__(self, host: str, port: int, latch: LatchSettings | None = None) -> None:
         self.host = host
         self.ports = (port, port + 1)
-        latch = latch or LatchSettings()
-        self.latches = (Latch(latch), Latch(latch))
+        self.settings = latch or LatchSettings()
+        self.sdp: list[Address | None] = [None, None]
+        """The endpoint's RTP and RTCP addresses from its SDP."""
+        self.latches = (LatchView(self, 1), LatchView(self, 2))
         self.on_media: PacketSink | None = None
         self.on_latch: LatchSink | None = None
-        self.on_dropped: Callable[[int], None] | None = None
-        """Called with the size of a packet the latch refused."""
-        self._sockets: list[_Socket] = []
-        self._bound: list[_Socket] = []
-        """Every socket opened and not yet reported closed by the loop."""
-        self._closing: list[asyncio.Future[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.relays: tuple[Relay, ...] = ()
+        """The relays of components 1 and 2 (set by the stream once bound)."""
+        self.send_errors = 0
 
-    async def open(self) -> None:
-        """Bind both ports; on failure nothing stays bound and ``OSError`` is raised."""
-        loop = self._loop = asyncio.get_running_loop()
-        try:
-            for component, port in ((1, self.ports[0]), (2, self.ports[1])):
-                _, proto = await loop.create_datagram_endpoint(
-                    lambda c=component: _Socket(self, c),  # type: ignore[misc]
-                    local_addr=(self.host, port), family=_family(self.host))
-                self._sockets.append(proto)
-                self._bound.append(proto)
-        except OSError:
-            await self.aclose()
-            raise
-
-    def on_packet(self, data: bytes, source: Address, component: int) -> None:
-        latch = self.latches[component - 1]
-        before = latch.latched
-        now = self._loop.time() if self._loop is not None else 0.0
-        if not looks_like_rtp(data, component) or not latch.accept(source, now):
-            if self.on_dropped is not None:
-                self.on_dropped(len(data))
-            return
-        if before != source and self.on_latch is not None:
-            self.on_latch(component, source)
-        if self.on_media is not None:
-            self.on_media(data, component)
+    def relay(self, component: int) -> Relay | None:
+        return self.relays[component - 1] if len(self.relays) >= component else None
 
     def set_remote(self, rtp: Address | None, rtcp: Address | None) -> None:
-        self.latches[0].update_sdp(rtp)
-        self.latches[1].update_sdp(rtcp)
+        self.sdp = [rtp, rtcp]
 
     def send(self, data: bytes, component: int) -> bool:
-        """Send toward the endpoint; False when there is nowhere to send yet."""
+        """Send toward the endpoint (latched source, else SDP address); False when there is
+        nowhere to send yet or the socket refused."""
+        relay = self.relay(component)
         target = self.latches[component - 1].target
-        if target is None or len(self._sockets) < component:
+        if relay is None or target is None:
             return False
-        transport = self._sockets[component - 1].transport
-        if transport is None:
+        try:
+            relay.sendto(Side.B, data, target)
+        except (OSError, ValueError):
+            self.send_errors += 1
             return False
-        transport.sendto(data, target)
         return True
-
-    def close(self) -> None:
-        """Close both sockets (they are released on the loop's next turn: see ``aclose``)."""
-        self._closing = [s.closed for s in self._sockets]
-        for sock in self._sockets:
-            if sock.transport is not None:
-                sock.transport.close()
-        self._sockets.clear()
-
-    async def aclose(self) -> None:
-        """Close both sockets and wait until the ports are free again."""
-        self.close()
-        if self._closing:
-            await asyncio.wait(self._closing, timeout=5.0)
-
-    @property
-    def is_open(self) -> bool:
-        return bool(self._sockets)
-
-    @property
-    def bound_ports(self) -> int:
-        """Sockets still open (a closed transport is released on the loop's next turn)."""
-        self._bound = [s for s in self._bound if not s.closed.done()]
-        return len(self._bound)
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET

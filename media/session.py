@@ -78,6 +78,9 @@ class MediaSettings:
     """Video-leg latching: which source latches first, when another may take over."""
     ssrc_range_size: int = 100
     """Width of the x-ssrc-range we advertise to Microsoft per stream."""
+    relay: str | None = None
+    """The packet path, ``native`` or ``python`` (``media.relay``); None: what
+    ``GATEWAY_MEDIA_RELAY`` says, else the native one where it was built."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,24 +167,22 @@ class MediaSession:
         ice = IceLeg(self.settings.microsoft_address, pairs[0], self.settings.ice,
                      ufrag=ufrag, pwd=pwd, turn_ports=pairs[2:2 + servers])
         video = RtpLeg(self.settings.video_address, pairs[1], self.settings.latch)
-        ports.video, ports.ice = video, ice
-        try:
-            await video.open()
-            await ice.gather()
-        except BaseException:
-            await video.aclose()
-            await ice.close()
-            self._release(index)
-            raise
         first = random.getrandbits(32) & ~0xFFFF  # room for the whole range below 2^32
         ssrc_range = SsrcRange(first, first + self.settings.ssrc_range_size - 1)
-        stream = MediaStream(index, kind, ice, video, ssrc_range)
+        stream = MediaStream(index, kind, ice, video, ssrc_range, impl=self.settings.relay)
         video.on_latch = lambda component, source: self._emit(
             SourceLatched(index, kind, component, source))
+        ports.stream = stream
+        try:
+            await stream.open()
+        except BaseException:
+            self._release(index)
+            raise
         self._keys[index] = (os.urandom(30), os.urandom(30))
         # DEBUG: two lines per call at INFO cost more than a tenth of a millisecond each.
-        self.log.debug("%s: %s stream %d on %s:%d (Microsoft) / %s:%d (video)", self.call_id,
-                       kind, index, ice.host, ice.ports[0], video.host, video.ports[0])
+        self.log.debug("%s: %s stream %d on %s:%d (Microsoft) / %s:%d (video), %s relay",
+                       self.call_id, kind, index, ice.host, ice.ports[0], video.host,
+                       video.ports[0], stream.impl)
         return stream
 
     def _release(self, index: int) -> int:
@@ -247,8 +248,7 @@ class MediaSession:
                 continue
             ms_l, ms_r, v_l, v_r = (s.media[index] for s in sides)
             ssrc = stream.ssrc_range if ms_l.has("x-ssrc-range") else None
-            stream.state.apply(ms_l, ms_r, v_l, v_r, ssrc)
-            stream.video.set_remote(*_video_addresses(video_remote, v_r))
+            stream.apply(ms_l, ms_r, v_l, v_r, ssrc, *_video_addresses(video_remote, v_r))
             if stream.connect_task is None and ms_l.port and ms_r.port:
                 ms = read_stream(microsoft_remote, index)
                 # Now, not in the task: when we answer, Microsoft's checks may arrive as
@@ -284,7 +284,7 @@ class MediaSession:
     # -- status and teardown ---------------------------------------------------------------------
 
     def counters(self) -> tuple[StreamCounters, ...]:
-        return tuple(StreamCounters(s.index, s.kind, s.state.ms_counters, s.state.video_counters)
+        return tuple(StreamCounters(s.index, s.kind, *s.counters())
                      for s in self.streams if s is not None)
 
     @property
@@ -293,8 +293,8 @@ class MediaSession:
 
     @property
     def bound_ports(self) -> int:
-        """Ports with a socket open now (the video leg's and the ICE leg's)."""
-        return sum(_bound(s.video, s.ice) for s in self.streams if s is not None)
+        """Ports with a socket open now (the relays' and aioice's TURN sockets)."""
+        return sum(s.bound_ports for s in self.streams if s is not None)
 
     async def close(self) -> None:
         """Stop every task, close every socket and TURN allocation, give the ports back.
@@ -320,8 +320,7 @@ class MediaSession:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await stream.video.aclose()
-        await stream.ice.close()
+        await stream.aclose()
         left = stream.ice.agent._protocols
         if left:
             # IceLeg.close gives aioice's close 5 s; when that ran out (seen under load),
@@ -343,23 +342,13 @@ class MediaSession:
 class _StreamPorts:
     """The probe the pool asks before taking a stream's ports back: sockets still bound."""
 
-    __slots__ = ("ice", "video")
+    __slots__ = ("stream",)
 
     def __init__(self) -> None:
-        self.video: RtpLeg | None = None
-        self.ice: IceLeg | None = None
+        self.stream: MediaStream | None = None
 
     def bound(self) -> int:
-        return _bound(self.video, self.ice)
-
-
-def _bound(video: RtpLeg | None, ice: IceLeg | None) -> int:
-    count = video.bound_ports if video is not None else 0
-    if ice is not None:
-        # aioice keeps every socket of the agent (host and TURN) in _protocols until its
-        # close() has closed them all (IceLeg has no count of its own).
-        count += len(ice.agent._protocols)
-    return count
+        return self.stream.bound_ports if self.stream is not None else 0
 
 
 def _video_addresses(sdp: SessionDescription, media: Media

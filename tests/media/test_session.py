@@ -1,5 +1,6 @@
 """End to end on loopback: a Lync peer (aioice, relay-only through our TURN server, SRTP with
-MKI), the MediaSession, and a plain RTP video peer."""
+MKI), the MediaSession, and a plain RTP video peer; every test on both packet paths (the
+native relay and the pure-Python one, ``GATEWAY_MEDIA_RELAY``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from media.events import MediaClosed, MediaConnected, MediaEvent, MediaFailed, SourceLatched
 from media.ice_leg import IceSettings, TurnServerSettings
 from media.ms_dialect import SsrcRange
+from media.relay import ENV, native_available
 from media.port_pool import PortPool, PortPoolExhausted, PortPoolSettings
 from media.rewrite import to_microsoft, to_standard
 from media.rtp_leg import LatchMode, LatchSettings
@@ -26,6 +28,15 @@ from tests.turn.helpers import PASSWORD, USER, running_server, server_port
 GATEWAY = "127.0.2.1"
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 WAIT = 10.0
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def relay_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test runs on both packet paths (media.relay: GATEWAY_MEDIA_RELAY)."""
+    if request.param == "native" and not native_available():
+        pytest.skip("the native relay is not built")
+    monkeypatch.setenv(ENV, request.param)
+    return str(request.param)
 
 
 def free_pool(ports: int = 40) -> PortPool:
@@ -95,12 +106,18 @@ async def call_setup(kinds: list[str], settings_kw: dict | None = None  # type: 
             await session.close()
 
 
-async def test_audio_video_call_relays_both_ways_with_srtp_and_ssrc_mapping() -> None:
+async def test_audio_video_call_relays_both_ways_with_srtp_and_ssrc_mapping(
+        relay_path: str) -> None:
+    """ICE + SRTP (with MKI) toward Microsoft, plain RTP toward the endpoint: media both ways,
+    RTP and RTCP, on the packet path under test (the fast path once ICE completed)."""
     async with call_setup(["audio", "video"]) as (call, pool, turn):
         await call.offer_answer(["audio", "video"])
         session = call.session
         connected = {(await next_event(session, MediaConnected)).stream for _ in range(2)}
         assert connected == {0, 1}
+        for stream in session.streams:
+            assert stream is not None and stream.impl == relay_path
+            assert stream.fast == [True, True]  # host pairs, no tap: the hub relays
         assert pool.ports_in_use == 8 + 2 * 2  # 4 per stream + one TURN pair per stream
 
         # Every candidate we offered, every address we sent to: loopback only.
@@ -135,7 +152,11 @@ async def test_audio_video_call_relays_both_ways_with_srtp_and_ssrc_mapping() ->
             assert ours.first <= ssrc_of(plain) <= ours.last
             assert plain[12:] == b"from-video" and plain[:8] == rtp(0, 7, b"")[:8]
 
-            # RTCP both ways; Lync's report about our mapped SSRC reaches the endpoint unmapped.
+            # RTCP both ways: the endpoint's report goes out mapped; Lync's report about our
+            # mapped SSRC reaches the endpoint unmapped.
+            call.video.send(index, rtcp_rr(0xDEADBEEF, lync_ssrc), component=2)
+            report, _ = await receive(call.lync.streams[index].received, component=2)
+            assert report[4:12] == rtcp_rr(ssrc_of(plain), lync_ssrc)[4:12]
             await call.lync.send(index, rtcp_rr(lync_ssrc, ssrc_of(plain)), component=2)
             data, _, _ = await receive(call.video.received, component=2)
             assert data == rtcp_rr(lync_ssrc, 0xDEADBEEF)
@@ -143,8 +164,9 @@ async def test_audio_video_call_relays_both_ways_with_srtp_and_ssrc_mapping() ->
         counters = {c.kind: c for c in session.counters()}
         assert counters["audio"].microsoft.packets_in == 2
         assert counters["audio"].video.packets_out == 2
-        assert counters["video"].video.packets_in == 1
-        assert counters["video"].microsoft.packets_out == 1
+        assert counters["video"].video.packets_in == 2
+        assert counters["video"].microsoft.packets_out == 2
+        assert counters["audio"].microsoft.dropped_total == 0
         assert counters["audio"].microsoft.last_in is not None
         assert turn.stats().allocations == 8  # Lync 2x2 + gateway 2x2 on our TURN server
 
@@ -177,7 +199,8 @@ async def test_latching_keeps_the_endpoint_and_ignores_a_stranger(mode: LatchMod
             data, _, _ = await receive(call.video.received)
             assert data.endswith(b"to-the-endpoint")
             counters = session.counters()[0].video
-            assert counters.dropped_source == 2 and counters.packets_in == 4
+            assert counters.dropped_source == 1 and counters.packets_in == 4
+            assert counters.dropped_malformed == 1  # the stranger's garbage
             assert stranger.received.empty()
         finally:
             stranger.close()
