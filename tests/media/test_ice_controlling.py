@@ -179,7 +179,7 @@ async def gateway_offers_call(session: MediaSession, lync: LyncAnswerer, video: 
         ours_range = stream.ssrc_range
         assert ours_range is not None
         assert ours_range.first <= ssrc_of(data) <= ours_range.last  # mapped for Microsoft
-        assert stream.state.ms_counters.packets_out >= 1
+        assert stream.counters()[0].packets_out >= 1
         # Lync -> gateway -> endpoint.
         assert lync.agents[index].send_media(rtp(1000 + index, 1, b"to-video-%d" % index), 1)
         while True:
