@@ -2,10 +2,11 @@
 latching.
 
 Latching (done in the packet path: ``media.relay.Latching`` STRICT / NAT; rtpengine's
-endpoint learning and "strict source" are the reference): until the endpoint's first packet we send to its SDP address; the first
-acceptable packet latches the component to its source, and from then on we send there and
-accept only that source (rtpengine's strict-source: anything else is dropped, counted, never
-forwarded). Which first packet is acceptable depends on the mode:
+endpoint learning and "strict source" are the reference): until the endpoint's first packet
+we send to its SDP address; the first acceptable packet latches the component to its source,
+and from then on we send there and accept only that source (rtpengine's strict-source:
+anything else is dropped, counted, never forwarded). Which first packet is acceptable
+depends on the mode:
 
 - ``LatchMode.STRICT`` (the default): a source on the SDP address (its host; any port, so
   that an endpoint whose ports are rewritten by a NAT on its own network still latches; the

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from media.relay import ForwardingPlan, Latching, Relay, Side, SidePlan, Verdict, make_relay
-from media.relay import native_available
+from media.relay import (
+    ForwardingPlan,
+    Latching,
+    Relay,
+    Side,
+    SidePlan,
+    Verdict,
+    make_relay,
+    native_available,
+)
 from media.rtp_leg import LatchMode, LatchSettings, RtpLeg, looks_like_rtp
 
 SDP = ("127.0.0.1", 20000)

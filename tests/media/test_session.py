@@ -15,8 +15,8 @@ import pytest
 from media.events import MediaClosed, MediaConnected, MediaEvent, MediaFailed, SourceLatched
 from media.ice_leg import IceSettings, TurnServerSettings
 from media.ms_dialect import SsrcRange
-from media.relay import ENV, native_available
 from media.port_pool import PortPool, PortPoolExhausted, PortPoolSettings
+from media.relay import ENV, native_available
 from media.rewrite import to_microsoft, to_standard
 from media.rtp_leg import LatchMode, LatchSettings
 from media.sdp import SessionDescription, parse_sdp

@@ -11,9 +11,9 @@ import pytest
 
 from media.counters import LegCounters
 from media.ms_dialect import SsrcRange
-from media.sdp import Attribute, Media
 from media.relay import Latching, Relay, Side, Verdict, make_relay, native_available
 from media.rtp_leg import LatchMode, LatchSettings
+from media.sdp import Attribute, Media
 from media.stream import Flow, StreamState, flow_of
 from tests.media.peers import rtp, ssrc_of
 
