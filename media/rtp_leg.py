@@ -23,14 +23,17 @@ header, minimum size) never latches and is never forwarded, whatever its source.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from media.relay import Relay, Side
+from media.relay import ForwardingPlan, Latching, Relay, Side, SidePlan, Verdict
 
-__all__ = ["LatchMode", "LatchSettings", "LatchView", "RtpLeg", "looks_like_rtp"]
+__all__ = ["LatchMode", "LatchSettings", "LatchView", "RtpLeg", "bind_udp", "looks_like_rtp"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,22 @@ def looks_like_rtp(data: bytes, component: int) -> bool:
     if len(data) < (RTP_HEADER if component == 1 else RTCP_HEADER):
         return False
     return data[0] >> 6 == 2
+
+
+_NOWHERE = ("0.0.0.0", 9)
+"""Side A of a standalone leg's relay: packets are judged, never sent there."""
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound on ``host:port`` (closed again if the bind fails)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class LatchView:
@@ -129,12 +148,76 @@ class RtpLeg:
         self.relays: tuple[Relay, ...] = ()
         """The relays of components 1 and 2 (set by the stream once bound)."""
         self.send_errors = 0
+        self._own: list[socket.socket] = []
+        """Sockets of a standalone leg (``open``)."""
 
     def relay(self, component: int) -> Relay | None:
         return self.relays[component - 1] if len(self.relays) >= component else None
 
     def set_remote(self, rtp: Address | None, rtcp: Address | None) -> None:
         self.sdp = [rtp, rtcp]
+        if self._own:
+            self._publish_own()
+
+    # -- standalone: a leg without a stream (tests, tools) ---------------------------------------
+
+    async def open(self) -> None:
+        """Bind both ports for a leg used on its own: its relays have no side A, latch on the
+        Python path and hand each accepted packet to ``on_media``. On failure nothing stays
+        bound and ``OSError`` is raised. (In a call, ``media.stream`` binds the ports.)"""
+        from media.relay import make_relay  # the stream module imports this one
+
+        loop = asyncio.get_running_loop()
+        try:
+            for component, port in enumerate(self.ports, start=1):
+                sock = bind_udp(self.host, port)
+                try:
+                    relay = make_relay(-1, sock.dup().detach(), impl="python")
+                except BaseException:
+                    sock.close()
+                    raise
+                self._own.append(sock)
+                self.relays = (*self.relays, relay)
+                loop.add_reader(sock.fileno(), self._readable, component, sock)
+        except BaseException:
+            await self.aclose()
+            raise
+        self._publish_own()
+
+    def _publish_own(self) -> None:
+        mode = Latching.STRICT if self.settings.mode is LatchMode.STRICT else Latching.NAT
+        for relay, sdp in zip(self.relays, self.sdp, strict=False):
+            relay.publish(ForwardingPlan(
+                a=SidePlan(address=_NOWHERE),
+                b=SidePlan(latching=mode, address=sdp, relatch_after=self.settings.relatch_after),
+                b_to_a=True, rtcp=True))
+
+    def _readable(self, component: int, sock: socket.socket) -> None:
+        relay = self.relays[component - 1]
+        for _ in range(64):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            verdict, _, _ = relay.feed(Side.B, data, (addr[0], addr[1]), time.monotonic_ns())
+            if verdict is Verdict.FORWARD and self.on_media is not None:
+                self.on_media(data, component)
+
+    async def aclose(self) -> None:
+        """Close a standalone leg's sockets."""
+        loop = asyncio.get_running_loop()
+        for sock in self._own:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        for relay in self.relays[:len(self._own)]:
+            relay.close()
+        self._own.clear()
+
+    @property
+    def bound_ports(self) -> int:
+        return len(self._own)
 
     def send(self, data: bytes, component: int) -> bool:
         """Send toward the endpoint (latched source, else SDP address); False when there is

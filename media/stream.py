@@ -51,7 +51,7 @@ from media.relay import (
     make_hub,
     make_relay,
 )
-from media.rtp_leg import LatchMode, LatchSettings, RtpLeg
+from media.rtp_leg import LatchMode, LatchSettings, RtpLeg, bind_udp
 from media.sdp import Media
 from media.srtp import LegKeys, select_keys
 
@@ -178,17 +178,6 @@ class _Seen:
     last_out: float | None = None
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 class MediaStream:
     """The legs of one m= line and the relays of its two components."""
 
@@ -236,9 +225,9 @@ class MediaStream:
 
     def _add_relay(self, component: int) -> None:
         ice_port, video_port = self.ice.ports[component - 1], self.video.ports[component - 1]
-        side_a = _bind(self.ice.host, ice_port)
+        side_a = bind_udp(self.ice.host, ice_port)
         try:
-            side_b = _bind(self.video.host, video_port)
+            side_b = bind_udp(self.video.host, video_port)
         except BaseException:
             side_a.close()
             raise
