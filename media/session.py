@@ -13,6 +13,10 @@ The life of a call, as the B2BUA drives it::
     await session.apply(...)                           # hold / resume / new stream
     await session.close()                              # every port and task released
 
+Each relayed stream has a relay per component (``media.stream``: RTP and RTCP, both legs'
+sockets in one relay; ``GATEWAY_MEDIA_RELAY`` or ``MediaSettings.relay`` picks the native or
+the Python packet path); ``apply`` publishes their forwarding plans.
+
 m= line ``i`` of every SDP is stream ``i`` (the B2BUA keeps m= lines one for one). Audio and
 video are relayed; other kinds (applicationsharing, data) get port 0 in the plans.
 

@@ -336,3 +336,17 @@ async def test_a_stranger_sending_before_the_call_never_latches_in_strict_mode()
             assert call.lync.streams[0].received.empty()
         finally:
             stranger.close()
+
+
+@pytest.mark.xfail(strict=True, reason="each component's relay keeps its own SSRC map: the "
+                   "RTCP relay cannot unmap an SSRC it has only seen in RTP (needs a map "
+                   "shared by a stream's relays, a change to media/relay_native)")
+async def test_a_report_about_an_ssrc_seen_only_in_rtp_is_unmapped() -> None:
+    async with call_setup(["audio"]) as (call, pool, _):
+        await call.offer_answer(["audio"])
+        await next_event(call.session, MediaConnected)
+        call.video.send(0, rtp(0xDEADBEEF, 7, b"from-video"))
+        plain, _ = await receive(call.lync.streams[0].received)
+        await call.lync.send(0, rtcp_rr(LYNC_SSRC["audio"][0], ssrc_of(plain)), component=2)
+        data, _, _ = await receive(call.video.received, component=2)
+        assert data == rtcp_rr(LYNC_SSRC["audio"][0], 0xDEADBEEF)
