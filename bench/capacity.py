@@ -10,6 +10,10 @@ at each step the packets sent and received by every party are read at once (one 
 loop: the snapshot is atomic) at the start and the end of a window, and
 loss = 1 - received / sent over that window, both directions together.
 
+The gateway's packet path is ``GATEWAY_MEDIA_RELAY`` (``native`` by default where built,
+``python``); the ``fast`` column counts the stream components the relay hub carries (the
+rest take the Python path: TURN-relayed pairs, the first packets the call log records).
+
 Everything runs in this process (lab.topology.Lab): the CPU figure is the whole process
 (gateway + FE + CUCM + peers) and so an upper bound of the gateway's share; RSS per call is
 the growth over the idle lab divided by the calls. Traffic stays on 127.0.0.0/8. Bounded
@@ -34,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.topology import Lab  # noqa: E402
+from media.relay import implementation as relay_implementation  # noqa: E402
 
 LOSS_LIMIT = 0.001
 CALLEES = ("3001", "3002")
@@ -59,10 +64,17 @@ class Step:
     rss_mib: float
     setup_s: float
     failed: str = ""
+    fast: str = ""
+    """Relayed components on the fast path (the hub) / all, at the window's end."""
 
     @property
     def ok(self) -> bool:
         return not self.failed and self.loss <= LOSS_LIMIT
+
+
+def load() -> str:
+    """The machine's 1-minute load average (other processes share it)."""
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def rss_kib() -> int:
@@ -95,6 +107,20 @@ class Bench:
                 self.pairs.append((call, far))
 
         await asyncio.gather(*(one(i) for i in range(len(self.pairs), target)))
+
+    def fast_path(self) -> str:
+        """How many of the gateway's stream components run on the relay hub (media.stream),
+        out of all of them."""
+        gateway = self.lab.gateway
+        fast = total = 0
+        for call in getattr(gateway, "calls", {}).values():
+            media = getattr(call, "media", None)
+            for stream in getattr(media, "streams", ()):
+                flags = getattr(stream, "fast", None)
+                if flags is not None:
+                    fast += sum(flags)
+                    total += len(flags)
+        return f"{fast}/{total}" if total else "-"
 
     def counters(self) -> tuple[int, int]:
         """(sent, received) packets by every party of every live call, read at once."""
@@ -152,10 +178,11 @@ async def run(steps: list[int], window: float, budget: float, certs: Path) -> li
                 sent, received = sent1 - sent0, received1 - received0
                 loss = max(0.0, 1 - received / sent) if sent else 1.0
                 step = Step(calls, sent, received, loss, cpu,
-                            (rss_kib() - idle_rss) / 1024, setup)
+                            (rss_kib() - idle_rss) / 1024, setup, fast=bench.fast_path())
                 results.append(step)
                 logging.info("%d calls: %d sent, %d received, loss %.4f %%, CPU %.2f cores, "
-                             "setup %.1f s", calls, sent, received, 100 * loss, cpu, setup)
+                             "setup %.1f s, fast path %s, load %s", calls, sent, received,
+                             100 * loss, cpu, setup, step.fast, load())
                 if not step.ok:
                     break
         finally:
@@ -171,6 +198,7 @@ def report(results: list[Step]) -> dict[str, Any]:
         "max_calls": best.calls if best else 0,
         "loss_limit": LOSS_LIMIT,
         "cores": os.cpu_count(),
+        "relay": relay_implementation(),
     }
     if best is not None:
         summary["cpu_per_call_ms_per_s"] = round(1000 * best.cpu_cores / best.calls, 2)
@@ -199,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        lines = [f"{'calls':>6} {'sent':>9} {'received':>9} {'loss %':>8} {'CPU':>6} "
-                 f"{'RSS MiB':>8} {'setup s':>8}  result"]
+        lines = [f"relay: {summary['relay']}",
+                 f"{'calls':>6} {'sent':>9} {'received':>9} {'loss %':>8} {'CPU':>6} "
+                 f"{'RSS MiB':>8} {'setup s':>8} {'fast':>9}  result"]
         for s in results:
             lines.append(f"{s.calls:>6} {s.sent:>9} {s.received:>9} {100 * s.loss:>8.4f} "
-                         f"{s.cpu_cores:>6.2f} {s.rss_mib:>8.1f} {s.setup_s:>8.1f}  "
-                         f"{'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
+                         f"{s.cpu_cores:>6.2f} {s.rss_mib:>8.1f} {s.setup_s:>8.1f} "
+                         f"{s.fast:>9}  {'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
         lines.append(f"maximum: {summary['max_calls']} concurrent full-media calls "
                      f"(loss <= {100 * LOSS_LIMIT:g} %)")
         if "cpu_per_call_ms_per_s" in summary:
