@@ -259,6 +259,7 @@ class MediaStream:
             for component, relay in enumerate(self.relays, start=1):
                 self.fast[component - 1] = False
                 relay.close()
+                relay.on_stun = relay.on_latch = None  # no cycle through the stream
                 self._open[component - 1] = False
             for readers in self._readers:
                 for sock in readers:
