@@ -231,12 +231,15 @@ class MediaStream:
         except BaseException:
             side_a.close()
             raise
+        dups: list[socket.socket] = []
         try:
-            readers = (side_a.dup(), side_b.dup())
+            for sock in (side_a, side_b):
+                dups.append(sock.dup())
         except BaseException:
-            side_a.close()
-            side_b.close()
+            for sock in (side_a, side_b, *dups):
+                sock.close()
             raise
+        readers = (dups[0], dups[1])
         relay = make_relay(side_a.detach(), side_b.detach(), impl=self.impl)
         self._open[component - 1] = True
         self.relays.append(relay)
