@@ -33,6 +33,7 @@ from .allocation import (
 from .config import TurnConfig
 from .core import TurnCore
 from .errors import DecodeError
+from .fast_udp import DatagramOut, FastUdp
 from .framing import StreamFramer
 from .ms_turn import FRAME_CONTROL, MsStreamFramer
 
@@ -51,10 +52,10 @@ class TurnServer:
         self.config = config
         self.core = core or TurnCore(config)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._udp: dict[Address, asyncio.DatagramTransport] = {}
+        self._udp: dict[Address, DatagramOut] = {}
         self._tcp_servers: list[asyncio.AbstractServer] = []
         self._clients: dict[FiveTuple, _TcpClient] = {}
-        self._relay_udp: dict[int, asyncio.DatagramTransport] = {}
+        self._relay_udp: dict[int, DatagramOut] = {}
         # The sockets' own sendto, for the per-packet paths: it skips the transport's
         # per-call address parsing and cache; OSError (a full buffer, an ICMP error) falls
         # back to the transport, which queues the datagram or reports the error.
@@ -66,6 +67,8 @@ class TurnServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._fast: FastUdp | None = None
+        """The batched UDP path (turn.fast_udp) where enabled; else asyncio transports."""
         self.addresses: list[tuple[str, str, int]] = []
         """(transport, host, port) of each listener, once started."""
 
@@ -73,6 +76,7 @@ class TurnServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._start_fast_path(self._loop)
         host = self.config.listen
         low, high = self.config.ports
         if low == 0:
@@ -126,9 +130,15 @@ class TurnServer:
                 sock.bind((host, port))
                 sock.setblocking(False)
                 _grow_buffers(sock)
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpListener(self, (host, port)), sock=sock
-                )
+                if self._fast is not None:
+                    listener = _UdpListener(self, (host, port))
+                    transport: DatagramOut = self._fast.listen(
+                        sock, (host, port), listener.datagram_received
+                    )
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: _UdpListener(self, (host, port)), sock=sock
+                    )
             except BaseException:
                 sock.close()
                 raise
@@ -145,6 +155,8 @@ class TurnServer:
     async def _close_listeners(self) -> None:
         for transport in self._udp.values():
             transport.close()
+            if self._fast is not None:
+                self._fast.forget(transport)
         self._udp.clear()
         self._udp_raw.clear()
         for server in self._tcp_servers:
@@ -178,9 +190,14 @@ class TurnServer:
         self._tcp_servers.clear()
         await asyncio.sleep(0)  # let transports run their connection_lost callbacks
         logger.info("TURN stopped: %s", format_stats(self.stats()))
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
 
     def stats(self) -> TurnStats:
         loop = self._loop or asyncio.get_event_loop()
+        if self._fast is not None:
+            self._fast.add_counters(self.core.counters)
         return self.core.stats(loop.time())
 
     async def __aenter__(self) -> TurnServer:
@@ -191,6 +208,13 @@ class TurnServer:
         await self.stop()
 
     # -- core driving -----------------------------------------------------------------------
+
+    def _start_fast_path(self, loop: asyncio.AbstractEventLoop) -> None:
+        """UDP on the batched fast path (turn.fast_udp) where its hub is available."""
+        if self._fast is None and self.config.udp:
+            self._fast = FastUdp.create(loop)
+            if self._fast is not None:
+                self.core.publish_forwarding = True
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None, "TurnServer.start() first"
@@ -231,6 +255,8 @@ class TurnServer:
                 client = self._clients.get(action.five_tuple)
                 if client is not None:
                     client.transport.close()
+        if self._fast is not None:
+            self._fast.publish(self.core)
         self._rearm(loop)
 
     def _rearm(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -296,10 +322,15 @@ class TurnServer:
                 self._relay_tcp[alloc.id] = server
             else:
                 _grow_buffers(sock)
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: self._udp_relay(alloc, loop), sock=sock
-                )
-                self._relay_udp[alloc.id] = transport
+                fast = self._fast
+                if fast is not None and fast.has_listener(alloc.five_tuple.server):
+                    relay = self._udp_relay(alloc, loop)
+                    self._relay_udp[alloc.id] = fast.relay(alloc, sock, relay.datagram_received)
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: self._udp_relay(alloc, loop), sock=sock
+                    )
+                    self._relay_udp[alloc.id] = transport
                 self._relay_raw[alloc.id] = sock.sendto
         except BaseException:
             sock.close()
@@ -310,6 +341,8 @@ class TurnServer:
             return
         self._opening.discard(alloc.id)
         self._run(self.core.relay_opened(alloc, loop.time()))
+        if self._fast is not None:
+            self._fast.publish_one(self.core, alloc)
 
     def _udp_relay(self, alloc: Allocation, loop: asyncio.AbstractEventLoop) -> _UdpRelay:
         ft = alloc.five_tuple
@@ -328,6 +361,8 @@ class TurnServer:
         udp = self._relay_udp.pop(alloc.id, None)
         if udp is not None:
             udp.close()
+            if self._fast is not None:
+                self._fast.forget(udp, alloc.id)
         tcp = self._relay_tcp.pop(alloc.id, None)
         if tcp is not None:
             tcp.close()
