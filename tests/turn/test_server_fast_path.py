@@ -6,15 +6,21 @@ boundary, the adapter and core are real."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from turn.allocation import Allocation
 from turn.core import TurnCore
+from turn.fastpath import ENV, native_hub_type
 from turn.server import TurnServer, _UdpListener
 
+from .helpers import running_server, server_port
 from .test_core import PEER, Client, ft, make_core
+from .test_coturn import run_uclient, totals
 
 
 class Recorder:
@@ -119,3 +125,36 @@ async def test_a_refused_socket_send_falls_back_to_the_transport() -> None:
     relay.datagram_received(b"pong", PEER)
     assert to_peer.sent == [(b"ping", PEER)]
     assert to_client.sent == [(frame(0x4000, b"pong"), client.ft.client)]
+
+
+# -- the batched path (turn.fast_udp): a real server, coturn's client -------------------------
+
+FAST_MODES = ["python", "off", *(["native"] if native_hub_type() is not None else [])]
+
+
+@pytest.mark.peer
+@pytest.mark.skipif(shutil.which("turnutils_uclient") is None, reason="coturn not installed")
+@pytest.mark.parametrize("mode", FAST_MODES)
+async def test_uclient_relays_with_zero_loss_on_each_udp_path(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """turnutils_uclient over ChannelData and over Send/Data indications, client to client
+    through the server, with the hub (native or its Python twin) or the transports: nothing
+    lost, the hub forwarded the channels itself, and the server's counters include it."""
+    monkeypatch.setenv(ENV, mode)
+    async with running_server() as server:
+        fast = server._fast
+        assert (fast is not None) == (mode != "off")
+        port = server_port(server)
+        outputs = await asyncio.gather(run_uclient(port, "-y"), run_uclient(port, "-y", "-s"))
+        sent_total = 0
+        for output in outputs:
+            sent, received, lost = totals(output)
+            assert sent > 0 and received == sent and lost == 0, output[-2000:]
+            sent_total += sent
+        if fast is not None:
+            # each channel message crosses the server twice (to the peer relay, to the client)
+            assert fast.hub.stats()["fast"] >= 2 * totals(outputs[0])[0]
+        stats = server.stats()
+        assert stats.packets_to_peer >= sent_total and stats.packets_to_client >= sent_total
+        assert stats.bytes_to_peer >= 120 * sent_total and stats.auth_failures == 0
