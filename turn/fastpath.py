@@ -36,11 +36,13 @@ ENV = "TURN_FASTPATH"
 
 _HEADER = struct.Struct("!HH")
 _BATCH = 32
+_ROUNDS = 8
 _BUF_SIZE = 65536
 
 
 class HubSocket(Protocol):
-    closed: bool
+    @property
+    def closed(self) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -203,7 +205,9 @@ class PyHub:
 
     def _pump(self, s: _Sock, now: float) -> int:
         total = 0
-        while s.hub is not None:
+        for _ in range(_ROUNDS):
+            if s.hub is None:
+                return total
             batch: list[tuple[bytes, Address]] = []
             while len(batch) < _BATCH:
                 try:
