@@ -6,19 +6,23 @@ boundary, the adapter and core are real."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from turn import stun
 from turn.allocation import Allocation
 from turn.core import TurnCore
 from turn.fastpath import ENV, native_hub_type
 from turn.server import TurnServer, _UdpListener
+from turn.stun import Attr, Class, Method
 
-from .helpers import running_server, server_port
+from .helpers import authed, running_server, server_port, stun_client
 from .test_core import PEER, Client, ft, make_core
 from .test_coturn import run_uclient, totals
 
@@ -158,3 +162,49 @@ async def test_uclient_relays_with_zero_loss_on_each_udp_path(
         stats = server.stats()
         assert stats.packets_to_peer >= sent_total and stats.packets_to_client >= sent_total
         assert stats.bytes_to_peer >= 120 * sent_total and stats.auth_failures == 0
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
+async def test_server_relays_bound_channels_and_refuses_the_rest_on_each_udp_path(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real server on loopback: a bound channel relays both ways; ChannelData on an unbound
+    channel and datagrams from a host never permitted are dropped. A dropped datagram is sent
+    just before an accepted one on the same path, so the first datagram to arrive tells."""
+    monkeypatch.setenv(ENV, mode)
+    loop = asyncio.get_running_loop()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    stranger.bind(("127.0.0.2", 0))
+    for s in (peer, stranger):
+        s.setblocking(False)
+    try:
+        async with running_server() as server, stun_client(
+            "127.0.0.1", server_port(server)
+        ) as c:
+            ok = await authed(c, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")])
+            value = ok.get(Attr.XOR_RELAYED_ADDRESS)
+            assert value is not None, ok
+            relay = stun.unpack_xor_address(value, ok.transaction_id)
+            tid = os.urandom(12)
+            bind = [
+                (Attr.CHANNEL_NUMBER, struct.pack("!HH", 0x4000, 0)),
+                (Attr.XOR_PEER_ADDRESS, stun.pack_xor_address(peer.getsockname(), tid)),
+            ]
+            assert (await authed(c, Method.CHANNEL_BIND, bind, tid=tid)).cls == Class.RESPONSE
+            for _ in range(3):
+                c.transport.sendto(frame(0x4001, b"unbound"))
+                c.transport.sendto(frame(0x4000, b"to peer"))
+                data, source = await asyncio.wait_for(loop.sock_recvfrom(peer, 2048), 5)
+                assert (data, source) == (b"to peer", relay)
+                stranger.sendto(b"stranger", relay)
+                peer.sendto(b"to client", relay)
+                assert await asyncio.wait_for(c.other.get(), 5) == frame(0x4000, b"to client")
+            if server._fast is not None:
+                assert server._fast.hub.stats()["fast"] >= 6
+            stats = server.stats()
+            assert (stats.packets_to_peer, stats.packets_to_client) == (3, 3)
+    finally:
+        peer.close()
+        stranger.close()
