@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .allocation import Address, Allocation, Counters
-from .core import TurnCore
+from .core import ForwardingEntry, TurnCore
 from .fastpath import Hub, HubRelay, HubSocket, make_hub
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,10 @@ class FastUdp:
             self.publish_one(core, alloc, entries)
 
     def publish_one(
-        self, core: TurnCore, alloc: Allocation, entries: Any = None
+        self,
+        core: TurnCore,
+        alloc: Allocation,
+        entries: tuple[ForwardingEntry, ...] | None = None,
     ) -> None:
         relay = self.relays.get(alloc.id)
         if relay is None or relay.closed:
