@@ -18,6 +18,7 @@ import pytest
 from turn import stun
 from turn.allocation import Allocation
 from turn.core import TurnCore
+from turn.fast_udp import DatagramSender
 from turn.fastpath import ENV, native_hub_type
 from turn.server import TurnServer, _UdpListener
 from turn.stun import Attr, Class, Method
@@ -208,3 +209,28 @@ async def test_server_relays_bound_channels_and_refuses_the_rest_on_each_udp_pat
     finally:
         peer.close()
         stranger.close()
+
+
+async def test_a_full_socket_buffer_queues_in_order_until_writable() -> None:
+    """DatagramSender (what the server sends with on hub-polled sockets, and where the hub
+    hands what sendmmsg could not send): past a full buffer it queues, and drains in order once
+    the socket takes datagrams again. A Unix datagram socket stands in for a full UDP buffer,
+    which loopback UDP never reports."""
+    loop = asyncio.get_running_loop()
+    name = f"\0turnbatch-{os.getpid()}-{os.urandom(4).hex()}"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(name)
+    receiver.setblocking(False)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sender = DatagramSender(sock, loop)
+    try:
+        count = 2000  # past net.unix.max_dgram_qlen (512 by default)
+        for i in range(count):
+            sender.sendto(b"%d" % i, name)
+        assert sender._queue, "the receiver's queue never filled"
+        got = [await asyncio.wait_for(loop.sock_recv(receiver, 64), 5) for _ in range(count)]
+        assert got == [b"%d" % i for i in range(count)] and not sender._queue
+    finally:
+        sender.close()
+        receiver.close()
