@@ -165,24 +165,45 @@ async def test_uclient_relays_with_zero_loss_on_each_udp_path(
         assert stats.bytes_to_peer >= 120 * sent_total and stats.auth_failures == 0
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# (server and peer host, a host never permitted, the allowed peers)
+FAMILIES = {
+    "ipv4": ("127.0.0.1", "127.0.0.2", ("127.0.0.1/32",)),
+    "ipv6": ("::1", "::1", ("::1/128",)),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("mode", FAST_MODES)
 async def test_server_relays_bound_channels_and_refuses_the_rest_on_each_udp_path(
-    mode: str, monkeypatch: pytest.MonkeyPatch
+    mode: str, family: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real server on loopback: a bound channel relays both ways; ChannelData on an unbound
     channel and datagrams from a host never permitted are dropped. A dropped datagram is sent
     just before an accepted one on the same path, so the first datagram to arrive tells."""
+    if family == "ipv6" and not _has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    host, stranger_host, allowed = FAMILIES[family]
     monkeypatch.setenv(ENV, mode)
     loop = asyncio.get_running_loop()
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer.bind(("127.0.0.1", 0))
-    stranger.bind(("127.0.0.2", 0))
+    af = socket.AF_INET6 if ":" in host else socket.AF_INET
+    peer = socket.socket(af, socket.SOCK_DGRAM)
+    stranger = socket.socket(af, socket.SOCK_DGRAM)
+    peer.bind((host, 0))
+    stranger.bind((stranger_host, 0))
     for s in (peer, stranger):
         s.setblocking(False)
     try:
-        async with running_server() as server, stun_client(
-            "127.0.0.1", server_port(server)
+        async with running_server(listen=host, allow_peers=allowed) as server, stun_client(
+            host, server_port(server)
         ) as c:
             ok = await authed(c, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, b"\x11\0\0\0")])
             value = ok.get(Attr.XOR_RELAYED_ADDRESS)
@@ -198,14 +219,20 @@ async def test_server_relays_bound_channels_and_refuses_the_rest_on_each_udp_pat
                 c.transport.sendto(frame(0x4001, b"unbound"))
                 c.transport.sendto(frame(0x4000, b"to peer"))
                 data, source = await asyncio.wait_for(loop.sock_recvfrom(peer, 2048), 5)
-                assert (data, source) == (b"to peer", relay)
-                stranger.sendto(b"stranger", relay)
+                assert (data, source[:2]) == (b"to peer", relay)
+                if family == "ipv4":
+                    stranger.sendto(b"stranger", relay)
+                else:  # ::1 is the peer's host: another port of it is a Data indication
+                    stranger.sendto(b"other port", relay)
+                    indication = stun.parse(await asyncio.wait_for(c.other.get(), 5))
+                    assert indication.get(Attr.DATA) == b"other port"
                 peer.sendto(b"to client", relay)
                 assert await asyncio.wait_for(c.other.get(), 5) == frame(0x4000, b"to client")
             if server._fast is not None:
                 assert server._fast.hub.stats()["fast"] >= 6
             stats = server.stats()
-            assert (stats.packets_to_peer, stats.packets_to_client) == (3, 3)
+            indications = 3 if family == "ipv6" else 0
+            assert (stats.packets_to_peer, stats.packets_to_client) == (3, 3 + indications)
     finally:
         peer.close()
         stranger.close()
