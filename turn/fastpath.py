@@ -74,6 +74,8 @@ def native_hub_type() -> Callable[..., Hub] | None:
 def make_hub(on_unsent: Unsent | None = None) -> Hub | None:
     """The hub ``TURN_FASTPATH`` asks for; by default the native one, or None (transports)."""
     choice = os.environ.get(ENV, "").strip().lower()
+    if choice not in ("", "native", "python", "off"):
+        raise RuntimeError(f"{ENV}={choice!r}: native, python or off")
     if choice == "off":
         return None
     if choice == "python":

@@ -16,7 +16,7 @@ import pytest
 from turn import stun
 from turn.allocation import Allocation, FiveTuple, Transport
 from turn.core import ForwardingEntry, TurnCore
-from turn.fastpath import Hub, PyHub, native_hub_type
+from turn.fastpath import ENV, Hub, PyHub, make_hub, native_hub_type
 from turn.stun import Attr, Method
 
 from .test_core import Client, make_core
@@ -291,3 +291,22 @@ def test_a_closed_relay_forwards_nothing_and_hands_nothing_up(rig: Rig, kind: st
         assert drain(rig.ends["client"]) == []
     finally:
         wired.close()
+
+
+def test_the_path_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, "off")
+    assert make_hub() is None
+    monkeypatch.setenv(ENV, "python")
+    assert isinstance(make_hub(), PyHub)
+    monkeypatch.setenv(ENV, "fast")
+    with pytest.raises(RuntimeError, match="TURN_FASTPATH='fast': native, python or off"):
+        make_hub()
+    monkeypatch.setenv(ENV, "native")
+    if NATIVE is None:
+        with pytest.raises(RuntimeError, match="not built"):
+            make_hub()
+    else:
+        assert isinstance(make_hub(), NATIVE)  # type: ignore[arg-type]
+    monkeypatch.delenv(ENV)
+    default = make_hub()
+    assert default is None if NATIVE is None else isinstance(default, NATIVE)  # type: ignore[arg-type]
