@@ -223,7 +223,8 @@ static void sock_close(SockObject *s) {
     epoll_ctl(hub->epfd, EPOLL_CTL_DEL, s->fd, NULL);
     s->fd = -1;
     s->hub = NULL;
-    if (PySet_Discard(hub->members, (PyObject *)s) < 0) PyErr_Clear();
+    /* members is NULL once the hub was cleared by the cycle collector */
+    if (hub->members && PySet_Discard(hub->members, (PyObject *)s) < 0) PyErr_Clear();
     Py_DECREF(hub);
 }
 
@@ -245,7 +246,7 @@ static void queue_out(HubObject *hub, int fd, const addr_t *to, uint8_t *data, s
 static void give_unsent(HubObject *hub, int from, int to) {
     for (int i = from; i < to; i++) {
         hub->unsent++;
-        if (hub->on_unsent == Py_None) continue;
+        if (!hub->on_unsent || hub->on_unsent == Py_None) continue;
         struct msghdr *o = &hub->out[i].msg_hdr;
         PyObject *addr = addr_to_py((const struct sockaddr_storage *)o->msg_name);
         PyObject *res = addr ? PyObject_CallFunction(
@@ -481,7 +482,8 @@ static PyObject *Hub_take_counters(HubObject *self, PyObject *unused) {
 static PyObject *Hub_stats(HubObject *self, PyObject *unused) {
     return Py_BuildValue("{sKsKsKsKsKsn}", "fast", self->fast, "slow", self->slow, "batches",
                          self->batches, "unsent", self->unsent, "send_errors",
-                         self->send_errors, "sockets", PySet_GET_SIZE(self->members));
+                         self->send_errors, "sockets",
+                         self->members ? PySet_GET_SIZE(self->members) : (Py_ssize_t)0);
 }
 
 static PyObject *Hub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
