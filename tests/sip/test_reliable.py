@@ -30,7 +30,8 @@ DATA = Path(__file__).parent.parent / "data" / "sip" / "rfc3262"
 VECTORS: dict[str, Any] = json.loads((DATA / "headers.json").read_text())
 UAC_CONTACT = "<sip:gw@127.0.0.1:5060>"
 UAS_CONTACT = "<sip:3001@127.0.0.2:5060>"
-SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\n"
+       b"t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
 
 
 def invite(cseq: int = 1) -> Request:

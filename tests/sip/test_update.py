@@ -28,7 +28,8 @@ from .helpers import LayerPair, drain, make_request, only
 
 UAC_CONTACT = "<sip:gw@127.0.0.1:5060>"
 UAS_CONTACT = "<sip:3001@127.0.0.2:5060>"
-SDP = b"v=0\r\no=- 1 2 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n"
+SDP = (b"v=0\r\no=- 1 2 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\n"
+       b"t=0 0\r\nm=audio 4002 RTP/AVP 0\r\n")
 VIA = "SIP/2.0/UDP 127.0.0.1:5060;rport"
 
 
