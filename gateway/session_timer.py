@@ -325,7 +325,7 @@ def uas_negotiate(
     floor = max(requested_min or MIN_SE_FLOOR, policy.min_se, MIN_SE_FLOOR)
     if se is not None:
         if se.interval < max(policy.min_se, MIN_SE_FLOOR):
-            return Reject(max(policy.min_se, MIN_SE_FLOOR, requested_min or 0))
+            return Reject(max(policy.min_se, MIN_SE_FLOOR))  # §6: our own minimum
         interval = min(se.interval, max(policy.interval, floor))
         refresher = se.refresher
     elif policy.enabled:

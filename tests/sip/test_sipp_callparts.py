@@ -1,7 +1,8 @@
-"""The sip/ building blocks of issue 14 against SIPp playing Unified CM (the same scenario
-files the gateway's tests use): our UA over a real SipStack on loopback TCP PRACKs a reliable
-183 (RFC 3262), answers a mid-call UPDATE with SDP (RFC 3311), and negotiates and keeps a
-session timer that SIPp refreshes by re-INVITE and UPDATE (RFC 4028)."""
+"""The sip/ building blocks of issue 14 against SIPp playing Unified CM (the scenario files
+the gateway's tests use), our UA on a real SipStack over loopback TCP: as UAC it PRACKs a
+reliable 183 (RFC 3262), answers a mid-call UPDATE with SDP (RFC 3311), and negotiates and
+keeps a session timer that SIPp refreshes by re-INVITE and UPDATE (RFC 4028); as UAS it
+sends a reliable 180 to a caller requiring 100rel and matches its PRACK."""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ from gateway.session_timer import (
     uas_negotiate,
 )
 from sip.dialog import Dialog
+from sip.extensions import TAG_100REL, requires
 from sip.message import Request, Response
-from sip.reliable import ProvisionalAcceptor, ProvisionalKind
+from sip.reliable import (
+    PrackMatch,
+    ProvisionalAcceptor,
+    ProvisionalKind,
+    ReliableProvisionalSender,
+)
 from sip.stack import ClientRequest, Hop, SipStack
 from sip.transaction_server import ServerTransaction
 from sip.transport import Transport
@@ -33,7 +40,14 @@ from sip.update import OfferState, has_sdp, refuse_offer
 from sip.uri import URI
 from sip.useragent import UserAgent, response_for
 from tests.peers.procs import LOOPBACK
-from tests.peers.sipp import SippConfig, SippProcess, SippResult, SippTransport, start_sipp
+from tests.peers.sipp import (
+    SippConfig,
+    SippProcess,
+    SippResult,
+    SippTransport,
+    run_sipp,
+    start_sipp,
+)
 
 pytestmark = pytest.mark.peer
 
@@ -209,3 +223,77 @@ async def test_session_timer_negotiated_and_kept_by_sipps_refreshes(
         assert timer.expire_at > first_expiry and timer.handle_timer(loop.time()) is None
         result = await finish(ua, dialog, served)
     assert succeeded(result), result.describe()
+
+
+class Callee(UserAgent):
+    """A UA answering one INVITE that requires 100rel with a reliable 180 (RFC 3262 §3)."""
+
+    def __init__(self, stack: SipStack) -> None:
+        super().__init__(stack, user="3001", domain=LOOPBACK)
+        self.supported = frozenset({"100rel"})
+        self.sender: ReliableProvisionalSender | None = None
+        self.invite: tuple[ServerTransaction, Request, Dialog] | None = None
+        self.matches: list[PrackMatch] = []
+        self.ended = asyncio.Event()
+
+    def handle_new_request(
+        self, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        if request.method != "INVITE":
+            return super().handle_new_request(transaction, request)
+        assert requires(request, TAG_100REL)
+        loop = asyncio.get_running_loop()
+        sender = ReliableProvisionalSender(request, t1=0.5)
+        ringing = sender.send(
+            response_for(request, 180, to_tag="callee", contact=self.contact(Transport.TCP)),
+            loop.time())
+        dialog = self.dialogs.add(Dialog.create_uas(request, ringing), transaction.source)
+        self.sender, self.invite = sender, (transaction, request, dialog)
+        self.stack.send_response(transaction, ringing)
+        return None
+
+    def handle_dialog_request(
+        self, dialog: Dialog, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        if request.method == "PRACK":
+            assert self.sender is not None and self.invite is not None
+            match = self.sender.receive_prack(request)
+            self.matches.append(match)
+            self.stack.respond(transaction, match.value)
+            if match is PrackMatch.ACKNOWLEDGED and self.sender.may_send_final(200):
+                invite_tx, invite, _ = self.invite
+                ok = response_for(invite, 200, to_tag="callee",
+                                  contact=self.contact(Transport.TCP), body=sdp(1),
+                                  content_type=SDP_TYPE)
+                dialog.confirm()
+                self.stack.send_response(invite_tx, ok)
+            return None
+        result = super().handle_dialog_request(dialog, transaction, request)
+        if request.method == "BYE":
+            self.ended.set()
+        return result
+
+
+async def test_a_caller_requiring_100rel_gets_a_reliable_180_and_its_prack_matched(
+    tmp_path: Path
+) -> None:
+    if shutil.which("sipp") is None:
+        pytest.skip("sipp not installed (run scripts/install-peers.sh)")
+    stack = SipStack()
+    try:
+        local = await stack.listen(Transport.TCP, LOOPBACK, 0)
+        callee = Callee(stack)
+        config = SippConfig(
+            str(SCENARIOS / "cucm_uac_100rel.xml"), SippTransport.TCP, calls=1,
+            remote=(LOOPBACK, local.port), service="3001", trace_messages=True,
+            global_timeout=TIMEOUT,
+            extra=("-d", "200", "-key", "caller", "3001", "-key", "caller_domain",
+                   "video.example.com", "-key", "domain", LOOPBACK))
+        result = await asyncio.to_thread(run_sipp, config, tmp_path, timeout=TIMEOUT + 10)
+        await asyncio.wait_for(callee.ended.wait(), TIMEOUT)
+    finally:
+        await stack.close()
+    assert succeeded(result), result.describe()
+    assert callee.matches == [PrackMatch.ACKNOWLEDGED]
+    assert callee.sender is not None and callee.sender.get_timer() is None
+    assert not callee.sender.timed_out
