@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sip.dialog import Dialog, DialogState
-from sip.errors import LocalProtocolError
+from sip.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from sip.message import Request, Response
 
 __all__ = [
+    "OFFER_TABLE",
     "SDP",
+    "OfferAnswer",
+    "OfferEvent",
     "OfferState",
     "Refusal",
     "can_send_update",
@@ -42,6 +45,59 @@ class OfferState(enum.Enum):
     """We sent an offer that has no answer yet."""
     REMOTE_OFFER = "remote offer"
     """We received an offer we have not answered yet."""
+
+
+class OfferEvent(enum.Enum):
+    """What moves a session's offer/answer state (RFC 3264, RFC 6337 §3)."""
+
+    SEND_OFFER = "we send an offer"
+    RECEIVE_OFFER = "an offer arrives"
+    SEND_ANSWER = "we answer the peer's offer"
+    RECEIVE_ANSWER = "the answer to our offer arrives"
+    OFFER_REFUSED = "our offer was refused (non-2xx, 491): the old session stands"
+    REFUSE_OFFER = "we refused the peer's offer: the old session stands"
+
+
+_S = OfferState
+_E = OfferEvent
+
+OFFER_TABLE: Mapping[OfferState, Mapping[OfferEvent, OfferState]] = {
+    _S.STABLE: {_E.SEND_OFFER: _S.LOCAL_OFFER, _E.RECEIVE_OFFER: _S.REMOTE_OFFER},
+    _S.LOCAL_OFFER: {_E.RECEIVE_ANSWER: _S.STABLE, _E.OFFER_REFUSED: _S.STABLE},
+    _S.REMOTE_OFFER: {_E.SEND_ANSWER: _S.STABLE, _E.REFUSE_OFFER: _S.STABLE},
+}
+"""Every offer/answer transition; a pair missing here is a protocol error."""
+
+
+class OfferAnswer:
+    """One session's offer/answer state, moved through :data:`OFFER_TABLE`.
+
+    A leg machine that keeps its own state can use the table alone; this wrapper raises
+    ``LocalProtocolError`` (500) for our own out-of-turn move and ``RemoteProtocolError``
+    for the peer's (an answer with no offer outstanding: 400; an offer while one is
+    outstanding: check :func:`refuse_offer` first, which gives the 491 / 500 to send).
+    """
+
+    __slots__ = ("state",)
+
+    _REMOTE = frozenset({OfferEvent.RECEIVE_OFFER, OfferEvent.RECEIVE_ANSWER})
+
+    def __init__(self, state: OfferState = OfferState.STABLE) -> None:
+        self.state = state
+
+    def apply(self, event: OfferEvent) -> OfferState:
+        """Move on ``event``; returns the new state."""
+        following = OFFER_TABLE[self.state].get(event)
+        if following is None:
+            error: type[ProtocolError] = (
+                RemoteProtocolError if event in self._REMOTE else LocalProtocolError
+            )
+            status = 400 if event is OfferEvent.RECEIVE_ANSWER else 500
+            if event is OfferEvent.RECEIVE_OFFER:
+                status = 491 if self.state is OfferState.LOCAL_OFFER else 500
+            raise error(f"offer/answer: cannot {event.value} in state {self.state.value}", status)
+        self.state = following
+        return following
 
 
 @dataclass(frozen=True, slots=True)

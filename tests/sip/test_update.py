@@ -8,11 +8,14 @@ import random
 import pytest
 
 from sip.dialog import Dialog, DialogState
-from sip.errors import LocalProtocolError
+from sip.errors import LocalProtocolError, RemoteProtocolError
 from sip.events import RequestReceived, ResponseReceived
 from sip.extensions import allows, option_tags, requires, supports, unsupported_tags
 from sip.message import Request, Response, make_response
 from sip.update import (
+    OFFER_TABLE,
+    OfferAnswer,
+    OfferEvent,
     OfferState,
     Refusal,
     can_send_update,
@@ -173,3 +176,41 @@ def test_option_tags_require_supported_and_allow() -> None:
     assert allows(request, "UPDATE") is True and allows(request, "update") is False
     assert allows(request, "REFER") is False
     assert allows(make_request("INVITE"), "UPDATE") is None
+
+
+# -- offer/answer table -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", list(OfferState))
+@pytest.mark.parametrize("event", list(OfferEvent))
+def test_every_offer_state_and_event_is_handled_or_raises(
+    state: OfferState, event: OfferEvent
+) -> None:
+    tracker = OfferAnswer(state)
+    expected = OFFER_TABLE[state].get(event)
+    if expected is not None:
+        assert tracker.apply(event) is expected and tracker.state is expected
+        return
+    remote = event in (OfferEvent.RECEIVE_OFFER, OfferEvent.RECEIVE_ANSWER)
+    with pytest.raises(RemoteProtocolError if remote else LocalProtocolError) as raised:
+        tracker.apply(event)
+    assert tracker.state is state
+    if event is OfferEvent.RECEIVE_OFFER:
+        assert raised.value.status_hint == (491 if state is OfferState.LOCAL_OFFER else 500)
+    elif event is OfferEvent.RECEIVE_ANSWER:
+        assert raised.value.status_hint == 400
+
+
+def test_offer_answer_rounds_and_a_refused_offer_keeps_the_session() -> None:
+    tracker = OfferAnswer()
+    for event, state in [
+        (OfferEvent.SEND_OFFER, OfferState.LOCAL_OFFER),
+        (OfferEvent.RECEIVE_ANSWER, OfferState.STABLE),
+        (OfferEvent.RECEIVE_OFFER, OfferState.REMOTE_OFFER),
+        (OfferEvent.SEND_ANSWER, OfferState.STABLE),
+        (OfferEvent.SEND_OFFER, OfferState.LOCAL_OFFER),
+        (OfferEvent.OFFER_REFUSED, OfferState.STABLE),
+        (OfferEvent.RECEIVE_OFFER, OfferState.REMOTE_OFFER),
+        (OfferEvent.REFUSE_OFFER, OfferState.STABLE),
+    ]:
+        assert tracker.apply(event) is state
