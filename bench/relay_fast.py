@@ -2,7 +2,9 @@
 each way, 172 bytes) and a video stream (250 packets/s each way, 1100 bytes), Microsoft side
 SRTP (``--plain``: RTP) with the SSRCs mapped into a range, video side plain RTP latched
 (strict). The relay (media.relay: native by default, ``--impl python`` for the portable path)
-runs in ``--workers`` processes, each with its own hub; the load comes from the native load
+runs in ``--workers`` processes, each with its own hub (``--threads T``: that hub's T native
+worker threads pump it, as a gateway's hub does once attached; 0: the process's own thread
+polls it); the load comes from the native load
 generator (bench/relay_load.py) in another process, whose CPU is reported too.
 
     .venv/bin/python bench/relay_fast.py --calls 100 --seconds 10
@@ -47,13 +49,13 @@ GOALS = "goals at 100 calls: 0 loss, relay p99 < 2 ms, e2e p99 < 10 ms, relay <=
 def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: bool,
             peer_a: tuple[str, int], peer_b: tuple[str, int], seconds: float,
             ssrc_map: bool = True, latch_a: bool = False, busy: bool = False,
-            realtime: bool = False) -> None:
+            realtime: bool = False, threads: int = 0) -> None:
     """One relay process: ``streams`` relays on one hub (bench/relay_vs_rtpengine.py runs it
     without SSRC mapping and with both sides latched, as rtpengine is run)."""
     from media.ms_dialect import SsrcRange
     from media.relay import ForwardingPlan, Latching, SidePlan, make_hub, make_relay
 
-    hub = make_hub(timestamps=True, impl=impl, rcvbuf=RCVBUF)
+    hub = make_hub(timestamps=True, impl=impl, rcvbuf=RCVBUF, threads=threads)
     make_relay(impl=impl).close()   # imports and library set-up are not per call
     rss0 = rss_kib()
     relays = []
@@ -77,17 +79,19 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
     conn.send((ports, rss_kib() - rss0))
     conn.recv()  # go
     if realtime:  # a relay host's setting: wake-ups preempt the machine's other work
-        try:
+        try:  # (worker threads started below inherit it)
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))  # above the generator
         except PermissionError:  # not root: stays an ordinary process
             pass
     before, wall = cpu_seconds(), time.monotonic()
-    if busy:  # diagnostic: never sleep in epoll_wait (tells wake-up delays from work)
+    hub.start()   # worker threads, if any (RUSAGE_SELF counts them)
+    if busy and not threads:  # diagnostic: never sleep in epoll_wait (tells wake-up delays from work)
         end = time.monotonic() + seconds + 0.8
         while time.monotonic() < end:
             hub.poll(0)
     else:
         hub.run(seconds + 0.8)
+    hub.stop()
     cpu, wall = cpu_seconds() - before, time.monotonic() - wall
     totals: dict[str, int] = {}
     for relay in relays:
@@ -99,11 +103,13 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
         relay.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=1, help="relay processes (one hub each)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="native worker threads per relay process (0: its own thread polls)")
     ap.add_argument("--impl", choices=["native", "python"], default="native")
     ap.add_argument("--plain", action="store_true", help="no SRTP on the Microsoft side")
     ap.add_argument("--busy-poll", action="store_true",
@@ -114,7 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--realtime", action="store_true",
                     help="run the relay workers and the load generator SCHED_FIFO (root): "
                          "wake-ups are not queued behind the shared machine's other work")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    figures = run(parser().parse_args(argv))
+    return 0 if figures["lost"] == 0 else 1
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """One measurement, printed; returns its main figures (for bench/relay_cores.py)."""
     srtp = not args.plain
     streams_total = 2 * args.calls
     la, lb = endpoint_sockets()
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, daemon=True, args=(
             child, start, n, args.impl, srtp, la.getsockname(), lb.getsockname(), args.seconds,
-            True, False, args.busy_poll, args.realtime))
+            True, False, args.busy_poll, args.realtime, args.threads))
         proc.start()
         workers.append((proc, parent))
         start += n
@@ -162,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     relayed = counters.get("forwarded", 0)
     cores = os.cpu_count() or 1
     out = sys.stdout
-    out.write(f"relay path        {args.impl}, {args.workers} worker(s), "
+    out.write(f"relay path        {args.impl}, {args.workers} process(es) x "
+              f"{args.threads or 'no'} worker thread(s), "
               f"{'SRTP <-> RTP' if srtp else 'RTP <-> RTP'} (SSRC mapping, strict latch)\n")
     out.write(f"calls             {args.calls} (audio 50 + video 250 pps each way) = "
               f"{args.calls * 600} pkt/s offered\n")
@@ -183,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write(f"relay CPU         {relay_cpu:.2f} s in {wall:.1f} s = "
               f"{100 * relay_cpu / wall / cores:.1f} % of the machine, "
               f"{1e6 * relay_cpu / max(relayed, 1):.2f} us per relayed packet\n")
-    out.write(f"load gen CPU      {lg['cpu']:.2f} s = "
+    out.write(f"load gen CPU      {lg['cpu']:.2f} s "
+              f"({100 * lg['cpu'] / max(lg['wall'], 1e-9) / cores:.1f} % of the machine) = "
               f"{1e6 * lg['cpu'] / max(sent + received, 1):.2f} us per packet sent+received "
               f"(send errors {lg['send_errors']}, SRTP failures {lg['srtp_failures']})\n")
     out.write(f"memory            {rss_relays / args.calls:.1f} KiB per call (relay RSS growth "
@@ -191,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     out.write(GOALS + "\n")
     la.close()
     lb.close()
-    return 0 if sent == received else 1
+    return {"lost": sent - received, "loss_pct": 100 * (sent - received) / max(sent, 1),
+            "relay_p99_ms": percentile(lat, 0.99, 1), "e2e_p99_ms": percentile(e2e, 0.99, 10),
+            "relay_machine_pct": 100 * relay_cpu / wall / cores,
+            "loadgen_machine_pct": 100 * lg["cpu"] / max(lg["wall"], 1e-9) / cores,
+            "us_per_packet": 1e6 * relay_cpu / max(relayed, 1)}
 
 
 if __name__ == "__main__":

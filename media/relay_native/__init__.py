@@ -146,7 +146,7 @@ class NativeHub:
     only runs the on_stun/on_latch callbacks the workers queued, on the polling thread, and
     ``fileno`` is the eventfd they signal that on."""
 
-    __slots__ = ("__weakref__", "_cores", "_notify", "_started", "_top", "threads")
+    __slots__ = ("__weakref__", "_cores", "_notify", "_started", "_tie", "_top", "threads")
 
     def __init__(self, timestamps: bool = False, rcvbuf: int = 0, threads: int = 0) -> None:
         if threads < 0:
@@ -161,12 +161,21 @@ class NativeHub:
             for core in self._cores:
                 self._top.register(core.fileno(), select.EPOLLIN)
         self._started = False
+        self._tie = 0
         weakref.finalize(self, _release, self._cores, self._notify, self._top)
 
     def register(self, relay: Relay) -> None:
         if not isinstance(relay, NativeRelay):
             raise TypeError("a NativeRelay")
-        min(self._cores, key=lambda core: core.size()).register(relay._core)
+        # the least loaded hub; among equals, the next in turn: a call registers its audio
+        # then its video relay, and plain alternation would put every video on one thread
+        n = len(self._cores)
+        sizes = [int(core.size()) for core in self._cores]
+        least = min(sizes)
+        if sizes.count(least) > 1:
+            self._tie += 1
+        pick = next(i for k in range(n) if sizes[i := (self._tie + k) % n] == least)
+        self._cores[pick].register(relay._core)
 
     def unregister(self, relay: Relay) -> None:
         home = relay._core.hub if isinstance(relay, NativeRelay) else None
