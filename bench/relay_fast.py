@@ -34,8 +34,10 @@ from bench.relay_load import (  # noqa: E402
     cpu_seconds,
     endpoint_sockets,
     flows_for,
+    merged,
     percentile,
     rss_kib,
+    udp_drops,
     uptime,
 )
 
@@ -49,9 +51,11 @@ GOALS = "goals at 100 calls: 0 loss, relay p99 < 2 ms, e2e p99 < 10 ms, relay <=
 def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: bool,
             peer_a: tuple[str, int], peer_b: tuple[str, int], seconds: float,
             ssrc_map: bool = True, latch_a: bool = False, busy: bool = False,
-            realtime: bool = False, threads: int = 0) -> None:
+            realtime: bool = False, threads: int = 0,
+            peers: list[tuple[tuple[str, int], tuple[str, int]]] | None = None) -> None:
     """One relay process: ``streams`` relays on one hub (bench/relay_vs_rtpengine.py runs it
-    without SSRC mapping and with both sides latched, as rtpengine is run)."""
+    without SSRC mapping and with both sides latched, as rtpengine is run); ``peers``: one
+    (peer_a, peer_b) per load generator, call c served by generator c % len(peers)."""
     from media.ms_dialect import SsrcRange
     from media.relay import ForwardingPlan, Latching, SidePlan, make_hub, make_relay
 
@@ -67,6 +71,8 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
         b.bind((HOST, 0))
         ports.append((a.getsockname()[1], b.getsockname()[1]))
         relay = make_relay(a.detach(), b.detach(), impl=impl)
+        if peers:
+            peer_a, peer_b = peers[(i // 2) % len(peers)]
         first = 0x01000000 + 256 * i
         relay.publish(ForwardingPlan(
             a=SidePlan(latching=Latching.STRICT if latch_a else Latching.FIXED, address=peer_a,
@@ -85,7 +91,7 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
             pass
     before, wall = cpu_seconds(), time.monotonic()
     hub.start()   # worker threads, if any (RUSAGE_SELF counts them)
-    if busy and not threads:  # diagnostic: never sleep in epoll_wait (tells wake-up delays from work)
+    if busy and not threads:  # diagnostic: never sleeps in epoll_wait (wake-ups vs work)
         end = time.monotonic() + seconds + 0.8
         while time.monotonic() < end:
             hub.poll(0)
@@ -98,7 +104,8 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
         for side in (0, 1):
             for k, v in relay.counters(side).items():
                 totals[k] = totals.get(k, 0) + v
-    conn.send({"cpu": cpu, "wall": wall, "latency": hub.latency(), "counters": totals})
+    conn.send({"cpu": cpu, "wall": wall, "latency": hub.latency(), "counters": totals,
+               "queue_drops": udp_drops([port for pair in ports for port in pair])})
     for relay in relays:
         relay.close()
 
@@ -110,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=1, help="relay processes (one hub each)")
     ap.add_argument("--threads", type=int, default=0,
                     help="native worker threads per relay process (0: its own thread polls)")
+    ap.add_argument("--gen-procs", type=int, default=1,
+                    help="load generator processes (call c in generator c %% K)")
     ap.add_argument("--impl", choices=["native", "python"], default="native")
     ap.add_argument("--plain", action="store_true", help="no SRTP on the Microsoft side")
     ap.add_argument("--busy-poll", action="store_true",
@@ -132,7 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     """One measurement, printed; returns its main figures (for bench/relay_cores.py)."""
     srtp = not args.plain
     streams_total = 2 * args.calls
-    la, lb = endpoint_sockets()
+    gens = [endpoint_sockets() for _ in range(max(args.gen_procs, 1))]
+    peers = [(la.getsockname(), lb.getsockname()) for la, lb in gens]
     ctx = mp.get_context("fork")
     workers = []
     per = -(-streams_total // args.workers)
@@ -142,8 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         n += n % 2 if start + n < streams_total else 0   # keep a call's streams together
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, daemon=True, args=(
-            child, start, n, args.impl, srtp, la.getsockname(), lb.getsockname(), args.seconds,
-            True, False, args.busy_poll, args.realtime, args.threads))
+            child, start, n, args.impl, srtp, *peers[0], args.seconds,
+            True, False, args.busy_poll, args.realtime, args.threads, peers))
         proc.start()
         workers.append((proc, parent))
         start += n
@@ -154,18 +164,20 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         ports += got
         rss_relays += rss
     streams = call_streams(args.calls, ports)
-    load = LoadGen((la, lb), flows_for(streams), args.seconds,
-                   keys=(KEY_A if srtp else None, None), realtime=args.realtime,
-                   verify_every=args.verify_every)
-    load_before = os.times()
+    loads = [LoadGen(socks, flows_for([st for i, st in enumerate(streams)
+                                       if (i // 2) % len(gens) == k], 0x10000 * (k + 1)),
+                     args.seconds, keys=(KEY_A if srtp else None, None),
+                     realtime=args.realtime, verify_every=args.verify_every)
+             for k, socks in enumerate(gens)]
     for _, conn in workers:
         conn.send("go")
-    load.start()
-    lg = load.result(args.seconds + 30)
+    for load in loads:
+        load.start()
+    lg = merged([load.result(args.seconds + 30) for load in loads])
+    gen_drops = udp_drops([s.getsockname()[1] for pair in gens for s in pair])
     results = [conn.recv() for _, conn in workers]
     for proc, _ in workers:
         proc.join(5)
-    del load_before
     sent, received = sum(lg["sent"]), sum(lg["received"])
     relay_cpu = sum(r["cpu"] for r in results)
     wall = max(r["wall"] for r in results)
@@ -185,6 +197,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     out.write(f"load average      {uptime()} ({cores} cores)\n")
     out.write(f"packets           sent {sent}, received {received}, lost {sent - received} "
               f"({100 * (sent - received) / max(sent, 1):.3f} %)\n")
+    relay_drops = sum(r.get("queue_drops", 0) for r in results)
+    out.write(f"where lost        the relay's receive queues overflowed {relay_drops} times "
+              f"(it received {counters.get('packets_in', 0)}), the generator's "
+              f"{gen_drops} times\n")
     out.write("relay drops       " + ", ".join(
         f"{k} {v}" for k, v in counters.items() if k.startswith("dropped") and v) + "\n"
         if any(v for k, v in counters.items() if k.startswith("dropped")) else
@@ -199,15 +215,16 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     out.write(f"relay CPU         {relay_cpu:.2f} s in {wall:.1f} s = "
               f"{100 * relay_cpu / wall / cores:.1f} % of the machine, "
               f"{1e6 * relay_cpu / max(relayed, 1):.2f} us per relayed packet\n")
-    out.write(f"load gen CPU      {lg['cpu']:.2f} s "
+    out.write(f"load gen CPU      {len(loads)} process(es), {lg['cpu']:.2f} s "
               f"({100 * lg['cpu'] / max(lg['wall'], 1e-9) / cores:.1f} % of the machine) = "
               f"{1e6 * lg['cpu'] / max(sent + received, 1):.2f} us per packet sent+received "
               f"(send errors {lg['send_errors']}, SRTP failures {lg['srtp_failures']})\n")
     out.write(f"memory            {rss_relays / args.calls:.1f} KiB per call (relay RSS growth "
               f"while setting up {args.calls} calls)\n")
     out.write(GOALS + "\n")
-    la.close()
-    lb.close()
+    for pair in gens:
+        for sock in pair:
+            sock.close()
     return {"lost": sent - received, "loss_pct": 100 * (sent - received) / max(sent, 1),
             "relay_p99_ms": percentile(lat, 0.99, 1), "e2e_p99_ms": percentile(e2e, 0.99, 10),
             "relay_machine_pct": 100 * relay_cpu / wall / cores,

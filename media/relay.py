@@ -35,9 +35,9 @@ from media.ms_dialect import SsrcRange
 from media.srtp import MASTER_KEY_SALT_LEN, LegKeys
 
 __all__ = [
-    "ENV", "THREADS_ENV", "Address", "ForwardingPlan", "Hub", "Latching", "Relay", "Side", "SidePlan",
-    "Verdict", "attach", "implementation", "make_hub", "make_relay", "media_threads",
-    "native_available",
+    "ENV", "THREADS_ENV", "Address", "ForwardingPlan", "Hub", "Latching", "Relay", "Side",
+    "SidePlan", "Verdict", "attach", "implementation", "make_hub", "make_relay",
+    "media_threads", "native_available",
 ]
 
 ENV = "GATEWAY_MEDIA_RELAY"

@@ -178,7 +178,9 @@ class NativeHub:
         self._cores[pick].register(relay._core)
 
     def unregister(self, relay: Relay) -> None:
-        home = relay._core.hub if isinstance(relay, NativeRelay) else None
+        if not isinstance(relay, NativeRelay):
+            raise ValueError("not a relay of this hub")
+        home = relay._core.hub
         if not any(home is core for core in self._cores):
             raise ValueError("not a relay of this hub")
         home.unregister(relay._core)

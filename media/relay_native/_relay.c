@@ -538,6 +538,7 @@ typedef struct {
     int notify_fd, own_notify;  /* written when a worker queued callbacks */
     int wake_fd;                /* in the epoll set: stop() wakes the worker */
     pthread_t thread;
+    pid_t owner;                /* the process that started the worker (not a fork of it) */
     int running;
     int stopping;               /* atomic: the worker leaves at its next wake-up */
     int ready;                  /* the mutexes are initialised */
@@ -1180,12 +1181,17 @@ static PyObject *Hub_start(HubObject *self, PyObject *unused) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    self->owner = getpid();
     self->running = 1;
     Py_RETURN_NONE;
 }
 
 static void hub_stop(HubObject *self) {
     if (!self->running) return;
+    if (self->owner != getpid()) {   /* a forked child: the worker was not copied */
+        self->running = 0;
+        return;
+    }
     __atomic_store_n(&self->stopping, 1, __ATOMIC_RELEASE);
     uint64_t one = 1;
     ssize_t put = write(self->wake_fd, &one, sizeof(one));
