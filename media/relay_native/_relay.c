@@ -55,6 +55,7 @@
 #define SRTP_BUF 1500
 #define SRTP_TRAILER 144
 #define SRTCP_TRAILER 148
+#define PUMP_BATCHES 8          /* per ready socket and wake-up */
 #define QUEUE_CAP 4096          /* callbacks waiting for the loop; past it they are dropped */
 
 enum { SIDE_A = 0, SIDE_B = 1 };
@@ -959,8 +960,13 @@ static int queue_push(HubObject *hub, uint32_t slot, uint32_t gen, int side, int
 static int pump_side(HubObject *hub, RelayObject *r, int s, uint32_t slot, uint32_t gen) {
     side_t *in = &r->side[s], *out = &r->side[!s];
     const plan_t *p = r->plan ? r->plan : &EMPTY_PLAN;
+    /* callbacks are only looked at (set or not) here; the loop thread may change them */
+    PyObject *on_stun = __atomic_load_n(&r->on_stun, __ATOMIC_RELAXED);
+    PyObject *on_latch = __atomic_load_n(&r->on_latch, __ATOMIC_RELAXED);
     int queued = 0;
-    for (;;) {
+    /* at most PUMP_BATCHES batches, then the next ready socket (epoll reports this one
+     * again): fair to the other relays, and the lock is held for a bounded time */
+    for (int round = 0; round < PUMP_BATCHES; round++) {
         if (in->fd < 0) break;
         for (int i = 0; i < BATCH; i++) {
             hub->iov_in[i].iov_base = hub->bufs[i];
@@ -989,7 +995,7 @@ static int pump_side(HubObject *hub, RelayObject *r, int s, uint32_t slot, uint3
             int v = process(r, p, s, hub->bufs[i], &len, &hub->src[i], now, &dest);
             in->verdicts[v]++;
             if (v == V_STUN) {
-                if (r->on_stun && r->on_stun != Py_None)  /* a pointer test: no Python */
+                if (on_stun && on_stun != Py_None)
                     queued |= queue_push(hub, slot, gen, s, CB_STUN, &hub->src[i],
                                          hub->bufs[i], len);
                 continue;
@@ -1023,7 +1029,7 @@ static int pump_side(HubObject *hub, RelayObject *r, int s, uint32_t slot, uint3
         }
         if (in->latch_changed) {
             in->latch_changed = 0;
-            if (in->latched.valid && r->on_latch && r->on_latch != Py_None)
+            if (in->latched.valid && on_latch && on_latch != Py_None)
                 queued |= queue_push(hub, slot, gen, s, CB_LATCH, &in->latched.ss, NULL, 0);
         }
         for (int i = 0; i < sent; i++) {

@@ -157,7 +157,7 @@ async def relay_script(impl: str, threads: int) -> list[tuple[list[bytes], list[
             st.close()
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [0, 1, 2])
 async def test_workers_send_the_same_bytes_as_the_python_oracle(threads: int) -> None:
     before = tasks()
     oracle = await relay_script("python", 0)
