@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, nargs="+", default=[100, 300])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--gen-procs", type=int, default=1,
+                    help="load generator processes (see bench/relay_fast.py)")
     ap.add_argument("--realtime", action="store_true",
                     help="relay and load generator SCHED_FIFO (see bench/relay_fast.py)")
     args = ap.parse_args(argv)
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     for calls in args.calls:
         for threads in args.threads:
             argv_one = ["--calls", str(calls), "--seconds", str(args.seconds),
-                        "--threads", str(threads)]
+                        "--threads", str(threads), "--gen-procs", str(args.gen_procs)]
             if args.realtime:
                 argv_one.append("--realtime")
             if calls > 100:   # a cheaper generator: it shares the 2 cores with the relay

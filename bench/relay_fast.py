@@ -48,6 +48,19 @@ GOALS = "goals at 100 calls: 0 loss, relay p99 < 2 ms, e2e p99 < 10 ms, relay <=
         "the machine, <= 100 KB per call; at 300 calls: 0 loss"
 
 
+def thread_cpu_seconds() -> list[float]:
+    """CPU seconds of each of this process's threads but the main one (its hub's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = []
+    for tid in sorted(os.listdir("/proc/self/task"), key=int):
+        if int(tid) == os.getpid():
+            continue
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out.append((int(fields[11]) + int(fields[12])) / tick)   # utime + stime
+    return out
+
+
 def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: bool,
             peer_a: tuple[str, int], peer_b: tuple[str, int], seconds: float,
             ssrc_map: bool = True, latch_a: bool = False, busy: bool = False,
@@ -97,6 +110,7 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
             hub.poll(0)
     else:
         hub.run(seconds + 0.8)
+    workers_cpu = thread_cpu_seconds()   # before stop() joins them
     hub.stop()
     cpu, wall = cpu_seconds() - before, time.monotonic() - wall
     totals: dict[str, int] = {}
@@ -105,6 +119,7 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
             for k, v in relay.counters(side).items():
                 totals[k] = totals.get(k, 0) + v
     conn.send({"cpu": cpu, "wall": wall, "latency": hub.latency(), "counters": totals,
+               "workers_cpu": workers_cpu,
                "queue_drops": udp_drops([port for pair in ports for port in pair])})
     for relay in relays:
         relay.close()
@@ -215,6 +230,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     out.write(f"relay CPU         {relay_cpu:.2f} s in {wall:.1f} s = "
               f"{100 * relay_cpu / wall / cores:.1f} % of the machine, "
               f"{1e6 * relay_cpu / max(relayed, 1):.2f} us per relayed packet\n")
+    shares = [f"{c:.2f}" for r in results for c in r.get("workers_cpu", [])]
+    if shares:
+        out.write(f"worker threads    CPU {', '.join(shares)} s (each thread's own)\n")
     out.write(f"load gen CPU      {len(loads)} process(es), {lg['cpu']:.2f} s "
               f"({100 * lg['cpu'] / max(lg['wall'], 1e-9) / cores:.1f} % of the machine) = "
               f"{1e6 * lg['cpu'] / max(sent + received, 1):.2f} us per packet sent+received "
