@@ -144,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--realtime", action="store_true",
                     help="run the relay workers and the load generator SCHED_FIFO (root): "
                          "wake-ups are not queued behind the shared machine's other work")
+    ap.add_argument("--generator-first", action="store_true",
+                    help="with --realtime, the generator's priority above the relay's: when "
+                         "both need more CPU than the machine has, the relay waits (its "
+                         "latency grows) instead of the generator (which then loses packets)")
     return ap
 
 
@@ -182,7 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     loads = [LoadGen(socks, flows_for([st for i, st in enumerate(streams)
                                        if (i // 2) % len(gens) == k], 0x10000 * (k + 1)),
                      args.seconds, keys=(KEY_A if srtp else None, None),
-                     realtime=args.realtime, verify_every=args.verify_every)
+                     realtime=args.realtime, verify_every=args.verify_every,
+                     priority=30 if args.generator_first else 10)
              for k, socks in enumerate(gens)]
     for _, conn in workers:
         conn.send("go")
@@ -206,6 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     out = sys.stdout
     out.write(f"relay path        {args.impl}, {args.workers} process(es) x "
               f"{args.threads or 'no'} worker thread(s), "
+              f"{'generator' if args.generator_first else 'relay'} first, "
               f"{'SRTP <-> RTP' if srtp else 'RTP <-> RTP'} (SSRC mapping, strict latch)\n")
     out.write(f"calls             {args.calls} (audio 50 + video 250 pps each way) = "
               f"{args.calls * 600} pkt/s offered\n")

@@ -100,13 +100,13 @@ def _sessions(flows: list[Any], keys: tuple[bytes | None, bytes | None]) -> tupl
 
 def _loadgen_main(conn: Connection, fds: tuple[int, int], flows: list[Any], seconds: float,
                   keys: tuple[bytes | None, bytes | None], realtime: bool,
-                  verify_every: int) -> None:
+                  verify_every: int, priority: int = 10) -> None:
     from media.relay_native import loadgen
     owners, addresses, flows = _sessions(flows, keys)
     conn.recv()  # go
     if realtime:
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
         except PermissionError:  # not root: stays an ordinary process
             pass
     before, wall = cpu_seconds(), time.monotonic()
@@ -141,13 +141,15 @@ class LoadGen:
 
     def __init__(self, socks: tuple[socket.socket, socket.socket], flows: list[Any],
                  seconds: float, keys: tuple[bytes | None, bytes | None] = (None, None),
-                 realtime: bool = False, verify_every: int = 1) -> None:
+                 realtime: bool = False, verify_every: int = 1, priority: int = 10) -> None:
+        """``priority``: the generator's SCHED_FIFO priority with ``realtime`` (the relay
+        workers of bench/relay_fast.py run at 20)."""
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
         fds = (socks[0].fileno(), socks[1].fileno())
         self.proc = ctx.Process(target=_loadgen_main, daemon=True,
                                 args=(child, fds, flows, seconds, keys, realtime,
-                                      verify_every))
+                                      verify_every, priority))
         self.proc.start()
 
     def start(self) -> None:
