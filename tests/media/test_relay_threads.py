@@ -393,3 +393,25 @@ def test_the_number_of_workers_comes_from_the_environment(
     monkeypatch.setenv(THREADS_ENV, "many")
     with pytest.raises(ValueError, match=THREADS_ENV):
         make_hub(impl="native")
+
+
+async def test_a_started_hub_dropped_without_detach_joins_its_workers() -> None:
+    """A gateway that never detaches (the hub lives as long as its loop): once the hub is
+    gone its workers are too, and its relays stay usable (closed on their own)."""
+    import gc
+    import weakref
+    before = tasks()
+    hub = make_hub(impl="native", threads=2)
+    streams = [Stream(i, "native") for i in range(2)]
+    for st in streams:
+        hub.register(st.relay)
+    hub.start()
+    assert tasks() == before + 2
+    gone = weakref.ref(hub)
+    del hub
+    gc.collect()
+    assert gone() is None
+    assert tasks() == before
+    for st in streams:
+        assert st.relay.counters(0)["packets_in"] == 0
+        st.close()
