@@ -529,6 +529,7 @@ typedef struct {
     struct sockaddr_storage src[BATCH];
     char ctl[BATCH][64];
     struct timespec rx_ts[BATCH];
+    int dirty;          /* receive headers the last recvmmsg filled (to reset) */
     uint32_t *lat;      /* LAT_BUCKETS + 1 */
     uint64_t batches, packets;
     /* callbacks queued for the thread that polls (the event loop's) */
@@ -968,19 +969,17 @@ static int pump_side(HubObject *hub, RelayObject *r, int s, uint32_t slot, uint3
      * again): fair to the other relays, and the lock is held for a bounded time */
     for (int round = 0; round < PUMP_BATCHES; round++) {
         if (in->fd < 0) break;
-        for (int i = 0; i < BATCH; i++) {
-            hub->iov_in[i].iov_base = hub->bufs[i];
-            hub->iov_in[i].iov_len = BUF_SIZE;
+        /* the receive headers point at fixed buffers (set up once, Hub_new); only what the
+         * kernel wrote into the last batch's entries is reset */
+        for (int i = 0; i < hub->dirty; i++) {
             struct msghdr *h = &hub->in[i].msg_hdr;
-            h->msg_name = &hub->src[i];
             h->msg_namelen = sizeof(hub->src[i]);
-            h->msg_iov = &hub->iov_in[i];
-            h->msg_iovlen = 1;
-            h->msg_control = hub->timestamps ? hub->ctl[i] : NULL;
             h->msg_controllen = hub->timestamps ? sizeof(hub->ctl[i]) : 0;
             h->msg_flags = 0;
         }
+        hub->dirty = 0;
         int n = recvmmsg(in->fd, hub->in, BATCH, MSG_DONTWAIT, NULL);
+        if (n > 0) hub->dirty = n;
         if (n <= 0) {
             if (n < 0 && errno == ECONNREFUSED) continue;  /* an ICMP error: next packets */
             break;
@@ -1272,6 +1271,16 @@ static PyObject *Hub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     pthread_mutex_init(&self->mu, NULL);
     pthread_mutex_init(&self->qmu, NULL);
     self->ready = 1;
+    for (int i = 0; self->bufs && i < BATCH; i++) {
+        self->iov_in[i].iov_base = self->bufs[i];
+        self->iov_in[i].iov_len = BUF_SIZE;
+        struct msghdr *h = &self->in[i].msg_hdr;
+        h->msg_name = &self->src[i];
+        h->msg_iov = &self->iov_in[i];
+        h->msg_iovlen = 1;
+        h->msg_control = timestamps ? self->ctl[i] : NULL;
+    }
+    self->dirty = BATCH;
     self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (notify_fd >= 0) {
         self->notify_fd = notify_fd;   /* shared by a pool of hubs, owned by its creator */
