@@ -415,3 +415,61 @@ async def test_a_started_hub_dropped_without_detach_joins_its_workers() -> None:
     for st in streams:
         assert st.relay.counters(0)["packets_in"] == 0
         st.close()
+
+
+async def test_relays_come_and_go_while_workers_relay() -> None:
+    """Registering grows the hub's slot table (swapped under the lock while the workers
+    read it); relays registered and closed by the hundred while others carry traffic."""
+    loop = asyncio.get_running_loop()
+    hub = make_hub(impl="native", threads=2, rcvbuf=1 << 22)
+    busy = [Stream(i, "native", rcvbuf=1 << 22) for i in range(2)]
+    for st in busy:
+        hub.register(st.relay)
+    detach = attach(hub, loop)
+    blaster = Blaster(busy)
+    try:
+        for wave in range(3):
+            extra = []
+            for _ in range(150):
+                relay = make_relay(udp().detach(), udp().detach(), impl="native")
+                hub.register(relay)
+                extra.append(relay)
+            assert hub.stats()["relays"] == 2 + 150
+            for relay in extra:
+                relay.close()
+            await asyncio.sleep(0)
+        got = await receive(loop, [st.ms for st in busy], [50] * len(busy))
+        assert all(len(g) >= 50 for g in got)
+    finally:
+        blaster.stop()
+        detach()
+    for st in busy:
+        check_counters(st.relay)
+        st.close()
+    assert hub.stats()["relays"] == 0
+
+
+def test_callbacks_past_the_queue_cap_are_dropped_and_counted() -> None:
+    """A loop that stops running callbacks does not make the workers queue without end."""
+    hub = make_hub(impl="native", threads=1, rcvbuf=1 << 23)
+    st = Stream(0, "native")
+    hub.register(st.relay)
+    calls: list[int] = []
+    st.relay.on_stun = lambda side, data, addr: calls.append(side)
+    request = bytes(stun.Message(message_method=stun.Method.BINDING,
+                                 message_class=stun.Class.REQUEST))
+    hub.start()   # no attach: nobody runs the callbacks meanwhile
+    try:
+        sent = 5000
+        for _ in range(sent):
+            st.ms.sendto(request, st.a_addr)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and st.relay.counters(0)["stun"] < sent:
+            time.sleep(0.01)   # waiting on the worker thread, bounded by the deadline
+        assert st.relay.counters(0)["stun"] == sent
+        stats = hub.stats()
+        assert stats["callbacks_dropped"] == sent - 4096
+        assert hub.poll() == 4096 and len(calls) == 4096
+    finally:
+        hub.stop()
+        st.close()
