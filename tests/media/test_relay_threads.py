@@ -428,7 +428,7 @@ async def test_relays_come_and_go_while_workers_relay() -> None:
     detach = attach(hub, loop)
     blaster = Blaster(busy)
     try:
-        for _ in range(3):
+        for _wave in range(3):
             extra = []
             for _ in range(150):
                 relay = make_relay(udp().detach(), udp().detach(), impl="native")
