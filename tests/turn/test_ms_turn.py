@@ -448,6 +448,15 @@ def test_libnice_pseudo_tls_client_hello_is_accepted_and_answered_in_kind() -> N
         ms_turn.pseudo_tls_record_length(b"\x17\x03\x03\x00\x10")
 
 
+def test_our_pseudo_tls_client_hello_is_libnices_but_for_the_random() -> None:
+    """The lab client's pseudo-TLS opening (``lab.lync.ms_turn_client`` on 443) is the bytes
+    libnice sends, its random aside, and the server accepts it."""
+    captured = vector("tls/01-client-hello.bin")
+    ours = ms_turn.pseudo_tls_client_hello(captured[11:43])
+    assert ours == captured
+    ms_turn.check_pseudo_tls_client_hello(ms_turn.pseudo_tls_client_hello(bytes(32)))
+
+
 def test_mutated_libnice_messages_never_raise_nor_relay_forged_data() -> None:
     """h11's fuzz invariant on the MS path: garbage in gives a refusal or nothing, never an
     exception; a mutated Send is never relayed (its integrity no longer holds)."""
