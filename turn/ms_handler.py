@@ -294,6 +294,10 @@ class MsTurnHandler:
                 raise MsRefusal("allocation is still being made", 437, key)
             self._check_sequence(msg, existing, key)
             return self._refresh(msg, existing, requested, key, now)
+        if requested is not None and ms_turn.unpack_u32(requested) == 0:
+            # A release for an allocation that is gone (libnice releases once per relay
+            # candidate, and over TCP it has two on one allocation): nothing to make.
+            raise MsRefusal("no allocation to release", 437, key)
         family = msg.get(MsAttr.REQUESTED_ADDRESS_FAMILY)
         if family is not None and (
             len(family) < 1 or family[0] != (2 if ":" in core.relay_host else 1)

@@ -225,6 +225,16 @@ def test_allocate_again_refreshes_and_lifetime_zero_deletes() -> None:
     assert ms_turn.unpack_u32(ms_turn.parse(sent(actions)[0]).get(MsAttr.LIFETIME) or b"") == 0
     assert core.allocations == {} and core._per_user == {}
     assert core.pool.take() is not None  # the relay port went back
+    # a second release (libnice sends one per relay candidate) makes nothing: 437
+    again = resign(
+        request(ALLOCATE), SESSION.key, tid=b"E" * 16, lifetime=ms_turn.pack_u32(0), nonce=nonce
+    )
+    actions = core.handle_stun(again, ft_of(), now)
+    (answer,) = sent(actions)
+    msg = ms_turn.parse(answer)
+    assert msg.msg_type == MsType.ALLOCATE_ERROR and msg.check_integrity(SESSION.key)
+    assert ms_turn.unpack_error_code(msg.get(MsAttr.ERROR_CODE) or b"")[0] == 437
+    assert not any(isinstance(a, OpenRelay) for a in actions) and core.allocations == {}
 
 
 def test_both_dialects_share_the_listener_and_the_user_quota() -> None:

@@ -105,6 +105,10 @@ def test_replaying_libnices_tcp_relay_session_gives_back_the_captured_bytes() ->
     alloc = replay(core)
     assert alloc.transport is Transport.TCP and alloc.five_tuple.transport is Transport.TCP
     assert SESSION.meta["report"]["ms_pair"]["local_transport"].startswith("tcp")
+    kinds = [e["event"] for e in EVENTS]
+    assert "client_data" in kinds  # 0x03 frames once the peer is the active destination
+    # libnice releases once per relay candidate (and repeats): one allocation made, ever
+    assert kinds.count("relay_opened") == 1 and core.allocations == {}
 
 
 def test_the_allocate_over_tcp_gets_a_tcp_relayed_address() -> None:
