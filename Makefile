@@ -41,6 +41,7 @@ bench: venv peers
 	$(PY) bench/relay_fast.py --calls 100 --seconds 10 --realtime
 	$(PY) bench/relay_fast.py --calls 300 --seconds 10 --workers 2 --realtime --verify-every 16
 	$(PY) bench/relay_vs_rtpengine.py --calls 100 --seconds 10 --realtime
+	$(PY) bench/relay_cores.py --seconds 10 --realtime
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info certs/lab

@@ -21,7 +21,7 @@ setup(ext_modules=[Extension(
     "media.relay_native._relay",
     sources=["media/relay_native/_relay.c"],
     depends=["media/relay_native/loadgen.h"],
-    extra_compile_args=["-O2", "-Wall", *_pkg_config("--cflags")],
+    extra_compile_args=["-O2", "-Wall", "-Werror", *_pkg_config("--cflags")],
     extra_link_args=_pkg_config("--libs") or ["-lsrtp2"],
     optional=True,
 ), Extension(
