@@ -11,8 +11,9 @@ loop: the snapshot is atomic) at the start and the end of a window, and
 loss = 1 - received / sent over that window, both directions together.
 
 The gateway's packet path is ``GATEWAY_MEDIA_RELAY`` (``native`` by default where built,
-``python``); the ``fast`` column counts the stream components the relay hub carries (the
-rest take the Python path: TURN-relayed pairs, the first packets the call log records).
+``python``; ``GATEWAY_MEDIA_THREADS`` its hub's worker threads); the ``fast`` column counts
+the stream components the relay hub carries (the rest take the Python path: TURN-relayed
+pairs, the first packets the call log records).
 
 Everything runs in this process (lab.topology.Lab): the CPU figure is the whole process
 (gateway + FE + CUCM + peers) and so an upper bound of the gateway's share; RSS per call is
@@ -208,6 +209,7 @@ def report(results: list[Step]) -> dict[str, Any]:
         "loss_limit": LOSS_LIMIT,
         "cores": os.cpu_count(),
         "relay": relay_implementation(),
+        "relay_threads": os.environ.get("GATEWAY_MEDIA_THREADS", "default"),
     }
     if best is not None:
         summary["cpu_per_call_ms_per_s"] = round(1000 * best.cpu_cores / best.calls, 2)
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        lines = [f"relay: {summary['relay']}",
+        lines = [f"relay: {summary['relay']} (GATEWAY_MEDIA_THREADS {summary['relay_threads']})",
                  f"{'calls':>6} {'sent':>9} {'received':>9} {'loss %':>8} {'CPU':>6} "
                  f"{'RSS MiB':>8} {'setup s':>8} {'fast':>9}  result"]
         for s in results:
