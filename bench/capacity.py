@@ -13,7 +13,10 @@ loss = 1 - received / sent over that window, both directions together.
 The gateway's packet path is ``GATEWAY_MEDIA_RELAY`` (``native`` by default where built,
 ``python``; ``GATEWAY_MEDIA_THREADS`` its hub's worker threads); the ``fast`` column counts
 the stream components the relay hub carries (the rest take the Python path: TURN-relayed
-pairs, the first packets the call log records).
+pairs, the first packets the call log records); ``drops gw/other`` the datagrams the kernel
+dropped in the window at full receive queues, of the gateway's media sockets and of all
+others (the peers': a loop that fell behind); ``relay`` the packets the gateway's relays
+received and did not forward (media.counters: direction, source, SRTP, send...).
 
 Everything runs in this process (lab.topology.Lab): the CPU figure is the whole process
 (gateway + FE + CUCM + peers) and so an upper bound of the gateway's share; RSS per call is
@@ -70,10 +73,34 @@ class Step:
     failed: str = ""
     fast: str = ""
     """Relayed components on the fast path (the hub) / all, at the window's end."""
+    drops_gateway: int = 0
+    """Datagrams dropped at the gateway's full socket queues in the window."""
+    drops_other: int = 0
+    """... at every other UDP socket (the peers' among them) in the window."""
+    relay_dropped: int = 0
+    """Packets the gateway's relays judged and did not forward in the window."""
 
     @property
     def ok(self) -> bool:
         return not self.failed and self.loss <= LOSS_LIMIT
+
+
+def udp_drops(first: int, last: int) -> tuple[int, int]:
+    """Datagrams the kernel dropped at full receive queues (``/proc/net/udp``, cumulative per
+    socket): at the gateway's media sockets (ports ``first``-``last``) and at every other
+    socket of this network namespace (the lab's peers, TURN, other processes)."""
+    ours = others = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(name).read_text().splitlines()[1:]:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                drops = int(fields[-1])
+                if first <= port <= last:
+                    ours += drops
+                else:
+                    others += drops
+    return ours, others
 
 
 def load() -> str:
@@ -126,6 +153,16 @@ class Bench:
                     total += len(flags)
         return f"{fast}/{total}" if total else "-"
 
+    def relay_drops(self) -> int:
+        """Packets the gateway's relays received and did not forward (every reason)."""
+        total = 0
+        for call in getattr(self.lab.gateway, "calls", {}).values():
+            media = getattr(call, "media", None)
+            if media is not None:
+                total += sum(c.microsoft.dropped_total + c.video.dropped_total
+                             for c in media.counters())
+        return total
+
     def counters(self) -> tuple[int, int]:
         """(sent, received) packets by every party of every live call, read at once."""
         sent = received = 0
@@ -152,9 +189,9 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
     top = max(steps)
     if top > MAX_STEP:
         raise ValueError(f"at most {MAX_STEP} calls fit in media ports {MEDIA_FIRST}-65535")
+    media_last = MEDIA_FIRST + PORTS_PER_CALL * (top + 10) + 15
     overrides = {"b2bua": {"max_calls": top + 10,
-                           "media_ports": f"{MEDIA_FIRST}-"
-                                          f"{MEDIA_FIRST + PORTS_PER_CALL * (top + 10) + 15}"}}
+                           "media_ports": f"{MEDIA_FIRST}-{media_last}"}}
     async with Lab(certs, any_port=True, management=False, broker=False,
                    gateway_overrides=overrides, ice_timeout=30.0) as lab:
         bench = Bench(lab)
@@ -177,14 +214,21 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                 setup = time.monotonic() - started
                 await asyncio.sleep(SETTLE)
                 sent0, received0 = bench.counters()
+                drops0 = udp_drops(MEDIA_FIRST, media_last)
+                judged0 = bench.relay_drops()
                 cpu0, wall0 = time.process_time(), time.monotonic()
                 await asyncio.sleep(window)  # the measurement window itself
                 sent1, received1 = bench.counters()
+                drops1 = udp_drops(MEDIA_FIRST, media_last)
+                judged1 = bench.relay_drops()
                 cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
                 sent, received = sent1 - sent0, received1 - received0
                 loss = max(0.0, 1 - received / sent) if sent else 1.0
                 step = Step(calls, sent, received, loss, cpu,
-                            (rss_kib() - idle_rss) / 1024, setup, fast=bench.fast_path())
+                            (rss_kib() - idle_rss) / 1024, setup, fast=bench.fast_path(),
+                            drops_gateway=drops1[0] - drops0[0],
+                            drops_other=drops1[1] - drops0[1],
+                            relay_dropped=judged1 - judged0)
                 results.append(step)
                 logging.info("%d calls: %d sent, %d received, loss %.4f %%, CPU %.2f cores, "
                              "setup %.1f s, fast path %s, load %s", calls, sent, received,
@@ -242,11 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lines = [f"relay: {summary['relay']} (GATEWAY_MEDIA_THREADS {summary['relay_threads']})",
                  f"{'calls':>6} {'sent':>9} {'received':>9} {'loss %':>8} {'CPU':>6} "
-                 f"{'RSS MiB':>8} {'setup s':>8} {'fast':>9}  result"]
+                 f"{'RSS MiB':>8} {'setup s':>8} {'fast':>9} {'drops gw/other':>15} "
+                 f"{'relay':>6}  result"]
         for s in results:
             lines.append(f"{s.calls:>6} {s.sent:>9} {s.received:>9} {100 * s.loss:>8.4f} "
                          f"{s.cpu_cores:>6.2f} {s.rss_mib:>8.1f} {s.setup_s:>8.1f} "
-                         f"{s.fast:>9}  {'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
+                         f"{s.fast:>9} {f'{s.drops_gateway}/{s.drops_other}':>15} "
+                         f"{s.relay_dropped:>6}  "
+                         f"{'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
         lines.append(f"maximum: {summary['max_calls']} concurrent full-media calls "
                      f"(loss <= {100 * LOSS_LIMIT:g} %)")
         if "cpu_per_call_ms_per_s" in summary:
