@@ -16,7 +16,9 @@ the stream components the relay hub carries (the rest take the Python path: TURN
 pairs, the first packets the call log records); ``drops gw/other`` the datagrams the kernel
 dropped in the window at full receive queues, of the gateway's media sockets and of all
 others (the peers': a loop that fell behind); ``relay`` the packets the gateway's relays
-received and did not forward (media.counters: direction, source, SRTP, send...).
+received and did not forward (media.counters: direction, source, SRTP, send...);
+``queued KiB`` what waited unread in UDP receive queues at the window's end (in flight: the
+one loop of the lab behind, not lost).
 
 Everything runs in this process (lab.topology.Lab): the CPU figure is the whole process
 (gateway + FE + CUCM + peers) and so an upper bound of the gateway's share; RSS per call is
@@ -79,28 +81,32 @@ class Step:
     """... at every other UDP socket (the peers' among them) in the window."""
     relay_dropped: int = 0
     """Packets the gateway's relays judged and did not forward in the window."""
+    queued_kib: float = 0.0
+    """Bytes waiting unread in UDP receive queues at the window's end (in flight)."""
 
     @property
     def ok(self) -> bool:
         return not self.failed and self.loss <= LOSS_LIMIT
 
 
-def udp_drops(first: int, last: int) -> tuple[int, int]:
+def udp_drops(first: int, last: int) -> tuple[int, int, int]:
     """Datagrams the kernel dropped at full receive queues (``/proc/net/udp``, cumulative per
     socket): at the gateway's media sockets (ports ``first``-``last``) and at every other
-    socket of this network namespace (the lab's peers, TURN, other processes)."""
-    ours = others = 0
+    socket of this network namespace (the lab's peers, TURN, other processes); and the bytes
+    waiting in every receive queue now (received, not yet read: in flight, not lost)."""
+    ours = others = queued = 0
     for name in ("/proc/net/udp", "/proc/net/udp6"):
         with contextlib.suppress(OSError):
             for line in Path(name).read_text().splitlines()[1:]:
                 fields = line.split()
                 port = int(fields[1].rsplit(":", 1)[1], 16)
                 drops = int(fields[-1])
+                queued += int(fields[4].split(":")[1], 16)
                 if first <= port <= last:
                     ours += drops
                 else:
                     others += drops
-    return ours, others
+    return ours, others, queued
 
 
 def load() -> str:
@@ -228,7 +234,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                             (rss_kib() - idle_rss) / 1024, setup, fast=bench.fast_path(),
                             drops_gateway=drops1[0] - drops0[0],
                             drops_other=drops1[1] - drops0[1],
-                            relay_dropped=judged1 - judged0)
+                            relay_dropped=judged1 - judged0, queued_kib=drops1[2] / 1024)
                 results.append(step)
                 logging.info("%d calls: %d sent, %d received, loss %.4f %%, CPU %.2f cores, "
                              "setup %.1f s, fast path %s, load %s", calls, sent, received,
@@ -287,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"relay: {summary['relay']} (GATEWAY_MEDIA_THREADS {summary['relay_threads']})",
                  f"{'calls':>6} {'sent':>9} {'received':>9} {'loss %':>8} {'CPU':>6} "
                  f"{'RSS MiB':>8} {'setup s':>8} {'fast':>9} {'drops gw/other':>15} "
-                 f"{'relay':>6}  result"]
+                 f"{'relay':>6} {'queued KiB':>10}  result"]
         for s in results:
             lines.append(f"{s.calls:>6} {s.sent:>9} {s.received:>9} {100 * s.loss:>8.4f} "
                          f"{s.cpu_cores:>6.2f} {s.rss_mib:>8.1f} {s.setup_s:>8.1f} "
                          f"{s.fast:>9} {f'{s.drops_gateway}/{s.drops_other}':>15} "
-                         f"{s.relay_dropped:>6}  "
+                         f"{s.relay_dropped:>6} {s.queued_kib:>10.1f}  "
                          f"{'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
         lines.append(f"maximum: {summary['max_calls']} concurrent full-media calls "
                      f"(loss <= {100 * LOSS_LIMIT:g} %)")
