@@ -55,6 +55,8 @@ BASE_RECIPE = {
 }
 """What the local base image is made of (its cache key is this recipe's hash)."""
 ENGINE_START = 60.0
+OTHER_LAB_WITHIN = 480.0
+"""Seconds to wait for another Docker lab's dockerd on this machine to stop before ours."""
 HEALTHY_WITHIN = 240.0
 """Seconds from `up` until every service is healthy (health checks run every 10 s)."""
 RECOVERY_WITHIN = 30.0
@@ -237,6 +239,14 @@ def engine() -> Iterator[Engine]:
     if shutil.which("dockerd") is None or os.geteuid() != 0:
         pytest.skip("no Docker engine running, and dockerd cannot be started here "
                     "(needs root and docker.io)")
+    # Two labs at once share the fixed subnets and the host's DOCKER iptables chains (a
+    # dockerd starting rewrites them): calls then cross networks through the host (david's
+    # pair host/prflx, "172.28.1.1 is not a trusted host"). One at a time, then.
+    try:
+        wait_until("another dockerd (another Docker lab) stopped",
+                   lambda: not _other_dockerd_running(), OTHER_LAB_WITHIN, every=2.0)
+    except AssertionError as error:
+        pytest.fail(f"{error}: the Docker labs of this machine run one at a time")
     directory = Path(tempfile.mkdtemp(prefix="gwd-", dir="/tmp"))  # short: socket paths
     engine = _start_dockerd(directory)
     try:
