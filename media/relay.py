@@ -165,6 +165,8 @@ class Relay(Protocol):
         about an endpoint SSRC seen only in RTP is mapped back. Each relay still maps only
         while its own plan has an ``ssrc_range``; a publish bringing another range starts a
         new table for both. The map goes when the last relay holding it closes."""
+    def map_holders(self) -> int:
+        """How many relays hold this one's SSRC map (0: none yet, or closed)."""
     def close(self) -> None: ...
 
 
