@@ -17,7 +17,8 @@ loop's thread: the workers queue them and signal an eventfd that ``attach`` read
 pure-Python hub stays on the loop's thread.
 
 Side A is the Microsoft (ICE) side, side B the video side: SSRCs from B are mapped into the
-plan's ``ssrc_range`` on the way to A, and mapped back where A's RTCP reports on them.
+plan's ``ssrc_range`` on the way to A, and mapped back where A's RTCP reports on them (in a
+map the stream's two component relays share: ``Relay.share_map``).
 STUN (first byte 0-3) is handed to ``on_stun(side, data, (host, port))`` for aioice; RTP and
 RTCP (first byte 128-191; RTCP by payload type 192-223, RFC 5761 §4) stay in the relay.
 """
@@ -158,6 +159,14 @@ class Relay(Protocol):
     def sendto(self, side: int, data: bytes, address: Address) -> None: ...
     def counters(self, side: int) -> dict[str, int]: ...
     def latched(self, side: int) -> Address | None: ...
+    def share_map(self, other: Relay) -> None:
+        """From now on ``other`` (of the same implementation) uses this relay's SSRC map,
+        its own dropped: a stream's RTP and RTCP relays share one, so that Microsoft's RTCP
+        about an endpoint SSRC seen only in RTP is mapped back. Each relay still maps only
+        while its own plan has an ``ssrc_range``; a publish bringing another range starts a
+        new table for both. The map goes when the last relay holding it closes."""
+    def map_holders(self) -> int:
+        """How many relays hold this one's SSRC map (0: none yet, or closed)."""
     def close(self) -> None: ...
 
 

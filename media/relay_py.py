@@ -79,6 +79,15 @@ class _SideState:
         self.plan = plan
 
 
+@dataclass(slots=True)
+class _SsrcTable:
+    """An SSRC map the relays of one stream share (``Relay.share_map``)."""
+
+    mapper: SsrcMapper | None = None
+    """None until a plan brings a range."""
+    holders: int = 1
+
+
 class PyRelay:
     """media.relay.Relay in Python: the same verdicts, bytes and counters as the native one."""
 
@@ -89,7 +98,9 @@ class PyRelay:
                 state.sock = socket.socket(fileno=fd)
                 state.sock.setblocking(False)
         self._plan = ForwardingPlan()
-        self._mapper: SsrcMapper | None = None
+        self._table: _SsrcTable | None = None
+        """None until a publish or share_map, and once closed (as the native path)."""
+        self._mapping = False
         self.on_stun: StunSink | None = None
         self.on_latch: LatchSink | None = None
         self.hub: PyHub | None = None
@@ -105,11 +116,32 @@ class PyRelay:
     def publish(self, plan: ForwardingPlan) -> None:
         self._sides[0].take(plan.a)
         self._sides[1].take(plan.b)
-        if plan.ssrc_range is None:
-            self._mapper = None
-        elif self._mapper is None or self._mapper.range != plan.ssrc_range:
-            self._mapper = SsrcMapper(plan.ssrc_range, MAP_CAP)
+        if self._table is None:
+            self._table = _SsrcTable()
+        # another range than the (shared) table's starts a new one, for both relays; a plan
+        # without one stops this relay mapping and leaves the table as it is
+        rng = plan.ssrc_range
+        mapper = self._table.mapper
+        if rng is not None and (mapper is None or mapper.range != rng):
+            self._table.mapper = SsrcMapper(rng, MAP_CAP)
+        self._mapping = rng is not None
         self._plan = plan
+
+    def share_map(self, other: Relay) -> None:
+        if not isinstance(other, PyRelay):
+            raise TypeError("a PyRelay")
+        if self._table is None:
+            self._table = _SsrcTable()
+        if other._table is self._table:
+            return
+        self._table.holders += 1
+        if other._table is not None:
+            other._table.holders -= 1
+        other._table = self._table
+
+    def map_holders(self) -> int:
+        """How many relays hold this one's SSRC map (0: none yet, or closed)."""
+        return 0 if self._table is None else self._table.holders
 
     def _process(self, side: int, data: bytes, source: Address,
                  now: int) -> tuple[Verdict, bytes | None, Address | None]:
@@ -153,7 +185,8 @@ class PyRelay:
                         return Verdict.SRTP, None, None
                     data = data[:at] + data[at + len(mki):]
                 data = src.rx.unprotect_rtcp(data) if rtcp else src.rx.unprotect(data)
-            mapper = self._mapper
+            table = self._table
+            mapper = table.mapper if self._mapping and table is not None else None
             if mapper is not None:
                 if side == Side.B:
                     if rtcp:
@@ -252,6 +285,9 @@ class PyRelay:
     def close(self) -> None:
         if self.hub is not None:
             self.hub.unregister(self)
+        if self._table is not None:
+            self._table.holders -= 1
+            self._table = None
         for state in self._sides:
             if state.sock is not None:
                 state.sock.close()

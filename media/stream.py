@@ -242,6 +242,8 @@ class MediaStream:
         readers = (dups[0], dups[1])
         relay = make_relay(side_a.detach(), side_b.detach(), impl=self.impl)
         self._open[component - 1] = True
+        if self.relays:   # one SSRC map per stream: RTCP reports on SSRCs seen in RTP
+            self.relays[0].share_map(relay)
         self.relays.append(relay)
         self._readers.append(readers)
         relay.on_stun = lambda side, data, addr: self._on_stun(component, side, data, addr)

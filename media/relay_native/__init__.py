@@ -134,6 +134,15 @@ class NativeRelay:
     def latched(self, side: int) -> Address | None:
         return cast(Address | None, self._core.latched(side))
 
+    def share_map(self, other: Relay) -> None:
+        if not isinstance(other, NativeRelay):
+            raise TypeError("a NativeRelay")
+        self._core.share_map(other._core)
+
+    def map_holders(self) -> int:
+        """How many relays hold this one's SSRC map (0: none yet, or closed)."""
+        return int(self._core.map_holders())
+
     def close(self) -> None:
         self._core.close()
 

@@ -15,7 +15,10 @@
  * - the epoll tags: a slot index and generation, checked under the lock, so that an event
  *   of a relay unregistered (or closed, its fd number reused) meanwhile is ignored;
  * - callbacks (on_stun, on_latch): queued in C, the hub's notify eventfd written, and run
- *   by `poll`/`deliver` on the thread that calls them (the event loop's, through attach).
+ *   by `poll`/`deliver` on the thread that calls them (the event loop's, through attach);
+ * - the SSRC map (ssrcmap_t), shared by a stream's RTP and RTCP relays (share_map), which
+ *   may sit on two hubs and so two workers: it has its own lock, taken inside a hub's lock
+ *   (never the other way round) for the rewrite of one packet.
  *
  * media/relay_py.py is the pure-Python twin and the oracle of the tests: every rule here has
  * its line there, and `feed` runs the same per-packet function as the pump, without sockets.
@@ -116,15 +119,27 @@ typedef struct {
     uint32_t from, to;
 } map_entry_t;
 
+/* An SSRC map (endpoint SSRC -> ours), shared by the relays of one stream so that the RTCP
+ * relay unmaps SSRCs the RTP relay mapped. `refs` (the relays holding it) and the range
+ * change only under the GIL; the table changes under `mu` (the packet path of either relay,
+ * or a publish bringing a new range). */
+typedef struct {
+    pthread_mutex_t mu;
+    int refs;
+    int has_range;
+    uint32_t first, last, next;
+    map_entry_t *tab;    /* FIFO ring, oldest at head */
+    int len, cap, head;
+} ssrcmap_t;
+
 typedef struct RelayObject {
     PyObject_HEAD
     plan_t *plan;        /* NULL: EMPTY_PLAN */
     side_t side[2];
-    /* the SSRC map: its range comes with the plan, its table is packet-path state */
-    int has_map;
-    uint32_t map_first, map_last, map_next;
-    map_entry_t *map;    /* FIFO ring, oldest at map_head */
-    int map_len, map_cap, map_head;
+    /* the SSRC map: whether to map comes with the plan (under the hub lock), the table may
+     * be shared with the stream's other relay; NULL once closed (made again on demand) */
+    int mapping;
+    ssrcmap_t *smap;
     PyObject *on_stun;
     PyObject *on_latch;
     PyObject *hub;       /* borrowed while registered (the hub's set holds the relay) */
@@ -201,35 +216,57 @@ static PyObject *addr_to_py(const struct sockaddr_storage *ss) {
 
 /* -- SSRC mapping (media.ssrc.SsrcMapper's rule, table capped at MAP_CAP) ---------------- */
 
-static uint32_t map_ssrc(RelayObject *r, uint32_t original) {
-    for (int i = 0; i < r->map_len; i++) {
-        map_entry_t *e = &r->map[(r->map_head + i) % r->map_cap];
+/* Under m->mu, with a range set. */
+static uint32_t map_ssrc(ssrcmap_t *m, uint32_t original) {
+    for (int i = 0; i < m->len; i++) {
+        map_entry_t *e = &m->tab[(m->head + i) % m->cap];
         if (e->from == original) return e->to;
     }
     uint32_t mapped;
-    if (r->map_len == r->map_cap) {      /* full: reuse the oldest entry's SSRC */
-        map_entry_t *old = &r->map[r->map_head];
+    if (m->len == m->cap) {      /* full: reuse the oldest entry's SSRC */
+        map_entry_t *old = &m->tab[m->head];
         mapped = old->to;
-        r->map_head = (r->map_head + 1) % r->map_cap;
-        r->map_len--;
+        m->head = (m->head + 1) % m->cap;
+        m->len--;
     } else {
-        uint64_t size = (uint64_t)r->map_last - r->map_first + 1;
-        mapped = r->map_next;
-        r->map_next = (uint32_t)(r->map_first + ((uint64_t)r->map_next - r->map_first + 1) % size);
+        uint64_t size = (uint64_t)m->last - m->first + 1;
+        mapped = m->next;
+        m->next = (uint32_t)(m->first + ((uint64_t)m->next - m->first + 1) % size);
     }
-    map_entry_t *slot = &r->map[(r->map_head + r->map_len) % r->map_cap];
+    map_entry_t *slot = &m->tab[(m->head + m->len) % m->cap];
     slot->from = original;
     slot->to = mapped;
-    r->map_len++;
+    m->len++;
     return mapped;
 }
 
-static uint32_t unmap_ssrc(RelayObject *r, uint32_t mapped) {
-    for (int i = 0; i < r->map_len; i++) {
-        map_entry_t *e = &r->map[(r->map_head + i) % r->map_cap];
+static uint32_t unmap_ssrc(ssrcmap_t *m, uint32_t mapped) {
+    for (int i = 0; i < m->len; i++) {
+        map_entry_t *e = &m->tab[(m->head + i) % m->cap];
         if (e->to == mapped) return e->from;
     }
     return mapped;
+}
+
+/* A new, unshared map with no range (under the GIL). NULL: out of memory (no exception). */
+static ssrcmap_t *smap_new(void) {
+    ssrcmap_t *m = PyMem_Calloc(1, sizeof(ssrcmap_t));
+    if (!m) return NULL;
+    if (pthread_mutex_init(&m->mu, NULL)) {
+        PyMem_Free(m);
+        return NULL;
+    }
+    m->refs = 1;
+    return m;
+}
+
+/* One holder fewer (under the GIL); the last frees it. No packet path can reach it then:
+ * each relay drops its pointer under its hub lock, or once unregistered, before this. */
+static void smap_release(ssrcmap_t *m) {
+    if (!m || --m->refs > 0) return;
+    pthread_mutex_destroy(&m->mu);
+    PyMem_Free(m->tab);
+    PyMem_Free(m);
 }
 
 static inline uint32_t rd32(const uint8_t *p) {
@@ -241,13 +278,13 @@ static inline void wr32(uint8_t *p, uint32_t v) {
 
 enum { F_SAME = 0, F_MAP = 1, F_UNMAP = 2 };
 
-static inline void swap_at(RelayObject *r, uint8_t *p, int fn) {
+static inline void swap_at(ssrcmap_t *r, uint8_t *p, int fn) {
     if (fn == F_MAP) wr32(p, map_ssrc(r, rd32(p)));
     else if (fn == F_UNMAP) wr32(p, unmap_ssrc(r, rd32(p)));
 }
 
-/* media.ssrc.rewrite_rtcp, in place */
-static void rewrite_rtcp(RelayObject *r, uint8_t *pkt, int end, int sender, int about) {
+/* media.ssrc.rewrite_rtcp, in place (under r->mu) */
+static void rewrite_rtcp(ssrcmap_t *r, uint8_t *pkt, int end, int sender, int about) {
     int offset = 0;
     while (offset + 8 <= end) {
         uint8_t first = pkt[offset], ptype = pkt[offset + 1];
@@ -356,13 +393,18 @@ static int process(RelayObject *r, const plan_t *p, int s, uint8_t *buf, int *le
                                         buf, &n);
         if (st != srtp_err_status_ok) return V_SRTP;
     }
-    if (r->has_map) {
-        if (s == SIDE_B) {
-            if (rtcp) rewrite_rtcp(r, buf, n, F_MAP, F_UNMAP);
-            else if (n >= 12) swap_at(r, buf + 8, F_MAP);
-        } else if (rtcp) {
-            rewrite_rtcp(r, buf, n, F_SAME, F_UNMAP);
+    ssrcmap_t *m = r->smap;
+    if (r->mapping && m && (s == SIDE_B || rtcp)) {
+        pthread_mutex_lock(&m->mu);   /* the stream's other relay may be on another worker */
+        if (m->has_range) {
+            if (s == SIDE_B) {
+                if (rtcp) rewrite_rtcp(m, buf, n, F_MAP, F_UNMAP);
+                else if (n >= 12) swap_at(m, buf + 8, F_MAP);
+            } else {
+                rewrite_rtcp(m, buf, n, F_SAME, F_UNMAP);
+            }
         }
+        pthread_mutex_unlock(&m->mu);
     }
     if (rout->tx) {
         if (n + (rtcp ? SRTCP_TRAILER : SRTP_TRAILER) > SRTP_BUF) return V_SRTP;
@@ -585,9 +627,15 @@ static PyObject *Relay_publish(RelayObject *self, PyObject *args) {
     p->fwd[SIDE_A] = fwd_ab;
     p->fwd[SIDE_B] = fwd_ba;
     p->rtcp_live = rtcp_live;
-    /* a new SSRC range starts a new table */
-    int new_map = map_first >= 0 && (!self->has_map || self->map_first != map_first ||
-                                     self->map_last != map_last);
+    /* a range other than the (shared) table's starts a new table, for both relays; a plan
+     * without one stops this relay mapping and leaves the table as it is */
+    if (!self->smap && !(self->smap = smap_new())) {
+        plan_free(p);
+        return PyErr_NoMemory();
+    }
+    ssrcmap_t *m = self->smap;   /* its range changes only under the GIL: read without mu */
+    int new_map = map_first >= 0 && (!m->has_range || m->first != map_first ||
+                                     m->last != map_last);
     map_entry_t *fresh = NULL, *stale = NULL;
     int cap = 0;
     if (new_map) {
@@ -597,6 +645,15 @@ static PyObject *Relay_publish(RelayObject *self, PyObject *args) {
             plan_free(p);
             return PyErr_NoMemory();
         }
+        pthread_mutex_lock(&m->mu);
+        stale = m->tab;
+        m->tab = fresh;
+        m->cap = cap;
+        m->len = m->head = 0;
+        m->first = m->next = (uint32_t)map_first;
+        m->last = (uint32_t)map_last;
+        m->has_range = 1;
+        pthread_mutex_unlock(&m->mu);
     }
     pthread_mutex_t *mu = relay_lock(self);
     for (int i = 0; i < 2; i++) {   /* a new SDP address starts latching over */
@@ -606,17 +663,7 @@ static PyObject *Relay_publish(RelayObject *self, PyObject *args) {
     }
     plan_t *prev = self->plan;
     self->plan = p;
-    if (map_first < 0) {
-        self->has_map = 0;
-    } else if (new_map) {
-        stale = self->map;
-        self->map = fresh;
-        self->map_cap = cap;
-        self->map_len = self->map_head = 0;
-        self->map_first = self->map_next = (uint32_t)map_first;
-        self->map_last = (uint32_t)map_last;
-        self->has_map = 1;
-    }
+    self->mapping = map_first >= 0;
     relay_unlock(mu);
     /* no batch can hold the old plan now: it read self->plan under the lock */
     plan_free(prev);
@@ -741,9 +788,38 @@ static void relay_close_fds(RelayObject *self) {
     }
 }
 
+/* Drops this relay's hold on its SSRC map (after relay_close_fds: unregistered). */
+static void relay_drop_map(RelayObject *self) {
+    ssrcmap_t *m = self->smap;
+    self->smap = NULL;
+    smap_release(m);
+}
+
 static PyObject *Relay_close(RelayObject *self, PyObject *unused) {
     relay_close_fds(self);
+    relay_drop_map(self);
     Py_RETURN_NONE;
+}
+
+static PyObject *Relay_share_map(RelayObject *self, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, Py_TYPE(self))) {
+        PyErr_SetString(PyExc_TypeError, "share_map takes a Relay");
+        return NULL;
+    }
+    RelayObject *other = (RelayObject *)arg;
+    if (!self->smap && !(self->smap = smap_new())) return PyErr_NoMemory();
+    ssrcmap_t *m = self->smap, *prev = other->smap;
+    if (prev == m) Py_RETURN_NONE;
+    m->refs++;
+    pthread_mutex_t *mu = relay_lock(other);   /* its packet path reads smap under this */
+    other->smap = m;
+    relay_unlock(mu);
+    smap_release(prev);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Relay_map_holders(RelayObject *self, PyObject *unused) {
+    return PyLong_FromLong(self->smap ? self->smap->refs : 0);
 }
 
 static int Relay_init(RelayObject *self, PyObject *args, PyObject *kw) {
@@ -787,7 +863,7 @@ static void Relay_dealloc(RelayObject *self) {
     relay_close_fds(self);
     plan_free(self->plan);
     self->plan = NULL;
-    PyMem_Free(self->map);
+    relay_drop_map(self);
     Relay_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -809,7 +885,12 @@ static PyMethodDef Relay_methods[] = {
     {"sendto", (PyCFunction)Relay_sendto, METH_VARARGS, "sendto(side, data, (host, port))"},
     {"counters", (PyCFunction)Relay_counters, METH_VARARGS, "counters(side) -> dict"},
     {"latched", (PyCFunction)Relay_latched, METH_VARARGS, "latched(side) -> (host, port)"},
-    {"close", (PyCFunction)Relay_close, METH_NOARGS, "close both sockets"},
+    {"close", (PyCFunction)Relay_close, METH_NOARGS,
+     "close both sockets (and drop this relay's hold on its SSRC map)"},
+    {"share_map", (PyCFunction)Relay_share_map, METH_O,
+     "share_map(other): other drops its SSRC map and uses this relay's from now on"},
+    {"map_holders", (PyCFunction)Relay_map_holders, METH_NOARGS,
+     "map_holders() -> the relays holding this relay's SSRC map (0: none, closed)"},
     {NULL}};
 
 static PyTypeObject RelayType = {

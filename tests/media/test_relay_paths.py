@@ -281,3 +281,71 @@ def test_the_system_libsrtp2_backend_matches_the_oracle_too() -> None:
         env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
     assert " passed" in done.stdout
+
+
+def shared_pairs(plan: ForwardingPlan) -> tuple[tuple[Relay, Relay], tuple[Relay, Relay]]:
+    """Per implementation, a stream's RTP and RTCP relays sharing one SSRC map."""
+    pairs = []
+    for impl in ("native", "python"):
+        rtp_relay, rtcp_relay = make_relay(impl=impl), make_relay(impl=impl)
+        rtp_relay.share_map(rtcp_relay)
+        rtp_relay.publish(plan)
+        rtcp_relay.publish(plan)
+        pairs.append((rtp_relay, rtcp_relay))
+    return (pairs[0][0], pairs[1][0]), (pairs[0][1], pairs[1][1])
+
+
+def test_a_shared_ssrc_map_unmaps_in_one_relay_what_the_other_mapped() -> None:
+    plan = ForwardingPlan(a=SidePlan(address=MS), b=SidePlan(address=VIDEO), a_to_b=True,
+                          b_to_a=True, rtcp=True, ssrc_range=SsrcRange(1000, 1002))
+    rtps, rtcps = shared_pairs(plan)
+    out = run_same(*rtps, [(Side.B, rtp(0xBEEF0001, 1), VIDEO, 1),
+                           (Side.B, rtp(0xBEEF0002, 2), VIDEO, 2)])
+    assert [struct.unpack_from("!I", o or b"", 8)[0] for _, o, _ in out] == [1000, 1001]
+    # the RTCP relay saw neither SSRC, yet maps Microsoft's report back, and maps the
+    # endpoint's RTCP sender to the SSRC its RTP went out with
+    out = run_same(*rtcps, [(Side.A, rtcp_r := rtcp_rr(7, [1001, 1000, 5555]), MS, 3),
+                            (Side.B, rtcp_rr(0xBEEF0002, [7]), VIDEO, 4)])
+    back = out[0][1] or b""
+    assert [struct.unpack_from("!I", back, 8 + 24 * i)[0] for i in range(3)] == [
+        0xBEEF0002, 0xBEEF0001, 5555]
+    assert struct.unpack_from("!I", out[1][1] or b"", 4)[0] == 1001
+    # a third SSRC first seen in RTCP takes the next slot for the RTP relay too
+    run_same(*rtcps, [(Side.B, rtcp_rr(0xBEEF0003, []), VIDEO, 5)])
+    out = run_same(*rtps, [(Side.B, rtp(0xBEEF0003, 3), VIDEO, 6)])
+    assert struct.unpack_from("!I", out[0][1] or b"", 8)[0] == 1002
+    # a plan without a range stops that relay mapping; the other keeps the table
+    for relay in rtps:
+        relay.publish(ForwardingPlan(a=plan.a, b=plan.b, a_to_b=True, b_to_a=True, rtcp=True))
+    out = run_same(*rtps, [(Side.B, rtp(0xBEEF0001, 4), VIDEO, 7)])
+    assert struct.unpack_from("!I", out[0][1] or b"", 8)[0] == 0xBEEF0001
+    out = run_same(*rtcps, [(Side.A, rtcp_r, MS, 8)])
+    assert struct.unpack_from("!I", out[0][1] or b"", 8)[0] == 0xBEEF0002
+    # a new range (re-INVITE) starts a new table for both
+    for relay in (*rtps, *rtcps):
+        relay.publish(ForwardingPlan(a=plan.a, b=plan.b, a_to_b=True, b_to_a=True, rtcp=True,
+                                     ssrc_range=SsrcRange(2000, 2009)))
+    out = run_same(*rtcps, [(Side.A, rtcp_r, MS, 9)])
+    assert out[0][1] == rtcp_r
+    out = run_same(*rtps, [(Side.B, rtp(0xBEEF0003, 5), VIDEO, 10)])
+    assert struct.unpack_from("!I", out[0][1] or b"", 8)[0] == 2000
+
+
+def test_a_shared_ssrc_map_goes_with_the_last_relay_holding_it() -> None:
+    for impl in ("native", "python"):
+        first, second, third = (make_relay(impl=impl) for _ in range(3))
+        assert first.map_holders() == 0
+        first.share_map(second)
+        first.share_map(second)          # again: no second hold
+        assert first.map_holders() == second.map_holders() == 2
+        third.publish(ForwardingPlan(ssrc_range=SsrcRange(1, 9)))
+        third.share_map(second)          # second leaves first's map for third's
+        assert first.map_holders() == 1
+        assert third.map_holders() == 2
+        third.close()
+        assert second.map_holders() == 1
+        assert third.map_holders() == 0
+        second.close()
+        first.close()
+        with pytest.raises(TypeError):
+            first.share_map(make_relay(impl="python" if impl == "native" else "native"))

@@ -473,3 +473,51 @@ def test_callbacks_past_the_queue_cap_are_dropped_and_counted() -> None:
     finally:
         hub.stop()
         st.close()
+
+
+@pytest.mark.parametrize("impl", ["native", "python"])
+async def test_a_map_shared_by_relays_on_two_workers(impl: str) -> None:
+    """A stream's RTP and RTCP relays on two worker hubs, one SSRC map: both rewrite it at
+    once (RTP from 40 endpoint SSRCs evicting in a 16-SSRC range, RTCP senders mapping too),
+    every SSRC out stays in the range, and the map still reads back what was mapped."""
+    loop = asyncio.get_running_loop()
+    hub = make_hub(impl=impl, threads=2)
+    rtp_st, rtcp_st = Stream(0, impl), Stream(0, impl)
+    rtp_st.relay.share_map(rtcp_st.relay)
+    for st in (rtp_st, rtcp_st):
+        st.relay.publish(st.plan)
+        hub.register(st.relay)
+    if impl == "native":
+        cores = [st.relay._core.hub for st in (rtp_st, rtcp_st)]  # type: ignore[attr-defined]
+        assert cores[0] is not cores[1]   # the least-loaded placement split them
+    rng = rtp_st.plan.ssrc_range
+    assert rng is not None
+    detach = attach(hub, loop)
+    got_rtp: list[bytes] = []
+    got_rtcp: list[bytes] = []
+    try:
+        for wave in range(10):   # waves of 40 each: no loss in the sockets' queues
+            for seq in range(40 * wave, 40 * wave + 40):
+                rtp_st.video.sendto(rtp(0x5000 + seq % 40, seq), rtp_st.b_addr)
+                rtcp_st.video.sendto(rtcp_rr(0x5000 + (seq * 7) % 40, 0x7777), rtcp_st.b_addr)
+            to_rtp, to_rtcp = await receive(loop, [rtp_st.ms, rtcp_st.ms], [40, 40])
+            assert len(to_rtp) == len(to_rtcp) == 40
+            got_rtp += to_rtp
+            got_rtcp += to_rtcp
+        assert all(rng.first <= struct.unpack_from("!I", p, 8)[0] <= rng.last for p in got_rtp)
+        assert all(rng.first <= struct.unpack_from("!I", p, 4)[0] <= rng.last
+                   for p in got_rtcp)
+        # now, quietly: an SSRC mapped in RTP is mapped back in a report on the RTCP relay
+        rtp_st.video.sendto(rtp(0x6000, 400), rtp_st.b_addr)  # a new SRTP index
+        (mapped_rtp,), _ = await receive(loop, [rtp_st.ms, rtcp_st.ms], [1, 0])
+        mapped = struct.unpack_from("!I", mapped_rtp, 8)[0]
+        microsoft = session(KEY_MS_RX, inbound=False)
+        report = microsoft.protect_rtcp(rtcp_rr(0x9000, mapped))
+        rtcp_st.ms.sendto(report[:-10] + MKI + report[-10:], rtcp_st.a_addr)
+        _, (back,) = await receive(loop, [rtp_st.video, rtcp_st.video], [0, 1])
+        assert back == rtcp_rr(0x9000, 0x6000)
+    finally:
+        detach()
+        for st in (rtp_st, rtcp_st):
+            st.close()
+    assert rtp_st.relay.map_holders() == 0

@@ -338,9 +338,6 @@ async def test_a_stranger_sending_before_the_call_never_latches_in_strict_mode()
             stranger.close()
 
 
-@pytest.mark.xfail(strict=True, reason="each component's relay keeps its own SSRC map: the "
-                   "RTCP relay cannot unmap an SSRC it has only seen in RTP (needs a map "
-                   "shared by a stream's relays, a change to media/relay_native)")
 async def test_a_report_about_an_ssrc_seen_only_in_rtp_is_unmapped() -> None:
     async with call_setup(["audio"]) as (call, pool, _):
         await call.offer_answer(["audio"])
