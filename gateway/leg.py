@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.status import LegSide
+from gateway.calls.events import reason_header
+from gateway.views import LegSide
 from media.sdp import SessionDescription
 from sip.dialog import Dialog, DialogId, DialogState
 from sip.errors import ProtocolError
@@ -28,7 +29,8 @@ from sip.uri import URI
 from sip.useragent import ALLOW, UserAgent, response_for
 
 if TYPE_CHECKING:
-    from gateway.call import Call
+    from gateway.call import ActiveCall
+    from sip.transaction_client import ClientTransaction
 
 __all__ = [
     "GATEWAY_ALLOW",
@@ -62,12 +64,6 @@ SUPPORTED: frozenset[str] = frozenset()
 def allow_for(side: LegSide) -> str:
     """The ``Allow`` value the gateway sends on ``side``."""
     return MICROSOFT_ALLOW if side is LegSide.MICROSOFT else VIDEO_ALLOW
-
-
-def reason_header(cause: int, text: str) -> tuple[str, str]:
-    """RFC 3326 ``Reason: SIP ;cause=N;text="..."``."""
-    clean = text.replace("\\", "").replace('"', "'")
-    return ("Reason", f'SIP ;cause={cause};text="{clean}"')
 
 
 class LegRole(enum.Enum):
@@ -107,10 +103,12 @@ class Leg:
     """The SDP we last sent on this leg."""
     remote_sdp: SessionDescription | None = None
     """The SDP the peer last sent on this leg."""
-    call: Call | None = None
+    call: ActiveCall | None = None
     """The call this leg belongs to."""
     last_status: int | None = None
     """UAC: the latest status received for our INVITE."""
+    ack_for: ClientTransaction | None = None
+    """The INVITE (or re-INVITE) transaction whose 2xx the next ``send_ack`` ACKs."""
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -189,17 +187,33 @@ class Leg:
 
     # -- UAC: our INVITE ---------------------------------------------------------------------
 
-    def accept(self, response: Response) -> None:
-        """Our INVITE got a 2xx: make the dialog and ACK it (without body)."""
+    def confirm_uac(self, response: Response, transaction: ClientTransaction) -> None:
+        """Our INVITE got a 2xx: make the dialog (``send_ack`` ACKs it). Raises
+        ``ProtocolError`` for a 2xx a dialog cannot be made from."""
         if self.dialog is None:
             self.dialog = Dialog.create_uac(self.invite, response)
             self.agent.adopt(self)
         else:
             self.dialog.receive_response(self.invite, response)
-        self.agent.send_ack(
-            self.dialog, self.client.transaction if self.client is not None else None
-        )
+        self.ack_for = transaction
         self.client = None
+
+    def send_ack(self) -> None:
+        """ACK the last 2xx (of our INVITE or re-INVITE), without body."""
+        if self.dialog is None:
+            raise ProtocolError("ACK needs a dialog", 500)
+        self.agent.send_ack(self.dialog, self.ack_for)
+        self.ack_for = None
+
+    def answer_in_dialog(self, transaction: ServerTransaction, request: Request,
+                         sdp: SessionDescription | None) -> None:
+        """200 to a re-INVITE, with ``sdp`` when given."""
+        body = bytes(sdp) if sdp is not None else b""
+        response = response_for(request, 200, contact=self.agent.contact(self.hop.transport),
+                                body=body, content_type="application/sdp" if body else None)
+        self.agent.stack.send_response(transaction, response)
+        if sdp is not None:
+            self.local_sdp = sdp
 
     # -- in-dialog requests --------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from gateway.views import (  # noqa: F401 - the view types, re-exported
+from gateway.views import (  # the view types, re-exported
     ALIVE,
     ZONE_ACTIVE,
     CallView,
@@ -77,7 +77,26 @@ from gateway.views import (  # noqa: F401 - the view types, re-exported
     streams_of,
 )
 
-__all__ = ["StatusSource"]
+__all__ = [
+    "ALIVE",
+    "CallView",
+    "Capacity",
+    "GatewayStatus",
+    "Health",
+    "LegSide",
+    "LegView",
+    "PeerView",
+    "PortPoolView",
+    "SideStatus",
+    "StatusSource",
+    "StreamCountersView",
+    "SystemView",
+    "TransportCountersView",
+    "TurnServerView",
+    "ZONE_ACTIVE",
+    "ZoneStatusView",
+    "streams_of",
+]
 
 
 @runtime_checkable

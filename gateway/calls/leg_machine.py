@@ -161,7 +161,7 @@ class LegMachine:
     def _stay(self, event: object) -> Step:
         return self.state, []
 
-    def _reinvite_in(self, event: ReinviteIn) -> Step:  # type: ignore[override]
+    def _reinvite_in(self, event: ReinviteIn) -> Step:
         return _S.UPDATING, [Emit(Update(event.sdp))]
 
     def _refuse_reinvite(self, event: object) -> Step:

@@ -1,0 +1,704 @@
+"""The asyncio adapter of call control: SIP from the side agents into the call machines,
+their actions out as SIP, bridge rewrites awaited, media torn down.
+
+New INVITEs are admitted here, each refusal clean (nothing set up, no port kept): draining
+(503), routing (482 loop, 483 hops, 404 no rule), the target must be on the other side of
+the B2BUA (404), capacity (503 + Retry-After), a usable body (400/415), encryption policy
+(488); then media ports (503) and codecs (488) while the bridge writes the offer. From
+then on every decision is :class:`gateway.calls.call.Call`'s; this module only carries
+out its actions (``_execute``). REFER from the video side (the Microsoft client as the
+object of a transfer) lives in ``gateway.calls.transfer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gateway.call import ActiveCall, EndedCall
+from gateway.calls.call import (
+    BridgeOp,
+    Call,
+    CallAction,
+    Connected,
+    Count,
+    Ended,
+    ResetBridge,
+    Rewrite,
+    Role,
+    Started,
+    ToLeg,
+)
+from gateway.calls.events import (
+    AckIn,
+    AckTimeout,
+    ByeIn,
+    CancelIn,
+    Forget,
+    RefuseReinvite,
+    ReinviteIn,
+    ResponseIn,
+    SendAck,
+    SendAnswer,
+    SendBye,
+    SendCancel,
+    SendInvite,
+    SendProvisional,
+    SendReinvite,
+    SendReject,
+    SendUpdateAnswer,
+    SendUpdateReject,
+    SipAction,
+    SipInput,
+    Timeout,
+)
+from gateway.calls.refusals import (
+    ICE_FAILURE_TEXT,
+    Refusal,
+    relayed_headers,
+    rewrite_ip_from,
+    sdp_refusal,
+    status_of,
+)
+from gateway.calls.services import CallServices
+from gateway.config import MICROSOFT_ZONE, MediaEncryption
+from gateway.im_session import NO_BROKER, is_im_session
+from gateway.leg import Leg, LegRole, SideAgent
+from gateway.metrics import RefusalReason
+from gateway.routing import RouteDecision, RouteRefusal, alias_to_uri
+from gateway.sdp_bridge import SdpBridge, sdp_of, video_security_for
+from gateway.views import LegSide
+from media.events import MediaEvent, MediaFailed
+from media.rewrite import VideoSecurity
+from media.sdp import SessionDescription
+from media.session import StreamCounters
+from sip.errors import ProtocolError
+from sip.headers import Address
+from sip.message import Request, Response
+from sip.stack import ClientRequest, Hop, SipTimeoutError
+from sip.transaction_server import ServerState, ServerTransaction
+from sip.uri import URI, Params
+
+__all__ = ["CallController", "Refusal"]
+
+logger = logging.getLogger(__name__)
+
+BROKER_METHODS = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where the callee's INVITE goes (one hop per peer of the target zone)."""
+
+    agent: SideAgent
+    hops: list[Hop]
+    uri: URI
+    from_: Address
+    to: Address
+    max_forwards: int
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """What the adapter keeps per call beside the call itself."""
+
+    route: _Route
+    reinvites: dict[Role, tuple[ServerTransaction, Request, SessionDescription | None]] = \
+        field(default_factory=dict)
+    incoming: tuple[ServerTransaction, Request, SessionDescription | None] | None = None
+    """The re-INVITE being handled now: answered at once (491, no offer) or kept in
+    ``reinvites`` until the other side answers."""
+
+    def take(self, role: Role
+             ) -> tuple[ServerTransaction, Request, SessionDescription | None] | None:
+        """The re-INVITE an answer is for: the one waiting on ``role``, else the one in."""
+        pending = self.reinvites.pop(role, None)
+        if pending is None:
+            pending, self.incoming = self.incoming, None
+        return pending
+
+
+class CallController:
+    """Admits new calls and carries out their machines' actions (the agents' owner)."""
+
+    def __init__(self, services: CallServices) -> None:
+        self.services = services
+        self.calls: dict[str, ActiveCall] = {}
+        """Active calls by id (the inbound leg's Call-ID)."""
+        self.ended: collections.deque[EndedCall] = collections.deque(maxlen=100)
+        """Summaries of the last 100 ended calls, for tests and logs."""
+        self._runs: dict[str, _Run] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.call_ended = asyncio.Event()
+        """Set each time a call ends (cleared by whoever waits on it)."""
+
+    # -- LegOwner: the agents' callbacks -------------------------------------------------
+
+    def screen(self, agent: SideAgent, transaction: ServerTransaction, request: Request) -> bool:
+        """Trusted hosts on the Microsoft side, then the broker; True to go on."""
+        if agent.side is not LegSide.MICROSOFT:
+            return True
+        services = self.services
+        source = transaction.source
+        host = source.host if isinstance(source, Hop) else str(source)
+        broker = services.broker
+        # IM&P nodes send in-dialog requests (IM sessions, NOTIFY) back through the broker.
+        from_node = broker is not None and broker.routed_from_node(host, request)
+        refusal = None if from_node else services.trusted.check(host, request.method)
+        if refusal is not None:
+            if request.method == "INVITE":
+                services.metrics.call_refused(RefusalReason.UNTRUSTED_HOST)
+            if refusal.answer:
+                agent.stack.respond(transaction, refusal.status, refusal.reason)
+            return False
+        if broker is not None and broker.handles(request):
+            self._spawn(broker.forward(transaction, request, source))
+            return False
+        if is_im_session(request):  # never a call; without a broker there is no IM&P
+            agent.stack.respond(transaction, *NO_BROKER)
+            return False
+        return True
+
+    def on_new_request(
+        self, agent: SideAgent, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        if request.method == "INVITE":
+            self._invite(agent, transaction, request)
+        elif request.method == "OPTIONS":
+            agent.answer_options(transaction)
+        elif request.method in BROKER_METHODS and agent.side is LegSide.MICROSOFT:
+            agent.stack.respond(transaction, 501, "Not Implemented: the SIP broker is off")
+        else:
+            agent.stack.respond(transaction, 501)
+        return None
+
+    def on_dialog_request(
+        self, leg: Leg, transaction: ServerTransaction, request: Request
+    ) -> Awaitable[None] | None:
+        active = leg.call
+        stack = leg.agent.stack
+        role = _role_of(active, leg) if active is not None else None
+        if active is None or active.core.ended or role is None:
+            stack.respond(transaction, 481)
+            return None
+        method = request.method
+        if method == "BYE":
+            stack.respond(transaction, 200)
+            self._input(active, role, ByeIn(_reason_of(request)), "handling a BYE")
+        elif method == "INVITE":
+            self._reinvite(active, role, transaction, request)
+        elif method == "REFER":
+            from gateway.calls.transfer import refer
+
+            return refer(self, active, leg, transaction, request)
+        elif method == "OPTIONS":
+            leg.agent.answer_options(transaction)
+        elif method in ("INFO", "NOTIFY", "UPDATE") and not request.body:
+            stack.respond(transaction, 200)
+        else:
+            stack.respond(transaction, 501)
+        return None
+
+    def on_ack(self, leg: Leg, ack: Request) -> None:
+        active = leg.call
+        role = _role_of(active, leg) if active is not None else None
+        if active is None or active.core.ended or role is None:
+            return
+        try:
+            sdp = sdp_of(ack)
+        except ProtocolError as error:
+            logger.warning("[%s] unusable SDP in ACK: %s", active.call_id, error.message)
+            sdp = None
+        if sdp is not None:
+            leg.remote_sdp = sdp
+        self._input(active, role, AckIn(sdp), "applying the ACK")
+
+    def on_cancel(self, agent: SideAgent, transaction: ServerTransaction) -> None:
+        active = next((c for c in self.calls.values() if c.inbound.server_tx is transaction),
+                      None)
+        if active is None:
+            if transaction.state in (ServerState.TRYING, ServerState.PROCEEDING):
+                agent.stack.respond(transaction, 487)
+            return
+        self._input(active, Role.UAS, CancelIn(), "handling a CANCEL")
+
+    def on_ack_timeout(self, leg: Leg) -> None:
+        active = leg.call
+        role = _role_of(active, leg) if active is not None else None
+        if active is None or active.core.ended or role is None:
+            leg.bye(_reason(408, "no ACK for the 2xx"))
+            return
+        self._input(active, role, AckTimeout(), "handling a missing ACK")
+
+    # -- new INVITE --------------------------------------------------------------------------
+
+    def admit(self, agent: SideAgent, request: Request) -> Refusal | RouteDecision:
+        """The admission checks (no side effects but the log)."""
+        services = self.services
+        if services.draining:
+            return Refusal(503, "Service Unavailable: gateway shutting down",
+                           RefusalReason.DRAINING, (("Retry-After", "30"),))
+        source = services.source_zone(agent.side, request)
+        result = services.router.route_request(
+            request, source_zone=source, identity=services.identity)
+        if isinstance(result, RouteRefusal):
+            metric = {404: RefusalReason.NO_ROUTE, 482: RefusalReason.LOOP,
+                      483: RefusalReason.TOO_MANY_HOPS}.get(result.status)
+            return Refusal(result.status, result.reason, metric)
+        target_side = (LegSide.MICROSOFT if result.zone == MICROSOFT_ZONE else LegSide.VIDEO)
+        if target_side is agent.side:
+            return Refusal(404, f"Not Found: {result.alias} routes back to the "
+                                f"{agent.side.value} side", RefusalReason.NO_ROUTE)
+        limit = services.config.b2bua.max_calls
+        if len(self.calls) >= limit:
+            return Refusal(503, f"Service Unavailable: call limit of {limit} reached",
+                           RefusalReason.MAX_CALLS,
+                           (("Retry-After", str(services.retry_after)),))
+        return result
+
+    def _invite(self, agent: SideAgent, tx: ServerTransaction, request: Request) -> None:
+        services = self.services
+        now = asyncio.get_running_loop().time()
+        source = tx.source if isinstance(tx.source, Hop) else services.hop_of(tx.source)
+        inbound = Leg(agent.side, agent, LegRole.UAS, request.call_id, source, request,
+                      server_tx=tx)
+        decision = self.admit(agent, request)
+        if isinstance(decision, Refusal):
+            self._refuse(inbound, decision)
+            return
+        if request.call_id in self.calls:
+            services.metrics.call_refused(RefusalReason.CALL_ID_IN_USE)
+            agent.stack.respond(tx, 482, "Loop Detected: Call-ID already in a call")
+            return
+        try:
+            offer = sdp_of(request)
+        except ProtocolError as error:
+            self._refuse(inbound, sdp_refusal(error))
+            return
+        if offer is None and agent.side is LegSide.MICROSOFT:
+            self._refuse(inbound, Refusal(488, "Not Acceptable Here: INVITE without SDP",
+                                          RefusalReason.NO_SDP))
+            return
+        video_zone = (services.source_zone(agent.side, request) if agent.side is LegSide.VIDEO
+                      else decision.zone)
+        zone = services.config.zone(video_zone) if video_zone is not None else None
+        try:
+            security = video_security_for(
+                zone.media_encryption if zone is not None else MediaEncryption.AUTO,
+                offer if agent.side is LegSide.VIDEO else None)
+        except ProtocolError as error:
+            self._refuse(inbound, Refusal(status_of(error, 488), error.message,
+                                          RefusalReason.ZONE_ENCRYPTION))
+            return
+        route = self._route(agent, request, decision)
+        best_effort = (agent.side is LegSide.MICROSOFT and zone is not None
+                       and zone.media_encryption is MediaEncryption.BEST_EFFORT
+                       and security is VideoSecurity.SRTP)
+        core = Call(request.call_id, now, agent.side, target_zone=decision.targets[0].zone,
+                    hops=len(route.hops), best_effort=best_effort)
+        active = ActiveCall(core, inbound)
+        inbound.call = active
+        self.calls[active.call_id] = active  # counted against max_calls from here on
+        self._runs[active.call_id] = _Run(route)
+        session = services.media_session(
+            active.call_id, zone, lambda event: self._media_event(active, event))
+        active.media = session
+        active.bridge = SdpBridge(session, services.encryption, security)
+        self._step(active, lambda: core.invite(offer, now), "setting up the call")
+
+    def _route(self, agent: SideAgent, request: Request, decision: RouteDecision) -> _Route:
+        services = self.services
+        target = decision.targets[0]
+        out_side = LegSide.MICROSOFT if target.zone == MICROSOFT_ZONE else LegSide.VIDEO
+        uri = replace(alias_to_uri(target.alias, request.uri), params=Params(), headers=())
+        from_ = request.from_
+        if out_side is LegSide.MICROSOFT:
+            from_ = rewrite_ip_from(from_, services.config.system.domain)
+        return _Route(services.agents[out_side], services.zone_hops(target.zone), uri, from_,
+                      Address(uri, request.to.display_name), target.max_forwards)
+
+    # -- feeding the call ------------------------------------------------------------------
+
+    def _input(self, active: ActiveCall, role: Role, event: SipInput, what: str) -> None:
+        now = asyncio.get_running_loop().time()
+        self._step(active, lambda: active.core.sip(role, event, now), what)
+
+    def _step(self, active: ActiveCall, step: Callable[[], list[CallAction]], what: str
+              ) -> list[ClientRequest]:
+        """Run one input through the call; a coding error (a missing table entry is one)
+        fails the call once with 500 instead of escaping into the SIP stack."""
+        try:
+            actions = step()
+        except Exception as error:  # noqa: BLE001 - the coding-error guard of the call
+            now = asyncio.get_running_loop().time()
+            try:
+                actions = active.core.fault(error, what, now)
+            except Exception:  # noqa: BLE001 - the machines are beyond use: drop the call
+                logger.exception("[%s] clearing after a fault failed", active.call_id)
+                actions = []
+                self._spawn(self._discard(active))
+        return self._execute(active, actions)
+
+    def _execute(self, active: ActiveCall, actions: list[CallAction]) -> list[ClientRequest]:
+        """Carry out the call's actions in order; returns the BYEs and CANCELled INVITEs
+        still on their way (a drain waits for them)."""
+        pending: list[ClientRequest] = []
+        if active.outbound is None and any(isinstance(a, Ended) for a in actions) and any(
+                isinstance(a, ToLeg) and isinstance(a.action, SendReject)
+                and a.action.status != 487 for a in actions):
+            # Refused before the callee was called: ports back before the refusal leaves,
+            # so the caller may retry at once.
+            self._spawn(self._refuse_after_teardown(active, actions))
+            return pending
+        for action in actions:
+            if isinstance(action, ToLeg) and isinstance(action.action, SendInvite):
+                self._send_invite(active, action.action)
+            elif isinstance(action, ToLeg):
+                leg = active.inbound if action.role is Role.UAS else active.outbound
+                if leg is None:
+                    raise ProtocolError(f"no {action.role.value} leg for {action.action!r}", 500)
+                sent = self._sip(active, action.role, leg, action.action)
+                if sent is not None:
+                    pending.append(sent)
+            elif isinstance(action, Rewrite):
+                self._spawn(self._rewrite(active, action))
+            elif isinstance(action, ResetBridge):
+                if active.bridge is not None:
+                    active.bridge.pending = None
+            elif isinstance(action, Started):
+                self.services.metrics.call_started()
+            elif isinstance(action, Connected):
+                self.services.metrics.call_connected(action.at - active.core.started_at)
+            elif isinstance(action, Count):
+                self.services.metrics.call_refused(action.metric)
+            elif isinstance(action, Ended):
+                logger.info("[%s] call ended: %s; %s", active.call_id, action.outcome.reason,
+                            _summary(active))
+                self._spawn(self._discard(active))
+        return pending
+
+    async def _refuse_after_teardown(self, active: ActiveCall, actions: list[CallAction]
+                                     ) -> None:
+        await self._discard(active)
+        for action in actions:
+            if isinstance(action, ToLeg) and action.role is Role.UAS:
+                self._sip(active, Role.UAS, active.inbound, action.action)
+            elif isinstance(action, Count):
+                self.services.metrics.call_refused(action.metric)
+        for action in actions:
+            if isinstance(action, ToLeg) and isinstance(action.action, SendReject):
+                logger.info("refused INVITE %s from %s: %d %s", active.call_id,
+                            active.inbound.remote_text, action.action.status,
+                            action.action.reason)
+
+    # -- SIP actions -------------------------------------------------------------------------
+
+    def _sip(self, active: ActiveCall, role: Role, leg: Leg, action: SipAction
+             ) -> ClientRequest | None:
+        if isinstance(action, SendProvisional):
+            leg.provisional(action.status, action.reason or None)
+        elif isinstance(action, SendAnswer):
+            leg.answer(action.sdp)
+        elif isinstance(action, SendReject):
+            leg.reject(action.status, action.reason, action.headers)
+        elif isinstance(action, SendAck):
+            leg.send_ack()
+        elif isinstance(action, SendCancel):
+            client = leg.client
+            if client is not None:
+                client.cancel()
+                return client
+        elif isinstance(action, SendBye):
+            return leg.bye(action.reason)
+        elif isinstance(action, Forget):
+            leg.forget()
+        elif isinstance(action, SendReinvite):
+            self._send_reinvite(active, role, leg, action.sdp)
+        elif isinstance(action, SendUpdateAnswer):
+            pending = self._runs[active.call_id].take(role)
+            if pending is not None:
+                tx, request, offer = pending
+                if offer is not None:
+                    leg.remote_sdp = offer
+                leg.answer_in_dialog(tx, request, action.sdp or leg.local_sdp)
+        elif isinstance(action, SendUpdateReject):
+            pending = self._runs[active.call_id].take(role)
+            if pending is not None and pending[0].state in (ServerState.TRYING,
+                                                            ServerState.PROCEEDING):
+                leg.agent.stack.respond(pending[0], action.status, action.reason)
+        elif isinstance(action, RefuseReinvite):
+            run = self._runs[active.call_id]
+            incoming, run.incoming = run.incoming, None
+            if incoming is not None:
+                leg.agent.stack.respond(incoming[0], action.status, action.reason)
+        return None
+
+    def _send_invite(self, active: ActiveCall, action: SendInvite) -> None:
+        route = self._runs[active.call_id].route
+        body = bytes(action.sdp) if action.sdp is not None else b""
+        if action.retry and active.outbound is not None:
+            leg = active.outbound
+            leg.invite = leg.agent.retry_invite(leg.invite, leg.hop, body)
+            leg.last_status = None
+        else:
+            hop = route.hops[active.core.hop_index]
+            invite = route.agent.new_invite(route.uri, hop, from_=route.from_, to=route.to,
+                                            max_forwards=route.max_forwards, body=body)
+            leg = Leg(route.agent.side, route.agent, LegRole.UAC, invite.call_id, hop, invite,
+                      call=active)
+            active.outbound = leg
+        leg.local_sdp = action.sdp
+        client = leg.agent.stack.start_request(
+            leg.invite, leg.hop, on_provisional=functools.partial(self._provisional, active, leg))
+        leg.client = client
+        self._spawn(self._final(active, leg, client))
+
+    def _provisional(self, active: ActiveCall, leg: Leg, response: Response) -> None:
+        if active.outbound is not leg:
+            return
+        leg.last_status = response.status
+        try:
+            sdp = sdp_of(response)
+        except ProtocolError:
+            sdp = None
+        self._input(active, Role.UAC, ResponseIn(response.status, response.reason, sdp),
+                    "relaying a provisional answer")
+
+    async def _final(self, active: ActiveCall, leg: Leg, client: ClientRequest) -> None:
+        try:
+            response = await client.response()
+        except SipTimeoutError as error:
+            if leg.client is client:
+                leg.client = None
+                self._input(active, Role.UAC, Timeout(error.transport_error),
+                            "handling a timeout")
+            return
+        if leg.client is not client or active.outbound is not leg:
+            return
+        leg.client = None
+        leg.last_status = response.status
+        if not 200 <= response.status < 300:
+            self._input(active, Role.UAC, ResponseIn(response.status, response.reason,
+                                                     headers=relayed_headers(response)),
+                        "relaying the final answer")
+            return
+        try:
+            leg.confirm_uac(response, client.transaction)
+        except ProtocolError as error:
+            logger.warning("[%s] unusable 2xx: %s", active.call_id, error.message)
+            self._input(active, Role.UAC,
+                        ResponseIn(502, "Bad Gateway: unusable 2xx from the called side"),
+                        "relaying the final answer")
+            return
+        try:
+            sdp = sdp_of(response)
+        except ProtocolError as error:
+            logger.warning("[%s] unusable SDP in the 2xx: %s", active.call_id, error.message)
+            sdp = None
+        leg.remote_sdp = sdp
+        self._input(active, Role.UAC, ResponseIn(response.status, response.reason, sdp),
+                    "relaying the answer")
+
+    def _reinvite(self, active: ActiveCall, role: Role, tx: ServerTransaction,
+                  request: Request) -> None:
+        try:
+            offer = sdp_of(request)
+        except ProtocolError as error:
+            active.leg(role).agent.stack.respond(tx, status_of(error, 400), error.message)
+            return
+        run = self._runs[active.call_id]
+        run.incoming = (tx, request, offer)
+        try:
+            self._input(active, role, ReinviteIn(offer), "relaying a re-INVITE")
+        finally:
+            if run.incoming is not None:  # taken on: it waits for the other side's answer
+                run.reinvites[role] = run.incoming
+                run.incoming = None
+
+    def _send_reinvite(self, active: ActiveCall, role: Role, leg: Leg,
+                       sdp: SessionDescription | None) -> None:
+        if leg.dialog is None:
+            raise ProtocolError("re-INVITE needs a dialog", 500)
+        body = bytes(sdp) if sdp is not None else b""
+        request, hop = leg.agent.dialog_request(
+            leg.dialog, "INVITE", body=body, content_type="application/sdp" if body else None)
+        client = leg.agent.stack.start_request(request, hop)
+        self._spawn(self._reinvite_answer(active, role, leg, request, client, sdp))
+
+    async def _reinvite_answer(self, active: ActiveCall, role: Role, leg: Leg,
+                               request: Request, client: ClientRequest,
+                               sdp: SessionDescription | None) -> None:
+        try:
+            response = await client.response()
+        except SipTimeoutError:
+            if active.leg(role) is leg and not active.core.ended:
+                self._input(active, role, Timeout(), "relaying a re-INVITE")
+            return
+        if active.leg(role) is not leg or active.core.ended or leg.dialog is None:
+            return
+        leg.dialog.receive_response(request, response)
+        answer = None
+        if 200 <= response.status < 300:
+            leg.ack_for = client.transaction
+            leg.local_sdp = sdp
+            try:
+                answer = sdp_of(response)
+            except ProtocolError as error:
+                logger.warning("[%s] unusable SDP in a re-INVITE 2xx: %s", active.call_id,
+                               error.message)
+            leg.remote_sdp = answer or leg.remote_sdp
+        self._input(active, role, ResponseIn(response.status, response.reason, answer),
+                    "relaying a re-INVITE")
+
+    # -- the bridge ----------------------------------------------------------------------------
+
+    async def _rewrite(self, active: ActiveCall, rewrite: Rewrite) -> None:
+        bridge = active.bridge
+        assert bridge is not None
+        try:
+            result = await _bridge_op(bridge, rewrite.op, rewrite.sdp)
+        except Exception as error:  # noqa: BLE001 - the call maps it (or fails with 500)
+            now = asyncio.get_running_loop().time()
+            self._step(active, functools.partial(active.core.rewrite_failed, error, now),
+                       "rewriting SDP")
+            return
+        now = asyncio.get_running_loop().time()
+        self._step(active, lambda: active.core.rewritten(result, now), "relaying SDP")
+
+    # -- media ---------------------------------------------------------------------------------
+
+    def _media_event(self, active: ActiveCall, event: MediaEvent) -> None:
+        if isinstance(event, MediaFailed) and not active.core.ended:
+            logger.warning("[%s] %s stream %d: %s", active.call_id, event.kind, event.stream,
+                           event.reason)
+            now = asyncio.get_running_loop().time()
+            self._step(active, lambda: active.core.media_failed(ICE_FAILURE_TEXT, now),
+                       "clearing after ICE failure")
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def clear(self, active: ActiveCall, text: str, cause: int = 503) -> list[ClientRequest]:
+        """Clear a call from the gateway's side (drain): BYE or refuse each leg; returns
+        the BYEs (and CANCELled INVITEs) still on their way."""
+        now = asyncio.get_running_loop().time()
+        return self._step(active, lambda: active.core.clear(text, cause, now), "draining")
+
+    async def _discard(self, active: ActiveCall) -> None:
+        """Forget the call and give its media back (also for refused calls). One teardown
+        per call: a second caller waits for the first."""
+        if active.torn_down is not None:
+            await asyncio.shield(active.torn_down)
+            return
+        done = active.torn_down = asyncio.get_running_loop().create_future()
+        try:
+            await self._teardown(active)
+        finally:
+            done.set_result(None)
+
+    async def _teardown(self, active: ActiveCall) -> None:
+        core = active.core
+        if not core.ended:
+            core.clear("gateway stopped", 503, asyncio.get_running_loop().time())
+        self._runs.pop(active.call_id, None)
+        counters: tuple[StreamCounters, ...] = ()
+        if active.media is not None:
+            try:
+                await active.media.close()
+            except Exception:  # noqa: BLE001 - the ports must still be accounted for
+                logger.exception("[%s] closing media failed", active.call_id)
+            counters = active.media.counters()
+        if core.counted:
+            assert core.outcome is not None
+            self.services.metrics.call_ended(core.outcome.result)
+        # Gone from the active calls only once its ports are back in the pool.
+        self.calls.pop(active.call_id, None)
+        self.services.metrics.set_media_ports_in_use(self.services.pool.ports_in_use)
+        assert core.outcome is not None
+        self.ended.append(EndedCall(active.call_id, core.outcome, core.started_at,
+                                    core.connected_at, asyncio.get_running_loop().time(),
+                                    counters))
+        self.call_ended.set()
+
+    def _refuse(self, leg: Leg, refusal: Refusal) -> None:
+        logger.info("refused INVITE %s from %s: %d %s", leg.call_id, leg.remote_text,
+                    refusal.status, refusal.reason)
+        if refusal.metric is not None:
+            self.services.metrics.call_refused(refusal.metric)
+        leg.reject(refusal.status, refusal.reason, refusal.headers)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("call task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Drop every call (no signalling) and wait for the background work."""
+        for active in list(self.calls.values()):
+            core = active.core
+            if not core.ended:  # no signalling: the legs go with the stacks
+                core.clear("gateway stopped", 503, asyncio.get_running_loop().time())
+            await self._discard(active)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+async def _bridge_op(bridge: SdpBridge, op: BridgeOp, sdp: SessionDescription | None
+                     ) -> SessionDescription | None:
+    if op is BridgeOp.DELAYED_OFFER:
+        return await bridge.delayed_offer()
+    if op is BridgeOp.PLAIN_VIDEO_OFFER:
+        return bridge.plain_video_offer()
+    if sdp is None:
+        raise ProtocolError(f"{op.value} needs an SDP", 500)
+    if op is BridgeOp.MICROSOFT_OFFER:
+        return await bridge.microsoft_offer(sdp)
+    if op is BridgeOp.VIDEO_OFFER:
+        return await bridge.video_offer(sdp)
+    if op is BridgeOp.VIDEO_ANSWER:
+        return await bridge.video_answer(sdp)
+    if op is BridgeOp.MICROSOFT_ANSWER:
+        return await bridge.microsoft_answer(sdp)
+    if op is BridgeOp.DELAYED_VIDEO_OFFER:
+        return bridge.delayed_video_offer(sdp)
+    await bridge.delayed_video_answer(sdp)
+    return None
+
+
+def _role_of(active: ActiveCall, leg: Leg) -> Role | None:
+    if leg is active.inbound:
+        return Role.UAS
+    if leg is active.outbound:
+        return Role.UAC
+    return None
+
+
+def _reason(cause: int, text: str) -> tuple[str, str]:
+    from gateway.calls.events import reason_header
+
+    return reason_header(cause, text)
+
+
+def _reason_of(request: Request) -> tuple[str, str] | None:
+    value = request.headers.get("Reason")
+    return ("Reason", value) if value else None
+
+
+def _summary(active: ActiveCall) -> str:
+    """The rest of the one INFO line a call logs: who, and how long it was up."""
+    outbound = active.outbound
+    core = active.core
+    route = f"{active.inbound.remote_text} -> {outbound.remote_text if outbound else '-'}"
+    if core.connected_at is None:
+        return f"{route}, never connected"
+    up = asyncio.get_running_loop().time() - core.connected_at
+    return f"{route}, connected after {core.connected_at - core.started_at:.3f} s, up {up:.1f} s"
