@@ -135,16 +135,22 @@ class Leg:
         tx = self.server_tx
         return tx is not None and tx.state in (ServerState.TRYING, ServerState.PROCEEDING)
 
-    def provisional(self, status: int, reason: str | None = None) -> None:
-        """Send a 1xx (with our To tag, so the caller sees one early dialog)."""
+    def provisional(self, status: int, reason: str | None = None,
+                    sdp: SessionDescription | None = None) -> None:
+        """Send a 1xx (with our To tag, so the caller sees one early dialog), with ``sdp``
+        for early media."""
         if not self.pending or self.server_tx is None:
             return
         tag = None if status == 100 else self.local_tag
-        response = response_for(self.invite, status, to_tag=tag)
+        body = bytes(sdp) if sdp is not None else b""
+        response = response_for(self.invite, status, to_tag=tag, body=body,
+                                content_type="application/sdp" if body else None)
         if reason:
             response.reason = reason
         if tag is not None:
             response.headers.add("Contact", self.agent.contact(self.hop.transport))
+        if sdp is not None:
+            self.local_sdp = sdp
         self.agent.stack.send_response(self.server_tx, response)
 
     def answer(self, sdp: SessionDescription | None) -> Response:

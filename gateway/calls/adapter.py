@@ -56,6 +56,8 @@ from gateway.calls.events import (
     SipAction,
     SipInput,
     Timeout,
+    UpdateIn,
+    reason_header,
 )
 from gateway.calls.refusals import (
     ICE_FAILURE_TEXT,
@@ -66,6 +68,7 @@ from gateway.calls.refusals import (
     status_of,
 )
 from gateway.calls.services import CallServices
+from gateway.calls.transfer import refer
 from gateway.config import MICROSOFT_ZONE, MediaEncryption
 from gateway.im_session import NO_BROKER, is_im_session
 from gateway.leg import Leg, LegRole, SideAgent
@@ -190,12 +193,10 @@ class CallController:
         if method == "BYE":
             stack.respond(transaction, 200)
             self._input(active, role, ByeIn(_reason_of(request)), "handling a BYE")
-        elif method == "INVITE":
+        elif method == "INVITE" or method == "UPDATE" and request.body:
             self._reinvite(active, role, transaction, request)
         elif method == "REFER":
-            from gateway.calls.transfer import refer
-
-            return refer(self, active, leg, transaction, request)
+            return refer(self.services, self._step, active, leg, transaction, request)
         elif method == "OPTIONS":
             leg.agent.answer_options(transaction)
         elif method in ("INFO", "NOTIFY", "UPDATE") and not request.body:
@@ -231,7 +232,7 @@ class CallController:
         active = leg.call
         role = _role_of(active, leg) if active is not None else None
         if active is None or active.core.ended or role is None:
-            leg.bye(_reason(408, "no ACK for the 2xx"))
+            leg.bye(reason_header(408, "no ACK for the 2xx"))
             return
         self._input(active, role, AckTimeout(), "handling a missing ACK")
 
@@ -299,8 +300,11 @@ class CallController:
         best_effort = (agent.side is LegSide.MICROSOFT and zone is not None
                        and zone.media_encryption is MediaEncryption.BEST_EFFORT
                        and security is VideoSecurity.SRTP)
+        # Microsoft takes SDP in a 1xx only when its INVITE says so (Lync: ms-early-media).
+        early_media = agent.side is LegSide.VIDEO or bool(
+            _option_tags(request, "Supported") & {"ms-early-media", "100rel"})
         core = Call(request.call_id, now, agent.side, target_zone=decision.targets[0].zone,
-                    hops=len(route.hops), best_effort=best_effort)
+                    hops=len(route.hops), best_effort=best_effort, early_media=early_media)
         active = ActiveCall(core, inbound)
         inbound.call = active
         self.calls[active.call_id] = active  # counted against max_calls from here on
@@ -401,7 +405,7 @@ class CallController:
     def _sip(self, active: ActiveCall, role: Role, leg: Leg, action: SipAction
              ) -> ClientRequest | None:
         if isinstance(action, SendProvisional):
-            leg.provisional(action.status, action.reason or None)
+            leg.provisional(action.status, action.reason or None, action.sdp)
         elif isinstance(action, SendAnswer):
             leg.answer(action.sdp)
         elif isinstance(action, SendReject):
@@ -514,7 +518,8 @@ class CallController:
         run = self._runs[active.call_id]
         run.incoming = (tx, request, offer)
         try:
-            self._input(active, role, ReinviteIn(offer), "relaying a re-INVITE")
+            event = ReinviteIn(offer) if request.method == "INVITE" else UpdateIn(offer)
+            self._input(active, role, event, "relaying a re-INVITE")
         finally:
             if run.incoming is not None:  # taken on: it waits for the other side's answer
                 run.reinvites[role] = run.incoming
@@ -670,8 +675,14 @@ async def _bridge_op(bridge: SdpBridge, op: BridgeOp, sdp: SessionDescription | 
         return await bridge.microsoft_answer(sdp)
     if op is BridgeOp.DELAYED_VIDEO_OFFER:
         return bridge.delayed_video_offer(sdp)
+    if op is BridgeOp.FINAL_ANSWER:
+        return await bridge.final_answer(sdp)
     await bridge.delayed_video_answer(sdp)
     return None
+
+
+def _option_tags(request: Request, header: str) -> set[str]:
+    return {tag.strip().lower() for tag in request.headers.getlist(header) if tag.strip()}
 
 
 def _role_of(active: ActiveCall, leg: Leg) -> Role | None:
@@ -680,12 +691,6 @@ def _role_of(active: ActiveCall, leg: Leg) -> Role | None:
     if leg is active.outbound:
         return Role.UAC
     return None
-
-
-def _reason(cause: int, text: str) -> tuple[str, str]:
-    from gateway.calls.events import reason_header
-
-    return reason_header(cause, text)
 
 
 def _reason_of(request: Request) -> tuple[str, str] | None:

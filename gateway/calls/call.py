@@ -95,6 +95,8 @@ class BridgeOp(enum.Enum):
     DELAYED_VIDEO_OFFER = "delayed_video_offer"
     DELAYED_VIDEO_ANSWER = "delayed_video_answer"
     PLAIN_VIDEO_OFFER = "plain_video_offer"
+    FINAL_ANSWER = "final_answer"
+    """The 2xx's answer differs from the early one (183) already applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,7 @@ class _Phase(enum.Enum):
     OFFER = "offer"  # the caller's offer is being rewritten (ports bound)
     RETRY = "retry"  # best effort: the plain-RTP offer is being written
     PLACING = "placing"  # the callee's INVITE is out
+    EARLY_ANSWER = "early-answer"  # the callee's 183 SDP (early media) is being rewritten
     ANSWER = "answer"  # the callee's answer is being rewritten (media applied)
     ANSWERED = "answered"  # our 2xx is out to the caller
     DELAYED_ANSWER = "delayed-answer"  # the caller's ACK answer is being applied
@@ -179,7 +182,8 @@ class Call:
     """One call: two leg machines, the phase of the call between them, the outcome."""
 
     def __init__(self, call_id: str, started_at: float, inbound: LegSide, *,
-                 target_zone: str = "", hops: int = 1, best_effort: bool = False) -> None:
+                 target_zone: str = "", hops: int = 1, best_effort: bool = False,
+                 early_media: bool = True) -> None:
         self.call_id = call_id
         self.started_at = started_at
         self.inbound_side = inbound
@@ -190,6 +194,16 @@ class Call:
         self.hop_index = 0
         self.best_effort = best_effort
         """A refused SRTP offer to the video side is made again with plain RTP."""
+        self.early_media = early_media
+        """The caller takes SDP in a 1xx (early media): a video caller always (RFC 3261
+        §13.2.1), Microsoft when its INVITE supports ``ms-early-media`` or ``100rel``."""
+        self.early_callee: SessionDescription | None = None
+        """The callee's early answer (183 with SDP), as received."""
+        self.early_back: SessionDescription | None = None
+        """That answer rewritten, as sent to the caller in our 183."""
+        self._early_status: tuple[int, str] = (183, "Session Progress")
+        self._deferred: list[tuple[Role, LegEvent]] = []
+        """Leg events that came while the early answer was being rewritten."""
         self.uas: LegMachine = UasLeg()
         """The inbound leg (a UAC machine after a transfer of the caller's side)."""
         self.uac: LegMachine | None = None
@@ -259,6 +273,15 @@ class Call:
         phase = self.phase
         if phase is _Phase.OFFER or phase is _Phase.RETRY:
             return self._place(sdp, now, retry=phase is _Phase.RETRY)
+        if phase is _Phase.EARLY_ANSWER:
+            self.phase = _Phase.PLACING
+            self.early_back = sdp
+            status, reason = self._early_status
+            actions = self._ask(Role.UAS, Ring(status, reason, sdp), now)
+            deferred, self._deferred = self._deferred, []
+            for role, event in deferred:
+                actions += self._on_event(role, event, now)
+            return actions
         if phase is _Phase.ANSWER:
             self.phase = _Phase.ANSWERED
             actions = self._ask(Role.UAS, Connect(sdp), now)
@@ -288,6 +311,7 @@ class Call:
             return []
         if not isinstance(error, EXPECTED_ERRORS):
             what = {_Phase.OFFER: "setting up media", _Phase.ANSWER: "placing the call",
+                    _Phase.EARLY_ANSWER: "relaying early media",
                     _Phase.DELAYED_ANSWER: "applying the ACK's answer"}.get(
                 phase, "relaying a re-INVITE")
             return self.fault(error, what, now)
@@ -296,7 +320,7 @@ class Call:
             actions: list[CallAction] = [] if refusal.metric is None else [Count(refusal.metric)]
             actions += self._ask(Role.UAS, Fail(refusal.status, refusal.reason), now)
             return actions + self._end(CallResult.FAILED, "refused", None, now)
-        if phase is _Phase.ANSWER:
+        if phase is _Phase.ANSWER or phase is _Phase.EARLY_ANSWER:
             refusal = callee_refusal(error)
             logger.warning("[%s] answer cannot be relayed: %s", self.call_id, refusal.reason)
             actions = self._ask(Role.UAS, Fail(refusal.status, refusal.reason), now)
@@ -433,7 +457,22 @@ class Call:
     def _ring(self, event: Ring, now: float) -> list[CallAction]:
         if self.phase is not _Phase.PLACING or self.uas.state not in _UAS_PENDING:
             return []
+        if (event.sdp is not None and self.early_media and self.early_callee is None
+                and not self.delayed):
+            # Early media: the 183's SDP is the answer; rewritten and applied like the 2xx's
+            # would be, so media flows before the call is answered.
+            self.phase = _Phase.EARLY_ANSWER
+            self.early_callee = event.sdp
+            self._early_status = (event.status, event.reason)
+            return [Rewrite(self._answer_op(), event.sdp)]
         return self._ask(Role.UAS, Ring(event.status, event.reason), now)
+
+    def _answer_op(self) -> BridgeOp:
+        if self.delayed:
+            return BridgeOp.DELAYED_VIDEO_OFFER
+        if self.inbound_side is LegSide.MICROSOFT:
+            return BridgeOp.VIDEO_ANSWER
+        return BridgeOp.MICROSOFT_ANSWER
 
     def _connect(self, role: Role, event: Connect, now: float) -> list[CallAction]:
         if self.phase is _Phase.UPDATE_WAIT and self.updater is not None \
@@ -448,20 +487,27 @@ class Call:
             return [Rewrite(op, event.sdp)]
         # the callee answered our INVITE
         assert role is Role.UAC
+        if self.phase is _Phase.EARLY_ANSWER:
+            self._deferred.append((role, event))
+            return []
         if self.ended or self.uas.state not in _UAS_PENDING:
             return self._end(CallResult.CANCELLED, "cancelled",
                              reason_header(487, "call cancelled"), now)
+        if event.sdp is None and self.early_back is not None:
+            event = Connect(self.early_callee)  # the answer came in the 183
         if event.sdp is None:
             return self.rewrite_failed_answer(
                 ProtocolError("the 2xx carries no SDP answer", 488), now)
+        if self.early_back is not None:
+            if self.early_callee is not None and bytes(event.sdp) == bytes(self.early_callee):
+                # The 2xx repeats the early answer (RFC 3261 §13.2.1): media runs already.
+                self.phase = _Phase.ANSWERED
+                self.connected_at = now
+                return [*self._ask(Role.UAS, Connect(self.early_back), now), Connected(now)]
+            self.phase = _Phase.ANSWER
+            return [Rewrite(BridgeOp.FINAL_ANSWER, event.sdp)]
         self.phase = _Phase.ANSWER
-        if self.delayed:
-            op = BridgeOp.DELAYED_VIDEO_OFFER
-        elif self.inbound_side is LegSide.MICROSOFT:
-            op = BridgeOp.VIDEO_ANSWER
-        else:
-            op = BridgeOp.MICROSOFT_ANSWER
-        return [Rewrite(op, event.sdp)]
+        return [Rewrite(self._answer_op(), event.sdp)]
 
     def rewrite_failed_answer(self, error: ProtocolError, now: float) -> list[CallAction]:
         self.phase = _Phase.ANSWER

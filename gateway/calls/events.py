@@ -55,6 +55,7 @@ __all__ = [
     "Timeout",
     "Try",
     "Update",
+    "UpdateIn",
     "reason_header",
 ]
 
@@ -158,6 +159,14 @@ class ReinviteIn:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateIn:
+    """An UPDATE with an offer arrived inside the dialog (RFC 3311; without SDP it is a
+    plain 200, or a session refresh)."""
+
+    sdp: SDP
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseIn:
     """A response to our INVITE or re-INVITE."""
 
@@ -198,7 +207,8 @@ class AckTimeout:
     """Our 2xx was never ACKed (64*T1)."""
 
 
-SipInput = InviteIn | ReinviteIn | ResponseIn | AckIn | ByeIn | CancelIn | Timeout | AckTimeout
+SipInput = (InviteIn | ReinviteIn | UpdateIn | ResponseIn | AckIn | ByeIn | CancelIn | Timeout
+            | AckTimeout)
 
 
 # -- SIP actions (leg -> adapter) ----------------------------------------------------------

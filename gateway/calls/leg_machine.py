@@ -38,6 +38,7 @@ from gateway.calls.events import (
     Timeout,
     Try,
     Update,
+    UpdateIn,
 )
 from gateway.calls.events import (
     LegEvent as LegEventT,
@@ -82,6 +83,7 @@ class EventKind(enum.Enum):
     FAIL = "Fail"
     INVITE_IN = "INVITE in"
     REINVITE_IN = "re-INVITE in"
+    UPDATE_IN = "UPDATE in"
     PROVISIONAL_IN = "1xx in"
     EARLY_MEDIA_IN = "1xx+SDP in"
     SUCCESS_IN = "2xx in"
@@ -109,6 +111,7 @@ _KINDS: Mapping[type, EventKind] = {
     Try: EventKind.TRY, Ring: EventKind.RING, Connect: EventKind.CONNECT,
     Update: EventKind.UPDATE, Disconnect: EventKind.DISCONNECT, Fail: EventKind.FAIL,
     InviteIn: EventKind.INVITE_IN, ReinviteIn: EventKind.REINVITE_IN,
+    UpdateIn: EventKind.UPDATE_IN,
     Timeout: EventKind.TIMEOUT, AckIn: EventKind.ACK_IN, AckTimeout: EventKind.ACK_TIMEOUT,
     ByeIn: EventKind.BYE_IN, CancelIn: EventKind.CANCEL_IN,
 }
@@ -161,7 +164,7 @@ class LegMachine:
     def _stay(self, event: object) -> Step:
         return self.state, []
 
-    def _reinvite_in(self, event: ReinviteIn) -> Step:
+    def _reinvite_in(self, event: ReinviteIn | UpdateIn) -> Step:
         return _S.UPDATING, [Emit(Update(event.sdp))]
 
     def _refuse_reinvite(self, event: object) -> Step:
@@ -205,6 +208,7 @@ class LegMachine:
 IN_CALL: Table = {
     _S.CONNECTED: {
         EventKind.REINVITE_IN: "_reinvite_in",
+        EventKind.UPDATE_IN: "_reinvite_in",  # an UPDATE's offer is relayed the same way
         EventKind.UPDATE: "_update",
         EventKind.ACK_IN: "_confirm_update",  # the ACK of a re-INVITE's 2xx
         EventKind.SUCCESS_IN: "_stay",  # a 2xx retransmission (the stack re-ACKs it)
@@ -215,6 +219,7 @@ IN_CALL: Table = {
         EventKind.CONNECT: "_update_answered",
         EventKind.FAIL: "_update_refused",
         EventKind.REINVITE_IN: "_refuse_reinvite",
+        EventKind.UPDATE_IN: "_refuse_reinvite",
         EventKind.ACK_IN: "_stay",
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect_updating",
@@ -225,6 +230,7 @@ IN_CALL: Table = {
         EventKind.FAILURE_IN: "_reoffer_refused",
         EventKind.TIMEOUT: "_reoffer_timeout",
         EventKind.REINVITE_IN: "_refuse_reinvite",
+        EventKind.UPDATE_IN: "_refuse_reinvite",
         EventKind.ACK_IN: "_stay",
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect",

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from gateway.call import ActiveCall
-from gateway.calls.call import Role
+from gateway.calls.call import CallAction, Role
 from gateway.calls.events import (
     Disconnect,
     LegAction,
@@ -30,6 +30,7 @@ from gateway.calls.events import (
 )
 from gateway.calls.leg_machine import LegMachine
 from gateway.calls.refusals import EXPECTED_ERRORS, media_refusal
+from gateway.calls.services import CallServices
 from gateway.calls.uac_leg import UacLeg
 from gateway.config import MICROSOFT_ZONE
 from gateway.leg import Leg, LegRole
@@ -44,8 +45,8 @@ from sip.stack import SipTimeoutError
 from sip.transaction_server import ServerTransaction
 from sip.uri import Params
 
-if TYPE_CHECKING:
-    from gateway.calls.adapter import CallController
+Step = Callable[[ActiveCall, Callable[[], list[CallAction]], str], object]
+"""The adapter's way of running an input through a call and carrying out its actions."""
 
 __all__ = ["refer"]
 
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 SIPFRAG = "message/sipfrag;version=2.0"
 
 
-async def refer(controller: CallController, active: ActiveCall, leg: Leg,
+async def refer(services: CallServices, step: Step, active: ActiveCall, leg: Leg,
                 tx: ServerTransaction, request: Request) -> None:
     """Answer a REFER on ``leg`` and carry the transfer out."""
     stack = leg.agent.stack
@@ -69,7 +70,7 @@ async def refer(controller: CallController, active: ActiveCall, leg: Leg,
     except ProtocolError:
         stack.respond(tx, 400, "Bad Request: missing or malformed Refer-To")
         return
-    decision = controller.services.router.route(alias_of(refer_to.uri))
+    decision = services.router.route(alias_of(refer_to.uri))
     if isinstance(decision, RouteRefusal) or decision.zone == MICROSOFT_ZONE:
         stack.respond(tx, 403, f"Forbidden: cannot transfer to {alias_of(refer_to.uri)}")
         return
@@ -79,11 +80,11 @@ async def refer(controller: CallController, active: ActiveCall, leg: Leg,
     stack.respond(tx, 202, "Accepted")
     new: tuple[Leg, LegMachine] | None = None
     try:
-        new = await _transfer(controller, active, leg, ms_leg, ms_role, refer_to, decision)
+        new = await _transfer(services, active, leg, ms_leg, ms_role, refer_to, decision)
     except Exception as error:  # noqa: BLE001 - the coding-error guard of the call
         active.core.end_transfer(None, role)
         now = asyncio.get_running_loop().time()
-        controller._step(active, functools.partial(
+        step(active, functools.partial(
             active.core.fault, error, "transferring the call", now), "transferring the call")
         return
     if new is None:
@@ -97,7 +98,7 @@ async def refer(controller: CallController, active: ActiveCall, leg: Leg,
     active.core.end_transfer(machine, role)
 
 
-async def _transfer(controller: CallController, active: ActiveCall, old: Leg, ms_leg: Leg,
+async def _transfer(services: CallServices, active: ActiveCall, old: Leg, ms_leg: Leg,
                     ms_role: Role, refer_to: Address, decision: RouteDecision
                     ) -> tuple[Leg, LegMachine] | None:
     loop = asyncio.get_running_loop()
@@ -106,7 +107,7 @@ async def _transfer(controller: CallController, active: ActiveCall, old: Leg, ms
     assert bridge is not None
     target = decision.targets[0]
     agent = old.agent
-    hop = controller.services.zone_hops(target.zone)[0]
+    hop = services.zone_hops(target.zone)[0]
     uri = replace(alias_to_uri(target.alias, refer_to.uri), params=Params(), headers=())
     try:
         offer = bridge.video_offer_for_transfer()

@@ -83,6 +83,7 @@ UAS_TABLE: Table = {
         _K.BYE_IN: "_bye_in",
         _K.DISCONNECT: "_disconnect",
         _K.REINVITE_IN: "_refuse_reinvite",
+        _K.UPDATE_IN: "_refuse_reinvite",
     },
     **IN_CALL,
 }

@@ -39,6 +39,7 @@ class B2bua:
     inbound: LegSide = LegSide.MICROSOFT
     hops: int = 1
     best_effort: bool = False
+    early_media: bool = True
     auto: bool = True
     """Run each rewrite as soon as it is asked for."""
     now: float = 0.0
@@ -54,7 +55,8 @@ class B2bua:
 
     def __post_init__(self) -> None:
         self.call = Call("call-1", self.now, self.inbound, target_zone="CUCM",
-                         hops=self.hops, best_effort=self.best_effort)
+                         hops=self.hops, best_effort=self.best_effort,
+                         early_media=self.early_media)
 
     # -- driving ----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from gateway.calls.events import (
     Timeout,
     Try,
     Update,
+    UpdateIn,
     reason_header,
 )
 from gateway.calls.leg_machine import EventKind
@@ -51,6 +52,7 @@ SAMPLES: dict[EventKind, LegEvent | SipInput] = {
     EventKind.ACK_TIMEOUT: AckTimeout(),
     EventKind.BYE_IN: ByeIn(),
     EventKind.CANCEL_IN: CancelIn(),
+    EventKind.UPDATE_IN: UpdateIn(OFFER),
 }
 
 

@@ -19,6 +19,7 @@ from gateway.calls.events import (
     SendUpdateAnswer,
     SendUpdateReject,
     Timeout,
+    UpdateIn,
 )
 from gateway.calls.leg_machine import LegState
 from gateway.metrics import CallResult
@@ -246,3 +247,79 @@ def test_delayed_offer_an_ack_without_answer_clears_the_call() -> None:
     b2bua.caller(AckIn(None))
     assert b2bua.to(UAS)[-1] == "SendBye" and b2bua.to(UAC)[-1] == "SendBye"
     assert b2bua.ended
+
+
+# -- early media ----------------------------------------------------------------------------
+
+
+def test_early_media_the_183_sdp_is_rewritten_applied_and_relayed_before_the_200() -> None:
+    b2bua = B2bua()
+    b2bua.invite(sdp("caller", ("audio", "video")))
+    early = sdp("callee", ("audio", "video"))
+    b2bua.callee(ResponseIn(183, "Session Progress", early))
+    progress = b2bua.last(UAS)
+    assert isinstance(progress, SendProvisional) and progress.status == 183
+    assert progress.sdp is not None and progress.sdp.origin.username == "video_answer"
+    assert b2bua.call.uas.state is LegState.EARLY_MEDIA
+    assert b2bua.call.state is CallState.RINGING
+    b2bua.callee(ResponseIn(200, "OK", early))  # the same answer: nothing rewritten again
+    assert [r.op for r in b2bua.rewrites] == [BridgeOp.MICROSOFT_OFFER, BridgeOp.VIDEO_ANSWER]
+    assert b2bua.last(UAS) == SendAnswer(progress.sdp)
+
+
+def test_early_media_a_200_with_another_answer_is_applied_again() -> None:
+    b2bua = B2bua()
+    b2bua.invite(sdp("caller"))
+    b2bua.callee(ResponseIn(183, "Session Progress", sdp("early")))
+    b2bua.callee(ResponseIn(200, "OK", sdp("final")))
+    assert b2bua.rewrites[-1].op is BridgeOp.FINAL_ANSWER
+    answer = b2bua.last(UAS)
+    assert isinstance(answer, SendAnswer) and answer.sdp is not None
+    assert answer.sdp.origin.username == "final_answer"
+
+
+def test_early_media_a_200_while_the_183_is_rewritten_waits_for_it() -> None:
+    b2bua = B2bua(auto=False)
+    b2bua.invite(sdp("caller"))
+    b2bua.finish_rewrite()
+    early = sdp("callee")
+    b2bua.callee(ResponseIn(183, "Session Progress", early))
+    b2bua.callee(ResponseIn(200, "OK", early))
+    assert b2bua.to(UAS) == []
+    b2bua.finish_rewrite()
+    assert b2bua.to(UAS) == ["SendProvisional", "SendAnswer"]
+
+
+def test_a_caller_without_early_media_gets_the_183_without_sdp() -> None:
+    b2bua = B2bua(early_media=False)
+    b2bua.invite(sdp("caller"))
+    b2bua.callee(ResponseIn(183, "Session Progress", sdp("callee")))
+    assert b2bua.last(UAS) == SendProvisional(183, "Session Progress")
+    b2bua.callee(ResponseIn(200, "OK", sdp("callee")))
+    assert b2bua.rewrites[-1].op is BridgeOp.VIDEO_ANSWER
+
+
+def test_an_early_answer_breaking_rfc_3264_gives_502_and_cancels_the_callee() -> None:
+    b2bua = B2bua(auto=False)
+    b2bua.invite(sdp("caller", ("audio", "video")))
+    b2bua.finish_rewrite()
+    b2bua.callee(ResponseIn(183, "Session Progress", sdp("callee")))
+    b2bua.fail_next = BadAnswer("video", sdp("o", ("audio", "video")), sdp("a"))
+    b2bua.finish_rewrite()
+    reject = b2bua.last(UAS)
+    assert isinstance(reject, SendReject) and reject.status == 502
+    assert b2bua.to(UAC)[-1] == "SendCancel"
+
+
+# -- UPDATE -------------------------------------------------------------------------------
+
+
+def test_an_update_with_sdp_mid_call_is_relayed_as_an_offer_and_answered() -> None:
+    b2bua = connected()
+    b2bua.callee(UpdateIn(sdp("cucm-update")))
+    assert b2bua.call.uac is not None and b2bua.call.uac.state is LegState.UPDATING
+    assert b2bua.to(UAS)[-1] == "SendReinvite"
+    b2bua.caller(ResponseIn(200, "OK", sdp("fe-answer")))
+    answer = b2bua.last(UAC)
+    assert isinstance(answer, SendUpdateAnswer) and answer.sdp is not None
+    assert answer.sdp.origin.username == "microsoft_answer"
