@@ -30,6 +30,7 @@ from sip.useragent import ALLOW, UserAgent, response_for
 
 if TYPE_CHECKING:
     from gateway.call import ActiveCall
+    from sip.reliable import ProvisionalAcceptor
     from sip.transaction_client import ClientTransaction
 
 __all__ = [
@@ -55,10 +56,11 @@ UPDATE / INFO without a body (answered 200; with a body they get 501 until the r
 of issue 14 relays them)."""
 MICROSOFT_ALLOW = ALLOW + ", NOTIFY"
 """The Microsoft side: a REFER from Microsoft is refused (403), so it is not allowed."""
-SUPPORTED: frozenset[str] = frozenset()
-"""Option tags (RFC 3261 §19.2) the gateway implements: none yet. ``timer`` (RFC 4028),
-``100rel`` (RFC 3262) and ``replaces`` (RFC 3891) are issue 14's redesign; until then a
-``Require`` naming them gets 420, and no message of ours claims them in ``Supported``."""
+SUPPORTED: frozenset[str] = frozenset({"timer"})
+"""Option tags (RFC 3261 §19.2) a request to the gateway may require: ``timer`` (RFC 4028
+session timers, negotiated on each leg). ``100rel`` is implemented as UAC only (we PRACK a
+callee's reliable 1xx; our INVITEs say ``Supported: 100rel``) and ``replaces`` not at all:
+a ``Require`` naming them gets 420."""
 
 
 def allow_for(side: LegSide) -> str:
@@ -109,6 +111,14 @@ class Leg:
     """UAC: the latest status received for our INVITE."""
     ack_for: ClientTransaction | None = None
     """The INVITE (or re-INVITE) transaction whose 2xx the next ``send_ack`` ACKs."""
+    timer_headers: tuple[tuple[str, str], ...] = ()
+    """UAS: the session-timer headers of our 2xx (RFC 4028 §9)."""
+    peer_allows_update: bool = False
+    """The peer's Allow lists UPDATE (session refreshes then go as UPDATE)."""
+    acceptor: ProvisionalAcceptor | None = None
+    """UAC: RSeq bookkeeping of reliable provisionals to our INVITE (RFC 3262)."""
+    last_reliable: Response | None = None
+    """UAC: the reliable provisional to PRACK."""
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -153,7 +163,8 @@ class Leg:
             self.local_sdp = sdp
         self.agent.stack.send_response(self.server_tx, response)
 
-    def answer(self, sdp: SessionDescription | None) -> Response:
+    def answer(self, sdp: SessionDescription | None,
+               headers: Iterable[tuple[str, str]] = ()) -> Response:
         """Send the 2xx (our SDP when given) and confirm the dialog."""
         if self.server_tx is None:
             raise ProtocolError("no INVITE to answer", 500)
@@ -167,6 +178,8 @@ class Leg:
             content_type="application/sdp" if body else None,
         )
         response.headers.add("Allow", allow_for(self.side))
+        for name, value in headers:
+            response.headers.add(name, value)
         if self.dialog is None:
             self.dialog = Dialog.create_uas(
                 self.invite, response, local_contact=self.agent.contact(self.hop.transport)
@@ -212,11 +225,14 @@ class Leg:
         self.ack_for = None
 
     def answer_in_dialog(self, transaction: ServerTransaction, request: Request,
-                         sdp: SessionDescription | None) -> None:
-        """200 to a re-INVITE, with ``sdp`` when given."""
+                         sdp: SessionDescription | None,
+                         headers: Iterable[tuple[str, str]] = ()) -> None:
+        """200 to a re-INVITE or UPDATE, with ``sdp`` when given."""
         body = bytes(sdp) if sdp is not None else b""
         response = response_for(request, 200, contact=self.agent.contact(self.hop.transport),
                                 body=body, content_type="application/sdp" if body else None)
+        for name, value in headers:
+            response.headers.add(name, value)
         self.agent.stack.send_response(transaction, response)
         if sdp is not None:
             self.local_sdp = sdp

@@ -84,8 +84,9 @@ class RuntimeOptions:
     """RFC 3261 timers of both stacks (tests use a small T1)."""
     pki: LabPKI | None = None
     """The lab PKI; None makes (or loads) it in ``[system] certs``."""
-    ice_timeout: float = 30.0
-    """Seconds ICE toward Microsoft may take before the call is cleared."""
+    ice_timeout: float | None = None
+    """Seconds ICE toward Microsoft may take before the call is cleared (None: the
+    configuration's ``[b2bua] ice_timeout``)."""
     ms_server_name: str | None = None
     """Override of ``[b2bua] ms_tls_name`` (None: the configuration's)."""
     management: bool = True
@@ -154,7 +155,8 @@ class Gateway:
                 stun_server=turn[0].address if turn else None,
                 turn_servers=turn,
                 allowed_networks=b2bua.allowed_networks,
-                connect_timeout=self.options.ice_timeout,
+                connect_timeout=(b2bua.ice_timeout if self.options.ice_timeout is None
+                                 else self.options.ice_timeout),
                 stun_dialect=b2bua.ice_stun_dialect.value,
             ),
         )

@@ -17,7 +17,7 @@ import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from gateway.call import ActiveCall, EndedCall
@@ -34,35 +34,21 @@ from gateway.calls.call import (
     Started,
     ToLeg,
 )
+from gateway.calls.dialogs import CallRun, DialogActions, Route
 from gateway.calls.events import (
     AckIn,
     AckTimeout,
     ByeIn,
     CancelIn,
-    Forget,
-    RefuseReinvite,
-    ReinviteIn,
-    ResponseIn,
-    SendAck,
-    SendAnswer,
-    SendBye,
-    SendCancel,
     SendInvite,
-    SendProvisional,
-    SendReinvite,
     SendReject,
-    SendUpdateAnswer,
-    SendUpdateReject,
-    SipAction,
     SipInput,
-    Timeout,
-    UpdateIn,
+    TimerFired,
     reason_header,
 )
 from gateway.calls.refusals import (
     ICE_FAILURE_TEXT,
     Refusal,
-    relayed_headers,
     rewrite_ip_from,
     sdp_refusal,
     status_of,
@@ -75,17 +61,19 @@ from gateway.leg import Leg, LegRole, SideAgent
 from gateway.metrics import RefusalReason
 from gateway.routing import RouteDecision, RouteRefusal, alias_to_uri
 from gateway.sdp_bridge import SdpBridge, sdp_of, video_security_for
+from gateway.session_timer import Reject, TimerPolicy, uas_negotiate
 from gateway.views import LegSide
 from media.events import MediaEvent, MediaFailed
 from media.rewrite import VideoSecurity
 from media.sdp import SessionDescription
 from media.session import StreamCounters
-from sip.errors import ProtocolError
+from sip.errors import ParseError, ProtocolError
+from sip.extensions import allows
 from sip.headers import Address
-from sip.message import Request, Response
-from sip.stack import ClientRequest, Hop, SipTimeoutError
+from sip.message import Request
+from sip.stack import ClientRequest, Hop
 from sip.transaction_server import ServerState, ServerTransaction
-from sip.uri import URI, Params
+from sip.uri import Params
 
 __all__ = ["CallController", "Refusal"]
 
@@ -94,48 +82,21 @@ logger = logging.getLogger(__name__)
 BROKER_METHODS = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO"})
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """Where the callee's INVITE goes (one hop per peer of the target zone)."""
-
-    agent: SideAgent
-    hops: list[Hop]
-    uri: URI
-    from_: Address
-    to: Address
-    max_forwards: int
-
-
-@dataclass(slots=True, eq=False)
-class _Run:
-    """What the adapter keeps per call beside the call itself."""
-
-    route: _Route
-    reinvites: dict[Role, tuple[ServerTransaction, Request, SessionDescription | None]] = \
-        field(default_factory=dict)
-    incoming: tuple[ServerTransaction, Request, SessionDescription | None] | None = None
-    """The re-INVITE being handled now: answered at once (491, no offer) or kept in
-    ``reinvites`` until the other side answers."""
-
-    def take(self, role: Role
-             ) -> tuple[ServerTransaction, Request, SessionDescription | None] | None:
-        """The re-INVITE an answer is for: the one waiting on ``role``, else the one in."""
-        pending = self.reinvites.pop(role, None)
-        if pending is None:
-            pending, self.incoming = self.incoming, None
-        return pending
-
-
-class CallController:
+class CallController(DialogActions):
     """Admits new calls and carries out their machines' actions (the agents' owner)."""
 
     def __init__(self, services: CallServices) -> None:
         self.services = services
+        b2bua = services.config.b2bua
+        self._policy = TimerPolicy(interval=b2bua.session_expires, min_se=b2bua.min_se,
+                                   enabled=False)
+        """RFC 4028 on both sides: a timer when the peer asks for one (or answers ours)."""
+        self._timers: dict[tuple[str, Role], tuple[float, asyncio.TimerHandle]] = {}
         self.calls: dict[str, ActiveCall] = {}
         """Active calls by id (the inbound leg's Call-ID)."""
         self.ended: collections.deque[EndedCall] = collections.deque(maxlen=100)
         """Summaries of the last 100 ended calls, for tests and logs."""
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, CallRun] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.call_ended = asyncio.Event()
         """Set each time a call ends (cleared by whoever waits on it)."""
@@ -193,13 +154,13 @@ class CallController:
         if method == "BYE":
             stack.respond(transaction, 200)
             self._input(active, role, ByeIn(_reason_of(request)), "handling a BYE")
-        elif method == "INVITE" or method == "UPDATE" and request.body:
+        elif method == "INVITE" or method == "UPDATE":
             self._reinvite(active, role, transaction, request)
         elif method == "REFER":
             return refer(self.services, self._step, active, leg, transaction, request)
         elif method == "OPTIONS":
             leg.agent.answer_options(transaction)
-        elif method in ("INFO", "NOTIFY", "UPDATE") and not request.body:
+        elif method in ("INFO", "NOTIFY") and not request.body:
             stack.respond(transaction, 200)
         else:
             stack.respond(transaction, 501)
@@ -296,6 +257,17 @@ class CallController:
             self._refuse(inbound, Refusal(status_of(error, 488), error.message,
                                           RefusalReason.ZONE_ENCRYPTION))
             return
+        try:
+            negotiated = uas_negotiate(request, self._policy)
+        except ParseError as error:
+            self._refuse(inbound, Refusal(400, f"Bad Request: {error.message}"))
+            return
+        if isinstance(negotiated, Reject):
+            self._refuse(inbound, Refusal(negotiated.status, negotiated.reason,
+                                          headers=negotiated.headers))
+            return
+        inbound.timer_headers = negotiated.headers
+        inbound.peer_allows_update = allows(request, "UPDATE") is True
         route = self._route(agent, request, decision)
         best_effort = (agent.side is LegSide.MICROSOFT and zone is not None
                        and zone.media_encryption is MediaEncryption.BEST_EFFORT
@@ -308,14 +280,15 @@ class CallController:
         active = ActiveCall(core, inbound)
         inbound.call = active
         self.calls[active.call_id] = active  # counted against max_calls from here on
-        self._runs[active.call_id] = _Run(route)
+        self._runs[active.call_id] = CallRun(route)
         session = services.media_session(
             active.call_id, zone, lambda event: self._media_event(active, event))
         active.media = session
         active.bridge = SdpBridge(session, services.encryption, security)
-        self._step(active, lambda: core.invite(offer, now), "setting up the call")
+        self._step(active, lambda: core.invite(offer, now, negotiated.session),
+                   "setting up the call")
 
-    def _route(self, agent: SideAgent, request: Request, decision: RouteDecision) -> _Route:
+    def _route(self, agent: SideAgent, request: Request, decision: RouteDecision) -> Route:
         services = self.services
         target = decision.targets[0]
         out_side = LegSide.MICROSOFT if target.zone == MICROSOFT_ZONE else LegSide.VIDEO
@@ -323,7 +296,7 @@ class CallController:
         from_ = request.from_
         if out_side is LegSide.MICROSOFT:
             from_ = rewrite_ip_from(from_, services.config.system.domain)
-        return _Route(services.agents[out_side], services.zone_hops(target.zone), uri, from_,
+        return Route(services.agents[out_side], services.zone_hops(target.zone), uri, from_,
                       Address(uri, request.to.display_name), target.max_forwards)
 
     # -- feeding the call ------------------------------------------------------------------
@@ -346,7 +319,32 @@ class CallController:
                 logger.exception("[%s] clearing after a fault failed", active.call_id)
                 actions = []
                 self._spawn(self._discard(active))
-        return self._execute(active, actions)
+        pending = self._execute(active, actions)
+        self._arm(active)
+        return pending
+
+    def _arm(self, active: ActiveCall) -> None:
+        """(Re)arm each leg's session timer at its machine's next deadline."""
+        loop = asyncio.get_running_loop()
+        for role, machine in ((Role.UAS, active.core.uas), (Role.UAC, active.core.uac)):
+            key = (active.call_id, role)
+            timer = machine.timer if machine is not None else None
+            deadline = timer.get_timer() if timer is not None and not active.core.ended \
+                else None
+            armed = self._timers.get(key)
+            if armed is not None and armed[0] == deadline:
+                continue
+            if armed is not None:
+                armed[1].cancel()
+                del self._timers[key]
+            if deadline is not None:
+                handle = loop.call_at(deadline, self._timer_fired, active, role)
+                self._timers[key] = (deadline, handle)
+
+    def _timer_fired(self, active: ActiveCall, role: Role) -> None:
+        self._timers.pop((active.call_id, role), None)
+        if not active.core.ended:
+            self._input(active, role, TimerFired(), "running the session timer")
 
     def _execute(self, active: ActiveCall, actions: list[CallAction]) -> list[ClientRequest]:
         """Carry out the call's actions in order; returns the BYEs and CANCELled INVITEs
@@ -400,166 +398,6 @@ class CallController:
                             active.inbound.remote_text, action.action.status,
                             action.action.reason)
 
-    # -- SIP actions -------------------------------------------------------------------------
-
-    def _sip(self, active: ActiveCall, role: Role, leg: Leg, action: SipAction
-             ) -> ClientRequest | None:
-        if isinstance(action, SendProvisional):
-            leg.provisional(action.status, action.reason or None, action.sdp)
-        elif isinstance(action, SendAnswer):
-            leg.answer(action.sdp)
-        elif isinstance(action, SendReject):
-            leg.reject(action.status, action.reason, action.headers)
-        elif isinstance(action, SendAck):
-            leg.send_ack()
-        elif isinstance(action, SendCancel):
-            client = leg.client
-            if client is not None:
-                client.cancel()
-                return client
-        elif isinstance(action, SendBye):
-            return leg.bye(action.reason)
-        elif isinstance(action, Forget):
-            leg.forget()
-        elif isinstance(action, SendReinvite):
-            self._send_reinvite(active, role, leg, action.sdp)
-        elif isinstance(action, SendUpdateAnswer):
-            pending = self._runs[active.call_id].take(role)
-            if pending is not None:
-                tx, request, offer = pending
-                if offer is not None:
-                    leg.remote_sdp = offer
-                leg.answer_in_dialog(tx, request, action.sdp or leg.local_sdp)
-        elif isinstance(action, SendUpdateReject):
-            pending = self._runs[active.call_id].take(role)
-            if pending is not None and pending[0].state in (ServerState.TRYING,
-                                                            ServerState.PROCEEDING):
-                leg.agent.stack.respond(pending[0], action.status, action.reason)
-        elif isinstance(action, RefuseReinvite):
-            run = self._runs[active.call_id]
-            incoming, run.incoming = run.incoming, None
-            if incoming is not None:
-                leg.agent.stack.respond(incoming[0], action.status, action.reason)
-        return None
-
-    def _send_invite(self, active: ActiveCall, action: SendInvite) -> None:
-        route = self._runs[active.call_id].route
-        body = bytes(action.sdp) if action.sdp is not None else b""
-        if action.retry and active.outbound is not None:
-            leg = active.outbound
-            leg.invite = leg.agent.retry_invite(leg.invite, leg.hop, body)
-            leg.last_status = None
-        else:
-            hop = route.hops[active.core.hop_index]
-            invite = route.agent.new_invite(route.uri, hop, from_=route.from_, to=route.to,
-                                            max_forwards=route.max_forwards, body=body)
-            leg = Leg(route.agent.side, route.agent, LegRole.UAC, invite.call_id, hop, invite,
-                      call=active)
-            active.outbound = leg
-        leg.local_sdp = action.sdp
-        client = leg.agent.stack.start_request(
-            leg.invite, leg.hop, on_provisional=functools.partial(self._provisional, active, leg))
-        leg.client = client
-        self._spawn(self._final(active, leg, client))
-
-    def _provisional(self, active: ActiveCall, leg: Leg, response: Response) -> None:
-        if active.outbound is not leg:
-            return
-        leg.last_status = response.status
-        try:
-            sdp = sdp_of(response)
-        except ProtocolError:
-            sdp = None
-        self._input(active, Role.UAC, ResponseIn(response.status, response.reason, sdp),
-                    "relaying a provisional answer")
-
-    async def _final(self, active: ActiveCall, leg: Leg, client: ClientRequest) -> None:
-        try:
-            response = await client.response()
-        except SipTimeoutError as error:
-            if leg.client is client:
-                leg.client = None
-                self._input(active, Role.UAC, Timeout(error.transport_error),
-                            "handling a timeout")
-            return
-        if leg.client is not client or active.outbound is not leg:
-            return
-        leg.client = None
-        leg.last_status = response.status
-        if not 200 <= response.status < 300:
-            self._input(active, Role.UAC, ResponseIn(response.status, response.reason,
-                                                     headers=relayed_headers(response)),
-                        "relaying the final answer")
-            return
-        try:
-            leg.confirm_uac(response, client.transaction)
-        except ProtocolError as error:
-            logger.warning("[%s] unusable 2xx: %s", active.call_id, error.message)
-            self._input(active, Role.UAC,
-                        ResponseIn(502, "Bad Gateway: unusable 2xx from the called side"),
-                        "relaying the final answer")
-            return
-        try:
-            sdp = sdp_of(response)
-        except ProtocolError as error:
-            logger.warning("[%s] unusable SDP in the 2xx: %s", active.call_id, error.message)
-            sdp = None
-        leg.remote_sdp = sdp
-        self._input(active, Role.UAC, ResponseIn(response.status, response.reason, sdp),
-                    "relaying the answer")
-
-    def _reinvite(self, active: ActiveCall, role: Role, tx: ServerTransaction,
-                  request: Request) -> None:
-        try:
-            offer = sdp_of(request)
-        except ProtocolError as error:
-            active.leg(role).agent.stack.respond(tx, status_of(error, 400), error.message)
-            return
-        run = self._runs[active.call_id]
-        run.incoming = (tx, request, offer)
-        try:
-            event = ReinviteIn(offer) if request.method == "INVITE" else UpdateIn(offer)
-            self._input(active, role, event, "relaying a re-INVITE")
-        finally:
-            if run.incoming is not None:  # taken on: it waits for the other side's answer
-                run.reinvites[role] = run.incoming
-                run.incoming = None
-
-    def _send_reinvite(self, active: ActiveCall, role: Role, leg: Leg,
-                       sdp: SessionDescription | None) -> None:
-        if leg.dialog is None:
-            raise ProtocolError("re-INVITE needs a dialog", 500)
-        body = bytes(sdp) if sdp is not None else b""
-        request, hop = leg.agent.dialog_request(
-            leg.dialog, "INVITE", body=body, content_type="application/sdp" if body else None)
-        client = leg.agent.stack.start_request(request, hop)
-        self._spawn(self._reinvite_answer(active, role, leg, request, client, sdp))
-
-    async def _reinvite_answer(self, active: ActiveCall, role: Role, leg: Leg,
-                               request: Request, client: ClientRequest,
-                               sdp: SessionDescription | None) -> None:
-        try:
-            response = await client.response()
-        except SipTimeoutError:
-            if active.leg(role) is leg and not active.core.ended:
-                self._input(active, role, Timeout(), "relaying a re-INVITE")
-            return
-        if active.leg(role) is not leg or active.core.ended or leg.dialog is None:
-            return
-        leg.dialog.receive_response(request, response)
-        answer = None
-        if 200 <= response.status < 300:
-            leg.ack_for = client.transaction
-            leg.local_sdp = sdp
-            try:
-                answer = sdp_of(response)
-            except ProtocolError as error:
-                logger.warning("[%s] unusable SDP in a re-INVITE 2xx: %s", active.call_id,
-                               error.message)
-            leg.remote_sdp = answer or leg.remote_sdp
-        self._input(active, role, ResponseIn(response.status, response.reason, answer),
-                    "relaying a re-INVITE")
-
     # -- the bridge ----------------------------------------------------------------------------
 
     async def _rewrite(self, active: ActiveCall, rewrite: Rewrite) -> None:
@@ -610,6 +448,10 @@ class CallController:
         if not core.ended:
             core.clear("gateway stopped", 503, asyncio.get_running_loop().time())
         self._runs.pop(active.call_id, None)
+        for role in Role:
+            armed = self._timers.pop((active.call_id, role), None)
+            if armed is not None:
+                armed[1].cancel()
         counters: tuple[StreamCounters, ...] = ()
         if active.media is not None:
             try:

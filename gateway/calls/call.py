@@ -16,8 +16,21 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from gateway.calls.actions import (
+    BridgeOp,
+    CallAction,
+    CallState,
+    Connected,
+    Count,
+    Ended,
+    Outcome,
+    ResetBridge,
+    Rewrite,
+    Role,
+    Started,
+    ToLeg,
+)
 from gateway.calls.events import (
     Confirm,
     Connect,
@@ -28,7 +41,6 @@ from gateway.calls.events import (
     LegAction,
     LegEvent,
     Ring,
-    SipAction,
     SipInput,
     Timeout,
     Try,
@@ -43,7 +55,8 @@ from gateway.calls.refusals import (
 )
 from gateway.calls.uac_leg import UacLeg
 from gateway.calls.uas_leg import UasLeg
-from gateway.metrics import CallResult, RefusalReason
+from gateway.metrics import CallResult
+from gateway.session_timer import Session
 from gateway.views import LegSide
 from media.sdp import SessionDescription
 from sip.errors import ProtocolError
@@ -65,98 +78,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class Role(enum.Enum):
-    UAS = "uas"
-    """The caller's leg."""
-    UAC = "uac"
-    """The callee's leg."""
-
-
-class CallState(enum.Enum):
-    """Where a call is, as /status shows it."""
-
-    TRYING = "trying"
-    RINGING = "ringing"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-
-
-class BridgeOp(enum.Enum):
-    """Which ``SdpBridge`` rewrite (``gateway.sdp_bridge``) a :class:`Rewrite` asks for."""
-
-    MICROSOFT_OFFER = "microsoft_offer"
-    VIDEO_OFFER = "video_offer"
-    DELAYED_OFFER = "delayed_offer"
-    VIDEO_ANSWER = "video_answer"
-    MICROSOFT_ANSWER = "microsoft_answer"
-    DELAYED_VIDEO_OFFER = "delayed_video_offer"
-    DELAYED_VIDEO_ANSWER = "delayed_video_answer"
-    PLAIN_VIDEO_OFFER = "plain_video_offer"
-    FINAL_ANSWER = "final_answer"
-    """The 2xx's answer differs from the early one (183) already applied."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a call ended: for the metrics and the log."""
-
-    result: CallResult
-    reason: str
-
-
-# -- actions (call -> adapter) --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ToLeg:
-    """A SIP action for one leg's dialog."""
-
-    role: Role
-    action: SipAction
-
-
-@dataclass(frozen=True, slots=True)
-class Rewrite:
-    """Run a bridge rewrite; its result comes back through ``rewritten`` /
-    ``rewrite_failed``."""
-
-    op: BridgeOp
-    sdp: SessionDescription | None
-
-
-@dataclass(frozen=True, slots=True)
-class ResetBridge:
-    """An offer/answer was abandoned: the bridge forgets its pending exchange."""
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """Media is set up and the callee is being called: the call counts from now."""
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    """A refusal counter to bump."""
-
-    metric: RefusalReason
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """The call is over: close media, give ports back, count it, log it once."""
-
-    outcome: Outcome
-
-
-CallAction = ToLeg | Rewrite | ResetBridge | Started | Connected | Count | Ended
 
 
 class _Phase(enum.Enum):
@@ -258,9 +179,10 @@ class Call:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    def invite(self, sdp: SessionDescription | None, now: float) -> list[CallAction]:
-        """The caller's INVITE, admitted."""
-        return self.sip(Role.UAS, InviteIn(sdp), now)
+    def invite(self, sdp: SessionDescription | None, now: float,
+               session: Session | None = None) -> list[CallAction]:
+        """The caller's INVITE, admitted (``session``: the timer our 2xx will set)."""
+        return self.sip(Role.UAS, InviteIn(sdp, session), now)
 
     def sip(self, role: Role, event: SipInput, now: float) -> list[CallAction]:
         """What ``role``'s dialog received."""
@@ -514,16 +436,18 @@ class Call:
         return self.rewrite_failed(error, now)
 
     def _fail(self, role: Role, event: Fail, now: float) -> list[CallAction]:
+        if self.machine(role).state is LegState.DISCONNECTING:
+            # The leg ended itself with a BYE: our 2xx never ACKed, or its session timer
+            # expired (RFC 4028 §10). The other leg is cleared with the same cause.
+            logger.warning("[%s] the %s leg ended: %s; clearing the call", self.call_id,
+                           self.side(role).value, event.reason)
+            return self._end(CallResult.FAILED, event.reason,
+                             reason_header(event.status, event.reason), now)
         if self.phase is _Phase.UPDATE_WAIT and self.updater is not None \
                 and role is _other(self.updater):
             self.phase = _Phase.CONNECTED
             return [ResetBridge(), *self._ask(self.updater, Fail(event.status, event.reason),
                                               now)]
-        if role is Role.UAS:  # our 2xx was never ACKed: the UAS leg BYEd already
-            logger.warning("[%s] no ACK for our 2xx within 64*T1: clearing the call",
-                           self.call_id)
-            return self._end(CallResult.FAILED, event.reason,
-                             reason_header(408, "no ACK received"), now)
         if self.ended:
             return []
         timeout, self._timeout = self._timeout, None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.session_timer import Session
 from media.sdp import SessionDescription
 from sip.errors import LocalProtocolError
 
@@ -39,6 +40,8 @@ __all__ = [
     "LegAction",
     "LegEvent",
     "LegStateError",
+    "RefreshAnswered",
+    "RefreshIn",
     "ReinviteIn",
     "ResponseIn",
     "Ring",
@@ -47,12 +50,15 @@ __all__ = [
     "SendBye",
     "SendCancel",
     "SendInvite",
+    "SendPrack",
+    "SendRefresh",
     "SendProvisional",
     "SendReinvite",
     "SendReject",
     "SipAction",
     "SipInput",
     "Timeout",
+    "TimerFired",
     "Try",
     "Update",
     "UpdateIn",
@@ -149,6 +155,8 @@ class InviteIn:
     """The dialog-creating INVITE arrived (UAS)."""
 
     sdp: SDP
+    session: Session | None = None
+    """The session timer negotiated for our 2xx (RFC 4028 §9), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +182,10 @@ class ResponseIn:
     reason: str
     sdp: SDP = None
     headers: tuple[Header, ...] = ()
+    session: Session | None = None
+    """A 2xx's session timer (RFC 4028 §7.2), if it set one."""
+    reliable: bool = False
+    """A new reliable provisional (RFC 3262 ``Require: 100rel``): it gets a PRACK."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +219,29 @@ class AckTimeout:
     """Our 2xx was never ACKed (64*T1)."""
 
 
+@dataclass(frozen=True, slots=True)
+class RefreshIn:
+    """The peer refreshed the session (a re-INVITE or UPDATE, RFC 4028 §9)."""
+
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshAnswered:
+    """The answer to our session refresh: a 2xx (with the session it set, None: keep
+    the current one), or a failure (``status`` None: no answer)."""
+
+    status: int | None
+    session: Session | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The leg's session timer reached its deadline (RFC 4028 §10)."""
+
+
 SipInput = (InviteIn | ReinviteIn | UpdateIn | ResponseIn | AckIn | ByeIn | CancelIn | Timeout
-            | AckTimeout)
+            | AckTimeout | RefreshIn | RefreshAnswered | TimerFired)
 
 
 # -- SIP actions (leg -> adapter) ----------------------------------------------------------
@@ -253,6 +286,16 @@ class SendReinvite:
 @dataclass(frozen=True, slots=True)
 class SendAck:
     """ACK a 2xx (of the initial INVITE or a re-INVITE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendPrack:
+    """PRACK the reliable provisional just received (RFC 3262 §4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendRefresh:
+    """Refresh the session (RFC 4028 §7.4): UPDATE, or a re-INVITE with our last SDP."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +346,6 @@ class Emit:
 
 
 SipAction = (SendProvisional | SendAnswer | SendReject | SendInvite | SendReinvite | SendAck
-             | SendCancel | SendBye | Forget | SendUpdateAnswer | SendUpdateReject
-             | RefuseReinvite)
+             | SendPrack | SendRefresh | SendCancel | SendBye | Forget | SendUpdateAnswer
+             | SendUpdateReject | RefuseReinvite)
 LegAction = SipAction | Emit

@@ -25,24 +25,30 @@ from gateway.calls.events import (
     InviteIn,
     LegAction,
     LegStateError,
+    RefreshAnswered,
+    RefreshIn,
     RefuseReinvite,
     ReinviteIn,
     ResponseIn,
     Ring,
     SendAck,
     SendBye,
+    SendRefresh,
     SendReinvite,
     SendUpdateAnswer,
     SendUpdateReject,
     SipInput,
     Timeout,
+    TimerFired,
     Try,
     Update,
     UpdateIn,
+    reason_header,
 )
 from gateway.calls.events import (
     LegEvent as LegEventT,
 )
+from gateway.session_timer import Session, SessionTimer, TimerAction
 
 __all__ = ["IN_CALL", "EventKind", "LegMachine", "LegState", "Table", "kind_of"]
 
@@ -93,6 +99,9 @@ class EventKind(enum.Enum):
     ACK_TIMEOUT = "no ACK"
     BYE_IN = "BYE in"
     CANCEL_IN = "CANCEL in"
+    REFRESH_IN = "refresh in"
+    REFRESH_ANSWERED = "refresh answered"
+    TIMER = "session timer"
 
 
 def kind_of(event: LegEventT | SipInput) -> EventKind:
@@ -114,6 +123,8 @@ _KINDS: Mapping[type, EventKind] = {
     UpdateIn: EventKind.UPDATE_IN,
     Timeout: EventKind.TIMEOUT, AckIn: EventKind.ACK_IN, AckTimeout: EventKind.ACK_TIMEOUT,
     ByeIn: EventKind.BYE_IN, CancelIn: EventKind.CANCEL_IN,
+    RefreshIn: EventKind.REFRESH_IN, RefreshAnswered: EventKind.REFRESH_ANSWERED,
+    TimerFired: EventKind.TIMER,
 }
 
 
@@ -132,6 +143,10 @@ class LegMachine:
 
     def __init__(self) -> None:
         self.state = LegState.IDLE
+        self.timer: SessionTimer | None = None
+        """The session timer of this leg (RFC 4028), once one was negotiated on it."""
+        self.now = 0.0
+        """``now`` of the event being handled."""
         self.history: list[tuple[EventKind, LegState]] = []
         self.changed_at: float | None = None
         """``now`` of the last transition."""
@@ -149,6 +164,7 @@ class LegMachine:
             raise LegStateError(f"{self.name} leg: {kind.value} not allowed in state "
                                 f"{self.state.value}")
         handler: Handler = getattr(type(self), name)
+        self.now = now
         state, actions = handler(self, event)
         self.history.append((kind, state))
         self.state = state
@@ -204,9 +220,59 @@ class LegMachine:
     def _confirm_update(self, event: AckIn) -> Step:
         return self.state, []
 
+    # -- session timer (RFC 4028), each leg on its own --------------------------------------
+
+    def start_timer(self, session: Session | None) -> None:
+        if session is not None:
+            self.timer = SessionTimer(session, self.now)
+
+    def _refresh_in(self, event: RefreshIn) -> Step:
+        if self.timer is None:
+            self.start_timer(event.session)
+        else:
+            self.timer.refreshed(event.session, self.now)
+        return self.state, []
+
+    def _refresh_answered(self, event: RefreshAnswered) -> Step:
+        timer = self.timer
+        if timer is None:
+            return self.state, []
+        if event.status is not None and 200 <= event.status < 300:
+            timer.refreshed(event.session or timer.session, self.now)
+            return self.state, []
+        if timer.refresh_failed(event.status, self.now) is TimerAction.EXPIRE:
+            return self._expire(f"session refresh failed ({event.status or 'no answer'})")
+        return self.state, []
+
+    def _timer_fired(self, event: TimerFired) -> Step:
+        timer = self.timer
+        if timer is None:
+            return self.state, []
+        action = timer.handle_timer(self.now)
+        if action is TimerAction.EXPIRE:
+            return self._expire("session expired (no refresh)")
+        if action is TimerAction.REFRESH:
+            if self.state is _S.CONNECTED:
+                return self.state, [SendRefresh()]
+            # An offer/answer is under way (itself a refresh once answered): look again soon.
+            timer.refresh_at = min(self.now + 1.0, timer.expire_at)
+        return self.state, []
+
+    def _expire(self, text: str) -> Step:
+        """RFC 4028 §10: the session is over; BYE, and the call is cleared."""
+        reason = reason_header(408, text)
+        return _S.DISCONNECTING, [SendBye(reason), Emit(Fail(408, text))]
+
+
+_TIMER_ROWS = {
+    EventKind.REFRESH_IN: "_refresh_in",
+    EventKind.REFRESH_ANSWERED: "_refresh_answered",
+    EventKind.TIMER: "_timer_fired",
+}
 
 IN_CALL: Table = {
     _S.CONNECTED: {
+        **_TIMER_ROWS,
         EventKind.REINVITE_IN: "_reinvite_in",
         EventKind.UPDATE_IN: "_reinvite_in",  # an UPDATE's offer is relayed the same way
         EventKind.UPDATE: "_update",
@@ -216,6 +282,7 @@ IN_CALL: Table = {
         EventKind.DISCONNECT: "_disconnect",
     },
     _S.UPDATING: {
+        **_TIMER_ROWS,
         EventKind.CONNECT: "_update_answered",
         EventKind.FAIL: "_update_refused",
         EventKind.REINVITE_IN: "_refuse_reinvite",
@@ -225,6 +292,7 @@ IN_CALL: Table = {
         EventKind.DISCONNECT: "_disconnect_updating",
     },
     _S.REOFFERING: {
+        **_TIMER_ROWS,
         EventKind.PROVISIONAL_IN: "_stay",
         EventKind.SUCCESS_IN: "_reoffer_answered",
         EventKind.FAILURE_IN: "_reoffer_refused",
@@ -236,6 +304,8 @@ IN_CALL: Table = {
         EventKind.DISCONNECT: "_disconnect",
     },
     _S.DISCONNECTING: {
+        EventKind.REFRESH_ANSWERED: "_stay",
+        EventKind.TIMER: "_stay",
         EventKind.BYE_IN: "_bye_crossed",
         EventKind.DISCONNECT: "_stay",
         EventKind.ACK_IN: "_stay",

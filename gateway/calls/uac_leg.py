@@ -13,12 +13,14 @@ from gateway.calls.events import (
     Connect,
     Emit,
     Fail,
+    LegAction,
     ResponseIn,
     Ring,
     SendAck,
     SendBye,
     SendCancel,
     SendInvite,
+    SendPrack,
     Timeout,
     Try,
     reason_header,
@@ -43,12 +45,13 @@ class UacLeg(LegMachine):
         if event.status == 100:
             return self.state, []
         state = _S.EARLY_MEDIA if self.state is _S.EARLY_MEDIA else _S.RINGING
-        return state, [Emit(Ring(event.status, event.reason))]
+        return state, [*_prack(event), Emit(Ring(event.status, event.reason))]
 
     def _early_media(self, event: ResponseIn) -> Step:
-        return _S.EARLY_MEDIA, [Emit(Ring(event.status, event.reason, event.sdp))]
+        return _S.EARLY_MEDIA, [*_prack(event), Emit(Ring(event.status, event.reason, event.sdp))]
 
     def _answered(self, event: ResponseIn) -> Step:
+        self.start_timer(event.session)  # the 2xx sets the session timer (RFC 4028 §7.2)
         return _S.CONNECTED, [SendAck(), Emit(Connect(event.sdp))]
 
     def _refused(self, event: ResponseIn) -> Step:
@@ -67,6 +70,11 @@ class UacLeg(LegMachine):
 
     def _cancelled(self, event: object) -> Step:
         return _S.DISCONNECTED, []
+
+
+def _prack(event: ResponseIn) -> list[LegAction]:
+    """RFC 3262 §4: a new reliable provisional is PRACKed before it is passed on."""
+    return [SendPrack()] if event.reliable else []
 
 
 _PENDING = {

@@ -26,6 +26,7 @@ from gateway.calls.events import (
     reason_header,
 )
 from gateway.calls.leg_machine import IN_CALL, EventKind, LegMachine, LegState, Step, Table
+from gateway.session_timer import Session
 
 __all__ = ["UAS_TABLE", "UasLeg"]
 
@@ -37,8 +38,10 @@ class UasLeg(LegMachine):
     """The leg toward the caller."""
 
     name = "caller"
+    _session: Session | None = None
 
     def _invite(self, event: InviteIn) -> Step:
+        self._session = event.session
         return _S.TRYING, [Emit(Try(event.sdp))]
 
     def _ring(self, event: Ring) -> Step:
@@ -47,6 +50,7 @@ class UasLeg(LegMachine):
         return state, [SendProvisional(event.status, event.reason, event.sdp)]
 
     def _connect(self, event: Connect) -> Step:
+        self.start_timer(self._session)  # the session timer runs from our 2xx (RFC 4028 §9)
         return _S.CONNECTING, [SendAnswer(event.sdp)]
 
     def _fail(self, event: Fail) -> Step:
@@ -84,6 +88,8 @@ UAS_TABLE: Table = {
         _K.DISCONNECT: "_disconnect",
         _K.REINVITE_IN: "_refuse_reinvite",
         _K.UPDATE_IN: "_refuse_reinvite",
+        _K.REFRESH_IN: "_refresh_in",
+        _K.TIMER: "_timer_fired",
     },
     **IN_CALL,
 }

@@ -15,17 +15,21 @@ from gateway.calls.events import (
     InviteIn,
     LegAction,
     LegEvent,
+    RefreshAnswered,
+    RefreshIn,
     ReinviteIn,
     ResponseIn,
     Ring,
     SipInput,
     Timeout,
+    TimerFired,
     Try,
     Update,
     UpdateIn,
     reason_header,
 )
 from gateway.calls.leg_machine import EventKind
+from gateway.session_timer import Refresher, Session
 from media.sdp import SessionDescription, parse_sdp
 
 __all__ = ["OFFER", "SAMPLES", "render"]
@@ -53,6 +57,9 @@ SAMPLES: dict[EventKind, LegEvent | SipInput] = {
     EventKind.BYE_IN: ByeIn(),
     EventKind.CANCEL_IN: CancelIn(),
     EventKind.UPDATE_IN: UpdateIn(OFFER),
+    EventKind.REFRESH_IN: RefreshIn(Session(90, Refresher.UAC, Refresher.UAS)),
+    EventKind.REFRESH_ANSWERED: RefreshAnswered(200),
+    EventKind.TIMER: TimerFired(),
 }
 
 

@@ -9,6 +9,8 @@ from gateway.calls.events import (
     AckTimeout,
     ByeIn,
     CancelIn,
+    RefreshAnswered,
+    RefreshIn,
     ReinviteIn,
     ResponseIn,
     SendAnswer,
@@ -19,11 +21,13 @@ from gateway.calls.events import (
     SendUpdateAnswer,
     SendUpdateReject,
     Timeout,
+    TimerFired,
     UpdateIn,
 )
 from gateway.calls.leg_machine import LegState
 from gateway.metrics import CallResult
 from gateway.sdp_bridge import BadAnswer
+from gateway.session_timer import Refresher, Session
 from gateway.views import LegSide
 from media.port_pool import PortPoolExhausted
 from tests.gateway.calls.harness import B2bua, sdp
@@ -323,3 +327,63 @@ def test_an_update_with_sdp_mid_call_is_relayed_as_an_offer_and_answered() -> No
     answer = b2bua.last(UAC)
     assert isinstance(answer, SendUpdateAnswer) and answer.sdp is not None
     assert answer.sdp.origin.username == "microsoft_answer"
+
+
+# -- session timers (RFC 4028) and 100rel (RFC 3262) ----------------------------------------
+
+
+def test_a_callee_refreshing_keeps_the_call_and_silence_clears_it_with_bye() -> None:
+    b2bua = B2bua()
+    b2bua.invite(sdp("caller"))
+    cucm = Session(90, Refresher.UAS, Refresher.UAC)  # the callee refreshes
+    b2bua.callee(ResponseIn(200, "OK", sdp("callee"), session=cucm))
+    b2bua.caller(AckIn())
+    uac = b2bua.call.uac
+    assert uac is not None and uac.timer is not None
+    assert uac.timer.get_timer() == 60.0 and uac.timer.refresh_at is None  # 90 - min(32, 30)
+    b2bua.tick(50.0)
+    b2bua.callee(RefreshIn(Session(90, Refresher.UAC, Refresher.UAS)))
+    b2bua.tick(50.0)  # 100 s: alive thanks to the refresh at 50 s
+    b2bua.callee(TimerFired())
+    assert not b2bua.ended and uac.timer.get_timer() == 110.0
+    b2bua.tick(10.0)
+    b2bua.callee(TimerFired())
+    bye = b2bua.last(UAC)
+    assert isinstance(bye, SendBye) and bye.reason is not None and "cause=408" in bye.reason[1]
+    assert b2bua.to(UAS)[-1] == "SendBye"  # the caller's leg is cleared too
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED
+
+
+def test_the_refresher_refreshes_half_way_and_a_481_ends_the_session() -> None:
+    b2bua = B2bua()
+    b2bua.invite(sdp("caller"))
+    ours = Session(120, Refresher.UAC, Refresher.UAC)  # we refresh the callee's leg
+    b2bua.callee(ResponseIn(200, "OK", sdp("callee"), session=ours))
+    b2bua.caller(AckIn())
+    b2bua.tick(60.0)
+    b2bua.callee(TimerFired())
+    assert b2bua.to(UAC)[-1] == "SendRefresh"
+    b2bua.callee(RefreshAnswered(200))
+    b2bua.tick(60.0)
+    b2bua.callee(TimerFired())
+    assert b2bua.to(UAC).count("SendRefresh") == 2
+    b2bua.callee(RefreshAnswered(481))
+    assert b2bua.to(UAC)[-1] == "SendBye" and b2bua.ended
+
+
+def test_each_leg_has_its_own_session_timer() -> None:
+    b2bua = B2bua(inbound=LegSide.VIDEO)
+    caller = Session(90, Refresher.UAC, Refresher.UAS)  # the caller refreshes its leg
+    b2bua.run(b2bua.call.invite(sdp("cucm"), b2bua.now, caller))
+    b2bua.callee(ResponseIn(200, "OK", sdp("fe")))  # Microsoft set no timer
+    b2bua.caller(AckIn())
+    assert b2bua.call.uas.timer is not None and b2bua.call.uac is not None
+    assert b2bua.call.uac.timer is None
+
+
+def test_a_reliable_183_is_pracked_before_it_is_relayed() -> None:
+    b2bua = B2bua()
+    b2bua.invite(sdp("caller"))
+    b2bua.callee(ResponseIn(183, "Session Progress", sdp("callee"), reliable=True))
+    assert b2bua.to(UAC) == ["SendInvite", "SendPrack"]
+    assert b2bua.to(UAS) == ["SendProvisional"]
