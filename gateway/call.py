@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from gateway.calls.call import Call, CallState, Outcome, Role
+from gateway.calls.actions import CallState, Outcome, Role
+from gateway.calls.call import Call
 from gateway.leg import Leg
 from gateway.sdp_bridge import SdpBridge
 from media.session import MediaSession, StreamCounters

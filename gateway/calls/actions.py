@@ -18,6 +18,7 @@ __all__ = [
     "Count",
     "Ended",
     "Outcome",
+    "Phase",
     "ResetBridge",
     "Rewrite",
     "Role",
@@ -116,3 +117,21 @@ class Ended:
 
 
 CallAction = ToLeg | Rewrite | ResetBridge | Started | Connected | Count | Ended
+
+
+class Phase(enum.Enum):
+    """Where a call is between its two legs (what it waits for)."""
+
+    OFFER = "offer"  # the caller's offer is being rewritten (ports bound)
+    RETRY = "retry"  # best effort: the plain-RTP offer is being written
+    PLACING = "placing"  # the callee's INVITE is out
+    EARLY_ANSWER = "early-answer"  # the callee's 183 SDP (early media) is being rewritten
+    ANSWER = "answer"  # the callee's answer is being rewritten (media applied)
+    ANSWERED = "answered"  # our 2xx is out to the caller
+    DELAYED_ANSWER = "delayed-answer"  # the caller's ACK answer is being applied
+    CONNECTED = "connected"
+    UPDATE_OFFER = "update-offer"  # a re-INVITE's offer is being rewritten
+    UPDATE_WAIT = "update-wait"  # the other leg's re-INVITE is out
+    UPDATE_ANSWER = "update-answer"  # its answer is being rewritten
+    TRANSFER = "transfer"  # a REFER is being carried out (the adapter owns it)
+    ENDED = "ended"

@@ -17,13 +17,10 @@ import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
 from typing import Any
 
 from gateway.call import ActiveCall, EndedCall
-from gateway.calls.call import (
-    BridgeOp,
-    Call,
+from gateway.calls.actions import (
     CallAction,
     Connected,
     Count,
@@ -34,7 +31,9 @@ from gateway.calls.call import (
     Started,
     ToLeg,
 )
-from gateway.calls.dialogs import CallRun, DialogActions, Route
+from gateway.calls.admission import admit, route_of, run_rewrite
+from gateway.calls.call import Call
+from gateway.calls.dialogs import CallRun, DialogActions
 from gateway.calls.events import (
     AckIn,
     AckTimeout,
@@ -49,31 +48,27 @@ from gateway.calls.events import (
 from gateway.calls.refusals import (
     ICE_FAILURE_TEXT,
     Refusal,
-    rewrite_ip_from,
     sdp_refusal,
     status_of,
 )
 from gateway.calls.services import CallServices
 from gateway.calls.transfer import refer
-from gateway.config import MICROSOFT_ZONE, MediaEncryption
+from gateway.config import MediaEncryption
 from gateway.im_session import NO_BROKER, is_im_session
 from gateway.leg import Leg, LegRole, SideAgent
 from gateway.metrics import RefusalReason
-from gateway.routing import RouteDecision, RouteRefusal, alias_to_uri
+from gateway.routing import RouteDecision
 from gateway.sdp_bridge import SdpBridge, sdp_of, video_security_for
 from gateway.session_timer import Reject, TimerPolicy, uas_negotiate
 from gateway.views import LegSide
 from media.events import MediaEvent, MediaFailed
 from media.rewrite import VideoSecurity
-from media.sdp import SessionDescription
 from media.session import StreamCounters
 from sip.errors import ParseError, ProtocolError
 from sip.extensions import allows
-from sip.headers import Address
 from sip.message import Request
 from sip.stack import ClientRequest, Hop
 from sip.transaction_server import ServerState, ServerTransaction
-from sip.uri import Params
 
 __all__ = ["CallController", "Refusal"]
 
@@ -201,27 +196,7 @@ class CallController(DialogActions):
 
     def admit(self, agent: SideAgent, request: Request) -> Refusal | RouteDecision:
         """The admission checks (no side effects but the log)."""
-        services = self.services
-        if services.draining:
-            return Refusal(503, "Service Unavailable: gateway shutting down",
-                           RefusalReason.DRAINING, (("Retry-After", "30"),))
-        source = services.source_zone(agent.side, request)
-        result = services.router.route_request(
-            request, source_zone=source, identity=services.identity)
-        if isinstance(result, RouteRefusal):
-            metric = {404: RefusalReason.NO_ROUTE, 482: RefusalReason.LOOP,
-                      483: RefusalReason.TOO_MANY_HOPS}.get(result.status)
-            return Refusal(result.status, result.reason, metric)
-        target_side = (LegSide.MICROSOFT if result.zone == MICROSOFT_ZONE else LegSide.VIDEO)
-        if target_side is agent.side:
-            return Refusal(404, f"Not Found: {result.alias} routes back to the "
-                                f"{agent.side.value} side", RefusalReason.NO_ROUTE)
-        limit = services.config.b2bua.max_calls
-        if len(self.calls) >= limit:
-            return Refusal(503, f"Service Unavailable: call limit of {limit} reached",
-                           RefusalReason.MAX_CALLS,
-                           (("Retry-After", str(services.retry_after)),))
-        return result
+        return admit(self.services, len(self.calls), agent, request)
 
     def _invite(self, agent: SideAgent, tx: ServerTransaction, request: Request) -> None:
         services = self.services
@@ -268,7 +243,7 @@ class CallController(DialogActions):
             return
         inbound.timer_headers = negotiated.headers
         inbound.peer_allows_update = allows(request, "UPDATE") is True
-        route = self._route(agent, request, decision)
+        route = route_of(self.services, agent, request, decision)
         best_effort = (agent.side is LegSide.MICROSOFT and zone is not None
                        and zone.media_encryption is MediaEncryption.BEST_EFFORT
                        and security is VideoSecurity.SRTP)
@@ -287,17 +262,6 @@ class CallController(DialogActions):
         active.bridge = SdpBridge(session, services.encryption, security)
         self._step(active, lambda: core.invite(offer, now, negotiated.session),
                    "setting up the call")
-
-    def _route(self, agent: SideAgent, request: Request, decision: RouteDecision) -> Route:
-        services = self.services
-        target = decision.targets[0]
-        out_side = LegSide.MICROSOFT if target.zone == MICROSOFT_ZONE else LegSide.VIDEO
-        uri = replace(alias_to_uri(target.alias, request.uri), params=Params(), headers=())
-        from_ = request.from_
-        if out_side is LegSide.MICROSOFT:
-            from_ = rewrite_ip_from(from_, services.config.system.domain)
-        return Route(services.agents[out_side], services.zone_hops(target.zone), uri, from_,
-                      Address(uri, request.to.display_name), target.max_forwards)
 
     # -- feeding the call ------------------------------------------------------------------
 
@@ -404,7 +368,7 @@ class CallController(DialogActions):
         bridge = active.bridge
         assert bridge is not None
         try:
-            result = await _bridge_op(bridge, rewrite.op, rewrite.sdp)
+            result = await run_rewrite(bridge, rewrite.op, rewrite.sdp)
         except Exception as error:  # noqa: BLE001 - the call maps it (or fails with 500)
             now = asyncio.get_running_loop().time()
             self._step(active, functools.partial(active.core.rewrite_failed, error, now),
@@ -497,30 +461,6 @@ class CallController(DialogActions):
             await self._discard(active)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
-
-
-async def _bridge_op(bridge: SdpBridge, op: BridgeOp, sdp: SessionDescription | None
-                     ) -> SessionDescription | None:
-    if op is BridgeOp.DELAYED_OFFER:
-        return await bridge.delayed_offer()
-    if op is BridgeOp.PLAIN_VIDEO_OFFER:
-        return bridge.plain_video_offer()
-    if sdp is None:
-        raise ProtocolError(f"{op.value} needs an SDP", 500)
-    if op is BridgeOp.MICROSOFT_OFFER:
-        return await bridge.microsoft_offer(sdp)
-    if op is BridgeOp.VIDEO_OFFER:
-        return await bridge.video_offer(sdp)
-    if op is BridgeOp.VIDEO_ANSWER:
-        return await bridge.video_answer(sdp)
-    if op is BridgeOp.MICROSOFT_ANSWER:
-        return await bridge.microsoft_answer(sdp)
-    if op is BridgeOp.DELAYED_VIDEO_OFFER:
-        return bridge.delayed_video_offer(sdp)
-    if op is BridgeOp.FINAL_ANSWER:
-        return await bridge.final_answer(sdp)
-    await bridge.delayed_video_answer(sdp)
-    return None
 
 
 def _option_tags(request: Request, header: str) -> set[str]:

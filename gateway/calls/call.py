@@ -13,7 +13,6 @@ here does I/O or reads a clock: ``now`` is passed in, actions come out, and
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ from gateway.calls.actions import (
     Count,
     Ended,
     Outcome,
+    Phase,
     ResetBridge,
     Rewrite,
     Role,
@@ -61,39 +61,9 @@ from gateway.views import LegSide
 from media.sdp import SessionDescription
 from sip.errors import ProtocolError
 
-__all__ = [
-    "BridgeOp",
-    "Call",
-    "CallAction",
-    "CallState",
-    "Connected",
-    "Count",
-    "Ended",
-    "Outcome",
-    "ResetBridge",
-    "Rewrite",
-    "Role",
-    "Started",
-    "ToLeg",
-]
+__all__ = ["Call"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Phase(enum.Enum):
-    OFFER = "offer"  # the caller's offer is being rewritten (ports bound)
-    RETRY = "retry"  # best effort: the plain-RTP offer is being written
-    PLACING = "placing"  # the callee's INVITE is out
-    EARLY_ANSWER = "early-answer"  # the callee's 183 SDP (early media) is being rewritten
-    ANSWER = "answer"  # the callee's answer is being rewritten (media applied)
-    ANSWERED = "answered"  # our 2xx is out to the caller
-    DELAYED_ANSWER = "delayed-answer"  # the caller's ACK answer is being applied
-    CONNECTED = "connected"
-    UPDATE_OFFER = "update-offer"  # a re-INVITE's offer is being rewritten
-    UPDATE_WAIT = "update-wait"  # the other leg's re-INVITE is out
-    UPDATE_ANSWER = "update-answer"  # its answer is being rewritten
-    TRANSFER = "transfer"  # a REFER is being carried out (the adapter owns it)
-    ENDED = "ended"
 
 
 _UAS_PENDING = (LegState.TRYING, LegState.RINGING, LegState.EARLY_MEDIA)
@@ -129,7 +99,7 @@ class Call:
         """The inbound leg (a UAC machine after a transfer of the caller's side)."""
         self.uac: LegMachine | None = None
         """The outbound leg."""
-        self.phase: _Phase | None = None
+        self.phase: Phase | None = None
         self.delayed = False
         """The caller's INVITE had no SDP: we offered toward Microsoft; the answer for the
         caller is our 2xx's offer and the caller's answer comes in its ACK."""
@@ -148,13 +118,13 @@ class Call:
 
     @property
     def ended(self) -> bool:
-        return self.phase is _Phase.ENDED
+        return self.phase is Phase.ENDED
 
     @property
     def state(self) -> CallState:
         if self.ended:
             return CallState.DISCONNECTED
-        if self.phase in (_Phase.ANSWERED, _Phase.DELAYED_ANSWER):
+        if self.phase in (Phase.ANSWERED, Phase.DELAYED_ANSWER):
             return CallState.CONNECTING
         if self.connected_at is not None:
             return CallState.CONNECTED
@@ -165,7 +135,7 @@ class Call:
     @property
     def connected(self) -> bool:
         """Both legs up and no offer/answer or transfer under way."""
-        return self.phase is _Phase.CONNECTED
+        return self.phase is Phase.CONNECTED
 
     def machine(self, role: Role) -> LegMachine:
         if role is Role.UAS:
@@ -193,10 +163,10 @@ class Call:
     def rewritten(self, sdp: SessionDescription | None, now: float) -> list[CallAction]:
         """The bridge's result for the last :class:`Rewrite`."""
         phase = self.phase
-        if phase is _Phase.OFFER or phase is _Phase.RETRY:
-            return self._place(sdp, now, retry=phase is _Phase.RETRY)
-        if phase is _Phase.EARLY_ANSWER:
-            self.phase = _Phase.PLACING
+        if phase is Phase.OFFER or phase is Phase.RETRY:
+            return self._place(sdp, now, retry=phase is Phase.RETRY)
+        if phase is Phase.EARLY_ANSWER:
+            self.phase = Phase.PLACING
             self.early_back = sdp
             status, reason = self._early_status
             actions = self._ask(Role.UAS, Ring(status, reason, sdp), now)
@@ -204,21 +174,21 @@ class Call:
             for role, event in deferred:
                 actions += self._on_event(role, event, now)
             return actions
-        if phase is _Phase.ANSWER:
-            self.phase = _Phase.ANSWERED
+        if phase is Phase.ANSWER:
+            self.phase = Phase.ANSWERED
             actions = self._ask(Role.UAS, Connect(sdp), now)
             self.connected_at = now
             return [*actions, Connected(now)]
-        if phase is _Phase.DELAYED_ANSWER:
-            self.phase = _Phase.CONNECTED
+        if phase is Phase.DELAYED_ANSWER:
+            self.phase = Phase.CONNECTED
             return []
-        if phase is _Phase.UPDATE_OFFER:
+        if phase is Phase.UPDATE_OFFER:
             assert self.updater is not None
-            self.phase = _Phase.UPDATE_WAIT
+            self.phase = Phase.UPDATE_WAIT
             return self._ask(_other(self.updater), Update(sdp), now)
-        if phase is _Phase.UPDATE_ANSWER:
+        if phase is Phase.UPDATE_ANSWER:
             assert self.updater is not None
-            self.phase = _Phase.CONNECTED
+            self.phase = Phase.CONNECTED
             logger.info("[%s] re-INVITE from the %s side: %s", self.call_id,
                         self.side(self.updater).value,
                         ", ".join(m.direction for m in sdp.media) if sdp else "-")
@@ -229,33 +199,33 @@ class Call:
         """The bridge refused (``EXPECTED_ERRORS``: mapped to a status) or broke (anything
         else: a coding error, one 500)."""
         phase = self.phase
-        if phase is _Phase.ENDED or phase is None:
+        if phase is Phase.ENDED or phase is None:
             return []
         if not isinstance(error, EXPECTED_ERRORS):
-            what = {_Phase.OFFER: "setting up media", _Phase.ANSWER: "placing the call",
-                    _Phase.EARLY_ANSWER: "relaying early media",
-                    _Phase.DELAYED_ANSWER: "applying the ACK's answer"}.get(
+            what = {Phase.OFFER: "setting up media", Phase.ANSWER: "placing the call",
+                    Phase.EARLY_ANSWER: "relaying early media",
+                    Phase.DELAYED_ANSWER: "applying the ACK's answer"}.get(
                 phase, "relaying a re-INVITE")
             return self.fault(error, what, now)
-        if phase in (_Phase.OFFER, _Phase.RETRY):
+        if phase in (Phase.OFFER, Phase.RETRY):
             refusal = media_refusal(error)
             actions: list[CallAction] = [] if refusal.metric is None else [Count(refusal.metric)]
             actions += self._ask(Role.UAS, Fail(refusal.status, refusal.reason), now)
             return actions + self._end(CallResult.FAILED, "refused", None, now)
-        if phase is _Phase.ANSWER or phase is _Phase.EARLY_ANSWER:
+        if phase is Phase.ANSWER or phase is Phase.EARLY_ANSWER:
             refusal = callee_refusal(error)
             logger.warning("[%s] answer cannot be relayed: %s", self.call_id, refusal.reason)
             actions = self._ask(Role.UAS, Fail(refusal.status, refusal.reason), now)
             reason = reason_header(refusal.status, refusal.reason)
             return actions + self._end(CallResult.FAILED, refusal.reason, reason, now)
-        if phase is _Phase.DELAYED_ANSWER:
+        if phase is Phase.DELAYED_ANSWER:
             refusal = media_refusal(error)
             return self._end(CallResult.FAILED, refusal.reason,
                              reason_header(refusal.status, refusal.reason), now)
         # a re-INVITE's offer or answer: refused, the call goes on with what it had
         refusal = media_refusal(error)
         assert self.updater is not None
-        self.phase = _Phase.CONNECTED
+        self.phase = Phase.CONNECTED
         return [ResetBridge(), *self._ask(self.updater, Fail(refusal.status, refusal.reason),
                                           now)]
 
@@ -298,14 +268,14 @@ class Call:
     def begin_transfer(self) -> bool:
         if not self.connected:
             return False
-        self.phase = _Phase.TRANSFER
+        self.phase = Phase.TRANSFER
         return True
 
     def end_transfer(self, new_leg: LegMachine | None, replaced: Role) -> None:
         """The transfer is over; ``new_leg`` (connected) replaces the ``replaced`` leg."""
         if self.ended:
             return
-        self.phase = _Phase.CONNECTED
+        self.phase = Phase.CONNECTED
         if new_leg is None:
             return
         if replaced is Role.UAC:
@@ -340,7 +310,7 @@ class Call:
 
     def _on_event(self, role: Role, event: LegEvent, now: float) -> list[CallAction]:
         if isinstance(event, Try):  # the caller's INVITE
-            self.phase = _Phase.OFFER
+            self.phase = Phase.OFFER
             if event.sdp is None:
                 self.delayed = True
                 return [Rewrite(BridgeOp.DELAYED_OFFER, None)]
@@ -367,7 +337,7 @@ class Call:
             logger.info("[%s] %s refused SRTP (488): offering plain RTP (best effort)",
                         self.call_id, self.target_zone)
         self.offer = sdp
-        self.phase = _Phase.PLACING
+        self.phase = Phase.PLACING
         actions: list[CallAction] = []
         if not self.counted and not retry:
             self.counted = True
@@ -377,13 +347,13 @@ class Call:
         return actions + self._ask(Role.UAC, Try(sdp), now)
 
     def _ring(self, event: Ring, now: float) -> list[CallAction]:
-        if self.phase is not _Phase.PLACING or self.uas.state not in _UAS_PENDING:
+        if self.phase is not Phase.PLACING or self.uas.state not in _UAS_PENDING:
             return []
         if (event.sdp is not None and self.early_media and self.early_callee is None
                 and not self.delayed):
             # Early media: the 183's SDP is the answer; rewritten and applied like the 2xx's
             # would be, so media flows before the call is answered.
-            self.phase = _Phase.EARLY_ANSWER
+            self.phase = Phase.EARLY_ANSWER
             self.early_callee = event.sdp
             self._early_status = (event.status, event.reason)
             return [Rewrite(self._answer_op(), event.sdp)]
@@ -397,19 +367,19 @@ class Call:
         return BridgeOp.MICROSOFT_ANSWER
 
     def _connect(self, role: Role, event: Connect, now: float) -> list[CallAction]:
-        if self.phase is _Phase.UPDATE_WAIT and self.updater is not None \
+        if self.phase is Phase.UPDATE_WAIT and self.updater is not None \
                 and role is _other(self.updater):
             if event.sdp is None:
-                self.phase = _Phase.CONNECTED
+                self.phase = Phase.CONNECTED
                 return [ResetBridge(), *self._ask(
                     self.updater, Fail(488, "re-INVITE 2xx without SDP"), now)]
-            self.phase = _Phase.UPDATE_ANSWER
+            self.phase = Phase.UPDATE_ANSWER
             op = (BridgeOp.VIDEO_ANSWER if self.side(self.updater) is LegSide.MICROSOFT
                   else BridgeOp.MICROSOFT_ANSWER)
             return [Rewrite(op, event.sdp)]
         # the callee answered our INVITE
         assert role is Role.UAC
-        if self.phase is _Phase.EARLY_ANSWER:
+        if self.phase is Phase.EARLY_ANSWER:
             self._deferred.append((role, event))
             return []
         if self.ended or self.uas.state not in _UAS_PENDING:
@@ -423,16 +393,16 @@ class Call:
         if self.early_back is not None:
             if self.early_callee is not None and bytes(event.sdp) == bytes(self.early_callee):
                 # The 2xx repeats the early answer (RFC 3261 §13.2.1): media runs already.
-                self.phase = _Phase.ANSWERED
+                self.phase = Phase.ANSWERED
                 self.connected_at = now
                 return [*self._ask(Role.UAS, Connect(self.early_back), now), Connected(now)]
-            self.phase = _Phase.ANSWER
+            self.phase = Phase.ANSWER
             return [Rewrite(BridgeOp.FINAL_ANSWER, event.sdp)]
-        self.phase = _Phase.ANSWER
+        self.phase = Phase.ANSWER
         return [Rewrite(self._answer_op(), event.sdp)]
 
     def rewrite_failed_answer(self, error: ProtocolError, now: float) -> list[CallAction]:
-        self.phase = _Phase.ANSWER
+        self.phase = Phase.ANSWER
         return self.rewrite_failed(error, now)
 
     def _fail(self, role: Role, event: Fail, now: float) -> list[CallAction]:
@@ -443,9 +413,9 @@ class Call:
                            self.side(role).value, event.reason)
             return self._end(CallResult.FAILED, event.reason,
                              reason_header(event.status, event.reason), now)
-        if self.phase is _Phase.UPDATE_WAIT and self.updater is not None \
+        if self.phase is Phase.UPDATE_WAIT and self.updater is not None \
                 and role is _other(self.updater):
-            self.phase = _Phase.CONNECTED
+            self.phase = Phase.CONNECTED
             return [ResetBridge(), *self._ask(self.updater, Fail(event.status, event.reason),
                                               now)]
         if self.ended:
@@ -459,7 +429,7 @@ class Call:
             return self._place(self.offer, now, retry=False)
         if event.status == 488 and self.best_effort:
             self.best_effort = False  # once
-            self.phase = _Phase.RETRY
+            self.phase = Phase.RETRY
             return [Rewrite(BridgeOp.PLAIN_VIDEO_OFFER, None)]
         if timeout is not None:
             status = 503 if timeout.transport_error else 408
@@ -472,16 +442,16 @@ class Call:
         return actions + self._end(result, f"{event.status} {event.reason}", None, now)
 
     def _confirm(self, event: Confirm, now: float) -> list[CallAction]:
-        if self.phase is not _Phase.ANSWERED:
+        if self.phase is not Phase.ANSWERED:
             return []
         if self.delayed:
             if event.sdp is None:
                 return self._end(CallResult.FAILED, "the ACK carries no SDP answer to our offer",
                                  reason_header(488, "the ACK carries no SDP answer to our "
                                                     "offer"), now)
-            self.phase = _Phase.DELAYED_ANSWER
+            self.phase = Phase.DELAYED_ANSWER
             return [Rewrite(BridgeOp.DELAYED_VIDEO_ANSWER, event.sdp)]
-        self.phase = _Phase.CONNECTED
+        self.phase = Phase.CONNECTED
         return []
 
     def _update(self, role: Role, event: Update, now: float) -> list[CallAction]:
@@ -493,7 +463,7 @@ class Call:
             # changes nothing we relay).
             return self._ask(role, Connect(None), now)
         self.updater = role
-        self.phase = _Phase.UPDATE_OFFER
+        self.phase = Phase.UPDATE_OFFER
         op = (BridgeOp.MICROSOFT_OFFER if self.side(role) is LegSide.MICROSOFT
               else BridgeOp.VIDEO_OFFER)
         return [Rewrite(op, event.sdp)]
@@ -510,7 +480,7 @@ class Call:
         """End the call once: ask each leg still up to disconnect, then ``Ended``."""
         if self.ended:
             return []
-        self.phase = _Phase.ENDED
+        self.phase = Phase.ENDED
         self.outcome = Outcome(result, text)
         actions: list[CallAction] = []
         for role in (Role.UAS, Role.UAC):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.call import ActiveCall
-from gateway.calls.call import Role
+from gateway.calls.actions import Role
 from gateway.calls.events import (
     Forget,
     RefreshAnswered,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from gateway.call import ActiveCall
-from gateway.calls.call import CallAction, Role
+from gateway.calls.actions import CallAction, Role
 from gateway.calls.events import (
     Disconnect,
     LegAction,

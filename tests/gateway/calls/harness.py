@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.calls.call import (
+from gateway.calls.actions import (
     BridgeOp,
-    Call,
     CallAction,
     Ended,
     Rewrite,
     Role,
     ToLeg,
 )
+from gateway.calls.call import Call
 from gateway.calls.events import SipAction, SipInput
 from gateway.views import LegSide
 from media.sdp import SessionDescription, parse_sdp

@@ -3,7 +3,15 @@ harness (scripted caller and callee, fake bridge, the clock by hand)."""
 
 from __future__ import annotations
 
-from gateway.calls.call import BridgeOp, CallState, Connected, Outcome, ResetBridge, Role, Started
+from gateway.calls.actions import (
+    BridgeOp,
+    CallState,
+    Connected,
+    Outcome,
+    ResetBridge,
+    Role,
+    Started,
+)
 from gateway.calls.events import (
     AckIn,
     AckTimeout,
