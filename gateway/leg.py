@@ -2,7 +2,7 @@
 
 A :class:`SideAgent` is the UA core of one side (its own :class:`SipStack`, listeners, Via
 and Contact); it hands new requests, in-dialog requests, ACKs, CANCELs and ACK timeouts
-to its owner (the controller) together with the :class:`Leg` they belong to. A leg is
+to its owner (the call adapter, ``gateway.calls.adapter``) together with the :class:`Leg` they belong to. A leg is
 either the UAS of an inbound INVITE or the UAC of an outbound one; either way it ends up
 holding one confirmed :class:`Dialog`.
 """
@@ -51,9 +51,9 @@ logger = logging.getLogger(__name__)
 GATEWAY_ALLOW = ALLOW + ", REFER, NOTIFY"
 """Every method the B2BUA takes inside a call, on one side or the other."""
 VIDEO_ALLOW = GATEWAY_ALLOW
-"""The video side: REFER (we carry out the transfer of the Microsoft client), NOTIFY and
-UPDATE / INFO without a body (answered 200; with a body they get 501 until the redesign
-of issue 14 relays them)."""
+"""The video side: REFER (we carry out the transfer of the Microsoft client), NOTIFY,
+UPDATE (with SDP relayed as an offer, without it answered 200: a session refresh) and INFO
+without a body (answered 200; with one 501)."""
 MICROSOFT_ALLOW = ALLOW + ", NOTIFY"
 """The Microsoft side: a REFER from Microsoft is refused (403), so it is not allowed."""
 SUPPORTED: frozenset[str] = frozenset({"timer"})
@@ -278,7 +278,7 @@ class Leg:
 
 
 class LegOwner(Protocol):
-    """What a :class:`SideAgent` reports to (the call controller)."""
+    """What a :class:`SideAgent` reports to (the call adapter)."""
 
     def screen(self, agent: SideAgent, transaction: ServerTransaction, request: Request) -> bool:
         """First look at every request (trusted hosts): False when it was answered."""
@@ -324,7 +324,7 @@ class SideAgent(UserAgent):
 
     def unsupported(self, request: Request) -> list[str]:
         """``Require`` tags we do not implement (answered 420 with ``Unsupported``, RFC 3261
-        §8.2.2.3, by the UA core before the request reaches the controller)."""
+        §8.2.2.3, by the UA core before the request reaches call control)."""
         tags = super().unsupported(request)
         if self.side is LegSide.MICROSOFT:
             # Microsoft's own ms-* tags (MS-SIPRE extensions the FE and Edge act on) have
@@ -335,8 +335,7 @@ class SideAgent(UserAgent):
         return tags
 
     def answer_options(self, transaction: ServerTransaction) -> None:
-        """200 to OPTIONS with this side's Allow (and no Supported: we implement no option
-        tag yet)."""
+        """200 to OPTIONS with this side's Allow and the option tags a request may require."""
         headers = [("Allow", allow_for(self.side)), ("Accept", "application/sdp")]
         if self.supported:
             headers.append(("Supported", ", ".join(sorted(self.supported))))
@@ -421,7 +420,7 @@ class SideAgent(UserAgent):
     def handle_too_many_hops(
         self, transaction: ServerTransaction, request: Request
     ) -> Awaitable[None] | None:
-        # A new INVITE goes to the controller, whose routing answers it 483 and counts the
+        # A new INVITE goes to call control, whose routing answers it 483 and counts the
         # refusal (too_many_hops); anything else gets the UA's plain 483.
         if request.method == "INVITE" and request.to.tag is None:
             return self.handle_new_request(transaction, request)
