@@ -2,9 +2,9 @@
 
 A :class:`SideAgent` is the UA core of one side (its own :class:`SipStack`, listeners, Via
 and Contact); it hands new requests, in-dialog requests, ACKs, CANCELs and ACK timeouts
-to its owner (the call adapter, ``gateway.calls.adapter``) together with the :class:`Leg` they belong to. A leg is
-either the UAS of an inbound INVITE or the UAC of an outbound one; either way it ends up
-holding one confirmed :class:`Dialog`.
+to its owner (the call adapter, ``gateway.calls.adapter``) together with the
+:class:`Leg` they belong to. A leg is either the UAS of an inbound INVITE or the UAC of an
+outbound one; either way it ends up holding one confirmed :class:`Dialog`.
 """
 
 from __future__ import annotations

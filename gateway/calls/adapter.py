@@ -59,13 +59,12 @@ from gateway.leg import Leg, LegRole, SideAgent
 from gateway.metrics import RefusalReason
 from gateway.routing import RouteDecision
 from gateway.sdp_bridge import SdpBridge, sdp_of, video_security_for
-from gateway.session_timer import Reject, TimerPolicy, uas_negotiate
+from gateway.session_timer import Reject, TimerPolicy, UasAnswer, uas_negotiate
 from gateway.views import LegSide
 from media.events import MediaEvent, MediaFailed
 from media.rewrite import VideoSecurity
 from media.session import StreamCounters
 from sip.errors import ParseError, ProtocolError
-from sip.extensions import allows
 from sip.message import Request
 from sip.stack import ClientRequest, Hop
 from sip.transaction_server import ServerState, ServerTransaction
@@ -87,6 +86,8 @@ class CallController(DialogActions):
                                    enabled=False)
         """RFC 4028 on both sides: a timer when the peer asks for one (or answers ours)."""
         self._timers: dict[tuple[str, Role], tuple[float, asyncio.TimerHandle]] = {}
+        self._inline: list[Rewrite] | None = None
+        """While a coroutine runs an input: the rewrites it asked for, run in it."""
         self.calls: dict[str, ActiveCall] = {}
         """Active calls by id (the inbound leg's Call-ID)."""
         self.ended: collections.deque[EndedCall] = collections.deque(maxlen=100)
@@ -127,7 +128,7 @@ class CallController(DialogActions):
         self, agent: SideAgent, transaction: ServerTransaction, request: Request
     ) -> Awaitable[None] | None:
         if request.method == "INVITE":
-            self._invite(agent, transaction, request)
+            return self._invite(agent, transaction, request)
         elif request.method == "OPTIONS":
             agent.answer_options(transaction)
         elif request.method in BROKER_METHODS and agent.side is LegSide.MICROSOFT:
@@ -198,7 +199,7 @@ class CallController(DialogActions):
         """The admission checks (no side effects but the log)."""
         return admit(self.services, len(self.calls), agent, request)
 
-    def _invite(self, agent: SideAgent, tx: ServerTransaction, request: Request) -> None:
+    async def _invite(self, agent: SideAgent, tx: ServerTransaction, request: Request) -> None:
         services = self.services
         now = asyncio.get_running_loop().time()
         source = tx.source if isinstance(tx.source, Hop) else services.hop_of(tx.source)
@@ -233,7 +234,8 @@ class CallController(DialogActions):
                                           RefusalReason.ZONE_ENCRYPTION))
             return
         try:
-            negotiated = uas_negotiate(request, self._policy)
+            negotiated = (uas_negotiate(request, self._policy) if _asks_timer(request)
+                          else NO_TIMER)
         except ParseError as error:
             self._refuse(inbound, Refusal(400, f"Bad Request: {error.message}"))
             return
@@ -242,7 +244,6 @@ class CallController(DialogActions):
                                           headers=negotiated.headers))
             return
         inbound.timer_headers = negotiated.headers
-        inbound.peer_allows_update = allows(request, "UPDATE") is True
         route = route_of(self.services, agent, request, decision)
         best_effort = (agent.side is LegSide.MICROSOFT and zone is not None
                        and zone.media_encryption is MediaEncryption.BEST_EFFORT
@@ -260,10 +261,27 @@ class CallController(DialogActions):
             active.call_id, zone, lambda event: self._media_event(active, event))
         active.media = session
         active.bridge = SdpBridge(session, services.encryption, security)
-        self._step(active, lambda: core.invite(offer, now, negotiated.session),
-                   "setting up the call")
+        await self._step_inline(active, lambda: core.invite(offer, now, negotiated.session),
+                                "setting up the call")
 
     # -- feeding the call ------------------------------------------------------------------
+
+    async def _ainput(self, active: ActiveCall, role: Role, event: SipInput, what: str
+                      ) -> None:
+        """``_input`` from a coroutine: the rewrite it leads to runs in it (no new task)."""
+        now = asyncio.get_running_loop().time()
+        await self._step_inline(active, lambda: active.core.sip(role, event, now), what)
+
+    async def _step_inline(self, active: ActiveCall, step: Callable[[], list[CallAction]],
+                           what: str) -> None:
+        outer, self._inline = self._inline, []
+        try:
+            self._step(active, step, what)
+            rewrites = self._inline
+        finally:
+            self._inline = outer
+        for rewrite in rewrites:
+            await self._rewrite(active, rewrite)
 
     def _input(self, active: ActiveCall, role: Role, event: SipInput, what: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -289,6 +307,10 @@ class CallController(DialogActions):
 
     def _arm(self, active: ActiveCall) -> None:
         """(Re)arm each leg's session timer at its machine's next deadline."""
+        core = active.core
+        if core.uas.timer is None and (core.uac is None or core.uac.timer is None) \
+                and not self._timers:
+            return
         loop = asyncio.get_running_loop()
         for role, machine in ((Role.UAS, active.core.uas), (Role.UAC, active.core.uac)):
             key = (active.call_id, role)
@@ -332,7 +354,10 @@ class CallController(DialogActions):
                 if sent is not None:
                     pending.append(sent)
             elif isinstance(action, Rewrite):
-                self._spawn(self._rewrite(active, action))
+                if self._inline is not None:
+                    self._inline.append(action)  # the coroutine that asked runs it
+                else:
+                    self._spawn(self._rewrite(active, action))
             elif isinstance(action, ResetBridge):
                 if active.bridge is not None:
                     active.bridge.pending = None
@@ -371,11 +396,13 @@ class CallController(DialogActions):
             result = await run_rewrite(bridge, rewrite.op, rewrite.sdp)
         except Exception as error:  # noqa: BLE001 - the call maps it (or fails with 500)
             now = asyncio.get_running_loop().time()
-            self._step(active, functools.partial(active.core.rewrite_failed, error, now),
-                       "rewriting SDP")
+            await self._step_inline(
+                active, functools.partial(active.core.rewrite_failed, error, now),
+                "rewriting SDP")
             return
         now = asyncio.get_running_loop().time()
-        self._step(active, lambda: active.core.rewritten(result, now), "relaying SDP")
+        await self._step_inline(active, lambda: active.core.rewritten(result, now),
+                                "relaying SDP")
 
     # -- media ---------------------------------------------------------------------------------
 
@@ -461,6 +488,16 @@ class CallController(DialogActions):
             await self._discard(active)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+NO_TIMER = UasAnswer(None)
+
+
+def _asks_timer(message: Request) -> bool:
+    """The request carries Session-Expires or Min-SE (with ``enabled=False`` our policy
+    sets no timer otherwise, so there is nothing to parse)."""
+    headers = message.headers
+    return any(name in headers for name in ("Session-Expires", "x", "Min-SE"))
 
 
 def _option_tags(request: Request, header: str) -> set[str]:

@@ -135,6 +135,10 @@ class DialogActions:
     def _input(self, active: ActiveCall, role: Role, event: SipInput, what: str) -> None:
         raise NotImplementedError
 
+    async def _ainput(self, active: ActiveCall, role: Role, event: SipInput, what: str
+                      ) -> None:
+        raise NotImplementedError
+
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         raise NotImplementedError
 
@@ -212,7 +216,8 @@ class DialogActions:
             return
         leg.last_status = response.status
         reliable = False
-        if response.status > 100 and requires(response, TAG_100REL):
+        if response.status > 100 and "Require" in response.headers \
+                and requires(response, TAG_100REL):
             if leg.acceptor is None or leg.acceptor.invite is not leg.invite:
                 leg.acceptor = ProvisionalAcceptor(leg.invite)
             kind = leg.acceptor.classify(response)
@@ -266,16 +271,17 @@ class DialogActions:
             logger.warning("[%s] unusable SDP in the 2xx: %s", active.call_id, error.message)
             sdp = None
         leg.remote_sdp = sdp
-        leg.peer_allows_update = allows(response, "UPDATE") is True
-        try:
-            session = uac_negotiate(response)
-        except ProtocolError as error:
-            logger.warning("[%s] session timer of the 2xx ignored: %s", active.call_id,
-                           error.message)
-            session = None
-        self._input(active, Role.UAC, ResponseIn(response.status, response.reason, sdp,
-                                                 session=session),
-                    "relaying the answer")
+        session = None
+        if "Session-Expires" in response.headers or "x" in response.headers:
+            leg.peer_allows_update = allows(response, "UPDATE") is True
+            try:
+                session = uac_negotiate(response)
+            except ProtocolError as error:
+                logger.warning("[%s] session timer of the 2xx ignored: %s", active.call_id,
+                               error.message)
+        await self._ainput(active, Role.UAC, ResponseIn(response.status, response.reason, sdp,
+                                                        session=session),
+                           "relaying the answer")
 
     def _retry_after_422(self, active: ActiveCall, leg: Leg, response: Response) -> bool:
         """RFC 4028 §7.3: a 422 names the shortest interval the callee takes; our INVITE
@@ -344,7 +350,7 @@ class DialogActions:
         if leg.dialog is None or timer is None:
             return
         headers = refresh_headers(timer.session, self._policy)
-        if leg.peer_allows_update:
+        if leg.peer_allows_update or leg.role is LegRole.UAS and allows(leg.invite, "UPDATE"):
             request, hop = leg.agent.dialog_request(leg.dialog, "UPDATE", headers=headers)
         else:
             body = bytes(leg.local_sdp) if leg.local_sdp is not None else b""
