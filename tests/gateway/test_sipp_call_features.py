@@ -27,6 +27,7 @@ import pytest
 
 from certs.pki import LabPKI
 from tests.gateway.conftest import (
+    FE_HOST,
     RunningGateway,
     Scenario,
     counters,
@@ -35,8 +36,12 @@ from tests.gateway.conftest import (
     require_peers,
     run_gateway,
     run_scenario,
+    serve_scenario,
+    tls_files,
 )
+from tests.peers.procs import LOOPBACK
 from tests.peers.sipp import SippResult
+from tests.peers.stunnel import stunnel_server
 
 pytestmark = pytest.mark.peer
 
@@ -115,6 +120,31 @@ def test_early_media_183_with_sdp_is_relayed_and_media_flows_before_the_200(
     assert "Content-Type: application/sdp" in progress and "a=candidate" in progress, progress
     assert ringing_media and max(ringing_media) > 0, (ringing_media, context)
     gateway.wait_status(idle, SETTLE, "no call and no port after early media")
+
+
+def test_early_media_from_microsoft_reaches_the_video_caller_as_plain_sdp(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """The other way: CUCM calls, the FE (our INVITE says ms-early-media) answers 183 with
+    its SDP, then 200; CUCM gets a 183 with one plain SDP (the rewrite toward the video
+    side: no ICE, no a=crypto on its RTP/AVP lines) before the 200."""
+    fe = Scenario("lync_fe_uas_early_media.xml", trace_messages=True,
+                  keys={"fe_host": FE_HOST, "fe_port": str(gateway.ports.fe)},
+                  extra=("-reconnect_close", "false"))
+    with (serve_scenario(fe, tmp_path) as served,
+          stunnel_server(tmp_path, connect=(LOOPBACK, served.port or 0),
+                         tls=tls_files(pki, "fe"), host=FE_HOST, port=gateway.ports.fe)):
+        caller = run_scenario(
+            Scenario("cucm_uac.xml", remote=gateway.video_tcp, service="alice.parkes",
+                     duration_ms=300, trace_messages=True), tmp_path)
+        callee = served.result(30)
+    context = f"{caller.describe()}\n--- FE ---\n{callee.describe()}\n{gateway.log()}"
+    both_succeeded(caller, callee, context)
+    (progress,) = received(caller.messages, "SIP/2.0 183 ")
+    assert "Content-Type: application/sdp" in progress, progress
+    assert re.search(r"^m=audio \d+ RTP/AVP ", progress, re.M), progress
+    assert "a=candidate" not in progress and "a=ice-" not in progress, progress
+    gateway.wait_status(idle, SETTLE, "no call and no port after early media from the FE")
 
 
 def test_update_with_sdp_mid_call_is_relayed_to_microsoft_and_answered(
