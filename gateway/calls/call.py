@@ -388,7 +388,7 @@ class Call:
         if event.sdp is None and self.early_back is not None:
             event = Connect(self.early_callee)  # the answer came in the 183
         if event.sdp is None:
-            return self.rewrite_failed_answer(
+            return self._answer_unusable(
                 ProtocolError("the 2xx carries no SDP answer", 488), now)
         if self.early_back is not None:
             if self.early_callee is not None and bytes(event.sdp) == bytes(self.early_callee):
@@ -401,7 +401,7 @@ class Call:
         self.phase = Phase.ANSWER
         return [Rewrite(self._answer_op(), event.sdp)]
 
-    def rewrite_failed_answer(self, error: ProtocolError, now: float) -> list[CallAction]:
+    def _answer_unusable(self, error: ProtocolError, now: float) -> list[CallAction]:
         self.phase = Phase.ANSWER
         return self.rewrite_failed(error, now)
 
