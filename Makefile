@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: lab test lint peers venv bench clean
 
-$(STAMP): pyproject.toml setup.py media/relay_native/_relay.c media/relay_native/loadgen.h
+$(STAMP): pyproject.toml setup.py media/relay_native/_relay.c media/relay_native/loadgen.h \
+         turn/fastpath_native/_fastpath.c
 	@./scripts/install-build-deps.sh $(PYTHON)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -40,6 +41,7 @@ bench: venv peers
 	$(PY) bench/relay_fast.py --calls 100 --seconds 10 --realtime
 	$(PY) bench/relay_fast.py --calls 300 --seconds 10 --workers 2 --realtime --verify-every 16
 	$(PY) bench/relay_vs_rtpengine.py --calls 100 --seconds 10 --realtime
+	$(PY) bench/relay_cores.py --seconds 10 --realtime
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info certs/lab

@@ -1,7 +1,8 @@
-"""Builds the media relay's optional native packet path (media/relay_native/_relay.c against
-the system libsrtp2: Debian libsrtp2-dev). Everything else is in pyproject.toml. The
-extension is optional: where it cannot be built, media.relay falls back to the pure-Python
-path (media/relay_py.py)."""
+"""Builds the optional native packet paths: the media relay's (media/relay_native/_relay.c
+against the system libsrtp2: Debian libsrtp2-dev) and the TURN relay's batched UDP path
+(turn/fastpath_native/_fastpath.c, gcc and the Python headers only). Everything else is in
+pyproject.toml. Both are optional: where one cannot be built, media.relay falls back to the
+pure-Python path (media/relay_py.py) and turn.server to its asyncio transports."""
 
 import shutil
 import subprocess
@@ -20,7 +21,12 @@ setup(ext_modules=[Extension(
     "media.relay_native._relay",
     sources=["media/relay_native/_relay.c"],
     depends=["media/relay_native/loadgen.h"],
-    extra_compile_args=["-O2", "-Wall", *_pkg_config("--cflags")],
+    extra_compile_args=["-O2", "-Wall", "-Werror", *_pkg_config("--cflags")],
     extra_link_args=_pkg_config("--libs") or ["-lsrtp2"],
+    optional=True,
+), Extension(
+    "turn.fastpath_native._fastpath",
+    sources=["turn/fastpath_native/_fastpath.c"],
+    extra_compile_args=["-O2", "-Wall"],
     optional=True,
 )])

@@ -57,14 +57,17 @@ def rss_kib(pid: int | None = None) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def _sessions(flows: list[Any], keys: tuple[bytes | None, bytes | None]) -> tuple[Any, Any]:
+def _sessions(flows: list[Any], keys: tuple[bytes | None, bytes | None]) -> tuple[Any, Any,
+                                                                                 list[Any]]:
     """The generator's SRTP sessions made by pylibsrtp (OpenSSL: cheaper than Debian's NSS
-    libsrtp2), as the native relay runs them; None where that backend is off."""
+    libsrtp2), as the native relay runs them; None where that backend is off. Each flow
+    sending with a side's key gets its own send session (libsrtp searches a session's streams
+    one by one: 600 SSRCs in one session cost more than the cipher)."""
     import pylibsrtp
 
     from media import relay_native
     if relay_native.SRTP_BACKEND != "pylibsrtp":
-        return None, None
+        return None, None, flows
     from pylibsrtp._binding import ffi
     policy = pylibsrtp.Policy
     made: list[Any] = []
@@ -74,6 +77,7 @@ def _sessions(flows: list[Any], keys: tuple[bytes | None, bytes | None]) -> tupl
             tx = pylibsrtp.Session(policy(key=key, ssrc_type=policy.SSRC_ANY_OUTBOUND))
             rx = pylibsrtp.Session(policy(key=key, ssrc_type=policy.SSRC_ANY_INBOUND))
         made += [tx, rx]
+    out_flows = []
     for flow in flows:
         if len(flow) > 5 and flow[5] is not None:   # this flow arrives with its own key
             side = 1 - flow[0]
@@ -81,19 +85,28 @@ def _sessions(flows: list[Any], keys: tuple[bytes | None, bytes | None]) -> tupl
                 made[2 * side + 1] = pylibsrtp.Session()
             made[2 * side + 1].add_stream(policy(key=flow[5], ssrc_type=policy.SSRC_SPECIFIC,
                                                  ssrc_value=flow[4]))
-    addresses = tuple(0 if m is None else int(ffi.cast("uintptr_t", m._srtp[0])) for m in made)
-    return made, addresses
+        key = keys[flow[0]]
+        if key is None:
+            out_flows.append(flow)
+            continue
+        own = pylibsrtp.Session(policy(key=key, ssrc_type=policy.SSRC_ANY_OUTBOUND))
+        made.append(own)
+        rx_key = flow[5] if len(flow) > 5 else None
+        out_flows.append((*flow[:5], rx_key, int(ffi.cast("uintptr_t", own._srtp[0]))))
+    addresses = tuple(0 if m is None else int(ffi.cast("uintptr_t", m._srtp[0]))
+                      for m in made[:4])
+    return made, addresses, out_flows
 
 
 def _loadgen_main(conn: Connection, fds: tuple[int, int], flows: list[Any], seconds: float,
                   keys: tuple[bytes | None, bytes | None], realtime: bool,
-                  verify_every: int) -> None:
+                  verify_every: int, priority: int = 10) -> None:
     from media.relay_native import loadgen
-    owners, addresses = _sessions(flows, keys)
+    owners, addresses, flows = _sessions(flows, keys)
     conn.recv()  # go
     if realtime:
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
         except PermissionError:  # not root: stays an ordinary process
             pass
     before, wall = cpu_seconds(), time.monotonic()
@@ -128,13 +141,15 @@ class LoadGen:
 
     def __init__(self, socks: tuple[socket.socket, socket.socket], flows: list[Any],
                  seconds: float, keys: tuple[bytes | None, bytes | None] = (None, None),
-                 realtime: bool = False, verify_every: int = 1) -> None:
+                 realtime: bool = False, verify_every: int = 1, priority: int = 10) -> None:
+        """``priority``: the generator's SCHED_FIFO priority with ``realtime`` (the relay
+        workers of bench/relay_fast.py run at 20)."""
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
         fds = (socks[0].fileno(), socks[1].fileno())
         self.proc = ctx.Process(target=_loadgen_main, daemon=True,
                                 args=(child, fds, flows, seconds, keys, realtime,
-                                      verify_every))
+                                      verify_every, priority))
         self.proc.start()
 
     def start(self) -> None:
@@ -167,3 +182,29 @@ def percentile(hist: list[int], q: float, bucket_us: float) -> float:
 def uptime() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def merged(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several load generators' results as one (sums; wall: the longest)."""
+    out = dict(results[0])
+    for r in results[1:]:
+        for key in ("sent", "received"):
+            out[key] = tuple(x + y for x, y in zip(out[key], r[key], strict=True))
+        for key in ("send_errors", "malformed", "srtp_failures", "cpu"):
+            out[key] = out[key] + r[key]
+        out["wall"] = max(out["wall"], r["wall"])
+        out["latency_10us"] = [x + y for x, y in zip(out["latency_10us"], r["latency_10us"],
+                                                      strict=True)]
+    return out
+
+
+def udp_drops(ports: list[int]) -> int:
+    """Datagrams the kernel dropped at these local UDP ports (full receive queues)."""
+    wanted = {f"{port:04X}" for port in ports}
+    drops = 0
+    with open("/proc/net/udp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].rsplit(":", 1)[1] in wanted:
+                drops += int(fields[-1])
+    return drops

@@ -6,8 +6,10 @@ their own process (utime + stime from /proc/<pid>/stat, all threads) over the lo
 
     .venv/bin/python bench/turn_vs_coturn.py [--procs 3 --clients 10 --messages 2000 ...]
 
-Prints, per server, messages relayed, loss and CPU seconds per 1,000 relayed messages, then
-``cpu per message ours/coturn: X.XX``. Everything stays on 127.0.0.1.
+Prints, per server, messages relayed, loss and CPU seconds per 1,000 relayed messages and the
+load average when its run started, then ``cpu per message ours/coturn: X.XX``. ``--path``
+picks our UDP path (``TURN_FASTPATH``: the native batched hub where built by default, its
+Python twin, or the asyncio transports). Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Result:
     lost: int
     cpu_seconds: float
     wall_seconds: float
+    load: float
 
     @property
     def cpu_per_1000(self) -> float:
@@ -123,7 +126,7 @@ def start_coturn(port: int, relay: tuple[int, int], logdir: str) -> subprocess.P
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_ours(port: int, relay: tuple[int, int]) -> subprocess.Popen[bytes]:
+def start_ours(port: int, relay: tuple[int, int], path: str) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -143,7 +146,12 @@ def start_ours(port: int, relay: tuple[int, int]) -> subprocess.Popen[bytes]:
         "--log-level",
         "WARNING",
     ]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if path:
+        env["TURN_FASTPATH"] = path
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def drive(port: int, args: argparse.Namespace) -> tuple[int, int, int]:
@@ -191,8 +199,12 @@ def measure(name: str, args: argparse.Namespace) -> Result:
     port = free_port()
     base = random.randrange(30000, 60000 - 2 * args.clients * args.procs - 1000)
     relay = (base, base + 2 * args.clients * args.procs + 500)
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as logdir:
-        proc = start_coturn(port, relay, logdir) if name == "coturn" else start_ours(port, relay)
+        if name == "coturn":
+            proc = start_coturn(port, relay, logdir)
+        else:
+            proc = start_ours(port, relay, args.path)
         try:
             wait_listening(port, proc)
             cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
@@ -205,7 +217,7 @@ def measure(name: str, args: argparse.Namespace) -> Result:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return Result(name, sent, received, lost, cpu1 - cpu0, wall1 - wall0)
+    return Result(name, sent, received, lost, cpu1 - cpu0, wall1 - wall0, load)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=int, default=5, help="uclient -z (ms between messages)")
     p.add_argument("--tcp", action="store_true", help="uclient -t (TCP to the server)")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument(
+        "--path",
+        choices=("", "native", "python", "off"),
+        default="",
+        help="our UDP path (TURN_FASTPATH); default: native where built, else transports",
+    )
     args = p.parse_args(argv)
     for tool in ("turnserver", "turnutils_uclient"):
         if shutil.which(tool) is None:
@@ -232,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(
             f"{r.name:7s} messages relayed {r.received:8d} / sent {r.sent:8d}  "
             f"loss {r.lost} ({loss:.3f}%)  cpu {r.cpu_seconds:6.2f} s  "
-            f"cpu s per 1000 msgs {r.cpu_per_1000:.4f}  wall {r.wall_seconds:5.1f} s\n"
+            f"cpu s per 1000 msgs {r.cpu_per_1000:.4f}  wall {r.wall_seconds:5.1f} s  "
+            f"load {r.load:.2f}\n"
         )
     coturn, ours = results
     sys.stdout.write(

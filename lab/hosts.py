@@ -16,6 +16,7 @@ HOSTS: Mapping[str, str] = MappingProxyType(
         "edge.example.com": "127.0.1.2",
         "sip.example.com": "127.0.1.2",
         "access.example.com": "127.0.1.2",
+        "av.example.com": "127.0.1.3",
         "exp01.video.example.com": "127.0.2.1",
         "lyncexp.video.example.com": "127.0.2.1",
         "cucm.video.example.com": "127.0.3.1",

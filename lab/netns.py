@@ -85,6 +85,7 @@ LAB_HOSTS: tuple[NetnsHost, ...] = (
     NetnsHost("alice", "internal", 21, "127.0.1.10"),
     NetnsHost("turn", "dmz", 4, "127.0.4.1"),
     NetnsHost("edge", "dmz", 12, "127.0.1.2"),
+    NetnsHost("av-edge", "dmz", 13, "127.0.1.3"),  # the Edge's second address: its A/V Edge
     NetnsHost("cucm", "video", 11, "127.0.3.1"),
     NetnsHost("imp", "video", 12, "127.0.3.2"),
     NetnsHost("endpoint-3001", "video", 21, "127.0.3.11"),

@@ -10,6 +10,12 @@ mapping). Two implementations share the interface:
 ``GATEWAY_MEDIA_RELAY`` = ``native`` | ``python`` forces one (``native`` fails loudly when it
 was not built); unset, the native path is used where it is available.
 
+More than one core: a native hub made by ``make_hub`` holds ``GATEWAY_MEDIA_THREADS`` C hubs
+(default: one per core; 0: none), and ``attach`` starts a worker thread for each, which pumps
+its relays' sockets without the GIL. Callbacks (on_stun, on_latch) still run on the event
+loop's thread: the workers queue them and signal an eventfd that ``attach`` reads. The
+pure-Python hub stays on the loop's thread.
+
 Side A is the Microsoft (ICE) side, side B the video side: SSRCs from B are mapped into the
 plan's ``ssrc_range`` on the way to A, and mapped back where A's RTCP reports on them.
 STUN (first byte 0-3) is handed to ``on_stun(side, data, (host, port))`` for aioice; RTP and
@@ -29,11 +35,13 @@ from media.ms_dialect import SsrcRange
 from media.srtp import MASTER_KEY_SALT_LEN, LegKeys
 
 __all__ = [
-    "ENV", "Address", "ForwardingPlan", "Hub", "Latching", "Relay", "Side", "SidePlan",
-    "Verdict", "attach", "implementation", "make_hub", "make_relay", "native_available",
+    "ENV", "THREADS_ENV", "Address", "ForwardingPlan", "Hub", "Latching", "Relay", "Side",
+    "SidePlan", "Verdict", "attach", "implementation", "make_hub", "make_relay",
+    "media_threads", "native_available",
 ]
 
 ENV = "GATEWAY_MEDIA_RELAY"
+THREADS_ENV = "GATEWAY_MEDIA_THREADS"
 Address = tuple[str, int]
 StunSink = Callable[[int, bytes, Address], None]
 LatchSink = Callable[[int, Address], None]
@@ -154,10 +162,15 @@ class Relay(Protocol):
 
 
 class Hub(Protocol):
-    """Polls many relays' sockets; ``fileno`` is readable when one of them is."""
+    """Polls many relays' sockets; ``fileno`` is readable when ``poll`` has work: one of the
+    sockets is readable or, once started (worker threads), callbacks are queued."""
 
     def register(self, relay: Relay) -> None: ...
     def unregister(self, relay: Relay) -> None: ...
+    def start(self) -> None:
+        """Hand the packet path to the hub's worker threads, if it has any."""
+    def stop(self) -> None:
+        """Join the worker threads; ``poll`` pumps on the calling thread again."""
     def poll(self, timeout_ms: int = 0) -> int: ...
     def run(self, seconds: float) -> None: ...
     def fileno(self) -> int: ...
@@ -194,24 +207,44 @@ def make_relay(fd_a: int = -1, fd_b: int = -1, impl: str | None = None) -> Relay
     return PyRelay(fd_a, fd_b)
 
 
-def make_hub(timestamps: bool = False, impl: str | None = None, rcvbuf: int = 0) -> Hub:
+def media_threads() -> int:
+    """Worker threads of a native hub: ``GATEWAY_MEDIA_THREADS``, else one per core."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return os.cpu_count() or 1
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise ValueError(f"{THREADS_ENV} must be a number of threads (0: none), not {raw!r}")
+    return threads
+
+
+def make_hub(timestamps: bool = False, impl: str | None = None, rcvbuf: int = 0,
+             threads: int | None = None) -> Hub:
     """A hub for relays of the same implementation; ``timestamps`` records the relay-added
     latency (kernel receive timestamp to after the send) in 1 us buckets; ``rcvbuf`` (bytes,
     0: the system's) sizes each socket's receive queue, which absorbs the relay's scheduling
-    delays."""
+    delays; ``threads`` (native only; None: ``media_threads()``) worker threads, started by
+    ``attach`` (or ``start``)."""
     if (impl or implementation()) == "native":
         from media.relay_native import NativeHub
-        return NativeHub(timestamps, rcvbuf)
+        return NativeHub(timestamps, rcvbuf, media_threads() if threads is None else threads)
     from media.relay_py import PyHub
     return PyHub(timestamps, rcvbuf)
 
 
 def attach(hub: Hub, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    """Pump ``hub`` from ``loop`` (one reader on its epoll fd: one Python call per wake-up
-    for all its relays, not one per packet); returns the function that detaches it."""
+    """Serve ``hub`` from ``loop``: its worker threads (if any) are started and the loop runs
+    the callbacks they queue; without workers the loop pumps the hub (one reader on its epoll
+    fd: one Python call per wake-up for all its relays, not one per packet). Returns the
+    function that detaches it (and joins the workers)."""
+    hub.start()
     fd = hub.fileno()
     loop.add_reader(fd, hub.poll)
 
     def detach() -> None:
         loop.remove_reader(fd)
+        hub.stop()
     return detach

@@ -296,6 +296,12 @@ class PyHub:
         relay.hub = None
         self._relays.discard(relay)
 
+    def start(self) -> None:
+        """No worker threads: the portable path stays on the polling thread."""
+
+    def stop(self) -> None:
+        pass
+
     def poll(self, timeout_ms: int = 0) -> int:
         events = self._selector.select(timeout_ms / 1000)
         stamps = self._stamps if self._timestamps else None

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make venv` needs to build the media relay's native packet path
-# (media/relay_native/_relay.c) when it is missing: gcc, pkg-config, libsrtp2-dev and the
-# Python headers of the interpreter the venv is made from. The build is optional: without
+# (media/relay_native/_relay.c) and the TURN relay's batched UDP path
+# (turn/fastpath_native/_fastpath.c: gcc and the Python headers only) when it is missing:
+# gcc, pkg-config, libsrtp2-dev and the Python headers of the interpreter the venv is made
+# from. The builds are optional: without
 # these the venv still installs and the pure-Python path is used.
 set -euo pipefail
 PYTHON="${1:-python3}"

@@ -70,6 +70,12 @@ class MsTurnState:
     """Transaction id of the last accepted Set Active Destination (retransmissions)."""
     sad_response: bytes = b""
     """Its response, sent again to a retransmission."""
+    streams: set[tuple[str, int]] = field(default_factory=set)
+    """TCP allocations: peers with a TCP connection at the relayed address (open or being
+    opened); data to and from each travels as that connection's byte stream."""
+    held: set[tuple[str, int]] = field(default_factory=set)
+    """Of ``streams``: peers that connected before the client sent to their IP; their bytes
+    wait, unread, until it does (``ResumePeerStream``)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -144,7 +150,8 @@ class SendToClient:
 
 @dataclass(frozen=True, slots=True)
 class SendToPeer:
-    """Send ``data`` from the allocation's UDP relay socket to ``peer``."""
+    """Send ``data`` from the allocation's UDP relay socket to ``peer`` (an MS-TURN TCP
+    allocation: write it to the peer's TCP connection, see ``OpenPeerStream``)."""
 
     allocation: Allocation
     peer: Address
@@ -192,6 +199,24 @@ class CloseConnection:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenPeerStream:
+    """MS-TURN TCP allocation: connect from the relayed address to ``peer``; ``SendToPeer``
+    data for it is queued until connected. Report a failure or close with
+    ``MsTurnHandler.stream_closed``."""
+
+    allocation: Allocation
+    peer: Address
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePeerStream:
+    """MS-TURN TCP allocation: the client sent to a held peer's IP; read its connection."""
+
+    allocation: Allocation
+    peer: Address
+
+
+@dataclass(frozen=True, slots=True)
 class CloseClient:
     """Close a client TCP connection (framing lost, or its allocation is gone)."""
 
@@ -207,6 +232,8 @@ Action = (
     | AttachData
     | CloseConnection
     | CloseClient
+    | OpenPeerStream
+    | ResumePeerStream
 )
 
 

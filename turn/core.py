@@ -12,6 +12,7 @@ import logging
 import random
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import ms_turn, stun
@@ -53,6 +54,18 @@ MAX_BIND_ATTEMPTS = 10
 _CHANNEL_HEADER = struct.Struct("!HH")
 _DATA_IND_HEADER = struct.Struct("!HHI12sHHBBH4sHH")
 _DATA_INDICATION_TYPE = stun.message_type(Method.DATA, Class.INDICATION)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingEntry:
+    """A bound channel an adapter may relay without asking the core, until ``expires``: the
+    earliest of the channel's, its peer's permission's and the allocation's expiry, so that
+    ``channel_data_from_client`` and ``data_from_peer`` relay it as ChannelData exactly while
+    ``now < expires`` (the adapter's clock must not run behind the core's)."""
+
+    channel: int
+    peer: Address
+    expires: float
 
 
 class _Refusal(RemoteProtocolError):
@@ -108,6 +121,9 @@ class TurnCore:
         )
         self.ms = MsTurnHandler(self)
         """The MS-TURN dialect ([MS-TURN]) on the same allocations, quotas and policy."""
+        self.publish_forwarding = False
+        """Set by an adapter that relays bound channels on its own (``take_forwarding``)."""
+        self._forwarding_changed: dict[int, Allocation] = {}
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -342,6 +358,39 @@ class TurnCore:
         if conn.data_five_tuple is not None:
             self._data_connections.pop(conn.data_five_tuple, None)
         return [CloseConnection(connection_id)]
+
+    # -- forwarding tables ------------------------------------------------------------------
+
+    def forwarding(self, alloc: Allocation) -> tuple[ForwardingEntry, ...]:
+        """The channels of ``alloc`` an adapter may relay on its own (see ``ForwardingEntry``):
+        UDP client, UDP relay, RFC 8656 dialect only. Expired entries need no withdrawal:
+        they carry their end. Anything not in the table still comes here."""
+        if (
+            alloc.transport is not Transport.UDP
+            or alloc.five_tuple.transport is not Transport.UDP
+            or alloc.ms is not None
+            or alloc.state is not AllocationState.ACTIVE
+            or self.allocations.get(alloc.five_tuple) is not alloc
+        ):
+            return ()
+        entries = []
+        for number, channel in alloc.channels.items():
+            permission = alloc.permissions.get(channel.peer[0])
+            if permission is None or alloc.peer_channels.get(channel.peer) != number:
+                continue
+            expires = min(channel.expiry, permission, alloc.expiry)
+            entries.append(ForwardingEntry(number, channel.peer, expires))
+        return tuple(entries)
+
+    def take_forwarding(self) -> list[tuple[Allocation, tuple[ForwardingEntry, ...]]]:
+        """The tables changed (channel bound or refreshed, permission or allocation refreshed)
+        since the last call: an adapter that relays on its own republishes these after every
+        call into the core. Expiry alone changes nothing (entries carry their end)."""
+        if not self._forwarding_changed:
+            return []
+        changed = list(self._forwarding_changed.values())
+        self._forwarding_changed.clear()
+        return [(alloc, self.forwarding(alloc)) for alloc in changed]
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -584,6 +633,8 @@ class TurnCore:
         else:
             alloc.expiry = now + lifetime
             self._push_timer(alloc.expiry, "allocation", alloc)
+            if self.publish_forwarding:
+                self._forwarding_changed[alloc.id] = alloc
         attrs = [(int(Attr.LIFETIME), stun.pack_u32(lifetime)), *self._software]
         response = stun.encode(Method.REFRESH, Class.RESPONSE, msg.transaction_id, attrs, key=key)
         return [SendToClient(ft, response), *actions]
@@ -617,6 +668,8 @@ class TurnCore:
         expiry = now + self.config.permission_lifetime
         alloc.permissions[host] = expiry
         self._push_timer(expiry, "permission", (alloc, host))
+        if self.publish_forwarding:
+            self._forwarding_changed[alloc.id] = alloc
 
     def _channel_bind(
         self, msg: StunMessage, ft: FiveTuple, now: float, username: str, key: bytes

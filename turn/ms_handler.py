@@ -5,8 +5,12 @@ The allocations, port pool, peer policy, quotas, nonces and timers are the ``Tur
 so both dialects share one deny list, one quota and one authentication rule set. What
 differs is the wire (``ms_turn``) and these choices:
 
-- an MS-TURN allocation always relays UDP: libnice's MS mode treats a relay reached over TCP
-  as a UDP candidate unless ICE-TCP is on, and the lab's media is UDP;
+- an allocation relays over the transport its Allocate came on ([MS-TURN] 3.3.4: "a request
+  that is received over TCP returns a TCP allocated transport address"). A TCP relay is a
+  byte stream per peer: a Send (or 0x03 data for the active destination) to a peer with no
+  connection connects from the relayed address to it, a permitted peer may connect to the
+  relayed address, and each connection's bytes travel as they are (the client frames its
+  packets in them, RFC 4571 for ICE-TCP as libnice does);
 - Send requests are never answered ([MS-TURN] 2.2.1), so a refused Send is dropped (and
   counted), never relayed;
 - a message that is not well-formed MS-TURN (MAGIC-COOKIE missing or wrong) is ignored, and
@@ -16,6 +20,7 @@ differs is the wire (``ms_turn``) and these choices:
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import TYPE_CHECKING
 
@@ -28,7 +33,9 @@ from .allocation import (
     CloseClient,
     FiveTuple,
     MsTurnState,
+    OpenPeerStream,
     OpenRelay,
+    ResumePeerStream,
     SendToClient,
     SendToPeer,
     Transport,
@@ -63,6 +70,25 @@ class MsRefusal(Exception):
         self.code = code
         self.key = key
         self.extra = extra
+
+
+MAX_STREAMS = 32
+"""TCP connections per MS-TURN TCP allocation (an ICE session needs a few per candidate)."""
+STREAM_CHUNK = 0xF000
+"""Largest piece of a peer's byte stream put in one Data indication / data frame (the TCP
+frame length is 16 bits, and the Data indication adds its header and attributes)."""
+
+
+class Admission(enum.Enum):
+    """What becomes of a peer's connection to a TCP relayed address."""
+
+    ACCEPT = "accept"
+    """Its IP is permitted: relay its bytes."""
+    HOLD = "hold"
+    """Not permitted yet: keep it unread until the client sends to that IP (ICE checks from
+    both sides cross, so a peer often connects first), closed after ``connect_timeout``."""
+    REFUSE = "refuse"
+    """No live allocation, or the connection limit is reached."""
 
 
 class MsTurnHandler:
@@ -119,10 +145,7 @@ class MsTurnHandler:
         peer = ms.active_destination
         if peer is None:
             return []  # no Send wrapper to say where to: nothing to relay to
-        c = self.core.counters
-        c.packets_to_peer += 1
-        c.bytes_to_peer += len(data)
-        return [SendToPeer(alloc, peer, data)]
+        return self._to_peer(alloc, peer, data)
 
     def data_to_client(self, alloc: Allocation, peer: Address, data: bytes) -> bytes:
         """A peer datagram for the client: raw from the active destination, else a Data
@@ -140,6 +163,63 @@ class MsTurnHandler:
             [(MsAttr.REMOTE_ADDRESS, ms_turn.pack_address(peer)), (MsAttr.DATA, data)],
         )
         return self._framed(alloc.five_tuple, indication)
+
+    # -- TCP allocations: one byte stream per peer ----------------------------------------
+
+    def stream_incoming(self, alloc: Allocation, peer: Address, now: float) -> Admission:
+        """A peer connected to a TCP relayed address: relayed when its IP is permitted (a
+        Send went to it) or is the active destination's, held until then."""
+        ms = alloc.ms
+        if (
+            ms is None
+            or self.core.allocations.get(alloc.five_tuple) is not alloc
+            or alloc.state is not AllocationState.ACTIVE
+            or alloc.expiry <= now
+            or peer in ms.streams
+            or len(ms.streams) >= MAX_STREAMS
+        ):
+            return Admission.REFUSE
+        ms.streams.add(peer)
+        active = ms.active_destination
+        if alloc.permitted(peer[0], now) or (active is not None and active[0] == peer[0]):
+            return Admission.ACCEPT
+        ms.held.add(peer)
+        return Admission.HOLD
+
+    def _release_held(self, alloc: Allocation, host: str) -> list[Action]:
+        ms = alloc.ms
+        if ms is None or not ms.held:
+            return []
+        released = [p for p in ms.held if p[0] == host]
+        ms.held.difference_update(released)
+        return [ResumePeerStream(alloc, p) for p in released]
+
+    def stream_closed(self, alloc: Allocation, peer: Address) -> None:
+        """A peer connection ended (or could not be opened): the next Send opens another."""
+        if alloc.ms is not None:
+            alloc.ms.streams.discard(peer)
+            alloc.ms.held.discard(peer)
+
+    def stream_data(self, alloc: Allocation, peer: Address, data: bytes, now: float) -> list[bytes]:
+        """Bytes read from a peer's connection -> framed messages for the client (the stream
+        cut in pieces of at most ``STREAM_CHUNK``); nothing once the allocation is gone."""
+        ms = alloc.ms
+        if (
+            ms is None
+            or peer not in ms.streams
+            or peer in ms.held
+            or self.core.allocations.get(alloc.five_tuple) is not alloc
+            or alloc.expiry <= now
+        ):
+            return []
+        c = self.core.counters
+        out = []
+        for i in range(0, len(data), STREAM_CHUNK):
+            piece = data[i : i + STREAM_CHUNK]
+            c.packets_to_client += 1
+            c.bytes_to_client += len(piece)
+            out.append(self.data_to_client(alloc, peer, piece))
+        return out
 
     def allocate_success(self, alloc: Allocation) -> bytes:
         ms = alloc.ms
@@ -214,6 +294,10 @@ class MsTurnHandler:
                 raise MsRefusal("allocation is still being made", 437, key)
             self._check_sequence(msg, existing, key)
             return self._refresh(msg, existing, requested, key, now)
+        if requested is not None and ms_turn.unpack_u32(requested) == 0:
+            # A release for an allocation that is gone (libnice releases once per relay
+            # candidate, and over TCP it has two on one allocation): nothing to make.
+            raise MsRefusal("no allocation to release", 437, key)
         family = msg.get(MsAttr.REQUESTED_ADDRESS_FAMILY)
         if family is not None and (
             len(family) < 1 or family[0] != (2 if ":" in core.relay_host else 1)
@@ -233,7 +317,7 @@ class MsTurnHandler:
             five_tuple=ft,
             username=username,
             key=key,
-            transport=Transport.UDP,
+            transport=ft.transport,
             expiry=now + lifetime,
             relay_port=port,
             relay_host=core.relay_host,
@@ -325,10 +409,29 @@ class MsTurnHandler:
         # Sending to a peer is what lets its data back in (draft-rosenberg-midcom-turn-08
         # permissions, kept as RFC 8656's 5-minute per-IP permissions).
         self.core._permit(alloc, peer[0], now)
+        return [*self._release_held(alloc, peer[0]), *self._to_peer(alloc, peer, data)]
+
+    def _to_peer(self, alloc: Allocation, peer: Address, data: bytes) -> list[Action]:
+        """Relay ``data``; on a TCP allocation, over the peer's connection, opened first if
+        there is none (the draft-rosenberg-midcom-turn-08 TCP relay, as [MS-TURN] keeps it)."""
+        actions: list[Action] = []
+        if alloc.transport is Transport.TCP:
+            ms = alloc.ms
+            assert ms is not None
+            if peer not in ms.streams:
+                if len(ms.streams) >= MAX_STREAMS:
+                    logger.info(
+                        "MS-TURN allocation #%d: no connection to %s:%d (limit of %d reached)",
+                        alloc.id, *peer, MAX_STREAMS,
+                    )  # fmt: skip
+                    return []
+                ms.streams.add(peer)
+                actions.append(OpenPeerStream(alloc, peer))
         c = self.core.counters
         c.packets_to_peer += 1
         c.bytes_to_peer += len(data)
-        return [SendToPeer(alloc, peer, data)]
+        actions.append(SendToPeer(alloc, peer, data))
+        return actions
 
     def _set_active_destination(self, msg: MsMessage, ft: FiveTuple, now: float) -> list[Action]:
         raw_user, key = self._authenticate(msg, ft, now, nonce_required=False)
@@ -341,13 +444,14 @@ class MsTurnHandler:
         self._check_sequence(msg, alloc, key)
         ms.active_destination = peer
         self.core._permit(alloc, peer[0], now)
+        held = self._release_held(alloc, peer[0])
         logger.info("MS-TURN allocation #%d: active destination %s:%d", alloc.id, *peer)
         response = self._framed(
             ft,
             ms_turn.encode(MsType.SET_ACTIVE_DESTINATION_RESPONSE, msg.transaction_id, [], key=key),
         )
         ms.sad_tid, ms.sad_response = msg.transaction_id, response
-        return [SendToClient(ft, response)]
+        return [SendToClient(ft, response), *held]
 
     # -- responses --------------------------------------------------------------------------
 

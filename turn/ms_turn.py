@@ -371,6 +371,14 @@ def check_pseudo_tls_client_hello(record: bytes) -> None:
         raise DecodeError("pseudo-TLS: real TLS ClientHello (no 0x0018 cipher): not served")
 
 
+def pseudo_tls_client_hello(random: bytes) -> bytes:
+    """What an MS client opens TCP 443 with: a TLS 1.0 ClientHello offering only the
+    pseudo-TLS cipher, no session id, no compression (``random`` is 32 bytes)."""
+    hello = _TLS_1_0 + random + b"\x00" + struct.pack("!HH", 2, PSEUDO_TLS_CIPHER) + b"\x01\x00"
+    message = b"\x01" + len(hello).to_bytes(3, "big") + hello
+    return bytes([_TLS_HANDSHAKE]) + _TLS_1_0 + struct.pack("!H", len(message)) + message
+
+
 def pseudo_tls_server_hello(random: bytes, session_id: bytes) -> bytes:
     """ServerHello (TLS 1.0, the pseudo-TLS cipher, no compression) + ServerHelloDone in one
     record; the client looks at neither ``random`` nor ``session_id`` (32 bytes each)."""

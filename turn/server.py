@@ -24,7 +24,9 @@ from .allocation import (
     CloseRelay,
     ConnectPeer,
     FiveTuple,
+    OpenPeerStream,
     OpenRelay,
+    ResumePeerStream,
     SendToClient,
     SendToPeer,
     Transport,
@@ -33,7 +35,9 @@ from .allocation import (
 from .config import TurnConfig
 from .core import TurnCore
 from .errors import DecodeError
+from .fast_udp import DatagramOut, FastUdp
 from .framing import StreamFramer
+from .ms_handler import Admission
 from .ms_turn import FRAME_CONTROL, MsStreamFramer
 
 logger = logging.getLogger(__name__)
@@ -51,10 +55,10 @@ class TurnServer:
         self.config = config
         self.core = core or TurnCore(config)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._udp: dict[Address, asyncio.DatagramTransport] = {}
+        self._udp: dict[Address, DatagramOut] = {}
         self._tcp_servers: list[asyncio.AbstractServer] = []
         self._clients: dict[FiveTuple, _TcpClient] = {}
-        self._relay_udp: dict[int, asyncio.DatagramTransport] = {}
+        self._relay_udp: dict[int, DatagramOut] = {}
         # The sockets' own sendto, for the per-packet paths: it skips the transport's
         # per-call address parsing and cache; OSError (a full buffer, an ICMP error) falls
         # back to the transport, which queues the datagram or reports the error.
@@ -63,9 +67,13 @@ class TurnServer:
         self._relay_tcp: dict[int, asyncio.AbstractServer] = {}
         self._opening: set[int] = set()
         self._peers: dict[int, _PeerConnection] = {}
+        self._ms_streams: dict[tuple[int, Address], _MsPeerStream] = {}
+        """MS-TURN TCP allocations' peer connections, by (allocation id, peer)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._fast: FastUdp | None = None
+        """The batched UDP path (turn.fast_udp) where enabled; else asyncio transports."""
         self.addresses: list[tuple[str, str, int]] = []
         """(transport, host, port) of each listener, once started."""
 
@@ -73,6 +81,7 @@ class TurnServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._start_fast_path(self._loop)
         host = self.config.listen
         low, high = self.config.ports
         if low == 0:
@@ -126,9 +135,15 @@ class TurnServer:
                 sock.bind((host, port))
                 sock.setblocking(False)
                 _grow_buffers(sock)
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpListener(self, (host, port)), sock=sock
-                )
+                if self._fast is not None:
+                    listener = _UdpListener(self, (host, port))
+                    transport: DatagramOut = self._fast.listen(
+                        sock, (host, port), listener.datagram_received
+                    )
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: _UdpListener(self, (host, port)), sock=sock
+                    )
             except BaseException:
                 sock.close()
                 raise
@@ -145,6 +160,8 @@ class TurnServer:
     async def _close_listeners(self) -> None:
         for transport in self._udp.values():
             transport.close()
+            if self._fast is not None:
+                self._fast.forget(transport)
         self._udp.clear()
         self._udp_raw.clear()
         for server in self._tcp_servers:
@@ -178,9 +195,14 @@ class TurnServer:
         self._tcp_servers.clear()
         await asyncio.sleep(0)  # let transports run their connection_lost callbacks
         logger.info("TURN stopped: %s", format_stats(self.stats()))
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
 
     def stats(self) -> TurnStats:
         loop = self._loop or asyncio.get_event_loop()
+        if self._fast is not None:
+            self._fast.add_counters(self.core.counters)
         return self.core.stats(loop.time())
 
     async def __aenter__(self) -> TurnServer:
@@ -191,6 +213,13 @@ class TurnServer:
         await self.stop()
 
     # -- core driving -----------------------------------------------------------------------
+
+    def _start_fast_path(self, loop: asyncio.AbstractEventLoop) -> None:
+        """UDP on the batched fast path (turn.fast_udp) where its hub is available."""
+        if self._fast is None and self.config.udp:
+            self._fast = FastUdp.create(loop)
+            if self._fast is not None:
+                self.core.publish_forwarding = True
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None, "TurnServer.start() first"
@@ -215,6 +244,14 @@ class TurnServer:
                 relay = self._relay_udp.get(action.allocation.id)
                 if relay is not None:
                     relay.sendto(action.data, action.peer)
+                else:
+                    self._ms_stream_send(action)
+            elif isinstance(action, OpenPeerStream):
+                self._ms_open_stream(action)
+            elif isinstance(action, ResumePeerStream):
+                held = self._ms_streams.get((action.allocation.id, action.peer))
+                if held is not None:
+                    held.resume()
             elif isinstance(action, OpenRelay):
                 pending.extend(self._open_relay(action.allocation))
             elif isinstance(action, CloseRelay):
@@ -231,6 +268,8 @@ class TurnServer:
                 client = self._clients.get(action.five_tuple)
                 if client is not None:
                     client.transport.close()
+        if self._fast is not None:
+            self._fast.publish(self.core)
         self._rearm(loop)
 
     def _rearm(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -290,16 +329,24 @@ class TurnServer:
         loop = self._require_loop()
         try:
             if alloc.transport is Transport.TCP:
-                server = await loop.create_server(
-                    lambda: _PeerConnection(self, alloc, None), sock=sock
+                factory: Callable[[], asyncio.Protocol] = (
+                    (lambda: _MsPeerStream(self, alloc, None))
+                    if alloc.ms is not None
+                    else (lambda: _PeerConnection(self, alloc, None))
                 )
+                server = await loop.create_server(factory, sock=sock)
                 self._relay_tcp[alloc.id] = server
             else:
                 _grow_buffers(sock)
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: self._udp_relay(alloc, loop), sock=sock
-                )
-                self._relay_udp[alloc.id] = transport
+                fast = self._fast
+                if fast is not None and fast.has_listener(alloc.five_tuple.server):
+                    relay = self._udp_relay(alloc, loop)
+                    self._relay_udp[alloc.id] = fast.relay(alloc, sock, relay.datagram_received)
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: self._udp_relay(alloc, loop), sock=sock
+                    )
+                    self._relay_udp[alloc.id] = transport
                 self._relay_raw[alloc.id] = sock.sendto
         except BaseException:
             sock.close()
@@ -310,6 +357,8 @@ class TurnServer:
             return
         self._opening.discard(alloc.id)
         self._run(self.core.relay_opened(alloc, loop.time()))
+        if self._fast is not None:
+            self._fast.publish_one(self.core, alloc)
 
     def _udp_relay(self, alloc: Allocation, loop: asyncio.AbstractEventLoop) -> _UdpRelay:
         ft = alloc.five_tuple
@@ -328,9 +377,56 @@ class TurnServer:
         udp = self._relay_udp.pop(alloc.id, None)
         if udp is not None:
             udp.close()
+            if self._fast is not None:
+                self._fast.forget(udp, alloc.id)
         tcp = self._relay_tcp.pop(alloc.id, None)
         if tcp is not None:
             tcp.close()
+        if alloc.ms is not None and alloc.transport is Transport.TCP:
+            self._ms_close_streams(alloc)
+
+    # -- MS-TURN TCP relays: one TCP connection per peer at the relayed address -------------
+
+    def _ms_open_stream(self, action: OpenPeerStream) -> None:
+        stream = _MsPeerStream(self, action.allocation, action.peer)
+        self._ms_streams[(action.allocation.id, action.peer)] = stream
+        self._spawn(self._ms_connect(stream, action.peer))
+
+    async def _ms_connect(self, stream: _MsPeerStream, peer: Address) -> None:
+        """Connect from the relay IP and a fresh port, as an ICE-TCP active candidate does
+        (RFC 6544 advertises port 9 for it). From the relayed port itself the peer could not
+        tell it from the TCP-PASS relay candidate on the same address: libnice then applies
+        the nomination to the wrong pair and never completes."""
+        loop = self._require_loop()
+        alloc = stream.alloc
+        sock = socket.socket(_family(peer[0]), socket.SOCK_STREAM)
+        try:
+            sock.bind((self.config.relay_bind_address, 0))
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, peer), self.config.connect_timeout)
+            await loop.create_connection(lambda: stream, sock=sock)
+        except (TimeoutError, OSError) as exc:
+            sock.close()
+            logger.info("MS-TURN allocation #%d: connect to %s:%d failed: %s", alloc.id, *peer, exc)
+            self._ms_stream_gone(stream)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _ms_stream_send(self, action: SendToPeer) -> None:
+        stream = self._ms_streams.get((action.allocation.id, action.peer))
+        if stream is not None:
+            stream.write(action.data)
+
+    def _ms_stream_gone(self, stream: _MsPeerStream) -> None:
+        peer = stream.peer
+        if peer is not None and self._ms_streams.get((stream.alloc.id, peer)) is stream:
+            del self._ms_streams[(stream.alloc.id, peer)]
+            self.core.ms.stream_closed(stream.alloc, peer)
+
+    def _ms_close_streams(self, alloc: Allocation) -> None:
+        for key in [k for k in self._ms_streams if k[0] == alloc.id]:
+            self._ms_streams.pop(key).close()
 
     # -- RFC 6062 ---------------------------------------------------------------------------
 
@@ -658,6 +754,92 @@ class _PeerConnection(asyncio.Protocol):
             and not self.server._loop.is_closed()
         ):
             self.server.peer_lost(self.connection_id)
+
+
+class _MsPeerStream(asyncio.Protocol):
+    """One peer's TCP connection at an MS-TURN TCP relayed address, accepted there (``peer``
+    None until the core admits it) or opened from it for a Send. Its bytes reach the client
+    as Data indications, or data frames from the active destination."""
+
+    MAX_PENDING = 1 << 18
+
+    def __init__(self, server: TurnServer, alloc: Allocation, peer: Address | None) -> None:
+        self.server = server
+        self.alloc = alloc
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.closed = False
+        self.hold: asyncio.TimerHandle | None = None
+
+    def resume(self) -> None:
+        if self.hold is not None:
+            self.hold.cancel()
+            self.hold = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _hold_expired(self) -> None:
+        self.hold = None
+        logger.info("MS-TURN allocation #%d: TCP peer %s never permitted", self.alloc.id, self.peer)
+        self.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server = self.server
+        if self.peer is None:  # accepted at the relayed address
+            name = transport.get_extra_info("peername")
+            peer = (name[0], name[1])
+            loop = server._require_loop()
+            admission = server.core.ms.stream_incoming(self.alloc, peer, loop.time())
+            if self.closed or admission is Admission.REFUSE:
+                logger.info("MS-TURN allocation #%d: refused TCP peer %s:%d", self.alloc.id, *peer)
+                self.closed = True
+                transport.close()
+                return
+            self.peer = peer
+            server._ms_streams[(self.alloc.id, peer)] = self
+            if admission is Admission.HOLD:
+                self.transport.pause_reading()
+                self.hold = loop.call_later(server.config.connect_timeout, self._hold_expired)
+        if self.closed:
+            transport.close()
+            return
+        for data in self.pending:
+            self.transport.write(data)
+        self.pending.clear()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+        elif self.pending_bytes + len(data) <= self.MAX_PENDING:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        if self.peer is None:
+            return
+        for message in server.core.ms.stream_data(
+            self.alloc, self.peer, data, server._require_loop().time()
+        ):
+            server.send_to_client(self.alloc.five_tuple, message)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.hold is not None:
+            self.hold.cancel()
+            self.hold = None
+        if self.server._loop is not None and not self.server._loop.is_closed():
+            self.server._ms_stream_gone(self)
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -132,8 +132,8 @@ class FrontEndConfig:
     DoNotSupportEncryption (the gateway requires SRTP, so the lab requires it)."""
     keep_alive: int = 300
     """``ms-keep-alive`` timeout clients are told (seconds)."""
-    turn_host: str = "127.0.1.2"
-    """The A/V Edge relay MRAS names."""
+    turn_host: str = "127.0.1.3"
+    """The A/V Edge relay MRAS names (its own address, beside the Access Edge's)."""
     turn_udp_port: int = 3478
     turn_tcp_port: int = 443
     """The A/V Edge's TCP port MRAS names (443, beside 3478, as a real A/V Edge)."""
@@ -174,8 +174,9 @@ class AvEdgeConfig:
 
     enabled: bool = True
     """Run the TURN server."""
-    listen: str = "127.0.1.2"
-    """Address of the TURN/STUN listener (UDP and TCP)."""
+    listen: str = "127.0.1.3"
+    """Address of the TURN/STUN listener (UDP and TCP): the A/V Edge's own external address,
+    as a real Edge gives the Access Edge and the A/V Edge one each (both serve 443)."""
     port: int = 3478
     """TURN/STUN port (0: any free port)."""
     tcp_ports: tuple[int, ...] = (443,)

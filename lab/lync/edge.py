@@ -7,7 +7,8 @@ Record-Routed so in-dialog requests come back through us. Requests from the
 internal side (a connection whose certificate names the FE) go to the external client
 whose connection the Request-URI (the client's Contact) names.
 
-A/V Edge: ``turn.server.TurnServer`` on UDP 3478 and TCP 3478 + 443, relays 50000-59999,
+A/V Edge: ``turn.server.TurnServer`` on its own address (a real Edge gives the Access Edge
+and the A/V Edge one each, both with 443): UDP 3478 and TCP 3478 + 443, relays 50000-59999,
 serving MS-TURN (Lync / Skype for Business clients, pidgin-sipe: credentials from the FE's
 MRAS, checked with the key the Edge shares with the FE) beside standard TURN (the static
 accounts); external clients take their srflx and relay candidates from it.
@@ -67,8 +68,8 @@ class Edge(LyncProxy):
                                    error.strerror, config.listen.port)
             if config.turn.enabled:
                 turn = edge.turn_config()
-                # One address for both roles here (a real Edge has one each): a TCP port the
-                # Access Edge already serves on it stays the Access Edge's.
+                # Configured with one address for both roles (a real Edge, and the lab's by
+                # default, has one each): a TCP port the Access Edge serves stays its own.
                 shared = [p for p in turn.tcp_ports if any(
                     a.host == turn.listen and a.port == p for a in stack.listeners)]
                 if shared:

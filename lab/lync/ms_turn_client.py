@@ -1,4 +1,5 @@
-"""A Lync client's MS-TURN allocation on the A/V Edge ([MS-TURN] client side, over UDP).
+"""A Lync client's MS-TURN allocation on the A/V Edge ([MS-TURN] client side, over UDP, or
+over TCP as a client does where UDP is blocked: framed, or pseudo-TLS first on 443).
 
 Why here and hand-written: aioice's TURN client speaks only RFC 5766/8656, and a real Lync /
 Skype for Business client (and pidgin-sipe through libnice's OC2007R2 mode) allocates on
@@ -22,7 +23,12 @@ What the client sends, as [MS-TURN] 3.2 and libnice's MS modes do:
 - refresh: Allocate again before the lifetime ends; release: Allocate with LIFETIME 0.
 
 The exchange itself is sans-IO (``MsTurnSession``: bytes in, bytes out); ``MsTurnProtocol``
-is the asyncio adapter (one UDP socket, retransmissions, the refresh timer).
+is the asyncio adapter (one UDP socket, retransmissions, the refresh timer), and
+``MsTurnStreamProtocol`` the same over one TCP connection: every message in an [MS-TURN]
+2.1.4 frame (0x02 control, 0x03 data for the active destination), after the pseudo-TLS
+handshake ([MS-TURN] 2.1.3) when asked. An allocation made over TCP relays TCP (the A/V
+Edge's TCP relayed address): what is sent to a peer is that peer's byte stream, so a caller
+doing ICE-TCP frames each packet itself (RFC 4571), as libnice does.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ __all__ = [
     "MsTurnError",
     "MsTurnProtocol",
     "MsTurnSession",
+    "MsTurnStreamProtocol",
     "MsTurnTransport",
     "create_ms_turn_endpoint",
+    "create_ms_turn_stream_endpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +62,8 @@ MS_VERSION = 1
 """MS-VERSION we send: 1, as [MS-ICE] clients (and libnice's OC2007R2 mode) send it."""
 RETRANSMISSIONS = (0.5, 1.0, 2.0, 4.0)
 """Seconds between an unanswered request's copies (RFC 3489 style doubling), then give up."""
+STREAM_WAIT = (7.5,)
+"""Over TCP a request is sent once (the stream is reliable) and waited for this long."""
 
 
 class MsTurnError(ConnectionError):
@@ -302,6 +312,75 @@ class MsTurnProtocol(asyncio.DatagramProtocol):
                 self.transport.close()
 
 
+class _Framed:
+    """The TCP connection as ``MsTurnProtocol`` sees a socket: ``sendto`` frames each
+    message (MS-TURN control 0x02, anything else data 0x03 for the active destination)."""
+
+    def __init__(self, stream: asyncio.Transport) -> None:
+        self.stream = stream
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        kind = ms_turn.FRAME_CONTROL if ms_turn.is_ms_turn(data) else ms_turn.FRAME_DATA
+        self.stream.write(ms_turn.frame(kind, data))
+
+    def is_closing(self) -> bool:
+        return self.stream.is_closing()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class MsTurnStreamProtocol(MsTurnProtocol, asyncio.Protocol):
+    """``MsTurnProtocol`` over one TCP connection to the A/V Edge (framed, optionally after
+    the pseudo-TLS handshake)."""
+
+    def __init__(self, server: Address, session: MsTurnSession, *, pseudo_tls: bool,
+                 retransmissions: tuple[float, ...] = STREAM_WAIT) -> None:
+        super().__init__(server, session, retransmissions)
+        self.pseudo_tls = pseudo_tls
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tls = b""
+        self._framer = ms_turn.MsStreamFramer()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = transport
+        assert isinstance(stream, asyncio.Transport)
+        self.transport = _Framed(stream)  # type: ignore[assignment]
+        if self.pseudo_tls:
+            stream.write(ms_turn.pseudo_tls_client_hello(os.urandom(32)))
+        else:
+            self.handshake.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if not self.handshake.done():
+                self._tls += data
+                length = ms_turn.pseudo_tls_record_length(self._tls)
+                if length is None or len(self._tls) < length:
+                    return
+                if self._tls[5:6] != b"\x02":  # ServerHello (+ ServerHelloDone)
+                    raise DecodeError("pseudo-TLS: no ServerHello")
+                data, self._tls = self._tls[length:], b""
+                self.handshake.set_result(None)
+            self._framer.feed(data)
+            while (frame := self._framer.next_frame()) is not None:
+                self.datagram_received(frame[1], self.server)
+        except DecodeError as error:
+            logger.warning("MS-TURN over TCP to %s:%d: %s", *self.server, error.message)
+            if not self.handshake.done():
+                self.handshake.set_exception(MsTurnError(error.message))
+            if self.transport is not None:
+                self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(MsTurnError("A/V Edge closed the connection"))
+        super().connection_lost(exc)
+
+
 class MsTurnTransport:
     """Looks like a datagram transport to aioice, as its ``TurnTransport`` does, over an
     MS-TURN allocation."""
@@ -357,6 +436,34 @@ async def create_ms_turn_endpoint(
         if turn.transport is not None:
             turn.transport.close()
         raise
+    return _wire(turn, allocated, protocol_factory)
+
+
+async def create_ms_turn_stream_endpoint(
+    protocol_factory: Callable[[], asyncio.DatagramProtocol], *, server: Address,
+    username: bytes, password: bytes, local_host: str, pseudo_tls: bool = False,
+    lifetime: int | None = None, timeout: float = 10.0,
+) -> tuple[MsTurnTransport, asyncio.DatagramProtocol]:
+    """Allocate over TCP (``pseudo_tls``: the handshake MS clients open 443 with first); the
+    relayed address is a TCP one. The returned protocol gets each piece of a peer's byte
+    stream as a datagram from that peer."""
+    loop = asyncio.get_running_loop()
+    session = MsTurnSession(username, password, lifetime=lifetime)
+    stream, turn = await asyncio.wait_for(loop.create_connection(
+        lambda: MsTurnStreamProtocol(server, session, pseudo_tls=pseudo_tls),
+        server[0], server[1], local_addr=(local_host, 0)), timeout)
+    try:
+        await asyncio.wait_for(turn.handshake, timeout)
+        allocated = await turn.allocate()
+    except BaseException:
+        stream.close()
+        raise
+    return _wire(turn, allocated, protocol_factory)
+
+
+def _wire(turn: MsTurnProtocol, allocated: Allocated,
+          protocol_factory: Callable[[], asyncio.DatagramProtocol],
+          ) -> tuple[MsTurnTransport, asyncio.DatagramProtocol]:
     transport = MsTurnTransport(turn, allocated)
     protocol = protocol_factory()
     protocol.connection_made(transport)  # type: ignore[arg-type]

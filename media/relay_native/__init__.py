@@ -11,6 +11,9 @@ pylibsrtp without those internals) makes the C path create its own system libsrt
 from __future__ import annotations
 
 import os
+import select
+import time
+import weakref
 from typing import Any, cast
 
 import pylibsrtp
@@ -136,34 +139,111 @@ class NativeRelay:
 
 
 class NativeHub:
-    """media.relay.Hub over the C hub (one epoll set, batch buffers shared by its relays)."""
+    """media.relay.Hub over one C hub per worker thread, relays spread over them (the least
+    loaded takes the next). ``threads`` 0: a single hub pumped by whoever polls it (the event
+    loop, through ``media.relay.attach``), as the pure-Python hub is. Otherwise ``start``
+    gives each hub its own thread, which pumps its sockets without the GIL; ``poll`` then
+    only runs the on_stun/on_latch callbacks the workers queued, on the polling thread, and
+    ``fileno`` is the eventfd they signal that on."""
 
-    __slots__ = ("_core",)
+    __slots__ = ("__weakref__", "_cores", "_notify", "_started", "_tie", "_top", "threads")
 
-    def __init__(self, timestamps: bool = False, rcvbuf: int = 0) -> None:
-        self._core = _relay.Hub(timestamps=timestamps, rcvbuf=rcvbuf)
+    def __init__(self, timestamps: bool = False, rcvbuf: int = 0, threads: int = 0) -> None:
+        if threads < 0:
+            raise ValueError("threads must be 0 or more")
+        self.threads = threads
+        self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._cores = [_relay.Hub(timestamps=timestamps, rcvbuf=rcvbuf, notify_fd=self._notify)
+                       for _ in range(max(threads, 1))]
+        self._top: select.epoll | None = None
+        if len(self._cores) > 1:   # polled from one thread until started: one fd for all
+            self._top = select.epoll()
+            for core in self._cores:
+                self._top.register(core.fileno(), select.EPOLLIN)
+        self._started = False
+        self._tie = 0
+        weakref.finalize(self, _release, self._cores, self._notify, self._top)
 
     def register(self, relay: Relay) -> None:
         if not isinstance(relay, NativeRelay):
             raise TypeError("a NativeRelay")
-        self._core.register(relay._core)
+        # the least loaded hub; among equals, the next in turn: a call registers its audio
+        # then its video relay, and plain alternation would put every video on one thread
+        n = len(self._cores)
+        sizes = [int(core.size()) for core in self._cores]
+        least = min(sizes)
+        if sizes.count(least) > 1:
+            self._tie += 1
+        pick = next(i for k in range(n) if sizes[i := (self._tie + k) % n] == least)
+        self._cores[pick].register(relay._core)
 
     def unregister(self, relay: Relay) -> None:
         if not isinstance(relay, NativeRelay):
-            raise TypeError("a NativeRelay")
-        self._core.unregister(relay._core)
+            raise ValueError("not a relay of this hub")
+        home = relay._core.hub
+        if not any(home is core for core in self._cores):
+            raise ValueError("not a relay of this hub")
+        home.unregister(relay._core)
+
+    def start(self) -> None:
+        if self.threads and not self._started:
+            for core in self._cores:
+                core.start()
+            self._started = True
+
+    def stop(self) -> None:
+        for core in self._cores:
+            core.stop()
+        self._started = False
 
     def poll(self, timeout_ms: int = 0) -> int:
-        return int(self._core.poll(timeout_ms))
+        if self._started:
+            try:
+                os.eventfd_read(self._notify)
+            except BlockingIOError:
+                pass
+            return sum(int(core.deliver()) for core in self._cores)
+        if self._top is None:
+            return int(self._cores[0].poll(timeout_ms))
+        if timeout_ms:
+            self._top.poll(timeout_ms / 1000)
+        return sum(int(core.poll(0)) for core in self._cores)
 
     def run(self, seconds: float) -> None:
-        self._core.run(seconds)
+        if self._top is None and not self._started:
+            self._cores[0].run(seconds)
+            return
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self._started:
+                select.select([self._notify], [], [], 0.02)
+                self.poll()
+            else:
+                self.poll(20)
 
     def fileno(self) -> int:
-        return int(self._core.fileno())
+        if self._started:
+            return self._notify
+        return int(self._cores[0].fileno()) if self._top is None else self._top.fileno()
 
     def latency(self, reset: bool = False) -> list[int]:
-        return cast(list[int], self._core.latency(reset))
+        hists = [cast(list[int], core.latency(reset)) for core in self._cores]
+        return [sum(col) for col in zip(*hists, strict=True)]
 
     def stats(self) -> dict[str, int]:
-        return cast(dict[str, int], self._core.stats())
+        out: dict[str, int] = {}
+        for core in self._cores:
+            for key, value in core.stats().items():
+                if key != "threaded":
+                    out[key] = out.get(key, 0) + int(value)
+        out["threads"] = len(self._cores) if self._started else 0
+        return out
+
+
+def _release(cores: list[Any], notify: int, top: select.epoll | None) -> None:
+    """The workers end before the eventfd they write goes."""
+    for core in cores:
+        core.stop()
+    os.close(notify)
+    if top is not None:
+        top.close()

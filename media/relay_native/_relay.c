@@ -1,9 +1,21 @@
 /* The fast packet path of the media relay: one Relay per stream component owns the UDP
  * sockets of its two sides (A: the Microsoft/ICE side, B: the video side); a Hub polls many
  * relays with one epoll set, receives in batches (recvmmsg), applies the published plan
- * (direction, latching, SRTP through the system libsrtp2, SSRC mapping) in place in a
- * per-hub buffer ring, and sends in batches (sendmmsg). No Python frame and no allocation per
- * packet; STUN (first byte 0-3) goes up to Python through the relay's on_stun callback.
+ * (direction, latching, SRTP through libsrtp, SSRC mapping) in place in a per-hub buffer
+ * ring, and sends in batches (sendmmsg). No Python frame and no allocation per packet.
+ *
+ * A hub is pumped either from the calling thread (poll/run, the asyncio loop's reader) or,
+ * once started, by its own worker thread: a plain pthread that never takes the GIL (it runs
+ * no Python at all). Several started hubs give one process several cores. What the worker
+ * shares with Python threads:
+ * - the hub's batch lock (`mu`), held while one relay side is pumped; everything that reads
+ *   or changes a relay's plan, latch state, counters or fds from Python takes it too;
+ * - the plan: an immutable plan_t that publish builds outside the lock (SRTP sessions are
+ *   made there), swaps in under the lock, and frees after it: no batch can still read it;
+ * - the epoll tags: a slot index and generation, checked under the lock, so that an event
+ *   of a relay unregistered (or closed, its fd number reused) meanwhile is ignored;
+ * - callbacks (on_stun, on_latch): queued in C, the hub's notify eventfd written, and run
+ *   by `poll`/`deliver` on the thread that calls them (the event loop's, through attach).
  *
  * media/relay_py.py is the pure-Python twin and the oracle of the tests: every rule here has
  * its line there, and `feed` runs the same per-packet function as the pump, without sockets.
@@ -17,9 +29,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,12 +49,14 @@
 #define MAX_MKI 16
 #define MAP_CAP 1024
 #define AUTH_TAG 10
-#define LAT_BUCKETS 20000
+#define LAT_BUCKETS 20000       /* 1 us buckets up to 20 ms, then one overflow bucket */
 /* pylibsrtp (the portable path) works in a 1500-byte buffer and reserves its largest trailer
  * (144 bytes SRTP, 148 SRTCP) before protecting: both paths refuse the same sizes */
 #define SRTP_BUF 1500
 #define SRTP_TRAILER 144
-#define SRTCP_TRAILER 148       /* 1 us buckets up to 20 ms, then one overflow bucket */
+#define SRTCP_TRAILER 148
+#define PUMP_BATCHES 8          /* per ready socket and wake-up */
+#define QUEUE_CAP 4096          /* callbacks waiting for the loop; past it they are dropped */
 
 enum { SIDE_A = 0, SIDE_B = 1 };
 enum { MODE_FIXED = 0, MODE_STRICT = 1, MODE_NAT = 2 };
@@ -52,22 +71,41 @@ typedef struct {
     int valid;
 } addr_t;
 
+/* One SRTP session, shared by the plans that carry the same key (so that replay state and
+ * rollover counters survive a re-publish). `refs` changes only under the GIL and never
+ * while a batch can reach the session (see Relay_publish). */
 typedef struct {
-    /* the plan's rules for this side */
+    srtp_t ctx;
+    PyObject *owner;    /* set: an external session (see set_external_srtp) */
+    uint8_t key[30];
+    int key_len;
+    int refs;
+} sess_t;
+
+/* One side's rules in a plan (immutable once published). */
+typedef struct {
     int mode;
     addr_t sdp;
     int64_t relatch_after_ns;
-    srtp_t rx, tx;
-    PyObject *rx_owner, *tx_owner;  /* set: an external session (see set_external_srtp) */
-    uint8_t rx_key[46], tx_key[46];
-    int rx_key_len, tx_key_len;
+    sess_t *rx, *tx;
     uint8_t mki[MAX_MKI];
     int mki_len;
-    /* latch state (mutable, owned by the packet path) */
+} rules_t;
+
+typedef struct {
+    rules_t side[2];
+    int fwd[2];          /* RTP allowed from side i to the other */
+    int rtcp_live;
+} plan_t;
+
+static const plan_t EMPTY_PLAN;  /* before the first publish: only STUN goes anywhere */
+
+/* One side's mutable state, owned by the packet path (read from Python under the lock). */
+typedef struct {
     addr_t latched;
     int64_t last_heard;
     uint64_t relatches;
-    int latch_changed;   /* on_latch is due (called after the packet, outside process) */
+    int latch_changed;   /* on_latch is due (queued after the batch, outside process) */
     /* counters for packets received on this side, and sent from it */
     uint64_t in_packets, in_bytes, out_packets, out_bytes;
     uint64_t verdicts[V_COUNT];
@@ -80,17 +118,17 @@ typedef struct {
 
 typedef struct RelayObject {
     PyObject_HEAD
+    plan_t *plan;        /* NULL: EMPTY_PLAN */
     side_t side[2];
-    int fwd[2];          /* RTP allowed from side i to the other */
-    int rtcp_live;
+    /* the SSRC map: its range comes with the plan, its table is packet-path state */
     int has_map;
     uint32_t map_first, map_last, map_next;
     map_entry_t *map;    /* FIFO ring, oldest at map_head */
     int map_len, map_cap, map_head;
     PyObject *on_stun;
     PyObject *on_latch;
-    PyObject *hub;       /* borrowed while registered */
-    struct { struct RelayObject *relay; int side; } tags[2];
+    PyObject *hub;       /* borrowed while registered (the hub's set holds the relay) */
+    uint32_t slot;       /* this relay's slot in its hub */
 } RelayObject;
 
 static int64_t mono_ns(void) {
@@ -274,11 +312,12 @@ static inline int is_rtcp(const uint8_t *p) {  /* RFC 5761 §4: PT 64-95 with ma
     return p[1] >= 192 && p[1] <= 223;
 }
 
-/* Applies the plan to one packet received on side `s` from `src`, in place in `buf` (at
+/* Applies plan `p` to one packet received on side `s` from `src`, in place in `buf` (at
  * least BUF_SIZE bytes). Returns the verdict; for V_FORWARD, *len is the length to send and
- * *dest the target on the other side. */
-static int process(RelayObject *r, int s, uint8_t *buf, int *len,
+ * *dest the target on the other side. Called under the relay's hub lock (or unregistered). */
+static int process(RelayObject *r, const plan_t *p, int s, uint8_t *buf, int *len,
                    const struct sockaddr_storage *src, int64_t now, const addr_t **dest) {
+    const rules_t *rin = &p->side[s], *rout = &p->side[!s];
     side_t *in = &r->side[s], *out = &r->side[!s];
     int n = *len;
     in->in_packets++;
@@ -288,12 +327,12 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
     int rtcp = is_rtcp(buf);
     if (!rtcp && n < 12) return V_MALFORMED;
     /* latching (reliab-media's Latch.accept) */
-    if (in->mode != MODE_FIXED) {
+    if (rin->mode != MODE_FIXED) {
         if (!addr_eq(&in->latched, src)) {
-            int exact = in->mode == MODE_STRICT && addr_eq(&in->sdp, src);
-            if (in->latched.valid && !exact && now - in->last_heard < in->relatch_after_ns)
+            int exact = rin->mode == MODE_STRICT && addr_eq(&rin->sdp, src);
+            if (in->latched.valid && !exact && now - in->last_heard < rin->relatch_after_ns)
                 return V_SOURCE;
-            if (in->mode == MODE_STRICT && !host_eq(&in->sdp, src)) return V_SOURCE;
+            if (rin->mode == MODE_STRICT && !host_eq(&rin->sdp, src)) return V_SOURCE;
             if (in->latched.valid) in->relatches++;
             memcpy(&in->latched.ss, src, sizeof(*src));
             in->latched.len = src->ss_family == AF_INET ? sizeof(struct sockaddr_in)
@@ -303,17 +342,18 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
         }
         in->last_heard = now;
     }
-    if (!(rtcp ? r->rtcp_live : r->fwd[s])) return V_DIRECTION;
-    if (in->rx) {
+    if (!(rtcp ? p->rtcp_live : p->fwd[s])) return V_DIRECTION;
+    if (rin->rx) {
         if (n > SRTP_BUF) return V_SRTP;
-        if (in->mki_len) {
-            if (n < 12 + in->mki_len + AUTH_TAG) return V_SRTP;
-            int at = n - AUTH_TAG - in->mki_len;
-            if (memcmp(buf + at, in->mki, in->mki_len)) return V_SRTP;
-            memmove(buf + at, buf + at + in->mki_len, AUTH_TAG);
-            n -= in->mki_len;
+        if (rin->mki_len) {
+            if (n < 12 + rin->mki_len + AUTH_TAG) return V_SRTP;
+            int at = n - AUTH_TAG - rin->mki_len;
+            if (memcmp(buf + at, rin->mki, rin->mki_len)) return V_SRTP;
+            memmove(buf + at, buf + at + rin->mki_len, AUTH_TAG);
+            n -= rin->mki_len;
         }
-        srtp_err_status_t st = run_srtp(in->rx, in->rx_owner != NULL, rtcp ? 3 : 1, buf, &n);
+        srtp_err_status_t st = run_srtp(rin->rx->ctx, rin->rx->owner != NULL, rtcp ? 3 : 1,
+                                        buf, &n);
         if (st != srtp_err_status_ok) return V_SRTP;
     }
     if (r->has_map) {
@@ -324,31 +364,36 @@ static int process(RelayObject *r, int s, uint8_t *buf, int *len,
             rewrite_rtcp(r, buf, n, F_SAME, F_UNMAP);
         }
     }
-    if (out->tx) {
+    if (rout->tx) {
         if (n + (rtcp ? SRTCP_TRAILER : SRTP_TRAILER) > SRTP_BUF) return V_SRTP;
-        srtp_err_status_t st = run_srtp(out->tx, out->tx_owner != NULL, rtcp ? 2 : 0, buf, &n);
+        srtp_err_status_t st = run_srtp(rout->tx->ctx, rout->tx->owner != NULL, rtcp ? 2 : 0,
+                                        buf, &n);
         if (st != srtp_err_status_ok) return V_SRTP;
     }
-    const addr_t *target = out->mode != MODE_FIXED && out->latched.valid ? &out->latched
-                                                                       : &out->sdp;
+    const addr_t *target = rout->mode != MODE_FIXED && out->latched.valid ? &out->latched
+                                                                        : &rout->sdp;
     if (!target->valid) return V_NO_ROUTE;
     *dest = target;
     *len = n;
     return V_FORWARD;
 }
 
-/* -- Relay ------------------------------------------------------------------------------- */
+/* -- plans and their SRTP sessions -------------------------------------------------------- */
 
-static void drop_session(srtp_t *ctx, PyObject **owner) {
-    if (*owner) Py_CLEAR(*owner);   /* the external library frees its own session */
-    else if (*ctx) srtp_dealloc(*ctx);
-    *ctx = NULL;
+static void sess_release(sess_t *x) {
+    if (!x || --x->refs > 0) return;
+    if (x->owner) Py_DECREF(x->owner);   /* the external library frees its own session */
+    else if (x->ctx) srtp_dealloc(x->ctx);
+    PyMem_Free(x);
 }
 
-static void side_free_srtp(side_t *s) {
-    drop_session(&s->rx, &s->rx_owner);
-    drop_session(&s->tx, &s->tx_owner);
-    s->rx_key_len = s->tx_key_len = 0;
+static void plan_free(plan_t *p) {
+    if (!p) return;
+    for (int i = 0; i < 2; i++) {
+        sess_release(p->side[i].rx);
+        sess_release(p->side[i].tx);
+    }
+    PyMem_Free(p);
 }
 
 static int make_session(srtp_t *ctx, const uint8_t *key, int inbound) {
@@ -368,15 +413,13 @@ static int make_session(srtp_t *ctx, const uint8_t *key, int inbound) {
     return 0;
 }
 
-/* `key`: None; 30 bytes of key + salt (a system libsrtp2 session, kept while the key is); or
- * (owner, address) of an external session (kept while it is the same one). */
-static int set_key(srtp_t *ctx, PyObject **owner, uint8_t *stored, int *stored_len,
-                   PyObject *key, int inbound) {
-    if (key == Py_None) {
-        drop_session(ctx, owner);
-        *stored_len = 0;
-        return 0;
-    }
+/* The session for `key` in a new plan: NULL for None; for 30 bytes of key + salt, a system
+ * libsrtp2 session; for (owner, address), an external session. The previous plan's session
+ * `prev` is shared (one more reference) when it is the same key or the same session. */
+static int sess_for(sess_t *prev, PyObject *key, int inbound, sess_t **out) {
+    *out = NULL;
+    if (key == Py_None) return 0;
+    sess_t *x;
     if (PyTuple_Check(key)) {
         PyObject *who;
         unsigned long long address;
@@ -385,12 +428,20 @@ static int set_key(srtp_t *ctx, PyObject **owner, uint8_t *stored, int *stored_l
             PyErr_SetString(PyExc_ValueError, "external SRTP session without set_external_srtp");
             return -1;
         }
-        if (*owner && *ctx == (srtp_t)(uintptr_t)address) return 0;
-        drop_session(ctx, owner);
+        if (prev && prev->owner && prev->ctx == (srtp_t)(uintptr_t)address) {
+            prev->refs++;
+            *out = prev;
+            return 0;
+        }
+        if (!(x = PyMem_Calloc(1, sizeof(*x)))) {
+            PyErr_NoMemory();
+            return -1;
+        }
         Py_INCREF(who);
-        *owner = who;
-        *ctx = (srtp_t)(uintptr_t)address;
-        *stored_len = 0;
+        x->owner = who;
+        x->ctx = (srtp_t)(uintptr_t)address;
+        x->refs = 1;
+        *out = x;
         return 0;
     }
     char *data;
@@ -400,14 +451,27 @@ static int set_key(srtp_t *ctx, PyObject **owner, uint8_t *stored, int *stored_l
         PyErr_SetString(PyExc_ValueError, "SRTP key must be 30 bytes (AES_CM_128 key + salt)");
         return -1;
     }
-    if (*ctx && !*owner && *stored_len == len && !memcmp(stored, data, len)) return 0;
-    drop_session(ctx, owner);
-    memcpy(stored, data, len);
-    *stored_len = (int)len;
-    return make_session(ctx, stored, inbound);
+    if (prev && !prev->owner && prev->key_len == len && !memcmp(prev->key, data, len)) {
+        prev->refs++;
+        *out = prev;
+        return 0;
+    }
+    if (!(x = PyMem_Calloc(1, sizeof(*x)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(x->key, data, len);
+    x->key_len = (int)len;
+    x->refs = 1;
+    if (make_session(&x->ctx, x->key, inbound) < 0) {
+        PyMem_Free(x);
+        return -1;
+    }
+    *out = x;
+    return 0;
 }
 
-static int publish_side(side_t *s, PyObject *t) {
+static int rules_from_py(rules_t *out, const rules_t *prev, PyObject *t) {
     int mode;
     PyObject *sdp, *rx_key, *tx_key;
     long long relatch_ns;
@@ -420,21 +484,83 @@ static int publish_side(side_t *s, PyObject *t) {
         PyErr_SetString(PyExc_ValueError, "bad latch mode or MKI");
         return -1;
     }
-    addr_t addr;
-    if (addr_from_py(sdp, &addr) < 0) return -1;
-    if (set_key(&s->rx, &s->rx_owner, s->rx_key, &s->rx_key_len, rx_key, 1) < 0) return -1;
-    if (set_key(&s->tx, &s->tx_owner, s->tx_key, &s->tx_key_len, tx_key, 0) < 0) return -1;
-    int same = addr.valid == s->sdp.valid && (!addr.valid || addr_eq(&s->sdp, &addr.ss));
-    if (!same) {     /* a new SDP address starts latching over */
-        s->sdp = addr;
-        s->latched.valid = 0;
-    }
-    s->mode = mode;
-    s->relatch_after_ns = relatch_ns;
-    memcpy(s->mki, mki, mki_len);
-    s->mki_len = (int)mki_len;
+    if (addr_from_py(sdp, &out->sdp) < 0) return -1;
+    if (sess_for(prev->rx, rx_key, 1, &out->rx) < 0) return -1;
+    if (sess_for(prev->tx, tx_key, 0, &out->tx) < 0) return -1;
+    out->mode = mode;
+    out->relatch_after_ns = relatch_ns;
+    memcpy(out->mki, mki, mki_len);
+    out->mki_len = (int)mki_len;
     return 0;
 }
+
+/* -- Hub (declarations the relay needs) --------------------------------------------------- */
+
+typedef struct {
+    RelayObject *relay;  /* NULL: free */
+    uint32_t gen;
+} slot_t;
+
+typedef struct cb_t {   /* one callback waiting for the loop */
+    struct cb_t *next;
+    uint32_t slot, gen;
+    int side, kind;      /* CB_STUN: data is the packet; CB_LATCH: addr is the new source */
+    struct sockaddr_storage addr;
+    int len;
+    uint8_t data[];
+} cb_t;
+
+enum { CB_STUN = 0, CB_LATCH = 1 };
+#define WAKE_TAG UINT64_MAX
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    int timestamps;
+    int rcvbuf;
+    PyObject *relays;   /* set: keeps registered relays alive */
+    pthread_mutex_t mu; /* the batch lock (see the top of this file) */
+    slot_t *slots;
+    uint32_t nslots, next_gen;
+    Py_ssize_t count;
+    uint8_t (*bufs)[BUF_SIZE];
+    struct mmsghdr in[BATCH], out[BATCH];
+    struct iovec iov_in[BATCH], iov_out[BATCH];
+    struct sockaddr_storage src[BATCH];
+    char ctl[BATCH][64];
+    struct timespec rx_ts[BATCH];
+    int dirty;          /* receive headers the last recvmmsg filled (to reset) */
+    uint32_t *lat;      /* LAT_BUCKETS + 1 */
+    uint64_t batches, packets;
+    /* callbacks queued for the thread that polls (the event loop's) */
+    pthread_mutex_t qmu;
+    cb_t *qhead, *qtail;
+    int qlen;
+    uint64_t qdropped;
+    int notify_fd, own_notify;  /* written when a worker queued callbacks */
+    int wake_fd;                /* in the epoll set: stop() wakes the worker */
+    pthread_t thread;
+    pid_t owner;                /* the process that started the worker (not a fork of it) */
+    int running;
+    int stopping;               /* atomic: the worker leaves at its next wake-up */
+    int ready;                  /* the mutexes are initialised */
+} HubObject;
+
+static PyTypeObject HubType;
+
+static pthread_mutex_t *relay_lock(RelayObject *r) {
+    if (!r->hub) return NULL;
+    pthread_mutex_t *mu = &((HubObject *)r->hub)->mu;
+    /* a worker holds it at most for one relay side's batch, and never waits for the GIL */
+    pthread_mutex_lock(mu);
+    return mu;
+}
+
+static void relay_unlock(pthread_mutex_t *mu) {
+    if (mu) pthread_mutex_unlock(mu);
+}
+
+/* -- Relay ------------------------------------------------------------------------------- */
 
 static PyObject *Relay_publish(RelayObject *self, PyObject *args) {
     int fwd_ab, fwd_ba, rtcp_live;
@@ -443,40 +569,64 @@ static PyObject *Relay_publish(RelayObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "pppOOLL", &fwd_ab, &fwd_ba, &rtcp_live, &a, &b, &map_first,
                           &map_last))
         return NULL;
-    if (publish_side(&self->side[SIDE_A], a) < 0 || publish_side(&self->side[SIDE_B], b) < 0)
+    const plan_t *old = self->plan ? self->plan : &EMPTY_PLAN;
+    if (map_first >= 0 && (map_last < map_first || map_last > 0xffffffffLL)) {
+        PyErr_SetString(PyExc_ValueError, "bad SSRC range");
         return NULL;
-    self->fwd[SIDE_A] = fwd_ab;
-    self->fwd[SIDE_B] = fwd_ba;
-    self->rtcp_live = rtcp_live;
+    }
+    /* the new plan is built whole outside the lock (making SRTP sessions is the slow part) */
+    plan_t *p = PyMem_Calloc(1, sizeof(plan_t));
+    if (!p) return PyErr_NoMemory();
+    if (rules_from_py(&p->side[SIDE_A], &old->side[SIDE_A], a) < 0 ||
+        rules_from_py(&p->side[SIDE_B], &old->side[SIDE_B], b) < 0) {
+        plan_free(p);
+        return NULL;
+    }
+    p->fwd[SIDE_A] = fwd_ab;
+    p->fwd[SIDE_B] = fwd_ba;
+    p->rtcp_live = rtcp_live;
+    /* a new SSRC range starts a new table */
+    int new_map = map_first >= 0 && (!self->has_map || self->map_first != map_first ||
+                                     self->map_last != map_last);
+    map_entry_t *fresh = NULL, *stale = NULL;
+    int cap = 0;
+    if (new_map) {
+        uint64_t size = (uint64_t)(map_last - map_first) + 1;
+        cap = size < MAP_CAP ? (int)size : MAP_CAP;
+        if (!(fresh = PyMem_Calloc(cap, sizeof(map_entry_t)))) {
+            plan_free(p);
+            return PyErr_NoMemory();
+        }
+    }
+    pthread_mutex_t *mu = relay_lock(self);
+    for (int i = 0; i < 2; i++) {   /* a new SDP address starts latching over */
+        const addr_t *was = &old->side[i].sdp, *now = &p->side[i].sdp;
+        if (was->valid != now->valid || (now->valid && !addr_eq(was, &now->ss)))
+            self->side[i].latched.valid = 0;
+    }
+    plan_t *prev = self->plan;
+    self->plan = p;
     if (map_first < 0) {
         self->has_map = 0;
-    } else if (!self->has_map || self->map_first != map_first || self->map_last != map_last) {
-        if (map_last < map_first || map_last > 0xffffffffLL) {
-            PyErr_SetString(PyExc_ValueError, "bad SSRC range");
-            return NULL;
-        }
-        uint64_t size = (uint64_t)(map_last - map_first) + 1;
-        int cap = size < MAP_CAP ? (int)size : MAP_CAP;
-        map_entry_t *m = PyMem_Realloc(self->map, sizeof(map_entry_t) * cap);
-        if (!m) return PyErr_NoMemory();
-        self->map = m;
+    } else if (new_map) {
+        stale = self->map;
+        self->map = fresh;
         self->map_cap = cap;
         self->map_len = self->map_head = 0;
         self->map_first = self->map_next = (uint32_t)map_first;
         self->map_last = (uint32_t)map_last;
         self->has_map = 1;
     }
+    relay_unlock(mu);
+    /* no batch can hold the old plan now: it read self->plan under the lock */
+    plan_free(prev);
+    PyMem_Free(stale);
     Py_RETURN_NONE;
 }
 
-/* Calls on_latch(side, (host, port)) once a packet latched side `s` to a new source (rare:
- * the first packet, a relatch), outside the per-packet path. */
-static void latch_callback(RelayObject *r, int s) {
-    side_t *x = &r->side[s];
-    if (!x->latch_changed) return;
-    x->latch_changed = 0;
-    if (!r->on_latch || r->on_latch == Py_None || !x->latched.valid) return;
-    PyObject *addr = addr_to_py(&x->latched.ss);
+static void call_latch(RelayObject *r, int s, const struct sockaddr_storage *ss) {
+    if (!r->on_latch || r->on_latch == Py_None) return;
+    PyObject *addr = addr_to_py(ss);
     PyObject *res = addr ? PyObject_CallFunction(r->on_latch, "iN", s, addr) : NULL;
     if (!res) PyErr_WriteUnraisable(r->on_latch);
     Py_XDECREF(res);
@@ -500,13 +650,25 @@ static PyObject *Relay_feed(RelayObject *self, PyObject *args) {
     memcpy(buf, data.buf, data.len > BUF_SIZE ? BUF_SIZE : data.len);
     PyBuffer_Release(&data);
     const addr_t *dest = NULL;
-    int v = process(self, s, buf, &len, &src.ss, now, &dest);
-    self->side[s].verdicts[v]++;
-    latch_callback(self, s);
+    addr_t to;
+    struct sockaddr_storage latched;
+    pthread_mutex_t *mu = relay_lock(self);
+    int v = process(self, self->plan ? self->plan : &EMPTY_PLAN, s, buf, &len, &src.ss, now,
+                    &dest);
+    side_t *x = &self->side[s];
+    x->verdicts[v]++;
+    int latch = x->latch_changed && x->latched.valid;
+    x->latch_changed = 0;
+    if (latch) latched = x->latched.ss;
+    if (v == V_FORWARD) {
+        self->side[!s].out_packets++;
+        self->side[!s].out_bytes += (uint64_t)len;
+        to = *dest;
+    }
+    relay_unlock(mu);
+    if (latch) call_latch(self, s, &latched);
     if (v != V_FORWARD) return Py_BuildValue("(iOO)", v, Py_None, Py_None);
-    self->side[!s].out_packets++;
-    self->side[!s].out_bytes += (uint64_t)len;
-    PyObject *d = addr_to_py(&dest->ss);
+    PyObject *d = addr_to_py(&to.ss);
     if (!d) return NULL;
     return Py_BuildValue("(iy#N)", v, (const char *)buf, (Py_ssize_t)len, d);
 }
@@ -517,6 +679,7 @@ static PyObject *Relay_sendto(RelayObject *self, PyObject *args) {
     PyObject *dest;
     if (!PyArg_ParseTuple(args, "iy*O", &s, &data, &dest)) return NULL;
     addr_t to;
+    /* fds change only on this (the GIL's) side: no lock to read one */
     if (s < 0 || s > 1 || addr_from_py(dest, &to) < 0 || !to.valid || self->side[s].fd < 0) {
         PyBuffer_Release(&data);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad side, address or closed");
@@ -537,13 +700,15 @@ static PyObject *Relay_counters(RelayObject *self, PyObject *args) {
     int s;
     if (!PyArg_ParseTuple(args, "i", &s)) return NULL;
     if (s < 0 || s > 1) return PyErr_Format(PyExc_ValueError, "bad side %d", s);
-    side_t *x = &self->side[s];
-    PyObject *d = Py_BuildValue("{sKsKsKsKsK}", "packets_in", x->in_packets, "bytes_in",
-                                x->in_bytes, "packets_out", x->out_packets, "bytes_out",
-                                x->out_bytes, "relatches", x->relatches);
+    pthread_mutex_t *mu = relay_lock(self);   /* a snapshot between two batches */
+    side_t x = self->side[s];
+    relay_unlock(mu);
+    PyObject *d = Py_BuildValue("{sKsKsKsKsK}", "packets_in", x.in_packets, "bytes_in",
+                                x.in_bytes, "packets_out", x.out_packets, "bytes_out",
+                                x.out_bytes, "relatches", x.relatches);
     if (!d) return NULL;
     for (int i = 0; i < V_COUNT; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(x->verdicts[i]);
+        PyObject *v = PyLong_FromUnsignedLongLong(x.verdicts[i]);
         if (!v || PyDict_SetItemString(d, VERDICT_NAMES[i], v) < 0) {
             Py_XDECREF(v);
             Py_DECREF(d);
@@ -558,14 +723,18 @@ static PyObject *Relay_latched(RelayObject *self, PyObject *args) {
     int s;
     if (!PyArg_ParseTuple(args, "i", &s)) return NULL;
     if (s < 0 || s > 1) return PyErr_Format(PyExc_ValueError, "bad side %d", s);
-    if (!self->side[s].latched.valid) Py_RETURN_NONE;
-    return addr_to_py(&self->side[s].latched.ss);
+    pthread_mutex_t *mu = relay_lock(self);
+    addr_t latched = self->side[s].latched;
+    relay_unlock(mu);
+    if (!latched.valid) Py_RETURN_NONE;
+    return addr_to_py(&latched.ss);
 }
 
-static PyObject *hub_unregister(PyObject *hub, RelayObject *r);
+static void hub_unregister(HubObject *hub, RelayObject *r);
 
 static void relay_close_fds(RelayObject *self) {
-    if (self->hub) hub_unregister(self->hub, self);
+    /* unregistered first: after that no worker reaches this relay, so its fds may go */
+    if (self->hub) hub_unregister((HubObject *)self->hub, self);
     for (int i = 0; i < 2; i++) {
         if (self->side[i].fd >= 0) close(self->side[i].fd);
         self->side[i].fd = -1;
@@ -581,12 +750,12 @@ static int Relay_init(RelayObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"fd_a", "fd_b", NULL};
     int fa = -1, fb = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|ii", names, &fa, &fb)) return -1;
+    if (self->hub) {
+        PyErr_SetString(PyExc_ValueError, "a registered relay cannot be re-initialised");
+        return -1;
+    }
     self->side[0].fd = fa;
     self->side[1].fd = fb;
-    for (int i = 0; i < 2; i++) {
-        self->tags[i].relay = self;
-        self->tags[i].side = i;
-    }
     return 0;
 }
 
@@ -599,10 +768,11 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 static int Relay_traverse(RelayObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->on_stun);
     Py_VISIT(self->on_latch);
-    for (int i = 0; i < 2; i++) {
-        Py_VISIT(self->side[i].rx_owner);
-        Py_VISIT(self->side[i].tx_owner);
-    }
+    if (self->plan)
+        for (int i = 0; i < 2; i++) {
+            if (self->plan->side[i].rx) Py_VISIT(self->plan->side[i].rx->owner);
+            if (self->plan->side[i].tx) Py_VISIT(self->plan->side[i].tx->owner);
+        }
     return 0;
 }
 
@@ -615,7 +785,8 @@ static int Relay_clear(RelayObject *self) {
 static void Relay_dealloc(RelayObject *self) {
     PyObject_GC_UnTrack(self);
     relay_close_fds(self);
-    for (int i = 0; i < 2; i++) side_free_srtp(&self->side[i]);
+    plan_free(self->plan);
+    self->plan = NULL;
     PyMem_Free(self->map);
     Relay_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -626,6 +797,7 @@ static PyMemberDef Relay_members[] = {
      "called with (side, data, (host, port)) for each STUN packet"},
     {"on_latch", T_OBJECT, offsetof(RelayObject, on_latch), 0,
      "called with (side, (host, port)) when a side latches to a new source"},
+    {"hub", T_OBJECT, offsetof(RelayObject, hub), READONLY, "the hub it is registered with"},
     {NULL}};
 
 static PyMethodDef Relay_methods[] = {
@@ -653,33 +825,29 @@ static PyTypeObject RelayType = {
     .tp_members = Relay_members,
 };
 
-/* -- Hub: one epoll set, the batch buffers, the relay-added latency histogram ------------ */
+/* -- Hub: one epoll set, the batch buffers, the relay-added latency histogram, and (once
+ * started) the worker thread that pumps them ------------------------------------------------ */
 
-typedef struct {
-    PyObject_HEAD
-    int epfd;
-    int timestamps;
-    int rcvbuf;
-    PyObject *relays;   /* set: keeps registered relays alive */
-    uint8_t (*bufs)[BUF_SIZE];
-    struct mmsghdr in[BATCH], out[BATCH];
-    struct iovec iov_in[BATCH], iov_out[BATCH];
-    struct sockaddr_storage src[BATCH];
-    char ctl[BATCH][64];
-    struct timespec rx_ts[BATCH];
-    uint32_t *lat;      /* LAT_BUCKETS + 1 */
-    uint64_t batches, packets;
-} HubObject;
+static inline uint64_t slot_tag(uint32_t slot, uint32_t gen, int side) {
+    return (uint64_t)gen << 32 | (uint64_t)slot << 1 | (uint64_t)side;
+}
 
-static PyTypeObject HubType;
+/* The relay an epoll tag names, if it is still registered (under the lock, or the GIL). */
+static RelayObject *slot_relay(HubObject *hub, uint32_t slot, uint32_t gen) {
+    if (slot >= hub->nslots || hub->slots[slot].gen != gen) return NULL;
+    return hub->slots[slot].relay;
+}
 
-static PyObject *hub_unregister(PyObject *hub_obj, RelayObject *r) {
-    HubObject *hub = (HubObject *)hub_obj;
+static void hub_unregister(HubObject *hub, RelayObject *r) {
+    pthread_mutex_lock(&hub->mu);
     for (int i = 0; i < 2; i++)
         if (r->side[i].fd >= 0) epoll_ctl(hub->epfd, EPOLL_CTL_DEL, r->side[i].fd, NULL);
+    hub->slots[r->slot].relay = NULL;
+    hub->slots[r->slot].gen = 0;
+    pthread_mutex_unlock(&hub->mu);
     r->hub = NULL;
+    hub->count--;
     if (PySet_Discard(hub->relays, (PyObject *)r) < 0) PyErr_Clear();
-    Py_RETURN_NONE;
 }
 
 static PyObject *Hub_register(HubObject *self, PyObject *arg) {
@@ -687,6 +855,28 @@ static PyObject *Hub_register(HubObject *self, PyObject *arg) {
         return PyErr_Format(PyExc_TypeError, "a Relay, not %s", Py_TYPE(arg)->tp_name);
     RelayObject *r = (RelayObject *)arg;
     if (r->hub) return PyErr_Format(PyExc_ValueError, "relay already registered");
+    if (!self->relays) return PyErr_Format(PyExc_ValueError, "hub cleared");
+    uint32_t slot = 0;
+    while (slot < self->nslots && self->slots[slot].relay) slot++;
+    if (slot == 0x7fffffff) return PyErr_Format(PyExc_ValueError, "too many relays");
+    slot_t *grown = NULL;
+    if (slot == self->nslots) {     /* grown outside the lock, swapped in under it */
+        uint32_t cap = self->nslots ? 2 * self->nslots : 64;
+        if (!(grown = PyMem_Calloc(cap, sizeof(slot_t)))) return PyErr_NoMemory();
+        if (self->nslots) memcpy(grown, self->slots, sizeof(slot_t) * self->nslots);
+        pthread_mutex_lock(&self->mu);
+        slot_t *old = self->slots;
+        self->slots = grown;
+        self->nslots = cap;
+        pthread_mutex_unlock(&self->mu);
+        PyMem_Free(old);
+    }
+    if (++self->next_gen == 0 || self->next_gen == UINT32_MAX) self->next_gen = 1;
+    uint32_t gen = self->next_gen;
+    pthread_mutex_lock(&self->mu);
+    self->slots[slot].relay = r;
+    self->slots[slot].gen = gen;
+    pthread_mutex_unlock(&self->mu);
     for (int i = 0; i < 2; i++) {
         int fd = r->side[i].fd;
         if (fd < 0) continue;
@@ -697,22 +887,37 @@ static PyObject *Hub_register(HubObject *self, PyObject *arg) {
         if (self->rcvbuf > 0 &&  /* past net.core.rmem_max where allowed (root) */
             setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &self->rcvbuf, sizeof(int)) < 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &self->rcvbuf, sizeof(int));
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &r->tags[i]};
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = slot_tag(slot, gen, i)};
         if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+            int err = errno;
+            pthread_mutex_lock(&self->mu);
             for (int j = 0; j < i; j++)
                 if (r->side[j].fd >= 0) epoll_ctl(self->epfd, EPOLL_CTL_DEL, r->side[j].fd, NULL);
+            self->slots[slot].relay = NULL;
+            self->slots[slot].gen = 0;
+            pthread_mutex_unlock(&self->mu);
+            errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
     }
-    if (PySet_Add(self->relays, arg) < 0) return NULL;
+    if (PySet_Add(self->relays, arg) < 0) {
+        r->hub = (PyObject *)self;
+        r->slot = slot;
+        self->count++;
+        hub_unregister(self, r);
+        return NULL;
+    }
     r->hub = (PyObject *)self;
+    r->slot = slot;
+    self->count++;
     Py_RETURN_NONE;
 }
 
 static PyObject *Hub_unregister(HubObject *self, PyObject *arg) {
     if (!PyObject_TypeCheck(arg, &RelayType) || ((RelayObject *)arg)->hub != (PyObject *)self)
         return PyErr_Format(PyExc_ValueError, "not a relay of this hub");
-    return hub_unregister((PyObject *)self, (RelayObject *)arg);
+    hub_unregister(self, (RelayObject *)arg);
+    Py_RETURN_NONE;
 }
 
 static void record_latency(HubObject *hub, const struct timespec *rx, const struct timespec *now) {
@@ -723,28 +928,61 @@ static void record_latency(HubObject *hub, const struct timespec *rx, const stru
     hub->lat[us < LAT_BUCKETS ? us : LAT_BUCKETS]++;
 }
 
-/* Drains one side of one relay: receive a batch, process in place, send the batch.
- * Called with the GIL held (STUN callbacks, counters are plain C). */
-static void pump_side(HubObject *hub, RelayObject *r, int s) {
+/* Queues a callback for the polling thread (any thread, no GIL needed). Returns 1 if queued. */
+static int queue_push(HubObject *hub, uint32_t slot, uint32_t gen, int side, int kind,
+                      const struct sockaddr_storage *addr, const uint8_t *data, int len) {
+    cb_t *cb = NULL;
+    pthread_mutex_lock(&hub->qmu);
+    if (hub->qlen < QUEUE_CAP) cb = malloc(sizeof(cb_t) + (size_t)len);
+    if (!cb) {
+        hub->qdropped++;
+        pthread_mutex_unlock(&hub->qmu);
+        return 0;
+    }
+    cb->next = NULL;
+    cb->slot = slot;
+    cb->gen = gen;
+    cb->side = side;
+    cb->kind = kind;
+    cb->addr = *addr;
+    cb->len = len;
+    if (len) memcpy(cb->data, data, (size_t)len);
+    if (hub->qtail) hub->qtail->next = cb;
+    else hub->qhead = cb;
+    hub->qtail = cb;
+    hub->qlen++;
+    pthread_mutex_unlock(&hub->qmu);
+    return 1;
+}
+
+/* Drains one side of one relay: receive a batch, process in place, send the batch. Called
+ * under the hub's lock, by its worker (no GIL) or by poll (GIL held): no Python in here.
+ * Returns 1 if callbacks were queued. */
+static int pump_side(HubObject *hub, RelayObject *r, int s, uint32_t slot, uint32_t gen) {
     side_t *in = &r->side[s], *out = &r->side[!s];
-    for (;;) {
-        if (in->fd < 0) return;
-        for (int i = 0; i < BATCH; i++) {
-            hub->iov_in[i].iov_base = hub->bufs[i];
-            hub->iov_in[i].iov_len = BUF_SIZE;
+    const plan_t *p = r->plan ? r->plan : &EMPTY_PLAN;
+    /* callbacks are only looked at (set or not) here; the loop thread may change them */
+    PyObject *on_stun = __atomic_load_n(&r->on_stun, __ATOMIC_RELAXED);
+    PyObject *on_latch = __atomic_load_n(&r->on_latch, __ATOMIC_RELAXED);
+    int queued = 0;
+    /* at most PUMP_BATCHES batches, then the next ready socket (epoll reports this one
+     * again): fair to the other relays, and the lock is held for a bounded time */
+    for (int round = 0; round < PUMP_BATCHES; round++) {
+        if (in->fd < 0) break;
+        /* the receive headers point at fixed buffers (set up once, Hub_new); only what the
+         * kernel wrote into the last batch's entries is reset */
+        for (int i = 0; i < hub->dirty; i++) {
             struct msghdr *h = &hub->in[i].msg_hdr;
-            h->msg_name = &hub->src[i];
             h->msg_namelen = sizeof(hub->src[i]);
-            h->msg_iov = &hub->iov_in[i];
-            h->msg_iovlen = 1;
-            h->msg_control = hub->timestamps ? hub->ctl[i] : NULL;
             h->msg_controllen = hub->timestamps ? sizeof(hub->ctl[i]) : 0;
             h->msg_flags = 0;
         }
+        hub->dirty = 0;
         int n = recvmmsg(in->fd, hub->in, BATCH, MSG_DONTWAIT, NULL);
+        if (n > 0) hub->dirty = n;
         if (n <= 0) {
             if (n < 0 && errno == ECONNREFUSED) continue;  /* an ICMP error: next packets */
-            return;
+            break;
         }
         int64_t now = mono_ns();
         int k = 0;
@@ -753,17 +991,12 @@ static void pump_side(HubObject *hub, RelayObject *r, int s) {
             int len = (int)hub->in[i].msg_len;
             if (h->msg_flags & MSG_TRUNC) len = BUF_SIZE + 1;
             const addr_t *dest = NULL;
-            int v = process(r, s, hub->bufs[i], &len, &hub->src[i], now, &dest);
+            int v = process(r, p, s, hub->bufs[i], &len, &hub->src[i], now, &dest);
             in->verdicts[v]++;
             if (v == V_STUN) {
-                if (r->on_stun && r->on_stun != Py_None) {
-                    PyObject *addr = addr_to_py(&hub->src[i]);
-                    PyObject *res = addr ? PyObject_CallFunction(
-                        r->on_stun, "iy#N", s, (const char *)hub->bufs[i], (Py_ssize_t)len,
-                        addr) : NULL;
-                    if (!res) PyErr_WriteUnraisable(r->on_stun);
-                    Py_XDECREF(res);
-                }
+                if (on_stun && on_stun != Py_None)
+                    queued |= queue_push(hub, slot, gen, s, CB_STUN, &hub->src[i],
+                                         hub->bufs[i], len);
                 continue;
             }
             if (v != V_FORWARD) continue;
@@ -793,7 +1026,11 @@ static void pump_side(HubObject *hub, RelayObject *r, int s) {
             }
             sent += m;
         }
-        latch_callback(r, s);
+        if (in->latch_changed) {
+            in->latch_changed = 0;
+            if (in->latched.valid && on_latch && on_latch != Py_None)
+                queued |= queue_push(hub, slot, gen, s, CB_LATCH, &in->latched.ss, NULL, 0);
+        }
         for (int i = 0; i < sent; i++) {
             out->out_packets++;
             out->out_bytes += hub->iov_out[i].iov_len;
@@ -807,11 +1044,85 @@ static void pump_side(HubObject *hub, RelayObject *r, int s) {
         }
         hub->batches++;
         hub->packets += (uint64_t)n;
-        if (n < BATCH) return;
+        if (n < BATCH) break;
     }
+    return queued;
 }
 
-/* One epoll round: wait up to timeout_ms, pump every ready side. Returns events handled. */
+/* One ready socket: pumped under the lock if its relay is still registered. */
+static int hub_event(HubObject *hub, uint64_t tag) {
+    uint32_t slot = (uint32_t)(tag & 0xffffffffu) >> 1, gen = (uint32_t)(tag >> 32);
+    int queued = 0;
+    pthread_mutex_lock(&hub->mu);
+    RelayObject *r = slot_relay(hub, slot, gen);
+    if (r) queued = pump_side(hub, r, (int)(tag & 1), slot, gen);
+    pthread_mutex_unlock(&hub->mu);
+    return queued;
+}
+
+static void drain_fd(int fd) {
+    uint64_t v;
+    ssize_t got = read(fd, &v, sizeof(v));
+    (void)got;   /* EAGAIN: nothing was due */
+}
+
+/* Runs the queued callbacks (GIL held, on the polling thread). Returns how many ran. */
+static int hub_deliver(HubObject *hub) {
+    if (!hub->ready) return 0;
+    if (hub->own_notify) drain_fd(hub->notify_fd);
+    pthread_mutex_lock(&hub->qmu);
+    cb_t *cb = hub->qhead;
+    hub->qhead = hub->qtail = NULL;
+    hub->qlen = 0;
+    pthread_mutex_unlock(&hub->qmu);
+    int ran = 0;
+    while (cb) {
+        cb_t *next = cb->next;
+        /* slots change only with the GIL held, which this thread has */
+        RelayObject *r = slot_relay(hub, cb->slot, cb->gen);
+        PyObject *fn = r ? (cb->kind == CB_STUN ? r->on_stun : r->on_latch) : NULL;
+        if (fn && fn != Py_None) {
+            Py_INCREF(r);   /* the callback may close and drop it */
+            Py_INCREF(fn);
+            PyObject *addr = addr_to_py(&cb->addr), *res = NULL;
+            if (addr && cb->kind == CB_STUN)
+                res = PyObject_CallFunction(fn, "iy#N", cb->side, (const char *)cb->data,
+                                            (Py_ssize_t)cb->len, addr);
+            else if (addr)
+                res = PyObject_CallFunction(fn, "iN", cb->side, addr);
+            if (!res) PyErr_WriteUnraisable(fn);
+            Py_XDECREF(res);
+            Py_DECREF(fn);
+            Py_DECREF(r);
+            ran++;
+        }
+        free(cb);
+        cb = next;
+    }
+    return ran;
+}
+
+static void *hub_worker(void *arg) {
+    HubObject *hub = arg;
+    struct epoll_event evs[128];
+    while (!__atomic_load_n(&hub->stopping, __ATOMIC_ACQUIRE)) {
+        int n = epoll_wait(hub->epfd, evs, 128, -1);
+        int queued = 0;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.u64 == WAKE_TAG) drain_fd(hub->wake_fd);
+            else queued |= hub_event(hub, evs[i].data.u64);
+        }
+        if (queued) {
+            uint64_t one = 1;
+            ssize_t put = write(hub->notify_fd, &one, sizeof(one));
+            (void)put;   /* EAGAIN: the counter is full, the loop is woken anyway */
+        }
+    }
+    return NULL;
+}
+
+/* One epoll round on the calling thread: wait up to timeout_ms, pump every ready side, then
+ * run the callbacks queued meanwhile. Returns events handled. */
 static int hub_round(HubObject *self, int timeout_ms, int release_gil) {
     struct epoll_event evs[128];
     int n;
@@ -822,25 +1133,23 @@ static int hub_round(HubObject *self, int timeout_ms, int release_gil) {
     } else {
         n = epoll_wait(self->epfd, evs, 128, timeout_ms);
     }
-    /* every relay of this round is held until its end: an on_stun callback may close and
-     * drop any relay, whose event may still be further down the list */
-    RelayObject *held[128];
-    int sides[128];
     for (int i = 0; i < n; i++) {
-        struct { RelayObject *relay; int side; } *tag = evs[i].data.ptr;
-        held[i] = tag->relay;
-        sides[i] = tag->side;
-        Py_INCREF(held[i]);
+        if (evs[i].data.u64 == WAKE_TAG) drain_fd(self->wake_fd);
+        else hub_event(self, evs[i].data.u64);
     }
-    for (int i = 0; i < n; i++) pump_side(self, held[i], sides[i]);
-    for (int i = 0; i < n; i++) Py_DECREF(held[i]);
+    hub_deliver(self);
     return n < 0 ? 0 : n;
 }
 
 static PyObject *Hub_poll(HubObject *self, PyObject *args) {
     int timeout_ms = 0;
     if (!PyArg_ParseTuple(args, "|i", &timeout_ms)) return NULL;
+    if (self->running) return PyLong_FromLong(hub_deliver(self));  /* the worker pumps */
     return PyLong_FromLong(hub_round(self, timeout_ms, timeout_ms != 0));
+}
+
+static PyObject *Hub_deliver(HubObject *self, PyObject *unused) {
+    return PyLong_FromLong(hub_deliver(self));
 }
 
 static PyObject *Hub_run(HubObject *self, PyObject *args) {
@@ -848,9 +1157,58 @@ static PyObject *Hub_run(HubObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "d", &seconds)) return NULL;
     int64_t end = mono_ns() + (int64_t)(seconds * 1e9);
     while (mono_ns() < end) {
-        hub_round(self, 20, 1);
+        if (self->running) {   /* the worker pumps; this thread runs the callbacks */
+            struct pollfd pfd = {.fd = self->notify_fd, .events = POLLIN};
+            Py_BEGIN_ALLOW_THREADS
+            poll(&pfd, 1, 20);
+            Py_END_ALLOW_THREADS
+            if (!self->own_notify) drain_fd(self->notify_fd);
+            hub_deliver(self);
+        } else {
+            hub_round(self, 20, 1);
+        }
         if (PyErr_CheckSignals() < 0) return NULL;
     }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Hub_start(HubObject *self, PyObject *unused) {
+    if (self->running) Py_RETURN_NONE;
+    if (!self->relays) return PyErr_Format(PyExc_ValueError, "hub cleared");
+    __atomic_store_n(&self->stopping, 0, __ATOMIC_RELEASE);
+    /* signals stay with Python's threads: the worker blocks them all */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int err = pthread_create(&self->thread, NULL, hub_worker, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->owner = getpid();
+    self->running = 1;
+    Py_RETURN_NONE;
+}
+
+static void hub_stop(HubObject *self) {
+    if (!self->running) return;
+    if (self->owner != getpid()) {   /* a forked child: the worker was not copied */
+        self->running = 0;
+        return;
+    }
+    __atomic_store_n(&self->stopping, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    ssize_t put = write(self->wake_fd, &one, sizeof(one));
+    (void)put;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(self->thread, NULL);
+    Py_END_ALLOW_THREADS
+    self->running = 0;
+}
+
+static PyObject *Hub_stop(HubObject *self, PyObject *unused) {
+    hub_stop(self);
     Py_RETURN_NONE;
 }
 
@@ -858,58 +1216,122 @@ static PyObject *Hub_fileno(HubObject *self, PyObject *unused) {
     return PyLong_FromLong(self->epfd);
 }
 
+static PyObject *Hub_notify_fileno(HubObject *self, PyObject *unused) {
+    return PyLong_FromLong(self->notify_fd);
+}
+
+static PyObject *Hub_size(HubObject *self, PyObject *unused) {
+    return PyLong_FromSsize_t(self->count);
+}
+
 static PyObject *Hub_latency(HubObject *self, PyObject *args) {
     int reset = 0;
     if (!PyArg_ParseTuple(args, "|p", &reset)) return NULL;
-    PyObject *list = PyList_New(LAT_BUCKETS + 1);
-    if (!list) return NULL;
-    for (int i = 0; i <= LAT_BUCKETS; i++) {
-        PyObject *v = PyLong_FromUnsignedLong(self->lat[i]);
-        if (!v) { Py_DECREF(list); return NULL; }
-        PyList_SET_ITEM(list, i, v);
-    }
+    uint32_t *copy = PyMem_Malloc(sizeof(uint32_t) * (LAT_BUCKETS + 1));
+    if (!copy) return PyErr_NoMemory();
+    pthread_mutex_lock(&self->mu);
+    memcpy(copy, self->lat, sizeof(uint32_t) * (LAT_BUCKETS + 1));
     if (reset) memset(self->lat, 0, sizeof(uint32_t) * (LAT_BUCKETS + 1));
+    pthread_mutex_unlock(&self->mu);
+    PyObject *list = PyList_New(LAT_BUCKETS + 1);
+    for (int i = 0; list && i <= LAT_BUCKETS; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(copy[i]);
+        if (!v) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, i, v);
+    }
+    PyMem_Free(copy);
     return list;
 }
 
 static PyObject *Hub_stats(HubObject *self, PyObject *unused) {
-    return Py_BuildValue("{sKsKsn}", "batches", self->batches, "packets", self->packets,
-                         "relays", PySet_GET_SIZE(self->relays));
+    pthread_mutex_lock(&self->mu);
+    uint64_t batches = self->batches, packets = self->packets;
+    pthread_mutex_unlock(&self->mu);
+    pthread_mutex_lock(&self->qmu);
+    uint64_t dropped = self->qdropped;
+    pthread_mutex_unlock(&self->qmu);
+    return Py_BuildValue("{sKsKsnsKsi}", "batches", batches, "packets", packets, "relays",
+                         self->count, "callbacks_dropped", dropped, "threaded", self->running);
 }
 
 static PyObject *Hub_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *names[] = {"timestamps", "rcvbuf", NULL};
-    int timestamps = 0, rcvbuf = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|pi", names, &timestamps, &rcvbuf)) return NULL;
+    static char *names[] = {"timestamps", "rcvbuf", "notify_fd", NULL};
+    int timestamps = 0, rcvbuf = 0, notify_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|pii", names, &timestamps, &rcvbuf, &notify_fd))
+        return NULL;
     HubObject *self = (HubObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
+    self->wake_fd = self->notify_fd = -1;
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     self->timestamps = timestamps;
     self->rcvbuf = rcvbuf;
     self->relays = PySet_New(NULL);
     self->bufs = PyMem_Calloc(BATCH, BUF_SIZE);
     self->lat = PyMem_Calloc(LAT_BUCKETS + 1, sizeof(uint32_t));
-    if (self->epfd < 0 || !self->relays || !self->bufs || !self->lat) {
-        int no_fd = self->epfd < 0;
+    pthread_mutex_init(&self->mu, NULL);
+    pthread_mutex_init(&self->qmu, NULL);
+    self->ready = 1;
+    for (int i = 0; self->bufs && i < BATCH; i++) {
+        self->iov_in[i].iov_base = self->bufs[i];
+        self->iov_in[i].iov_len = BUF_SIZE;
+        struct msghdr *h = &self->in[i].msg_hdr;
+        h->msg_name = &self->src[i];
+        h->msg_iov = &self->iov_in[i];
+        h->msg_iovlen = 1;
+        h->msg_control = timestamps ? self->ctl[i] : NULL;
+    }
+    self->dirty = BATCH;
+    self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (notify_fd >= 0) {
+        self->notify_fd = notify_fd;   /* shared by a pool of hubs, owned by its creator */
+    } else {
+        self->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        self->own_notify = 1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_TAG};
+    int no_fd = self->epfd < 0 || self->wake_fd < 0 || self->notify_fd < 0 ||
+                epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->wake_fd, &ev) < 0;
+    if (no_fd || !self->relays || !self->bufs || !self->lat) {
         Py_DECREF(self);
         return no_fd ? PyErr_SetFromErrno(PyExc_OSError) : PyErr_NoMemory();
     }
     return (PyObject *)self;
 }
 
+/* Stops the worker and lets every relay go (dealloc and the GC's clear). */
+static void hub_detach_all(HubObject *self) {
+    hub_stop(self);
+    if (!self->ready) return;
+    pthread_mutex_lock(&self->mu);
+    for (uint32_t i = 0; i < self->nslots; i++) {
+        RelayObject *r = self->slots[i].relay;
+        if (!r) continue;
+        for (int j = 0; j < 2; j++)
+            if (r->side[j].fd >= 0) epoll_ctl(self->epfd, EPOLL_CTL_DEL, r->side[j].fd, NULL);
+        r->hub = NULL;
+        self->slots[i].relay = NULL;
+        self->slots[i].gen = 0;
+    }
+    pthread_mutex_unlock(&self->mu);
+    self->count = 0;
+}
+
 static void Hub_dealloc(HubObject *self) {
     PyObject_GC_UnTrack(self);
-    if (self->relays) {
-        PyObject *it = PyObject_GetIter(self->relays), *r;
-        while (it && (r = PyIter_Next(it))) {
-            ((RelayObject *)r)->hub = NULL;
-            Py_DECREF(r);
-        }
-        Py_XDECREF(it);
-        PyErr_Clear();
-    }
+    hub_detach_all(self);
     Py_CLEAR(self->relays);
     if (self->epfd >= 0) close(self->epfd);
+    if (self->wake_fd >= 0) close(self->wake_fd);
+    if (self->own_notify && self->notify_fd >= 0) close(self->notify_fd);
+    for (cb_t *cb = self->qhead, *next; cb; cb = next) {
+        next = cb->next;
+        free(cb);
+    }
+    if (self->ready) {
+        pthread_mutex_destroy(&self->mu);
+        pthread_mutex_destroy(&self->qmu);
+    }
+    PyMem_Free(self->slots);
     PyMem_Free(self->bufs);
     PyMem_Free(self->lat);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -921,6 +1343,7 @@ static int Hub_traverse(HubObject *self, visitproc visit, void *arg) {
 }
 
 static int Hub_clear(HubObject *self) {
+    hub_detach_all(self);
     Py_CLEAR(self->relays);
     return 0;
 }
@@ -929,13 +1352,23 @@ static PyMethodDef Hub_methods[] = {
     {"register", (PyCFunction)Hub_register, METH_O, "register(relay): poll its sockets"},
     {"unregister", (PyCFunction)Hub_unregister, METH_O, "unregister(relay)"},
     {"poll", (PyCFunction)Hub_poll, METH_VARARGS,
-     "poll(timeout_ms=0) -> events: pump every ready socket once"},
+     "poll(timeout_ms=0) -> events: pump every ready socket once, then run the queued "
+     "callbacks (started: only run the callbacks)"},
+    {"deliver", (PyCFunction)Hub_deliver, METH_NOARGS,
+     "deliver() -> n: run the callbacks queued by the packet path"},
     {"run", (PyCFunction)Hub_run, METH_VARARGS,
      "run(seconds): pump until the time is up (GIL released while waiting)"},
+    {"start", (PyCFunction)Hub_start, METH_NOARGS,
+     "start(): a worker thread pumps from now on (no GIL); poll() only runs callbacks"},
+    {"stop", (PyCFunction)Hub_stop, METH_NOARGS, "stop(): the worker thread ends (joined)"},
     {"fileno", (PyCFunction)Hub_fileno, METH_NOARGS, "the epoll fd (readable when work)"},
+    {"notify_fileno", (PyCFunction)Hub_notify_fileno, METH_NOARGS,
+     "the eventfd a worker writes when it queued callbacks"},
+    {"size", (PyCFunction)Hub_size, METH_NOARGS, "relays registered"},
     {"latency", (PyCFunction)Hub_latency, METH_VARARGS,
      "latency(reset=False) -> receive-to-send histogram, 1 us buckets, last = overflow"},
-    {"stats", (PyCFunction)Hub_stats, METH_NOARGS, "batches, packets, relays"},
+    {"stats", (PyCFunction)Hub_stats, METH_NOARGS,
+     "batches, packets, relays, callbacks_dropped, threaded"},
     {NULL}};
 
 static PyTypeObject HubType = {

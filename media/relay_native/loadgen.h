@@ -18,12 +18,15 @@ typedef struct {
     uint32_t ssrc;
     uint16_t seq;
     uint32_t ts;
+    srtp_t tx;      /* this flow's own send session (external), else the side's */
 } lg_flow_t;
 
 static const char LOADGEN_DOC[] =
     "loadgen(fd_a, fd_b, flows, seconds, keys=(None, None), drain=0.5) -> dict\n"
-    "flows: [(side, (host, port), pps, size, ssrc[, rx_key])], sent from the side's socket;\n"
-    "rx_key: the SRTP key this flow's packets arrive with at the other side (per SSRC);\n"
+    "flows: [(side, (host, port), pps, size, ssrc[, rx_key[, tx_session]])], sent from the\n"
+    "side's socket; rx_key: the SRTP key this flow's packets arrive with at the other side\n"
+    "(per SSRC); tx_session: the address of an external session this flow sends with (one\n"
+    "stream each: libsrtp finds a session's streams by a linear search);\n"
     "keys: (send+receive SRTP key of side A or None, same for B);\n"
     "sessions: instead of keys, (tx_a, rx_a, tx_b, rx_b) addresses (0: none) of sessions\n"
     "of the external libsrtp (set_external_srtp), flows' receive streams already added;\n"
@@ -118,7 +121,9 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
         int side, size;
         double pps;
         unsigned int ssrc;
-        int ok = t && PyArg_ParseTuple(t, "iOdiI|O", &side, &dest, &pps, &size, &ssrc, &rx_key);
+        unsigned long long tx_session = 0;
+        int ok = t && PyArg_ParseTuple(t, "iOdiI|OK", &side, &dest, &pps, &size, &ssrc, &rx_key,
+                                       &tx_session);
         Py_XDECREF(t);
         if (!ok) goto done;
         if (!external && rx_key != Py_None &&
@@ -129,6 +134,11 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
             goto done;
         }
         if (addr_from_py(dest, &flows[i].dest) < 0) goto done;
+        if (tx_session && !external) {
+            PyErr_SetString(PyExc_ValueError, "a flow's tx_session needs external sessions");
+            goto done;
+        }
+        flows[i].tx = (srtp_t)(uintptr_t)tx_session;
         flows[i].side = side;
         flows[i].period_ns = (int64_t)(1e9 / pps);
         /* spread the flows' phases over one period */
@@ -199,7 +209,8 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
                         wr32(p + 8, f->ssrc);
                         f->seq++;
                         int len = f->size;
-                        if (tx[s] && run_srtp(tx[s], external, 0, p, &len) != srtp_err_status_ok) {
+                        srtp_t ctx = f->tx ? f->tx : tx[s];
+                        if (ctx && run_srtp(ctx, external, 0, p, &len) != srtp_err_status_ok) {
                             srtp_fail++;
                             continue;
                         }

@@ -61,14 +61,30 @@ def roles(compose: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield name, service
 
 
+IPADDR = ["python", "-m", "lab.ipaddr"]
+"""The wrapper that gives the Edge its second external address, then execs its role."""
+
+
+def gateway_command(command: list[str]) -> list[str]:
+    """The `gateway ...` command a service runs (after lab.ipaddr's `--`, if wrapped)."""
+    if command[:3] == IPADDR:
+        return command[command.index("--") + 1:]
+    return command
+
+
 def config_path(service: dict[str, Any]) -> Path:
-    command = service["command"]
+    command = gateway_command(service["command"])
     path = command[command.index("--config") + 1]
     return ROOT / str(path)
 
 
 def addresses(service: dict[str, Any]) -> set[str]:
-    return {net["ipv4_address"] for net in service["networks"].values()}
+    """The service's network addresses, and the one lab.ipaddr adds (the A/V Edge's)."""
+    found = {net["ipv4_address"] for net in service["networks"].values()}
+    command = service.get("command") or []
+    if command[:3] == IPADDR:
+        found.add(command[command.index("--add") + 1].split("/")[0])
+    return found
 
 
 def test_services_are_the_lab_hosts(compose: dict[str, Any]) -> None:
@@ -84,6 +100,7 @@ def test_every_command_is_an_existing_gateway_role(compose: dict[str, Any]) -> N
     for name, service in compose["services"].items():
         command = service.get("entrypoint", service.get("command"))
         assert isinstance(command, list), f"{name}: command must be an exec-form list"
+        command = gateway_command(command)
         assert command[0] == "gateway", f"{name}: {command}"
         assert command[1] in COMMANDS, f"{name}: unknown role {command[1]!r}"
         used.add(command[1])
@@ -101,7 +118,7 @@ def test_every_config_exists_and_passes_check_config(
     compose: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name, service in roles(compose):
-        role = service["command"][1]
+        role = gateway_command(service["command"])[1]
         path = config_path(service)
         assert path.is_file(), f"{name}: {path} missing"
         assert service.get("working_dir") == APP_DIR
@@ -173,6 +190,33 @@ def test_demo_one_shot_reaches_every_party(compose: dict[str, Any]) -> None:
         assert any(host in net for net in reachable), f"demo cannot reach {party}"
 
 
+def test_av_edge_has_its_own_external_address(compose: dict[str, Any]) -> None:
+    """A real Edge's Access Edge and A/V Edge each have an external IP (both with 443): the
+    Edge adds the A/V Edge's beside the Access Edge's, where the A/V Edge listens, MRAS
+    points and david allocates; only the Edge gets root, NET_ADMIN and the wrapper."""
+    services = compose["services"]
+    edge = services["lync-edge"]
+    command = edge["command"]
+    assert command[:3] == IPADDR and edge["cap_add"] == ["NET_ADMIN"]
+    av = ipaddress.ip_interface(command[command.index("--add") + 1])
+    access = command[command.index("--beside") + 1]
+    assert command[command.index("--user") + 1] == "gateway"
+    external = ipaddress.ip_network(
+        compose["networks"]["external"]["ipam"]["config"][0]["subnet"])
+    assert access == edge["networks"]["external"]["ipv4_address"]
+    assert av.network == external and str(av.ip) != access
+    others = {a for n, s in roles(compose) if n != "lync-edge" for a in addresses(s)}
+    assert str(av.ip) not in others
+    config = tomllib.loads(config_path(edge).read_text())
+    assert config["listen"].split(":")[1] == access and 443 in config["extra_ports"]
+    assert config["turn"]["listen"] == str(av.ip) and config["turn"]["tcp_ports"] == [443]
+    fe = tomllib.loads(config_path(services["lync-fe"]).read_text())
+    assert (fe["turn_host"], fe["turn_tcp_port"]) == (str(av.ip), 443)
+    david = tomllib.loads(config_path(services["lync-client-david"]).read_text())
+    assert david["turn"].split(":")[0] == david["stun"].split(":")[0] == str(av.ip)
+    assert [n for n, s in roles(compose) if s.get("cap_add") or s.get("user")] == ["lync-edge"]
+
+
 def test_edge_sends_to_the_fe_from_its_internal_leg(compose: dict[str, Any]) -> None:
     services = compose["services"]
     edge = tomllib.loads(config_path(services["lync-edge"]).read_text())
@@ -216,6 +260,8 @@ def test_listeners_are_on_the_services_own_addresses(compose: dict[str, Any]) ->
             assert address in subnets[net], f"{name}: {address} not in {net}"
             assert str(address) not in owner, f"{address} given to {owner.get(str(address))}"
             owner[str(address)] = name
+        for extra in addresses(service) if "networks" in service else ():
+            owner.setdefault(extra, name)
     for name, service in roles(compose):
         text = config_path(service).read_text()
         data = tomllib.loads(text)

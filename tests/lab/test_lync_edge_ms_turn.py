@@ -169,8 +169,9 @@ async def test_av_edge_tcp_443_busy_falls_back_with_a_warning(
     """The A/V Edge's extra TCP port (443) is served where it can be bound; taken (by the
     Access Edge's own TLS 443 on the same address, or anything else), the Edge warns and MRAS
     names its main TURN port for TCP instead."""
+    av_host = AvEdgeConfig().listen
     busy = socket.socket()
-    busy.bind(("127.0.1.2", 0))
+    busy.bind((av_host, 0))
     busy.listen()
     try:
         port = busy.getsockname()[1]
@@ -184,7 +185,7 @@ async def test_av_edge_tcp_443_busy_falls_back_with_a_warning(
             assert edge.turn_tcp_port == edge.turn_address[1]
         finally:
             await edge.stop()
-        extra = random_free_port("127.0.1.2", socket.SOCK_STREAM)
+        extra = random_free_port(av_host, socket.SOCK_STREAM)
         edge = await Edge.start(replace(config, turn=replace(config.turn, tcp_ports=(extra,))),
                                 pki)
         try:
@@ -216,13 +217,45 @@ def test_shipped_configs_share_the_mras_key_and_name_the_dialects() -> None:
                        overrides=["turn.max_lifetime=0"])
 
 
-async def test_access_edge_keeps_its_tcp_port_on_the_shared_address(
+async def test_access_and_av_edge_each_have_their_443_on_their_own_address(
+        pki: LabPKI) -> None:
+    """As a real Edge: the Access Edge (TLS) and the A/V Edge (MS-TURN over TCP) each serve
+    the same port (443 in the lab) on an address of their own, and MRAS names it."""
+    default = EdgeConfig()
+    assert default.turn.listen == "127.0.1.3" != default.listen.host == "127.0.1.2"
+    assert FrontEndConfig().turn_host == default.turn.listen
+    for _ in range(20):  # a port free on both addresses
+        port = random_free_port("127.0.1.2", socket.SOCK_STREAM)
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.1.3", port))
+            break
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    config = replace(default, listen=TransportAddress(Transport.TLS, "127.0.1.2", 0),
+                     extra_ports=(port,),
+                     turn=replace(default.turn, port=0, tcp_ports=(port,)))
+    edge = await Edge.start(config, pki)
+    try:
+        assert any(a.host == "127.0.1.2" and a.port == port for a in edge.stack.listeners)
+        assert edge.turn is not None
+        assert ("tcp", "127.0.1.3", port) in edge.turn.addresses
+        assert edge.turn_tcp_port == port
+    finally:
+        await edge.stop()
+
+
+async def test_access_edge_keeps_its_tcp_port_on_a_shared_address(
         pki: LabPKI, caplog: pytest.LogCaptureFixture) -> None:
-    """The lab's Edge has one address for both roles: a port the Access Edge serves (its TLS
-    443) is left to it without a warning, and MRAS names the A/V Edge's main TCP port."""
+    """An Edge configured with one address for both roles: a port the Access Edge serves
+    (its TLS 443) is left to it without a warning, and MRAS names the A/V Edge's main TCP
+    port."""
     port = random_free_port("127.0.1.2", socket.SOCK_STREAM)
     config = replace(EdgeConfig(), listen=TransportAddress(Transport.TLS, "127.0.1.2", 0),
-                     extra_ports=(port,), turn=replace(AvEdgeConfig(), port=0, tcp_ports=(port,)))
+                     extra_ports=(port,), turn=replace(AvEdgeConfig(), listen="127.0.1.2", port=0,
+                                                       tcp_ports=(port,)))
     with caplog.at_level(logging.INFO, logger="lab.lync.edge"):
         edge = await Edge.start(config, pki)
     try:

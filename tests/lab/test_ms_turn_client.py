@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from lab.lync.ms_turn_client import MsTurnError, MsTurnSession, create_ms_turn_endpoint
+from lab.lync.ms_turn_client import (
+    MsTurnError,
+    MsTurnSession,
+    create_ms_turn_endpoint,
+    create_ms_turn_stream_endpoint,
+)
 from tests.peers.procs import random_free_udp_range
 from turn.allocation import FiveTuple, OpenRelay, SendToClient, SendToPeer, Transport
 from turn.auth import mras_credentials
@@ -207,3 +212,61 @@ def test_session_against_the_server_core_in_memory() -> None:
     assert alloc.expiry > now
     assert session.allocate_answer(exchange(session.allocate(lifetime=0)[1]))
     assert not core.allocations
+
+
+@pytest.mark.parametrize("pseudo_tls", [False, True], ids=["framed", "pseudo-tls"])
+async def test_over_tcp_gets_a_tcp_relay_and_relays_the_peer_stream_both_ways(
+        pseudo_tls: bool) -> None:
+    """Where UDP is blocked a client reaches the A/V Edge over TCP (on 443 pseudo-TLS first):
+    the relayed address is then a TCP one, a Send opens a connection from the relay IP to
+    the peer, the peer's bytes come back from it, Set Active Destination then 0x03 frames;
+    the release removes the allocation and its peer connection."""
+    async with edge_turn() as server:
+        tcp = next((h, p) for t, h, p in server.addresses if t == "tcp")
+        username, password = mras()
+        transport, inner = await create_ms_turn_stream_endpoint(
+            Receiver, server=tcp, username=username, password=password,
+            local_host="127.0.0.1", pseudo_tls=pseudo_tls)
+        assert isinstance(inner, Receiver)
+        relayed = transport.get_extra_info("sockname")
+        (alloc,) = server.core.allocations.values()
+        assert alloc.transport is Transport.TCP and alloc.relay_port == relayed[1]
+        accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue())
+        listener = await asyncio.start_server(
+            lambda r, w: accepted.put_nowait((r, w)), "127.0.0.1", 0)
+        peer = listener.sockets[0].getsockname()[:2]
+        try:
+            transport.sendto(b"\x00\x05hello", peer)  # one RFC 4571 frame, as ICE-TCP
+            reader, writer = await asyncio.wait_for(accepted.get(), 5)
+            assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x00\x05hello"
+            writer.write(b"\x00\x02hi")
+            assert await asyncio.wait_for(inner.received.get(), 5) == (b"\x00\x02hi", peer)
+            await transport.set_active_destination(peer)
+            transport.sendto(b"\x00\x03raw", peer)
+            assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x00\x03raw"
+            writer.write(b"\x00\x03out")
+            assert await asyncio.wait_for(inner.received.get(), 5) == (b"\x00\x03out", peer)
+            await transport.closed()
+            await wait_stats(server, allocations=0)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # its connection closed
+            writer.close()
+        finally:
+            listener.close()
+
+
+async def test_a_real_tls_server_on_443_is_not_taken_for_the_a_v_edge() -> None:
+    """Pseudo-TLS wants a ServerHello back; anything else ends the attempt with an error."""
+    async def not_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"\x15\x03\x01\x00\x02\x02\x28")  # a TLS alert
+        await writer.drain()
+
+    listener = await asyncio.start_server(not_tls, "127.0.0.1", 0)
+    try:
+        with pytest.raises(MsTurnError, match="not a TLS 1.0 handshake"):
+            await create_ms_turn_stream_endpoint(
+                Receiver, server=listener.sockets[0].getsockname()[:2], username=b"u",
+                password=b"p", local_host="127.0.0.1", pseudo_tls=True, timeout=5)
+    finally:
+        listener.close()

@@ -48,7 +48,9 @@ pytestmark = [pytest.mark.peer, pytest.mark.asyncio]
 USER = "david.jones@example.com"
 """The lab's external user (its own lab client is stopped first)."""
 EDGE_HOST = "127.0.1.2"
-"""The Edge's address (Access Edge SIP and A/V Edge TURN): all the namespace may reach."""
+"""The Access Edge's address (SIP)."""
+AV_EDGE_HOST = "127.0.1.3"
+"""The A/V Edge's own address (TURN). These two are all the namespace may reach."""
 ALLOCATION_LIFETIME = 15
 """The A/V Edge's allocation lifetime here (seconds). pidgin drops its libnice agent without
 ``nice_agent_close_async`` (libnice warns "We still have alive TURN refreshes"), so sipe
@@ -62,7 +64,8 @@ def veth() -> Iterator[VethHost]:
     address (FE, gateway, endpoints) is unreachable from it, as from the Internet."""
     def edge_only(host: VethHost) -> list[list[str]]:
         return [["replace", "prohibit", "127.0.0.0/8"],
-                ["add", f"{EDGE_HOST}/32", "via", host.outer, "dev", host.inner_link]]
+                ["add", f"{EDGE_HOST}/32", "via", host.outer, "dev", host.inner_link],
+                ["add", f"{AV_EDGE_HOST}/32", "via", host.outer, "dev", host.inner_link]]
 
     with pidgin_namespace("external real-client test", edge_only) as host:
         yield host
@@ -85,7 +88,7 @@ async def lab(lab_pki: LabPKI, veth: VethHost) -> AsyncIterator[Lab]:
         assert running.microsoft is not None and running.microsoft.edge is not None
         edge = running.microsoft.edge
         assert edge.listener.host == EDGE_HOST and edge.turn_address is not None
-        assert edge.turn_address[0] == EDGE_HOST
+        assert edge.turn_address[0] == AV_EDGE_HOST
         yield running
 
 
@@ -155,8 +158,8 @@ async def test_sipe_outside_calls_3001_through_the_edge_relay(lab: Lab, sipe: Pi
     await sipe.call(f"sip:{ENDPOINT}")
     invite = await sent(sipe, rf"^INVITE sip:{re.escape(ENDPOINT)}", mark)
     srtp_offer(invite)
-    assert re.search(rf"(?m)^a=candidate:.* {re.escape(EDGE_HOST)} \d+ typ relay", invite.text), (
-        invite.text)  # its MS-TURN allocation on the A/V Edge
+    relay = rf"(?m)^a=candidate:.* {re.escape(AV_EDGE_HOST)} \d+ typ relay"
+    assert re.search(relay, invite.text), invite.text  # its MS-TURN allocation on the A/V Edge
     call_id = invite.header("Call-ID")
     assert call_id is not None
     ok = await received(sipe, r"^SIP/2.0 [2-6]\d\d", mark, call_id=call_id, method="INVITE")

@@ -28,8 +28,11 @@ async def test_roles_start_in_order_on_their_addresses_and_stop(lab_pki: LabPKI)
                  "lync-fe": "127.0.1.1", "lync-edge": "127.0.1.2", "gateway": "127.0.2.1",
                  "endpoint-3001": "127.0.3.11", "endpoint-3002": "127.0.3.12"}
         for role, host in hosts.items():
-            assert roles[role].addresses and all(f":{host}:" in a for a in roles[role].addresses
-                                                 if not a.startswith("http")), roles[role]
+            own = [a for a in roles[role].addresses if not a.startswith(("http", "turn-"))]
+            assert own and all(f":{host}:" in a for a in own), roles[role]
+        # The A/V Edge on its own address beside the Access Edge's, as a real Edge.
+        av = [a for a in roles["lync-edge"].addresses if a.startswith("turn-")]
+        assert av and all(":127.0.1.3:" in a for a in av), av
         assert "registered=True" in roles["alice"].addresses[0]
         # The gateway status page answers on the (free) management port.
         assert status.status_url is not None

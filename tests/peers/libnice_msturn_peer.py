@@ -5,9 +5,10 @@ and ``gir1.2-nice-0.1`` from Debian), never by the venv, inside a network namesp
 Two NiceAgents in one GLib main loop:
 
 - the *Microsoft* side: ``NICE_COMPATIBILITY_OC2007R2`` (pidgin-sipe's mode for Lync), relay
-  only (``force-relay``), its TURN server set with ``set_relay_info`` (UDP or TCP): it
-  allocates with MS-TURN;
-- the *far* side: another OC2007R2 agent with host candidates only.
+  only (``force-relay``), its TURN server set with ``set_relay_info`` (UDP, TCP or pseudo-TLS):
+  it allocates with MS-TURN. Over TCP its relay candidates are TCP-ACT / TCP-PASS (ICE-TCP);
+- the *far* side: another OC2007R2 agent with host candidates only (TCP ones when the relay
+  is reached over TCP).
 
 Candidates and credentials are exchanged in-process; when ICE has selected a pair, each side
 sends ``--packets`` datagrams and counts what arrives. One JSON line on stdout reports the
@@ -62,6 +63,14 @@ _TYPES = {
 }
 
 
+_TRANSPORTS = {
+    Nice.CandidateTransport.UDP: "udp",
+    Nice.CandidateTransport.TCP_ACTIVE: "tcp-act",
+    Nice.CandidateTransport.TCP_PASSIVE: "tcp-pass",
+    Nice.CandidateTransport.TCP_SO: "tcp-so",
+}
+
+
 def _addr(c: Nice.Candidate) -> str:
     return f"{c.addr.dup_string()}:{c.addr.get_port()}"
 
@@ -104,7 +113,12 @@ class Side:
         local: Nice.Candidate,
         remote: Nice.Candidate,
     ) -> None:
-        self.selected = {"local": _describe(local), "remote": _describe(remote)}
+        self.selected = {
+            "local": _describe(local),
+            "remote": _describe(remote),
+            "local_transport": _TRANSPORTS.get(local.transport, "?"),
+            "remote_transport": _TRANSPORTS.get(remote.transport, "?"),
+        }
 
     def _gathered(self, agent: Nice.Agent, stream: int) -> None:
         self.gathered = True
@@ -134,8 +148,7 @@ def main() -> int:
     p.add_argument(
         "--gather-only",
         action="store_true",
-        help="report the candidates and stop (TCP relays: libnice frames MS-TURN over TCP"
-        " correctly only on its ICE-TCP path, whose relay candidates are TCP ones)",
+        help="report the candidates, hold the allocation until stdin closes, then release",
     )
     p.add_argument(
         "--sipe-tls-port",
@@ -152,8 +165,11 @@ def main() -> int:
     far = Side("far", ctx, controlling=False)
     ms.agent.set_property("force-relay", True)
     if args.relay_type != "udp":
-        ms.agent.set_property("ice-tcp", True)
-        ms.agent.set_property("ice-udp", False)
+        # Over TCP libnice takes its relay as TCP-ACT / TCP-PASS candidates (ICE-TCP, RFC 4571
+        # framing inside the relayed byte stream): the far side answers with ICE-TCP too.
+        for side in (ms, far):
+            side.agent.set_property("ice-tcp", True)
+            side.agent.set_property("ice-udp", False)
     relay = {"udp": Nice.RelayType.UDP, "tcp": Nice.RelayType.TCP, "tls": Nice.RelayType.TLS}[
         args.relay_type
     ]

@@ -64,12 +64,12 @@ class Session:
 
     def core(self, *, wall: float | None = None, **overrides: Any) -> TurnCore:
         settings: dict[str, Any] = dict(
-            listen="10.198.77.1",
+            listen=self.meta.get("listen", "10.198.77.1"),
             ports=(3478, 3478),
             relay_ports=(41000, 41100),
             realm=self.meta["realm"],
             ms_turn_secret=self.meta["ms_turn_secret"],
-            allow_peers=("10.198.0.0/16",),
+            allow_peers=tuple(self.meta.get("allow_peers", ("10.198.0.0/16",))),
         )
         settings.update(overrides)
         config = TurnConfig(**settings)

@@ -225,6 +225,16 @@ def test_allocate_again_refreshes_and_lifetime_zero_deletes() -> None:
     assert ms_turn.unpack_u32(ms_turn.parse(sent(actions)[0]).get(MsAttr.LIFETIME) or b"") == 0
     assert core.allocations == {} and core._per_user == {}
     assert core.pool.take() is not None  # the relay port went back
+    # a second release (libnice sends one per relay candidate) makes nothing: 437
+    again = resign(
+        request(ALLOCATE), SESSION.key, tid=b"E" * 16, lifetime=ms_turn.pack_u32(0), nonce=nonce
+    )
+    actions = core.handle_stun(again, ft_of(), now)
+    (answer,) = sent(actions)
+    msg = ms_turn.parse(answer)
+    assert msg.msg_type == MsType.ALLOCATE_ERROR and msg.check_integrity(SESSION.key)
+    assert ms_turn.unpack_error_code(msg.get(MsAttr.ERROR_CODE) or b"")[0] == 437
+    assert not any(isinstance(a, OpenRelay) for a in actions) and core.allocations == {}
 
 
 def test_both_dialects_share_the_listener_and_the_user_quota() -> None:
@@ -446,6 +456,15 @@ def test_libnice_pseudo_tls_client_hello_is_accepted_and_answered_in_kind() -> N
         ms_turn.check_pseudo_tls_client_hello(real)
     with pytest.raises(DecodeError):
         ms_turn.pseudo_tls_record_length(b"\x17\x03\x03\x00\x10")
+
+
+def test_our_pseudo_tls_client_hello_is_libnices_but_for_the_random() -> None:
+    """The lab client's pseudo-TLS opening (``lab.lync.ms_turn_client`` on 443) is the bytes
+    libnice sends, its random aside, and the server accepts it."""
+    captured = vector("tls/01-client-hello.bin")
+    ours = ms_turn.pseudo_tls_client_hello(captured[11:43])
+    assert ours == captured
+    ms_turn.check_pseudo_tls_client_hello(ms_turn.pseudo_tls_client_hello(bytes(32)))
 
 
 def test_mutated_libnice_messages_never_raise_nor_relay_forged_data() -> None:

@@ -154,6 +154,51 @@ async def test_libnice_allocates_over_ms_turn_tcp_framing(
     assert server.stats().allocations == 0
 
 
+@pytest.mark.parametrize("relay_type", ["tcp", "tls"])
+async def test_libnice_oc2007r2_relays_through_our_ms_turn_over_tcp(
+    running: tuple[Veth, TurnServer, str], relay_type: str
+) -> None:
+    """Over TCP (and pseudo-TLS) libnice gets a TCP relayed address ([MS-TURN]: the relay
+    has the transport of the Allocate), offers it as TCP-ACT / TCP-PASS relay candidates and
+    sends RFC 4571-framed ICE-TCP inside Send requests and 0x03 data frames; the server
+    connects from the relayed address to the far side's TCP-PASS candidate (or accepts its
+    TCP-ACT connection) and relays the byte streams both ways, with no loss."""
+    veth, server, secret = running
+    port = server.addresses[0][2]
+    creds = mras_credentials(secret, "david@example.com", time.time())
+    packets = 50
+    proc = await _peer(
+        veth, port, "--relay-type", relay_type,
+        "--username", creds.username, "--password", creds.password,
+        "--packets", str(packets), "--timeout", "40",
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert out, err.decode()[-2000:]
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert proc.returncode == 0, (report, err.decode()[-3000:])
+    low, high = server.config.relay_ports
+    relays = [c for c in report["ms_candidates"] if c.startswith("relay/")]
+    assert relays, report
+    for relay in relays:
+        host, _, relay_port = relay.removeprefix("relay/").rpartition(":")
+        assert host == veth.server_ip and low <= int(relay_port) <= high
+    pair = report["ms_pair"]
+    assert pair["local"] in relays and pair["local_transport"] in ("tcp-act", "tcp-pass"), pair
+    assert report["far_pair"]["remote_transport"].startswith("tcp"), report
+    assert report["far_received"] == packets and report["ms_received"] == packets
+    stats = server.stats()
+    # A byte stream: the peer's reads coalesce packets, so count bytes (each packet is
+    # 14 bytes plus its RFC 4571 length).
+    assert stats.bytes_to_peer >= packets * 16 and stats.bytes_to_client >= packets * 16
+    assert stats.auth_failures == 0
+    assert report["released"]
+    for _ in range(200):  # released by libnice, or with its control connection
+        if server.stats().allocations == 0 and not server._ms_streams:
+            break
+        await asyncio.sleep(0.05)
+    assert server.stats().allocations == 0 and not server._ms_streams
+
+
 async def test_expired_mras_credentials_gather_no_relay(
     running: tuple[Veth, TurnServer, str],
 ) -> None:

@@ -1,6 +1,8 @@
 """MS-TURN through the asyncio adapters on real loopback sockets: UDP and TCP framing (on the
 A/V Edge's extra TCP port too), Send / Data indication, Set Active Destination and then
-unencapsulated data both ways, beside an RFC 8656 allocation on the same listener.
+unencapsulated data both ways, beside an RFC 8656 allocation on the same listener; an
+allocation made over TCP relays TCP byte streams (connections opened from the relay, peers
+connecting to it held until permitted).
 
 The client here is built from our own codec; libnice's interoperability is
 ``test_ms_turn_libnice.py``'s job.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -160,6 +163,43 @@ async def _relay_both_ways(client: MsClient, relay: tuple[str, int]) -> None:
         peer.close()
 
 
+async def _relay_streams_both_ways(client: MsClient, relay: tuple[str, int]) -> None:
+    """A TCP relayed address: a Send opens a connection from the relay IP to the peer and
+    writes DATA into it; the peer's bytes come back as Data indications naming it; after Set
+    Active Destination, 0x03 frames carry the stream both ways."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    listener = await asyncio.start_server(
+        lambda r, w: accepted.put_nowait((r, w)), "127.0.0.1", 0
+    )
+    peer_addr = listener.sockets[0].getsockname()[:2]
+    try:
+        await client.send_to(peer_addr, b"\x00\x05hello")  # RFC 4571 framing, as ICE-TCP
+        reader, writer = await asyncio.wait_for(accepted.get(), 5)
+        source = writer.get_extra_info("peername")[:2]
+        assert source[0] == relay[0] and source != relay  # relay IP, fresh port (ICE-TCP active)
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x00\x05hello"
+        writer.write(b"\x00\x06answer")
+        kind, raw = await client.receive()
+        msg = ms_turn.parse(raw)
+        assert msg.msg_type == MsType.DATA_INDICATION and kind == ms_turn.FRAME_CONTROL
+        assert ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)) == peer_addr
+        assert msg.get(MsAttr.DATA) == b"\x00\x06answer"
+        answer = await client.set_active_destination(peer_addr)
+        assert answer.msg_type == MsType.SET_ACTIVE_DESTINATION_RESPONSE
+        chunk = b"\x00\x2a" + os.urandom(42)
+        await client.send_raw(chunk, ms_turn.FRAME_DATA)
+        assert await asyncio.wait_for(reader.readexactly(len(chunk)), 5) == chunk
+        writer.write(chunk[::-1])
+        assert await client.receive() == (ms_turn.FRAME_DATA, chunk[::-1])
+        # a second Send to the same peer reuses its connection: no new accept
+        await client.send_to(peer_addr, b"\x00\x01!")
+        assert await asyncio.wait_for(reader.readexactly(3), 5) == b"\x00\x01!"
+        assert accepted.empty()
+        writer.close()
+    finally:
+        listener.close()
+
+
 async def test_ms_turn_over_udp_beside_rfc_8656() -> None:
     async with running_server(ms_turn_secret=SECRET) as server:
         port = server_port(server)
@@ -191,7 +231,8 @@ async def test_ms_turn_over_the_extra_tcp_port() -> None:
             relay = await client.allocate()
             (alloc,) = server.core.allocations.values()
             assert alloc.ms is not None and alloc.five_tuple.server[1] == extra
-            await _relay_both_ways(client, relay)
+            assert alloc.transport.name == "TCP" and server.stats().tcp_allocations == 1
+            await _relay_streams_both_ways(client, relay)
         finally:
             client.close()
         for _ in range(100):  # the control connection closed: the allocation goes with it
@@ -199,6 +240,69 @@ async def test_ms_turn_over_the_extra_tcp_port() -> None:
                 break
             await asyncio.sleep(0.02)
         assert server.stats().allocations == 0
+        assert not server._ms_streams  # the peer connections went with it
+
+
+async def test_tcp_peer_connecting_first_is_held_until_the_client_sends_to_it() -> None:
+    """ICE checks cross: a peer may connect to the TCP relayed address before the client's
+    Send installs its permission. Its bytes wait, unread, and arrive once the client sends
+    to its IP; a peer the client never sends to is closed after ``connect_timeout``."""
+    async with running_server(ms_turn_secret=SECRET, connect_timeout=1.0) as server:
+        client = MsClient(tcp=True)
+        await client.connect(server_port(server))
+        try:
+            relay = await client.allocate()
+            reader, writer = await asyncio.open_connection(*relay)
+            writer.write(b"\x00\x05early")
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):  # nothing relayed before the permission
+                kind, raw = await client.receive(timeout=0.3)
+                raise AssertionError(f"relayed before a permission: {raw!r}")
+            await client.send_to(("127.0.0.1", 9), b"\x00\x01x")  # permits 127.0.0.1
+            kind, raw = await client.receive()
+            msg = ms_turn.parse(raw)
+            assert msg.msg_type == MsType.DATA_INDICATION
+            assert ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)) == writer.get_extra_info(
+                "sockname"
+            )[:2]
+            assert msg.get(MsAttr.DATA) == b"\x00\x05early"
+            writer.close()
+        finally:
+            client.close()
+    async with running_server(ms_turn_secret=SECRET, connect_timeout=0.5) as server:
+        client = MsClient(tcp=True)
+        await client.connect(server_port(server))
+        try:
+            relay = await client.allocate()
+            reader, writer = await asyncio.open_connection(*relay)
+            writer.write(b"\x00\x05never")
+            try:  # closed (reset: its bytes were never read), never relayed
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            except ConnectionResetError:
+                pass
+            assert server.stats().bytes_to_client == 0
+            writer.close()
+        finally:
+            client.close()
+
+
+async def test_tcp_relay_connect_failure_leaves_no_stream() -> None:
+    async with running_server(ms_turn_secret=SECRET) as server:
+        client = MsClient(tcp=True)
+        await client.connect(server_port(server))
+        try:
+            await client.allocate()
+            closed = random_free_port("127.0.0.1", socket.SOCK_STREAM)  # nobody listens
+            await client.send_to(("127.0.0.1", closed), b"\x00\x01x")
+            (alloc,) = server.core.allocations.values()
+            assert alloc.ms is not None
+            for _ in range(100):
+                if not alloc.ms.streams and not server._ms_streams:
+                    break
+                await asyncio.sleep(0.02)
+            assert not alloc.ms.streams and not server._ms_streams
+        finally:
+            client.close()
 
 
 async def test_malformed_ms_turn_over_tcp_closes_only_that_connection() -> None:
