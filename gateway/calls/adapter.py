@@ -200,6 +200,8 @@ class CallController(DialogActions):
         return admit(self.services, len(self.calls), agent, request)
 
     async def _invite(self, agent: SideAgent, tx: ServerTransaction, request: Request) -> None:
+        if tx.state not in (ServerState.TRYING, ServerState.PROCEEDING):
+            return  # CANCELled (487 sent) before this task ran: nothing to set up
         services = self.services
         now = asyncio.get_running_loop().time()
         source = tx.source if isinstance(tx.source, Hop) else services.hop_of(tx.source)
