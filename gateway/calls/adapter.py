@@ -86,8 +86,9 @@ class CallController(DialogActions):
                                    enabled=False)
         """RFC 4028 on both sides: a timer when the peer asks for one (or answers ours)."""
         self._timers: dict[tuple[str, Role], tuple[float, asyncio.TimerHandle]] = {}
-        self._inline: list[Rewrite] | None = None
-        """While a coroutine runs an input: the rewrites it asked for, run in it."""
+        self._inline: list[Coroutine[Any, Any, None]] | None = None
+        """While a coroutine runs an input: the waits it led to (a rewrite, our INVITE's
+        answer), run in that coroutine rather than in a task each."""
         self.calls: dict[str, ActiveCall] = {}
         """Active calls by id (the inbound leg's Call-ID)."""
         self.ended: collections.deque[EndedCall] = collections.deque(maxlen=100)
@@ -279,11 +280,18 @@ class CallController(DialogActions):
         outer, self._inline = self._inline, []
         try:
             self._step(active, step, what)
-            rewrites = self._inline
+            waits = self._inline
         finally:
             self._inline = outer
-        for rewrite in rewrites:
-            await self._rewrite(active, rewrite)
+        for wait in waits:
+            await wait
+
+    def _later(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` in the coroutine handling the current input, else in a task."""
+        if self._inline is not None:
+            self._inline.append(coroutine)
+        else:
+            self._spawn(coroutine)
 
     def _input(self, active: ActiveCall, role: Role, event: SipInput, what: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -356,10 +364,7 @@ class CallController(DialogActions):
                 if sent is not None:
                     pending.append(sent)
             elif isinstance(action, Rewrite):
-                if self._inline is not None:
-                    self._inline.append(action)  # the coroutine that asked runs it
-                else:
-                    self._spawn(self._rewrite(active, action))
+                self._later(self._rewrite(active, action))
             elif isinstance(action, ResetBridge):
                 if active.bridge is not None:
                     active.bridge.pending = None

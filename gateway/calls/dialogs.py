@@ -142,6 +142,9 @@ class DialogActions:
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         raise NotImplementedError
 
+    def _later(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        raise NotImplementedError
+
     # -- SIP actions -------------------------------------------------------------------------
 
     def _sip(self, active: ActiveCall, role: Role, leg: Leg, action: SipAction
@@ -209,7 +212,7 @@ class DialogActions:
         client = leg.agent.stack.start_request(
             leg.invite, leg.hop, on_provisional=functools.partial(self._provisional, active, leg))
         leg.client = client
-        self._spawn(self._final(active, leg, client))
+        self._later(self._final(active, leg, client))
 
     def _provisional(self, active: ActiveCall, leg: Leg, response: Response) -> None:
         if active.outbound is not leg:
@@ -303,7 +306,7 @@ class DialogActions:
         client = leg.agent.stack.start_request(
             retry, leg.hop, on_provisional=functools.partial(self._provisional, active, leg))
         leg.client = client
-        self._spawn(self._final(active, leg, client))
+        self._later(self._final(active, leg, client))
         return True
 
     def _send_prack(self, active: ActiveCall, leg: Leg) -> None:
