@@ -31,7 +31,7 @@ from gateway.calls.actions import (
     Started,
     ToLeg,
 )
-from gateway.calls.admission import admit, route_of, run_rewrite
+from gateway.calls.admission import NO_TIMER, admit, asks_timer, option_tags, route_of, run_rewrite
 from gateway.calls.call import Call
 from gateway.calls.dialogs import CallRun, DialogActions
 from gateway.calls.events import (
@@ -42,7 +42,6 @@ from gateway.calls.events import (
     SendInvite,
     SendReject,
     SipInput,
-    TimerFired,
     reason_header,
 )
 from gateway.calls.refusals import (
@@ -59,7 +58,7 @@ from gateway.leg import Leg, LegRole, SideAgent
 from gateway.metrics import RefusalReason
 from gateway.routing import RouteDecision
 from gateway.sdp_bridge import SdpBridge, sdp_of, video_security_for
-from gateway.session_timer import Reject, TimerPolicy, UasAnswer, uas_negotiate
+from gateway.session_timer import Reject, TimerPolicy, uas_negotiate
 from gateway.views import LegSide
 from media.events import MediaEvent, MediaFailed
 from media.rewrite import VideoSecurity
@@ -237,7 +236,7 @@ class CallController(DialogActions):
                                           RefusalReason.ZONE_ENCRYPTION))
             return
         try:
-            negotiated = (uas_negotiate(request, self._policy) if _asks_timer(request)
+            negotiated = (uas_negotiate(request, self._policy) if asks_timer(request)
                           else NO_TIMER)
         except ParseError as error:
             self._refuse(inbound, Refusal(400, f"Bad Request: {error.message}"))
@@ -253,7 +252,7 @@ class CallController(DialogActions):
                        and security is VideoSecurity.SRTP)
         # Microsoft takes SDP in a 1xx only when its INVITE says so (Lync: ms-early-media).
         early_media = agent.side is LegSide.VIDEO or bool(
-            _option_tags(request, "Supported") & {"ms-early-media", "100rel"})
+            option_tags(request, "Supported") & {"ms-early-media", "100rel"})
         core = Call(request.call_id, now, agent.side, target_zone=decision.targets[0].zone,
                     hops=len(route.hops), best_effort=best_effort, early_media=early_media)
         active = ActiveCall(core, inbound)
@@ -314,33 +313,6 @@ class CallController(DialogActions):
         pending = self._execute(active, actions)
         self._arm(active)
         return pending
-
-    def _arm(self, active: ActiveCall) -> None:
-        """(Re)arm each leg's session timer at its machine's next deadline."""
-        core = active.core
-        if core.uas.timer is None and (core.uac is None or core.uac.timer is None) \
-                and not self._timers:
-            return
-        loop = asyncio.get_running_loop()
-        for role, machine in ((Role.UAS, active.core.uas), (Role.UAC, active.core.uac)):
-            key = (active.call_id, role)
-            timer = machine.timer if machine is not None else None
-            deadline = timer.get_timer() if timer is not None and not active.core.ended \
-                else None
-            armed = self._timers.get(key)
-            if armed is not None and armed[0] == deadline:
-                continue
-            if armed is not None:
-                armed[1].cancel()
-                del self._timers[key]
-            if deadline is not None:
-                handle = loop.call_at(deadline, self._timer_fired, active, role)
-                self._timers[key] = (deadline, handle)
-
-    def _timer_fired(self, active: ActiveCall, role: Role) -> None:
-        self._timers.pop((active.call_id, role), None)
-        if not active.core.ended:
-            self._input(active, role, TimerFired(), "running the session timer")
 
     def _execute(self, active: ActiveCall, actions: list[CallAction]) -> list[ClientRequest]:
         """Carry out the call's actions in order; returns the BYEs and CANCELled INVITEs
@@ -495,20 +467,6 @@ class CallController(DialogActions):
             await self._discard(active)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
-
-
-NO_TIMER = UasAnswer(None)
-
-
-def _asks_timer(message: Request) -> bool:
-    """The request carries Session-Expires or Min-SE (with ``enabled=False`` our policy
-    sets no timer otherwise, so there is nothing to parse)."""
-    headers = message.headers
-    return any(name in headers for name in ("Session-Expires", "x", "Min-SE"))
-
-
-def _option_tags(request: Request, header: str) -> set[str]:
-    return {tag.strip().lower() for tag in request.headers.getlist(header) if tag.strip()}
 
 
 def _role_of(active: ActiveCall, leg: Leg) -> Role | None:

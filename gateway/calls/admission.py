@@ -14,6 +14,7 @@ from gateway.leg import SideAgent
 from gateway.metrics import RefusalReason
 from gateway.routing import RouteDecision, RouteRefusal, alias_to_uri
 from gateway.sdp_bridge import SdpBridge
+from gateway.session_timer import UasAnswer
 from gateway.views import LegSide
 from media.sdp import SessionDescription
 from sip.errors import ProtocolError
@@ -21,7 +22,7 @@ from sip.headers import Address
 from sip.message import Request
 from sip.uri import Params
 
-__all__ = ["admit", "route_of", "run_rewrite"]
+__all__ = ["NO_TIMER", "admit", "asks_timer", "option_tags", "route_of", "run_rewrite"]
 
 
 def admit(services: CallServices, active_calls: int, agent: SideAgent, request: Request
@@ -84,3 +85,17 @@ async def run_rewrite(bridge: SdpBridge, op: BridgeOp, sdp: SessionDescription |
         return await bridge.final_answer(sdp)
     await bridge.delayed_video_answer(sdp)
     return None
+
+
+NO_TIMER = UasAnswer(None)
+
+
+def asks_timer(message: Request) -> bool:
+    """The request carries Session-Expires or Min-SE (with ``enabled=False`` our policy
+    sets no timer otherwise, so there is nothing to parse)."""
+    headers = message.headers
+    return any(name in headers for name in ("Session-Expires", "x", "Min-SE"))
+
+
+def option_tags(request: Request, header: str) -> set[str]:
+    return {tag.strip().lower() for tag in request.headers.getlist(header) if tag.strip()}

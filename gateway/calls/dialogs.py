@@ -9,6 +9,7 @@ both ways, session refreshes, and the answers to the peer's re-INVITE or UPDATE.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Coroutine
@@ -39,6 +40,7 @@ from gateway.calls.events import (
     SipAction,
     SipInput,
     Timeout,
+    TimerFired,
     UpdateIn,
 )
 from gateway.calls.refusals import relayed_headers, status_of
@@ -131,6 +133,7 @@ class DialogActions:
 
     _runs: dict[str, CallRun]
     _policy: TimerPolicy
+    _timers: dict[tuple[str, Role], tuple[float, asyncio.TimerHandle]]
 
     def _input(self, active: ActiveCall, role: Role, event: SipInput, what: str) -> None:
         raise NotImplementedError
@@ -322,6 +325,34 @@ class DialogActions:
         leg.agent.stack.start_request(request, hop)
 
     # -- session timers (RFC 4028) ---------------------------------------------------------
+
+    def _arm(self, active: ActiveCall) -> None:
+        """(Re)arm each leg's session timer at its machine's next deadline."""
+        core = active.core
+        if core.uas.timer is None and (core.uac is None or core.uac.timer is None) \
+                and not self._timers:
+            return
+        loop = asyncio.get_running_loop()
+        for role, machine in ((Role.UAS, active.core.uas), (Role.UAC, active.core.uac)):
+            key = (active.call_id, role)
+            timer = machine.timer if machine is not None else None
+            deadline = timer.get_timer() if timer is not None and not active.core.ended \
+                else None
+            armed = self._timers.get(key)
+            if armed is not None and armed[0] == deadline:
+                continue
+            if armed is not None:
+                armed[1].cancel()
+                del self._timers[key]
+            if deadline is not None:
+                handle = loop.call_at(deadline, self._timer_fired, active, role)
+                self._timers[key] = (deadline, handle)
+
+    def _timer_fired(self, active: ActiveCall, role: Role) -> None:
+        self._timers.pop((active.call_id, role), None)
+        if not active.core.ended:
+            self._input(active, role, TimerFired(), "running the session timer")
+
 
     def _negotiate_refresh(self, active: ActiveCall, role: Role, leg: Leg,
                            tx: ServerTransaction, request: Request
