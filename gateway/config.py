@@ -422,9 +422,21 @@ class B2buaConfig:
     """STUN dialect of the ICE checks toward Microsoft: "auto", "ms-ice2" or "rfc5389"."""
     media_relatch_after: float = 5.0
     """Seconds the latched video-side source must be silent before another may take over."""
+    session_expires: int = 1800
+    """RFC 4028 Session-Expires (seconds) the gateway proposes to the video side."""
+    min_se: int = 90
+    """The shortest session interval the gateway accepts (RFC 4028: a shorter
+    Session-Expires gets 422 with this Min-SE; at least 90)."""
+    ice_timeout: float = 30.0
+    """Seconds ICE toward Microsoft may take before the call is cleared (a lab peer that
+    does no ICE, such as SIPp playing the FE, keeps a call up longer with a larger one)."""
 
     def __post_init__(self) -> None:
         _check_range("max_calls", self.max_calls, 1)
+        _check_range("min_se", self.min_se, 90)
+        _check_range("session_expires", self.session_expires, self.min_se)
+        if not self.ice_timeout > 0:
+            raise _field_error("ice_timeout", "must be positive")
         if not self.media_relatch_after > 0:
             raise _field_error("media_relatch_after", "must be positive")
         turn = self.turn_client_ports

@@ -2,9 +2,9 @@
 
 A :class:`SideAgent` is the UA core of one side (its own :class:`SipStack`, listeners, Via
 and Contact); it hands new requests, in-dialog requests, ACKs, CANCELs and ACK timeouts
-to its owner (the controller) together with the :class:`Leg` they belong to. A leg is
-either the UAS of an inbound INVITE or the UAC of an outbound one; either way it ends up
-holding one confirmed :class:`Dialog`.
+to its owner (the call adapter, ``gateway.calls.adapter``) together with the
+:class:`Leg` they belong to. A leg is either the UAS of an inbound INVITE or the UAC of an
+outbound one; either way it ends up holding one confirmed :class:`Dialog`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.status import LegSide
+from gateway.calls.events import reason_header
+from gateway.views import LegSide
 from media.sdp import SessionDescription
 from sip.dialog import Dialog, DialogId, DialogState
 from sip.errors import ProtocolError
@@ -28,7 +29,9 @@ from sip.uri import URI
 from sip.useragent import ALLOW, UserAgent, response_for
 
 if TYPE_CHECKING:
-    from gateway.call import Call
+    from gateway.call import ActiveCall
+    from sip.reliable import ProvisionalAcceptor
+    from sip.transaction_client import ClientTransaction
 
 __all__ = [
     "GATEWAY_ALLOW",
@@ -48,26 +51,21 @@ logger = logging.getLogger(__name__)
 GATEWAY_ALLOW = ALLOW + ", REFER, NOTIFY"
 """Every method the B2BUA takes inside a call, on one side or the other."""
 VIDEO_ALLOW = GATEWAY_ALLOW
-"""The video side: REFER (we carry out the transfer of the Microsoft client), NOTIFY and
-UPDATE / INFO without a body (answered 200; with a body they get 501 until the redesign
-of issue 14 relays them)."""
+"""The video side: REFER (we carry out the transfer of the Microsoft client), NOTIFY,
+UPDATE (with SDP relayed as an offer, without it answered 200: a session refresh) and INFO
+without a body (answered 200; with one 501)."""
 MICROSOFT_ALLOW = ALLOW + ", NOTIFY"
 """The Microsoft side: a REFER from Microsoft is refused (403), so it is not allowed."""
-SUPPORTED: frozenset[str] = frozenset()
-"""Option tags (RFC 3261 §19.2) the gateway implements: none yet. ``timer`` (RFC 4028),
-``100rel`` (RFC 3262) and ``replaces`` (RFC 3891) are issue 14's redesign; until then a
-``Require`` naming them gets 420, and no message of ours claims them in ``Supported``."""
+SUPPORTED: frozenset[str] = frozenset({"timer"})
+"""Option tags (RFC 3261 §19.2) a request to the gateway may require: ``timer`` (RFC 4028
+session timers, negotiated on each leg). ``100rel`` is implemented as UAC only (we PRACK a
+callee's reliable 1xx; our INVITEs say ``Supported: 100rel``) and ``replaces`` not at all:
+a ``Require`` naming them gets 420."""
 
 
 def allow_for(side: LegSide) -> str:
     """The ``Allow`` value the gateway sends on ``side``."""
     return MICROSOFT_ALLOW if side is LegSide.MICROSOFT else VIDEO_ALLOW
-
-
-def reason_header(cause: int, text: str) -> tuple[str, str]:
-    """RFC 3326 ``Reason: SIP ;cause=N;text="..."``."""
-    clean = text.replace("\\", "").replace('"', "'")
-    return ("Reason", f'SIP ;cause={cause};text="{clean}"')
 
 
 class LegRole(enum.Enum):
@@ -107,10 +105,20 @@ class Leg:
     """The SDP we last sent on this leg."""
     remote_sdp: SessionDescription | None = None
     """The SDP the peer last sent on this leg."""
-    call: Call | None = None
+    call: ActiveCall | None = None
     """The call this leg belongs to."""
     last_status: int | None = None
     """UAC: the latest status received for our INVITE."""
+    ack_for: ClientTransaction | None = None
+    """The INVITE (or re-INVITE) transaction whose 2xx the next ``send_ack`` ACKs."""
+    timer_headers: tuple[tuple[str, str], ...] = ()
+    """UAS: the session-timer headers of our 2xx (RFC 4028 §9)."""
+    peer_allows_update: bool = False
+    """The peer's Allow lists UPDATE (session refreshes then go as UPDATE)."""
+    acceptor: ProvisionalAcceptor | None = None
+    """UAC: RSeq bookkeeping of reliable provisionals to our INVITE (RFC 3262)."""
+    last_reliable: Response | None = None
+    """UAC: the reliable provisional to PRACK."""
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -137,19 +145,26 @@ class Leg:
         tx = self.server_tx
         return tx is not None and tx.state in (ServerState.TRYING, ServerState.PROCEEDING)
 
-    def provisional(self, status: int, reason: str | None = None) -> None:
-        """Send a 1xx (with our To tag, so the caller sees one early dialog)."""
+    def provisional(self, status: int, reason: str | None = None,
+                    sdp: SessionDescription | None = None) -> None:
+        """Send a 1xx (with our To tag, so the caller sees one early dialog), with ``sdp``
+        for early media."""
         if not self.pending or self.server_tx is None:
             return
         tag = None if status == 100 else self.local_tag
-        response = response_for(self.invite, status, to_tag=tag)
+        body = bytes(sdp) if sdp is not None else b""
+        response = response_for(self.invite, status, to_tag=tag, body=body,
+                                content_type="application/sdp" if body else None)
         if reason:
             response.reason = reason
         if tag is not None:
             response.headers.add("Contact", self.agent.contact(self.hop.transport))
+        if sdp is not None:
+            self.local_sdp = sdp
         self.agent.stack.send_response(self.server_tx, response)
 
-    def answer(self, sdp: SessionDescription | None) -> Response:
+    def answer(self, sdp: SessionDescription | None,
+               headers: Iterable[tuple[str, str]] = ()) -> Response:
         """Send the 2xx (our SDP when given) and confirm the dialog."""
         if self.server_tx is None:
             raise ProtocolError("no INVITE to answer", 500)
@@ -163,6 +178,8 @@ class Leg:
             content_type="application/sdp" if body else None,
         )
         response.headers.add("Allow", allow_for(self.side))
+        for name, value in headers:
+            response.headers.add(name, value)
         if self.dialog is None:
             self.dialog = Dialog.create_uas(
                 self.invite, response, local_contact=self.agent.contact(self.hop.transport)
@@ -189,17 +206,36 @@ class Leg:
 
     # -- UAC: our INVITE ---------------------------------------------------------------------
 
-    def accept(self, response: Response) -> None:
-        """Our INVITE got a 2xx: make the dialog and ACK it (without body)."""
+    def confirm_uac(self, response: Response, transaction: ClientTransaction) -> None:
+        """Our INVITE got a 2xx: make the dialog (``send_ack`` ACKs it). Raises
+        ``ProtocolError`` for a 2xx a dialog cannot be made from."""
         if self.dialog is None:
             self.dialog = Dialog.create_uac(self.invite, response)
             self.agent.adopt(self)
         else:
             self.dialog.receive_response(self.invite, response)
-        self.agent.send_ack(
-            self.dialog, self.client.transaction if self.client is not None else None
-        )
+        self.ack_for = transaction
         self.client = None
+
+    def send_ack(self) -> None:
+        """ACK the last 2xx (of our INVITE or re-INVITE), without body."""
+        if self.dialog is None:
+            raise ProtocolError("ACK needs a dialog", 500)
+        self.agent.send_ack(self.dialog, self.ack_for)
+        self.ack_for = None
+
+    def answer_in_dialog(self, transaction: ServerTransaction, request: Request,
+                         sdp: SessionDescription | None,
+                         headers: Iterable[tuple[str, str]] = ()) -> None:
+        """200 to a re-INVITE or UPDATE, with ``sdp`` when given."""
+        body = bytes(sdp) if sdp is not None else b""
+        response = response_for(request, 200, contact=self.agent.contact(self.hop.transport),
+                                body=body, content_type="application/sdp" if body else None)
+        for name, value in headers:
+            response.headers.add(name, value)
+        self.agent.stack.send_response(transaction, response)
+        if sdp is not None:
+            self.local_sdp = sdp
 
     # -- in-dialog requests --------------------------------------------------------------------
 
@@ -242,7 +278,7 @@ class Leg:
 
 
 class LegOwner(Protocol):
-    """What a :class:`SideAgent` reports to (the call controller)."""
+    """What a :class:`SideAgent` reports to (the call adapter)."""
 
     def screen(self, agent: SideAgent, transaction: ServerTransaction, request: Request) -> bool:
         """First look at every request (trusted hosts): False when it was answered."""
@@ -288,7 +324,7 @@ class SideAgent(UserAgent):
 
     def unsupported(self, request: Request) -> list[str]:
         """``Require`` tags we do not implement (answered 420 with ``Unsupported``, RFC 3261
-        §8.2.2.3, by the UA core before the request reaches the controller)."""
+        §8.2.2.3, by the UA core before the request reaches call control)."""
         tags = super().unsupported(request)
         if self.side is LegSide.MICROSOFT:
             # Microsoft's own ms-* tags (MS-SIPRE extensions the FE and Edge act on) have
@@ -299,8 +335,7 @@ class SideAgent(UserAgent):
         return tags
 
     def answer_options(self, transaction: ServerTransaction) -> None:
-        """200 to OPTIONS with this side's Allow (and no Supported: we implement no option
-        tag yet)."""
+        """200 to OPTIONS with this side's Allow and the option tags a request may require."""
         headers = [("Allow", allow_for(self.side)), ("Accept", "application/sdp")]
         if self.supported:
             headers.append(("Supported", ", ".join(sorted(self.supported))))
@@ -385,7 +420,7 @@ class SideAgent(UserAgent):
     def handle_too_many_hops(
         self, transaction: ServerTransaction, request: Request
     ) -> Awaitable[None] | None:
-        # A new INVITE goes to the controller, whose routing answers it 483 and counts the
+        # A new INVITE goes to call control, whose routing answers it 483 and counts the
         # refusal (too_many_hops); anything else gets the UA's plain 483.
         if request.method == "INVITE" and request.to.tag is None:
             return self.handle_new_request(transaction, request)

@@ -17,22 +17,24 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certs.pki import LabPKI, init_pki
-from gateway.call import Call
+from gateway.call import ActiveCall
 from gateway.call_log import CallLog, CallLogSettings
-from gateway.config import MICROSOFT_ZONE, GatewayConfig
-from gateway.controller import CallController
+from gateway.calls.adapter import CallController
+from gateway.config import MICROSOFT_ZONE, GatewayConfig, ZoneConfig
 from gateway.diagnostics import DiagnosticLog
 from gateway.leg import SideAgent
 from gateway.management import ManagementServer, ManagementSettings
 from gateway.metrics import Direction, GatewayMetrics
 from gateway.routing import LocalIdentity, Router
 from gateway.sdp_bridge import encryption_policy
-from gateway.status import (
+from gateway.trusted import TrustedHosts
+from gateway.views import (
     CallView,
     Capacity,
     GatewayStatus,
@@ -48,12 +50,13 @@ from gateway.status import (
     TurnServerView,
     ZoneStatusView,
 )
-from gateway.trusted import TrustedHosts
 from gateway.zone_monitor import ZoneMonitorTask
 from gateway.zones import ZoneMonitors, ZoneState, zones_from_config
+from media.events import MediaEvent
 from media.ice_leg import IceSettings, TurnServerSettings
 from media.port_pool import PortPool, PortPoolSettings
-from media.session import MediaSettings
+from media.rtp_leg import LatchMode, LatchSettings
+from media.session import MediaSession, MediaSettings
 from sip.message import Request, Response
 from sip.stack import Hop, SipStack
 from sip.timers import TimerSettings
@@ -62,6 +65,9 @@ from sip.transport import (
     TransportAddress,
     source_host_of,
 )
+
+if TYPE_CHECKING:
+    from gateway.broker import SipBroker
 
 __all__ = ["Gateway", "RuntimeOptions"]
 
@@ -78,8 +84,9 @@ class RuntimeOptions:
     """RFC 3261 timers of both stacks (tests use a small T1)."""
     pki: LabPKI | None = None
     """The lab PKI; None makes (or loads) it in ``[system] certs``."""
-    ice_timeout: float = 30.0
-    """Seconds ICE toward Microsoft may take before the call is cleared."""
+    ice_timeout: float | None = None
+    """Seconds ICE toward Microsoft may take before the call is cleared (None: the
+    configuration's ``[b2bua] ice_timeout``)."""
     ms_server_name: str | None = None
     """Override of ``[b2bua] ms_tls_name`` (None: the configuration's)."""
     management: bool = True
@@ -127,7 +134,7 @@ class Gateway:
         self.monitors: ZoneMonitors | None = None
         self.monitor_task: ZoneMonitorTask | None = None
         self.management: ManagementServer | None = None
-        self.broker: Any = None
+        self.broker: SipBroker | None = None
         self.draining = False
         self.started_at = 0.0
         self.pki: LabPKI | None = self.options.pki
@@ -148,7 +155,8 @@ class Gateway:
                 stun_server=turn[0].address if turn else None,
                 turn_servers=turn,
                 allowed_networks=b2bua.allowed_networks,
-                connect_timeout=self.options.ice_timeout,
+                connect_timeout=(b2bua.ice_timeout if self.options.ice_timeout is None
+                                 else self.options.ice_timeout),
                 stun_dialect=b2bua.ice_stun_dialect.value,
             ),
         )
@@ -273,8 +281,21 @@ class Gateway:
 
     # -- what the controller asks ------------------------------------------------------------
 
+    def media_session(self, call_id: str, zone: ZoneConfig | None,
+                      on_event: Callable[[MediaEvent], None]) -> MediaSession:
+        """A new call's media session, with the latching of its video zone."""
+        b2bua = self.config.b2bua
+        mode = b2bua.media_latching
+        if zone is not None and zone.media_latching is not None:
+            mode = zone.media_latching
+        latch = LatchSettings(LatchMode(mode.value), b2bua.media_relatch_after)
+        settings = self.media_settings
+        if settings.latch != latch:
+            settings = replace(settings, latch=latch)
+        return MediaSession(call_id, self.pool, settings, on_event=on_event)
+
     @property
-    def calls(self) -> dict[str, Call]:
+    def calls(self) -> dict[str, ActiveCall]:
         return self.controller.calls
 
     def hop_of(self, source: object) -> Hop:
@@ -419,7 +440,7 @@ def _peer_health(peer: Any) -> Health:
     return Health.down(peer.reason or peer.state.value)
 
 
-def _call_view(call: Call) -> CallView:
+def _call_view(call: ActiveCall) -> CallView:
     legs = []
     counters = call.media.counters() if call.media is not None else ()
     for leg in (call.inbound, call.outbound):

@@ -205,6 +205,22 @@ class SdpBridge:
         exchange.video_local = video_offer
         return video_offer
 
+    async def final_answer(self, answer: SessionDescription) -> SessionDescription:
+        """The 2xx's answer after an early one (183) that differs from it: the offer of the
+        applied exchange answered again (RFC 3261 §13.2.1 wants the same answer; a peer that
+        changes it still gets what it asked for)."""
+        current = self.current
+        if current is None:
+            raise LocalProtocolError("no early answer was applied")
+        if current.microsoft_offers:
+            self.pending = Exchange(True, ms_remote=current.ms_remote,
+                                    video_local=current.video_local)
+            return await self.video_answer(answer)
+        self.pending = Exchange(False, ms_local=current.ms_local,
+                                video_remote=current.video_remote,
+                                ice_controlling=current.ice_controlling)
+        return await self.microsoft_answer(answer)
+
     # -- video offers --------------------------------------------------------------------------
 
     async def video_offer(self, video_offer: SessionDescription) -> SessionDescription:

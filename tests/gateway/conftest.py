@@ -162,6 +162,9 @@ def cucm_behind_fe_tunnel(
     file: str = "cucm_uas.xml",
     host: str = CUCM_HOST,
     port: int | None = None,
+    keys: Mapping[str, str] | None = None,
+    trace_messages: bool = False,
+    global_timeout: float = 60.0,
 ) -> Iterator[tuple[SippProcess, Stunnel]]:
     """SIPp plays CUCM (``file``, by default cucm_uas.xml) behind a neighbor zone (by
     default the CUCM zone's ``host`` and port), and an stunnel client plays the Lync FE's
@@ -173,6 +176,9 @@ def cucm_behind_fe_tunnel(
         local_host=host,
         local_port=gateway.ports.cucm if port is None else port,
         extra=("-reconnect_close", "false"),
+        keys=dict(keys or {}),
+        trace_messages=trace_messages,
+        global_timeout=global_timeout,
     )
     with serve_scenario(cucm, base) as served, fe_tunnel(gateway, pki, base) as tunnel:
         yield served, tunnel

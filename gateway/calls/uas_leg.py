@@ -1,0 +1,98 @@
+"""The caller's leg (we are the UAS of its INVITE) as a table-driven state machine.
+
+SIP in -> leg events out: the INVITE is reported as ``Try``, the ACK as ``Confirm``, a
+CANCEL or BYE as ``Disconnect``, a missing ACK as ``Fail``. Leg events in -> SIP out:
+``Ring`` is a 1xx (183 with SDP: early media), ``Connect`` the 2xx, ``Fail`` the final
+error, ``Disconnect`` a BYE. The in-call rows (re-INVITE both ways, BYE) are shared with
+the callee's leg (``gateway.calls.leg_machine.IN_CALL``).
+"""
+
+from __future__ import annotations
+
+from gateway.calls.events import (
+    AckIn,
+    Confirm,
+    Connect,
+    Disconnect,
+    Emit,
+    Fail,
+    InviteIn,
+    Ring,
+    SendAnswer,
+    SendBye,
+    SendProvisional,
+    SendReject,
+    Try,
+    reason_header,
+)
+from gateway.calls.leg_machine import IN_CALL, EventKind, LegMachine, LegState, Step, Table
+from gateway.session_timer import Session
+
+__all__ = ["UAS_TABLE", "UasLeg"]
+
+_S = LegState
+_K = EventKind
+
+
+class UasLeg(LegMachine):
+    """The leg toward the caller."""
+
+    name = "caller"
+    _session: Session | None = None
+
+    def _invite(self, event: InviteIn) -> Step:
+        self._session = event.session
+        return _S.TRYING, [Emit(Try(event.sdp))]
+
+    def _ring(self, event: Ring) -> Step:
+        state = _S.EARLY_MEDIA if event.sdp is not None or self.state is _S.EARLY_MEDIA \
+            else _S.RINGING
+        return state, [SendProvisional(event.status, event.reason, event.sdp)]
+
+    def _connect(self, event: Connect) -> Step:
+        self.start_timer(self._session)  # the session timer runs from our 2xx (RFC 4028 §9)
+        return _S.CONNECTING, [SendAnswer(event.sdp)]
+
+    def _fail(self, event: Fail) -> Step:
+        return _S.DISCONNECTED, [SendReject(event.status, event.reason, event.headers)]
+
+    def _cancel(self, event: object) -> Step:
+        return _S.DISCONNECTED, [SendReject(487, "Request Terminated"),
+                                 Emit(Disconnect("cancelled", cancelled=True))]
+
+    def _ack(self, event: AckIn) -> Step:
+        return _S.CONNECTED, [Emit(Confirm(event.sdp))]
+
+    def _ack_timeout(self, event: object) -> Step:
+        return _S.DISCONNECTING, [SendBye(reason_header(408, "no ACK received")),
+                                  Emit(Fail(408, "no ACK (64*T1)"))]
+
+
+_PENDING = {
+    _K.RING: "_ring",
+    _K.CONNECT: "_connect",
+    _K.FAIL: "_fail",
+    _K.CANCEL_IN: "_cancel",
+}
+
+UAS_TABLE: Table = {
+    _S.IDLE: {_K.INVITE_IN: "_invite"},
+    _S.TRYING: _PENDING,
+    _S.RINGING: _PENDING,
+    _S.EARLY_MEDIA: _PENDING,
+    _S.CONNECTING: {
+        _K.ACK_IN: "_ack",
+        _K.ACK_TIMEOUT: "_ack_timeout",
+        _K.CANCEL_IN: "_stay",  # crossed our 2xx: the 2xx wins (RFC 3261 9.2)
+        _K.BYE_IN: "_bye_in",
+        _K.DISCONNECT: "_disconnect",
+        _K.REINVITE_IN: "_refuse_reinvite",
+        _K.UPDATE_IN: "_refuse_reinvite",
+        _K.REFRESH_IN: "_refresh_in",
+        _K.TIMER: "_timer_fired",
+    },
+    **IN_CALL,
+}
+"""Every (state, event) the caller's leg handles; anything else raises."""
+
+UasLeg.TABLE = UAS_TABLE
