@@ -37,6 +37,7 @@ __all__ = [
     "GATEWAY_ALLOW",
     "MICROSOFT_ALLOW",
     "SUPPORTED",
+    "VIDEO_SUPPORTED",
     "VIDEO_ALLOW",
     "Leg",
     "LegOwner",
@@ -57,10 +58,13 @@ without a body (answered 200; with one 501)."""
 MICROSOFT_ALLOW = ALLOW + ", NOTIFY"
 """The Microsoft side: a REFER from Microsoft is refused (403), so it is not allowed."""
 SUPPORTED: frozenset[str] = frozenset({"timer"})
-"""Option tags (RFC 3261 §19.2) a request to the gateway may require: ``timer`` (RFC 4028
-session timers, negotiated on each leg). ``100rel`` is implemented as UAC only (we PRACK a
-callee's reliable 1xx; our INVITEs say ``Supported: 100rel``) and ``replaces`` not at all:
-a ``Require`` naming them gets 420."""
+"""Option tags (RFC 3261 §19.2) a request to the gateway may require on the Microsoft side:
+``timer`` (RFC 4028 session timers, negotiated on each leg). There ``100rel`` is implemented
+as UAC only (we PRACK a callee's reliable 1xx) and ``replaces`` not at all: a ``Require``
+naming them gets 420."""
+VIDEO_SUPPORTED: frozenset[str] = SUPPORTED | {"100rel"}
+"""The video side also takes ``Require: 100rel``: our 1xx to such a caller are sent
+reliably (RFC 3262 §3, ``gateway.calls.reliable_uas``)."""
 
 
 def allow_for(side: LegSide) -> str:
@@ -310,6 +314,7 @@ class SideAgent(UserAgent):
         super().__init__(stack, user=user, domain=domain)
         self.side = side
         self.owner = owner
+        self.supported = VIDEO_SUPPORTED if side is LegSide.VIDEO else SUPPORTED
         self.legs: dict[DialogId, Leg] = {}
         """Legs with a dialog on this side."""
         inner: Callable[..., Awaitable[None] | None] | None = stack.handlers.on_request

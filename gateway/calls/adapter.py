@@ -152,6 +152,8 @@ class CallController(DialogActions):
             self._input(active, role, ByeIn(_reason_of(request)), "handling a BYE")
         elif method == "INVITE" or method == "UPDATE":
             self._reinvite(active, role, transaction, request)
+        elif method == "PRACK":
+            self._prack(active, role, leg, transaction, request)
         elif method == "REFER":
             return refer(self.services, self._step, active, leg, transaction, request)
         elif method == "OPTIONS":

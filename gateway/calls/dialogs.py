@@ -20,6 +20,7 @@ from gateway.call import ActiveCall
 from gateway.calls.actions import Role
 from gateway.calls.events import (
     Forget,
+    PrackTimeout,
     RefreshAnswered,
     RefreshIn,
     RefuseReinvite,
@@ -44,6 +45,7 @@ from gateway.calls.events import (
     UpdateIn,
 )
 from gateway.calls.refusals import relayed_headers, status_of
+from gateway.calls.reliable_uas import ReliableUas, wants_reliable
 from gateway.leg import Leg, LegRole, SideAgent
 from gateway.sdp_bridge import sdp_of
 from gateway.session_timer import (
@@ -67,6 +69,7 @@ from sip.reliable import ProvisionalAcceptor, ProvisionalKind, RAck
 from sip.stack import ClientRequest, Hop, SipTimeoutError
 from sip.transaction_server import ServerState, ServerTransaction
 from sip.uri import URI
+from sip.useragent import response_for
 
 __all__ = ["CallRun", "DialogActions", "Route", "invite_headers"]
 
@@ -119,6 +122,10 @@ class CallRun:
     answer_headers: dict[Role, tuple[Header, ...]] = field(default_factory=dict)
     """Session-timer headers for the 2xx to the re-INVITE or UPDATE pending on a leg."""
 
+    reliable: ReliableUas[SendAnswer] | None = None
+    """The caller required 100rel: our 1xx to it are reliable (RFC 3262 §3)."""
+    prack_timer: asyncio.TimerHandle | None = None
+
     def take(self, role: Role
              ) -> tuple[ServerTransaction, Request, SessionDescription | None] | None:
         """The re-INVITE an answer is for: the one waiting on ``role``, else the one in."""
@@ -152,12 +159,25 @@ class DialogActions:
 
     def _sip(self, active: ActiveCall, role: Role, leg: Leg, action: SipAction
              ) -> ClientRequest | None:
+        reliable = self._reliable(active, role, leg)
         if isinstance(action, SendProvisional):
-            leg.provisional(action.status, action.reason or None, action.sdp)
+            if reliable is not None and action.status > 100:
+                self._send_reliable(active, leg, reliable, action)
+            else:
+                leg.provisional(action.status, action.reason or None, action.sdp)
         elif isinstance(action, SendAnswer):
+            if reliable is not None and reliable.hold_answer(action):
+                logger.debug("[%s] 2xx held for the PRACK", active.call_id)
+                return None
             leg.answer(action.sdp, headers=leg.timer_headers)
+            if reliable is not None:
+                self._reliable_done(active, reliable)
         elif isinstance(action, SendReject):
             leg.reject(action.status, action.reason, action.headers)
+            if reliable is not None:
+                self._reliable_done(active, reliable)
+                if leg.dialog is not None and not leg.confirmed:
+                    leg.forget()  # the early dialog of our reliable 1xx
         elif isinstance(action, SendAck):
             leg.send_ack()
         elif isinstance(action, SendCancel):
@@ -323,6 +343,106 @@ class DialogActions:
         request, hop = leg.agent.dialog_request(
             leg.dialog, "PRACK", headers=(("RAck", str(RAck.of(response))),))
         leg.agent.stack.start_request(request, hop)
+
+    # -- reliable provisionals to the caller (RFC 3262 §3) ---------------------------------
+
+    def _reliable(self, active: ActiveCall, role: Role, leg: Leg
+                  ) -> ReliableUas[SendAnswer] | None:
+        """The 100rel state of the caller's leg when it required 100rel (video side only:
+        the Microsoft side still refuses ``Require: 100rel`` with 420)."""
+        if role is not Role.UAS or leg.side is not LegSide.VIDEO:
+            return None
+        run = self._runs.get(active.call_id)
+        if run is None:
+            return None
+        if run.reliable is None and leg.pending and wants_reliable(leg.invite):
+            run.reliable = ReliableUas(leg.invite, t1=leg.agent.stack.layer.settings.t1)
+        return run.reliable
+
+    def _send_reliable(self, active: ActiveCall, leg: Leg,
+                       reliable: ReliableUas[SendAnswer], action: SendProvisional) -> None:
+        if not leg.pending or leg.server_tx is None:
+            return
+        body = bytes(action.sdp) if action.sdp is not None else b""
+        response = response_for(leg.invite, action.status, to_tag=leg.local_tag, body=body,
+                                content_type="application/sdp" if body else None)
+        if action.reason:
+            response.reason = action.reason
+        response.headers.add("Contact", leg.agent.contact(leg.hop.transport))
+        if action.sdp is not None:
+            leg.local_sdp = action.sdp
+        loop = asyncio.get_running_loop()
+        self._send_1xx(leg, reliable.provisional(response, loop.time()))
+        self._arm_prack(active, leg, reliable)
+
+    def _send_1xx(self, leg: Leg, responses: list[Response]) -> None:
+        for response in responses:
+            if leg.dialog is None:
+                # The reliable 1xx makes an early dialog, in which the PRACK comes (§4).
+                leg.dialog = Dialog.create_uas(
+                    leg.invite, response, local_contact=leg.agent.contact(leg.hop.transport))
+                leg.agent.adopt(leg)
+            if leg.server_tx is not None and leg.pending:
+                leg.agent.stack.send_response(leg.server_tx, response)
+
+    def _arm_prack(self, active: ActiveCall, leg: Leg,
+                   reliable: ReliableUas[SendAnswer]) -> None:
+        run = self._runs.get(active.call_id)
+        if run is None:
+            return
+        if run.prack_timer is not None:
+            run.prack_timer.cancel()
+            run.prack_timer = None
+        deadline = reliable.deadline()
+        if deadline is not None and not active.core.ended:
+            run.prack_timer = asyncio.get_running_loop().call_at(
+                deadline, self._prack_fired, active, leg, reliable)
+
+    def _prack_fired(self, active: ActiveCall, leg: Leg,
+                     reliable: ReliableUas[SendAnswer]) -> None:
+        run = self._runs.get(active.call_id)
+        if run is not None:
+            run.prack_timer = None
+        if active.core.ended or not leg.pending:
+            return
+        self._send_1xx(leg, reliable.fire(asyncio.get_running_loop().time()))
+        if reliable.timed_out:
+            logger.warning("[%s] no PRACK for our reliable 1xx", active.call_id)
+            self._input(active, Role.UAS, PrackTimeout(), "waiting for a PRACK")
+            return
+        self._arm_prack(active, leg, reliable)
+
+    def _reliable_done(self, active: ActiveCall, reliable: ReliableUas[SendAnswer]) -> None:
+        reliable.final_sent()
+        run = self._runs.get(active.call_id)
+        if run is not None and run.prack_timer is not None:
+            run.prack_timer.cancel()
+            run.prack_timer = None
+
+    def _prack(self, active: ActiveCall, role: Role, leg: Leg, tx: ServerTransaction,
+               request: Request) -> None:
+        """A PRACK from the caller: 200 when it acknowledges our reliable 1xx (the next
+        queued 1xx, or the held 2xx, then goes), 481 for any other RAck."""
+        run = self._runs.get(active.call_id)
+        reliable = run.reliable if run is not None and role is Role.UAS else None
+        if reliable is None:
+            leg.agent.stack.respond(tx, 481, "Call/Transaction Does Not Exist: no reliable "
+                                    "provisional awaits a PRACK")
+            return
+        try:
+            status, responses, held = reliable.prack(request, asyncio.get_running_loop().time())
+        except ParseError as error:
+            leg.agent.stack.respond(tx, 400, f"Bad Request: {error.message}")
+            return
+        leg.agent.stack.respond(tx, status)
+        if status != 200:
+            return
+        self._send_1xx(leg, responses)
+        if held is not None and leg.pending:
+            leg.answer(held.sdp, headers=leg.timer_headers)
+            self._reliable_done(active, reliable)
+            return
+        self._arm_prack(active, leg, reliable)
 
     # -- session timers (RFC 4028) ---------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "Emit",
     "Fail",
     "Forget",
+    "PrackTimeout",
     "RefuseReinvite",
     "SendUpdateAnswer",
     "SendUpdateReject",
@@ -220,6 +221,11 @@ class AckTimeout:
 
 
 @dataclass(frozen=True, slots=True)
+class PrackTimeout:
+    """Our reliable 1xx was never PRACKed (64*T1, RFC 3262 §3): the INVITE gets a 5xx."""
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshIn:
     """The peer refreshed the session (a re-INVITE or UPDATE, RFC 4028 §9)."""
 
@@ -241,7 +247,7 @@ class TimerFired:
 
 
 SipInput = (InviteIn | ReinviteIn | UpdateIn | ResponseIn | AckIn | ByeIn | CancelIn | Timeout
-            | AckTimeout | RefreshIn | RefreshAnswered | TimerFired)
+            | AckTimeout | PrackTimeout | RefreshIn | RefreshAnswered | TimerFired)
 
 
 # -- SIP actions (leg -> adapter) ----------------------------------------------------------

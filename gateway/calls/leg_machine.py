@@ -25,6 +25,7 @@ from gateway.calls.events import (
     InviteIn,
     LegAction,
     LegStateError,
+    PrackTimeout,
     RefreshAnswered,
     RefreshIn,
     RefuseReinvite,
@@ -97,6 +98,7 @@ class EventKind(enum.Enum):
     TIMEOUT = "timeout"
     ACK_IN = "ACK in"
     ACK_TIMEOUT = "no ACK"
+    PRACK_TIMEOUT = "no PRACK"
     BYE_IN = "BYE in"
     CANCEL_IN = "CANCEL in"
     REFRESH_IN = "refresh in"
@@ -122,6 +124,7 @@ _KINDS: Mapping[type, EventKind] = {
     InviteIn: EventKind.INVITE_IN, ReinviteIn: EventKind.REINVITE_IN,
     UpdateIn: EventKind.UPDATE_IN,
     Timeout: EventKind.TIMEOUT, AckIn: EventKind.ACK_IN, AckTimeout: EventKind.ACK_TIMEOUT,
+    PrackTimeout: EventKind.PRACK_TIMEOUT,
     ByeIn: EventKind.BYE_IN, CancelIn: EventKind.CANCEL_IN,
     RefreshIn: EventKind.REFRESH_IN, RefreshAnswered: EventKind.REFRESH_ANSWERED,
     TimerFired: EventKind.TIMER,

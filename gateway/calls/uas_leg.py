@@ -63,6 +63,13 @@ class UasLeg(LegMachine):
     def _ack(self, event: AckIn) -> Step:
         return _S.CONNECTED, [Emit(Confirm(event.sdp))]
 
+    def _prack_timeout(self, event: object) -> Step:
+        """RFC 3262 §3: our reliable 1xx went unPRACKed for 64*T1 (a 2xx may be held for
+        it): the INVITE gets a 5xx and the call clears the other leg."""
+        text = "no PRACK for the reliable provisional (64*T1)"
+        return _S.DISCONNECTED, [SendReject(504, f"Server Time-out: {text}"),
+                                 Emit(Disconnect(text, reason_header(504, text)))]
+
     def _ack_timeout(self, event: object) -> Step:
         return _S.DISCONNECTING, [SendBye(reason_header(408, "no ACK received")),
                                   Emit(Fail(408, "no ACK (64*T1)"))]
@@ -73,6 +80,7 @@ _PENDING = {
     _K.CONNECT: "_connect",
     _K.FAIL: "_fail",
     _K.CANCEL_IN: "_cancel",
+    _K.PRACK_TIMEOUT: "_prack_timeout",
 }
 
 UAS_TABLE: Table = {
@@ -83,6 +91,7 @@ UAS_TABLE: Table = {
     _S.CONNECTING: {
         _K.ACK_IN: "_ack",
         _K.ACK_TIMEOUT: "_ack_timeout",
+        _K.PRACK_TIMEOUT: "_prack_timeout",  # our 2xx was held for the PRACK (RFC 3262 §3)
         _K.CANCEL_IN: "_stay",  # crossed our 2xx: the 2xx wins (RFC 3261 9.2)
         _K.BYE_IN: "_bye_in",
         _K.DISCONNECT: "_disconnect",
