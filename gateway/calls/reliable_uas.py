@@ -3,8 +3,8 @@ does for one reliable 1xx, stretched over a whole INVITE, sans-IO.
 
 The sender allows one unacknowledged reliable 1xx at a time (§3); a call may ask for a 180
 then a 183 with SDP before the first is PRACKed, so later ones wait here in order. The 2xx
-waits here while a reliable 1xx with SDP is unacknowledged (§3), and goes with the PRACK
-that acknowledges it. Time is passed in; the adapter arms ``deadline`` and sends what comes
+waits here while a reliable 1xx is unacknowledged (§3 demands it for one with SDP), and
+goes once the PRACK acknowledging the last one is answered. Time is passed in; the adapter arms ``deadline`` and sends what comes
 out.
 """
 
@@ -48,8 +48,10 @@ class ReliableUas(Generic[A]):
         return [self.sender.send(response, now)]
 
     def hold_answer(self, answer: A) -> bool:
-        """True when the 2xx must wait (it is then kept as ``held``)."""
-        if self.sender.may_send_final(200) and not self._queue:
+        """True when the 2xx must wait (it is then kept as ``held``). §3 requires it only
+        while a reliable 1xx *with SDP* is unacknowledged and allows it for any: we hold
+        it for any, so the caller sees the PRACK's 200 and every 1xx before the 2xx."""
+        if not self.sender.outstanding and not self._queue:
             return False
         self.held = answer
         return True
@@ -62,10 +64,7 @@ class ReliableUas(Generic[A]):
         if self._queue:
             return 200, [self.sender.send(self._queue.popleft(), now)], None
         held, self.held = self.held, None
-        if held is not None and self.sender.may_send_final(200):
-            return 200, [], held
-        self.held = held
-        return 200, [], None
+        return 200, [], held
 
     def deadline(self) -> float | None:
         return self.sender.get_timer()

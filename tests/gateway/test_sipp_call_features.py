@@ -193,3 +193,35 @@ def test_reliable_183_from_the_video_side_is_pracked(
     (prack,) = received(callee.messages, "PRACK sip:")
     assert re.search(r"^RAck: 1 \d+ INVITE", prack, re.M), prack
     gateway.wait_status(idle, SETTLE, "no call and no port after the reliable 183")
+
+
+@pytest.mark.parametrize(("fe_file", "status"), [("lync_fe_uas.xml", "180"),
+                                                 ("lync_fe_uas_early_media.xml", "183")])
+def test_video_caller_requiring_100rel_gets_reliable_provisionals_and_connects(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path, fe_file: str, status: str
+) -> None:
+    """CUCM calls with "Require: 100rel" (RFC 3262 §3): the FE's 180 (or 183 with SDP)
+    reaches CUCM with Require: 100rel and RSeq, CUCM PRACKs it and gets 200, and the 200
+    to the INVITE comes only after that (the scenario fails on any other order)."""
+    fe = Scenario(fe_file, trace_messages=True,
+                  keys={"fe_host": FE_HOST, "fe_port": str(gateway.ports.fe)},
+                  extra=("-reconnect_close", "false"))
+    with (serve_scenario(fe, tmp_path) as served,
+          stunnel_server(tmp_path, connect=(LOOPBACK, served.port or 0),
+                         tls=tls_files(pki, "fe"), host=FE_HOST, port=gateway.ports.fe)):
+        caller = run_scenario(
+            Scenario("cucm_uac_100rel_hold.xml", remote=gateway.video_tcp, service="alice.parkes",
+                     duration_ms=300, trace_messages=True,
+                     keys={"domain": "example.com", "caller": "3001",
+                           "caller_domain": "video.example.com"}), tmp_path)
+        callee = served.result(30)
+    context = f"{caller.describe()}\n--- FE ---\n{callee.describe()}\n{gateway.log()}"
+    both_succeeded(caller, callee, context)
+    (reliable,) = received(caller.messages, f"SIP/2.0 {status} ")
+    assert re.search(r"^Require: *100rel", reliable, re.M), reliable
+    assert re.search(r"^RSeq: *\d+", reliable, re.M), reliable
+    if status == "183":
+        assert "Content-Type: application/sdp" in reliable, reliable
+    (prack_ok,) = [m for m in received(caller.messages, "SIP/2.0 200 ")
+                   if re.search(r"^CSeq: *2 PRACK", m, re.M)]
+    gateway.wait_status(idle, SETTLE, "no call and no port after the PRACKed call")
