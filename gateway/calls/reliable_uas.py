@@ -4,8 +4,8 @@ does for one reliable 1xx, stretched over a whole INVITE, sans-IO.
 The sender allows one unacknowledged reliable 1xx at a time (§3); a call may ask for a 180
 then a 183 with SDP before the first is PRACKed, so later ones wait here in order. The 2xx
 waits here while a reliable 1xx is unacknowledged (§3 demands it for one with SDP), and
-goes once the PRACK acknowledging the last one is answered. Time is passed in; the adapter arms ``deadline`` and sends what comes
-out.
+goes once the PRACK acknowledging the last one is answered. Time is passed in; the
+adapter arms ``deadline`` and sends what comes out.
 """
 
 from __future__ import annotations
