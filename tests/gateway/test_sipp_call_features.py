@@ -10,7 +10,9 @@
   90" and refreshes (re-INVITE, UPDATE, UPDATE), each answered with the session kept; a
   CUCM that stops refreshing gets the gateway's BYE when the session expires, and so does
   the FE;
-- 100rel: CUCM's reliable 183 ("Require: 100rel", RSeq) is PRACKed.
+- 100rel: CUCM's reliable 183 ("Require: 100rel", RSeq) is PRACKed; CUCM calling with
+  "Require: 100rel" gets the FE's 180 (or 183 with SDP) reliably, PRACKs it, and only
+  then the 200 (the gateway as UAS of RFC 3262).
 The scenario files come from tests/data/sipp (checked against SIPp stand-ins in
 tests/gateway/test_sipp_scenario_files.py).
 """
