@@ -71,6 +71,13 @@ class MsClient:
         data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.udp, 2048), timeout)
         return (ms_turn.FRAME_CONTROL if ms_turn.is_ms_turn(data) else ms_turn.FRAME_DATA), data
 
+    async def receive_data_indication(self) -> tuple[tuple[str, int], bytes | None]:
+        """The next message, which must be a Data indication: (the peer it names, its DATA)."""
+        kind, raw = await self.receive()
+        msg = ms_turn.parse(raw)
+        assert msg.msg_type == MsType.DATA_INDICATION and kind == ms_turn.FRAME_CONTROL
+        return ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)), msg.get(MsAttr.DATA)
+
     async def request(self, msg_type: int, attrs: list[tuple[int, bytes]], *, key: bool) -> Any:
         tid = os.urandom(16)
         await self.send_raw(ms_turn.encode(msg_type, tid, attrs, key=self.key if key else None))
@@ -144,11 +151,7 @@ async def _relay_both_ways(client: MsClient, relay: tuple[str, int]) -> None:
         assert data == b"hello peer" and source == relay
         # the peer answers -> Data indication 0x0115 naming the peer
         await loop.sock_sendto(peer, b"hello client", relay)
-        kind, raw = await client.receive()
-        msg = ms_turn.parse(raw)
-        assert msg.msg_type == MsType.DATA_INDICATION and kind == ms_turn.FRAME_CONTROL
-        assert ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)) == peer_addr
-        assert msg.get(MsAttr.DATA) == b"hello client"
+        assert await client.receive_data_indication() == (peer_addr, b"hello client")
         # Set Active Destination -> data travels unencapsulated both ways
         answer = await client.set_active_destination(peer_addr)
         assert answer.msg_type == MsType.SET_ACTIVE_DESTINATION_RESPONSE
@@ -179,11 +182,7 @@ async def _relay_streams_both_ways(client: MsClient, relay: tuple[str, int]) -> 
         assert source[0] == relay[0] and source != relay  # relay IP, fresh port (ICE-TCP active)
         assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x00\x05hello"
         writer.write(b"\x00\x06answer")
-        kind, raw = await client.receive()
-        msg = ms_turn.parse(raw)
-        assert msg.msg_type == MsType.DATA_INDICATION and kind == ms_turn.FRAME_CONTROL
-        assert ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)) == peer_addr
-        assert msg.get(MsAttr.DATA) == b"\x00\x06answer"
+        assert await client.receive_data_indication() == (peer_addr, b"\x00\x06answer")
         answer = await client.set_active_destination(peer_addr)
         assert answer.msg_type == MsType.SET_ACTIVE_DESTINATION_RESPONSE
         chunk = b"\x00\x2a" + os.urandom(42)
@@ -259,13 +258,8 @@ async def test_tcp_peer_connecting_first_is_held_until_the_client_sends_to_it() 
                 kind, raw = await client.receive(timeout=0.3)
                 raise AssertionError(f"relayed before a permission: {raw!r}")
             await client.send_to(("127.0.0.1", 9), b"\x00\x01x")  # permits 127.0.0.1
-            kind, raw = await client.receive()
-            msg = ms_turn.parse(raw)
-            assert msg.msg_type == MsType.DATA_INDICATION
-            assert ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)) == writer.get_extra_info(
-                "sockname"
-            )[:2]
-            assert msg.get(MsAttr.DATA) == b"\x00\x05early"
+            peer = writer.get_extra_info("sockname")[:2]
+            assert await client.receive_data_indication() == (peer, b"\x00\x05early")
             writer.close()
         finally:
             client.close()
