@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: lab test lint peers venv bench clean
 
 $(STAMP): pyproject.toml setup.py media/relay_native/_relay.c media/relay_native/loadgen.h \
-         turn/fastpath_native/_fastpath.c
+         turn/fastpath_native/_fastpath.c native/udp_common.h
 	@./scripts/install-build-deps.sh $(PYTHON)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

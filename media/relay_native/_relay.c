@@ -46,6 +46,8 @@
 
 #include <srtp2/srtp.h>
 
+#include "udp_common.h"
+
 #define BATCH 64
 #define BUF_SIZE 2048
 #define MAX_IN (BUF_SIZE - 64)  /* room for the SRTP(C) trailer added by protect */
@@ -146,20 +148,8 @@ typedef struct RelayObject {
     uint32_t slot;       /* this relay's slot in its hub */
 } RelayObject;
 
-static int64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static int addr_eq(const addr_t *a, const struct sockaddr_storage *ss) {
-    if (!a->valid || a->ss.ss_family != ss->ss_family) return 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)ss;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)ss;
-    return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, 16);
+    return a->valid && sockaddr_eq(&a->ss, ss);
 }
 
 static int host_eq(const addr_t *a, const struct sockaddr_storage *ss) {
@@ -181,37 +171,9 @@ static int addr_from_py(PyObject *obj, addr_t *out) {
         PyErr_SetString(PyExc_ValueError, "port out of range");
         return -1;
     }
-    struct sockaddr_in *v4 = (void *)&out->ss;
-    struct sockaddr_in6 *v6 = (void *)&out->ss;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        out->len = sizeof(*v4);
-    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)port);
-        out->len = sizeof(*v6);
-    } else {
-        PyErr_Format(PyExc_ValueError, "not an IP address: %s", host);
-        return -1;
-    }
+    if (sockaddr_from_host(host, port, &out->ss, &out->len) < 0) return -1;
     out->valid = 1;
     return 0;
-}
-
-static PyObject *addr_to_py(const struct sockaddr_storage *ss) {
-    char host[INET6_ADDRSTRLEN];
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *v4 = (const void *)ss;
-        inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(v4->sin_port));
-    }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *v6 = (const void *)ss;
-        inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(v6->sin6_port));
-    }
-    Py_RETURN_NONE;
 }
 
 /* -- SSRC mapping (media.ssrc.SsrcMapper's rule, table capped at MAP_CAP) ---------------- */
@@ -1087,14 +1049,8 @@ static int pump_side(HubObject *hub, RelayObject *r, int s, uint32_t slot, uint3
                     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS)
                         memcpy(&hub->rx_ts[k], CMSG_DATA(c), sizeof(struct timespec));
             }
-            hub->iov_out[k].iov_base = hub->bufs[i];
-            hub->iov_out[k].iov_len = (size_t)len;
-            struct msghdr *o = &hub->out[k].msg_hdr;
-            memset(o, 0, sizeof(*o));
-            o->msg_name = (void *)&dest->ss;
-            o->msg_namelen = dest->len;
-            o->msg_iov = &hub->iov_out[k];
-            o->msg_iovlen = 1;
+            set_out_msg(&hub->out[k], &hub->iov_out[k], hub->bufs[i], (size_t)len, &dest->ss,
+                        dest->len);
             k++;
         }
         int sent = 0;

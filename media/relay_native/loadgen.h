@@ -214,13 +214,8 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
                             srtp_fail++;
                             continue;
                         }
-                        iov[k].iov_base = p;
-                        iov[k].iov_len = (size_t)len;
-                        memset(&msgs[k].msg_hdr, 0, sizeof(struct msghdr));
-                        msgs[k].msg_hdr.msg_name = &f->dest.ss;
-                        msgs[k].msg_hdr.msg_namelen = f->dest.len;
-                        msgs[k].msg_hdr.msg_iov = &iov[k];
-                        msgs[k].msg_hdr.msg_iovlen = 1;
+                        set_out_msg(&msgs[k], &iov[k], p, (size_t)len, &f->dest.ss,
+                                    f->dest.len);
                         k++;
                     }
                 }

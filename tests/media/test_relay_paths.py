@@ -9,9 +9,7 @@ import struct
 import subprocess
 import sys
 
-import pylibsrtp
 import pytest
-from aioice import stun
 
 from media.ms_dialect import SsrcRange
 from media.relay import (
@@ -22,16 +20,20 @@ from media.relay import (
     SidePlan,
     Verdict,
     make_relay,
-    native_available,
+)
+from tests.media.relay_helpers import (
+    KEY_MS_RX,
+    KEY_MS_TX,
+    binding_request,
+    needs_native,
+    session,
+    with_mki,
 )
 
-pytestmark = pytest.mark.skipif(not native_available(),
-                                reason="native relay not built (gcc / libsrtp2-dev missing)")
+pytestmark = needs_native
 
 MS = ("127.0.0.10", 50000)
 VIDEO = ("127.0.0.20", 40000)
-KEY_MS_RX = bytes(range(30))              # what Microsoft sends with
-KEY_MS_TX = bytes(range(100, 130))        # what we send to Microsoft with
 KEY_V_RX = bytes(range(50, 80))
 KEY_V_TX = bytes(range(150, 180))
 SEC = 1_000_000_000
@@ -49,20 +51,6 @@ def rtcp_rr(sender: int, about: list[int]) -> bytes:
 
 def rtcp_pli(sender: int, media: int) -> bytes:
     return struct.pack("!BBHII", 0x81, 206, 2, sender, media)
-
-
-def protector(key: bytes) -> pylibsrtp.Session:
-    return pylibsrtp.Session(pylibsrtp.Policy(key=key,
-                                              ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-
-
-def unprotector(key: bytes) -> pylibsrtp.Session:
-    return pylibsrtp.Session(pylibsrtp.Policy(key=key,
-                                              ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
-
-
-def with_mki(packet: bytes, mki: bytes) -> bytes:
-    return packet[:-10] + mki + packet[-10:]
 
 
 def both(plan: ForwardingPlan) -> tuple[Relay, Relay]:
@@ -175,7 +163,7 @@ def test_srtp_toward_microsoft_with_and_without_mki_and_plain_video(mki: bytes) 
         b=SidePlan(latching=Latching.STRICT, address=VIDEO),
         a_to_b=True, b_to_a=True, rtcp=True)
     native, python = both(plan)
-    microsoft = protector(KEY_MS_RX)
+    microsoft = session(KEY_MS_RX, inbound=False)
     steps: list[Step] = []
     plain_in = [rtp(7, i) for i in range(1, 6)]
     for i, packet in enumerate(plain_in):
@@ -192,7 +180,7 @@ def test_srtp_toward_microsoft_with_and_without_mki_and_plain_video(mki: bytes) 
     assert [o for _, o, _ in out[:6]] == [*plain_in, rr]
     assert [v for v, _, _ in out[6:8]] == [Verdict.SRTP, Verdict.SRTP]
     # toward Microsoft: the bytes (identical on both paths) are SRTP under our key
-    ours = unprotector(KEY_MS_TX)
+    ours = session(KEY_MS_TX, inbound=True)
     assert [ours.unprotect(o) for _, o, _ in out[8:11] if o] == [rtp(9, i) for i in range(1, 4)]
     assert ours.unprotect_rtcp(out[11][1] or b"") == rtcp_pli(9, 7)
 
@@ -203,11 +191,11 @@ def test_sdes_srtp_video_side_to_srtp_microsoft_side_and_republish_keeps_replay_
         b=SidePlan(latching=Latching.STRICT, address=VIDEO, rx_key=KEY_V_RX, tx_key=KEY_V_TX),
         a_to_b=True, b_to_a=True, rtcp=True)
     native, python = both(plan)
-    endpoint = protector(KEY_V_RX)
+    endpoint = session(KEY_V_RX, inbound=False)
     first = endpoint.protect(rtp(9, 1))
     out = run_same(native, python, [(Side.B, first, VIDEO, 0),
                                     (Side.B, endpoint.protect(rtp(9, 2)), VIDEO, 1)])
-    assert unprotector(KEY_MS_TX).unprotect(out[0][1] or b"") == rtp(9, 1)
+    assert session(KEY_MS_TX, inbound=True).unprotect(out[0][1] or b"") == rtp(9, 1)
     held = ForwardingPlan(a=plan.a, b=plan.b, a_to_b=True, b_to_a=True, rtcp=True)
     native.publish(held)
     python.publish(held)
@@ -242,8 +230,7 @@ def test_stun_goes_up_and_garbage_is_dropped_and_counted_never_raised() -> None:
         b=SidePlan(latching=Latching.STRICT, address=VIDEO),
         a_to_b=True, b_to_a=True, rtcp=True, ssrc_range=SsrcRange(1, 100))
     native, python = both(plan)
-    request = stun.Message(message_method=stun.Method.BINDING,
-                           message_class=stun.Class.REQUEST)
+    request = binding_request()
     request.attributes["USERNAME"] = "a:b"
     steps: list[Step] = [(Side.A, bytes(request), MS, 0), (Side.B, bytes(request), VIDEO, 0)]
     rng = random.Random(13)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import time
 
-import pylibsrtp
 import pytest
 from aioice import stun
 
@@ -21,18 +20,17 @@ from media.relay import (
     make_relay,
     native_available,
 )
+from tests.media.relay_helpers import (
+    KEY_MS_RX,
+    KEY_MS_TX,
+    binding_request,
+    needs_native,
+    session,
+    udp,
+    with_mki,
+)
 
-IMPLS = ["python", pytest.param("native", marks=pytest.mark.skipif(
-    not native_available(), reason="native relay not built (gcc / libsrtp2-dev missing)"))]
-KEY_MS_RX = bytes(range(30))
-KEY_MS_TX = bytes(range(100, 130))
-
-
-def udp() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.setblocking(False)
-    return s
+IMPLS = ["python", pytest.param("native", marks=needs_native)]
 
 
 def rtp(ssrc: int, seq: int) -> bytes:
@@ -85,20 +83,18 @@ def rig(request: pytest.FixtureRequest) -> Rig:
 def test_srtp_microsoft_side_to_plain_video_side_and_back(rig: Rig) -> None:
     latched: list[tuple[int, tuple[str, int]]] = []
     rig.relay.on_latch = lambda side, source: latched.append((side, source))
-    microsoft = pylibsrtp.Session(pylibsrtp.Policy(
-        key=KEY_MS_RX, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    microsoft = session(KEY_MS_RX, inbound=False)
     sent = [rtp(7, i) for i in range(1, 201)]
     for packet in sent:
         protected = microsoft.protect(packet)
-        rig.ms_peer.sendto(protected[:-10] + b"\x01" + protected[-10:], rig.a_addr)
+        rig.ms_peer.sendto(with_mki(protected, b"\x01"), rig.a_addr)
     assert collect(rig.hub, rig.video_peer, 200) == sent
     back = [rtp(9, i) for i in range(1, 101)]
     for packet in back:
         rig.video_peer.sendto(packet, rig.b_addr)
     rig.stranger.sendto(rtp(66, 1), rig.b_addr)          # another port of the SDP host
     got = collect(rig.hub, rig.ms_peer, 100)
-    ours = pylibsrtp.Session(pylibsrtp.Policy(
-        key=KEY_MS_TX, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    ours = session(KEY_MS_TX, inbound=True)
     assert [ours.unprotect(p) for p in got] == back
     a, b = rig.relay.counters(Side.A), rig.relay.counters(Side.B)
     assert a["forwarded"] == 200 and b["packets_out"] == 200
@@ -125,7 +121,7 @@ def test_stun_is_handed_up_and_answered_through_the_relay_socket(rig: Rig) -> No
         rig.relay.sendto(side, bytes(response), addr)
 
     rig.relay.on_stun = on_stun
-    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    request = binding_request()
     rig.ms_peer.sendto(bytes(request), rig.a_addr)
     answer = collect(rig.hub, rig.ms_peer, 1)
     assert len(answer) == 1
@@ -181,13 +177,11 @@ async def test_a_hub_attached_to_the_running_loop_relays_and_hands_stun_up(impl:
     try:
         got: asyncio.Queue[bytes] = asyncio.Queue()
         loop.add_reader(rig.video_peer.fileno(), lambda: got.put_nowait(rig.video_peer.recv(4096)))
-        microsoft = pylibsrtp.Session(pylibsrtp.Policy(
-            key=KEY_MS_RX, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+        microsoft = session(KEY_MS_RX, inbound=False)
         for i in range(1, 21):
             protected = microsoft.protect(rtp(7, i))
-            rig.ms_peer.sendto(protected[:-10] + b"\x01" + protected[-10:], rig.a_addr)
-        request = stun.Message(message_method=stun.Method.BINDING,
-                               message_class=stun.Class.REQUEST)
+            rig.ms_peer.sendto(with_mki(protected, b"\x01"), rig.a_addr)
+        request = binding_request()
         rig.ms_peer.sendto(bytes(request), rig.a_addr)
         received = [await asyncio.wait_for(got.get(), 10) for _ in range(20)]
         assert received == [rtp(7, i) for i in range(1, 21)]

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import pylibsrtp
 import pytest
-from aioice import stun
 
 from media.ms_dialect import SsrcRange
 from media.relay import (
@@ -31,26 +30,22 @@ from media.relay import (
     make_hub,
     make_relay,
     media_threads,
-    native_available,
+)
+from tests.media.relay_helpers import (
+    KEY_MS_RX,
+    KEY_MS_TX,
+    binding_request,
+    needs_native,
+    session,
+    udp,
+    with_mki,
 )
 
-pytestmark = pytest.mark.skipif(not native_available(),
-                                reason="native relay not built (gcc / libsrtp2-dev missing)")
+pytestmark = needs_native
 
-KEY_MS_RX = bytes(range(30))              # what Microsoft sends with
-KEY_MS_TX = bytes(range(100, 130))        # what we send to Microsoft with
 KEY_OTHER = bytes(range(200, 230))
 MKI = b"\x01"
 RELAYS = 6
-
-
-def udp(rcvbuf: int = 0) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind(("127.0.0.1", 0))
-    s.setblocking(False)
-    return s
 
 
 def rtp(ssrc: int, seq: int, size: int = 160) -> bytes:
@@ -59,11 +54,6 @@ def rtp(ssrc: int, seq: int, size: int = 160) -> bytes:
 
 def rtcp_rr(sender: int, about: int) -> bytes:
     return struct.pack("!BBHII", 0x81, 201, 7, sender, about) + bytes(20)
-
-
-def session(key: bytes, inbound: bool) -> pylibsrtp.Session:
-    kind = pylibsrtp.Policy.SSRC_ANY_INBOUND if inbound else pylibsrtp.Policy.SSRC_ANY_OUTBOUND
-    return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=kind))
 
 
 def tasks() -> int:
@@ -92,6 +82,17 @@ class Stream:
         self.relay.close()
         self.ms.close()
         self.video.close()
+
+
+def hub_with_streams(count: int, impl: str = "native", threads: int = 2,
+                     rcvbuf: int = 0) -> tuple[Hub, list[Stream]]:
+    """A hub with ``threads`` workers and ``count`` streams registered (not yet attached);
+    ``rcvbuf`` sizes the hub's and the peers' receive queues."""
+    hub = make_hub(impl=impl, threads=threads, rcvbuf=rcvbuf)
+    streams = [Stream(i, impl, rcvbuf=rcvbuf) for i in range(count)]
+    for st in streams:
+        hub.register(st.relay)
+    return hub, streams
 
 
 async def receive(loop: asyncio.AbstractEventLoop, socks: list[socket.socket],
@@ -129,10 +130,7 @@ async def relay_script(impl: str, threads: int) -> list[tuple[list[bytes], list[
     into the range), then the Microsoft side's SRTP and SRTCP reporting on the mapped SSRCs;
     per stream, what its Microsoft peer and its video peer received, in order."""
     loop = asyncio.get_running_loop()
-    hub = make_hub(impl=impl, threads=threads)
-    streams = [Stream(i, impl) for i in range(RELAYS)]
-    for st in streams:
-        hub.register(st.relay)
+    hub, streams = hub_with_streams(RELAYS, impl=impl, threads=threads)
     detach = attach(hub, loop)
     n = 30
     try:
@@ -146,9 +144,9 @@ async def relay_script(impl: str, threads: int) -> list[tuple[list[bytes], list[
             first = st.plan.ssrc_range.first if st.plan.ssrc_range else 0
             for seq in range(n):
                 packet = microsoft.protect(rtp(0x9000, seq))
-                st.ms.sendto(packet[:-10] + MKI + packet[-10:], st.a_addr)
+                st.ms.sendto(with_mki(packet, MKI), st.a_addr)
             report = microsoft.protect_rtcp(rtcp_rr(0x9000, first + 1))
-            st.ms.sendto(report[:-10] + MKI + report[-10:], st.a_addr)
+            st.ms.sendto(with_mki(report, MKI), st.a_addr)
         to_video = await receive(loop, [st.video for st in streams], [n + 1] * RELAYS)
         return list(zip(to_ms, to_video, strict=True))
     finally:
@@ -170,10 +168,7 @@ async def test_workers_send_the_same_bytes_as_the_python_oracle(threads: int) ->
 
 async def test_callbacks_run_on_the_event_loop_thread() -> None:
     loop = asyncio.get_running_loop()
-    hub = make_hub(impl="native", threads=2)
-    streams = [Stream(i, "native") for i in range(4)]
-    for st in streams:
-        hub.register(st.relay)
+    hub, streams = hub_with_streams(4)
     assert sorted(Counter(id(st.relay._core.hub) for st in streams).values()) == [2, 2]  # type: ignore[attr-defined]
     seen: list[tuple[str, int, int]] = []
     every = asyncio.Event()
@@ -191,8 +186,7 @@ async def test_callbacks_run_on_the_event_loop_thread() -> None:
     try:
         assert tasks() == before + 2
         assert hub.stats()["threads"] == 2
-        request = bytes(stun.Message(message_method=stun.Method.BINDING,
-                                     message_class=stun.Class.REQUEST))
+        request = bytes(binding_request())
         for st in streams:
             st.ms.sendto(request, st.a_addr)
             st.video.sendto(rtp(0x5000, 1), st.b_addr)
@@ -249,10 +243,7 @@ async def test_plan_swaps_under_traffic_never_use_a_freed_key() -> None:
     session is freed at once: every packet out must authenticate under one of the two keys
     (a freed session would give garbage, or a crash under AddressSanitizer)."""
     loop = asyncio.get_running_loop()
-    hub = make_hub(impl="native", threads=2, rcvbuf=1 << 22)
-    streams = [Stream(i, "native", rcvbuf=1 << 22) for i in range(4)]
-    for st in streams:
-        hub.register(st.relay)
+    hub, streams = hub_with_streams(4, rcvbuf=1 << 22)
     detach = attach(hub, loop)
     blaster = Blaster(streams)
     publishes = 0
@@ -303,15 +294,11 @@ async def test_plan_swaps_under_traffic_never_use_a_freed_key() -> None:
 
 async def test_close_and_unregister_while_workers_relay() -> None:
     loop = asyncio.get_running_loop()
-    hub = make_hub(impl="native", threads=2)
-    streams = [Stream(i, "native") for i in range(8)]
-    for st in streams:
-        hub.register(st.relay)
+    hub, streams = hub_with_streams(8)
     stun_after_close: list[int] = []
     detach = attach(hub, loop)
     blaster = Blaster(streams)
-    request = bytes(stun.Message(message_method=stun.Method.BINDING,
-                                 message_class=stun.Class.REQUEST))
+    request = bytes(binding_request())
     try:
         got = await receive(loop, [st.ms for st in streams], [20] * len(streams))
         assert all(len(g) >= 20 for g in got), [len(g) for g in got]
@@ -339,10 +326,7 @@ async def test_close_and_unregister_while_workers_relay() -> None:
 
 async def test_counters_add_up_whenever_the_loop_reads_them() -> None:
     loop = asyncio.get_running_loop()
-    hub = make_hub(impl="native", threads=2, rcvbuf=1 << 22)
-    streams = [Stream(i, "native", rcvbuf=1 << 22) for i in range(4)]
-    for st in streams:
-        hub.register(st.relay)
+    hub, streams = hub_with_streams(4, rcvbuf=1 << 22)
     detach = attach(hub, loop)
     blaster = Blaster(streams)
     try:
@@ -401,10 +385,7 @@ async def test_a_started_hub_dropped_without_detach_joins_its_workers() -> None:
     import gc
     import weakref
     before = tasks()
-    hub = make_hub(impl="native", threads=2)
-    streams = [Stream(i, "native") for i in range(2)]
-    for st in streams:
-        hub.register(st.relay)
+    hub, streams = hub_with_streams(2)
     hub.start()
     assert tasks() == before + 2
     gone = weakref.ref(hub)
@@ -421,10 +402,7 @@ async def test_relays_come_and_go_while_workers_relay() -> None:
     """Registering grows the hub's slot table (swapped under the lock while the workers
     read it); relays registered and closed by the hundred while others carry traffic."""
     loop = asyncio.get_running_loop()
-    hub = make_hub(impl="native", threads=2, rcvbuf=1 << 22)
-    busy = [Stream(i, "native", rcvbuf=1 << 22) for i in range(2)]
-    for st in busy:
-        hub.register(st.relay)
+    hub, busy = hub_with_streams(2, rcvbuf=1 << 22)
     detach = attach(hub, loop)
     blaster = Blaster(busy)
     try:
@@ -456,8 +434,7 @@ def test_callbacks_past_the_queue_cap_are_dropped_and_counted() -> None:
     hub.register(st.relay)
     calls: list[int] = []
     st.relay.on_stun = lambda side, data, addr: calls.append(side)
-    request = bytes(stun.Message(message_method=stun.Method.BINDING,
-                                 message_class=stun.Class.REQUEST))
+    request = bytes(binding_request())
     hub.start()   # no attach: nobody runs the callbacks meanwhile
     try:
         sent = 5000
@@ -513,7 +490,7 @@ async def test_a_map_shared_by_relays_on_two_workers(impl: str) -> None:
         mapped = struct.unpack_from("!I", mapped_rtp, 8)[0]
         microsoft = session(KEY_MS_RX, inbound=False)
         report = microsoft.protect_rtcp(rtcp_rr(0x9000, mapped))
-        rtcp_st.ms.sendto(report[:-10] + MKI + report[-10:], rtcp_st.a_addr)
+        rtcp_st.ms.sendto(with_mki(report, MKI), rtcp_st.a_addr)
         _, (back,) = await receive(loop, [rtp_st.video, rtcp_st.video], [0, 1])
         assert back == rtcp_rr(0x9000, 0x6000)
     finally:

@@ -21,14 +21,8 @@ from typing import Any
 
 from lab.netns import VethHost
 from tests.media.libnice import SYSTEM_PYTHON
-from turn.allocation import (
-    Action,
-    OpenPeerStream,
-    OpenRelay,
-    ResumePeerStream,
-    SendToClient,
-    SendToPeer,
-)
+from tests.turn.ms_vectors import summary
+from turn.allocation import Action, OpenRelay
 from turn.auth import Authenticator, mras_credentials
 from turn.config import TurnConfig
 from turn.core import TurnCore
@@ -39,16 +33,6 @@ OUT = Path(__file__).parent.parent / "data" / "stun" / "ms-turn" / "tcp-relay" /
 SEED = 20261205
 NONCE_KEY = bytes(range(16))
 SECRET = "lab-mras-key"
-
-
-def summary(actions: list[Action]) -> dict[str, Any]:
-    """What the replay compares: bytes to the client, bytes to peers, streams opened."""
-    return {
-        "out": [a.data.hex() for a in actions if isinstance(a, SendToClient)],
-        "to_peer": [[list(a.peer), a.data.hex()] for a in actions if isinstance(a, SendToPeer)],
-        "open": [list(a.peer) for a in actions if isinstance(a, OpenPeerStream)],
-        "resume": [list(a.peer) for a in actions if isinstance(a, ResumePeerStream)],
-    }
 
 
 async def main() -> int:

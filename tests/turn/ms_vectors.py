@@ -10,13 +10,34 @@ from pathlib import Path
 from typing import Any
 
 from turn import ms_turn
-from turn.allocation import Action, Allocation, FiveTuple, OpenRelay, SendToClient, Transport
+from turn.allocation import (
+    Action,
+    Allocation,
+    FiveTuple,
+    OpenPeerStream,
+    OpenRelay,
+    ResumePeerStream,
+    SendToClient,
+    SendToPeer,
+    Transport,
+)
 from turn.auth import Authenticator
 from turn.config import TurnConfig
 from turn.core import TurnCore
 
 DATA = Path(__file__).parent.parent / "data" / "stun" / "ms-turn"
 SEED = 20261205
+
+
+def summary(actions: list[Action]) -> dict[str, Any]:
+    """What a TCP-relay capture records and its replay compares: bytes to the client, bytes
+    to peers, streams opened and resumed."""
+    return {
+        "out": [a.data.hex() for a in actions if isinstance(a, SendToClient)],
+        "to_peer": [[list(a.peer), a.data.hex()] for a in actions if isinstance(a, SendToPeer)],
+        "open": [list(a.peer) for a in actions if isinstance(a, OpenPeerStream)],
+        "resume": [list(a.peer) for a in actions if isinstance(a, ResumePeerStream)],
+    }
 
 
 def vector(name: str) -> bytes:

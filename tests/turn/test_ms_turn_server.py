@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.peers.procs import random_free_port
@@ -70,6 +71,15 @@ class MsClient:
         assert self.udp is not None
         data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.udp, 2048), timeout)
         return (ms_turn.FRAME_CONTROL if ms_turn.is_ms_turn(data) else ms_turn.FRAME_DATA), data
+
+    async def receive_data_indication(self) -> tuple[tuple[str, int], bytes | None]:
+        """The next message, which must be a Data indication: (the peer it names, its DATA)."""
+        kind, raw = await self.receive()
+        msg = ms_turn.parse(raw)
+        assert msg.msg_type == MsType.DATA_INDICATION and kind == ms_turn.FRAME_CONTROL
+        remote = msg.get(MsAttr.REMOTE_ADDRESS)
+        assert remote is not None
+        return ms_turn.unpack_address(remote), msg.get(MsAttr.DATA)
 
     async def request(self, msg_type: int, attrs: list[tuple[int, bytes]], *, key: bool) -> Any:
         tid = os.urandom(16)
@@ -131,6 +141,17 @@ class MsClient:
             self.udp.close()
 
 
+@contextlib.asynccontextmanager
+async def ms_client(port: int, *, tcp: bool) -> AsyncIterator[MsClient]:
+    """An MsClient connected to ``port``, closed on leaving."""
+    client = MsClient(tcp=tcp)
+    await client.connect(port)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 async def _relay_both_ways(client: MsClient, relay: tuple[str, int]) -> None:
     loop = asyncio.get_running_loop()
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -144,11 +165,7 @@ async def _relay_both_ways(client: MsClient, relay: tuple[str, int]) -> None:
         assert data == b"hello peer" and source == relay
         # the peer answers -> Data indication 0x0115 naming the peer
         await loop.sock_sendto(peer, b"hello client", relay)
-        kind, raw = await client.receive()
-        msg = ms_turn.parse(raw)
-        assert msg.msg_type == MsType.DATA_INDICATION and kind == ms_turn.FRAME_CONTROL
-        assert ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)) == peer_addr
-        assert msg.get(MsAttr.DATA) == b"hello client"
+        assert await client.receive_data_indication() == (peer_addr, b"hello client")
         # Set Active Destination -> data travels unencapsulated both ways
         answer = await client.set_active_destination(peer_addr)
         assert answer.msg_type == MsType.SET_ACTIVE_DESTINATION_RESPONSE
@@ -179,11 +196,7 @@ async def _relay_streams_both_ways(client: MsClient, relay: tuple[str, int]) -> 
         assert source[0] == relay[0] and source != relay  # relay IP, fresh port (ICE-TCP active)
         assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x00\x05hello"
         writer.write(b"\x00\x06answer")
-        kind, raw = await client.receive()
-        msg = ms_turn.parse(raw)
-        assert msg.msg_type == MsType.DATA_INDICATION and kind == ms_turn.FRAME_CONTROL
-        assert ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)) == peer_addr
-        assert msg.get(MsAttr.DATA) == b"\x00\x06answer"
+        assert await client.receive_data_indication() == (peer_addr, b"\x00\x06answer")
         answer = await client.set_active_destination(peer_addr)
         assert answer.msg_type == MsType.SET_ACTIVE_DESTINATION_RESPONSE
         chunk = b"\x00\x2a" + os.urandom(42)
@@ -203,9 +216,7 @@ async def _relay_streams_both_ways(client: MsClient, relay: tuple[str, int]) -> 
 async def test_ms_turn_over_udp_beside_rfc_8656() -> None:
     async with running_server(ms_turn_secret=SECRET) as server:
         port = server_port(server)
-        client = MsClient(tcp=False)
-        await client.connect(port)
-        try:
+        async with ms_client(port, tcp=False) as client:
             relay = await client.allocate()
             await _relay_both_ways(client, relay)
             async with stun_client("127.0.0.1", port) as rfc:
@@ -216,8 +227,6 @@ async def test_ms_turn_over_udp_beside_rfc_8656() -> None:
                 )
                 assert answer.cls == stun.Class.RESPONSE
                 assert server.stats().allocations == 2
-        finally:
-            client.close()
 
 
 async def test_ms_turn_over_the_extra_tcp_port() -> None:
@@ -225,16 +234,12 @@ async def test_ms_turn_over_the_extra_tcp_port() -> None:
     async with running_server(ms_turn_secret=SECRET, tcp_ports=(extra,)) as server:
         assert ("tcp", "127.0.0.1", extra) in server.addresses
         assert ("udp", "127.0.0.1", extra) not in server.addresses
-        client = MsClient(tcp=True)
-        await client.connect(extra)
-        try:
+        async with ms_client(extra, tcp=True) as client:
             relay = await client.allocate()
             (alloc,) = server.core.allocations.values()
             assert alloc.ms is not None and alloc.five_tuple.server[1] == extra
             assert alloc.transport.name == "TCP" and server.stats().tcp_allocations == 1
             await _relay_streams_both_ways(client, relay)
-        finally:
-            client.close()
         for _ in range(100):  # the control connection closed: the allocation goes with it
             if not server.core.allocations:
                 break
@@ -248,9 +253,7 @@ async def test_tcp_peer_connecting_first_is_held_until_the_client_sends_to_it() 
     Send installs its permission. Its bytes wait, unread, and arrive once the client sends
     to its IP; a peer the client never sends to is closed after ``connect_timeout``."""
     async with running_server(ms_turn_secret=SECRET, connect_timeout=1.0) as server:
-        client = MsClient(tcp=True)
-        await client.connect(server_port(server))
-        try:
+        async with ms_client(server_port(server), tcp=True) as client:
             relay = await client.allocate()
             reader, writer = await asyncio.open_connection(*relay)
             writer.write(b"\x00\x05early")
@@ -259,20 +262,11 @@ async def test_tcp_peer_connecting_first_is_held_until_the_client_sends_to_it() 
                 kind, raw = await client.receive(timeout=0.3)
                 raise AssertionError(f"relayed before a permission: {raw!r}")
             await client.send_to(("127.0.0.1", 9), b"\x00\x01x")  # permits 127.0.0.1
-            kind, raw = await client.receive()
-            msg = ms_turn.parse(raw)
-            assert msg.msg_type == MsType.DATA_INDICATION
-            assert ms_turn.unpack_address(msg.get(MsAttr.REMOTE_ADDRESS)) == writer.get_extra_info(
-                "sockname"
-            )[:2]
-            assert msg.get(MsAttr.DATA) == b"\x00\x05early"
+            peer = writer.get_extra_info("sockname")[:2]
+            assert await client.receive_data_indication() == (peer, b"\x00\x05early")
             writer.close()
-        finally:
-            client.close()
     async with running_server(ms_turn_secret=SECRET, connect_timeout=0.5) as server:
-        client = MsClient(tcp=True)
-        await client.connect(server_port(server))
-        try:
+        async with ms_client(server_port(server), tcp=True) as client:
             relay = await client.allocate()
             reader, writer = await asyncio.open_connection(*relay)
             writer.write(b"\x00\x05never")
@@ -282,15 +276,11 @@ async def test_tcp_peer_connecting_first_is_held_until_the_client_sends_to_it() 
                 pass
             assert server.stats().bytes_to_client == 0
             writer.close()
-        finally:
-            client.close()
 
 
 async def test_tcp_relay_connect_failure_leaves_no_stream() -> None:
     async with running_server(ms_turn_secret=SECRET) as server:
-        client = MsClient(tcp=True)
-        await client.connect(server_port(server))
-        try:
+        async with ms_client(server_port(server), tcp=True) as client:
             await client.allocate()
             closed = random_free_port("127.0.0.1", socket.SOCK_STREAM)  # nobody listens
             await client.send_to(("127.0.0.1", closed), b"\x00\x01x")
@@ -301,8 +291,6 @@ async def test_tcp_relay_connect_failure_leaves_no_stream() -> None:
                     break
                 await asyncio.sleep(0.02)
             assert not alloc.ms.streams and not server._ms_streams
-        finally:
-            client.close()
 
 
 async def test_malformed_ms_turn_over_tcp_closes_only_that_connection() -> None:
@@ -377,9 +365,7 @@ async def test_pseudo_tls_then_ms_turn_on_the_extra_tcp_port() -> None:
         hello = b"\x03\x01" + os.urandom(32) + b"\x00" + b"\x00\x02\x00\x18" + b"\x01\x00"
         handshake = b"\x01" + len(hello).to_bytes(3, "big") + hello
         record = b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
-        client = MsClient(tcp=True)
-        await client.connect(extra)
-        try:
+        async with ms_client(extra, tcp=True) as client:
             assert client.writer is not None and client.reader is not None
             client.writer.write(record[:7])  # in pieces, as TCP may deliver it
             await client.writer.drain()
@@ -391,8 +377,6 @@ async def test_pseudo_tls_then_ms_turn_on_the_extra_tcp_port() -> None:
             assert body[4 + 2 + 32 + 1 + 32 : 4 + 2 + 32 + 1 + 32 + 3] == b"\x00\x18\x00"
             await client.allocate()
             assert server.stats().allocations == 1
-        finally:
-            client.close()
         real = record.replace(b"\x00\x02\x00\x18", b"\x00\x02\x13\x01")
         reader, writer = await asyncio.open_connection("127.0.0.1", extra)
         writer.write(real)

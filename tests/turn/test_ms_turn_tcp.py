@@ -7,7 +7,6 @@ per-allocation connection limit; denied peers; no relay ever for a refused Send.
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 import pytest
 
@@ -18,7 +17,6 @@ from turn.allocation import (
     OpenPeerStream,
     OpenRelay,
     ResumePeerStream,
-    SendToClient,
     SendToPeer,
     Transport,
 )
@@ -26,20 +24,11 @@ from turn.core import TurnCore
 from turn.ms_handler import MAX_STREAMS, STREAM_CHUNK, Admission
 from turn.ms_turn import MsAttr, MsType
 
-from .ms_vectors import Session, resign
+from .ms_vectors import Session, resign, summary
 
 SESSION = Session.load("tcp-relay")
 EVENTS = SESSION.events
 FIRST_SEND = next(i for i, e in enumerate(EVENTS) if e.get("in", "").startswith("0004"))
-
-
-def summary(actions: list[Action]) -> dict[str, Any]:
-    return {
-        "out": [a.data.hex() for a in actions if isinstance(a, SendToClient)],
-        "to_peer": [[list(a.peer), a.data.hex()] for a in actions if isinstance(a, SendToPeer)],
-        "open": [list(a.peer) for a in actions if isinstance(a, OpenPeerStream)],
-        "resume": [list(a.peer) for a in actions if isinstance(a, ResumePeerStream)],
-    }
 
 
 def replay(core: TurnCore, upto: int | None = None) -> Allocation:

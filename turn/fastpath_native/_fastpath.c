@@ -28,6 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "udp_common.h"
+
 #define BATCH 32
 #define HEAD 4                   /* room for a ChannelData header in front of a peer datagram */
 #define BUF_SIZE 65536           /* any UDP datagram */
@@ -100,45 +102,17 @@ static PyTypeObject HubType, ListenerType, RelayType;
 
 /* -- addresses --------------------------------------------------------------------------- */
 
-static int64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static int parse_addr(const char *host, int port, addr_t *out) {
     memset(out, 0, sizeof(*out));
     if (port < 0 || port > 65535) {
         PyErr_Format(PyExc_ValueError, "bad port %d", port);
         return -1;
     }
-    struct sockaddr_in *v4 = (void *)&out->ss;
-    struct sockaddr_in6 *v6 = (void *)&out->ss;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        out->len = sizeof(*v4);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)port);
-        out->len = sizeof(*v6);
-        return 0;
-    }
-    PyErr_Format(PyExc_ValueError, "not an IP address: %s", host);
-    return -1;
+    return sockaddr_from_host(host, port, &out->ss, &out->len);
 }
 
 static int addr_eq(const addr_t *a, const struct sockaddr_storage *ss) {
-    if (a->ss.ss_family != ss->ss_family) return 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)ss;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (ss->ss_family != AF_INET6) return 0;
-    const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)ss;
-    return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, 16);
+    return sockaddr_eq(&a->ss, ss);
 }
 
 static unsigned addr_hash(const struct sockaddr_storage *ss) {
@@ -161,21 +135,6 @@ static unsigned addr_hash(const struct sockaddr_storage *ss) {
     h = (h ^ (port & 0xFF)) * 16777619u;
     h = (h ^ (port >> 8)) * 16777619u;
     return h % BUCKETS;
-}
-
-static PyObject *addr_to_py(const struct sockaddr_storage *ss) {
-    char host[INET6_ADDRSTRLEN];
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *v4 = (const void *)ss;
-        inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(v4->sin_port));
-    }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *v6 = (const void *)ss;
-        inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(v6->sin6_port));
-    }
-    Py_RETURN_NONE;
 }
 
 /* -- registration ------------------------------------------------------------------------ */
@@ -233,14 +192,7 @@ static void sock_close(SockObject *s) {
 static void queue_out(HubObject *hub, int fd, const addr_t *to, uint8_t *data, size_t len) {
     int k = hub->n_out++;
     hub->out_fd[k] = fd;
-    hub->iov_out[k].iov_base = data;
-    hub->iov_out[k].iov_len = len;
-    struct msghdr *o = &hub->out[k].msg_hdr;
-    memset(o, 0, sizeof(*o));
-    o->msg_name = (void *)&to->ss;
-    o->msg_namelen = to->len;
-    o->msg_iov = &hub->iov_out[k];
-    o->msg_iovlen = 1;
+    set_out_msg(&hub->out[k], &hub->iov_out[k], data, len, &to->ss, to->len);
 }
 
 static void give_unsent(HubObject *hub, int from, int to) {
