@@ -132,12 +132,18 @@ async def _peer_main(pipe: Pipe, calls: int) -> None:
     pipe.send(offers)
     answers = pipe.recv()  # per call, per stream: (ufrag, pwd, candidates, key b64, gw ports)
 
+    for streams, call in zip(lync, answers, strict=True):
+        for s, ans in zip(streams, call, strict=True):
+            conn = s["conn"]
+            conn.remote_username, conn.remote_password = ans[0], ans[1]
+            for c in ans[2]:
+                await conn.add_remote_candidate(Candidate.from_sdp(c))
+            await conn.add_remote_candidate(None)  # aioice drops components the answer lacks
+    pipe.send("answered")  # as a Lync client holding the answer when the gateway's checks come
+    pipe.recv()
+
     async def connect(s: dict[str, Any], ans: tuple[Any, ...]) -> None:
         conn = s["conn"]
-        conn.remote_username, conn.remote_password = ans[0], ans[1]
-        for c in ans[2]:
-            await conn.add_remote_candidate(Candidate.from_sdp(c))
-        await conn.add_remote_candidate(None)  # aioice drops components the answer lacks
         await conn.connect()
         s["tx"] = pylibsrtp.Session(pylibsrtp.Policy(
             key=s["key"], ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
@@ -268,6 +274,7 @@ async def _gateway(calls: int, seconds: float, pipe: Pipe) -> dict[str, Any]:
     rss0 = _rss_kib()
     sessions: list[MediaSession] = []
     answers = []
+    applies: list[dict[str, Any]] = []
     for index, call in enumerate(offers):
         session = MediaSession(f"bench-{index}", pool, settings)
         await session.prepare(["audio", "video"])
@@ -275,8 +282,8 @@ async def _gateway(calls: int, seconds: float, pipe: Pipe) -> dict[str, Any]:
         video_offer = to_standard(ms_offer, session.video_plan())
         video_answer = parse_sdp(_video_answer(video_offer, [s[5] for s in call]))
         ms_answer = to_microsoft(video_answer, session.microsoft_plan(), answer_to=ms_offer)
-        await session.apply(microsoft_local=ms_answer, microsoft_remote=ms_offer,
-                            video_local=video_offer, video_remote=video_answer)
+        applies.append(dict(microsoft_local=ms_answer, microsoft_remote=ms_offer,
+                            video_local=video_offer, video_remote=video_answer))
         sessions.append(session)
         answers.append([(m.get("ice-ufrag"), m.get("ice-pwd"), m.get_all("candidate"),
                          base64.b64encode(Crypto.parse(m.get_all("crypto")[0]).key_salt).decode(),
@@ -285,6 +292,13 @@ async def _gateway(calls: int, seconds: float, pipe: Pipe) -> dict[str, Any]:
                         if s is not None])
     rss_sessions = _rss_kib() - rss0
     pipe.send(answers)
+    # The gateway's checks start at apply: only once the peers hold the answers. Earlier, a
+    # check reaching an aioice peer without the answer was seen to leave the gateway's pair
+    # in progress until the ICE timeout (all calls failed at 40 calls; a gateway issue).
+    await loop.run_in_executor(None, pipe.recv)
+    for session, sdps in zip(sessions, applies, strict=True):
+        await session.apply(**sdps)
+    pipe.send("go")
     peer = await loop.run_in_executor(None, pipe.recv)  # the peers' ICE completed
     await asyncio.gather(*(_connected(s, 2) for s in sessions))  # and ours
     streams = [st for s in sessions for st in s.streams if st is not None]
@@ -319,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ours, theirs = mp.get_context("fork").Pipe()
     peer = mp.get_context("fork").Process(target=_peer_process,
                                           args=(theirs, args.calls, not args.no_uvloop))
+    peer.daemon = True  # a failed gateway side must not wait on it
     peer.start()
     theirs.close()  # the peer's death ends our recv (EOFError) instead of hanging it
     if not args.no_uvloop:
