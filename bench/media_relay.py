@@ -357,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     s = result["stats"]
     out = sys.stdout
     threads = os.environ.get("GATEWAY_MEDIA_THREADS", "").strip() or "unset: one per core"
+    if result["impl"] != "native":
+        threads = "not used: the Python hub runs on the event loop's thread"
     out.write(f"calls                {args.calls} (audio 50 pps + video 250 pps, each way; "
               f"RTCP 1/s per stream each way)\n")
     out.write(f"relay path           {result['impl']}, fast path on {result['fast']} of "
