@@ -38,3 +38,106 @@ def test_basic_call_microsoft_to_video_and_bye() -> None:
         assert h.services.sessions[0].closed
 
     run(scenario)
+
+
+async def _ringing(h: Harness, headers: tuple[tuple[str, str], ...] = ()) -> tuple:  # type: ignore[type-arg]
+    """The FE calls 3001 and CUCM rings: (the FE's INVITE, CUCM's transaction and INVITE)."""
+    content_type, offer = lync_offer()
+    pending = h.fe.invite(TARGET, h.hop(MS), offer, content_type, headers)
+    await h.settle()
+    tx, invite = h.cucm.take()
+    return pending, tx, invite
+
+
+def test_cancel_during_setup_gives_487_and_cancels_the_callee() -> None:
+    async def scenario(h: Harness) -> None:
+        pending, tx, invite = await _ringing(h)
+        h.cucm.answer(tx, invite, 180)
+        await h.settle()
+        assert h.fe.statuses()[-1] == 180
+        pending.cancel()
+        await h.settle()
+        assert pending.final.result().status == 487
+        assert h.fe.statuses("CANCEL") == [200]
+        assert len(h.cucm.requests("CANCEL")) == 1
+        assert h.cucm.requests("ACK"), "the gateway ACKs the callee's 487"
+        assert not h.cucm.requests("BYE")
+        assert not h.controller.calls
+        assert h.services.sessions[0].closed
+
+    run(scenario)
+
+
+def test_require_of_an_unknown_tag_gets_420_with_unsupported() -> None:
+    async def scenario(h: Harness) -> None:
+        content_type, offer = lync_offer()
+        pending = h.fe.invite(TARGET, h.hop(MS), offer, content_type, (("Require", "foo"),))
+        await h.settle()
+        refusal = pending.final.result()
+        assert refusal.status == 420
+        assert refusal.headers.get("Unsupported") == "foo"
+        assert not h.cucm.received and not h.cucm.incoming
+        assert not h.controller.calls and not h.services.sessions
+
+    run(scenario)
+
+
+def test_callee_answering_too_few_m_lines_gets_ack_and_bye_caller_502() -> None:
+    async def scenario(h: Harness) -> None:
+        pending, tx, invite = await _ringing(h)
+        offered = parse_sdp(invite.body)
+        assert len(offered.media) >= 2
+        answer = plain_answer(offered, CUCM.host, 50000)
+        first_only = answer[:answer.index(b"m=", answer.index(b"m=") + 1)]
+        h.cucm.answer(tx, invite, 200, body=first_only)
+        await h.settle()
+        assert pending.final.result().status == 502
+        assert len(h.cucm.requests("ACK")) == 1
+        assert len(h.cucm.requests("BYE")) == 1
+        assert not h.controller.calls
+        assert h.services.sessions[0].closed
+
+    run(scenario)
+
+
+def test_183_with_sdp_is_relayed_before_the_200() -> None:
+    async def scenario(h: Harness) -> None:
+        pending, tx, invite = await _ringing(h, (("Supported", "ms-early-media"),))
+        answer = plain_answer(parse_sdp(invite.body), CUCM.host, 50000)
+        h.cucm.answer(tx, invite, 183, body=answer)
+        await h.settle()
+        early = [r for r in h.fe.responses() if r.status == 183]
+        assert len(early) == 1 and parse_sdp(early[0].body).media
+        assert not pending.final.done()
+        h.cucm.answer(tx, invite, 200, body=answer)
+        await h.settle()
+        assert h.fe.statuses()[-2:] == [183, 200]
+        h.fe.confirm(pending, h.hop(MS))
+        await h.settle()
+        assert len(h.controller.calls) == 1
+
+    run(scenario)
+
+
+def test_session_refresh_missing_byes_both_legs_after_expiry() -> None:
+    async def scenario(h: Harness) -> None:
+        pending, tx, invite = await _ringing(h, (("Supported", "timer"),
+                                                 ("Session-Expires", "90;refresher=uac")))
+        h.cucm.answer(tx, invite, 200,
+                      body=plain_answer(parse_sdp(invite.body), CUCM.host, 50000))
+        await h.settle()
+        ok = pending.final.result()
+        assert ok.status == 200
+        assert ok.headers.get("Session-Expires", "").startswith("90")
+        assert "refresher=uac" in ok.headers.get("Session-Expires", "")
+        assert "timer" in ok.headers.get("Require", "")
+        h.fe.confirm(pending, h.hop(MS))
+        await h.settle()
+        await h.advance(40)
+        assert not h.fe.requests("BYE") and len(h.controller.calls) == 1
+        await h.advance(60)  # the FE never refreshed: the session expired
+        assert len(h.fe.requests("BYE")) == 1
+        assert len(h.cucm.requests("BYE")) == 1
+        assert not h.controller.calls
+
+    run(scenario)
