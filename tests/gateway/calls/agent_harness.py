@@ -22,8 +22,8 @@ from gateway.runtime import Gateway, RuntimeOptions
 from gateway.views import LegSide
 from media.events import MediaClosed, MediaEvent
 from media.session import MediaSession
-from sip.message import Request, Response, parse_message
 from sip.dialog import Dialog
+from sip.message import Request, Response, parse_message
 from sip.stack import ClientRequest, Hop, SipStack
 from sip.timers import TimerSettings
 from sip.transaction_server import ServerTransaction
@@ -90,10 +90,11 @@ class ClockLoop(asyncio.SelectorEventLoop):
 
 
 class Network:
-    """Stacks by listening address; delivery on the loop's next turn, through bytes."""
+    """The in-memory transports by listening address; a message is delivered on the loop's
+    next turn, as bytes parsed again."""
 
     def __init__(self) -> None:
-        self.stacks: dict[TransportAddress, SipStack] = {}
+        self.ends: dict[TransportAddress, MemoryTransports] = {}
         self._ids = 0
 
     def next_id(self) -> int:
@@ -113,7 +114,7 @@ class MemoryTransports:
         self.on_oversized_response: Callable[..., None] | None = None
         self.connection = ConnectionInfo(network.next_id(), address.transport, address, None,
                                          False)
-        network.stacks[address] = stack
+        network.ends[address] = self
 
     @property
     def listeners(self) -> tuple[TransportAddress, ...]:
@@ -122,16 +123,16 @@ class MemoryTransports:
     async def send(self, data: bytes, address: TransportAddress, *,
                    server_hostname: str | None = None,
                    connection_id: int | None = None) -> ConnectionInfo:
-        target = self.network.stacks.get(
+        target = self.network.ends.get(
             TransportAddress(self.address.transport, address.host, address.port))
-        if target is not None:
-            received = ReceivedMessage(parse_message(data), self.address,
-                                       target.transports.connection, data)
-            asyncio.get_running_loop().call_soon(target._on_message, received)
+        if target is not None:  # else lost, as a datagram to nowhere would be
+            received = ReceivedMessage(parse_message(data), self.address, target.connection,
+                                       data)
+            asyncio.get_running_loop().call_soon(target.stack._on_message, received)
         return self.connection
 
     async def close(self) -> None:
-        self.network.stacks.pop(self.address, None)
+        self.network.ends.pop(self.address, None)
 
 
 def memory_stack(network: Network, address: TransportAddress,
@@ -281,7 +282,7 @@ class Peer(UserAgent):
         dialog = None
         if 200 <= status < 300:
             dialog = Dialog.create_uas(request, response)
-            self.dialogs.add(dialog, transaction.source)  # type: ignore[arg-type]
+            self.dialogs.add(dialog, transaction.source)
         self.stack.send_response(transaction, response)
         return dialog
 
@@ -314,8 +315,9 @@ class Harness:
     """The gateway between ``fe`` (Microsoft side) and ``cucm`` (video side)."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        assert isinstance(self.loop, ClockLoop), "run under ClockLoop (see run())"
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, ClockLoop), "run under ClockLoop (see run())"
+        self.loop = loop
         self.network = Network()
         self.services = Services()
         self.controller: CallController = self.services.controller
@@ -328,6 +330,12 @@ class Harness:
             [GATEWAY_MS, GATEWAY_VIDEO])
         self.fe = Peer(self.network, FE, "alice", "example.com")
         self.cucm = Peer(self.network, CUCM, "3001", "video.example.com")
+
+    def ended(self, result: str) -> float:
+        """The gateway's count of calls that ended with ``result`` (``completed``...)."""
+        value = self.services.metrics.registry.get_sample_value(
+            "gateway_calls_total", {"result": result})
+        return value or 0.0
 
     def hop(self, side: LegSide) -> Hop:
         return Hop.of(GATEWAY_MS if side is LegSide.MICROSOFT else GATEWAY_VIDEO)

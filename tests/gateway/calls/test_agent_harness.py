@@ -36,6 +36,7 @@ def test_basic_call_microsoft_to_video_and_bye() -> None:
         assert len(h.cucm.requests("BYE")) == 1
         assert not h.controller.calls
         assert h.services.sessions[0].closed
+        assert h.ended("completed") == 1
 
     run(scenario)
 
@@ -64,6 +65,7 @@ def test_cancel_during_setup_gives_487_and_cancels_the_callee() -> None:
         assert not h.cucm.requests("BYE")
         assert not h.controller.calls
         assert h.services.sessions[0].closed
+        assert h.ended("cancelled") == 1
 
     run(scenario)
 
