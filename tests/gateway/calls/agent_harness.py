@@ -225,6 +225,8 @@ class Peer(UserAgent):
     """A scripted UA (the FE or CUCM): every message it receives is kept, new requests wait
     in ``incoming`` for the script to answer."""
 
+    supported = frozenset({"100rel", "timer"})
+
     def __init__(self, network: Network, address: TransportAddress, user: str,
                  domain: str) -> None:
         stack = memory_stack(network, address, observer=self._observe)
@@ -280,9 +282,13 @@ class Peer(UserAgent):
         for name, value in headers:
             response.headers.add(name, value)
         dialog = None
-        if 200 <= status < 300:
-            dialog = Dialog.create_uas(request, response)
-            self.dialogs.add(dialog, transaction.source)
+        if 101 <= status < 300:
+            made = Dialog.create_uas(request, response)
+            dialog = self.dialogs.get(made.id)
+            if dialog is None:
+                dialog = self.dialogs.add(made, transaction.source)  # type: ignore[arg-type]
+            elif status >= 200:
+                dialog.confirm()
         self.stack.send_response(transaction, response)
         return dialog
 

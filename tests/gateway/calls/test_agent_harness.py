@@ -143,3 +143,25 @@ def test_session_refresh_missing_byes_both_legs_after_expiry() -> None:
         assert not h.controller.calls
 
     run(scenario)
+
+
+def test_reliable_183_from_the_callee_is_pracked_and_relayed() -> None:
+    async def scenario(h: Harness) -> None:
+        pending, tx, invite = await _ringing(h, (("Supported", "ms-early-media"),))
+        assert "100rel" in invite.headers.get("Supported", "")
+        answer = plain_answer(parse_sdp(invite.body), CUCM.host, 50000)
+        h.cucm.answer(tx, invite, 183, body=answer,
+                      headers=(("Require", "100rel"), ("RSeq", "7")))
+        await h.settle()
+        prack_tx, prack = h.cucm.take("PRACK")
+        assert prack.headers.get("RAck") == f"7 {invite.cseq.seq} INVITE"
+        h.cucm.stack.respond(prack_tx, 200)
+        await h.settle()
+        early = [r for r in h.fe.responses() if r.status == 183]
+        assert len(early) == 1 and early[0].body
+        assert early[0].headers.get("RSeq") is None, "not reliable toward Microsoft"
+        h.cucm.answer(tx, invite, 200, body=answer)
+        await h.settle()
+        assert pending.final.result().status == 200
+
+    run(scenario)
