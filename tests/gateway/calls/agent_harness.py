@@ -286,7 +286,7 @@ class Peer(UserAgent):
             made = Dialog.create_uas(request, response)
             dialog = self.dialogs.get(made.id)
             if dialog is None:
-                dialog = self.dialogs.add(made, transaction.source)  # type: ignore[arg-type]
+                dialog = self.dialogs.add(made, transaction.source)
             elif status >= 200:
                 dialog.confirm()
         self.stack.send_response(transaction, response)

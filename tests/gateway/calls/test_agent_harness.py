@@ -7,9 +7,10 @@ from gateway.views import LegSide
 from media.sdp import parse_sdp
 from tests.gateway.calls.agent_harness import CUCM, Harness, run
 from tests.gateway.test_controller import plain_answer
-from tests.gateway.test_runtime import lync_offer
+from tests.gateway.test_runtime import DATA, lync_answer, lync_offer
 
 MS = LegSide.MICROSOFT
+VIDEO = LegSide.VIDEO
 TARGET = "3001@video.example.com"
 
 
@@ -163,5 +164,32 @@ def test_reliable_183_from_the_callee_is_pracked_and_relayed() -> None:
         h.cucm.answer(tx, invite, 200, body=answer)
         await h.settle()
         assert pending.final.result().status == 200
+
+    run(scenario)
+
+
+def test_video_calls_microsoft_and_hangs_up() -> None:
+    async def scenario(h: Harness) -> None:
+        text = (DATA / "video_endpoint_offer.sdp").read_text()
+        offer = "\r\n".join(text.splitlines()).encode() + b"\r\n"
+        pending = h.cucm.invite("alice@example.com", h.hop(VIDEO), offer, "application/sdp")
+        await h.settle()
+        tx, invite = h.fe.take()
+        ms_offer = parse_sdp(invite.body)
+        assert ms_offer.media[0].proto == "RTP/SAVP" and ms_offer.media[0].get("ice-pwd")
+        assert invite.call_id != pending.request.call_id
+        h.fe.answer(tx, invite, 200, body=lync_answer(ms_offer))
+        await h.settle()
+        ok = pending.final.result()
+        assert ok.status == 200 and b"a=crypto" not in ok.body and b"candidate" not in ok.body
+        dialog = h.cucm.confirm(pending, h.hop(VIDEO))
+        await h.settle()
+        assert len(h.fe.requests("ACK")) == 1 and len(h.controller.calls) == 1
+        bye = h.cucm.bye(dialog)
+        await h.settle()
+        assert bye.final.result().status == 200
+        [ms_bye] = h.fe.requests("BYE")
+        assert "BYE from the video side" in (ms_bye.headers.get("Reason") or "")
+        assert not h.controller.calls and h.ended("completed") == 1
 
     run(scenario)
