@@ -416,8 +416,9 @@ class DialectPolicy:
         count = self._refusals.get(transaction_id, 0) + 1
         _remember(self._refusals, transaction_id, count)
         refused = set(sent[:count])
-        left = [d for d in (self.peer, self.prefer, *StunDialect)
-                if d is not None and d in self.accept and d not in refused]
+        order: list[StunDialect | None] = [self.peer, self.prefer, *StunDialect]
+        left: list[StunDialect] = [d for d in order
+                                   if d is not None and d in self.accept and d not in refused]
         if not left:
             return None
         _remember(self._forced, transaction_id, left[0])
