@@ -43,8 +43,6 @@ _STAMP = struct.Struct("!QI")  # send time (ns, CLOCK_MONOTONIC), sequence
 _SR = struct.Struct("!BBHIQIII")
 """An RTCP sender report without report blocks (RFC 3550 §6.4.1): 28 bytes."""
 WAYS = ("to_video", "to_ms")
-CONNECT_WAVE = 20
-"""Streams whose ICE the Lync peers run at once."""
 
 
 def _rss_kib() -> int:
@@ -132,7 +130,12 @@ async def _peer_main(pipe: Pipe, calls: int) -> None:
                         [t.get_extra_info("sockname")[1] for t in s["video"]])
                        for s in streams])
     pipe.send(offers)
-    answers = pipe.recv()  # per call, per stream: (ufrag, pwd, candidates, key b64, gw ports)
+    # No blocking recv on the loop: aioice must keep answering the gateway's checks. A
+    # controlling peer completes on its own first success, often before the (controlled)
+    # gateway's checks have their answers; a loop blocked in pipe.recv() left those
+    # unanswered until the ICE timeout (most legs, with 80 streams at once).
+    # Per call, per stream: (ufrag, pwd, candidates, key b64, gw ports).
+    answers = await loop.run_in_executor(None, pipe.recv)
 
     for streams, call in zip(lync, answers, strict=True):
         for s, ans in zip(streams, call, strict=True):
@@ -142,7 +145,7 @@ async def _peer_main(pipe: Pipe, calls: int) -> None:
                 await conn.add_remote_candidate(Candidate.from_sdp(c))
             await conn.add_remote_candidate(None)  # aioice drops components the answer lacks
     pipe.send("answered")  # as a Lync client holding the answer when the gateway's checks come
-    pipe.recv()
+    await loop.run_in_executor(None, pipe.recv)
 
     async def connect(s: dict[str, Any], ans: tuple[Any, ...]) -> None:
         conn = s["conn"]
@@ -161,13 +164,10 @@ async def _peer_main(pipe: Pipe, calls: int) -> None:
 
     pairs = [(s, a) for streams, call in zip(lync, answers, strict=True)
              for s, a in zip(streams, call, strict=True)]
-    # In waves, as calls arrive over time: with 80 streams checking at once, most of the
-    # gateway's legs were seen to time out (a gateway issue, reported).
-    for first in range(0, len(pairs), CONNECT_WAVE):
-        await asyncio.gather(*(connect(s, a) for s, a in pairs[first:first + CONNECT_WAVE]))
+    await asyncio.gather(*(connect(s, a) for s, a in pairs))  # every stream at once
     flat = [s for streams in lync for s in streams]
     pipe.send({"components": sorted({len(s["ms_send"]) for s in flat})})
-    seconds = pipe.recv()
+    seconds = await loop.run_in_executor(None, pipe.recv)
     cpu0 = _cpu_seconds()
     start = loop.time()
     next_tick = start
@@ -272,11 +272,8 @@ async def _gateway(calls: int, seconds: float, pipe: Pipe) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     offers = await loop.run_in_executor(None, pipe.recv)
     pool = PortPool(PortPoolSettings(30000, 30000 + 8 * calls + 1))
-    # The peers are aioice (RFC 5389 STUN). Left on "auto", the gateway's first check goes
-    # out in [MS-ICE2] form when it beats the peer's; aioice answers it 401 and that pair
-    # was seen to stay in progress until the ICE timeout (a gateway issue, reported).
-    settings = MediaSettings(GATEWAY, GATEWAY,
-                             IceSettings(connect_timeout=60, stun_dialect="rfc5389"))
+    # The peers are aioice (RFC 5389 STUN): the gateway's "auto" dialect finds it out.
+    settings = MediaSettings(GATEWAY, GATEWAY, IceSettings(connect_timeout=60))
     rss0 = _rss_kib()
     sessions: list[MediaSession] = []
     answers = []

@@ -13,8 +13,10 @@ pinned by the tests in tests/media/test_ice_leg.py.
 STUN goes through ``media.ms_stun.DialectProtocol``: the leg reads checks in [MS-ICE2]
 version 2 (Lync, libnice's OC2007R2 mode) and in RFC 5389, answers each in its own dialect,
 and sends its own checks in the dialect the peer showed (MS-ICE2 first, alternating on
-retransmission while unknown; ``IceSettings.stun_dialect`` pins one). The dialect is
-logged once per leg when learned.
+retransmission while unknown; ``IceSettings.stun_dialect`` pins one). A check the peer
+refuses unsigned (400/401: a standard agent given an [MS-ICE2] check) goes out again at once
+in the other dialect, and fails its pair once refused in both. The dialect is logged once
+per leg when learned.
 
 Every STUN message and packet this leg sends goes through ``_Protocol``, which refuses any
 destination outside ``allowed_networks`` (the lab keeps all traffic on loopback) and records

@@ -362,6 +362,11 @@ class DialectPolicy:
         write its FINGERPRINT the same way."""
         self._replies: OrderedDict[bytes, StunDialect] = OrderedDict()
         self._tries: OrderedDict[bytes, int] = OrderedDict()
+        self._sent: OrderedDict[bytes, tuple[StunDialect, ...]] = OrderedDict()
+        """Per check: the dialect of each transmission, in order."""
+        self._refusals: OrderedDict[bytes, int] = OrderedDict()
+        self._forced: OrderedDict[bytes, StunDialect] = OrderedDict()
+        """Per check: the dialect left after the peer refused the others."""
 
     @classmethod
     def pinned(cls, label: str, dialect: StunDialect) -> DialectPolicy:
@@ -383,6 +388,14 @@ class DialectPolicy:
 
     def request_dialect(self, transaction_id: bytes) -> StunDialect:
         """The dialect of this transmission of our check ``transaction_id``."""
+        dialect = self._request_dialect(transaction_id)
+        _remember(self._sent, transaction_id, (*self._sent.get(transaction_id, ()), dialect))
+        return dialect
+
+    def _request_dialect(self, transaction_id: bytes) -> StunDialect:
+        forced = self._forced.get(transaction_id)
+        if forced is not None:
+            return forced
         if self.peer is not None:
             return self.peer
         if len(self.accept) == 1:
@@ -391,6 +404,30 @@ class DialectPolicy:
         _remember(self._tries, transaction_id, tries + 1)
         other = next(d for d in self.accept if d is not self.prefer)
         return self.prefer if tries % 2 == 0 else other
+
+    def refused(self, transaction_id: bytes) -> StunDialect | None:
+        """The peer answered our check ``transaction_id`` with an unauthenticated 400/401
+        (it could not read or verify it): the dialect to send it in now, or None when every
+        dialect we speak was refused (the check fails, RFC 8445 §7.2.5.2.4).
+
+        An error response does not say which transmission it answers: the n-th refusal is
+        taken to answer the n-th transmission (their order on the way out and back)."""
+        sent = self._sent.get(transaction_id, ())
+        count = self._refusals.get(transaction_id, 0) + 1
+        _remember(self._refusals, transaction_id, count)
+        refused = set(sent[:count])
+        order: list[StunDialect | None] = [self.peer, self.prefer, *StunDialect]
+        left: list[StunDialect] = [d for d in order
+                                   if d is not None and d in self.accept and d not in refused]
+        if not left:
+            return None
+        _remember(self._forced, transaction_id, left[0])
+        return left[0]
+
+    def last_sent(self, transaction_id: bytes) -> StunDialect | None:
+        """The dialect of the latest transmission of our check ``transaction_id``."""
+        sent = self._sent.get(transaction_id, ())
+        return sent[-1] if sent else None
 
     def reply_to(self, transaction_id: bytes, dialect: StunDialect) -> None:
         """Note the dialect of a request (its syntax, then its verified integrity)."""
@@ -419,8 +456,13 @@ class _ReceivedMessage(Message):
                          transaction_id=decoded.transaction_id, attributes=attributes)
         self.decoded = decoded
         self.policy = policy
+        self.refusal = False
+        """An unsigned 400/401 to our check, refused in every dialect: aioice's transaction
+        takes it (and fails) instead of discarding it for want of MESSAGE-INTEGRITY."""
 
     def check_message_integrity(self, key: bytes) -> bool:
+        if self.refusal:
+            return True
         dialect = verify_integrity(self.decoded, key, self.policy.accept)
         if dialect is None:
             return False
@@ -498,11 +540,43 @@ class DialectProtocol(StunProtocol):
             return
         if message.message_class in (Class.RESPONSE, Class.ERROR):
             transaction = self.transactions.get(message.transaction_id)
-            if transaction is not None:
-                transaction.response_received(message, addr)
+            if transaction is None:
+                return
+            if (message.message_class == Class.ERROR and message.error_code in (400, 401)
+                    and isinstance(message, _ReceivedMessage)
+                    and decoded.get(MESSAGE_INTEGRITY) is None):
+                self._refused(message, addr)
+            transaction.response_received(message, addr)
         elif message.message_class == Class.REQUEST:
             policy.reply_to(decoded.transaction_id, decoded.hint)
             self.receiver.request_received(message, addr, self)
+
+    def _refused(self, error: _ReceivedMessage, addr: tuple[str, int]) -> None:
+        # aioice drops an unsigned error to a signed request (RFC 8489 §9.1.4) and waits for
+        # its next retransmission (0.5 s and doubling) or its timeout (about 40 s): a check
+        # sent as [MS-ICE2] to a standard agent (which answers 401) waited, and a peer done
+        # with its own checks may not be answering then. A 400/401 from where the check went
+        # settles it now: sent again in the dialect not refused yet, or failed.
+        policy: DialectPolicy = self.receiver.stun_policy  # type: ignore[attr-defined]
+        sent = self._checks().get(error.transaction_id)
+        if sent is None or sent[1] != addr:
+            return
+        dialect = policy.refused(error.transaction_id)
+        logger.info("%s: %s:%d refused a check (%s); %s", policy.label, addr[0], addr[1],
+                    error.error_code,
+                    "the check fails" if dialect is None else f"sent again as {dialect.value}")
+        if dialect is None:
+            error.refusal = True
+        elif policy.last_sent(error.transaction_id) is not dialect:
+            self.send_stun(sent[0], addr)
+
+    def _checks(self) -> OrderedDict[bytes, tuple[Message, tuple[str, int]]]:
+        """Our signed requests by transaction, to send again when refused."""
+        checks: OrderedDict[bytes, tuple[Message, tuple[str, int]]] | None = \
+            self.__dict__.get("_dialect_checks")
+        if checks is None:
+            checks = self.__dict__["_dialect_checks"] = OrderedDict()
+        return checks
 
     def send_stun(self, message: Message, addr: tuple[str, int]) -> None:
         policy: DialectPolicy = self.receiver.stun_policy  # type: ignore[attr-defined]
@@ -513,6 +587,7 @@ class DialectProtocol(StunProtocol):
             return
         request = message.message_class == Class.REQUEST
         if request:
+            _remember(self._checks(), message.transaction_id, (message, addr))
             dialect = policy.request_dialect(message.transaction_id)
             password = self.receiver.remote_password
         else:
