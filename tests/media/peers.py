@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aioice import Connection
+
 from lab.lync.peer import CODECS, LYNC_SSRC, MKI, LyncPeer, rtcp_rr, rtp, ssrc_of
+from media.ice_leg import IceLeg
 from media.sdp import Media, SessionDescription, parse_sdp
 
-__all__ = ["CODECS", "LYNC_SSRC", "MKI", "LyncPeer", "VideoPeer", "media_of", "rtcp_rr", "rtp",
+__all__ = ["CODECS", "LYNC_SSRC", "MKI", "LyncPeer", "VideoPeer", "aioice_peer",
+           "media_of", "rtcp_rr", "rtp",
            "ssrc_of"]
 
 
@@ -77,3 +81,19 @@ class VideoPeer:
 
 def media_of(sdp: SessionDescription, index: int) -> Media:
     return sdp.media[index]
+
+
+async def aioice_peer(leg: IceLeg, *, controlling: bool) -> Connection:
+    """A plain aioice agent (two components) on loopback that knows ``leg``'s candidates and
+    credentials: ready to ``connect``. aioice gathers on every interface but 127.0.0.1, so
+    its candidates come from its own helper on loopback only."""
+    peer = Connection(ice_controlling=controlling, components=2)
+    for component in (1, 2):
+        peer._local_candidates += await peer.get_component_candidates(
+            component, addresses=["127.0.0.1"])
+    peer._local_candidates_start = peer._local_candidates_end = True
+    for c in leg.agent.local_candidates:
+        await peer.add_remote_candidate(c)
+    await peer.add_remote_candidate(None)
+    peer.remote_username, peer.remote_password = leg.ufrag, leg.pwd
+    return peer

@@ -8,11 +8,11 @@ import asyncio
 import logging
 
 import pytest
-from aioice import Connection
 
 from lab.lync.client_media import ClientIce, IceServers
 from media.ice_leg import IceLeg, IceSettings, to_sdp_candidate
 from media.ms_stun import StunDialect
+from tests.media.peers import aioice_peer
 from tests.media.test_ice_leg import HOST, free_pair
 
 CLIENT = "127.0.1.10"
@@ -40,19 +40,10 @@ async def test_plain_aioice_peer_is_answered_in_rfc5389(gateway_controlling: boo
                                                         ) -> None:
     caplog.set_level(logging.INFO, logger="media.ms_stun")
     leg = await _leg(gateway_controlling)
-    peer = Connection(ice_controlling=not gateway_controlling, components=2)
+    peer = await aioice_peer(leg, controlling=not gateway_controlling)
     received: list[bytes] = []
     leg.on_media = lambda data, component: received.append(data)
     try:
-        # aioice gathers on every interface but 127.0.0.1: its own helper on loopback only.
-        for component in (1, 2):
-            peer._local_candidates += await peer.get_component_candidates(
-                component, addresses=["127.0.0.1"])
-        peer._local_candidates_start = peer._local_candidates_end = True
-        for c in leg.agent.local_candidates:
-            await peer.add_remote_candidate(c)
-        await peer.add_remote_candidate(None)
-        peer.remote_username, peer.remote_password = leg.ufrag, leg.pwd
         theirs = [to_sdp_candidate(c) for c in peer.local_candidates]
         await asyncio.wait_for(asyncio.gather(
             leg.connect(peer.local_username, peer.local_password, theirs),

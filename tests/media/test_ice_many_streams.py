@@ -19,7 +19,7 @@ from media.ms_dialect import SsrcRange
 from media.relay import native_available
 from media.rtp_leg import RtpLeg
 from media.stream import MediaStream
-from tests.media.peers import VideoPeer
+from tests.media.peers import VideoPeer, aioice_peer
 from tests.media.test_ice_leg import free_pair
 from tests.media.test_ice_nomination import GATEWAY
 from tests.media.test_stream import m
@@ -28,19 +28,6 @@ IMPLS = ["python"] + (["native"] if native_available() else [])
 STREAMS = 60
 TIMEOUT = 20.0
 """The gateway legs' ICE timeout; the whole burst must finish within it."""
-
-
-async def _peer(leg: IceLeg) -> Connection:
-    peer = Connection(ice_controlling=True, components=2)
-    for component in (1, 2):
-        peer._local_candidates += await peer.get_component_candidates(
-            component, addresses=["127.0.0.1"])
-    peer._local_candidates_start = peer._local_candidates_end = True
-    for c in leg.agent.local_candidates:
-        await peer.add_remote_candidate(c)
-    await peer.add_remote_candidate(None)
-    peer.remote_username, peer.remote_password = leg.ufrag, leg.pwd
-    return peer
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -59,7 +46,7 @@ async def test_sixty_streams_checking_at_once_all_connect(impl: str) -> None:
             await stream.open()
             stream.apply(m(), m(), m(), m(), None, (endpoint.host, endpoint.ports[0]),
                          (endpoint.host, endpoint.ports[1]))
-            peers.append(await _peer(ice))
+            peers.append(await aioice_peer(ice, controlling=True))
         start = time.monotonic()
         results = await asyncio.wait_for(asyncio.gather(
             *(s.ice.connect(p.local_username, p.local_password,
