@@ -129,15 +129,22 @@ def test_best_effort_offers_plain_rtp_once_after_488() -> None:
     assert [a for a in b2bua.others if isinstance(a, Started)] == [Started()]
 
 
-def test_an_answer_breaking_rfc_3264_is_a_502_and_the_callee_is_byed() -> None:
+def answered_against_rfc_3264(status: int, reason: str) -> B2bua:
+    """A call whose callee's answer (in a ``status`` response) drops an offered m-line:
+    the rewrite fails with ``BadAnswer`` and the caller is rejected with 502."""
     b2bua = B2bua(auto=False)
     b2bua.invite(sdp("caller", ("audio", "video")))
     b2bua.finish_rewrite()
-    b2bua.callee(ResponseIn(200, "OK", sdp("callee")))
+    b2bua.callee(ResponseIn(status, reason, sdp("callee")))
     b2bua.fail_next = BadAnswer("video", sdp("o", ("audio", "video")), sdp("a"))
     b2bua.finish_rewrite()
     reject = b2bua.last(UAS)
     assert isinstance(reject, SendReject) and reject.status == 502
+    return b2bua
+
+
+def test_an_answer_breaking_rfc_3264_is_a_502_and_the_callee_is_byed() -> None:
+    b2bua = answered_against_rfc_3264(200, "OK")
     bye = b2bua.last(UAC)
     assert isinstance(bye, SendBye) and bye.reason is not None and "cause=502" in bye.reason[1]
 
@@ -312,14 +319,7 @@ def test_a_caller_without_early_media_gets_the_183_without_sdp() -> None:
 
 
 def test_an_early_answer_breaking_rfc_3264_gives_502_and_cancels_the_callee() -> None:
-    b2bua = B2bua(auto=False)
-    b2bua.invite(sdp("caller", ("audio", "video")))
-    b2bua.finish_rewrite()
-    b2bua.callee(ResponseIn(183, "Session Progress", sdp("callee")))
-    b2bua.fail_next = BadAnswer("video", sdp("o", ("audio", "video")), sdp("a"))
-    b2bua.finish_rewrite()
-    reject = b2bua.last(UAS)
-    assert isinstance(reject, SendReject) and reject.status == 502
+    b2bua = answered_against_rfc_3264(183, "Session Progress")
     assert b2bua.to(UAC)[-1] == "SendCancel"
 
 
