@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from media.counters import LegCounters
@@ -340,32 +340,21 @@ class Capacity:
 
 @dataclass(frozen=True, slots=True)
 class TransportCountersView:
-    """What one side's transport limits did since start (a copy of its counters)."""
+    """What one side's transport limits did since start: a copy of its ``TransportCounters``
+    (reused, not restated, so a counter added there shows here without a second list)."""
 
     side: LegSide
     """The stack's side."""
-    refused: int = 0
-    """Inbound connections closed at once: the cap was reached and nothing was idle."""
-    evicted: int = 0
-    """Idle inbound connections closed to make room for a new one."""
-    message_deadline: int = 0
-    """Connections closed because a message was not completed in time."""
-    slow_reader: int = 0
-    """Connections closed because the peer did not read what was sent."""
-    idle: int = 0
-    """Connections closed after the idle timeout."""
-    oversized: int = 0
-    """Messages over the size limit passed over."""
-    tls_failed: int = 0
-    """Inbound TLS handshakes that failed."""
+    counters: TransportCounters = field(default_factory=TransportCounters)
+    """The snapshot: a copy made by ``from_counters``, never the stack's live object."""
 
     @classmethod
     def from_counters(cls, side: LegSide, counters: TransportCounters) -> TransportCountersView:
-        """A snapshot of a ``TransportManager``'s live counters (field by field, by name)."""
-        return cls(side, **asdict(counters))
+        """A snapshot of a ``TransportManager``'s live counters."""
+        return cls(side, replace(counters))
 
     def to_json(self) -> Json:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "side"}
+        return asdict(self.counters)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from gateway.status import (
 )
 from media.counters import LegCounters
 from media.port_pool import PortPool, PortPoolSettings, PortUnit
+from sip.transport import TransportCounters
 
 NOW = 1000.0
 
@@ -63,8 +64,9 @@ def sample_status(now: float = NOW, *, draining: bool = False,
         port_pool=PortPoolView(56000, 57000, 1000, 8, 992, 0),
         turn_servers=(TurnServerView("127.0.4.1", 3478, Health.up(), 2),),
         capacity=Capacity(1, 100),
-        transport=(TransportCountersView(LegSide.MICROSOFT, tls_failed=3),
-                   TransportCountersView(LegSide.VIDEO, oversized=1, slow_reader=2)),
+        transport=(TransportCountersView(LegSide.MICROSOFT, TransportCounters(tls_failed=3)),
+                   TransportCountersView(LegSide.VIDEO,
+                                         TransportCounters(oversized=1, slow_reader=2))),
     )
 
 
