@@ -96,16 +96,21 @@ def assert_420_naming(caller: SippResult, gateway: RunningGateway, tag: str) -> 
 # -- 420 Bad Extension -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tag", ["foo", "replaces"])
-def test_video_side_require_gets_420_naming_the_tag(
-    gateway: RunningGateway, tmp_path: Path, tag: str
-) -> None:
-    caller = run_scenario(
+def video_require_call(gateway: RunningGateway, tmp_path: Path, tag: str) -> SippResult:
+    """SIPp plays CUCM and calls alice.parkes with "Require: ``tag``" on the video side."""
+    return run_scenario(
         Scenario("require_uac.xml", remote=gateway.video_tcp, local_host=CUCM_HOST,
                  service="alice.parkes", trace_messages=True,
                  keys={"require": tag, "domain": "example.com", "caller": "3001",
                        "caller_domain": "video.example.com"}),
         tmp_path)
+
+
+@pytest.mark.parametrize("tag", ["foo", "replaces"])
+def test_video_side_require_gets_420_naming_the_tag(
+    gateway: RunningGateway, tmp_path: Path, tag: str
+) -> None:
+    caller = video_require_call(gateway, tmp_path, tag)
     assert_420_naming(caller, gateway, tag)
     gateway.wait_status(idle, SETTLE, "nothing set up for a 420")
 
@@ -116,12 +121,7 @@ def test_video_side_require_timer_is_taken(gateway: RunningGateway, tmp_path: Pa
     """RFC 4028 and, on the video side, RFC 3262 are implemented: "Require: timer" or
     "Require: 100rel" is no reason to refuse; the INVITE goes on to routing (here to an FE
     that is not running: a 5xx, never a 420)."""
-    caller = run_scenario(
-        Scenario("require_uac.xml", remote=gateway.video_tcp, local_host=CUCM_HOST,
-                 service="alice.parkes", trace_messages=True,
-                 keys={"require": tag, "domain": "example.com", "caller": "3001",
-                       "caller_domain": "video.example.com"}),
-        tmp_path)
+    caller = video_require_call(gateway, tmp_path, tag)
     context = f"{caller.describe()}\n{gateway.log()}"
     assert not final_responses(caller.messages, 420), context
     assert re.search(r"^SIP/2\.0 5\d\d ", caller.messages, re.M), context
