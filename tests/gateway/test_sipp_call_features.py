@@ -79,6 +79,27 @@ def fe_call(gateway: RunningGateway, pki: LabPKI, tmp_path: Path, cucm_file: str
     return caller, callee, context
 
 
+def cucm_call(gateway: RunningGateway, pki: LabPKI, tmp_path: Path, cucm_file: str, *,
+              fe_file: str, cucm_keys: dict[str, str] | None = None
+              ) -> tuple[SippResult, SippResult, str]:
+    """The other way from ``fe_call``: SIPp plays CUCM with ``cucm_file`` and calls
+    alice.parkes; SIPp plays the FE with ``fe_file`` behind stunnel (TLS). Returns
+    (CUCM result, FE result, context for assertion messages)."""
+    fe = Scenario(fe_file, trace_messages=True,
+                  keys={"fe_host": FE_HOST, "fe_port": str(gateway.ports.fe)},
+                  extra=("-reconnect_close", "false"))
+    with (serve_scenario(fe, tmp_path) as served,
+          stunnel_server(tmp_path, connect=(LOOPBACK, served.port or 0),
+                         tls=tls_files(pki, "fe"), host=FE_HOST, port=gateway.ports.fe)):
+        caller = run_scenario(
+            Scenario(cucm_file, remote=gateway.video_tcp, service="alice.parkes",
+                     duration_ms=300, trace_messages=True, keys=cucm_keys or {}),
+            tmp_path)
+        callee = served.result(30)
+    context = f"{caller.describe()}\n--- FE ---\n{callee.describe()}\n{gateway.log()}"
+    return caller, callee, context
+
+
 def both_succeeded(caller: SippResult, callee: SippResult, context: str) -> None:
     assert counters(caller)["successful"] == 1 and counters(caller)["failed"] == 0, context
     assert counters(callee)["successful"] == 1 and counters(callee)["failed"] == 0, context
@@ -130,17 +151,8 @@ def test_early_media_from_microsoft_reaches_the_video_caller_as_plain_sdp(
     """The other way: CUCM calls, the FE (our INVITE says ms-early-media) answers 183 with
     its SDP, then 200; CUCM gets a 183 with one plain SDP (the rewrite toward the video
     side: no ICE, no a=crypto on its RTP/AVP lines) before the 200."""
-    fe = Scenario("lync_fe_uas_early_media.xml", trace_messages=True,
-                  keys={"fe_host": FE_HOST, "fe_port": str(gateway.ports.fe)},
-                  extra=("-reconnect_close", "false"))
-    with (serve_scenario(fe, tmp_path) as served,
-          stunnel_server(tmp_path, connect=(LOOPBACK, served.port or 0),
-                         tls=tls_files(pki, "fe"), host=FE_HOST, port=gateway.ports.fe)):
-        caller = run_scenario(
-            Scenario("cucm_uac.xml", remote=gateway.video_tcp, service="alice.parkes",
-                     duration_ms=300, trace_messages=True), tmp_path)
-        callee = served.result(30)
-    context = f"{caller.describe()}\n--- FE ---\n{callee.describe()}\n{gateway.log()}"
+    caller, callee, context = cucm_call(gateway, pki, tmp_path, "cucm_uac.xml",
+                                        fe_file="lync_fe_uas_early_media.xml")
     both_succeeded(caller, callee, context)
     (progress,) = received(caller.messages, "SIP/2.0 183 ")
     assert "Content-Type: application/sdp" in progress, progress
@@ -205,19 +217,10 @@ def test_video_caller_requiring_100rel_gets_reliable_provisionals_and_connects(
     """CUCM calls with "Require: 100rel" (RFC 3262 §3): the FE's 180 (or 183 with SDP)
     reaches CUCM with Require: 100rel and RSeq, CUCM PRACKs it and gets 200, and the 200
     to the INVITE comes only after that (the scenario fails on any other order)."""
-    fe = Scenario(fe_file, trace_messages=True,
-                  keys={"fe_host": FE_HOST, "fe_port": str(gateway.ports.fe)},
-                  extra=("-reconnect_close", "false"))
-    with (serve_scenario(fe, tmp_path) as served,
-          stunnel_server(tmp_path, connect=(LOOPBACK, served.port or 0),
-                         tls=tls_files(pki, "fe"), host=FE_HOST, port=gateway.ports.fe)):
-        caller = run_scenario(
-            Scenario("cucm_uac_100rel_hold.xml", remote=gateway.video_tcp, service="alice.parkes",
-                     duration_ms=300, trace_messages=True,
-                     keys={"domain": "example.com", "caller": "3001",
-                           "caller_domain": "video.example.com"}), tmp_path)
-        callee = served.result(30)
-    context = f"{caller.describe()}\n--- FE ---\n{callee.describe()}\n{gateway.log()}"
+    caller, callee, context = cucm_call(
+        gateway, pki, tmp_path, "cucm_uac_100rel_hold.xml", fe_file=fe_file,
+        cucm_keys={"domain": "example.com", "caller": "3001",
+                   "caller_domain": "video.example.com"})
     both_succeeded(caller, callee, context)
     (reliable,) = received(caller.messages, f"SIP/2.0 {status} ")
     assert re.search(r"^Require: *100rel", reliable, re.M), reliable
