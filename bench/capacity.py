@@ -14,7 +14,11 @@ counters, lets the senders go on for the window, stops them again and drains aga
 loss = 1 - received / sent counts the packets never delivered, both directions together;
 ``late`` the packets delivered after the window (during the drain: the one event loop of the
 lab behind), ``drain s`` how long that took (``>`` when the bound was hit: what was still
-unread then counts as lost).
+unread then counts as lost). ``pace %`` is sent / what the senders' nominal rates make in
+the window: under 100 the load generator (the lab's one event loop) fell behind its schedule
+and offered less than the nominal load. ``rejected``: packets the receivers refused (SRTP or
+RTP checks failed); ``udp err``: the kernel's UDP InErrors + SndbufErrors over the window
+(``/proc/net/snmp``: host-wide, other processes on the machine count too).
 
 The gateway's packet path is ``GATEWAY_MEDIA_RELAY`` (``native`` by default where built,
 ``python``; ``GATEWAY_MEDIA_THREADS`` its hub's worker threads); the ``fast`` column counts
@@ -27,7 +31,8 @@ received and did not forward (media.counters: direction, source, SRTP, send...);
 (in flight: read during the drain, not lost). The drop and queue columns count this
 process's sockets only (others on the machine share the loopback).
 
-Everything runs in this process (lab.topology.Lab): the CPU figure is the whole process
+Everything runs in this process (lab.topology.Lab), on uvloop as every role's main does
+(sip.aio.run; ``--loop asyncio`` for the stdlib loop): the CPU figure is the whole process
 (gateway + FE + CUCM + peers) and so an upper bound of the gateway's share; RSS per call is
 the growth over the idle lab divided by the calls. Traffic stays on 127.0.0.0/8. Bounded
 by --budget seconds (default 270).
@@ -53,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.topology import Lab  # noqa: E402
 from media.relay import implementation as relay_implementation  # noqa: E402
+from sip import aio  # noqa: E402
 
 LOSS_LIMIT = 0.001
 CALLEES = ("3001", "3002")
@@ -102,6 +108,17 @@ class Step:
     """Seconds from stopping the senders to nothing left in flight."""
     drained: bool = True
     """False when the drain hit its bound (what was still unread counts as lost)."""
+    nominal: int = 0
+    """Packets the senders' nominal rates make over the window."""
+    rejected: int = 0
+    """Packets the receivers refused (SRTP or RTP checks) in the window and drain."""
+    udp_errors: int = 0
+    """The kernel's UDP InErrors + SndbufErrors (host-wide) in the window and drain."""
+
+    @property
+    def pace(self) -> float:
+        """Sent over nominal: below 1 the load generator fell behind."""
+        return self.sent / self.nominal if self.nominal else 0.0
 
     @property
     def ok(self) -> bool:
@@ -141,6 +158,15 @@ def udp_drops(first: int, last: int,
                 else:
                     others += drops
     return ours, others, queued
+
+
+def udp_errors() -> int:
+    """UDP datagrams the kernel failed to deliver or to send (``/proc/net/snmp``, this network
+    namespace: every process on it, cumulative)."""
+    rows = [line.split()[1:] for line in Path("/proc/net/snmp").read_text().splitlines()
+            if line.startswith("Udp:")]
+    values = dict(zip(rows[0], (int(v) for v in rows[1]), strict=True))
+    return values.get("InErrors", 0) + values.get("SndbufErrors", 0)
 
 
 def load() -> str:
@@ -213,6 +239,21 @@ class Bench:
                 sent += party.packets_sent
                 received += party.packets_received
         return sent, received
+
+    def rejected(self) -> int:
+        """Packets every receiver refused (a Lync stream's SRTP, an endpoint's RTP checks)."""
+        return sum(sum(stream.counters.bad for stream in near.streams)
+                   + sum(port.rejected for port in far.call.media if port is not None)
+                   for near, far in self.pairs)
+
+    def nominal_rate(self) -> float:
+        """Packets per second every sending party's schedule makes."""
+        rate = 0.0
+        for near, far in self.pairs:
+            rate += sum(stream.rate for stream in near.streams if stream.sending)
+            rate += sum(1 / port.rtp_source.interval for port in far.call.media
+                        if port is not None and port.sending and port.rtp_source is not None)
+        return rate
 
     def stop_senders(self) -> None:
         """Hold every party's sender back without telling anyone (no re-INVITE: the gateway
@@ -298,12 +339,14 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                     break
                 setup = time.monotonic() - started
                 await asyncio.sleep(SETTLE)
+                rate = bench.nominal_rate()
                 # A quiet start: what was sent before the window is delivered (or lost) first.
                 bench.stop_senders()
                 await bench.drain(MEDIA_FIRST, media_last, drain)
                 sent0, received0 = bench.counters()
                 drops0 = udp_drops(MEDIA_FIRST, media_last)
                 judged0 = bench.relay_drops()
+                refused0, errors0 = bench.rejected(), udp_errors()
                 bench.start_senders()
                 cpu0, wall0 = time.process_time(), time.monotonic()
                 await asyncio.sleep(window)  # the measurement window itself
@@ -315,6 +358,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                 received1 = bench.counters()[1]
                 drops1 = udp_drops(MEDIA_FIRST, media_last)
                 judged1 = bench.relay_drops()
+                refused1, errors1 = bench.rejected(), udp_errors()
                 bench.start_senders()
                 sent, received = sent1 - sent0, received1 - received0
                 loss = max(0.0, 1 - received / sent) if sent else 1.0
@@ -323,12 +367,14 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                             drops_gateway=drops1[0] - drops0[0],
                             drops_other=drops1[1] - drops0[1],
                             relay_dropped=judged1 - judged0, queued_kib=queued / 1024,
-                            late=received1 - on_time, drain_s=drain_s, drained=drained)
+                            late=received1 - on_time, drain_s=drain_s, drained=drained,
+                            nominal=round(rate * window), rejected=refused1 - refused0,
+                            udp_errors=errors1 - errors0)
                 results.append(step)
                 logging.info("%d calls: %d sent, %d received (%d late), loss %.4f %%, "
-                             "drain %.2f s, CPU %.2f cores, setup %.1f s, fast path %s, load %s",
-                             calls, sent, received, step.late, 100 * loss, drain_s, cpu, setup,
-                             step.fast, load())
+                             "drain %.2f s, pace %.1f %%, CPU %.2f cores, setup %.1f s, "
+                             "fast path %s, load %s", calls, sent, received, step.late,
+                             100 * loss, drain_s, 100 * step.pace, cpu, setup, step.fast, load())
                 if not step.ok and not keep_going:
                     break
         finally:
@@ -336,7 +382,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
     return results
 
 
-def report(results: list[Step]) -> dict[str, Any]:
+def report(results: list[Step], loop: str = "uvloop") -> dict[str, Any]:
     passed = []
     for step in results:  # the ramp up to the first step over the limit
         if not step.ok:
@@ -344,12 +390,13 @@ def report(results: list[Step]) -> dict[str, Any]:
         passed.append(step)
     best = passed[-1] if passed else None
     summary: dict[str, Any] = {
-        "steps": [asdict(s) | {"ok": s.ok} for s in results],
+        "steps": [asdict(s) | {"ok": s.ok, "pace": round(s.pace, 4)} for s in results],
         "max_calls": best.calls if best else 0,
         "loss_limit": LOSS_LIMIT,
         "cores": os.cpu_count(),
         "relay": relay_implementation(),
         "relay_threads": os.environ.get("GATEWAY_MEDIA_THREADS", "default"),
+        "loop": loop,
     }
     if best is not None:
         summary["cpu_per_call_ms_per_s"] = round(1000 * best.cpu_cores / best.calls, 2)
@@ -367,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--drain", type=float, default=DRAIN,
                         help="bound in seconds on waiting for in-flight packets after a window")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="event loop of the whole lab (uvloop: as the roles run)")
     parser.add_argument("--keep-going", action="store_true",
                         help="measure every step, even past one over the loss limit")
     args = parser.parse_args(argv)
@@ -377,22 +426,26 @@ def main(argv: list[str] | None = None) -> int:
     steps = sorted(int(s) for s in args.steps.split(","))
     with tempfile.TemporaryDirectory() as temp:
         certs = args.certs or Path(temp) / "certs"
-        results = asyncio.run(run(steps, args.window, args.budget, certs, args.keep_going,
+        runner = asyncio.run if args.loop == "asyncio" else aio.run
+        results = runner(run(steps, args.window, args.budget, certs, args.keep_going,
                                   args.drain))
-    summary = report(results)
+    summary = report(results, args.loop)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        lines = [f"relay: {summary['relay']} (GATEWAY_MEDIA_THREADS {summary['relay_threads']})",
+        lines = [f"relay: {summary['relay']} (GATEWAY_MEDIA_THREADS {summary['relay_threads']}),"
+                 f" loop {summary['loop']}",
                  f"{'calls':>6} {'sent':>9} {'received':>9} {'loss %':>8} {'CPU':>6} "
                  f"{'RSS MiB':>8} {'setup s':>8} {'fast':>9} {'drops gw/other':>15} "
-                 f"{'relay':>6} {'queued KiB':>10} {'late':>6} {'drain s':>7}  result"]
+                 f"{'relay':>6} {'queued KiB':>10} {'late':>6} {'drain s':>7} {'pace %':>6}"
+                 f" {'rejected':>8} {'udp err':>7}  result"]
         for s in results:
             lines.append(f"{s.calls:>6} {s.sent:>9} {s.received:>9} {100 * s.loss:>8.4f} "
                          f"{s.cpu_cores:>6.2f} {s.rss_mib:>8.1f} {s.setup_s:>8.1f} "
                          f"{s.fast:>9} {f'{s.drops_gateway}/{s.drops_other}':>15} "
                          f"{s.relay_dropped:>6} {s.queued_kib:>10.1f} {s.late:>6} "
-                         f"{('' if s.drained else '>') + f'{s.drain_s:.2f}':>7}  "
+                         f"{('' if s.drained else '>') + f'{s.drain_s:.2f}':>7} "
+                         f"{100 * s.pace:>6.1f} {s.rejected:>8} {s.udp_errors:>7}  "
                          f"{'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
         lines.append(f"maximum: {summary['max_calls']} concurrent full-media calls "
                      f"(loss <= {100 * LOSS_LIMIT:g} %)")
