@@ -246,6 +246,17 @@ class Bench:
                    + sum(port.rejected for port in far.call.media if port is not None)
                    for near, far in self.pairs)
 
+    def rejected_by(self) -> list[str]:
+        """Which receivers refused packets so far (to tell one broken stream from many)."""
+        out = []
+        for near, far in self.pairs:
+            out += [f"Lync {near.call_id} {stream.kind}: {stream.counters.bad} failed SRTP"
+                    for stream in near.streams if stream.counters.bad]
+            out += [f"endpoint of {near.call_id} {port.kind} port {port.port}: "
+                    f"{port.rejected} refused"
+                    for port in far.call.media if port is not None and port.rejected]
+        return out
+
     def nominal_rate(self) -> float:
         """Packets per second every sending party's schedule makes."""
         rate = 0.0
@@ -375,6 +386,8 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                              "drain %.2f s, pace %.1f %%, CPU %.2f cores, setup %.1f s, "
                              "fast path %s, load %s", calls, sent, received, step.late,
                              100 * loss, drain_s, 100 * step.pace, cpu, setup, step.fast, load())
+                if step.rejected:
+                    logging.warning("refused by: %s", "; ".join(bench.rejected_by()))
                 if not step.ok and not keep_going:
                     break
         finally:
