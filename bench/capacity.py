@@ -5,10 +5,20 @@
 
 Each call is the internal Lync client alice -> a SIP endpoint (3001/3002 in turn) through the
 FE, the gateway (ICE + SRTP toward Microsoft, plain RTP toward the endpoint) and CUCM, with
-audio (50 packets/s) and video (30 packets/s) each way. Concurrency is raised step by step;
-at each step the packets sent and received by every party are read at once (one event
-loop: the snapshot is atomic) at the start and the end of a window, and
-loss = 1 - received / sent over that window, both directions together.
+audio (50 packets/s) and video (30 packets/s) each way. Concurrency is raised step by step.
+Each step is measured between two quiet points so that nothing is in flight when counted:
+every party stops sending (the bench holds the lab's senders back; the gateway is told
+nothing and does nothing differently), the bench drains (waits until the receive counts stop
+changing and this process's UDP receive queues are empty, at most --drain seconds), reads the
+counters, lets the senders go on for the window, stops them again and drains again. So
+loss = 1 - received / sent counts the packets never delivered, both directions together;
+``late`` the packets delivered after the window (during the drain: the one event loop of the
+lab behind), ``drain s`` how long that took (``>`` when the bound was hit: what was still
+unread then counts as lost). ``pace %`` is sent / what the senders' nominal rates make in
+the window: under 100 the load generator (the lab's one event loop) fell behind its schedule
+and offered less than the nominal load. ``rejected``: packets the receivers refused (SRTP or
+RTP checks failed); ``udp err``: the kernel's UDP InErrors + SndbufErrors over the window
+(``/proc/net/snmp``: host-wide, other processes on the machine count too).
 
 The gateway's packet path is ``GATEWAY_MEDIA_RELAY`` (``native`` by default where built,
 ``python``; ``GATEWAY_MEDIA_THREADS`` its hub's worker threads); the ``fast`` column counts
@@ -17,10 +27,12 @@ pairs, the first packets the call log records); ``drops gw/other`` the datagrams
 dropped in the window at full receive queues, of the gateway's media sockets and of all
 others (the peers': a loop that fell behind); ``relay`` the packets the gateway's relays
 received and did not forward (media.counters: direction, source, SRTP, send...);
-``queued KiB`` what waited unread in UDP receive queues at the window's end (in flight: the
-one loop of the lab behind, not lost).
+``queued KiB`` what waited unread in this process's UDP receive queues at the window's end
+(in flight: read during the drain, not lost). The drop and queue columns count this
+process's sockets only (others on the machine share the loopback).
 
-Everything runs in this process (lab.topology.Lab): the CPU figure is the whole process
+Everything runs in this process (lab.topology.Lab), on uvloop as every role's main does
+(sip.aio.run; ``--loop asyncio`` for the stdlib loop): the CPU figure is the whole process
 (gateway + FE + CUCM + peers) and so an upper bound of the gateway's share; RSS per call is
 the growth over the idle lab divided by the calls. Traffic stays on 127.0.0.0/8. Bounded
 by --budget seconds (default 270).
@@ -34,6 +46,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import sys
 import tempfile
 import time
@@ -45,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.topology import Lab  # noqa: E402
 from media.relay import implementation as relay_implementation  # noqa: E402
+from sip import aio  # noqa: E402
 
 LOSS_LIMIT = 0.001
 CALLEES = ("3001", "3002")
@@ -58,8 +72,13 @@ MAX_STEP = (65535 - MEDIA_FIRST - 15) // PORTS_PER_CALL - 10
 SETTLE = 1.0
 """Seconds between the last setup of a step and its window: new calls reach steady state."""
 SETUP_CONCURRENCY = 10
-HANGUP_TIMEOUT = 20.0
 """Calls set up at once (a burst of ICE + TLS would be a setup benchmark)."""
+HANGUP_TIMEOUT = 20.0
+DRAIN = 2.0
+"""Default bound in seconds on each drain (senders stopped, waiting for what is in flight)."""
+QUIET = 0.1
+"""Seconds the receive counts must stay unchanged, with empty queues, to call a drain done."""
+DRAIN_POLL = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,22 +102,54 @@ class Step:
     """Packets the gateway's relays judged and did not forward in the window."""
     queued_kib: float = 0.0
     """Bytes waiting unread in UDP receive queues at the window's end (in flight)."""
+    late: int = 0
+    """Packets sent in the window and delivered after it (during the drain)."""
+    drain_s: float = 0.0
+    """Seconds from stopping the senders to nothing left in flight."""
+    drained: bool = True
+    """False when the drain hit its bound (what was still unread counts as lost)."""
+    nominal: int = 0
+    """Packets the senders' nominal rates make over the window."""
+    rejected: int = 0
+    """Packets the receivers refused (SRTP or RTP checks) in the window and drain."""
+    udp_errors: int = 0
+    """The kernel's UDP InErrors + SndbufErrors (host-wide) in the window and drain."""
+
+    @property
+    def pace(self) -> float:
+        """Sent over nominal: below 1 the load generator fell behind."""
+        return self.sent / self.nominal if self.nominal else 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failed and self.loss <= LOSS_LIMIT
 
 
-def udp_drops(first: int, last: int) -> tuple[int, int, int]:
+def own_sockets() -> frozenset[int]:
+    """Inodes of this process's sockets (the whole lab: gateway, relay threads, peers)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return frozenset(inodes)
+
+
+def udp_drops(first: int, last: int,
+              sockets: frozenset[int] | None = None) -> tuple[int, int, int]:
     """Datagrams the kernel dropped at full receive queues (``/proc/net/udp``, cumulative per
-    socket): at the gateway's media sockets (ports ``first``-``last``) and at every other
-    socket of this network namespace (the lab's peers, TURN, other processes); and the bytes
-    waiting in every receive queue now (received, not yet read: in flight, not lost)."""
+    socket) of this process: at the gateway's media sockets (ports ``first``-``last``) and at
+    every other one (the lab's peers, TURN); and the bytes waiting in those receive queues now
+    (received, not yet read: in flight, not lost). ``sockets``: the inodes (default: now)."""
+    mine = own_sockets() if sockets is None else sockets
     ours = others = queued = 0
     for name in ("/proc/net/udp", "/proc/net/udp6"):
         with contextlib.suppress(OSError):
             for line in Path(name).read_text().splitlines()[1:]:
                 fields = line.split()
+                if int(fields[9]) not in mine:
+                    continue
                 port = int(fields[1].rsplit(":", 1)[1], 16)
                 drops = int(fields[-1])
                 queued += int(fields[4].split(":")[1], 16)
@@ -107,6 +158,15 @@ def udp_drops(first: int, last: int) -> tuple[int, int, int]:
                 else:
                     others += drops
     return ours, others, queued
+
+
+def udp_errors() -> int:
+    """UDP datagrams the kernel failed to deliver or to send (``/proc/net/snmp``, this network
+    namespace: every process on it, cumulative)."""
+    rows = [line.split()[1:] for line in Path("/proc/net/snmp").read_text().splitlines()
+            if line.startswith("Udp:")]
+    values = dict(zip(rows[0], (int(v) for v in rows[1]), strict=True))
+    return values.get("InErrors", 0) + values.get("SndbufErrors", 0)
 
 
 def load() -> str:
@@ -126,6 +186,8 @@ class Bench:
         self.lab = lab
         self.pairs: list[tuple[Any, Any]] = []
         """(Lync call, endpoint call) for every live call."""
+        self._held: list[tuple[Any, Any]] = []
+        """(Lync stream, its direction) and (endpoint port, its RTP source) held back."""
 
     async def add_calls(self, target: int, timeout: float) -> None:
         """Set up calls until ``target`` are up with media both ways; raises on a failure."""
@@ -178,6 +240,75 @@ class Bench:
                 received += party.packets_received
         return sent, received
 
+    def rejected(self) -> int:
+        """Packets every receiver refused (a Lync stream's SRTP, an endpoint's RTP checks)."""
+        return sum(sum(stream.counters.bad for stream in near.streams)
+                   + sum(port.rejected for port in far.call.media if port is not None)
+                   for near, far in self.pairs)
+
+    def rejected_by(self) -> list[str]:
+        """Which receivers refused packets so far (to tell one broken stream from many)."""
+        out = []
+        for near, far in self.pairs:
+            out += [f"Lync {near.call_id} {stream.kind}: {stream.counters.bad} failed SRTP"
+                    for stream in near.streams if stream.counters.bad]
+            out += [f"endpoint of {near.call_id} {port.kind} port {port.port}: "
+                    f"{port.rejected} refused"
+                    for port in far.call.media if port is not None and port.rejected]
+        return out
+
+    def nominal_rate(self) -> float:
+        """Packets per second every sending party's schedule makes."""
+        rate = 0.0
+        for near, far in self.pairs:
+            rate += sum(stream.rate for stream in near.streams if stream.sending)
+            rate += sum(1 / port.rtp_source.interval for port in far.call.media
+                        if port is not None and port.sending and port.rtp_source is not None)
+        return rate
+
+    def stop_senders(self) -> None:
+        """Hold every party's sender back without telling anyone (no re-INVITE: the gateway
+        just sees the packets stop). A Lync stream's send loop keeps its pace and sequence
+        numbers and sends nothing while its direction says it may not; an endpoint port
+        stops its timer and keeps its RTP source (sequence numbers run on)."""
+        for near, far in self.pairs:
+            for stream in near.streams:
+                if stream.direction in ("sendrecv", "sendonly"):
+                    self._held.append((stream, stream.direction))
+                    stream.direction = "recvonly" if stream.direction == "sendrecv" else "inactive"
+            for port in far.call.media:
+                if port is not None and port.sending and port.rtp_source is not None:
+                    self._held.append((port, port.rtp_source))
+                    port.stop_sending()
+
+    def start_senders(self) -> None:
+        """Let every held sender go on; endpoint ports restart at a random phase of their
+        interval (all at once would be a burst no real traffic makes)."""
+        loop = asyncio.get_running_loop()
+        held, self._held = self._held, []
+        for party, what in held:
+            if isinstance(what, str):
+                party.direction = what
+            else:
+                loop.call_later(random.uniform(0, what.interval), party.start_sending, what)
+
+    async def drain(self, first: int, last: int, timeout: float) -> tuple[float, bool]:
+        """Wait (senders held) until the receive counts stop changing and this process's UDP
+        receive queues are empty; the seconds it took, and whether it finished in time."""
+        sockets = own_sockets()
+        started = time.monotonic()
+        received, quiet_since = self.counters()[1], started
+        while True:
+            await asyncio.sleep(DRAIN_POLL)
+            now = time.monotonic()
+            count = self.counters()[1]
+            if count != received:
+                received, quiet_since = count, now
+            elif now - quiet_since >= QUIET and udp_drops(first, last, sockets)[2] == 0:
+                return quiet_since - started, True
+            if now - started >= timeout:
+                return now - started, False
+
     async def hangup(self, timeout: float = HANGUP_TIMEOUT) -> None:
         """Hang every call up at once, bounded (the lab's close clears what is left)."""
         calls = [near for near, _ in self.pairs]
@@ -189,7 +320,7 @@ class Bench:
 
 
 async def run(steps: list[int], window: float, budget: float, certs: Path,
-              keep_going: bool = False) -> list[Step]:
+              keep_going: bool = False, drain: float = DRAIN) -> list[Step]:
     deadline = time.monotonic() + budget
     results: list[Step] = []
     top = max(steps)
@@ -205,7 +336,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
         try:
             for calls in steps:
                 remaining = deadline - time.monotonic()
-                if remaining < window + 10:
+                if remaining < window + 2 * drain + 10:
                     logging.warning("time budget spent before %d calls", calls)
                     break
                 started = time.monotonic()
@@ -219,26 +350,44 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                     break
                 setup = time.monotonic() - started
                 await asyncio.sleep(SETTLE)
+                rate = bench.nominal_rate()
+                # A quiet start: what was sent before the window is delivered (or lost) first.
+                bench.stop_senders()
+                await bench.drain(MEDIA_FIRST, media_last, drain)
                 sent0, received0 = bench.counters()
                 drops0 = udp_drops(MEDIA_FIRST, media_last)
                 judged0 = bench.relay_drops()
+                refused0, errors0 = bench.rejected(), udp_errors()
+                bench.start_senders()
                 cpu0, wall0 = time.process_time(), time.monotonic()
                 await asyncio.sleep(window)  # the measurement window itself
-                sent1, received1 = bench.counters()
+                bench.stop_senders()
+                cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+                sent1, on_time = bench.counters()
+                queued = udp_drops(MEDIA_FIRST, media_last)[2]
+                drain_s, drained = await bench.drain(MEDIA_FIRST, media_last, drain)
+                received1 = bench.counters()[1]
                 drops1 = udp_drops(MEDIA_FIRST, media_last)
                 judged1 = bench.relay_drops()
-                cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+                refused1, errors1 = bench.rejected(), udp_errors()
+                bench.start_senders()
                 sent, received = sent1 - sent0, received1 - received0
                 loss = max(0.0, 1 - received / sent) if sent else 1.0
                 step = Step(calls, sent, received, loss, cpu,
                             (rss_kib() - idle_rss) / 1024, setup, fast=bench.fast_path(),
                             drops_gateway=drops1[0] - drops0[0],
                             drops_other=drops1[1] - drops0[1],
-                            relay_dropped=judged1 - judged0, queued_kib=drops1[2] / 1024)
+                            relay_dropped=judged1 - judged0, queued_kib=queued / 1024,
+                            late=received1 - on_time, drain_s=drain_s, drained=drained,
+                            nominal=round(rate * window), rejected=refused1 - refused0,
+                            udp_errors=errors1 - errors0)
                 results.append(step)
-                logging.info("%d calls: %d sent, %d received, loss %.4f %%, CPU %.2f cores, "
-                             "setup %.1f s, fast path %s, load %s", calls, sent, received,
-                             100 * loss, cpu, setup, step.fast, load())
+                logging.info("%d calls: %d sent, %d received (%d late), loss %.4f %%, "
+                             "drain %.2f s, pace %.1f %%, CPU %.2f cores, setup %.1f s, "
+                             "fast path %s, load %s", calls, sent, received, step.late,
+                             100 * loss, drain_s, 100 * step.pace, cpu, setup, step.fast, load())
+                if step.rejected:
+                    logging.warning("refused by: %s", "; ".join(bench.rejected_by()))
                 if not step.ok and not keep_going:
                     break
         finally:
@@ -246,7 +395,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
     return results
 
 
-def report(results: list[Step]) -> dict[str, Any]:
+def report(results: list[Step], loop: str = "uvloop") -> dict[str, Any]:
     passed = []
     for step in results:  # the ramp up to the first step over the limit
         if not step.ok:
@@ -254,12 +403,13 @@ def report(results: list[Step]) -> dict[str, Any]:
         passed.append(step)
     best = passed[-1] if passed else None
     summary: dict[str, Any] = {
-        "steps": [asdict(s) | {"ok": s.ok} for s in results],
+        "steps": [asdict(s) | {"ok": s.ok, "pace": round(s.pace, 4)} for s in results],
         "max_calls": best.calls if best else 0,
         "loss_limit": LOSS_LIMIT,
         "cores": os.cpu_count(),
         "relay": relay_implementation(),
         "relay_threads": os.environ.get("GATEWAY_MEDIA_THREADS", "default"),
+        "loop": loop,
     }
     if best is not None:
         summary["cpu_per_call_ms_per_s"] = round(1000 * best.cpu_cores / best.calls, 2)
@@ -275,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=270.0, help="seconds in all")
     parser.add_argument("--certs", type=Path, default=None, help="lab PKI (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--drain", type=float, default=DRAIN,
+                        help="bound in seconds on waiting for in-flight packets after a window")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="event loop of the whole lab (uvloop: as the roles run)")
     parser.add_argument("--keep-going", action="store_true",
                         help="measure every step, even past one over the loss limit")
     args = parser.parse_args(argv)
@@ -285,20 +439,26 @@ def main(argv: list[str] | None = None) -> int:
     steps = sorted(int(s) for s in args.steps.split(","))
     with tempfile.TemporaryDirectory() as temp:
         certs = args.certs or Path(temp) / "certs"
-        results = asyncio.run(run(steps, args.window, args.budget, certs, args.keep_going))
-    summary = report(results)
+        runner = asyncio.run if args.loop == "asyncio" else aio.run
+        results = runner(run(steps, args.window, args.budget, certs, args.keep_going,
+                                  args.drain))
+    summary = report(results, args.loop)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        lines = [f"relay: {summary['relay']} (GATEWAY_MEDIA_THREADS {summary['relay_threads']})",
+        lines = [f"relay: {summary['relay']} (GATEWAY_MEDIA_THREADS {summary['relay_threads']}),"
+                 f" loop {summary['loop']}",
                  f"{'calls':>6} {'sent':>9} {'received':>9} {'loss %':>8} {'CPU':>6} "
                  f"{'RSS MiB':>8} {'setup s':>8} {'fast':>9} {'drops gw/other':>15} "
-                 f"{'relay':>6} {'queued KiB':>10}  result"]
+                 f"{'relay':>6} {'queued KiB':>10} {'late':>6} {'drain s':>7} {'pace %':>6}"
+                 f" {'rejected':>8} {'udp err':>7}  result"]
         for s in results:
             lines.append(f"{s.calls:>6} {s.sent:>9} {s.received:>9} {100 * s.loss:>8.4f} "
                          f"{s.cpu_cores:>6.2f} {s.rss_mib:>8.1f} {s.setup_s:>8.1f} "
                          f"{s.fast:>9} {f'{s.drops_gateway}/{s.drops_other}':>15} "
-                         f"{s.relay_dropped:>6} {s.queued_kib:>10.1f}  "
+                         f"{s.relay_dropped:>6} {s.queued_kib:>10.1f} {s.late:>6} "
+                         f"{('' if s.drained else '>') + f'{s.drain_s:.2f}':>7} "
+                         f"{100 * s.pace:>6.1f} {s.rejected:>8} {s.udp_errors:>7}  "
                          f"{'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
         lines.append(f"maximum: {summary['max_calls']} concurrent full-media calls "
                      f"(loss <= {100 * LOSS_LIMIT:g} %)")
