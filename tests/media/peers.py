@@ -5,6 +5,7 @@ loopback."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aioice import Connection
@@ -97,3 +98,14 @@ async def aioice_peer(leg: IceLeg, *, controlling: bool) -> Connection:
     await peer.add_remote_candidate(None)
     peer.remote_username, peer.remote_password = leg.ufrag, leg.pwd
     return peer
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    """Wait (bounded) for a state the sockets or relays reach on their own, where there is
+    no event to wait on (aioice's answered checks, a relay's counters)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {timeout} s") from None

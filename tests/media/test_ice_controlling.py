@@ -30,7 +30,7 @@ from media.ms_dialect import EncryptionPolicy, read_stream
 from media.rewrite import SdpPlan, StreamPlan, build_delayed_offer, to_microsoft, to_standard
 from media.sdp import SessionDescription, parse_sdp
 from media.session import MediaSession, MediaSettings
-from tests.media.peers import LyncPeer, VideoPeer, rtp, ssrc_of
+from tests.media.peers import LyncPeer, VideoPeer, rtp, ssrc_of, until
 from tests.media.test_ice_leg import free_pair
 from tests.media.test_session import GATEWAY, free_pool
 from tests.turn.helpers import PASSWORD, USER, running_server, server_port
@@ -98,16 +98,6 @@ class LyncAnswerer:
             await agent.close()
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) for a state the sockets reach on their own: aioice has no event for
-    "a check was answered"."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"no {what} within {WAIT} s") from None
-
 
 def checks_answered(leg: IceLeg, peer: ClientIce) -> bool:
     """Whether ``leg`` has answered a connectivity check from ``peer``: the only STUN the
@@ -149,7 +139,7 @@ async def gateway_offers_call(session: MediaSession, lync: LyncAnswerer, video: 
     # The answerer's checks reach us before we apply its answer (the race that failed).
     for stream, agent in zip(session.streams, lync.agents, strict=True):
         assert stream is not None
-        await until(partial(checks_answered, stream.ice, agent), "early checks")
+        await until(partial(checks_answered, stream.ice, agent), "early checks", WAIT)
     video_offer = parse_sdp(bytes(to_standard(ms_answer, session.video_plan(
         encryption=EncryptionPolicy.DO_NOT_SUPPORT))))
     video_answer = video.answer(video_offer)
@@ -292,7 +282,7 @@ async def test_set_role_keeps_the_role_checks_were_answered_in() -> None:
                 "audio", port, rtcp_port=port + 1, ice_ufrag=leg.ufrag, ice_pwd=leg.pwd,
                 candidates=leg.local_candidates),), encryption=EncryptionPolicy.DO_NOT_SUPPORT)
             await lync.answer(parse_sdp(bytes(build_delayed_offer(plan))))
-            await until(lambda: checks_answered(leg, lync.agents[0]), "early checks")
+            await until(lambda: checks_answered(leg, lync.agents[0]), "early checks", WAIT)
             leg.set_role(False)
             assert leg.controlling
         finally:

@@ -23,6 +23,7 @@ from aioice.ice import CandidatePair
 
 from lab.lync.client_media import ClientIce, IceServers
 from media.ice_leg import TURN_RELEASE_TIMEOUT, IceLeg, IceSettings, TurnServerSettings
+from tests.media.peers import until
 from tests.media.test_ice_leg import free_pair
 from tests.turn.helpers import PASSWORD, USER, running_server, server_port
 
@@ -31,12 +32,6 @@ GATEWAY = "127.0.2.1"
 ALICE = "127.0.1.10"
 DMZ_TURN = "127.0.4.1"
 
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def gateway_leg(turn: tuple[str, int], *, controlling: bool) -> IceLeg:
@@ -99,8 +94,8 @@ async def test_a_slow_host_check_still_wins_over_the_relay() -> None:
         assert leg.selected_type == "relay"
         assert release() > 0, "no host check reached the gateway"
 
-        await until(lambda: alice.pair_type == "host/host", "alice on host/host")
-        await until(lambda: leg.selected_type == "host", "the gateway on its host")
+        await until(lambda: alice.pair_type == "host/host", "alice on host/host", WAIT)
+        await until(lambda: leg.selected_type == "host", "the gateway on its host", WAIT)
         alice_rtp = next(c for c in alice.local_candidates
                          if c.component == 1 and c.type == "host")
         assert leg.remote_rtp == (alice_rtp.host, alice_rtp.port)

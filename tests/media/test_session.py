@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -21,7 +21,7 @@ from media.rewrite import to_microsoft, to_standard
 from media.rtp_leg import LatchMode, LatchSettings
 from media.sdp import SessionDescription, parse_sdp
 from media.session import MediaSession, MediaSettings
-from tests.media.peers import LYNC_SSRC, LyncPeer, VideoPeer, rtcp_rr, rtp, ssrc_of
+from tests.media.peers import LYNC_SSRC, LyncPeer, VideoPeer, rtcp_rr, rtp, ssrc_of, until
 from tests.peers.procs import random_free_udp_range
 from tests.turn.helpers import PASSWORD, USER, running_server, server_port
 
@@ -49,14 +49,6 @@ async def next_event(session: MediaSession, kind: type[MediaEvent]) -> MediaEven
         event = await asyncio.wait_for(session.events.get(), WAIT)
         if isinstance(event, kind):
             return event
-
-
-async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Wait for a counter that another relay (or worker thread) updates on its own time."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting for a counter"
-        await asyncio.sleep(0.01)
 
 
 async def receive(queue: asyncio.Queue, component: int = 1) -> tuple:  # type: ignore[type-arg]
@@ -231,13 +223,15 @@ async def test_hold_resume_and_adding_video() -> None:
         assert component == 2
         # Each component has its own relay (on worker threads maybe): the RTP drop is
         # counted independently of the RTCP that arrived, so wait for it.
-        await until(lambda: session.counters()[0].video.dropped_direction == 1)
+        await until(lambda: session.counters()[0].video.dropped_direction == 1,
+                    "the held RTP counted as dropped by direction", WAIT)
 
         await call.offer_answer(["audio"], direction="inactive")
         await call.lync.send(0, rtp(1000, 2, b"inactive"))
         call.video.send(0, rtcp_rr(9, 1000), component=2)
         await receive(call.lync.streams[0].received, component=2)
-        await until(lambda: session.counters()[0].microsoft.dropped_direction == 1)
+        await until(lambda: session.counters()[0].microsoft.dropped_direction == 1,
+                    "the inactive RTP counted as dropped by direction", WAIT)
 
         await call.offer_answer(["audio"])  # resume
         call.video.send(0, rtp(9, 2, b"resumed"))
