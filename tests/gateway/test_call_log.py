@@ -209,7 +209,8 @@ async def test_the_media_timeline_notes_an_ice_pair_upgrade() -> None:
     import time
     from types import SimpleNamespace
 
-    from tests.media.test_ice_nomination import WAIT, gateway_and_alice, hold_host_path, until
+    from tests.media.peers import until
+    from tests.media.test_ice_nomination import WAIT, gateway_and_alice, hold_host_path
 
     log = CallLog()
     feed(log, MS, False, message("INVITE sip:3001@video.example.com SIP/2.0", "c1"), 1.0)
@@ -226,12 +227,12 @@ async def test_the_media_timeline_notes_an_ice_pair_upgrade() -> None:
         assert leg.selected_type == "relay"
         # Alice's media reaches the gateway's relay: the timeline notes the relay pair.
         assert alice.send_media(b"\x80" + bytes(11), 1)
-        await until(lambda: len(record.notes) >= 2, "the first packet noted")
+        await until(lambda: len(record.notes) >= 2, "the first packet noted", WAIT)
         assert record.notes[0].text.startswith("ICE pair relay ")
         assert not any("upgraded" in n.text for n in record.notes)
         before = time.time()
         assert release() > 0, "no host check reached the gateway"
-        await until(lambda: leg.selected_type == "host", "the gateway on its host")
+        await until(lambda: leg.selected_type == "host", "the gateway on its host", WAIT)
         upgrades = [n for n in record.notes if "upgraded" in n.text]
         assert len(upgrades) == 1, [n.text for n in record.notes]
         assert upgrades[0].text.startswith("audio: ICE pair upgraded to host 127.0.2.1:")

@@ -18,9 +18,9 @@ from media.ms_dialect import SsrcRange
 from media.relay import native_available
 from media.rtp_leg import RtpLeg
 from media.stream import MediaStream
-from tests.media.peers import VideoPeer, rtp
+from tests.media.peers import VideoPeer, rtp, until
 from tests.media.test_ice_leg import free_pair
-from tests.media.test_ice_nomination import ALICE, DMZ_TURN, GATEWAY, WAIT, hold_host_path, until
+from tests.media.test_ice_nomination import ALICE, DMZ_TURN, GATEWAY, WAIT, hold_host_path
 from tests.media.test_stream import m
 from tests.turn.helpers import PASSWORD, USER, running_server, server_port
 
@@ -87,7 +87,7 @@ async def test_a_host_pair_runs_on_the_hub(impl: str) -> None:
     async with rig(impl) as r:
         assert r.stream.fast == [False, False]  # no pair yet: the Python path
         await connect(r)
-        await until(lambda: r.stream.ice.selected_type == "host", "a host pair")
+        await until(lambda: r.stream.ice.selected_type == "host", "a host pair", WAIT)
         assert r.stream.fast[0]
         await r.both_ways(b"hub")
         ms, video = r.stream.counters()
@@ -106,8 +106,8 @@ async def test_a_turn_relayed_pair_takes_the_python_path_until_the_host_pair_win
         await r.both_ways(b"turn")  # through aioice's TURN client, relay.feed in between
 
         assert release() > 0
-        await until(lambda: r.stream.ice.selected_type == "host", "the upgrade to host")
-        await until(lambda: r.stream.fast[0], "the hub taking component 1")
+        await until(lambda: r.stream.ice.selected_type == "host", "the upgrade to host", WAIT)
+        await until(lambda: r.stream.fast[0], "the hub taking component 1", WAIT)
         await r.both_ways(b"host")
 
 
@@ -126,12 +126,12 @@ async def test_a_tapped_leg_keeps_the_python_path_until_the_tap_is_gone(impl: st
 
         r.stream.video.on_media = tap
         await connect(r)
-        await until(lambda: r.stream.ice.selected_type == "host", "a host pair")
+        await until(lambda: r.stream.ice.selected_type == "host", "a host pair", WAIT)
         await r.both_ways(b"tapped")
         assert r.stream.fast == [False, False] and seen
         r.stream.video.on_media = inner  # the capture is full
         await r.both_ways(b"untapped")
-        await until(lambda: r.stream.fast[0], "the hub taking component 1")
+        await until(lambda: r.stream.fast[0], "the hub taking component 1", WAIT)
         count = len(seen)
         await r.both_ways(b"hub")
         assert len(seen) == count
