@@ -22,3 +22,18 @@ class RemoteProtocolError(ProtocolError):
 
 class DecodeError(RemoteProtocolError, ValueError):
     """Bytes that are not a well-formed STUN message or ChannelData frame."""
+
+
+class Refusal(RemoteProtocolError):
+    """An error response to send; ``key`` signs it once the request was authenticated."""
+
+    def __init__(
+        self,
+        message: str,
+        status_hint: int,
+        key: bytes | None = None,
+        extra: tuple[tuple[int, bytes], ...] = (),
+    ) -> None:
+        super().__init__(message, status_hint)
+        self.key = key
+        self.extra = extra
