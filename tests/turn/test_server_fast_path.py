@@ -1,4 +1,4 @@
-"""The adapter's per-packet paths (``_UdpListener`` / ``_UdpRelay``) relay and refuse
+"""The adapter's per-packet paths (``UdpListener`` / ``UdpRelay``) relay and refuse
 exactly what ``TurnCore`` says: unknown channel, expired permission or channel, a peer
 never permitted, an expired allocation. Transports are recorders: the sockets are the
 boundary, the adapter and core are real."""
@@ -20,8 +20,9 @@ from turn.allocation import Allocation
 from turn.core import TurnCore
 from turn.fast_udp import DatagramSender
 from turn.fastpath import ENV, native_hub_type
-from turn.server import TurnServer, _UdpListener
+from turn.server import TurnServer
 from turn.stun import Attr, Class, Method
+from turn.udp_protocols import UdpListener
 
 from .helpers import authed, running_server, server_port, stun_client
 from .test_core import PEER, Client, ft, make_core
@@ -78,7 +79,7 @@ async def test_fast_paths_relay_and_refuse_as_the_core_does() -> None:
     server._relay_udp[alloc.id] = to_peer  # type: ignore[assignment]
     server._udp_raw[client.ft.server] = to_client.sendto  # type: ignore[assignment]
     server._relay_raw[alloc.id] = to_peer.sendto  # type: ignore[assignment]
-    listener = _UdpListener(server, client.ft.server)
+    listener = UdpListener(server, client.ft.server)
     relay = server._udp_relay(alloc, loop)
 
     def both_ways(number: int, peer: tuple[str, int], at: float) -> tuple[bool, bool]:
@@ -124,7 +125,7 @@ async def test_a_refused_socket_send_falls_back_to_the_transport() -> None:
     server._relay_udp[alloc.id] = to_peer  # type: ignore[assignment]
     server._udp_raw[client.ft.server] = full
     server._relay_raw[alloc.id] = full
-    listener = _UdpListener(server, client.ft.server)
+    listener = UdpListener(server, client.ft.server)
     relay = server._udp_relay(alloc, loop)
     listener.datagram_received(frame(0x4000, b"ping"), client.ft.client)
     relay.datagram_received(b"pong", PEER)
