@@ -3,6 +3,10 @@
 Driven aioquic-style: the adapter feeds bytes with the 5-tuple and ``now``, executes the
 returned actions, and calls ``handle_timer(now)`` at ``get_timer()``. The relay hot paths
 (``channel_data_from_client`` / ``data_from_peer``) never build a STUN message object.
+
+This module holds what the dialects share: the allocations, quotas, timers and their expiry,
+the forwarding tables and the counters. Requests are handled by ``rfc_handler`` (RFC 8656),
+``allocate``, ``tcp_relay`` (RFC 6062) and ``ms_handler`` (MS-TURN).
 """
 
 from __future__ import annotations
