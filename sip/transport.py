@@ -18,7 +18,6 @@ Works on the default asyncio loop and on uvloop (only public loop APIs are used)
 from __future__ import annotations
 
 import asyncio
-import enum
 import errno
 import ipaddress
 import logging
@@ -28,16 +27,23 @@ import resource
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
 from sip.errors import ParseError, ProtocolError
 from sip.framing import Oversized
 from sip.message import Request, Response, error_response, parse_message
-from sip.port_range import DEFAULT_OUTBOUND_PORTS, PortCursor, PortRange
+from sip.port_range import PortCursor
 from sip.tls import describe_tls_error
+from sip.transport_settings import TransportCounters, TransportSettings, source_host_of
 from sip.transport_stream import DropReason, StreamConnection
+from sip.transport_types import (
+    ConnectionInfo,
+    ReceivedMessage,
+    Transport,
+    TransportAddress,
+    TransportError,
+)
 from sip.transport_udp import DatagramEndpoint
 
 __all__ = [
@@ -53,149 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class Transport(enum.Enum):
-    """A SIP transport, named as in the Via header's sent-protocol."""
-
-    UDP = "UDP"
-    TCP = "TCP"
-    TLS = "TLS"
-
-    @property
-    def reliable(self) -> bool:
-        """True for stream transports (RFC 3261 §17: no retransmission timers)."""
-        return self is not Transport.UDP
-
-    @property
-    def default_port(self) -> int:
-        """5061 for TLS, 5060 otherwise (RFC 3261 §19.1.2)."""
-        return 5061 if self is Transport.TLS else 5060
-
-    @classmethod
-    def parse(cls, text: str) -> Transport:
-        """Case-insensitive lookup (``"tls"`` -> ``Transport.TLS``)."""
-        try:
-            return cls(text.strip().upper())
-        except ValueError:
-            raise ValueError(f"unknown SIP transport {text!r}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class TransportAddress:
-    """Where a SIP message comes from or goes to."""
-
-    transport: Transport
-    """UDP, TCP or TLS."""
-    host: str
-    """IP address (or host name to resolve when sending)."""
-    port: int
-    """Port number."""
-
-    @property
-    def reliable(self) -> bool:
-        """True when the transport is a stream (TCP or TLS)."""
-        return self.transport.reliable
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport.value}:{host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    """A connection (stream) or a socket (UDP) known to the manager."""
-
-    id: int
-    """Unique id within the manager; pass it to ``send(connection_id=...)``."""
-    transport: Transport
-    """Transport of the connection."""
-    local: TransportAddress
-    """Our side."""
-    remote: TransportAddress | None
-    """The peer of a stream connection; None for a UDP socket."""
-    outbound: bool
-    """True when we opened it."""
-    peer_names: tuple[str, ...] = ()
-    """TLS: the peer certificate's subject CN then SAN DNS names (empty if none verified)."""
-    server_hostname: str | None = None
-    """Outbound TLS: the name the server certificate was checked against."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReceivedMessage:
-    """A parsed SIP message and where it came from."""
-
-    message: Request | Response
-    """The message."""
-    source: TransportAddress
-    """The address it came from (for streams, the connection's remote address)."""
-    connection: ConnectionInfo
-    """The connection (or UDP socket) it arrived on; responses go back there."""
-    data: bytes = field(repr=False)
-    """The message as received, for traces."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransportSettings:
-    """Transport configuration."""
-
-    outbound_ports: PortRange | None = DEFAULT_OUTBOUND_PORTS
-    """Source ports for outbound TCP/TLS; None lets the kernel choose."""
-    source_host: str | None = None
-    """Local address outbound TCP/TLS connections bind to; None for any. A host that
-    listens on one address should send from it too (see :func:`source_host_of`): peers
-    (and the gateway's zone match) know it by that address."""
-    max_message_size: int = 65536
-    """Largest accepted message (headers + body); larger gets 413."""
-    idle_timeout: float | None = 600.0
-    """Close a stream connection after this many seconds without traffic; None never."""
-    keepalive_interval: float | None = None
-    """RFC 5626 CRLF ping interval on outbound streams; None sends no pings."""
-    keepalive_timeout: float = 10.0
-    """Close an outbound stream when a pong is this late (RFC 5626 §4.4.1: 10 s)."""
-    connect_timeout: float = 10.0
-    """Seconds to establish a TCP connection."""
-    tls_handshake_timeout: float = 10.0
-    """Seconds for a TLS handshake (both directions)."""
-    max_connections: int | None = 2048
-    """Stream connections held at once (inbound, outbound and TLS handshakes in progress;
-    Kamailio's and OpenSIPS's tcp_max_connections default). At the cap the oldest idle
-    inbound connection is closed for a new one; None: no cap. Never above half the
-    process's open-file limit (the rest is for media sockets and files)."""
-    max_connections_per_source: int | None = 512
-    """Inbound stream connections from one source address (a quarter of the total, so one
-    address cannot take every slot); at the cap its own oldest idle one is closed."""
-    message_timeout: float | None = 20.0
-    """Seconds from a message's first byte to its last on a stream (Kamailio's
-    tcp_msg_read_timeout); later, the connection is closed. None: no deadline."""
-    max_unsent_bytes: int | None = 1 << 20
-    """Bytes queued for a stream peer that does not read; past it the connection is
-    closed (16 messages of the largest size). None: no cap."""
-
-
-@dataclass(slots=True)
-class TransportCounters:
-    """What the transport limits did, since start (for metrics and tests)."""
-
-    refused: int = 0
-    """Inbound connections closed at once: the cap was reached and nothing was idle."""
-    evicted: int = 0
-    """Idle inbound connections closed to make room for a new one."""
-    message_deadline: int = 0
-    """Connections closed because a message was not completed in time."""
-    slow_reader: int = 0
-    """Connections closed because the peer did not read what we sent."""
-    idle: int = 0
-    """Connections closed after the idle timeout."""
-    oversized: int = 0
-    """Messages over the size limit passed over (the connection kept)."""
-    tls_failed: int = 0
-    """Inbound TLS handshakes that failed."""
-
-
-class TransportError(ConnectionError):
-    """A message could not be sent (no route, connection refused, handshake failed...)."""
 
 
 class _Encodable(Protocol):
@@ -1017,16 +880,6 @@ def stamp_received(request: Request, host: str, port: int) -> None:
     if params:
         request.headers.pop_first("Via")
         request.headers.prepend("Via", str(via.with_params(**params)))
-
-
-def source_host_of(listen_host: str) -> str | None:
-    """The ``source_host`` for a role listening on ``listen_host`` (None for a wildcard)."""
-    try:
-        if ipaddress.ip_address(listen_host.strip("[]")).is_unspecified:
-            return None
-    except ValueError:
-        return None  # a name: let the kernel pick the route's address
-    return listen_host.strip("[]")
 
 
 def _describe_os_error(error: OSError) -> str:
