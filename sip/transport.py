@@ -22,7 +22,6 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import resource
 import socket
 import ssl
@@ -30,11 +29,14 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Protocol
 
-from sip.errors import ParseError, ProtocolError
+from sip.errors import ParseError
 from sip.framing import Oversized
-from sip.message import Request, Response, error_response, parse_message
 from sip.port_range import PortCursor
 from sip.tls import describe_tls_error
+from sip.transport_dispatch import Dispatcher
+from sip.transport_dispatch import MessageHandler as MessageHandler
+from sip.transport_dispatch import OversizedHandler as OversizedHandler
+from sip.transport_dispatch import stamp_received as stamp_received
 from sip.transport_settings import TransportCounters, TransportSettings, source_host_of
 from sip.transport_stream import DropReason, StreamConnection
 from sip.transport_types import (
@@ -43,6 +45,7 @@ from sip.transport_types import (
     Transport,
     TransportAddress,
     TransportError,
+    format_address,
 )
 from sip.transport_udp import DatagramEndpoint
 
@@ -65,8 +68,6 @@ class _Encodable(Protocol):
     def encode(self) -> bytes: ...
 
 
-MessageHandler = Callable[[ReceivedMessage], None]
-OversizedHandler = Callable[[Response, "ConnectionInfo", int], None]
 ClosedHandler = Callable[[ConnectionInfo], None]
 
 
@@ -89,7 +90,6 @@ class TransportManager:
         self.settings = settings or TransportSettings()
         self.tls_client = tls_client
         """Default context for outbound TLS (CA file, and client cert for mutual TLS)."""
-        self._on_message = on_message
         self._on_closed = on_connection_closed
         self._queue: asyncio.Queue[ReceivedMessage] = asyncio.Queue()
         self._next_id = 1
@@ -119,6 +119,9 @@ class TransportManager:
         with the connection and the declared size: the stack fails its transaction."""
         self._closed_info: dict[int, ConnectionInfo] = {}
         """Streams taken out of the tables whose close is not yet reported."""
+        self._dispatch = Dispatcher(
+            self.settings.max_message_size, self.counters, on_message=on_message, queue=self._queue
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -658,7 +661,7 @@ class TransportManager:
         self._handshakes.pop(stream.id, None)  # a TLS handshake that just succeeded
         if not stream.outbound and transport is Transport.TCP:
             # TCP is accepted by asyncio's server: the caps are applied as it arrives.
-            if not self._admit(host, _format_address(stream.peername), transport):
+            if not self._admit(host, format_address(stream.peername), transport):
                 self._stream_transport.pop(stream.id, None)
                 stream.abort()
                 return
@@ -689,7 +692,7 @@ class TransportManager:
             return
         info = entry[1]
         assert info.remote is not None
-        self._deliver(data, info.remote, info, lambda reply: stream.write(reply))
+        self._dispatch.deliver(data, info.remote, info, lambda reply: stream.write(reply))
 
     def stream_unframeable(self, stream: StreamConnection, error: ParseError, data: bytes) -> None:
         entry = self._streams.get(stream.id)
@@ -697,63 +700,12 @@ class TransportManager:
         logger.warning(
             "connection %d from %s cannot be framed (%s): closing", stream.id, peer, error.message
         )
-        self._answer_malformed(data, error, peer, stream.write)
+        self._dispatch.answer_malformed(data, error, peer, stream.write)
 
     def stream_oversized(self, stream: StreamConnection, item: Oversized) -> None:
-        self.counters.oversized += 1
-        peer = _format_address(stream.peername)
-        error = ParseError(
-            f"message larger than {self.settings.max_message_size} bytes ({item.size} declared)",
-            413,
-        )
-        if item.head.startswith(b"SIP/"):
-            self._oversized_response(stream, item)
-            return
-        answer = error_response(item.head, error)
-        if answer is None:
-            logger.warning(
-                "connection %d from %s: an oversized message passed over (%s); connection kept",
-                stream.id,
-                peer,
-                error.message,
-            )
-            return
-        logger.warning(
-            "connection %d from %s: request answered 413 (%s); connection kept",
-            stream.id,
-            peer,
-            error.message,
-        )
-        try:
-            stream.write(answer)
-        except ConnectionError as send_error:
-            logger.info("could not answer %s: %s", peer, send_error)
-
-    def _oversized_response(self, stream: StreamConnection, item: Oversized) -> None:
-        # A response cannot be answered: its headers (parsed without the body) go to
-        # ``on_oversized_response``, which ends its client transaction at once (a proxy
-        # then answers upstream) instead of leaving it to Timer B/F.
         entry = self._streams.get(stream.id)
-        peer = _format_address(stream.peername)
-        logger.warning(
-            "connection %d from %s: a response of %d bytes (limit %d) passed over; connection kept",
-            stream.id,
-            peer,
-            item.size,
-            self.settings.max_message_size,
-        )
-        if entry is None or self.on_oversized_response is None:
-            return
-        try:
-            response = parse_message(_bodiless(item.head))
-        except ProtocolError as error:
-            logger.info("oversized response from %s not parsed: %s", peer, error.message)
-            return
-        if isinstance(response, Response):
-            try:
-                self.on_oversized_response(response, entry[1], item.size)
-            except Exception:
-                logger.exception("oversized-response handler failed for %s", peer)
+        info = entry[1] if entry is not None else None
+        self._dispatch.oversized(stream, item, info, self.on_oversized_response)
 
     def stream_dropped(self, stream: StreamConnection, reason: DropReason) -> None:
         if reason is DropReason.MESSAGE_DEADLINE:
@@ -804,82 +756,12 @@ class TransportManager:
         if entry is None:
             return
         address = TransportAddress(Transport.UDP, *source)
-        self._deliver(data, address, entry[1], lambda reply: endpoint.sendto(reply, source))
+        self._dispatch.deliver(
+            data, address, entry[1], lambda reply: endpoint.sendto(reply, source)
+        )
 
     def datagram_closed(self, endpoint: DatagramEndpoint) -> None:
         self._udp.pop(endpoint.id, None)
-
-    # -- internals: dispatch ---------------------------------------------------------
-
-    def _deliver(
-        self,
-        data: bytes,
-        source: TransportAddress,
-        info: ConnectionInfo,
-        reply: Callable[[bytes], None],
-    ) -> None:
-        try:
-            message = parse_message(data, max_size=self.settings.max_message_size)
-        except ProtocolError as error:
-            self._answer_malformed(data, error, source, reply)
-            return
-        except Exception:
-            # A parser bug must not take the listener down; the contract says ParseError only.
-            logger.exception("parser failed on a message from %s", source)
-            return
-        if isinstance(message, Request):
-            try:
-                stamp_received(message, source.host, source.port)
-            except ProtocolError as error:
-                self._answer_malformed(data, error, source, reply)
-                return
-        received = ReceivedMessage(message, source, info, data)
-        if self._on_message is None:
-            self._queue.put_nowait(received)
-            return
-        try:
-            self._on_message(received)
-        except Exception:
-            logger.exception("message handler failed for a message from %s", source)
-
-    def _answer_malformed(
-        self,
-        data: bytes,
-        error: ProtocolError,
-        source: object,
-        reply: Callable[[bytes], None],
-    ) -> None:
-        try:
-            answer = error_response(data, error)
-        except Exception:
-            logger.exception("could not build an error response for %s", source)
-            answer = None
-        if answer is None:
-            logger.warning("dropped malformed message from %s: %s", source, error.message)
-            return
-        logger.warning(
-            "malformed request from %s answered %d: %s", source, error.status_hint, error.message
-        )
-        try:
-            reply(answer)
-        except (OSError, ConnectionError) as send_error:
-            logger.info("could not answer %s: %s", source, send_error)
-
-
-def stamp_received(request: Request, host: str, port: int) -> None:
-    """RFC 3261 §18.2.1 and RFC 3581 §4: the server transport records where a request
-    really came from on its top Via (received when sent-by differs, rport when asked for),
-    so that responses and proxies behind NAT reach the sender."""
-    via = request.top_via
-    params: dict[str, str | None] = {}
-    if via.host.strip("[]") != host:
-        params["received"] = host
-    if via.has_rport:
-        params["rport"] = str(port)
-        params.setdefault("received", host)
-    if params:
-        request.headers.pop_first("Via")
-        request.headers.prepend("Via", str(via.with_params(**params)))
 
 
 def _describe_os_error(error: OSError) -> str:
@@ -888,28 +770,6 @@ def _describe_os_error(error: OSError) -> str:
     if error.errno is not None and not isinstance(error, TimeoutError):
         return os.strerror(error.errno)
     return str(error) or type(error).__name__
-
-
-_BODY_HEADER = re.compile(
-    rb"\r?\n(?:content-length|l|content-type|c|content-encoding|e)[ \t]*:(?:[^\r\n]|\r?\n[ \t])*",
-    re.IGNORECASE,
-)
-
-
-def _bodiless(head: bytes) -> bytes:
-    """A message's header section without its body headers, with Content-Length 0."""
-    line_end = head.index(b"\n")
-    if head[line_end - 1 : line_end] == b"\r":
-        line_end -= 1
-    headers = _BODY_HEADER.sub(b"", head[line_end:].rstrip(b"\r\n"))
-    return head[:line_end] + headers + b"\r\nContent-Length: 0\r\n\r\n"
-
-
-def _format_address(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "?"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _capped_by_fd_limit(wanted: int | None) -> int | None:

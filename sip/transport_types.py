@@ -1,6 +1,7 @@
 """What the SIP transport layer talks in: transports, addresses, connections, messages.
 
-The value types every other transport module (and the stack above) shares.
+The value types every other transport module (and the stack above) shares, with the
+address helper the transport modules use when binding and logging.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = [
     "Transport",
     "TransportAddress",
     "TransportError",
+    "format_address",
 ]
 
 
@@ -103,4 +105,12 @@ class ReceivedMessage:
 
 class TransportError(ConnectionError):
     """A message could not be sent (no route, connection refused, handshake failed...)."""
+
+
+def format_address(address: tuple[str, int] | None) -> str:
+    """``host:port`` (IPv6 in brackets) for logs; ``?`` when unknown."""
+    if address is None:
+        return "?"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
