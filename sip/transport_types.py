@@ -1,12 +1,14 @@
 """What the SIP transport layer talks in: transports, addresses, connections, messages.
 
 The value types every other transport module (and the stack above) shares, with the
-address helper the transport modules use when binding and logging.
+two address helpers the transport modules use when binding and logging.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
+import socket
 from dataclasses import dataclass, field
 
 from sip.message import Request, Response
@@ -17,6 +19,7 @@ __all__ = [
     "Transport",
     "TransportAddress",
     "TransportError",
+    "address_family",
     "format_address",
 ]
 
@@ -114,3 +117,10 @@ def format_address(address: tuple[str, int] | None) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
+
+def address_family(host: str) -> int:
+    """AF_INET6 for an IPv6 literal, else AF_INET (names included)."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
