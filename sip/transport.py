@@ -12,32 +12,47 @@ sent to the source of a request go back on the connection the request came on, a
 connections to a peer are reused. Outbound TCP/TLS connections take their source port
 from a configured range (Gateway Expressway default 25000-29999).
 
+The manager is the façade; the work is in the modules it composes: the value types
+(:mod:`sip.transport_types`), configuration and counters (:mod:`sip.transport_settings`),
+the connection table with its caps (:mod:`sip.transport_connections`), outbound
+connections (:mod:`sip.transport_outbound`), the TLS listener (:mod:`sip.transport_tls`),
+parsing and answering what arrives (:mod:`sip.transport_dispatch`), and the sockets
+themselves (:mod:`sip.transport_stream`, :mod:`sip.transport_udp`). Their names are
+importable from here as before.
+
 Works on the default asyncio loop and on uvloop (only public loop APIs are used).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import errno
-import ipaddress
 import logging
-import os
-import re
-import resource
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
-from sip.errors import ParseError, ProtocolError
+from sip.errors import ParseError
 from sip.framing import Oversized
-from sip.message import Request, Response, error_response, parse_message
-from sip.port_range import DEFAULT_OUTBOUND_PORTS, PortCursor, PortRange
-from sip.tls import describe_tls_error
+from sip.transport_connections import ConnectionTable
+from sip.transport_dispatch import Dispatcher
+from sip.transport_dispatch import MessageHandler as MessageHandler
+from sip.transport_dispatch import OversizedHandler as OversizedHandler
+from sip.transport_dispatch import stamp_received as stamp_received
+from sip.transport_outbound import Dialer
+from sip.transport_settings import TransportCounters, TransportSettings, source_host_of
 from sip.transport_stream import DropReason, StreamConnection
+from sip.transport_tls import TlsListener
+from sip.transport_types import (
+    ConnectionInfo,
+    ReceivedMessage,
+    Transport,
+    TransportAddress,
+    TransportError,
+    address_family,
+    format_address,
+)
 from sip.transport_udp import DatagramEndpoint
 
 __all__ = [
@@ -55,155 +70,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class Transport(enum.Enum):
-    """A SIP transport, named as in the Via header's sent-protocol."""
-
-    UDP = "UDP"
-    TCP = "TCP"
-    TLS = "TLS"
-
-    @property
-    def reliable(self) -> bool:
-        """True for stream transports (RFC 3261 §17: no retransmission timers)."""
-        return self is not Transport.UDP
-
-    @property
-    def default_port(self) -> int:
-        """5061 for TLS, 5060 otherwise (RFC 3261 §19.1.2)."""
-        return 5061 if self is Transport.TLS else 5060
-
-    @classmethod
-    def parse(cls, text: str) -> Transport:
-        """Case-insensitive lookup (``"tls"`` -> ``Transport.TLS``)."""
-        try:
-            return cls(text.strip().upper())
-        except ValueError:
-            raise ValueError(f"unknown SIP transport {text!r}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class TransportAddress:
-    """Where a SIP message comes from or goes to."""
-
-    transport: Transport
-    """UDP, TCP or TLS."""
-    host: str
-    """IP address (or host name to resolve when sending)."""
-    port: int
-    """Port number."""
-
-    @property
-    def reliable(self) -> bool:
-        """True when the transport is a stream (TCP or TLS)."""
-        return self.transport.reliable
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport.value}:{host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    """A connection (stream) or a socket (UDP) known to the manager."""
-
-    id: int
-    """Unique id within the manager; pass it to ``send(connection_id=...)``."""
-    transport: Transport
-    """Transport of the connection."""
-    local: TransportAddress
-    """Our side."""
-    remote: TransportAddress | None
-    """The peer of a stream connection; None for a UDP socket."""
-    outbound: bool
-    """True when we opened it."""
-    peer_names: tuple[str, ...] = ()
-    """TLS: the peer certificate's subject CN then SAN DNS names (empty if none verified)."""
-    server_hostname: str | None = None
-    """Outbound TLS: the name the server certificate was checked against."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReceivedMessage:
-    """A parsed SIP message and where it came from."""
-
-    message: Request | Response
-    """The message."""
-    source: TransportAddress
-    """The address it came from (for streams, the connection's remote address)."""
-    connection: ConnectionInfo
-    """The connection (or UDP socket) it arrived on; responses go back there."""
-    data: bytes = field(repr=False)
-    """The message as received, for traces."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransportSettings:
-    """Transport configuration."""
-
-    outbound_ports: PortRange | None = DEFAULT_OUTBOUND_PORTS
-    """Source ports for outbound TCP/TLS; None lets the kernel choose."""
-    source_host: str | None = None
-    """Local address outbound TCP/TLS connections bind to; None for any. A host that
-    listens on one address should send from it too (see :func:`source_host_of`): peers
-    (and the gateway's zone match) know it by that address."""
-    max_message_size: int = 65536
-    """Largest accepted message (headers + body); larger gets 413."""
-    idle_timeout: float | None = 600.0
-    """Close a stream connection after this many seconds without traffic; None never."""
-    keepalive_interval: float | None = None
-    """RFC 5626 CRLF ping interval on outbound streams; None sends no pings."""
-    keepalive_timeout: float = 10.0
-    """Close an outbound stream when a pong is this late (RFC 5626 §4.4.1: 10 s)."""
-    connect_timeout: float = 10.0
-    """Seconds to establish a TCP connection."""
-    tls_handshake_timeout: float = 10.0
-    """Seconds for a TLS handshake (both directions)."""
-    max_connections: int | None = 2048
-    """Stream connections held at once (inbound, outbound and TLS handshakes in progress;
-    Kamailio's and OpenSIPS's tcp_max_connections default). At the cap the oldest idle
-    inbound connection is closed for a new one; None: no cap. Never above half the
-    process's open-file limit (the rest is for media sockets and files)."""
-    max_connections_per_source: int | None = 512
-    """Inbound stream connections from one source address (a quarter of the total, so one
-    address cannot take every slot); at the cap its own oldest idle one is closed."""
-    message_timeout: float | None = 20.0
-    """Seconds from a message's first byte to its last on a stream (Kamailio's
-    tcp_msg_read_timeout); later, the connection is closed. None: no deadline."""
-    max_unsent_bytes: int | None = 1 << 20
-    """Bytes queued for a stream peer that does not read; past it the connection is
-    closed (16 messages of the largest size). None: no cap."""
-
-
-@dataclass(slots=True)
-class TransportCounters:
-    """What the transport limits did, since start (for metrics and tests)."""
-
-    refused: int = 0
-    """Inbound connections closed at once: the cap was reached and nothing was idle."""
-    evicted: int = 0
-    """Idle inbound connections closed to make room for a new one."""
-    message_deadline: int = 0
-    """Connections closed because a message was not completed in time."""
-    slow_reader: int = 0
-    """Connections closed because the peer did not read what we sent."""
-    idle: int = 0
-    """Connections closed after the idle timeout."""
-    oversized: int = 0
-    """Messages over the size limit passed over (the connection kept)."""
-    tls_failed: int = 0
-    """Inbound TLS handshakes that failed."""
-
-
-class TransportError(ConnectionError):
-    """A message could not be sent (no route, connection refused, handshake failed...)."""
-
-
 class _Encodable(Protocol):
     def encode(self) -> bytes: ...
 
 
-MessageHandler = Callable[[ReceivedMessage], None]
-OversizedHandler = Callable[[Response, "ConnectionInfo", int], None]
 ClosedHandler = Callable[[ConnectionInfo], None]
 
 
@@ -226,36 +96,24 @@ class TransportManager:
         self.settings = settings or TransportSettings()
         self.tls_client = tls_client
         """Default context for outbound TLS (CA file, and client cert for mutual TLS)."""
-        self._on_message = on_message
         self._on_closed = on_connection_closed
         self._queue: asyncio.Queue[ReceivedMessage] = asyncio.Queue()
         self._next_id = 1
-        self._ports = (
-            PortCursor(self.settings.outbound_ports)
-            if self.settings.outbound_ports is not None
-            else None
-        )
         self._servers: list[tuple[asyncio.AbstractServer, TransportAddress]] = []
-        self._tls_listeners: list[tuple[socket.socket, TransportAddress]] = []
+        self._tls_listeners: list[TlsListener] = []
         self._udp: dict[int, tuple[DatagramEndpoint, ConnectionInfo]] = {}
-        self._streams: dict[int, tuple[StreamConnection, ConnectionInfo]] = {}
-        self._by_remote: dict[TransportAddress, list[int]] = {}
-        self._connecting: dict[tuple[TransportAddress, str | None], asyncio.Future[int]] = {}
-        self._stream_transport: dict[int, Transport] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.counters = TransportCounters()
         """What the transport limits did (refused, evicted, deadline, slow reader...)."""
-        self._max_connections = _capped_by_fd_limit(self.settings.max_connections)
-        self._inbound: dict[str, dict[int, None]] = {}
-        """Inbound streams (ready or in TLS handshake) per source host, oldest first."""
-        self._handshakes: dict[int, tuple[str, asyncio.Task[None]]] = {}
-        """Inbound TLS handshakes in progress: source host and task, oldest first."""
+        self._table = ConnectionTable(self.settings, self.counters)
+        self._dialer = Dialer(self.settings, self._table, self._new_stream)
+        self._dispatch = Dispatcher(
+            self.settings.max_message_size, self.counters, on_message=on_message, queue=self._queue
+        )
         self.on_oversized_response: OversizedHandler | None = None
         """Hears of a response passed over for its size (headers only, body dropped),
         with the connection and the declared size: the stack fails its transaction."""
-        self._closed_info: dict[int, ConnectionInfo] = {}
-        """Streams taken out of the tables whose close is not yet reported."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -273,13 +131,14 @@ class TransportManager:
     async def close(self) -> None:
         """Stop listening, close every connection and socket, cancel background work."""
         self._closing = True
+        self._dialer.closed = True
         for server, _ in self._servers:
             server.close()
-        for sock, _ in self._tls_listeners:
-            sock.close()
+        for listener in self._tls_listeners:
+            listener.close()
         self._tls_listeners.clear()
         waits: list[asyncio.Future[None]] = []
-        for stream, _ in list(self._streams.values()):
+        for stream, _ in list(self._table.streams.values()):
             stream.abort()
             waits.append(stream.closed_future)
         for endpoint, _ in list(self._udp.values()):
@@ -328,88 +187,17 @@ class TransportManager:
         return address
 
     def _listen_tls(self, host: str, port: int, context: ssl.SSLContext) -> TransportAddress:
-        # TLS sockets are accepted by hand and handed to connect_accepted_socket(ssl=...):
-        # the handshake then fails with its reason (logged below) on asyncio and uvloop
-        # alike. start_tls() over an accepted transport loses the ClientHello on uvloop,
-        # and create_server(ssl=...) hides handshake failures inside the loop.
-        sock = socket.socket(_family(host), socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(256)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        name = sock.getsockname()
-        address = TransportAddress(Transport.TLS, str(name[0]), int(name[1]))
-        self._tls_listeners.append((sock, address))
-        self.spawn(self._accept_tls(sock, context))
-        logger.info("listening on %s", address)
-        return address
-
-    async def _accept_tls(self, sock: socket.socket, context: ssl.SSLContext) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closing:
-            try:
-                conn, peer = await loop.sock_accept(sock)
-            except OSError as error:
-                if self._closing or sock.fileno() < 0:
-                    return
-                logger.warning("TLS listener %s: accept failed: %s", sock.getsockname(), error)
-                await asyncio.sleep(0.1)  # EMFILE and the like: back off, keep listening
-                continue
-            host = str(peer[0])
-            if not self._admit(host, f"{host}:{peer[1]}", Transport.TLS):
-                conn.close()
-                continue
-            stream = self._new_stream(Transport.TLS, outbound=False, server_hostname=None)
-            task = self.spawn(self._tls_handshake(stream, conn, peer, context))
-            self._handshakes[stream.id] = (host, task)
-            self._inbound.setdefault(host, {})[stream.id] = None
-
-    async def _tls_handshake(
-        self,
-        stream: StreamConnection,
-        conn: socket.socket,
-        peer: tuple[Any, ...],
-        context: ssl.SSLContext,
-    ) -> None:
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: stream,
-                conn,
-                ssl=context,
-                ssl_handshake_timeout=self.settings.tls_handshake_timeout,
-            )
-        except OSError as error:  # ssl.SSLError, TimeoutError, ConnectionError included
-            self.counters.tls_failed += 1
-            logger.warning(
-                "TLS handshake with %s:%s failed: %s", peer[0], peer[1], describe_tls_error(error)
-            )
-            self._forget_inbound(stream.id, str(peer[0]))
-            conn.close()
-            # python/cpython#109534 (fixed in 3.12.2, not in 3.11): the stdlib loop's
-            # handshake waiter keeps this exception, whose traceback frames hold the
-            # SSLProtocol and its 256 KiB buffers in a cycle that only a full collection
-            # frees; between collections a handshake flood piles them up and the heap's
-            # high-water mark never comes back (measured +10 MB per 1,000 failures).
-            # Dropping the traceback breaks the cycle: reference counting frees it now.
-            error.__traceback__ = None
-            error.__context__ = None
-        except asyncio.CancelledError:
-            # Evicted (or the manager closes) while still shaking hands.
-            self._forget_inbound(stream.id, str(peer[0]))
-            conn.close()
-            raise
-        finally:
-            self._handshakes.pop(stream.id, None)
+        listener = TlsListener.open(
+            host, port, context, table=self._table, new_stream=self._new_stream, spawn=self.spawn
+        )
+        self._tls_listeners.append(listener)
+        return listener.address
 
     @property
     def listeners(self) -> tuple[TransportAddress, ...]:
         """Every listening address (UDP sockets included)."""
         streams = tuple(address for _, address in self._servers)
-        streams += tuple(address for _, address in self._tls_listeners)
+        streams += tuple(listener.address for listener in self._tls_listeners)
         return streams + tuple(info.local for _, info in self._udp.values())
 
     # -- receiving -------------------------------------------------------------------
@@ -422,12 +210,12 @@ class TransportManager:
 
     def connections(self) -> list[ConnectionInfo]:
         """Every open stream connection."""
-        return [info for _, info in self._streams.values()]
+        return [info for _, info in self._table.streams.values()]
 
     def connection(self, connection_id: int) -> ConnectionInfo | None:
         """The stream connection or UDP socket with this id, if still open."""
-        if connection_id in self._streams:
-            return self._streams[connection_id][1]
+        if connection_id in self._table.streams:
+            return self._table.streams[connection_id][1]
         if connection_id in self._udp:
             return self._udp[connection_id][1]
         return None
@@ -436,12 +224,12 @@ class TransportManager:
         self, target: TransportAddress, server_hostname: str | None = None
     ) -> ConnectionInfo | None:
         """An open stream connection to ``target`` that :meth:`send` would reuse."""
-        found = self._reusable(target, server_hostname)
+        found = self._table.reusable(target, server_hostname)
         return None if found is None else found[1]
 
     def close_connection(self, connection_id: int) -> None:
         """Close one stream connection (flushing what is queued)."""
-        entry = self._streams.get(connection_id)
+        entry = self._table.streams.get(connection_id)
         if entry is not None:
             entry[0].close()
 
@@ -469,7 +257,9 @@ class TransportManager:
         data = bytes(data)
         if target.transport is Transport.UDP:
             return await self._send_udp(data, target, connection_id)
-        stream, info = await self._stream_for(target, server_hostname, connection_id, ssl)
+        stream, info = await self._dialer.stream_for(
+            target, server_hostname, connection_id, ssl or self.tls_client
+        )
         try:
             stream.write(data)
         except ConnectionError as error:
@@ -481,13 +271,13 @@ class TransportManager:
     ) -> ConnectionInfo:
         entry = self._udp.get(connection_id) if connection_id is not None else None
         if entry is None:
-            family = _family(target.host)
+            family = address_family(target.host)
             entry = next(
-                (e for e in self._udp.values() if _family(e[1].local.host) == family), None
+                (e for e in self._udp.values() if address_family(e[1].local.host) == family), None
             )
         if entry is None:
             # No UDP listener: an ephemeral socket, which also receives the replies.
-            wildcard = "::" if _family(target.host) == socket.AF_INET6 else "0.0.0.0"
+            wildcard = "::" if address_family(target.host) == socket.AF_INET6 else "0.0.0.0"
             entry = await self._open_udp(self.settings.source_host or wildcard, 0)
         endpoint, info = entry
         try:
@@ -495,152 +285,6 @@ class TransportManager:
         except (OSError, ConnectionError) as error:
             raise TransportError(f"cannot send to {target}: {error}") from error
         return info
-
-    async def _stream_for(
-        self,
-        target: TransportAddress,
-        server_hostname: str | None,
-        connection_id: int | None,
-        context: ssl.SSLContext | None,
-    ) -> tuple[StreamConnection, ConnectionInfo]:
-        if connection_id is not None:
-            entry = self._streams.get(connection_id)
-            if entry is not None and not entry[0].closed:
-                return entry
-        found = self._reusable(target, server_hostname)
-        if found is not None:
-            return found
-        key = (target, server_hostname)
-        pending = self._connecting.get(key)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._connecting[key] = pending
-            try:
-                new_id = await self._connect(target, server_hostname, context)
-            except asyncio.CancelledError:
-                pending.cancel()
-                raise
-            except BaseException as error:
-                pending.set_exception(error)
-                pending.exception()  # mark retrieved: there may be no concurrent sender
-                raise
-            else:
-                pending.set_result(new_id)
-            finally:
-                del self._connecting[key]
-        else:
-            new_id = await asyncio.shield(pending)
-        entry = self._streams.get(new_id)
-        if entry is None:
-            raise TransportError(f"connection to {target} closed before use")
-        return entry
-
-    def _reusable(
-        self, target: TransportAddress, server_hostname: str | None
-    ) -> tuple[StreamConnection, ConnectionInfo] | None:
-        wanted = server_hostname.lower() if server_hostname else None
-        for connection_id in reversed(self._by_remote.get(target, [])):
-            stream, info = self._streams[connection_id]
-            if stream.closed or stream.transport is None or stream.transport.is_closing():
-                continue
-            if wanted is not None and info.transport is Transport.TLS:
-                names = {name.lower() for name in info.peer_names}
-                if info.server_hostname is not None:
-                    names.add(info.server_hostname.lower())
-                if wanted not in names:
-                    continue
-            return stream, info
-        return None
-
-    async def _connect(
-        self,
-        target: TransportAddress,
-        server_hostname: str | None,
-        context: ssl.SSLContext | None,
-    ) -> int:
-        if self._closing:
-            raise TransportError("transport manager is closed")
-        loop = asyncio.get_running_loop()
-        tls = target.transport is Transport.TLS
-        if tls:
-            context = context or self.tls_client
-            if context is None:
-                raise TransportError(f"no TLS client context to reach {target}")
-            server_hostname = server_hostname or target.host
-        sock = await self._connected_socket(target)
-        stream = self._new_stream(
-            target.transport,
-            outbound=True,
-            server_hostname=server_hostname if tls else None,
-        )
-        try:
-            await loop.create_connection(
-                lambda: stream,
-                sock=sock,
-                ssl=context if tls else None,
-                server_hostname=server_hostname if tls else None,
-                ssl_handshake_timeout=self.settings.tls_handshake_timeout if tls else None,
-            )
-        except OSError as error:  # ssl.SSLError and TimeoutError included
-            sock.close()
-            reason = describe_tls_error(error) if tls else _describe_os_error(error)
-            logger.warning("connection to %s failed: %s", target, reason)
-            # python/cpython#109534, our side: see _tls_handshake (the cause is kept, its
-            # traceback, which holds the SSLProtocol and its buffers, is not).
-            error.__traceback__ = None
-            error.__context__ = None
-            raise TransportError(f"cannot connect to {target}: {reason}") from error
-        if stream.id not in self._streams:
-            raise TransportError(f"connection to {target} closed during setup")
-        return stream.id
-
-    async def _connected_socket(self, target: TransportAddress) -> socket.socket:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(
-                target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except OSError as error:
-            raise TransportError(f"cannot resolve {target}: {error}") from error
-        family, _, _, _, address = infos[0]
-        local_host = self.settings.source_host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-        ports = self._ports.candidates() if self._ports is not None else iter((0,))
-        last_error: OSError | None = None
-        for port in ports:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                sock.bind((local_host, port))
-            except OSError as error:
-                sock.close()
-                if error.errno in (errno.EADDRINUSE, errno.EACCES):
-                    last_error = error
-                    continue  # busy or reserved: next port of the range
-                raise TransportError(f"cannot bind {local_host}:{port}: {error}") from error
-            try:
-                await asyncio.wait_for(
-                    loop.sock_connect(sock, address), self.settings.connect_timeout
-                )
-            except TimeoutError as error:
-                sock.close()
-                raise TransportError(f"connecting to {target} timed out") from error
-            except OSError as error:
-                sock.close()
-                if error.errno == errno.EADDRNOTAVAIL and port != 0:
-                    # Same 4-tuple still in TIME_WAIT: try another source port.
-                    last_error = error
-                    continue
-                reason = _describe_os_error(error)
-                logger.warning("connection to %s failed: %s", target, reason)
-                raise TransportError(f"cannot connect to {target}: {reason}") from error
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        raise TransportError(
-            f"no free source port in {self.settings.outbound_ports} to reach {target}"
-            f" (last error: {last_error})"
-        )
 
     # -- internals: sockets ----------------------------------------------------------
 
@@ -683,7 +327,7 @@ class TransportManager:
             message_timeout=self.settings.message_timeout,
             max_unsent=self.settings.max_unsent_bytes,
         )
-        self._stream_transport[stream.id] = transport
+        self._table.transports[stream.id] = transport
         return stream
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -693,88 +337,10 @@ class TransportManager:
         task.add_done_callback(self._task_done)
         return task
 
-    # -- internals: connection limits ------------------------------------------------
-
     @property
     def stream_count(self) -> int:
         """Stream connections held: open ones and inbound TLS handshakes in progress."""
-        return len(self._streams) + len(self._handshakes)
-
-    def _admit(self, host: str, peer: str, transport: Transport) -> bool:
-        """Make room for a new inbound connection from ``host``, or say no.
-
-        At a cap the victim is the oldest idle inbound connection (of that source for the
-        per-source cap): first one that never carried a SIP message (a handshake still
-        running, a connection that sent nothing or only junk), then the one whose last
-        message is oldest.
-        """
-        per_source = self.settings.max_connections_per_source
-        if per_source is not None and len(self._inbound.get(host, ())) >= per_source:
-            ids = list(self._inbound.get(host, ()))
-            if not self._evict(ids, f"{per_source} from {host}", ordered=True):
-                return self._refuse(peer, transport, f"{per_source} connections from {host}")
-        total = self._max_connections
-        if total is not None and self.stream_count >= total:
-            candidates = (i for ids in list(self._inbound.values()) for i in ids)
-            if not self._evict(candidates, f"{total} in all", ordered=False):
-                return self._refuse(peer, transport, f"{total} connections in all")
-        return True
-
-    def _evict(self, candidates: Any, cap: str, *, ordered: bool) -> bool:
-        # ``ordered``: ids come oldest first (one source's table), so the first that never
-        # carried a message is the victim; otherwise every candidate is ranked.
-        victim: int | None = None
-        best: tuple[int, float, int] | None = None
-        for connection_id in candidates:
-            if connection_id in self._handshakes:
-                rank = (0, 0.0, connection_id)
-            else:
-                entry = self._streams.get(connection_id)
-                if entry is None or entry[0].closed:
-                    continue
-                stream = entry[0]
-                rank = (min(stream.messages, 1), stream.last_message_at, connection_id)
-            if best is None or rank < best:
-                best, victim = rank, connection_id
-                if ordered and rank[0] == 0:
-                    break
-        if victim is None:
-            return False
-        self.counters.evicted += 1
-        if victim in self._handshakes:
-            host, task = self._handshakes.pop(victim)
-            logger.info("connection cap (%s): dropping a TLS handshake from %s", cap, host)
-            self._forget_inbound(victim, host)
-            task.cancel()
-            return True
-        stream, info = self._streams[victim]
-        logger.info(
-            "connection cap (%s): closing the oldest idle connection %d from %s",
-            cap,
-            victim,
-            info.remote,
-        )
-        self._forget_stream(stream)
-        stream.abort()
-        return True
-
-    def _refuse(self, peer: str, transport: Transport, cap: str) -> bool:
-        self.counters.refused += 1
-        logger.warning(
-            "connection cap reached (%s), none idle: %s connection from %s refused",
-            cap,
-            transport.value,
-            peer,
-        )
-        return False
-
-    def _forget_inbound(self, connection_id: int, host: str) -> None:
-        self._stream_transport.pop(connection_id, None)
-        ids = self._inbound.get(host)
-        if ids is not None:
-            ids.pop(connection_id, None)
-            if not ids:
-                del self._inbound[host]
+        return self._table.count
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -784,22 +350,23 @@ class TransportManager:
     # -- StreamOwner -----------------------------------------------------------------
 
     def stream_ready(self, stream: StreamConnection) -> None:
-        transport = self._stream_transport[stream.id]
+        table = self._table
+        transport = table.transports[stream.id]
         if self._closing or stream.peername is None or stream.sockname is None:
-            self._handshakes.pop(stream.id, None)
-            for ids in self._inbound.values():
+            table.handshakes.pop(stream.id, None)
+            for ids in table.inbound.values():
                 ids.pop(stream.id, None)
             stream.abort()
             return
         host = stream.peername[0]
-        self._handshakes.pop(stream.id, None)  # a TLS handshake that just succeeded
+        table.handshakes.pop(stream.id, None)  # a TLS handshake that just succeeded
         if not stream.outbound and transport is Transport.TCP:
             # TCP is accepted by asyncio's server: the caps are applied as it arrives.
-            if not self._admit(host, _format_address(stream.peername), transport):
-                self._stream_transport.pop(stream.id, None)
+            if not table.admit(host, format_address(stream.peername), transport):
+                table.transports.pop(stream.id, None)
                 stream.abort()
                 return
-            self._inbound.setdefault(host, {})[stream.id] = None
+            table.inbound.setdefault(host, {})[stream.id] = None
         remote = TransportAddress(transport, *stream.peername)
         info = ConnectionInfo(
             id=stream.id,
@@ -810,8 +377,7 @@ class TransportManager:
             peer_names=stream.peer_names,
             server_hostname=stream.server_hostname,
         )
-        self._streams[stream.id] = (stream, info)
-        self._by_remote.setdefault(remote, []).append(stream.id)
+        table.add(stream, info)
         logger.debug(
             "connection %d %s %s%s",
             stream.id,
@@ -821,76 +387,25 @@ class TransportManager:
         )
 
     def stream_frame(self, stream: StreamConnection, data: bytes) -> None:
-        entry = self._streams.get(stream.id)
+        entry = self._table.streams.get(stream.id)
         if entry is None:
             return
         info = entry[1]
         assert info.remote is not None
-        self._deliver(data, info.remote, info, lambda reply: stream.write(reply))
+        self._dispatch.deliver(data, info.remote, info, lambda reply: stream.write(reply))
 
     def stream_unframeable(self, stream: StreamConnection, error: ParseError, data: bytes) -> None:
-        entry = self._streams.get(stream.id)
+        entry = self._table.streams.get(stream.id)
         peer = entry[1].remote if entry is not None else stream.peername
         logger.warning(
             "connection %d from %s cannot be framed (%s): closing", stream.id, peer, error.message
         )
-        self._answer_malformed(data, error, peer, stream.write)
+        self._dispatch.answer_malformed(data, error, peer, stream.write)
 
     def stream_oversized(self, stream: StreamConnection, item: Oversized) -> None:
-        self.counters.oversized += 1
-        peer = _format_address(stream.peername)
-        error = ParseError(
-            f"message larger than {self.settings.max_message_size} bytes ({item.size} declared)",
-            413,
-        )
-        if item.head.startswith(b"SIP/"):
-            self._oversized_response(stream, item)
-            return
-        answer = error_response(item.head, error)
-        if answer is None:
-            logger.warning(
-                "connection %d from %s: an oversized message passed over (%s); connection kept",
-                stream.id,
-                peer,
-                error.message,
-            )
-            return
-        logger.warning(
-            "connection %d from %s: request answered 413 (%s); connection kept",
-            stream.id,
-            peer,
-            error.message,
-        )
-        try:
-            stream.write(answer)
-        except ConnectionError as send_error:
-            logger.info("could not answer %s: %s", peer, send_error)
-
-    def _oversized_response(self, stream: StreamConnection, item: Oversized) -> None:
-        # A response cannot be answered: its headers (parsed without the body) go to
-        # ``on_oversized_response``, which ends its client transaction at once (a proxy
-        # then answers upstream) instead of leaving it to Timer B/F.
-        entry = self._streams.get(stream.id)
-        peer = _format_address(stream.peername)
-        logger.warning(
-            "connection %d from %s: a response of %d bytes (limit %d) passed over; connection kept",
-            stream.id,
-            peer,
-            item.size,
-            self.settings.max_message_size,
-        )
-        if entry is None or self.on_oversized_response is None:
-            return
-        try:
-            response = parse_message(_bodiless(item.head))
-        except ProtocolError as error:
-            logger.info("oversized response from %s not parsed: %s", peer, error.message)
-            return
-        if isinstance(response, Response):
-            try:
-                self.on_oversized_response(response, entry[1], item.size)
-            except Exception:
-                logger.exception("oversized-response handler failed for %s", peer)
+        entry = self._table.streams.get(stream.id)
+        info = entry[1] if entry is not None else None
+        self._dispatch.oversized(stream, item, info, self.on_oversized_response)
 
     def stream_dropped(self, stream: StreamConnection, reason: DropReason) -> None:
         if reason is DropReason.MESSAGE_DEADLINE:
@@ -901,8 +416,8 @@ class TransportManager:
             self.counters.idle += 1
 
     def stream_closed(self, stream: StreamConnection, exc: BaseException | None) -> None:
-        self._forget_stream(stream)
-        info = self._closed_info.pop(stream.id, None)
+        self._table.forget(stream)
+        info = self._table.closed_info.pop(stream.id, None)
         if info is None:
             return
         assert info.remote is not None
@@ -915,25 +430,6 @@ class TransportManager:
             except Exception:
                 logger.exception("connection-closed handler failed for %s", info.remote)
 
-    def _forget_stream(self, stream: StreamConnection) -> None:
-        """Take a stream out of every table (when it closes, or when it is evicted: the
-        slot is free at once, before asyncio reports the close)."""
-        self._stream_transport.pop(stream.id, None)
-        entry = self._streams.pop(stream.id, None)
-        if entry is None:
-            return
-        info = entry[1]
-        self._closed_info[stream.id] = info
-        assert info.remote is not None
-        if not stream.outbound:
-            self._forget_inbound(stream.id, info.remote.host)
-        ids = self._by_remote.get(info.remote)
-        if ids is not None:
-            if stream.id in ids:
-                ids.remove(stream.id)
-            if not ids:
-                del self._by_remote[info.remote]
-
     # -- DatagramOwner ---------------------------------------------------------------
 
     def datagram(self, endpoint: DatagramEndpoint, data: bytes, source: tuple[str, int]) -> None:
@@ -941,144 +437,9 @@ class TransportManager:
         if entry is None:
             return
         address = TransportAddress(Transport.UDP, *source)
-        self._deliver(data, address, entry[1], lambda reply: endpoint.sendto(reply, source))
+        self._dispatch.deliver(
+            data, address, entry[1], lambda reply: endpoint.sendto(reply, source)
+        )
 
     def datagram_closed(self, endpoint: DatagramEndpoint) -> None:
         self._udp.pop(endpoint.id, None)
-
-    # -- internals: dispatch ---------------------------------------------------------
-
-    def _deliver(
-        self,
-        data: bytes,
-        source: TransportAddress,
-        info: ConnectionInfo,
-        reply: Callable[[bytes], None],
-    ) -> None:
-        try:
-            message = parse_message(data, max_size=self.settings.max_message_size)
-        except ProtocolError as error:
-            self._answer_malformed(data, error, source, reply)
-            return
-        except Exception:
-            # A parser bug must not take the listener down; the contract says ParseError only.
-            logger.exception("parser failed on a message from %s", source)
-            return
-        if isinstance(message, Request):
-            try:
-                stamp_received(message, source.host, source.port)
-            except ProtocolError as error:
-                self._answer_malformed(data, error, source, reply)
-                return
-        received = ReceivedMessage(message, source, info, data)
-        if self._on_message is None:
-            self._queue.put_nowait(received)
-            return
-        try:
-            self._on_message(received)
-        except Exception:
-            logger.exception("message handler failed for a message from %s", source)
-
-    def _answer_malformed(
-        self,
-        data: bytes,
-        error: ProtocolError,
-        source: object,
-        reply: Callable[[bytes], None],
-    ) -> None:
-        try:
-            answer = error_response(data, error)
-        except Exception:
-            logger.exception("could not build an error response for %s", source)
-            answer = None
-        if answer is None:
-            logger.warning("dropped malformed message from %s: %s", source, error.message)
-            return
-        logger.warning(
-            "malformed request from %s answered %d: %s", source, error.status_hint, error.message
-        )
-        try:
-            reply(answer)
-        except (OSError, ConnectionError) as send_error:
-            logger.info("could not answer %s: %s", source, send_error)
-
-
-def stamp_received(request: Request, host: str, port: int) -> None:
-    """RFC 3261 §18.2.1 and RFC 3581 §4: the server transport records where a request
-    really came from on its top Via (received when sent-by differs, rport when asked for),
-    so that responses and proxies behind NAT reach the sender."""
-    via = request.top_via
-    params: dict[str, str | None] = {}
-    if via.host.strip("[]") != host:
-        params["received"] = host
-    if via.has_rport:
-        params["rport"] = str(port)
-        params.setdefault("received", host)
-    if params:
-        request.headers.pop_first("Via")
-        request.headers.prepend("Via", str(via.with_params(**params)))
-
-
-def source_host_of(listen_host: str) -> str | None:
-    """The ``source_host`` for a role listening on ``listen_host`` (None for a wildcard)."""
-    try:
-        if ipaddress.ip_address(listen_host.strip("[]")).is_unspecified:
-            return None
-    except ValueError:
-        return None  # a name: let the kernel pick the route's address
-    return listen_host.strip("[]")
-
-
-def _describe_os_error(error: OSError) -> str:
-    """The errno's own words ("Connection refused"), which asyncio's "Connect call failed"
-    leaves out; zone status shows them."""
-    if error.errno is not None and not isinstance(error, TimeoutError):
-        return os.strerror(error.errno)
-    return str(error) or type(error).__name__
-
-
-_BODY_HEADER = re.compile(
-    rb"\r?\n(?:content-length|l|content-type|c|content-encoding|e)[ \t]*:(?:[^\r\n]|\r?\n[ \t])*",
-    re.IGNORECASE,
-)
-
-
-def _bodiless(head: bytes) -> bytes:
-    """A message's header section without its body headers, with Content-Length 0."""
-    line_end = head.index(b"\n")
-    if head[line_end - 1 : line_end] == b"\r":
-        line_end -= 1
-    headers = _BODY_HEADER.sub(b"", head[line_end:].rstrip(b"\r\n"))
-    return head[:line_end] + headers + b"\r\nContent-Length: 0\r\n\r\n"
-
-
-def _format_address(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "?"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _capped_by_fd_limit(wanted: int | None) -> int | None:
-    """``wanted`` connections, at most half the open-file limit: past it accept() fails
-    with EMFILE for every listener (and media sockets cannot be bound)."""
-    try:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        return wanted
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    ceiling = max(16, soft // 2)
-    if wanted is None or wanted > ceiling:
-        logger.info(
-            "stream connections capped at %d: half the open-file limit of %d", ceiling, soft
-        )
-        return ceiling
-    return wanted
-
-
-def _family(host: str) -> int:
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return socket.AF_INET

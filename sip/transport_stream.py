@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 from sip.errors import ParseError
 from sip.framing import KeepAlive, Oversized, StreamFramer
 from sip.tls import peer_names
+from sip.transport_types import format_address
 
 __all__ = ["PING", "PONG", "DropReason", "StreamConnection", "StreamOwner"]
 
@@ -201,7 +202,7 @@ class StreamConnection(asyncio.Protocol):
             logger.warning(
                 "connection %d to %s does not read: %d bytes unsent (cap %d): closing",
                 self.id,
-                _format(self.peername),
+                format_address(self.peername),
                 unsent,
                 self._max_unsent,
             )
@@ -321,7 +322,7 @@ class StreamConnection(asyncio.Protocol):
                 "connection %d from %s: no complete message %.1f s after its first byte"
                 " (%d bytes held): closing",
                 self.id,
-                _format(self.peername),
+                format_address(self.peername),
                 self._message_timeout,
                 self._framer.buffered,
             )
@@ -331,7 +332,7 @@ class StreamConnection(asyncio.Protocol):
             logger.info(
                 "connection %d to %s idle for %.1f s: closing",
                 self.id,
-                _format(self.peername),
+                format_address(self.peername),
                 self._idle_timeout,
             )
             try:
@@ -358,7 +359,7 @@ class StreamConnection(asyncio.Protocol):
         logger.warning(
             "connection %d to %s: no keep-alive pong within %.1f s: closing",
             self.id,
-            _format(self.peername),
+            format_address(self.peername),
             self._keepalive_timeout,
         )
         self._drop(DropReason.KEEPALIVE)
@@ -368,10 +369,3 @@ def _address(value: object) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2:
         return (str(value[0]), int(value[1]))
     return None
-
-
-def _format(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "?"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

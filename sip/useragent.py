@@ -20,7 +20,7 @@ from sip.message import Headers, Request, Response, make_response, new_branch, n
 from sip.stack import Hop, SipStack, StackHandlers
 from sip.transaction_client import ClientTransaction
 from sip.transaction_server import ServerTransaction
-from sip.transport import Transport, TransportAddress
+from sip.transport_types import Transport, TransportAddress
 from sip.uri import URI, Params
 
 __all__ = ["ALLOW", "Dialogs", "UserAgent", "UserAgentError", "response_for"]

@@ -492,7 +492,7 @@ def test_keepalive_sender_pings_and_keeps_answered_connection(run: Runner) -> No
                 # Several pings answered in turn, with time past the pong timeout.
                 for _ in range(3):
                     assert await pings.get() == b"\r\n\r\n"
-                stream = client._streams[info.id][0]
+                stream = client._table.streams[info.id][0]
                 assert stream.pongs_received >= 2
                 assert client.connection(info.id) is not None and closed.empty()
         finally:
