@@ -40,6 +40,7 @@ from bench.relay_load import (  # noqa: E402
     udp_drops,
     uptime,
 )
+from media.relay import media_coalesce_us  # noqa: E402
 
 RCVBUF = 1 << 20
 """Per relay socket: ~4 s of a video stream, so that a worker descheduled by the shared
@@ -64,7 +65,7 @@ def thread_cpu_seconds() -> list[float]:
 def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: bool,
             peer_a: tuple[str, int], peer_b: tuple[str, int], seconds: float,
             ssrc_map: bool = True, latch_a: bool = False, busy: bool = False,
-            realtime: bool = False, threads: int = 0,
+            realtime: bool = False, threads: int = 0, coalesce_us: int | None = None,
             peers: list[tuple[tuple[str, int], tuple[str, int]]] | None = None) -> None:
     """One relay process: ``streams`` relays on one hub (bench/relay_vs_rtpengine.py runs it
     without SSRC mapping and with both sides latched, as rtpengine is run); ``peers``: one
@@ -72,7 +73,8 @@ def _worker(conn: Connection, first_stream: int, streams: int, impl: str, srtp: 
     from media.ms_dialect import SsrcRange
     from media.relay import ForwardingPlan, Latching, SidePlan, make_hub, make_relay
 
-    hub = make_hub(timestamps=True, impl=impl, rcvbuf=RCVBUF, threads=threads)
+    hub = make_hub(timestamps=True, impl=impl, rcvbuf=RCVBUF, threads=threads,
+                   coalesce_us=coalesce_us)
     make_relay(impl=impl).close()   # imports and library set-up are not per call
     rss0 = rss_kib()
     relays = []
@@ -141,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--verify-every", type=int, default=1, metavar="N",
                     help="the generator authenticates one SRTP packet in N it receives "
                          "(a cheaper generator for 300 calls on 2 cores)")
+    ap.add_argument("--coalesce-us", type=int, default=None, metavar="US",
+                    help="the relay's worker threads nap US after a round that found several "
+                         "sockets ready (default: the gateway's, media.relay.COALESCE_US or "
+                         "GATEWAY_MEDIA_COALESCE_US; 0: every arrival wakes a worker)")
     ap.add_argument("--realtime", action="store_true",
                     help="run the relay workers and the load generator SCHED_FIFO (root): "
                          "wake-ups are not queued behind the shared machine's other work")
@@ -172,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, daemon=True, args=(
             child, start, n, args.impl, srtp, *peers[0], args.seconds,
-            True, False, args.busy_poll, args.realtime, args.threads, peers))
+            True, False, args.busy_poll, args.realtime, args.threads, args.coalesce_us, peers))
         proc.start()
         workers.append((proc, parent))
         start += n
@@ -209,8 +215,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     relayed = counters.get("forwarded", 0)
     cores = os.cpu_count() or 1
     out = sys.stdout
+    coalesce = media_coalesce_us() if args.coalesce_us is None else args.coalesce_us
     out.write(f"relay path        {args.impl}, {args.workers} process(es) x "
-              f"{args.threads or 'no'} worker thread(s), "
+              f"{args.threads or 'no'} worker thread(s) (nap {coalesce} us after a busy "
+              "round), "
               f"{'generator' if args.generator_first else 'relay'} first, "
               f"{'SRTP <-> RTP' if srtp else 'RTP <-> RTP'} (SSRC mapping, strict latch)\n")
     out.write(f"calls             {args.calls} (audio 50 + video 250 pps each way) = "

@@ -36,13 +36,19 @@ from media.ms_dialect import SsrcRange
 from media.srtp import MASTER_KEY_SALT_LEN, LegKeys
 
 __all__ = [
-    "ENV", "THREADS_ENV", "Address", "ForwardingPlan", "Hub", "Latching", "Relay", "Side",
-    "SidePlan", "Verdict", "attach", "implementation", "make_hub", "make_relay",
-    "media_threads", "native_available",
+    "COALESCE_ENV", "ENV", "THREADS_ENV", "Address", "ForwardingPlan", "Hub", "Latching",
+    "Relay", "Side", "SidePlan", "Verdict", "attach", "implementation", "make_hub", "make_relay",
+    "media_coalesce_us", "media_threads", "native_available",
 ]
 
 ENV = "GATEWAY_MEDIA_RELAY"
 THREADS_ENV = "GATEWAY_MEDIA_THREADS"
+COALESCE_ENV = "GATEWAY_MEDIA_COALESCE_US"
+COALESCE_US = 200
+"""A native worker's nap after a round that found several sockets ready: the packets that
+arrive meanwhile are taken in the next round instead of each waking the worker. Measured by
+bench/relay_fast.py on 2 cores: the relay's CPU at 100 calls -25 % for +0.2 ms relay-added
+p99, and 300 calls at 0 loss (32 % lost without it)."""
 Address = tuple[str, int]
 StunSink = Callable[[int, bytes, Address], None]
 LatchSink = Callable[[int, Address], None]
@@ -230,16 +236,33 @@ def media_threads() -> int:
     return threads
 
 
+def media_coalesce_us() -> int:
+    """``GATEWAY_MEDIA_COALESCE_US``, else COALESCE_US (0: every arrival wakes a worker)."""
+    raw = os.environ.get(COALESCE_ENV, "").strip()
+    if not raw:
+        return COALESCE_US
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 999_999:
+        raise ValueError(f"{COALESCE_ENV} must be microseconds 0..999999, not {raw!r}")
+    return value
+
+
 def make_hub(timestamps: bool = False, impl: str | None = None, rcvbuf: int = 0,
-             threads: int | None = None) -> Hub:
+             threads: int | None = None, coalesce_us: int | None = None) -> Hub:
     """A hub for relays of the same implementation; ``timestamps`` records the relay-added
     latency (kernel receive timestamp to after the send) in 1 us buckets; ``rcvbuf`` (bytes,
     0: the system's) sizes each socket's receive queue, which absorbs the relay's scheduling
     delays; ``threads`` (native only; None: ``media_threads()``) worker threads, started by
-    ``attach`` (or ``start``)."""
+    ``attach`` (or ``start``); ``coalesce_us`` (native workers only; None:
+    ``media_coalesce_us()``) how long a worker naps after a round that found several sockets
+    ready."""
     if (impl or implementation()) == "native":
         from media.relay_native import NativeHub
-        return NativeHub(timestamps, rcvbuf, media_threads() if threads is None else threads)
+        return NativeHub(timestamps, rcvbuf, media_threads() if threads is None else threads,
+                         media_coalesce_us() if coalesce_us is None else coalesce_us)
     from media.relay_py import PyHub
     return PyHub(timestamps, rcvbuf)
 

@@ -157,12 +157,14 @@ class NativeHub:
 
     __slots__ = ("__weakref__", "_cores", "_notify", "_started", "_tie", "_top", "threads")
 
-    def __init__(self, timestamps: bool = False, rcvbuf: int = 0, threads: int = 0) -> None:
+    def __init__(self, timestamps: bool = False, rcvbuf: int = 0, threads: int = 0,
+                 coalesce_us: int = 0) -> None:
         if threads < 0:
             raise ValueError("threads must be 0 or more")
         self.threads = threads
         self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._cores = [_relay.Hub(timestamps=timestamps, rcvbuf=rcvbuf, notify_fd=self._notify)
+        self._cores = [_relay.Hub(timestamps=timestamps, rcvbuf=rcvbuf, notify_fd=self._notify,
+                                  coalesce_us=coalesce_us)
                        for _ in range(max(threads, 1))]
         self._top: select.epoll | None = None
         if len(self._cores) > 1:   # polled from one thread until started: one fd for all
