@@ -39,7 +39,7 @@ bench: venv peers
 	$(PY) bench/b2bua_cps.py
 	$(PY) bench/capacity.py
 	$(PY) bench/relay_fast.py --calls 100 --seconds 10 --realtime
-	$(PY) bench/relay_fast.py --calls 300 --seconds 10 --workers 2 --realtime --verify-every 16
+	$(PY) bench/relay_fast.py --calls 300 --seconds 10 --threads 2 --gen-procs 2 --realtime --verify-every 16
 	$(PY) bench/relay_vs_rtpengine.py --calls 100 --seconds 10 --realtime
 	$(PY) bench/relay_cores.py --seconds 10 --realtime
 

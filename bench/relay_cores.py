@@ -6,9 +6,7 @@ load generator's own CPU, the load average), then a summary against the goals of
 At 300 calls the relay and its generator together need most of the 2-core machine: the
 generator runs as two processes (one alone cannot keep up when both relay workers hold the two
 cores), and one more run has the relay's workers wake on every arrival (``--coalesce-us 0``)
-instead of napping after a busy round, to show what that nap saves. With ``--realtime`` one
-more puts the generator's priority above the relay's (``--generator-first``), so that a
-shortfall shows as relay latency instead of generator loss.
+instead of napping after a busy round, to show what that nap saves.
 
     .venv/bin/python bench/relay_cores.py --seconds 10 --realtime
 """
@@ -53,14 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = []
     nap = media_coalesce_us()
-    runs = [(calls, threads, False, nap) for calls in args.calls for threads in args.threads]
+    runs = [(calls, threads, nap) for calls in args.calls for threads in args.threads]
     if max(args.calls) > 100 and nap:
-        runs.append((max(args.calls), max(args.threads), False, 0))
-    if args.realtime and max(args.calls) > 100:
-        # the relay and its generator need most of the 2 shared cores at 300 calls: once
-        # more with the generator first, so that the relay's queues take any shortfall
-        runs.append((max(args.calls), max(args.threads), True, nap))
-    for calls, threads, generator_first, coalesce in runs:
+        runs.append((max(args.calls), max(args.threads), 0))
+    for calls, threads, coalesce in runs:
         # 300 calls: a cheaper generator, in two processes (it shares the 2 cores with the
         # relay's two workers, which run above it with --realtime)
         procs = args.gen_procs if calls <= 100 else max(args.gen_procs, 2)
@@ -69,29 +63,25 @@ def main(argv: list[str] | None = None) -> int:
                     "--coalesce-us", str(coalesce)]
         if args.realtime:
             argv_one.append("--realtime")
-        if generator_first:
-            argv_one.append("--generator-first")
         if calls > 100:
             argv_one += ["--verify-every", "16"]
         sys.stdout.write(f"\n== {calls} calls, 1 relay process, {threads} worker thread(s), "
-                         f"nap {coalesce} us{', generator first' if generator_first else ''}"
-                         " ==\n")
+                         f"nap {coalesce} us ==\n")
         sys.stdout.flush()
         figures = relay_fast.run(relay_fast.parser().parse_args(argv_one))
-        rows.append((calls, threads, generator_first, coalesce, uptime(), figures))
+        rows.append((calls, threads, coalesce, uptime(), figures))
     out = sys.stdout
-    out.write("\ncalls threads nap us first  loss %   relay p99  e2e p99   relay CPU  "
+    out.write("\ncalls threads nap us  loss %   relay p99  e2e p99   relay CPU  "
               "us/pkt  loadgen CPU  load after        goals\n")
-    for calls, threads, generator_first, coalesce, load, f in rows:
-        first = "gen" if generator_first else "relay"
-        out.write(f"{calls:5d} {threads:7d} {coalesce:6d} {first:5s} {f['loss_pct']:7.3f}  "
+    for calls, threads, coalesce, load, f in rows:
+        out.write(f"{calls:5d} {threads:7d} {coalesce:6d} {f['loss_pct']:7.3f}  "
                   f"{f['relay_p99_ms']:6.3f} ms {f['e2e_p99_ms']:6.2f} ms  "
                   f"{f['relay_machine_pct']:6.1f} %  {f['us_per_packet']:6.2f}  "
                   f"{f['loadgen_machine_pct']:8.1f} %   {load:16s} {goals(calls, f)}\n")
     out.write("(CPU as a share of the whole machine: "
               f"{os.cpu_count()} cores; load = /proc/loadavg after each run)\n")
     # the run without the nap is a comparison, not the gateway's configuration
-    return 0 if all(f["lost"] == 0 for *_, coalesce, _, f in rows if coalesce == nap) else 1
+    return 0 if all(f["lost"] == 0 for _, _, coalesce, _, f in rows if coalesce == nap) else 1
 
 
 if __name__ == "__main__":
