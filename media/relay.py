@@ -222,32 +222,29 @@ def make_relay(fd_a: int = -1, fd_b: int = -1, impl: str | None = None) -> Relay
     return PyRelay(fd_a, fd_b)
 
 
-def media_threads() -> int:
-    """Worker threads of a native hub: ``GATEWAY_MEDIA_THREADS``, else one per core."""
-    raw = os.environ.get(THREADS_ENV, "").strip()
+def _env_count(name: str, default: int, most: int, what: str) -> int:
+    """A whole number 0..most from the environment variable ``name``, else ``default``."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return os.cpu_count() or 1
-    try:
-        threads = int(raw)
-    except ValueError:
-        threads = -1
-    if threads < 0:
-        raise ValueError(f"{THREADS_ENV} must be a number of threads (0: none), not {raw!r}")
-    return threads
-
-
-def media_coalesce_us() -> int:
-    """``GATEWAY_MEDIA_COALESCE_US``, else COALESCE_US (0: every arrival wakes a worker)."""
-    raw = os.environ.get(COALESCE_ENV, "").strip()
-    if not raw:
-        return COALESCE_US
+        return default
     try:
         value = int(raw)
     except ValueError:
         value = -1
-    if not 0 <= value <= 999_999:
-        raise ValueError(f"{COALESCE_ENV} must be microseconds 0..999999, not {raw!r}")
+    if not 0 <= value <= most:
+        raise ValueError(f"{name} must be {what}, not {raw!r}")
     return value
+
+
+def media_threads() -> int:
+    """Worker threads of a native hub: ``GATEWAY_MEDIA_THREADS``, else one per core."""
+    return _env_count(THREADS_ENV, os.cpu_count() or 1, 1 << 16,
+                      "a number of threads (0: none)")
+
+
+def media_coalesce_us() -> int:
+    """``GATEWAY_MEDIA_COALESCE_US``, else COALESCE_US (0: every arrival wakes a worker)."""
+    return _env_count(COALESCE_ENV, COALESCE_US, 999_999, "microseconds 0..999999")
 
 
 def make_hub(timestamps: bool = False, impl: str | None = None, rcvbuf: int = 0,
