@@ -368,15 +368,19 @@ static int process(RelayObject *r, const plan_t *p, int s, uint8_t *buf, int *le
         }
         pthread_mutex_unlock(&m->mu);
     }
+    /* the route is settled before the sending SRTP context sees the packet: its rollover
+     * counter is implicit (RFC 3711 3.3.1), so it must protect only what leaves; packets
+     * protected and then dropped for want of a route (no ICE pair yet) across a sequence
+     * wrap put our ROC ahead of the receiver's, which then refused every later packet */
+    const addr_t *target = rout->mode != MODE_FIXED && out->latched.valid ? &out->latched
+                                                                        : &rout->sdp;
+    if (!target->valid) return V_NO_ROUTE;
     if (rout->tx) {
         if (n + (rtcp ? SRTCP_TRAILER : SRTP_TRAILER) > SRTP_BUF) return V_SRTP;
         srtp_err_status_t st = run_srtp(rout->tx->ctx, rout->tx->owner != NULL, rtcp ? 2 : 0,
                                         buf, &n);
         if (st != srtp_err_status_ok) return V_SRTP;
     }
-    const addr_t *target = rout->mode != MODE_FIXED && out->latched.valid ? &out->latched
-                                                                        : &rout->sdp;
-    if (!target->valid) return V_NO_ROUTE;
     *dest = target;
     *len = n;
     return V_FORWARD;
