@@ -148,7 +148,10 @@ static PyObject *loadgen(PyObject *mod, PyObject *args, PyObject *kw) {
         flows[i].seq = (uint16_t)(i * 31);
         flows[i].ts = (uint32_t)i * 1000;
     }
-    int on = 1, rcvbuf = 8 << 20;
+    /* 32 MB: ~0.3 s of 300 calls' half per socket, so that the generator lagging behind
+     * (descheduled on the shared machine, or the kernel throttling SCHED_FIFO at 95 % of the
+     * CPU) delays its reading of what the relay delivered instead of losing it */
+    int on = 1, rcvbuf = 32 << 20;
     for (int s = 0; s < 2; s++) {
         setsockopt(fds[s], SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on));
         setsockopt(fds[s], SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf));
