@@ -196,15 +196,22 @@ class PyRelay:
                             + data[12:]
                 elif rtcp:
                     data = rewrite_rtcp(data, _same, mapper.unmap)
+            # Where it goes is settled after the receiving context saw the packet and before
+            # the sending one does: SRTP's rollover counter is implicit (RFC 3711 §3.3.1),
+            # each end counts the wraps of the sequence numbers it saw, so the receiver
+            # must see what the peer sent and the sender must protect only what leaves. A
+            # wrap among packets protected and then dropped here (no ICE pair yet) put our
+            # ROC one ahead of Microsoft's, and every later packet failed authentication
+            # there: a dead direction (issue 13).
+            out_rules = dst.plan
+            target = (dst.latched if out_rules.latching is not Latching.FIXED
+                      and dst.latched is not None else out_rules.address)
+            if target is None:
+                return Verdict.NO_ROUTE, None, None
             if dst.tx is not None:
                 data = dst.tx.protect_rtcp(data) if rtcp else dst.tx.protect(data)
         except (pylibsrtp.Error, ValueError):  # ValueError: over pylibsrtp's 1500-byte buffer
             return Verdict.SRTP, None, None
-        out_rules = dst.plan
-        target = (dst.latched if out_rules.latching is not Latching.FIXED
-                  and dst.latched is not None else out_rules.address)
-        if target is None:
-            return Verdict.NO_ROUTE, None, None
         return Verdict.FORWARD, data, target
 
     def feed(self, side: int, data: bytes, source: Address,
