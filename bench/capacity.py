@@ -17,8 +17,9 @@ lab behind), ``drain s`` how long that took (``>`` when the bound was hit: what 
 unread then counts as lost). ``pace %`` is sent / what the senders' nominal rates make in
 the window: under 100 the load generator (the lab's one event loop) fell behind its schedule
 and offered less than the nominal load. ``rejected``: packets the receivers refused (SRTP or
-RTP checks failed; the log names each receiver and its reasons); ``udp err``: the kernel's UDP InErrors + SndbufErrors over the window
-(``/proc/net/snmp``: host-wide, other processes on the machine count too).
+RTP checks failed; the log names each receiver and its reasons); ``udp err``: the kernel's
+UDP InErrors + SndbufErrors over the window (``/proc/net/snmp``: host-wide, other processes
+on the machine count too).
 
 The gateway's packet path is ``GATEWAY_MEDIA_RELAY`` (``native`` by default where built,
 ``python``; ``GATEWAY_MEDIA_THREADS`` its hub's worker threads); the ``fast`` column counts
@@ -419,7 +420,8 @@ class Bench:
 
 
 async def run(steps: list[int], window: float, budget: float, certs: Path,
-              keep_going: bool = False, drain: float = DRAIN) -> list[Step]:
+              keep_going: bool = False, drain: float = DRAIN,
+              min_packets: int = MIN_PACKETS) -> list[Step]:
     deadline = time.monotonic() + budget
     results: list[Step] = []
     top = max(steps)
@@ -440,7 +442,8 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                     break
                 started = time.monotonic()
                 try:
-                    await asyncio.wait_for(bench.add_calls(calls, timeout=30.0),
+                    await asyncio.wait_for(bench.add_calls(calls, timeout=30.0,
+                                                           min_packets=min_packets),
                                            remaining - window)
                 except Exception as error:  # noqa: BLE001 - a setup failure ends the ramp
                     results.append(Step(calls, 0, 0, 1.0, 0.0, 0.0,
@@ -542,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="bound in seconds on waiting for in-flight packets after a window")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="event loop of the whole lab (uvloop: as the roles run)")
+    parser.add_argument("--min-packets", type=int, default=MIN_PACKETS,
+                        help="accepted packets each way of each stream for a call to count "
+                             "as set up")
     parser.add_argument("--keep-going", action="store_true",
                         help="measure every step, even past one over the loss limit")
     args = parser.parse_args(argv)
@@ -554,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         certs = args.certs or Path(temp) / "certs"
         runner = asyncio.run if args.loop == "asyncio" else aio.run
         results = runner(run(steps, args.window, args.budget, certs, args.keep_going,
-                                  args.drain))
+                                  args.drain, args.min_packets))
     summary = report(results, args.loop)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
