@@ -12,12 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
+import pylibsrtp
 import pytest
 
 from certs.pki import LabPKI
 from lab.lync.client_media import MediaStream
 from lab.topology import Lab
 from media.ms_dialect import Crypto
+from tests.media.peers import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +95,27 @@ async def test_setup_fails_naming_a_dead_direction_and_its_receivers_reason(
             for client in lab.clients.values():
                 for call in list(client.calls.values()):
                     await call.hangup()
+
+
+async def test_a_direction_that_dies_after_set_up_fails_the_window(lab_pki: LabPKI) -> None:
+    """A direction that delivered at set-up and then accepts nothing while its sender goes
+    on (here: the Lync client's video receive context swapped for one with another key) is
+    named by ``Bench.dead``, with its receiver's reason; the three other ways are not."""
+    capacity = _capacity()
+    async with Lab(lab_pki, any_port=True, management=False, broker=False) as lab:
+        bench = capacity.Bench(lab)
+        try:
+            await bench.add_calls(1, timeout=10.0)
+            (near, _), = bench.pairs
+            video = next(s for s in near.streams if s.kind == "video")
+            before = bench.accepted()
+            video._rx = pylibsrtp.Session(pylibsrtp.Policy(
+                key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+            refused = video.counters.bad
+            await until(lambda: video.counters.bad >= refused + 10, "10 refused", 10.0)
+            dead = bench.dead(before)
+            assert len(dead) == 1, dead
+            assert dead[0].startswith(f"call {near.call_id} video endpoint -> Lync: "), dead
+            assert "0 accepted" in dead[0] and "authentication failure" in dead[0], dead
+        finally:
+            await bench.hangup()
