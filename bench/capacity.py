@@ -17,8 +17,9 @@ lab behind), ``drain s`` how long that took (``>`` when the bound was hit: what 
 unread then counts as lost). ``pace %`` is sent / what the senders' nominal rates make in
 the window: under 100 the load generator (the lab's one event loop) fell behind its schedule
 and offered less than the nominal load. ``rejected``: packets the receivers refused (SRTP or
-RTP checks failed); ``udp err``: the kernel's UDP InErrors + SndbufErrors over the window
-(``/proc/net/snmp``: host-wide, other processes on the machine count too).
+RTP checks failed; the log names each receiver and its reasons); ``udp err``: the kernel's
+UDP InErrors + SndbufErrors over the window (``/proc/net/snmp``: host-wide, other processes
+on the machine count too).
 
 The gateway's packet path is ``GATEWAY_MEDIA_RELAY`` (``native`` by default where built,
 ``python``; ``GATEWAY_MEDIA_THREADS`` its hub's worker threads); the ``fast`` column counts
@@ -30,6 +31,13 @@ received and did not forward (media.counters: direction, source, SRTP, send...);
 ``queued KiB`` what waited unread in this process's UDP receive queues at the window's end
 (in flight: read during the drain, not lost). The drop and queue columns count this
 process's sockets only (others on the machine share the loopback).
+
+A call counts as set up once every direction of every stream (Lync -> endpoint and
+endpoint -> Lync, audio and video) has delivered ``--min-packets`` accepted packets; a set-up
+that does not get there fails naming the call, the stream, the direction and what its
+receiver refused, by reason (a sum over the call's streams would hide one dead direction:
+issue 13). A step whose window leaves a direction that was sent to without one accepted
+packet fails the same way (``dead`` in the JSON).
 
 Everything runs in this process (lab.topology.Lab), on uvloop as every role's main does
 (sip.aio.run; ``--loop asyncio`` for the stdlib loop): the CPU figure is the whole process
@@ -73,6 +81,11 @@ SETTLE = 1.0
 """Seconds between the last setup of a step and its window: new calls reach steady state."""
 SETUP_CONCURRENCY = 10
 """Calls set up at once (a burst of ICE + TLS would be a setup benchmark)."""
+MIN_PACKETS = 10
+"""Accepted packets every direction of every stream must deliver for a call to count as set
+up."""
+SETUP_POLL = 0.02
+"""Seconds between looks at a new call's per-direction counts."""
 HANGUP_TIMEOUT = 20.0
 DRAIN = 2.0
 """Default bound in seconds on each drain (senders stopped, waiting for what is in flight)."""
@@ -114,6 +127,9 @@ class Step:
     """Packets the receivers refused (SRTP or RTP checks) in the window and drain."""
     udp_errors: int = 0
     """The kernel's UDP InErrors + SndbufErrors (host-wide) in the window and drain."""
+    dead: tuple[str, ...] = ()
+    """Directions that were sent to in the window and accepted nothing, with what their
+    receivers refused (``Direction.describe``)."""
 
     @property
     def pace(self) -> float:
@@ -122,7 +138,50 @@ class Step:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and self.loss <= LOSS_LIMIT
+        return not self.failed and not self.dead and self.loss <= LOSS_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Direction:
+    """One way of one stream of one call, as its receiver counts it."""
+
+    call_id: str
+    kind: str
+    """"audio" or "video"."""
+    way: str
+    """"Lync -> endpoint" or "endpoint -> Lync"."""
+    sent: int
+    """Packets its sender sent (the endpoint's port, or the Lync stream)."""
+    accepted: int
+    """Packets its receiver accepted."""
+    refused: tuple[tuple[str, int], ...]
+    """What its receiver refused, by reason (most first)."""
+
+    def describe(self, accepted: int | None = None) -> str:
+        refused = ", ".join(f"{count} {reason}" for reason, count in self.refused) or "none"
+        return (f"call {self.call_id} {self.kind} {self.way}: {self.sent} sent, "
+                f"{self.accepted if accepted is None else accepted} accepted, "
+                f"refused: {refused}")
+
+
+def _reasons(counts: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def directions(near: Any, far: Any) -> list[Direction]:
+    """Both ways of every stream of a call (``near`` the Lync call, ``far`` the endpoint's),
+    streams matched by kind; a stream the endpoint has no port for shows 0 accepted."""
+    ports = {port.kind: port for port in far.call.media if port is not None}
+    out = []
+    for stream in near.streams:
+        port = ports.get(stream.kind)
+        out.append(Direction(near.call_id, stream.kind, "Lync -> endpoint",
+                             stream.counters.sent, port.packets if port else 0,
+                             _reasons(port.refused) if port else ()))
+        out.append(Direction(near.call_id, stream.kind, "endpoint -> Lync",
+                             port.sent if port else 0, stream.counters.received,
+                             _reasons(stream.counters.refused)))
+    return out
 
 
 def own_sockets() -> frozenset[int]:
@@ -181,6 +240,15 @@ def rss_kib() -> int:
     return 0
 
 
+class DeadDirection(RuntimeError):
+    """A call's set-up left directions short of the packets they must deliver."""
+
+    def __init__(self, short: list[Direction], min_packets: int, timeout: float) -> None:
+        self.directions = tuple(short)
+        super().__init__(f"under {min_packets} accepted packets within {timeout:g} s: "
+                         + "; ".join(d.describe() for d in short))
+
+
 class Bench:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
@@ -189,8 +257,10 @@ class Bench:
         self._held: list[tuple[Any, Any]] = []
         """(Lync stream, its direction) and (endpoint port, its RTP source) held back."""
 
-    async def add_calls(self, target: int, timeout: float) -> None:
-        """Set up calls until ``target`` are up with media both ways; raises on a failure."""
+    async def add_calls(self, target: int, timeout: float,
+                        min_packets: int = MIN_PACKETS) -> None:
+        """Set up calls until ``target`` are up with ``min_packets`` accepted each way on
+        every stream; raises on a failure (a dead direction: ``DeadDirection``)."""
         alice = self.lab.client("alice")
         gate = asyncio.Semaphore(SETUP_CONCURRENCY)
 
@@ -199,13 +269,33 @@ class Bench:
                 callee = CALLEES[index % len(CALLEES)]
                 call = await alice.call(f"{callee}@video.example.com", video=True)
                 await call.wait_connected(timeout=timeout)
-                await call.wait_media(both_ways=True, min_packets=10, timeout=timeout)
-                far = self.lab.callee_of(call.call_id, callee)
-                if far is None:
-                    raise RuntimeError(f"no endpoint side for {call.call_id}")
+                far = await self.every_direction(call, callee, min_packets, timeout)
                 self.pairs.append((call, far))
 
         await asyncio.gather(*(one(i) for i in range(len(self.pairs), target)))
+
+    async def every_direction(self, call: Any, callee: str, min_packets: int,
+                              timeout: float) -> Any:
+        """Wait until each way of each stream of ``call`` has ``min_packets`` accepted; the
+        endpoint's side of the call. ``DeadDirection`` names those that did not (polled:
+        the two receivers are in different roles, with no event in common)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        far = None
+        while True:
+            if call.ended.is_set():
+                raise RuntimeError(f"call {call.call_id} ended during set-up: {call.result}")
+            far = far or self.lab.callee_of(call.call_id, callee)
+            if far is not None:
+                ways = directions(call, far)
+                short = [d for d in ways if d.accepted < min_packets]
+                if ways and not short:
+                    return far
+            if loop.time() >= deadline:
+                if far is None:
+                    raise RuntimeError(f"no endpoint side for {call.call_id}")
+                raise DeadDirection(short, min_packets, timeout)
+            await asyncio.sleep(SETUP_POLL)
 
     def fast_path(self) -> str:
         """How many of the gateway's stream components run on the relay hub (media.stream),
@@ -247,15 +337,25 @@ class Bench:
                    for near, far in self.pairs)
 
     def rejected_by(self) -> list[str]:
-        """Which receivers refused packets so far (to tell one broken stream from many)."""
+        """Which receivers refused packets so far, and why (to tell one broken stream from
+        many, and an SRTP failure from a packet that is not RTP)."""
+        return [d.describe() for near, far in self.pairs for d in directions(near, far)
+                if d.refused]
+
+    def accepted(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """(sent, accepted) per (call, stream, way), read at once."""
+        return {(d.call_id, d.kind, d.way): (d.sent, d.accepted)
+                for near, far in self.pairs for d in directions(near, far)}
+
+    def dead(self, before: dict[tuple[str, str, str], tuple[int, int]]) -> tuple[str, ...]:
+        """Directions sent to since ``before`` (``accepted()``) that accepted nothing."""
         out = []
         for near, far in self.pairs:
-            out += [f"Lync {near.call_id} {stream.kind}: {stream.counters.bad} failed SRTP"
-                    for stream in near.streams if stream.counters.bad]
-            out += [f"endpoint of {near.call_id} {port.kind} port {port.port}: "
-                    f"{port.rejected} refused"
-                    for port in far.call.media if port is not None and port.rejected]
-        return out
+            for d in directions(near, far):
+                sent0, accepted0 = before.get((d.call_id, d.kind, d.way), (0, 0))
+                if d.sent > sent0 and d.accepted == accepted0:
+                    out.append(d.describe(accepted=0) + " (in the window)")
+        return tuple(out)
 
     def nominal_rate(self) -> float:
         """Packets per second every sending party's schedule makes."""
@@ -320,7 +420,8 @@ class Bench:
 
 
 async def run(steps: list[int], window: float, budget: float, certs: Path,
-              keep_going: bool = False, drain: float = DRAIN) -> list[Step]:
+              keep_going: bool = False, drain: float = DRAIN,
+              min_packets: int = MIN_PACKETS) -> list[Step]:
     deadline = time.monotonic() + budget
     results: list[Step] = []
     top = max(steps)
@@ -341,7 +442,8 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                     break
                 started = time.monotonic()
                 try:
-                    await asyncio.wait_for(bench.add_calls(calls, timeout=30.0),
+                    await asyncio.wait_for(bench.add_calls(calls, timeout=30.0,
+                                                           min_packets=min_packets),
                                            remaining - window)
                 except Exception as error:  # noqa: BLE001 - a setup failure ends the ramp
                     results.append(Step(calls, 0, 0, 1.0, 0.0, 0.0,
@@ -358,6 +460,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                 drops0 = udp_drops(MEDIA_FIRST, media_last)
                 judged0 = bench.relay_drops()
                 refused0, errors0 = bench.rejected(), udp_errors()
+                ways0 = bench.accepted()
                 bench.start_senders()
                 cpu0, wall0 = time.process_time(), time.monotonic()
                 await asyncio.sleep(window)  # the measurement window itself
@@ -370,6 +473,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                 drops1 = udp_drops(MEDIA_FIRST, media_last)
                 judged1 = bench.relay_drops()
                 refused1, errors1 = bench.rejected(), udp_errors()
+                dead = bench.dead(ways0)
                 bench.start_senders()
                 sent, received = sent1 - sent0, received1 - received0
                 loss = max(0.0, 1 - received / sent) if sent else 1.0
@@ -380,7 +484,7 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                             relay_dropped=judged1 - judged0, queued_kib=queued / 1024,
                             late=received1 - on_time, drain_s=drain_s, drained=drained,
                             nominal=round(rate * window), rejected=refused1 - refused0,
-                            udp_errors=errors1 - errors0)
+                            udp_errors=errors1 - errors0, dead=dead)
                 results.append(step)
                 logging.info("%d calls: %d sent, %d received (%d late), loss %.4f %%, "
                              "drain %.2f s, pace %.1f %%, CPU %.2f cores, setup %.1f s, "
@@ -388,6 +492,8 @@ async def run(steps: list[int], window: float, budget: float, certs: Path,
                              100 * loss, drain_s, 100 * step.pace, cpu, setup, step.fast, load())
                 if step.rejected:
                     logging.warning("refused by: %s", "; ".join(bench.rejected_by()))
+                if dead:
+                    logging.warning("dead directions: %s", "; ".join(dead))
                 if not step.ok and not keep_going:
                     break
         finally:
@@ -417,6 +523,16 @@ def report(results: list[Step], loop: str = "uvloop") -> dict[str, Any]:
     return summary
 
 
+def _result(step: Step) -> str:
+    if step.ok:
+        return "ok"
+    if step.failed:
+        return step.failed
+    if step.dead:
+        return f"{len(step.dead)} dead direction(s): {step.dead[0]}"
+    return "loss over 0.1 %"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="10,20,40,80,160,320,500",
@@ -429,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="bound in seconds on waiting for in-flight packets after a window")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="event loop of the whole lab (uvloop: as the roles run)")
+    parser.add_argument("--min-packets", type=int, default=MIN_PACKETS,
+                        help="accepted packets each way of each stream for a call to count "
+                             "as set up")
     parser.add_argument("--keep-going", action="store_true",
                         help="measure every step, even past one over the loss limit")
     args = parser.parse_args(argv)
@@ -441,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         certs = args.certs or Path(temp) / "certs"
         runner = asyncio.run if args.loop == "asyncio" else aio.run
         results = runner(run(steps, args.window, args.budget, certs, args.keep_going,
-                                  args.drain))
+                                  args.drain, args.min_packets))
     summary = report(results, args.loop)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -459,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{s.relay_dropped:>6} {s.queued_kib:>10.1f} {s.late:>6} "
                          f"{('' if s.drained else '>') + f'{s.drain_s:.2f}':>7} "
                          f"{100 * s.pace:>6.1f} {s.rejected:>8} {s.udp_errors:>7}  "
-                         f"{'ok' if s.ok else s.failed or 'loss over 0.1 %'}")
+                         f"{_result(s)}")
         lines.append(f"maximum: {summary['max_calls']} concurrent full-media calls "
                      f"(loss <= {100 * LOSS_LIMIT:g} %)")
         if "cpu_per_call_ms_per_s" in summary:

@@ -21,6 +21,12 @@ plan's ``ssrc_range`` on the way to A, and mapped back where A's RTCP reports on
 map the stream's two component relays share: ``Relay.share_map``).
 STUN (first byte 0-3) is handed to ``on_stun(side, data, (host, port))`` for aioice; RTP and
 RTCP (first byte 128-191; RTCP by payload type 192-223, RFC 5761 §4) stay in the relay.
+
+Order of the checks (both implementations): the receiving SRTP context sees every packet
+that passes the direction check, the sending one only packets that have somewhere to go
+(NO_ROUTE is decided before ``protect``). SRTP's rollover counter is implicit (RFC 3711
+§3.3.1): a sender that counted a sequence wrap among packets nobody received stays one
+rollover ahead of its receiver for good (issue 13).
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ class MediaPort:
         """Bytes of those packets."""
         self.rejected = 0
         """Datagrams dropped: not RTP, or failing SRTP authentication."""
+        self.refused: dict[str, int] = {}
+        """``rejected`` by reason ("SRTP: authentication failure", "not RTP: ...")."""
+        self.refused_from: Address | None = None
+        """Where the last rejected datagram came from."""
         self.sent = 0
         """RTP packets sent."""
         self.last_source: Address | None = None
@@ -134,15 +138,13 @@ class MediaPort:
             try:
                 data = self._srtp.unprotect(data, rtcp=False)
             except SrtpError as error:
-                self.rejected += 1
-                self.changed.set()
+                self._refuse(f"SRTP: {error}", source)
                 logger.debug("media port %d: SRTP from %s refused: %s", self.port, source, error)
                 return
         try:
             parse_header(data)
-        except RtpError:
-            self.rejected += 1
-            self.changed.set()
+        except RtpError as error:
+            self._refuse(f"not RTP: {error}", source)
             return
         self.packets += 1
         self.octets += len(data)
@@ -152,6 +154,12 @@ class MediaPort:
             self.remote = source
             self.latched = True
         self.received.set()
+        self.changed.set()
+
+    def _refuse(self, reason: str, source: Address) -> None:
+        self.rejected += 1
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        self.refused_from = source
         self.changed.set()
 
     def _tick(self) -> None:

@@ -27,7 +27,7 @@ import os
 import secrets
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pylibsrtp
@@ -310,6 +310,9 @@ class StreamCounters:
     rtcp_received: int = 0
     bad: int = 0
     """Packets that failed SRTP (or were not RTP)."""
+    refused: dict[str, int] = field(default_factory=dict)
+    """``bad`` by reason ("no SRTP keys yet", "SRTP: authentication failure", "RTCP on
+    component 1: ..."), so that a dead direction names its cause."""
     last_seq: int | None = None
     """Sequence number of the newest RTP packet received."""
 
@@ -427,24 +430,29 @@ class MediaStream:
             deadline += interval
             await asyncio.sleep(max(0.0, deadline - loop.time()))
 
+    def _refuse(self, reason: str) -> None:
+        self.counters.bad += 1
+        self.counters.refused[reason] = self.counters.refused.get(reason, 0) + 1
+
     def _received(self, data: bytes, component: int) -> None:
         rx = self._rx
         if rx is None:
-            self.counters.bad += 1
+            self._refuse("no SRTP keys yet")
             return
         rtcp = component == 2 or (len(data) > 1 and 192 <= data[1] <= 223)
         try:
             if self._rx_mki:
                 data = strip_mki(data, self._rx_mki)
             plain = rx.unprotect_rtcp(data) if rtcp else rx.unprotect(data)
-        except (pylibsrtp.Error, SrtpError):
-            self.counters.bad += 1
+        except (pylibsrtp.Error, SrtpError) as error:
+            kind = "SRTCP" if rtcp else "SRTP"
+            self._refuse(f"{kind} on component {component}: {error}")
             return
         if rtcp:
             self.counters.rtcp_received += 1
             return
         if len(plain) < 12:
-            self.counters.bad += 1
+            self._refuse("shorter than an RTP header")
             return
         self.counters.received += 1
         self.counters.last_seq = struct.unpack_from("!H", plain, 2)[0]

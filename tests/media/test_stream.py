@@ -142,3 +142,30 @@ def test_any_bytes_either_way_are_forwarded_or_dropped_never_raised(impl: str, s
             verdict, out, _ = relay.feed(side, bytes(data), source, n + 1)
             assert out is None or isinstance(out, bytes)
             assert isinstance(verdict, Verdict)
+
+
+_NATIVE_ROUTE_FIRST = pytest.mark.xfail(
+    strict=True, reason="media/relay_native/_relay.c process() still runs the SRTP sender "
+    "before the route check (issue 13: the same move as media/relay_py.py)")
+
+
+@pytest.mark.parametrize("impl", [
+    pytest.param(i, marks=_NATIVE_ROUTE_FIRST) if i == "native" else i for i in IMPLS])
+def test_packets_without_a_route_never_reach_the_srtp_sender(impl: str) -> None:
+    """Issue 13: toward Microsoft the relay is the SRTP sender, and SRTP's rollover counter
+    is implicit (RFC 3711 §3.3.1): the receiver starts at 0 with the first packet it gets.
+    An endpoint whose sequence numbers wrap while the ICE pair is not chosen yet (its RTP
+    dropped as NO_ROUTE) must not leave our sender a rollover ahead of the receiver."""
+    state = StreamState()
+    state.apply(m(key=KEY_GW), m(key=KEY_MS), m(), m(), None)
+    relay = make_relay(impl=impl)
+    relay.publish(state.plan(None, ENDPOINT, LATCH))   # answered, ICE still checking
+    for seq in (65534, 65535, 0):
+        assert relay.feed(Side.B, rtp(7, seq, b"early"), ENDPOINT, seq)[0] is Verdict.NO_ROUTE
+    relay.publish(state.plan(ICE_PEER, ENDPOINT, LATCH))  # the pair is nominated
+    lync = pylibsrtp.Session(pylibsrtp.Policy(key=KEY_GW,
+                                              ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    for seq in (1, 2, 3):
+        verdict, out, dest = relay.feed(Side.B, rtp(7, seq, b"media"), ENDPOINT, 10 + seq)
+        assert verdict is Verdict.FORWARD and out is not None and dest == ICE_PEER
+        assert lync.unprotect(out) == rtp(7, seq, b"media")  # the receiver's ROC 0 fits
