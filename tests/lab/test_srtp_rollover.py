@@ -20,9 +20,7 @@ from tests.media.peers import until
 LAST = 0xFFFF
 """The first sequence number the endpoint sends: its next one wraps to 0."""
 
-IMPLS = ["python"] + ([pytest.param("native", marks=pytest.mark.xfail(
-    strict=True, reason="media/relay_native/_relay.c process() still runs the SRTP sender "
-    "before the route check (issue 13)"))] if native_available() else [])
+IMPLS = ["python"] + (["native"] if native_available() else [])
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -337,27 +337,3 @@ def test_a_shared_ssrc_map_goes_with_the_last_relay_holding_it() -> None:
         with pytest.raises(TypeError):
             first.share_map(make_relay(impl="python" if impl == "native" else "native"))
 
-
-def test_packets_without_a_route_never_reach_the_srtp_sender() -> None:
-    """Toward Microsoft before ICE has a pair: the endpoint's sequence numbers wrap while its
-    packets are dropped as NO_ROUTE. SRTP's rollover counter is implicit (RFC 3711 3.3.1):
-    had the sender protected them, its ROC would be one ahead of Microsoft's, which sees its
-    first packet only after the wrap, and every packet of that direction would fail to
-    authenticate there (issue 13's dead stream direction)."""
-    waiting = ForwardingPlan(a=SidePlan(tx_key=KEY_MS_TX),
-                             b=SidePlan(latching=Latching.STRICT, address=VIDEO),
-                             a_to_b=True, b_to_a=True, rtcp=True)
-    native, python = both(waiting)
-    wrap = [(Side.B, rtp(9, seq), VIDEO, i)
-            for i, seq in enumerate([*range(65530, 65536), *range(0, 4)])]
-    out = run_same(native, python, wrap)
-    assert [v for v, _, _ in out] == [Verdict.NO_ROUTE] * len(wrap)
-    paired = ForwardingPlan(a=SidePlan(address=MS, tx_key=KEY_MS_TX), b=waiting.b,
-                            a_to_b=True, b_to_a=True, rtcp=True)
-    native.publish(paired)
-    python.publish(paired)
-    out = run_same(native, python, [(Side.B, rtp(9, seq), VIDEO, 20 + seq)
-                                    for seq in range(4, 9)])
-    assert [v for v, _, _ in out] == [Verdict.FORWARD] * 5
-    microsoft = session(KEY_MS_TX, inbound=True)   # it sees this direction's first packets
-    assert [microsoft.unprotect(o or b"") for _, o, _ in out] == [rtp(9, s) for s in range(4, 9)]

@@ -144,13 +144,7 @@ def test_any_bytes_either_way_are_forwarded_or_dropped_never_raised(impl: str, s
             assert isinstance(verdict, Verdict)
 
 
-_NATIVE_ROUTE_FIRST = pytest.mark.xfail(
-    strict=True, reason="media/relay_native/_relay.c process() still runs the SRTP sender "
-    "before the route check (issue 13: the same move as media/relay_py.py)")
-
-
-@pytest.mark.parametrize("impl", [
-    pytest.param(i, marks=_NATIVE_ROUTE_FIRST) if i == "native" else i for i in IMPLS])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_packets_without_a_route_never_reach_the_srtp_sender(impl: str) -> None:
     """Issue 13: toward Microsoft the relay is the SRTP sender, and SRTP's rollover counter
     is implicit (RFC 3711 §3.3.1): the receiver starts at 0 with the first packet it gets.
