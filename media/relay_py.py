@@ -172,9 +172,10 @@ class PyRelay:
                 src.latch_changed = True
             src.last_heard = now
         plan = self._plan
-        if not (plan.rtcp if rtcp else (plan.a_to_b if side == Side.A else plan.b_to_a)):
-            return Verdict.DIRECTION, None, None
         try:
+            # the receiving context sees every packet of the peer, even one the direction
+            # then drops (a hold): its rollover counter is implicit too, and a wrap it did
+            # not see would leave it a rollover behind the sender after the resume
             if src.rx is not None:
                 mki = rules.rx_mki
                 if mki:
@@ -185,6 +186,8 @@ class PyRelay:
                         return Verdict.SRTP, None, None
                     data = data[:at] + data[at + len(mki):]
                 data = src.rx.unprotect_rtcp(data) if rtcp else src.rx.unprotect(data)
+            if not (plan.rtcp if rtcp else (plan.a_to_b if side == Side.A else plan.b_to_a)):
+                return Verdict.DIRECTION, None, None
             table = self._table
             mapper = table.mapper if self._mapping and table is not None else None
             if mapper is not None:

@@ -341,7 +341,9 @@ static int process(RelayObject *r, const plan_t *p, int s, uint8_t *buf, int *le
         }
         in->last_heard = now;
     }
-    if (!(rtcp ? p->rtcp_live : p->fwd[s])) return V_DIRECTION;
+    /* the receiving SRTP context sees every packet of the peer, even one the direction
+     * then drops (a hold): its rollover counter is implicit too, and a wrap it did not see
+     * would leave it a rollover behind the sender after the resume */
     if (rin->rx) {
         if (n > SRTP_BUF) return V_SRTP;
         if (rin->mki_len) {
@@ -355,6 +357,7 @@ static int process(RelayObject *r, const plan_t *p, int s, uint8_t *buf, int *le
                                         buf, &n);
         if (st != srtp_err_status_ok) return V_SRTP;
     }
+    if (!(rtcp ? p->rtcp_live : p->fwd[s])) return V_DIRECTION;
     ssrcmap_t *m = r->smap;
     if (r->mapping && m && (s == SIDE_B || rtcp)) {
         pthread_mutex_lock(&m->mu);   /* the stream's other relay may be on another worker */

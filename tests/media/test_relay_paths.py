@@ -337,3 +337,25 @@ def test_a_shared_ssrc_map_goes_with_the_last_relay_holding_it() -> None:
         with pytest.raises(TypeError):
             first.share_map(make_relay(impl="python" if impl == "native" else "native"))
 
+
+
+def test_a_hold_does_not_hide_a_sequence_wrap_from_the_srtp_receiver() -> None:
+    """Microsoft keeps sending while the call is held (its direction dropped here) and its
+    sequence numbers wrap meanwhile. SRTP's rollover counter is implicit (RFC 3711 3.3.1):
+    had our receiving context not seen those packets, it would be a rollover behind after
+    the resume, and every packet of that direction would fail to authenticate."""
+    held = ForwardingPlan(a=SidePlan(address=MS, rx_key=KEY_MS_RX, rx_mki=b"\x01"),
+                          b=SidePlan(latching=Latching.STRICT, address=VIDEO),
+                          a_to_b=False, b_to_a=True, rtcp=True)
+    native, python = both(held)
+    microsoft = session(KEY_MS_RX, inbound=False)
+    wrap = [(Side.A, with_mki(microsoft.protect(rtp(7, seq)), b"\x01"), MS, i)
+            for i, seq in enumerate([65533, 65534, 65535, 0, 1])]
+    out = run_same(native, python, wrap)
+    assert [v for v, _, _ in out] == [Verdict.DIRECTION] * len(wrap)
+    resumed = ForwardingPlan(a=held.a, b=held.b, a_to_b=True, b_to_a=True, rtcp=True)
+    native.publish(resumed)
+    python.publish(resumed)
+    out = run_same(native, python, [(Side.A, with_mki(microsoft.protect(rtp(7, seq)), b"\x01"),
+                                     MS, 10 + seq) for seq in range(2, 6)])
+    assert [(v, o) for v, o, _ in out] == [(Verdict.FORWARD, rtp(7, seq)) for seq in range(2, 6)]
