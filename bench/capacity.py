@@ -1,7 +1,7 @@
 """Capacity of the lab: concurrent full-media calls through the gateway until loss passes
 0.1 % or a call cannot be set up.
 
-    .venv/bin/python bench/capacity.py [--steps 10,20,40,80,160,320,500] [--window 5]
+    .venv/bin/python bench/capacity.py [--steps 10,20,40,80,100,160,320] [--window 5]
 
 Each call is the internal Lync client alice -> a SIP endpoint (3001/3002 in turn) through the
 FE, the gateway (ICE + SRTP toward Microsoft, plain RTP toward the endpoint) and CUCM, with
@@ -535,7 +535,7 @@ def _result(step: Step) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default="10,20,40,80,160,320,500",
+    parser.add_argument("--steps", default="10,20,40,80,100,160,320",
                         help="concurrent calls per step, comma separated")
     parser.add_argument("--window", type=float, default=5.0, help="seconds measured per step")
     parser.add_argument("--budget", type=float, default=270.0, help="seconds in all")
@@ -555,7 +555,13 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("aioice", "sip", "lab", "gateway", "media", "turn"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger(__name__).setLevel(logging.INFO)
-    steps = sorted(int(s) for s in args.steps.split(","))
+    try:
+        steps = sorted(int(s) for s in args.steps.split(","))
+    except ValueError:
+        parser.error(f"--steps: numbers of calls, comma separated, not {args.steps!r}")
+    if not steps or steps[0] < 1 or steps[-1] > MAX_STEP:
+        parser.error(f"--steps: 1 to {MAX_STEP} calls each (the media ports "
+                     f"{MEDIA_FIRST}-65535 hold {MAX_STEP} calls), not {args.steps!r}")
     with tempfile.TemporaryDirectory() as temp:
         certs = args.certs or Path(temp) / "certs"
         runner = asyncio.run if args.loop == "asyncio" else aio.run
