@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,22 @@ def nominated_remote_types(lab: Lab, call_id: str) -> list[str]:
     return types
 
 
+def leg_drops(lab: Lab, call_id: str) -> str:
+    """Each stream's (Microsoft leg, video leg) counters at the gateway, the drops by reason:
+    what a failure needs to tell a refused packet from one that never came."""
+    assert lab.gateway is not None
+    call = lab.gateway.calls.get(call_id)
+    if call is None or call.media is None:
+        return "no call"
+    out = []
+    for index, stream in enumerate(call.media.streams):
+        if stream is not None:
+            out.append(f"stream {index}: " + " / ".join(
+                ", ".join(f"{k} {v}" for k, v in asdict(leg).items() if v)
+                for leg in stream.counters()))
+    return "; ".join(out)
+
+
 async def test_sipe_outside_calls_3001_through_the_edge_relay(lab: Lab, sipe: Pidgin) -> None:
     turn = edge_turn(lab)
     await sipe.wait_signed_on(SIGN_IN_TIMEOUT)
@@ -189,8 +206,11 @@ async def test_sipe_outside_calls_3001_through_the_edge_relay(lab: Lab, sipe: Pi
     assert stats.packets_to_peer >= MIN_PACKETS and stats.packets_to_client >= MIN_PACKETS
     endpoint_call = lab.callee_of(call_id, "3001")
     assert endpoint_call is not None
-    report = await endpoint_call.wait_media(both_ways=True, min_packets=MIN_PACKETS,
-                                            timeout=CALL_TIMEOUT)
+    try:
+        report = await endpoint_call.wait_media(both_ways=True, min_packets=MIN_PACKETS,
+                                                timeout=CALL_TIMEOUT)
+    except TimeoutError as exc:   # once (load 10) 3001 got nothing: say where it went
+        raise AssertionError(f"{exc}; the gateway's legs: {leg_drops(lab, call_id)}") from None
     assert report.packets_sent >= MIN_PACKETS and report.packets_received >= MIN_PACKETS
 
     bye_mark = sipe.mark()
