@@ -56,6 +56,9 @@ START_TIMEOUT = 30.0
 QUIT_TIMEOUT = 5.0
 DBUS_VALUE = re.compile(r"^\s*(?:int32|uint32|boolean|string)\s+\"?(.*?)\"?$", re.M)
 SIP_START = re.compile(r"^MESSAGE START ([<>])")
+RESPONSE_HANDLED = r"sipe: process_input_message: removing CSeq "
+"""What sipe logs once the callback of a response it received has returned (sipe 1.25,
+sip-transport.c process_input_message): the end of that response's handling."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,23 +330,54 @@ class Pidgin:
                  fail: str | None = None) -> re.Match[str]:
         """The first line of pidgin's log after ``since`` matching ``pattern`` (PeerError
         after ``timeout``, or at once when a line matches ``fail``)."""
+        return self.wait_log_line(pattern, timeout, since=since, fail=fail)[1]
+
+    def wait_log_line(self, pattern: str, timeout: float, *, since: int = 0,
+                      fail: str | None = None) -> tuple[int, re.Match[str]]:
+        """:meth:`wait_log`, with the line's index in the log."""
         assert self.pidgin is not None
         wanted, failed = re.compile(pattern), re.compile(fail) if fail else None
         seen = [since]
 
-        def check(lines: list[str]) -> re.Match[str] | None:
+        def check(lines: list[str]) -> tuple[int, re.Match[str]] | None:
             for index in range(seen[0], len(lines)):
                 if failed is not None and failed.search(lines[index]):
                     raise PeerError(f"pidgin logged {lines[index].strip()!r} while waiting "
                                     f"for /{pattern}/ (log: {self.log_path})")
                 match = wanted.search(lines[index])
                 if match is not None:
-                    return match
+                    return index, match
             seen[0] = len(lines)
             return None
 
         try:
             return self.pidgin.wait_for_output(check, timeout, f"/{pattern}/", stream="stdout")
+        finally:
+            if self.pidgin.poll() is not None:
+                self.log_path.write_text(self.log())
+
+    def wait_response_handled(self, pattern: str, timeout: float, *, since: int = 0
+                              ) -> str:
+        """The log sipe wrote while handling a response it received, from the first line
+        after ``since`` matching ``pattern`` (logged during that handling) to the end of
+        the handling (:data:`RESPONSE_HANDLED`). pidgin writes each debug line on its own
+        and the log is read as it comes: a line logged later in the same handling (what
+        sipe made of the response's body) may not have been read yet when ``pattern``'s
+        line is seen, but it has been once the end of the handling is (PeerError when
+        either does not come within ``timeout``)."""
+        start, _ = self.wait_log_line(pattern, timeout, since=since)
+        assert self.pidgin is not None
+        handled = re.compile(RESPONSE_HANDLED)
+
+        def check(lines: list[str]) -> str | None:
+            for index in range(start + 1, len(lines)):
+                if handled.search(lines[index]):
+                    return "".join(lines[start:index + 1])
+            return None
+
+        try:
+            return self.pidgin.wait_for_output(check, timeout, f"/{RESPONSE_HANDLED}/",
+                                               stream="stdout")
         finally:
             if self.pidgin.poll() is not None:
                 self.log_path.write_text(self.log())
@@ -398,6 +432,12 @@ class Pidgin:
                     fail: str | None = None) -> re.Match[str]:
         """:meth:`wait_log` without blocking the event loop."""
         return await asyncio.to_thread(self.wait_log, pattern, timeout, since=since, fail=fail)
+
+    async def until_response_handled(self, pattern: str, timeout: float, *,
+                                     since: int = 0) -> str:
+        """:meth:`wait_response_handled` without blocking the event loop."""
+        return await asyncio.to_thread(self.wait_response_handled, pattern, timeout,
+                                       since=since)
 
     async def dbus(self, method: str, *args: str) -> list[str]:
         """:meth:`dbus_call` without blocking the event loop."""
