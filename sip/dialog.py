@@ -150,6 +150,31 @@ class Dialog:
         return dialog
 
     @classmethod
+    def create_fork(cls, sibling: Dialog, response: Response) -> Dialog:
+        """Another dialog of the INVITE that made ``sibling``: a 2xx from another fork, with
+        its own To tag (§13.2.2.4). Our side is as in ``sibling``; the peer's side, its
+        target and route set come from the response (§12.1.2)."""
+        if response.to.tag is None or not 200 <= response.status < 300:
+            raise RemoteProtocolError("a fork's dialog needs a 2xx with a To tag", 400)
+        if sibling.invite_seq is None:
+            raise LocalProtocolError("the sibling dialog was not made by our INVITE", 500)
+        dialog = cls(
+            id=DialogId.of_received_response(response),
+            is_uac=True,
+            local_address=sibling.local_address,
+            remote_address=response.to,
+            remote_target=_contact_uri(response, sibling.remote_target),
+            route_set=tuple(reversed(response.record_route)),
+            local_seq=sibling.invite_seq,
+            remote_seq=None,
+            secure=sibling.secure,
+            local_contact=sibling.local_contact,
+            invite_seq=sibling.invite_seq,
+        )
+        dialog.state = transition(DIALOG_TABLE, dialog.state, _status_input(response.status))
+        return dialog
+
+    @classmethod
     def create_uas(
         cls, request: Request, response: Response, *, local_contact: str | None = None
     ) -> Dialog:

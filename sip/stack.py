@@ -452,7 +452,7 @@ class SipStack:
             queue.append((message, hop))
             return
         self._outgoing[key] = deque([(message, hop)])
-        self._spawn(self._drain(key))
+        self.spawn(self._drain(key))
 
     async def _drain(self, key: tuple[Any, ...]) -> None:
         queue = self._outgoing[key]
@@ -503,7 +503,8 @@ class SipStack:
                 self._process()
                 return
 
-    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+    def spawn(self, coroutine: Awaitable[Any]) -> None:
+        """Run ``coroutine`` as one of the stack's tasks (awaited, bounded, by ``close``)."""
         task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -553,7 +554,7 @@ class SipStack:
             self._answer_if_pending(transaction, 500)
             return
         if inspect.isawaitable(result):
-            self._spawn(self._await_handler(transaction, result))
+            self.spawn(self._await_handler(transaction, result))
 
     async def _await_handler(self, transaction: ServerTransaction, result: Awaitable[None]) -> None:
         try:

@@ -347,19 +347,49 @@ class UserAgent:
             self.handle_ack_timeout(dialog)
 
     def _on_stray_response(self, response: Response) -> None:
-        dialog = self.dialogs.for_response(response)
-        if (
-            dialog is not None
-            and response.cseq.method == "INVITE"
-            and 200 <= response.status < 300
-            and dialog.invite_seq == response.cseq.seq
-        ):
-            # §13.2.2.4: a 2xx retransmitted after our transaction ended gets the ACK again.
-            self.send_ack(dialog, None)
-        else:
-            logger.debug(
-                "stray %d response (Call-ID %s) dropped", response.status, response.call_id
-            )
+        if response.cseq.method == "INVITE" and 200 <= response.status < 300:
+            dialog = self.dialogs.for_response(response)
+            if dialog is not None and dialog.invite_seq == response.cseq.seq:
+                # §13.2.2.4: a 2xx retransmitted after our transaction ended gets the ACK again.
+                self.send_ack(dialog, None)
+                return
+            sibling = self._forked_from(response) if dialog is None else None
+            if sibling is not None:
+                self._end_fork(sibling, response)
+                return
+        logger.debug("stray %d response (Call-ID %s) dropped", response.status, response.call_id)
+
+    def _forked_from(self, response: Response) -> Dialog | None:
+        """Our dialog made by the same INVITE as this 2xx from another fork (same Call-ID,
+        our tag and CSeq, another To tag), if any."""
+        for dialog in self.dialogs:
+            if (dialog.is_uac and dialog.id.call_id == response.call_id
+                    and dialog.id.local_tag == response.from_.tag
+                    and dialog.invite_seq == response.cseq.seq):
+                return dialog
+        return None
+
+    def _end_fork(self, sibling: Dialog, response: Response) -> None:
+        """§13.2.2.4: a forked INVITE's 2xx after the first is ACKed like it; we keep one
+        dialog per call, so the other is ended with a BYE right after. It stays known (for
+        the ACK of its retransmissions) until its BYE is answered."""
+        fork = Dialog.create_fork(sibling, response)
+        self.dialogs.add(fork, self.dialogs.hop(sibling))
+        logger.info("2xx from another fork of Call-ID %s (To tag %s): ACK and BYE",
+                    response.call_id, response.to.tag)
+        self.send_ack(fork, None)
+        self.stack.spawn(self._bye_fork(fork))
+
+    async def _bye_fork(self, fork: Dialog) -> None:
+        try:
+            request, hop = self.dialog_request(fork, "BYE")
+            answer = await self.stack.send_request(request, hop)
+            logger.debug("BYE to the extra fork answered %d", answer.status)
+        except Exception as exc:  # the fork's peer gone: nothing more to end
+            logger.info("BYE to the extra fork of Call-ID %s failed: %s", fork.id.call_id, exc)
+        finally:
+            fork.terminate()
+            self.dialogs.remove(fork.id)
 
 
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})

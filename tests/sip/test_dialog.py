@@ -255,3 +255,26 @@ def test_call_whose_ack_never_arrives_drops_after_32_seconds() -> None:
     pair.uas.send_request(bye, pair.uac_addr, pair.now)
     pair.flush()
     assert only(drain(pair.uac), RequestReceived)[0].request.method == "BYE"
+
+
+def test_a_second_forks_2xx_makes_its_own_dialog_of_the_same_invite() -> None:
+    """§13.2.2.4: a forked INVITE answered 2xx by two UASs makes two dialogs; the second,
+    made from our first and the other 2xx, has the other To tag, target and route set, and
+    its ACK and BYE follow the INVITE's CSeq (the UA ACKs it and BYEs it at once)."""
+    invite = wire(initial_invite())
+    assert isinstance(invite, Request)
+    first = Dialog.create_uac(invite, wire(uas_ok(invite)), local_contact=UAC_CONTACT)  # type: ignore[arg-type]
+    other = make_response(invite, 200, to_tag="carol")
+    other.headers.add("Contact", "<sip:bob@127.0.0.3:5070>")
+    other.headers.add("Record-Route", "<sip:p3.example.com;lr>")
+    fork = Dialog.create_fork(first, other)
+    assert fork.id == DialogId(invite.call_id, "fromtag1", "carol") != first.id
+    assert fork.state is DialogState.CONFIRMED and fork.is_uac
+    assert fork.remote_target == URI.parse("sip:bob@127.0.0.3:5070")
+    assert [str(r.uri) for r in fork.route_set] == ["sip:p3.example.com;lr"]
+    ack = fork.create_ack()
+    assert (ack.cseq.seq, ack.cseq.method, ack.to.tag) == (10, "ACK", "carol")
+    bye = fork.create_request("BYE")
+    assert (bye.cseq.seq, bye.to.tag, bye.from_.tag) == (11, "carol", "fromtag1")
+    with pytest.raises(RemoteProtocolError):
+        Dialog.create_fork(first, make_response(invite, 180, to_tag="dave"))
