@@ -321,10 +321,20 @@ class Pidgin:
         assert self.pidgin is not None
         return self.pidgin.stdout() + "\n=== stderr ===\n" + self.pidgin.stderr()
 
+    def lines(self) -> list[str]:
+        """pidgin's stdout so far, one entry per line as the reader read it (cut at "\n"
+        only): the lines :meth:`mark`, :meth:`wait_log` and :meth:`sip_messages` count
+        ``since`` in. ``str.splitlines`` would also cut at a lone "\r", a form feed or
+        U+2028 inside a line (a SIP body, an IM's text), and count past lines not yet seen."""
+        assert self.pidgin is not None
+        lines = self.pidgin.stdout().split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        return lines
+
     def mark(self) -> int:
         """A position in the log: :meth:`wait_log` ``since`` it sees only later lines."""
-        assert self.pidgin is not None
-        return len(self.pidgin.stdout().splitlines(keepends=True))
+        return len(self.lines())
 
     def wait_log(self, pattern: str, timeout: float, *, since: int = 0,
                  fail: str | None = None) -> re.Match[str]:
@@ -385,11 +395,10 @@ class Pidgin:
     def sip_messages(self, since: int = 0) -> list[SipLogEntry]:
         """The SIP messages sipe logged after line ``since``: it logs each whole message
         between "MESSAGE START >>>>>>>>>>" (sent; "<<<<<<<<<<" received) and "MESSAGE END"."""
-        assert self.pidgin is not None
         messages: list[SipLogEntry] = []
         current: list[str] | None = None
         sent = False
-        for line in self.pidgin.stdout().splitlines()[since:]:
+        for line in self.lines()[since:]:
             start = SIP_START.match(line)
             if start is not None:
                 current, sent = [], start.group(1) == ">"

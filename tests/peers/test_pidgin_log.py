@@ -98,3 +98,25 @@ def test_a_handling_that_does_not_end_times_out(writer: Pidgin) -> None:
     """Bounded: the writer held at the gate never ends the handling."""
     with pytest.raises(PeerError, match="removing CSeq"):
         writer.wait_response_handled(SUBSCRIBE_ANSWERED, 0.5)
+
+
+def test_a_mark_counts_the_lines_as_read(tmp_path: Path, gate: Path) -> None:
+    """A line holding a lone "\\r" (or a form feed, U+2028: what str.splitlines also cuts
+    at) is one line of the log: a wait since a mark taken after it sees every later line,
+    the first one included, however late the wait starts."""
+    account = SipeAccount(user="alice@example.com", password="x", server="fe", port=5061)
+    pidgin = Pidgin(account, tmp_path, server_cert_pem=b"")
+    pidgin.pidgin = PeerProcess(
+        [sys.executable, "-c", WRITER, "(10:00:00) sipe: a body line\rwith a carriage return",
+         "(10:00:01) autoanswer: signed on\n(10:00:02) sipe: a later line", str(gate)],
+        name="writer")
+    try:
+        pidgin.wait_log(r"carriage return", TIMEOUT)
+        mark = pidgin.mark()
+        release(gate)
+        pidgin.wait_log(r"a later line", TIMEOUT, since=mark)
+        assert pidgin.wait_log(r"autoanswer: signed on", TIMEOUT, since=mark)
+        assert pidgin.lines()[mark:] == ["(10:00:01) autoanswer: signed on",
+                                         "(10:00:02) sipe: a later line"]
+    finally:
+        pidgin.pidgin.stop()
