@@ -215,8 +215,11 @@ class Dialog:
             return  # they carry the INVITE's number and are no new request in sequence
         seq = request.cseq.seq
         if self.remote_seq is not None and seq < self.remote_seq:
+            # the phrase does not start with "CSeq": simple parsers (SIPp) took it for the
+            # CSeq header when looking for that name at a line start
             raise RemoteProtocolError(
-                f"CSeq {seq} is lower than the dialog's remote sequence {self.remote_seq}", 500
+                f"Out of order: sequence number {seq} is below the dialog's {self.remote_seq}",
+                500,
             )
         self.remote_seq = seq
         if request.method in TARGET_REFRESH and request.contact:
