@@ -133,21 +133,12 @@ class Dialog:
             raise RemoteProtocolError("a dialog needs a 101-299 response with a To tag", 400)
         if request.from_.tag is None:
             raise LocalProtocolError("our request has no From tag", 500)
-        dialog = cls(
-            id=DialogId.of_received_response(response),
-            is_uac=True,
-            local_address=request.from_,
-            remote_address=response.to,
-            remote_target=_contact_uri(response, request.uri),
-            route_set=tuple(reversed(response.record_route)),
-            local_seq=request.cseq.seq,
-            remote_seq=None,
+        return cls._of_uac(
+            response, request.from_, request.uri, request.cseq.seq,
             secure=request.uri.scheme.lower() == "sips",
             local_contact=local_contact or request.headers.get("Contact"),
             invite_seq=request.cseq.seq if request.method == "INVITE" else None,
         )
-        dialog.state = transition(DIALOG_TABLE, dialog.state, _status_input(response.status))
-        return dialog
 
     @classmethod
     def create_fork(cls, sibling: Dialog, response: Response) -> Dialog:
@@ -158,18 +149,30 @@ class Dialog:
             raise RemoteProtocolError("a fork's dialog needs a 2xx with a To tag", 400)
         if sibling.invite_seq is None:
             raise LocalProtocolError("the sibling dialog was not made by our INVITE", 500)
+        return cls._of_uac(
+            response, sibling.local_address, sibling.remote_target, sibling.invite_seq,
+            secure=sibling.secure, local_contact=sibling.local_contact,
+            invite_seq=sibling.invite_seq,
+        )
+
+    @classmethod
+    def _of_uac(
+        cls, response: Response, local_address: Address, target_fallback: URI, local_seq: int,
+        *, secure: bool, local_contact: str | None, invite_seq: int | None,
+    ) -> Dialog:
+        """A UAC's dialog: the peer's side, target and route set from ``response``."""
         dialog = cls(
             id=DialogId.of_received_response(response),
             is_uac=True,
-            local_address=sibling.local_address,
+            local_address=local_address,
             remote_address=response.to,
-            remote_target=_contact_uri(response, sibling.remote_target),
+            remote_target=_contact_uri(response, target_fallback),
             route_set=tuple(reversed(response.record_route)),
-            local_seq=sibling.invite_seq,
+            local_seq=local_seq,
             remote_seq=None,
-            secure=sibling.secure,
-            local_contact=sibling.local_contact,
-            invite_seq=sibling.invite_seq,
+            secure=secure,
+            local_contact=local_contact,
+            invite_seq=invite_seq,
         )
         dialog.state = transition(DIALOG_TABLE, dialog.state, _status_input(response.status))
         return dialog
