@@ -472,6 +472,11 @@ class Call:
         if event.cancelled:
             return self._end(CallResult.CANCELLED, "cancelled", None, now)
         text = f"BYE from the {self.side(role).value} side"
+        if role is Role.UAC and self.uas.state in _UAS_PENDING:
+            # The callee answered and hung up before its 2xx reached the caller: the call
+            # never connected (``_end`` answers the caller's INVITE 480).
+            return self._end(CallResult.FAILED, f"{text} before the caller was answered",
+                             event.reason or reason_header(200, text), now)
         return self._end(CallResult.COMPLETED, text,
                          event.reason or reason_header(200, text), now)
 
@@ -483,6 +488,13 @@ class Call:
         self.phase = Phase.ENDED
         self.outcome = Outcome(result, text)
         actions: list[CallAction] = []
+        if self.uas.state in _UAS_PENDING:
+            # The caller's INVITE is still unanswered (the callee hung up while its 2xx was
+            # being relayed): it gets a final response, never silence (RFC 3261 §13.3.1).
+            headers = (reason,) if reason is not None and reason[1].startswith("Q.850") else ()
+            actions += self._safely(Role.UAS, Fail(
+                480, f"Temporarily Unavailable: the call ended before it was answered "
+                     f"({text})", headers), now)
         for role in (Role.UAS, Role.UAC):
             leg = self.uas if role is Role.UAS else self.uac
             if leg is None or leg.state in _UAS_PENDING and role is Role.UAS:

