@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,7 +213,11 @@ class DialogActions:
             run = self._runs[active.call_id]
             incoming, run.incoming = run.incoming, None
             if incoming is not None:
-                leg.agent.stack.respond(incoming[0], action.status, action.reason)
+                headers: tuple[Header, ...] = ()
+                if action.retry_after:  # §14.2: "randomly chosen ... between 0 and 10 seconds"
+                    headers = (("Retry-After", str(random.randint(0, 10))),)
+                leg.agent.stack.respond(incoming[0], action.status, action.reason,
+                                        headers=headers)
         return None
 
     def _send_invite(self, active: ActiveCall, action: SendInvite) -> None:

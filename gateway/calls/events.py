@@ -337,11 +337,14 @@ class SendUpdateReject:
 
 @dataclass(frozen=True, slots=True)
 class RefuseReinvite:
-    """491 to the re-INVITE that just came in (another offer/answer is under way): it
-    answers that new request, not the pending one."""
+    """A refusal of the re-INVITE or UPDATE that just came in (another offer/answer is
+    under way): it answers that new request, not the pending one. 491 when the offer under
+    way is ours; 500 with a random ``Retry-After`` of 0-10 s (``retry_after``, chosen by the
+    adapter) when it is the peer's own earlier offer (RFC 3261 §14.2, RFC 3311 §5.2)."""
 
     status: int = 491
     reason: str = "Request Pending"
+    retry_after: bool = False
 
 
 @dataclass(frozen=True, slots=True)

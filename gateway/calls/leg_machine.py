@@ -189,6 +189,14 @@ class LegMachine:
     def _refuse_reinvite(self, event: object) -> Step:
         return self.state, [RefuseReinvite()]
 
+    def _refuse_overlapping(self, event: object) -> Step:
+        """The peer offers again while its own earlier offer awaits our answer: not glare
+        (491 would say we have an offer out) but 500 + Retry-After (RFC 3261 §14.2 for a
+        re-INVITE, RFC 3311 §5.2 for an UPDATE)."""
+        return self.state, [RefuseReinvite(500, "Server Internal Error: an earlier offer "
+                                                "of yours is still being answered",
+                                           retry_after=True)]
+
     def _update(self, event: Update) -> Step:
         return _S.REOFFERING, [SendReinvite(event.sdp)]
 
@@ -288,8 +296,8 @@ IN_CALL: Table = {
         **_TIMER_ROWS,
         EventKind.CONNECT: "_update_answered",
         EventKind.FAIL: "_update_refused",
-        EventKind.REINVITE_IN: "_refuse_reinvite",
-        EventKind.UPDATE_IN: "_refuse_reinvite",
+        EventKind.REINVITE_IN: "_refuse_overlapping",
+        EventKind.UPDATE_IN: "_refuse_overlapping",
         EventKind.ACK_IN: "_stay",
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect_updating",

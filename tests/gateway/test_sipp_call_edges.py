@@ -48,3 +48,18 @@ def test_callee_hanging_up_as_it_answers_still_ends_the_callers_invite(
     finals = received(caller.messages, "SIP/2.0 200 ") + received(caller.messages, "SIP/2.0 480 ")
     assert len(finals) >= 1, context
     gateway.wait_status(idle, SETTLE, "no call and no port after the callee left")
+
+
+def test_a_second_reinvite_while_the_first_is_pending_gets_500_with_retry_after(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """RFC 3261 §14.2: CUCM re-INVITEs (relayed to the FE, which answers 1.5 s later) and at
+    once re-INVITEs again; the second gets 500 with Retry-After 0-10 from the gateway (not
+    491, which says the *gateway* has an offer out), the first its 200, and the FE sees
+    only the first."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_overlapping_reinvite.xml",
+                                      fe_file="lync_fe_uac_slow_reinvite_answer.xml",
+                                      timeout=40.0)
+    both_succeeded(caller, callee, context)
+    assert len(received(caller.messages, "INVITE sip:")) == 1, context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the overlapping re-INVITE")

@@ -18,6 +18,7 @@ from gateway.calls.events import (
     PrackTimeout,
     RefreshAnswered,
     RefreshIn,
+    RefuseReinvite,
     ReinviteIn,
     ResponseIn,
     Ring,
@@ -67,6 +68,7 @@ SAMPLES: dict[EventKind, LegEvent | SipInput] = {
 
 def render(actions: list[LegAction]) -> str:
     """``SendAck,Emit:Connect`` (``-`` for none)."""
-    names = [f"Emit:{type(a.event).__name__}" if isinstance(a, Emit) else type(a).__name__
-             for a in actions]
+    names = [f"Emit:{type(a.event).__name__}" if isinstance(a, Emit)
+             else f"RefuseReinvite:{a.status}" if isinstance(a, RefuseReinvite)
+             else type(a).__name__ for a in actions]
     return ",".join(names) or "-"

@@ -19,6 +19,7 @@ from gateway.calls.events import (
     CancelIn,
     RefreshAnswered,
     RefreshIn,
+    RefuseReinvite,
     ReinviteIn,
     ResponseIn,
     SendAnswer,
@@ -209,7 +210,22 @@ def test_a_crossing_reinvite_gets_491() -> None:
     b2bua = connected(auto=True)
     b2bua.caller(ReinviteIn(sdp("hold")))
     b2bua.callee(ReinviteIn(sdp("video")))
-    assert b2bua.to(UAC)[-1] == "RefuseReinvite"
+    assert b2bua.last(UAC) == RefuseReinvite(491, "Request Pending")
+
+
+def test_a_second_offer_from_the_same_side_while_its_first_is_answered_gets_500() -> None:
+    """RFC 3261 §14.2 / RFC 3311 §5.2: not glare (our offer is not out) but the peer's own
+    earlier offer still unanswered: 500 with Retry-After, the first goes on."""
+    for second in (ReinviteIn(sdp("again")), UpdateIn(sdp("again"))):
+        b2bua = connected(auto=True)
+        b2bua.callee(ReinviteIn(sdp("video")))
+        b2bua.callee(second)
+        refusal = b2bua.last(UAC)
+        assert isinstance(refusal, RefuseReinvite) and refusal.status == 500, refusal
+        assert refusal.retry_after
+        b2bua.caller(ResponseIn(200, "OK", sdp("fe")))
+        answer = b2bua.last(UAC)
+        assert isinstance(answer, SendUpdateAnswer) and b2bua.call.connected
 
 
 def test_a_reinvite_without_sdp_is_answered_with_what_we_last_sent() -> None:
