@@ -63,3 +63,18 @@ def test_a_second_reinvite_while_the_first_is_pending_gets_500_with_retry_after(
     both_succeeded(caller, callee, context)
     assert len(received(caller.messages, "INVITE sip:")) == 1, context
     gateway.wait_status(idle, SETTLE, "no call and no port after the overlapping re-INVITE")
+
+
+def test_in_dialog_strays_are_refused_and_the_call_goes_on(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """CUCM, in a connected call, sends OPTIONS (200), INFO with a wrong To tag (481), a
+    re-INVITE with a lower CSeq (500), one requiring "foo"
+    (420 + Unsupported), a CANCEL matching nothing (481), then BYE: the call survived
+    every stray, and the FE gets the BYE. Nothing of the strays reaches the FE."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_stray_requests.xml",
+                                      fe_file="lync_fe_uac_cleared.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    assert not received(caller.messages, "INVITE sip:"), context
+    assert not received(caller.messages, "INFO sip:"), context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the strays")
