@@ -50,6 +50,7 @@ from gateway.calls.events import (
 from gateway.calls.leg_machine import LegMachine, LegState
 from gateway.calls.refusals import (
     EXPECTED_ERRORS,
+    callee_final,
     callee_refusal,
     media_refusal,
 )
@@ -437,7 +438,15 @@ class Call:
                     else f"Request Timeout: no answer from {self.target_zone}")
             actions = self._ask(Role.UAS, Fail(status, text), now)
             return actions + self._end(CallResult.FAILED, text, None, now)
-        actions = self._ask(Role.UAS, Fail(event.status, event.reason, event.headers), now)
+        if event.status == 503 and self.hop_index + 1 < self.hops:
+            # RFC 3263 §4.3: a 503 sends the request to the zone's next peer.
+            logger.warning("[%s] peer %d of %s answered 503, trying the next one",
+                           self.call_id, self.hop_index + 1, self.target_zone)
+            self.hop_index += 1
+            self.uac = None
+            return self._place(self.offer, now, retry=False)
+        status, reason, headers = callee_final(event.status, event.reason, event.headers)
+        actions = self._ask(Role.UAS, Fail(status, reason, headers), now)
         result = CallResult.CANCELLED if event.status == 487 else CallResult.REJECTED
         return actions + self._end(result, f"{event.status} {event.reason}", None, now)
 

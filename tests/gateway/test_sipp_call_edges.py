@@ -8,13 +8,20 @@ in docs/call-control.md ("Edge cases").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from certs.pki import LabPKI
-from tests.gateway.conftest import RunningGateway, idle, require_peers, run_gateway
+from tests.gateway.conftest import (
+    RunningGateway,
+    idle,
+    require_peers,
+    run_gateway,
+    scenario,
+)
 from tests.gateway.test_sipp_call_features import (
     SETTLE,
     both_succeeded,
@@ -78,3 +85,52 @@ def test_in_dialog_strays_are_refused_and_the_call_goes_on(
     assert not received(caller.messages, "INVITE sip:"), context
     assert not received(caller.messages, "INFO sip:"), context
     gateway.wait_status(idle, SETTLE, "no call and no port after the strays")
+
+
+def final_of(messages: str) -> str:
+    """The final response SIPp received to its INVITE (status line and headers)."""
+    finals = [m for m in received(messages, "SIP/2.0 ")
+              if not re.search(r"^SIP/2.0 1\d\d ", m, re.M)]
+    assert len(finals) == 1, messages
+    return finals[0]
+
+
+@pytest.mark.parametrize(
+    ("callee", "expected", "absent"),
+    [
+        # (status, reason, extra header, Q.850 cause) -> status line the FE gets, and what it
+        # must not see.
+        ((486, "Busy Here", "X-Test: none", 17), "486 Busy Here", None),
+        ((603, "Decline", "X-Test: none", 21), "603 Decline", None),
+        ((404, "Not Found", "X-Test: none", 1), "404 Not Found", None),
+        # RFC 3261 §16.7 / §21.5.4: the callee's 503 (and its Retry-After) would tell the FE
+        # that the *gateway* is unavailable.
+        ((503, "Service Unavailable", "Retry-After: 60", 34), "500 ", "Retry-After"),
+        # A redirect cannot be followed by the caller through a B2BUA (no Contact of the
+        # video side leaks to Microsoft).
+        ((302, "Moved Temporarily", "Contact: <sip:3002@127.0.3.1:5060>", 16), "480 ",
+         "Contact"),
+        # The callee challenges the gateway's INVITE: the caller has no credential to give.
+        ((407, "Proxy Authentication Required",
+          'Proxy-Authenticate: Digest realm="cucm", nonce="abc"', 21), "403 ",
+         "Proxy-Authenticate"),
+    ],
+    ids=["486", "603", "404", "503", "302", "407"])
+def test_the_callees_refusal_reaches_the_caller_as_a_b2bua_should_relay_it(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path,
+    callee: tuple[int, str, str, int], expected: str, absent: str | None
+) -> None:
+    status, reason, header, cause = callee
+    refusing = tmp_path / f"cucm_uas_refuses_{status}.xml"
+    refusing.write_text(scenario("cucm_uas_refuses.xml").read_text().replace(
+        "SIP/2.0 486 [reason]", f"SIP/2.0 {status} [reason]"))
+    caller, cucm, context = fe_call(
+        gateway, pki, tmp_path, str(refusing), fe_file="lync_fe_uac_refused.xml",
+        cucm_keys={"reason": reason, "header": header, "cause": str(cause)})
+    both_succeeded(caller, cucm, context)  # CUCM got the gateway's ACK, the FE a final
+    final = final_of(caller.messages)
+    assert re.search(rf"^SIP/2.0 {expected}", final, re.M), context
+    assert re.search(rf"^Reason: Q.850;cause={cause}", final, re.M), final
+    if absent is not None:
+        assert not re.search(rf"^{absent}:", final, re.M), final
+    gateway.wait_status(idle, SETTLE, "no call and no port after the refusal")

@@ -185,6 +185,39 @@ def test_an_unreachable_peer_is_skipped_for_the_next_one() -> None:
     assert reject == SendReject(503, "Service Unavailable: CUCM unreachable")
 
 
+def test_hop_by_hop_refusals_of_the_callee_are_translated_for_the_caller() -> None:
+    """503 (+ Retry-After) would say the gateway is down: 500. A 3xx cannot be followed
+    through a B2BUA: 480. A 401/407 challenges the gateway, not the caller: 403. The
+    Reason header stays; the rest (486, 404, 6xx) is relayed as is."""
+    reason = ("Reason", "Q.850;cause=34")
+    cases = [
+        ((503, "Service Unavailable", (("Retry-After", "60"), reason)), 500, (reason,)),
+        ((302, "Moved Temporarily", (reason,)), 480, (reason,)),
+        ((407, "Proxy Authentication Required", (reason,)), 403, (reason,)),
+        ((603, "Decline", (reason,)), 603, (reason,)),
+    ]
+    for (status, text, headers), expected, kept in cases:
+        b2bua = B2bua()
+        b2bua.invite(sdp("caller"))
+        b2bua.callee(ResponseIn(status, text, headers=headers))
+        reject = b2bua.last(UAS)
+        assert isinstance(reject, SendReject), reject
+        assert (reject.status, reject.headers) == (expected, kept), reject
+        assert str(status) in reject.reason or status == expected
+        assert b2bua.ended[0].outcome.result is CallResult.REJECTED
+
+
+def test_a_503_from_one_peer_of_the_zone_tries_the_next() -> None:
+    b2bua = B2bua(hops=2)
+    b2bua.invite(sdp("caller"))
+    b2bua.callee(ResponseIn(503, "Service Unavailable"))
+    assert b2bua.to(UAC) == ["SendInvite", "SendInvite"] and b2bua.call.hop_index == 1
+    assert b2bua.to(UAS) == []
+    b2bua.callee(ResponseIn(503, "Service Unavailable"))
+    reject = b2bua.last(UAS)
+    assert isinstance(reject, SendReject) and reject.status == 500
+
+
 def test_a_reinvite_is_rewritten_relayed_and_answered() -> None:
     b2bua = connected()
     b2bua.caller(ReinviteIn(sdp("hold")))
