@@ -134,3 +134,18 @@ def test_the_callees_refusal_reaches_the_caller_as_a_b2bua_should_relay_it(
     if absent is not None:
         assert not re.search(rf"^{absent}:", final, re.M), final
     gateway.wait_status(idle, SETTLE, "no call and no port after the refusal")
+
+
+def test_reinvite_glare_gets_491_both_ways_and_the_retry_goes_through(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """RFC 3261 §14.1: the FE's hold is relayed to CUCM just as CUCM re-INVITEs. The
+    gateway answers CUCM's re-INVITE 491 (its own is out), relays CUCM's 491 for the hold
+    to the FE (ACKing it), and the FE's retry 2.5 s later is relayed and answered: the call
+    is held, then cleared by the FE's BYE. The gateway does not retry on its own: the 491
+    goes back to whoever made the offer, who owns the §14.1 timer."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_glare.xml",
+                                      fe_file="lync_fe_uac_glare.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    assert len(received(callee.messages, "INVITE sip:")) == 3, context  # call, hold, retry
+    gateway.wait_status(idle, SETTLE, "no call and no port after the glare")
