@@ -149,3 +149,14 @@ def test_reinvite_glare_gets_491_both_ways_and_the_retry_goes_through(
     both_succeeded(caller, callee, context)
     assert len(received(callee.messages, "INVITE sip:")) == 3, context  # call, hold, retry
     gateway.wait_status(idle, SETTLE, "no call and no port after the glare")
+
+
+def test_bye_crossing_a_relayed_reinvite_ends_both_the_reinvite_and_the_call(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """CUCM BYEs while the FE's hold (relayed to it) is unanswered: the FE's re-INVITE gets
+    487 and the FE the gateway's BYE; CUCM's late 487 for the relayed re-INVITE is ACKed."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_bye_during_reinvite.xml",
+                                      fe_file="lync_fe_uac_reinvite_cut.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    gateway.wait_status(idle, SETTLE, "no call and no port after the BYE crossing the hold")
