@@ -160,6 +160,8 @@ class CallController(DialogActions):
             leg.agent.answer_options(transaction)
         elif method in ("INFO", "NOTIFY") and not request.body:
             stack.respond(transaction, 200)
+        elif method == "INFO":
+            self._info(active, role, leg, transaction, request)
         else:
             stack.respond(transaction, 501)
         return None

@@ -78,6 +78,10 @@ logger = logging.getLogger(__name__)
 
 Header = tuple[str, str]
 
+MEDIA_CONTROL = "application/media_control+xml"
+"""RFC 5168 (picture fast update), the INFO body both Lync and Unified CM send mid-call
+to ask the far encoder for a key frame: the one INFO body relayed to the other leg."""
+
 
 def invite_headers(side: LegSide, policy: TimerPolicy) -> tuple[Header, ...]:
     """What our INVITE says it supports, and the session timer it asks for: toward the
@@ -213,11 +217,11 @@ class DialogActions:
             run = self._runs[active.call_id]
             incoming, run.incoming = run.incoming, None
             if incoming is not None:
-                headers: tuple[Header, ...] = ()
+                extra: tuple[Header, ...] = ()
                 if action.retry_after:  # §14.2: "randomly chosen ... between 0 and 10 seconds"
-                    headers = (("Retry-After", str(random.randint(0, 10))),)
+                    extra = (("Retry-After", str(random.randint(0, 10))),)
                 leg.agent.stack.respond(incoming[0], action.status, action.reason,
-                                        headers=headers)
+                                        headers=extra)
         return None
 
     def _send_invite(self, active: ActiveCall, action: SendInvite) -> None:
@@ -542,6 +546,40 @@ class DialogActions:
                 session = None
         self._input(active, role, RefreshAnswered(response.status, session),
                     "refreshing the session")
+
+    def _info(self, active: ActiveCall, role: Role, leg: Leg, tx: ServerTransaction,
+              request: Request) -> None:
+        """An INFO with a body: a media control request (RFC 5168) is relayed in the other
+        leg's dialog and its final status returned (the far encoder is the one that can
+        send a key frame); any other body gets 415 naming what we take. Statuses that
+        would end this dialog's usage (RFC 5057: 408, 481) are not passed back as such."""
+        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip()
+        if content_type.lower() != MEDIA_CONTROL:
+            leg.agent.stack.respond(tx, 415, headers=(("Accept", MEDIA_CONTROL),))
+            return
+        other_role = Role.UAC if role is Role.UAS else Role.UAS
+        other = active.outbound if other_role is Role.UAC else active.inbound
+        if other is None or other.dialog is None or not other.confirmed:
+            leg.agent.stack.respond(tx, 500, "Server Internal Error: the other side's "
+                                             "dialog is not up yet")
+            return
+        relayed, hop = other.agent.dialog_request(other.dialog, "INFO", body=request.body,
+                                                  content_type=content_type)
+        client = other.agent.stack.start_request(relayed, hop)
+        self._spawn(self._info_answer(leg, tx, client))
+
+    async def _info_answer(self, leg: Leg, tx: ServerTransaction, client: ClientRequest
+                           ) -> None:
+        try:
+            response = await client.response()
+        except SipTimeoutError:
+            leg.agent.stack.respond(tx, 504, "Server Time-out: no answer from the other side")
+            return
+        if response.status in (408, 481):
+            leg.agent.stack.respond(tx, 504, f"Server Time-out: the other side answered "
+                                             f"{response.status} {response.reason}")
+            return
+        leg.agent.stack.respond(tx, response.status, response.reason)
 
     def _reinvite(self, active: ActiveCall, role: Role, tx: ServerTransaction,
                   request: Request) -> None:

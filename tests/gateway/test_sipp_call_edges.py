@@ -160,3 +160,17 @@ def test_bye_crossing_a_relayed_reinvite_ends_both_the_reinvite_and_the_call(
                                       fe_file="lync_fe_uac_reinvite_cut.xml", timeout=40.0)
     both_succeeded(caller, callee, context)
     gateway.wait_status(idle, SETTLE, "no call and no port after the BYE crossing the hold")
+
+
+def test_a_picture_fast_update_info_is_relayed_and_other_info_bodies_get_415(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """CUCM asks for a key frame (INFO application/media_control+xml, RFC 5168): the FE
+    gets the INFO in its dialog, its 200 comes back to CUCM. CUCM's DTMF INFO gets 415 with
+    Accept naming what is relayed (before: 501 to both)."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_info.xml",
+                                      fe_file="lync_fe_uac_info.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    (info,) = received(caller.messages, "INFO sip:")
+    assert "dtmf" not in info, info
+    gateway.wait_status(idle, SETTLE, "no call and no port after the INFO")
