@@ -174,3 +174,16 @@ def test_a_picture_fast_update_info_is_relayed_and_other_info_bodies_get_415(
     (info,) = received(caller.messages, "INFO sip:")
     assert "dtmf" not in info, info
     gateway.wait_status(idle, SETTLE, "no call and no port after the INFO")
+
+
+def test_a_cancel_after_the_200_is_answered_200_and_the_call_stays_up(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """RFC 3261 §9.2: CUCM CANCELs after our 200 reached it. The CANCEL gets 200, no 487
+    follows, nothing reaches the FE but the ACK and, later, CUCM's BYE."""
+    caller, callee, context = cucm_call(gateway, pki, tmp_path, "cucm_uac_cancel_after_200.xml",
+                                        fe_file="lync_fe_uas_plain.xml")
+    both_succeeded(caller, callee, context)
+    assert not received(caller.messages, "SIP/2.0 487 "), context
+    assert not received(callee.messages, "CANCEL "), context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the late CANCEL")
