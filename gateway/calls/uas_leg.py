@@ -60,6 +60,12 @@ class UasLeg(LegMachine):
         return _S.DISCONNECTED, [SendReject(487, "Request Terminated"),
                                  Emit(Disconnect("cancelled", cancelled=True))]
 
+    def _early_bye(self, event: object) -> Step:
+        """RFC 3261 §15: the caller may BYE the early dialog of our reliable 1xx (video side,
+        100rel); §15.1.2: the INVITE then gets 487 and the call ends like a CANCEL."""
+        return _S.DISCONNECTED, [SendReject(487, "Request Terminated"),
+                                 Emit(Disconnect("BYE in the early dialog", cancelled=True))]
+
     def _ack(self, event: AckIn) -> Step:
         return _S.CONNECTED, [Emit(Confirm(event.sdp))]
 
@@ -80,6 +86,7 @@ _PENDING = {
     _K.CONNECT: "_connect",
     _K.FAIL: "_fail",
     _K.CANCEL_IN: "_cancel",
+    _K.BYE_IN: "_early_bye",
     _K.PRACK_TIMEOUT: "_prack_timeout",
 }
 

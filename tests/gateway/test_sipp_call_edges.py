@@ -187,3 +187,19 @@ def test_a_cancel_after_the_200_is_answered_200_and_the_call_stays_up(
     assert not received(caller.messages, "SIP/2.0 487 "), context
     assert not received(callee.messages, "CANCEL "), context
     gateway.wait_status(idle, SETTLE, "no call and no port after the late CANCEL")
+
+
+def test_a_bye_in_the_early_dialog_of_a_reliable_provisional_terminates_the_invite(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """RFC 3261 §15, §15.1.2: CUCM (Require: 100rel) PRACKs our reliable 180 and BYEs in
+    that early dialog. The BYE gets 200, its INVITE 487, and the FE our CANCEL (before: a
+    "coding error" 500 to the INVITE, the leg table having no row for it)."""
+    caller, callee, context = cucm_call(
+        gateway, pki, tmp_path, "cucm_uac_100rel_early_bye.xml",
+        fe_file="lync_fe_uas_cancelled.xml",
+        cucm_keys={"domain": "example.com", "caller": "3001",
+                   "caller_domain": "video.example.com"})
+    both_succeeded(caller, callee, context)
+    assert "coding error" not in gateway.log(), context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the early BYE")

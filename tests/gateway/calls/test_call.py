@@ -464,3 +464,15 @@ def test_a_callee_hanging_up_while_its_answer_is_relayed_gets_the_caller_a_480()
     b2bua.finish_rewrite()  # the answer's rewrite ends: nothing more goes anywhere
     assert b2bua.to(UAS) == ["SendProvisional", "SendReject"]
     assert b2bua.to(UAC) == ["SendInvite", "SendAck", "Forget"]
+
+
+def test_a_bye_in_the_callers_early_dialog_is_a_487_and_cancels_the_callee() -> None:
+    """RFC 3261 §15.1.2: the caller BYEs the early dialog of our reliable 1xx; the INVITE
+    gets 487 and the callee a CANCEL (before: no table row, a coding-error 500)."""
+    b2bua = B2bua(inbound=LegSide.VIDEO)
+    b2bua.invite(sdp("cucm"))
+    b2bua.callee(ResponseIn(180, "Ringing"))
+    b2bua.caller(ByeIn(None))
+    assert b2bua.last(UAS) == SendReject(487, "Request Terminated")
+    assert b2bua.to(UAC) == ["SendInvite", "SendCancel"]
+    assert b2bua.ended[0].outcome.result is CallResult.CANCELLED
