@@ -180,7 +180,7 @@ class Call:
             actions = self._ask(Role.UAS, Connect(sdp), now)
             self.connected_at = now
             return [*actions, Connected(now)]
-        if phase is Phase.DELAYED_ANSWER:
+        if phase is Phase.DELAYED_ANSWER or phase is Phase.REANSWER:
             self.phase = Phase.CONNECTED
             return []
         if phase is Phase.UPDATE_OFFER:
@@ -205,7 +205,8 @@ class Call:
         if not isinstance(error, EXPECTED_ERRORS):
             what = {Phase.OFFER: "setting up media", Phase.ANSWER: "placing the call",
                     Phase.EARLY_ANSWER: "relaying early media",
-                    Phase.DELAYED_ANSWER: "applying the ACK's answer"}.get(
+                    Phase.DELAYED_ANSWER: "applying the ACK's answer",
+                    Phase.REANSWER: "applying the ACK's answer"}.get(
                 phase, "relaying a re-INVITE")
             return self.fault(error, what, now)
         if phase in (Phase.OFFER, Phase.RETRY):
@@ -219,7 +220,8 @@ class Call:
             actions = self._ask(Role.UAS, Fail(refusal.status, refusal.reason), now)
             reason = reason_header(refusal.status, refusal.reason)
             return actions + self._end(CallResult.FAILED, refusal.reason, reason, now)
-        if phase is Phase.DELAYED_ANSWER:
+        if phase is Phase.DELAYED_ANSWER or phase is Phase.REANSWER:
+            # The ACK's answer cannot be used: the session is broken, BYE both legs.
             refusal = media_refusal(error)
             return self._end(CallResult.FAILED, refusal.reason,
                              reason_header(refusal.status, refusal.reason), now)
@@ -325,7 +327,7 @@ class Call:
         if isinstance(event, Fail):
             return self._fail(role, event, now)
         if isinstance(event, Confirm):
-            return self._confirm(event, now)
+            return self._confirm(role, event, now)
         if isinstance(event, Update):
             return self._update(role, event, now)
         if isinstance(event, Disconnect):
@@ -450,7 +452,19 @@ class Call:
         result = CallResult.CANCELLED if event.status == 487 else CallResult.REJECTED
         return actions + self._end(result, f"{event.status} {event.reason}", None, now)
 
-    def _confirm(self, event: Confirm, now: float) -> list[CallAction]:
+    def _confirm(self, role: Role, event: Confirm, now: float) -> list[CallAction]:
+        if self.phase is Phase.CONNECTED:
+            # The ACK of our 2xx to a re-INVITE without SDP answers the offer that 2xx made:
+            # the peer's media may have moved (CUCM reconnecting after a transfer or a
+            # resume), so the answer is applied. No answer in the ACK: media stays as it is.
+            if event.sdp is None:
+                return []
+            self.phase = Phase.REANSWER
+            logger.info("[%s] the %s side answered our offer in its ACK: media follows it",
+                        self.call_id, self.side(role).value)
+            op = (BridgeOp.VIDEO_REANSWER if self.side(role) is LegSide.VIDEO
+                  else BridgeOp.MICROSOFT_REANSWER)
+            return [Rewrite(op, event.sdp)]
         if self.phase is not Phase.ANSWERED:
             return []
         if self.delayed:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from gateway.calls.events import (
     AckIn,
     AckTimeout,
+    Confirm,
     ByeIn,
     CancelIn,
     Connect,
@@ -69,6 +70,9 @@ class LegState(enum.Enum):
     """The peer's re-INVITE awaits the answer the call will give."""
     REOFFERING = "reoffering"
     """Our re-INVITE awaits the peer's answer."""
+    REANSWERING = "reanswering"
+    """The peer's re-INVITE had no SDP: our 2xx carried an offer, whose answer comes in the
+    ACK (RFC 3261 §14.2, §13.2.1)."""
     CANCELLING = "cancelling"
     """UAC: our CANCEL is out; the INVITE's final answer is awaited."""
     FAILED = "failed"
@@ -201,7 +205,14 @@ class LegMachine:
         return _S.REOFFERING, [SendReinvite(event.sdp)]
 
     def _update_answered(self, event: Connect) -> Step:
+        if event.sdp is None:
+            # A re-INVITE without SDP: our 2xx repeats our SDP as an offer; the answer, in
+            # the ACK, may move the peer's media (CUCM after a transfer or a resume).
+            return _S.REANSWERING, [SendUpdateAnswer(None)]
         return _S.CONNECTED, [SendUpdateAnswer(event.sdp)]
+
+    def _reanswered(self, event: AckIn) -> Step:
+        return _S.CONNECTED, [Emit(Confirm(event.sdp))]
 
     def _update_refused(self, event: Fail) -> Step:
         return _S.CONNECTED, [SendUpdateReject(event.status, event.reason)]
@@ -311,6 +322,14 @@ IN_CALL: Table = {
         EventKind.REINVITE_IN: "_refuse_reinvite",
         EventKind.UPDATE_IN: "_refuse_reinvite",
         EventKind.ACK_IN: "_stay",
+        EventKind.BYE_IN: "_bye_in",
+        EventKind.DISCONNECT: "_disconnect",
+    },
+    _S.REANSWERING: {
+        **_TIMER_ROWS,
+        EventKind.ACK_IN: "_reanswered",
+        EventKind.REINVITE_IN: "_refuse_reinvite",  # our offer (in the 2xx) is out: 491
+        EventKind.UPDATE_IN: "_refuse_reinvite",
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect",
     },

@@ -203,3 +203,21 @@ def test_a_bye_in_the_early_dialog_of_a_reliable_provisional_terminates_the_invi
     both_succeeded(caller, callee, context)
     assert "coding error" not in gateway.log(), context
     gateway.wait_status(idle, SETTLE, "no call and no port after the early BYE")
+
+
+def test_a_delayed_offer_reinvite_gets_our_offer_and_its_ack_answer_is_taken(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """CUCM's re-INVITE without SDP (media reconnect after a transfer): our 200 offers the
+    call's SDP (plain, audio and video), CUCM ACKs with an answer from new ports, and the
+    call goes on to CUCM's BYE without a fault (before: the ACK's answer was dropped; the
+    move of the media itself is asserted in memory, test_agent_harness.py, since SIPp's FE
+    does no ICE and so carries no media here)."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_delayed_reinvite.xml",
+                                      fe_file="lync_fe_uac_cleared.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    assert not received(caller.messages, "INVITE sip:"), context
+    log = gateway.log()
+    assert "coding error" not in log and "unusable SDP in ACK" not in log, context
+    assert "the video side answered our offer in its ACK" in log, context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the delayed-offer re-INVITE")

@@ -173,6 +173,8 @@ class FakeMedia(MediaSession):
     def __init__(self, call_id: str, on_event: Callable[[MediaEvent], None]) -> None:
         super().__init__(call_id, None, on_event=on_event)  # type: ignore[arg-type]
         self.applied = 0
+        self.last_applied: dict[str, Any] = {}
+        """The descriptions of the last ``apply``."""
         self.closed = False
 
     async def prepare(self, kinds: Any) -> None:
@@ -185,6 +187,7 @@ class FakeMedia(MediaSession):
 
     async def apply(self, **sdp: Any) -> None:
         self.applied += 1
+        self.last_applied = sdp
 
     def counters(self) -> tuple[Any, ...]:
         return ()

@@ -193,3 +193,39 @@ def test_video_calls_microsoft_and_hangs_up() -> None:
         assert not h.controller.calls and h.ended("completed") == 1
 
     run(scenario)
+
+
+def test_a_reinvite_without_sdp_gets_our_offer_and_the_acks_answer_moves_the_media() -> None:
+    """CUCM reconnects media after a transfer with a re-INVITE without SDP (RFC 3261 §14):
+    the gateway's 200 offers what it last sent, CUCM's ACK answers from a new port, and the
+    media session is applied with that answer (before: the ACK's SDP was dropped and media
+    kept going to the old port). The FE is not asked anything."""
+    async def scenario(h: Harness) -> None:
+        content_type, offer = lync_offer()
+        pending = h.fe.invite(TARGET, h.hop(MS), offer, content_type)
+        await h.settle()
+        tx, invite = h.cucm.take()
+        callee = h.cucm.answer(tx, invite, 200,
+                               body=plain_answer(parse_sdp(invite.body), CUCM.host, 50000))
+        await h.settle()
+        h.fe.confirm(pending, h.hop(MS))
+        await h.settle()
+        assert callee is not None
+        session = h.services.sessions[0]
+        applied = session.applied
+        request, hop = h.cucm.dialog_request(callee, "INVITE")
+        reinvite = h.cucm.stack.start_request(request, hop)
+        await h.settle()
+        ok = reinvite.final.result()
+        assert ok.status == 200 and ok.body, ok
+        ours = parse_sdp(ok.body)
+        assert [m.kind for m in ours.media] == [m.kind for m in parse_sdp(invite.body).media]
+        h.cucm.send_ack(callee, reinvite.transaction, body=plain_answer(ours, CUCM.host, 50010),
+                        content_type="application/sdp")
+        await h.settle()
+        assert session.applied == applied + 1
+        moved = session.last_applied["video_remote"]
+        assert [m.port for m in moved.media if m.port] == [50010, 50012][:len(moved.media)]
+        assert len(h.fe.requests("INVITE")) == 0  # answered here, not relayed
+        assert len(h.controller.calls) == 1
+    run(scenario)

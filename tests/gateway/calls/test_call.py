@@ -267,6 +267,34 @@ def test_a_reinvite_without_sdp_is_answered_with_what_we_last_sent() -> None:
     assert b2bua.last(UAS) == SendUpdateAnswer(None)
 
 
+def test_the_ack_answer_to_our_offer_in_a_reinvites_2xx_is_applied() -> None:
+    """CUCM's re-INVITE without SDP (after a transfer or a resume): our 2xx offers what we
+    last sent, its ACK answers, maybe from a new address: that answer is applied (before:
+    dropped, the media kept going to the old address)."""
+    b2bua = connected()
+    b2bua.callee(ReinviteIn(None))
+    assert b2bua.last(UAC) == SendUpdateAnswer(None)
+    assert b2bua.call.uac is not None and b2bua.call.uac.state is LegState.REANSWERING
+    moved = sdp("moved", ("audio", "video"))
+    b2bua.callee(AckIn(moved))
+    assert b2bua.rewrites[-1].op is BridgeOp.VIDEO_REANSWER
+    assert b2bua.rewrites[-1].sdp == moved
+    assert b2bua.call.connected and b2bua.call.uac.state is LegState.CONNECTED
+    b2bua.caller(ReinviteIn(sdp("hold")))  # the call goes on: the next offer is relayed
+    assert b2bua.to(UAC)[-1] == "SendReinvite"
+
+
+def test_an_unusable_ack_answer_to_our_reoffer_clears_the_call() -> None:
+    b2bua = connected()
+    b2bua.auto = False
+    b2bua.callee(ReinviteIn(None))
+    b2bua.callee(AckIn(sdp("moved", ("audio",))))
+    b2bua.fail_next = BadAnswer("video", sdp("ours", ("audio", "video")), sdp("moved"))
+    b2bua.finish_rewrite()
+    assert b2bua.to(UAC)[-1] == "SendBye" and b2bua.to(UAS)[-1] == "SendBye"
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED
+
+
 def test_bye_from_either_side_ends_the_call_with_its_reason() -> None:
     for role, other in ((UAS, UAC), (UAC, UAS)):
         b2bua = connected()
