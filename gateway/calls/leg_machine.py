@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from gateway.calls.events import (
     AckIn,
     AckTimeout,
-    Confirm,
     ByeIn,
     CancelIn,
+    Confirm,
     Connect,
     Disconnect,
     Emit,
@@ -242,6 +242,12 @@ class LegMachine:
     def _confirm_update(self, event: AckIn) -> Step:
         return self.state, []
 
+    def _ack_timeout(self, event: object) -> Step:
+        """Our 2xx (to the INVITE or a re-INVITE) was never ACKed: RFC 3261 §13.3.1.4 and
+        §14.2 end the session with a BYE; the call clears the other leg."""
+        return _S.DISCONNECTING, [SendBye(reason_header(408, "no ACK received")),
+                                  Emit(Fail(408, "no ACK (64*T1)"))]
+
     # -- session timer (RFC 4028), each leg on its own --------------------------------------
 
     def start_timer(self, session: Session | None) -> None:
@@ -299,6 +305,7 @@ IN_CALL: Table = {
         EventKind.UPDATE_IN: "_reinvite_in",  # an UPDATE's offer is relayed the same way
         EventKind.UPDATE: "_update",
         EventKind.ACK_IN: "_confirm_update",  # the ACK of a re-INVITE's 2xx
+        EventKind.ACK_TIMEOUT: "_ack_timeout",  # ... which never came
         EventKind.SUCCESS_IN: "_stay",  # a 2xx retransmission (the stack re-ACKs it)
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect",
@@ -328,12 +335,14 @@ IN_CALL: Table = {
     _S.REANSWERING: {
         **_TIMER_ROWS,
         EventKind.ACK_IN: "_reanswered",
+        EventKind.ACK_TIMEOUT: "_ack_timeout",
         EventKind.REINVITE_IN: "_refuse_reinvite",  # our offer (in the 2xx) is out: 491
         EventKind.UPDATE_IN: "_refuse_reinvite",
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect",
     },
     _S.DISCONNECTING: {
+        EventKind.ACK_TIMEOUT: "_stay",  # our BYE is out already
         EventKind.REFRESH_ANSWERED: "_stay",
         EventKind.TIMER: "_stay",
         EventKind.BYE_IN: "_bye_crossed",

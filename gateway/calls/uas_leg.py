@@ -19,7 +19,6 @@ from gateway.calls.events import (
     InviteIn,
     Ring,
     SendAnswer,
-    SendBye,
     SendProvisional,
     SendReject,
     Try,
@@ -75,10 +74,6 @@ class UasLeg(LegMachine):
         text = "no PRACK for the reliable provisional (64*T1)"
         return _S.DISCONNECTED, [SendReject(504, f"Server Time-out: {text}"),
                                  Emit(Disconnect(text, reason_header(504, text)))]
-
-    def _ack_timeout(self, event: object) -> Step:
-        return _S.DISCONNECTING, [SendBye(reason_header(408, "no ACK received")),
-                                  Emit(Fail(408, "no ACK (64*T1)"))]
 
 
 _PENDING = {

@@ -221,3 +221,17 @@ def test_a_delayed_offer_reinvite_gets_our_offer_and_its_ack_answer_is_taken(
     assert "coding error" not in log and "unusable SDP in ACK" not in log, context
     assert "the video side answered our offer in its ACK" in log, context
     gateway.wait_status(idle, SETTLE, "no call and no port after the delayed-offer re-INVITE")
+
+
+def test_a_reinvite_2xx_never_acked_ends_the_call_with_bye_408(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """RFC 3261 §13.3.1.4, §14.2: CUCM never ACKs our 2xx to its re-INVITE; after 64*T1
+    both legs get a BYE with cause 408 (before: the caller's leg had no row for a missing
+    ACK once connected, so the call was cleared as a gateway fault, cause 500, with a
+    traceback)."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_reinvite_no_ack.xml",
+                                      fe_file="lync_fe_uac_cleared.xml", timeout=70.0)
+    both_succeeded(caller, callee, context)
+    assert "coding error" not in gateway.log(), context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the missing ACK")

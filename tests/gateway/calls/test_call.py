@@ -504,3 +504,17 @@ def test_a_bye_in_the_callers_early_dialog_is_a_487_and_cancels_the_callee() -> 
     assert b2bua.last(UAS) == SendReject(487, "Request Terminated")
     assert b2bua.to(UAC) == ["SendInvite", "SendCancel"]
     assert b2bua.ended[0].outcome.result is CallResult.CANCELLED
+
+
+def test_a_reinvite_2xx_never_acked_byes_both_legs_with_408() -> None:
+    """RFC 3261 §14.2 / §13.3.1.4 for a re-INVITE's 2xx (before: no row once connected,
+    the call cleared as a gateway fault with cause 500)."""
+    b2bua = connected()
+    b2bua.callee(ReinviteIn(None))
+    b2bua.tick(32.0)
+    b2bua.callee(AckTimeout())
+    bye_callee, bye_caller = b2bua.last(UAC), b2bua.last(UAS)
+    assert isinstance(bye_callee, SendBye) and isinstance(bye_caller, SendBye)
+    assert bye_callee.reason is not None and "cause=408" in bye_callee.reason[1]
+    assert bye_caller.reason is not None and "cause=408" in bye_caller.reason[1]
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED
