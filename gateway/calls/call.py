@@ -45,6 +45,7 @@ from gateway.calls.events import (
     Timeout,
     Try,
     Update,
+    Withdraw,
     reason_header,
 )
 from gateway.calls.leg_machine import LegMachine, LegState
@@ -111,6 +112,8 @@ class Call:
         self.connected_at: float | None = None
         self.outcome: Outcome | None = None
         self.counted = False
+        self.withdrawn = False
+        """The updater CANCELled its re-INVITE while its offer was being rewritten."""
         self._timeout: Timeout | None = None
         """The callee leg's INVITE timed out (the ``Fail`` it reports is ours, not the
         callee's)."""
@@ -183,6 +186,13 @@ class Call:
         if phase is Phase.DELAYED_ANSWER or phase is Phase.REANSWER:
             self.phase = Phase.CONNECTED
             return []
+        if phase is Phase.UPDATE_OFFER and self.withdrawn:
+            # CANCELled before it went on: the offer is dropped, the re-INVITE gets 487.
+            assert self.updater is not None
+            self.withdrawn = False
+            self.phase = Phase.CONNECTED
+            return [ResetBridge(), *self._ask(self.updater, Fail(487, "Request Terminated"),
+                                              now)]
         if phase is Phase.UPDATE_OFFER:
             assert self.updater is not None
             self.phase = Phase.UPDATE_WAIT
@@ -332,6 +342,8 @@ class Call:
             return self._update(role, event, now)
         if isinstance(event, Disconnect):
             return self._disconnect(role, event, now)
+        if isinstance(event, Withdraw):
+            return self._withdraw(role, now)
         raise ProtocolError(f"unexpected leg event {event!r}", 500)
 
     def _place(self, sdp: SessionDescription | None, now: float, *, retry: bool
@@ -486,10 +498,25 @@ class Call:
             # changes nothing we relay).
             return self._ask(role, Connect(None), now)
         self.updater = role
+        self.withdrawn = False
         self.phase = Phase.UPDATE_OFFER
         op = (BridgeOp.MICROSOFT_OFFER if self.side(role) is LegSide.MICROSOFT
               else BridgeOp.VIDEO_OFFER)
         return [Rewrite(op, event.sdp)]
+
+    def _withdraw(self, role: Role, now: float) -> list[CallAction]:
+        """The updater CANCELled its re-INVITE (RFC 3261 §9): cancel the relayed one, whose
+        487 then comes back as the refusal; while the offer is still being rewritten, drop
+        it once written. Once the other side has answered, the answer wins (§9.2)."""
+        if self.updater is not role:
+            return []
+        if self.phase is Phase.UPDATE_OFFER:
+            self.withdrawn = True
+            return []
+        other = _other(role)
+        if self.phase is Phase.UPDATE_WAIT and self.machine(other).can(Withdraw()):
+            return self._ask(other, Withdraw(), now)
+        return []
 
     def _disconnect(self, role: Role, event: Disconnect, now: float) -> list[CallAction]:
         if event.cancelled:

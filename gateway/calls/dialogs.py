@@ -20,6 +20,7 @@ from typing import Any
 from gateway.call import ActiveCall
 from gateway.calls.actions import Role
 from gateway.calls.events import (
+    CancelReinvite,
     Forget,
     PrackTimeout,
     RefreshAnswered,
@@ -124,6 +125,9 @@ class CallRun:
     """The re-INVITE being handled now: answered at once (491, no offer) or kept in
     ``reinvites`` until the other side answers."""
 
+    reoffers: dict[Role, ClientRequest] = field(default_factory=dict)
+    """Our re-INVITE out on each leg (to CANCEL when its offerer withdraws)."""
+
     answer_headers: dict[Role, tuple[Header, ...]] = field(default_factory=dict)
     """Session-timer headers for the 2xx to the re-INVITE or UPDATE pending on a leg."""
 
@@ -190,6 +194,10 @@ class DialogActions:
             if client is not None:
                 client.cancel()
                 return client
+        elif isinstance(action, CancelReinvite):
+            reoffer = self._runs[active.call_id].reoffers.get(role)
+            if reoffer is not None and not reoffer.final.done():
+                reoffer.cancel()  # deferred by the layer until a provisional came (§9.1)
         elif isinstance(action, SendBye):
             return leg.bye(action.reason)
         elif isinstance(action, Forget):
@@ -621,6 +629,7 @@ class DialogActions:
         request, hop = leg.agent.dialog_request(
             leg.dialog, "INVITE", body=body, content_type="application/sdp" if body else None)
         client = leg.agent.stack.start_request(request, hop)
+        self._runs[active.call_id].reoffers[role] = client
         self._spawn(self._reinvite_answer(active, role, leg, request, client, sdp))
 
     async def _reinvite_answer(self, active: ActiveCall, role: Role, leg: Leg,

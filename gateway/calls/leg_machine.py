@@ -17,6 +17,7 @@ from gateway.calls.events import (
     AckTimeout,
     ByeIn,
     CancelIn,
+    CancelReinvite,
     Confirm,
     Connect,
     Disconnect,
@@ -45,6 +46,7 @@ from gateway.calls.events import (
     Try,
     Update,
     UpdateIn,
+    Withdraw,
     reason_header,
 )
 from gateway.calls.events import (
@@ -92,6 +94,7 @@ class EventKind(enum.Enum):
     UPDATE = "Update"
     DISCONNECT = "Disconnect"
     FAIL = "Fail"
+    WITHDRAW = "Withdraw"
     INVITE_IN = "INVITE in"
     REINVITE_IN = "re-INVITE in"
     UPDATE_IN = "UPDATE in"
@@ -125,6 +128,7 @@ def kind_of(event: LegEventT | SipInput) -> EventKind:
 _KINDS: Mapping[type, EventKind] = {
     Try: EventKind.TRY, Ring: EventKind.RING, Connect: EventKind.CONNECT,
     Update: EventKind.UPDATE, Disconnect: EventKind.DISCONNECT, Fail: EventKind.FAIL,
+    Withdraw: EventKind.WITHDRAW,
     InviteIn: EventKind.INVITE_IN, ReinviteIn: EventKind.REINVITE_IN,
     UpdateIn: EventKind.UPDATE_IN,
     Timeout: EventKind.TIMEOUT, AckIn: EventKind.ACK_IN, AckTimeout: EventKind.ACK_TIMEOUT,
@@ -216,6 +220,14 @@ class LegMachine:
 
     def _update_refused(self, event: Fail) -> Step:
         return _S.CONNECTED, [SendUpdateReject(event.status, event.reason)]
+
+    def _withdrawn(self, event: CancelIn) -> Step:
+        """The peer CANCELled its pending re-INVITE: the call cancels the one relaying it;
+        our final answer (487, or 200 if the other side had accepted) comes from there."""
+        return self.state, [Emit(Withdraw())]
+
+    def _cancel_reoffer(self, event: Withdraw) -> Step:
+        return self.state, [CancelReinvite()]
 
     def _reoffer_answered(self, event: ResponseIn) -> Step:
         return _S.CONNECTED, [SendAck(), Emit(Connect(event.sdp))]
@@ -314,6 +326,7 @@ IN_CALL: Table = {
         **_TIMER_ROWS,
         EventKind.CONNECT: "_update_answered",
         EventKind.FAIL: "_update_refused",
+        EventKind.CANCEL_IN: "_withdrawn",  # the peer CANCELs its re-INVITE
         EventKind.REINVITE_IN: "_refuse_overlapping",
         EventKind.UPDATE_IN: "_refuse_overlapping",
         EventKind.ACK_IN: "_stay",
@@ -326,6 +339,7 @@ IN_CALL: Table = {
         EventKind.SUCCESS_IN: "_reoffer_answered",
         EventKind.FAILURE_IN: "_reoffer_refused",
         EventKind.TIMEOUT: "_reoffer_timeout",
+        EventKind.WITHDRAW: "_cancel_reoffer",
         EventKind.REINVITE_IN: "_refuse_reinvite",
         EventKind.UPDATE_IN: "_refuse_reinvite",
         EventKind.ACK_IN: "_stay",

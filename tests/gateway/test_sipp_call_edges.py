@@ -235,3 +235,18 @@ def test_a_reinvite_2xx_never_acked_ends_the_call_with_bye_408(
     both_succeeded(caller, callee, context)
     assert "coding error" not in gateway.log(), context
     gateway.wait_status(idle, SETTLE, "no call and no port after the missing ACK")
+
+
+def test_a_cancelled_reinvite_is_cancelled_on_the_other_leg_too(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """RFC 3261 §9: the FE CANCELs its re-INVITE while CUCM has only said 100. The gateway
+    CANCELs the relayed re-INVITE, ACKs CUCM's 487 and answers the FE's re-INVITE with it;
+    both sides keep the session they had. (Before: the FE got 487 at once while CUCM's
+    re-INVITE stayed pending, so a CUCM that accepted it ran a session the FE had taken
+    back.)"""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_cancelled_reinvite.xml",
+                                      fe_file="lync_fe_uac_cancel_reinvite.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    assert len(received(callee.messages, "CANCEL ")) == 1, context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the cancelled re-INVITE")

@@ -28,6 +28,7 @@ from gateway.calls.events import (
     Try,
     Update,
     UpdateIn,
+    Withdraw,
     reason_header,
 )
 from gateway.calls.leg_machine import EventKind
@@ -47,6 +48,7 @@ SAMPLES: dict[EventKind, LegEvent | SipInput] = {
     EventKind.UPDATE: Update(OFFER),
     EventKind.DISCONNECT: Disconnect("hung up", reason_header(200, "hung up")),
     EventKind.FAIL: Fail(486, "Busy Here"),
+    EventKind.WITHDRAW: Withdraw(),
     EventKind.INVITE_IN: InviteIn(OFFER),
     EventKind.REINVITE_IN: ReinviteIn(OFFER),
     EventKind.PROVISIONAL_IN: ResponseIn(180, "Ringing"),

@@ -17,6 +17,7 @@ from gateway.calls.events import (
     AckTimeout,
     ByeIn,
     CancelIn,
+    CancelReinvite,
     RefreshAnswered,
     RefreshIn,
     RefuseReinvite,
@@ -518,3 +519,38 @@ def test_a_reinvite_2xx_never_acked_byes_both_legs_with_408() -> None:
     assert bye_callee.reason is not None and "cause=408" in bye_callee.reason[1]
     assert bye_caller.reason is not None and "cause=408" in bye_caller.reason[1]
     assert b2bua.ended[0].outcome.result is CallResult.FAILED
+
+
+def test_a_cancelled_reinvite_cancels_the_relayed_one_and_gets_its_487() -> None:
+    """RFC 3261 §9: the caller CANCELs its re-INVITE (Lync taking back "add video"): the
+    relayed re-INVITE is CANCELled and the 487 that ends it answers the caller's."""
+    b2bua = connected()
+    b2bua.caller(ReinviteIn(sdp("video", ("audio", "video"))))
+    assert b2bua.to(UAC)[-1] == "SendReinvite"
+    b2bua.caller(CancelIn())
+    assert b2bua.last(UAC) == CancelReinvite()
+    assert b2bua.to(UAS)[-1] != "SendUpdateReject"  # not before the other side's answer
+    b2bua.callee(ResponseIn(487, "Request Terminated"))
+    assert b2bua.last(UAS) == SendUpdateReject(487, "Request Terminated")
+    assert b2bua.call.connected and ResetBridge() in b2bua.others
+
+
+def test_a_reinvite_cancelled_while_its_offer_is_rewritten_is_never_relayed() -> None:
+    b2bua = connected()
+    b2bua.auto = False
+    b2bua.caller(ReinviteIn(sdp("video", ("audio", "video"))))
+    b2bua.caller(CancelIn())
+    b2bua.finish_rewrite()
+    assert "SendReinvite" not in b2bua.to(UAC)
+    assert b2bua.last(UAS) == SendUpdateReject(487, "Request Terminated")
+    assert b2bua.call.connected
+
+
+def test_a_cancel_crossing_the_relayed_2xx_lets_the_2xx_win() -> None:
+    b2bua = connected()
+    b2bua.caller(ReinviteIn(sdp("video", ("audio", "video"))))
+    b2bua.caller(CancelIn())
+    b2bua.callee(ResponseIn(200, "OK", sdp("cucm-video", ("audio", "video"))))
+    answer = b2bua.last(UAS)
+    assert isinstance(answer, SendUpdateAnswer) and answer.sdp is not None
+    assert b2bua.call.connected
