@@ -599,7 +599,9 @@ class DialogActions:
         except ProtocolError as error:
             leg.agent.stack.respond(tx, status_of(error, 400), error.message)
             return
-        headers = self._negotiate_refresh(active, role, leg, tx, request)
+        # RFC 4028 refreshes a session: none before the 2xx (an early UPDATE is no refresh).
+        headers = (self._negotiate_refresh(active, role, leg, tx, request) if leg.confirmed
+                   else ())
         if headers is None or active.core.ended:
             return
         if request.method == "UPDATE" and offer is None:

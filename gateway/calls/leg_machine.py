@@ -197,6 +197,13 @@ class LegMachine:
     def _refuse_reinvite(self, event: object) -> Step:
         return self.state, [RefuseReinvite()]
 
+    def _refuse_early_offer(self, event: object) -> Step:
+        """An UPDATE with an offer in the early dialog (RFC 3311 §5.1 allows one once the
+        first offer/answer is done): not supported here, refused for that transaction only
+        (488) so the call set-up goes on. Before, no row: the call failed as a fault."""
+        return self.state, [RefuseReinvite(488, "Not Acceptable Here: no new offer before "
+                                                "the call is answered")]
+
     def _refuse_overlapping(self, event: object) -> Step:
         """The peer offers again while its own earlier offer awaits our answer: not glare
         (491 would say we have an offer out) but 500 + Retry-After (RFC 3261 §14.2 for a

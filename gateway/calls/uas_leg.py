@@ -82,6 +82,7 @@ _PENDING = {
     _K.FAIL: "_fail",
     _K.CANCEL_IN: "_cancel",
     _K.BYE_IN: "_early_bye",
+    _K.UPDATE_IN: "_refuse_early_offer",
     _K.PRACK_TIMEOUT: "_prack_timeout",
 }
 

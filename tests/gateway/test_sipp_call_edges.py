@@ -250,3 +250,17 @@ def test_a_cancelled_reinvite_is_cancelled_on_the_other_leg_too(
     both_succeeded(caller, callee, context)
     assert len(received(callee.messages, "CANCEL ")) == 1, context
     gateway.wait_status(idle, SETTLE, "no call and no port after the cancelled re-INVITE")
+
+
+def test_an_early_update_with_an_offer_is_refused_alone_and_the_call_connects(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """RFC 3311 §5.1: CUCM, after its reliable 183 was PRACKed, sends UPDATE with a new
+    offer in the early dialog. The gateway takes no offer before the answer: 488 to that
+    UPDATE only, and the call connects and ends normally (before: no table row for it, so
+    the call failed as a gateway fault, 500 to the FE)."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path,
+                                      "cucm_uas_100rel_early_update.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    assert "coding error" not in gateway.log(), context
+    gateway.wait_status(idle, SETTLE, "no call and no port after the early UPDATE")
