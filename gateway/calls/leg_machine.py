@@ -243,7 +243,11 @@ class LegMachine:
         return _S.CONNECTED, [Emit(Fail(event.status, event.reason))]
 
     def _reoffer_timeout(self, event: Timeout) -> Step:
-        return _S.CONNECTED, [Emit(Fail(500, "no answer from the other side"))]
+        """No answer at all to our re-INVITE: RFC 3261 §12.2.1.2 has the UAC end the
+        dialog (the peer is gone); the call clears the other leg (its pending re-INVITE
+        gets 487). Relaying a 500 instead left the other side in a call with nobody."""
+        text = "no answer to a re-INVITE"
+        return _S.DISCONNECTING, [SendBye(reason_header(408, text)), Emit(Fail(408, text))]
 
     def _bye_in(self, event: ByeIn) -> Step:
         return _S.DISCONNECTED, [Forget(), Emit(Disconnect("BYE", event.reason))]

@@ -264,3 +264,15 @@ def test_an_early_update_with_an_offer_is_refused_alone_and_the_call_connects(
     both_succeeded(caller, callee, context)
     assert "coding error" not in gateway.log(), context
     gateway.wait_status(idle, SETTLE, "no call and no port after the early UPDATE")
+
+
+def test_a_relayed_reinvite_never_answered_ends_the_call(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """RFC 3261 §12.2.1.2: CUCM (having lost the call) never answers the FE's relayed hold.
+    After 64*T1 the gateway BYEs CUCM (cause 408), answers the FE's re-INVITE 487 and BYEs
+    the FE (before: the FE got 500 and stayed in a call with nobody on the other side)."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_reinvite_unanswered.xml",
+                                      fe_file="lync_fe_uac_reinvite_cut.xml", timeout=70.0)
+    both_succeeded(caller, callee, context)
+    gateway.wait_status(idle, SETTLE, "no call and no port after the unanswered re-INVITE")

@@ -554,3 +554,16 @@ def test_a_cancel_crossing_the_relayed_2xx_lets_the_2xx_win() -> None:
     answer = b2bua.last(UAS)
     assert isinstance(answer, SendUpdateAnswer) and answer.sdp is not None
     assert b2bua.call.connected
+
+
+def test_a_relayed_reinvite_with_no_answer_at_all_ends_the_call() -> None:
+    """RFC 3261 §12.2.1.2 (before: a 500 to the offerer and a call with a dead leg)."""
+    b2bua = connected()
+    b2bua.caller(ReinviteIn(sdp("hold")))
+    b2bua.callee(Timeout())
+    bye = b2bua.last(UAC)
+    assert isinstance(bye, SendBye) and bye.reason is not None and "cause=408" in bye.reason[1]
+    assert b2bua.to(UAS)[-2:] == ["SendUpdateReject", "SendBye"]
+    assert [a for r, a in b2bua.sent if r is UAS][-2] == SendUpdateReject(487,
+                                                                          "Request Terminated")
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED
