@@ -176,6 +176,17 @@ def test_a_picture_fast_update_info_is_relayed_and_other_info_bodies_get_415(
     gateway.wait_status(idle, SETTLE, "no call and no port after the INFO")
 
 
+def test_a_picture_fast_update_from_microsoft_reaches_the_video_side(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """The other way: the FE's INFO key frame request reaches CUCM in its dialog and
+    CUCM's 200 comes back to the FE."""
+    caller, callee, context = fe_call(gateway, pki, tmp_path, "cucm_uas_takes_info.xml",
+                                      fe_file="lync_fe_uac_sends_info.xml", timeout=40.0)
+    both_succeeded(caller, callee, context)
+    gateway.wait_status(idle, SETTLE, "no call and no port after the FE's INFO")
+
+
 def test_a_cancel_after_the_200_is_answered_200_and_the_call_stays_up(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path
 ) -> None:
