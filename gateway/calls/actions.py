@@ -57,6 +57,10 @@ class BridgeOp(enum.Enum):
     PLAIN_VIDEO_OFFER = "plain_video_offer"
     FINAL_ANSWER = "final_answer"
     """The 2xx's answer differs from the early one (183) already applied."""
+    VIDEO_REANSWER = "video_reanswer"
+    """The video side's ACK answers the offer of our 2xx to its re-INVITE without SDP."""
+    MICROSOFT_REANSWER = "microsoft_reanswer"
+    """The same from the Microsoft side."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,5 +137,6 @@ class Phase(enum.Enum):
     UPDATE_OFFER = "update-offer"  # a re-INVITE's offer is being rewritten
     UPDATE_WAIT = "update-wait"  # the other leg's re-INVITE is out
     UPDATE_ANSWER = "update-answer"  # its answer is being rewritten
+    REANSWER = "reanswer"  # the ACK's answer to our 2xx offer (re-INVITE without SDP) applied
     TRANSFER = "transfer"  # a REFER is being carried out (the adapter owns it)
     ENDED = "ended"

@@ -160,6 +160,8 @@ class CallController(DialogActions):
             leg.agent.answer_options(transaction)
         elif method in ("INFO", "NOTIFY") and not request.body:
             stack.respond(transaction, 200)
+        elif method == "INFO":
+            self._info(active, role, leg, transaction, request)
         else:
             stack.respond(transaction, 501)
         return None
@@ -182,6 +184,14 @@ class CallController(DialogActions):
         active = next((c for c in self.calls.values() if c.inbound.server_tx is transaction),
                       None)
         if active is None:
+            # A CANCEL of a re-INVITE being relayed: the relayed one is cancelled and its
+            # answer (487, or a 2xx that won) answers this one (RFC 3261 §9.2).
+            for call_id, run in self._runs.items():
+                for role, pending in run.reinvites.items():
+                    if pending[0] is transaction and call_id in self.calls:
+                        self._input(self.calls[call_id], role, CancelIn(),
+                                    "handling a CANCEL of a re-INVITE")
+                        return
             if transaction.state in (ServerState.TRYING, ServerState.PROCEEDING):
                 agent.stack.respond(transaction, 487)
             return

@@ -45,11 +45,13 @@ from gateway.calls.events import (
     Timeout,
     Try,
     Update,
+    Withdraw,
     reason_header,
 )
 from gateway.calls.leg_machine import LegMachine, LegState
 from gateway.calls.refusals import (
     EXPECTED_ERRORS,
+    callee_final,
     callee_refusal,
     media_refusal,
 )
@@ -110,6 +112,8 @@ class Call:
         self.connected_at: float | None = None
         self.outcome: Outcome | None = None
         self.counted = False
+        self.withdrawn = False
+        """The updater CANCELled its re-INVITE while its offer was being rewritten."""
         self._timeout: Timeout | None = None
         """The callee leg's INVITE timed out (the ``Fail`` it reports is ours, not the
         callee's)."""
@@ -179,9 +183,16 @@ class Call:
             actions = self._ask(Role.UAS, Connect(sdp), now)
             self.connected_at = now
             return [*actions, Connected(now)]
-        if phase is Phase.DELAYED_ANSWER:
+        if phase is Phase.DELAYED_ANSWER or phase is Phase.REANSWER:
             self.phase = Phase.CONNECTED
             return []
+        if phase is Phase.UPDATE_OFFER and self.withdrawn:
+            # CANCELled before it went on: the offer is dropped, the re-INVITE gets 487.
+            assert self.updater is not None
+            self.withdrawn = False
+            self.phase = Phase.CONNECTED
+            return [ResetBridge(), *self._ask(self.updater, Fail(487, "Request Terminated"),
+                                              now)]
         if phase is Phase.UPDATE_OFFER:
             assert self.updater is not None
             self.phase = Phase.UPDATE_WAIT
@@ -204,7 +215,8 @@ class Call:
         if not isinstance(error, EXPECTED_ERRORS):
             what = {Phase.OFFER: "setting up media", Phase.ANSWER: "placing the call",
                     Phase.EARLY_ANSWER: "relaying early media",
-                    Phase.DELAYED_ANSWER: "applying the ACK's answer"}.get(
+                    Phase.DELAYED_ANSWER: "applying the ACK's answer",
+                    Phase.REANSWER: "applying the ACK's answer"}.get(
                 phase, "relaying a re-INVITE")
             return self.fault(error, what, now)
         if phase in (Phase.OFFER, Phase.RETRY):
@@ -218,7 +230,8 @@ class Call:
             actions = self._ask(Role.UAS, Fail(refusal.status, refusal.reason), now)
             reason = reason_header(refusal.status, refusal.reason)
             return actions + self._end(CallResult.FAILED, refusal.reason, reason, now)
-        if phase is Phase.DELAYED_ANSWER:
+        if phase is Phase.DELAYED_ANSWER or phase is Phase.REANSWER:
+            # The ACK's answer cannot be used: the session is broken, BYE both legs.
             refusal = media_refusal(error)
             return self._end(CallResult.FAILED, refusal.reason,
                              reason_header(refusal.status, refusal.reason), now)
@@ -324,11 +337,13 @@ class Call:
         if isinstance(event, Fail):
             return self._fail(role, event, now)
         if isinstance(event, Confirm):
-            return self._confirm(event, now)
+            return self._confirm(role, event, now)
         if isinstance(event, Update):
             return self._update(role, event, now)
         if isinstance(event, Disconnect):
             return self._disconnect(role, event, now)
+        if isinstance(event, Withdraw):
+            return self._withdraw(role, now)
         raise ProtocolError(f"unexpected leg event {event!r}", 500)
 
     def _place(self, sdp: SessionDescription | None, now: float, *, retry: bool
@@ -437,11 +452,31 @@ class Call:
                     else f"Request Timeout: no answer from {self.target_zone}")
             actions = self._ask(Role.UAS, Fail(status, text), now)
             return actions + self._end(CallResult.FAILED, text, None, now)
-        actions = self._ask(Role.UAS, Fail(event.status, event.reason, event.headers), now)
+        if event.status == 503 and self.hop_index + 1 < self.hops:
+            # RFC 3263 §4.3: a 503 sends the request to the zone's next peer.
+            logger.warning("[%s] peer %d of %s answered 503, trying the next one",
+                           self.call_id, self.hop_index + 1, self.target_zone)
+            self.hop_index += 1
+            self.uac = None
+            return self._place(self.offer, now, retry=False)
+        status, reason, headers = callee_final(event.status, event.reason, event.headers)
+        actions = self._ask(Role.UAS, Fail(status, reason, headers), now)
         result = CallResult.CANCELLED if event.status == 487 else CallResult.REJECTED
         return actions + self._end(result, f"{event.status} {event.reason}", None, now)
 
-    def _confirm(self, event: Confirm, now: float) -> list[CallAction]:
+    def _confirm(self, role: Role, event: Confirm, now: float) -> list[CallAction]:
+        if self.phase is Phase.CONNECTED:
+            # The ACK of our 2xx to a re-INVITE without SDP answers the offer that 2xx made:
+            # the peer's media may have moved (CUCM reconnecting after a transfer or a
+            # resume), so the answer is applied. No answer in the ACK: media stays as it is.
+            if event.sdp is None:
+                return []
+            self.phase = Phase.REANSWER
+            logger.info("[%s] the %s side answered our offer in its ACK: media follows it",
+                        self.call_id, self.side(role).value)
+            op = (BridgeOp.VIDEO_REANSWER if self.side(role) is LegSide.VIDEO
+                  else BridgeOp.MICROSOFT_REANSWER)
+            return [Rewrite(op, event.sdp)]
         if self.phase is not Phase.ANSWERED:
             return []
         if self.delayed:
@@ -463,15 +498,35 @@ class Call:
             # changes nothing we relay).
             return self._ask(role, Connect(None), now)
         self.updater = role
+        self.withdrawn = False
         self.phase = Phase.UPDATE_OFFER
         op = (BridgeOp.MICROSOFT_OFFER if self.side(role) is LegSide.MICROSOFT
               else BridgeOp.VIDEO_OFFER)
         return [Rewrite(op, event.sdp)]
 
+    def _withdraw(self, role: Role, now: float) -> list[CallAction]:
+        """The updater CANCELled its re-INVITE (RFC 3261 §9): cancel the relayed one, whose
+        487 then comes back as the refusal; while the offer is still being rewritten, drop
+        it once written. Once the other side has answered, the answer wins (§9.2)."""
+        if self.updater is not role:
+            return []
+        if self.phase is Phase.UPDATE_OFFER:
+            self.withdrawn = True
+            return []
+        other = _other(role)
+        if self.phase is Phase.UPDATE_WAIT and self.machine(other).can(Withdraw()):
+            return self._ask(other, Withdraw(), now)
+        return []
+
     def _disconnect(self, role: Role, event: Disconnect, now: float) -> list[CallAction]:
         if event.cancelled:
             return self._end(CallResult.CANCELLED, "cancelled", None, now)
         text = f"BYE from the {self.side(role).value} side"
+        if role is Role.UAC and self.uas.state in _UAS_PENDING:
+            # The callee answered and hung up before its 2xx reached the caller: the call
+            # never connected (``_end`` answers the caller's INVITE 480).
+            return self._end(CallResult.FAILED, f"{text} before the caller was answered",
+                             event.reason or reason_header(200, text), now)
         return self._end(CallResult.COMPLETED, text,
                          event.reason or reason_header(200, text), now)
 
@@ -483,6 +538,13 @@ class Call:
         self.phase = Phase.ENDED
         self.outcome = Outcome(result, text)
         actions: list[CallAction] = []
+        if self.uas.state in _UAS_PENDING:
+            # The caller's INVITE is still unanswered (the callee hung up while its 2xx was
+            # being relayed): it gets a final response, never silence (RFC 3261 §13.3.1).
+            headers = (reason,) if reason is not None and reason[1].startswith("Q.850") else ()
+            actions += self._safely(Role.UAS, Fail(
+                480, f"Temporarily Unavailable: the call ended before it was answered "
+                     f"({text})", headers), now)
         for role in (Role.UAS, Role.UAC):
             leg = self.uas if role is Role.UAS else self.uac
             if leg is None or leg.state in _UAS_PENDING and role is Role.UAS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from gateway.call import ActiveCall
 from gateway.calls.actions import Role
 from gateway.calls.events import (
+    CancelReinvite,
     Forget,
     PrackTimeout,
     RefreshAnswered,
@@ -77,6 +79,10 @@ logger = logging.getLogger(__name__)
 
 Header = tuple[str, str]
 
+MEDIA_CONTROL = "application/media_control+xml"
+"""RFC 5168 (picture fast update), the INFO body both Lync and Unified CM send mid-call
+to ask the far encoder for a key frame: the one INFO body relayed to the other leg."""
+
 
 def invite_headers(side: LegSide, policy: TimerPolicy) -> tuple[Header, ...]:
     """What our INVITE says it supports, and the session timer it asks for: toward the
@@ -118,6 +124,9 @@ class CallRun:
     incoming: tuple[ServerTransaction, Request, SessionDescription | None] | None = None
     """The re-INVITE being handled now: answered at once (491, no offer) or kept in
     ``reinvites`` until the other side answers."""
+
+    reoffers: dict[Role, ClientRequest] = field(default_factory=dict)
+    """Our re-INVITE out on each leg (to CANCEL when its offerer withdraws)."""
 
     answer_headers: dict[Role, tuple[Header, ...]] = field(default_factory=dict)
     """Session-timer headers for the 2xx to the re-INVITE or UPDATE pending on a leg."""
@@ -185,6 +194,10 @@ class DialogActions:
             if client is not None:
                 client.cancel()
                 return client
+        elif isinstance(action, CancelReinvite):
+            reoffer = self._runs[active.call_id].reoffers.get(role)
+            if reoffer is not None and not reoffer.final.done():
+                reoffer.cancel()  # deferred by the layer until a provisional came (§9.1)
         elif isinstance(action, SendBye):
             return leg.bye(action.reason)
         elif isinstance(action, Forget):
@@ -212,7 +225,11 @@ class DialogActions:
             run = self._runs[active.call_id]
             incoming, run.incoming = run.incoming, None
             if incoming is not None:
-                leg.agent.stack.respond(incoming[0], action.status, action.reason)
+                extra: tuple[Header, ...] = ()
+                if action.retry_after:  # §14.2: "randomly chosen ... between 0 and 10 seconds"
+                    extra = (("Retry-After", str(random.randint(0, 10))),)
+                leg.agent.stack.respond(incoming[0], action.status, action.reason,
+                                        headers=extra)
         return None
 
     def _send_invite(self, active: ActiveCall, action: SendInvite) -> None:
@@ -538,6 +555,40 @@ class DialogActions:
         self._input(active, role, RefreshAnswered(response.status, session),
                     "refreshing the session")
 
+    def _info(self, active: ActiveCall, role: Role, leg: Leg, tx: ServerTransaction,
+              request: Request) -> None:
+        """An INFO with a body: a media control request (RFC 5168) is relayed in the other
+        leg's dialog and its final status returned (the far encoder is the one that can
+        send a key frame); any other body gets 415 naming what we take. Statuses that
+        would end this dialog's usage (RFC 5057: 408, 481) are not passed back as such."""
+        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip()
+        if content_type.lower() != MEDIA_CONTROL:
+            leg.agent.stack.respond(tx, 415, headers=(("Accept", MEDIA_CONTROL),))
+            return
+        other_role = Role.UAC if role is Role.UAS else Role.UAS
+        other = active.outbound if other_role is Role.UAC else active.inbound
+        if other is None or other.dialog is None or not other.confirmed:
+            leg.agent.stack.respond(tx, 500, "Server Internal Error: the other side's "
+                                             "dialog is not up yet")
+            return
+        relayed, hop = other.agent.dialog_request(other.dialog, "INFO", body=request.body,
+                                                  content_type=content_type)
+        client = other.agent.stack.start_request(relayed, hop)
+        self._spawn(self._info_answer(leg, tx, client))
+
+    async def _info_answer(self, leg: Leg, tx: ServerTransaction, client: ClientRequest
+                           ) -> None:
+        try:
+            response = await client.response()
+        except SipTimeoutError:
+            leg.agent.stack.respond(tx, 504, "Server Time-out: no answer from the other side")
+            return
+        if response.status in (408, 481):
+            leg.agent.stack.respond(tx, 504, f"Server Time-out: the other side answered "
+                                             f"{response.status} {response.reason}")
+            return
+        leg.agent.stack.respond(tx, response.status, response.reason)
+
     def _reinvite(self, active: ActiveCall, role: Role, tx: ServerTransaction,
                   request: Request) -> None:
         """A re-INVITE or UPDATE from the peer: a session refresh (answered here when it
@@ -548,7 +599,9 @@ class DialogActions:
         except ProtocolError as error:
             leg.agent.stack.respond(tx, status_of(error, 400), error.message)
             return
-        headers = self._negotiate_refresh(active, role, leg, tx, request)
+        # RFC 4028 refreshes a session: none before the 2xx (an early UPDATE is no refresh).
+        headers = (self._negotiate_refresh(active, role, leg, tx, request) if leg.confirmed
+                   else ())
         if headers is None or active.core.ended:
             return
         if request.method == "UPDATE" and offer is None:
@@ -578,6 +631,7 @@ class DialogActions:
         request, hop = leg.agent.dialog_request(
             leg.dialog, "INVITE", body=body, content_type="application/sdp" if body else None)
         client = leg.agent.stack.start_request(request, hop)
+        self._runs[active.call_id].reoffers[role] = client
         self._spawn(self._reinvite_answer(active, role, leg, request, client, sdp))
 
     async def _reinvite_answer(self, active: ActiveCall, role: Role, leg: Leg,

@@ -26,6 +26,7 @@ __all__ = [
     "AckTimeout",
     "ByeIn",
     "CancelIn",
+    "CancelReinvite",
     "Confirm",
     "Connect",
     "Disconnect",
@@ -63,6 +64,7 @@ __all__ = [
     "Try",
     "Update",
     "UpdateIn",
+    "Withdraw",
     "reason_header",
 ]
 
@@ -145,7 +147,14 @@ class Fail:
     """Headers worth relaying (Retry-After, Warning, Reason)."""
 
 
-LegEvent = Try | Ring | Connect | Update | Confirm | Disconnect | Fail
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """An ``Update`` taken back: the peer CANCELled its re-INVITE (reported), or cancel
+    our re-INVITE relaying it (asked). Its final answer still comes the usual way (487,
+    or a 2xx that won the race, RFC 3261 §9.2)."""
+
+
+LegEvent = Try | Ring | Connect | Update | Confirm | Disconnect | Fail | Withdraw
 
 
 # -- SIP inputs (dialog -> leg) ------------------------------------------------------------
@@ -310,6 +319,11 @@ class SendCancel:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelReinvite:
+    """CANCEL our pending re-INVITE (RFC 3261 §9.1)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SendBye:
     reason: Header | None = None
 
@@ -337,11 +351,14 @@ class SendUpdateReject:
 
 @dataclass(frozen=True, slots=True)
 class RefuseReinvite:
-    """491 to the re-INVITE that just came in (another offer/answer is under way): it
-    answers that new request, not the pending one."""
+    """A refusal of the re-INVITE or UPDATE that just came in (another offer/answer is
+    under way): it answers that new request, not the pending one. 491 when the offer under
+    way is ours; 500 with a random ``Retry-After`` of 0-10 s (``retry_after``, chosen by the
+    adapter) when it is the peer's own earlier offer (RFC 3261 §14.2, RFC 3311 §5.2)."""
 
     status: int = 491
     reason: str = "Request Pending"
+    retry_after: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,5 +370,5 @@ class Emit:
 
 SipAction = (SendProvisional | SendAnswer | SendReject | SendInvite | SendReinvite | SendAck
              | SendPrack | SendRefresh | SendCancel | SendBye | Forget | SendUpdateAnswer
-             | SendUpdateReject | RefuseReinvite)
+             | SendUpdateReject | RefuseReinvite | CancelReinvite)
 LegAction = SipAction | Emit

@@ -17,6 +17,8 @@ from gateway.calls.events import (
     AckTimeout,
     ByeIn,
     CancelIn,
+    CancelReinvite,
+    Confirm,
     Connect,
     Disconnect,
     Emit,
@@ -44,6 +46,7 @@ from gateway.calls.events import (
     Try,
     Update,
     UpdateIn,
+    Withdraw,
     reason_header,
 )
 from gateway.calls.events import (
@@ -69,6 +72,9 @@ class LegState(enum.Enum):
     """The peer's re-INVITE awaits the answer the call will give."""
     REOFFERING = "reoffering"
     """Our re-INVITE awaits the peer's answer."""
+    REANSWERING = "reanswering"
+    """The peer's re-INVITE had no SDP: our 2xx carried an offer, whose answer comes in the
+    ACK (RFC 3261 §14.2, §13.2.1)."""
     CANCELLING = "cancelling"
     """UAC: our CANCEL is out; the INVITE's final answer is awaited."""
     FAILED = "failed"
@@ -88,6 +94,7 @@ class EventKind(enum.Enum):
     UPDATE = "Update"
     DISCONNECT = "Disconnect"
     FAIL = "Fail"
+    WITHDRAW = "Withdraw"
     INVITE_IN = "INVITE in"
     REINVITE_IN = "re-INVITE in"
     UPDATE_IN = "UPDATE in"
@@ -121,6 +128,7 @@ def kind_of(event: LegEventT | SipInput) -> EventKind:
 _KINDS: Mapping[type, EventKind] = {
     Try: EventKind.TRY, Ring: EventKind.RING, Connect: EventKind.CONNECT,
     Update: EventKind.UPDATE, Disconnect: EventKind.DISCONNECT, Fail: EventKind.FAIL,
+    Withdraw: EventKind.WITHDRAW,
     InviteIn: EventKind.INVITE_IN, ReinviteIn: EventKind.REINVITE_IN,
     UpdateIn: EventKind.UPDATE_IN,
     Timeout: EventKind.TIMEOUT, AckIn: EventKind.ACK_IN, AckTimeout: EventKind.ACK_TIMEOUT,
@@ -189,14 +197,44 @@ class LegMachine:
     def _refuse_reinvite(self, event: object) -> Step:
         return self.state, [RefuseReinvite()]
 
+    def _refuse_early_offer(self, event: object) -> Step:
+        """An UPDATE with an offer in the early dialog (RFC 3311 §5.1 allows one once the
+        first offer/answer is done): not supported here, refused for that transaction only
+        (488) so the call set-up goes on. Before, no row: the call failed as a fault."""
+        return self.state, [RefuseReinvite(488, "Not Acceptable Here: no new offer before "
+                                                "the call is answered")]
+
+    def _refuse_overlapping(self, event: object) -> Step:
+        """The peer offers again while its own earlier offer awaits our answer: not glare
+        (491 would say we have an offer out) but 500 + Retry-After (RFC 3261 §14.2 for a
+        re-INVITE, RFC 3311 §5.2 for an UPDATE)."""
+        return self.state, [RefuseReinvite(500, "Server Internal Error: an earlier offer "
+                                                "of yours is still being answered",
+                                           retry_after=True)]
+
     def _update(self, event: Update) -> Step:
         return _S.REOFFERING, [SendReinvite(event.sdp)]
 
     def _update_answered(self, event: Connect) -> Step:
+        if event.sdp is None:
+            # A re-INVITE without SDP: our 2xx repeats our SDP as an offer; the answer, in
+            # the ACK, may move the peer's media (CUCM after a transfer or a resume).
+            return _S.REANSWERING, [SendUpdateAnswer(None)]
         return _S.CONNECTED, [SendUpdateAnswer(event.sdp)]
+
+    def _reanswered(self, event: AckIn) -> Step:
+        return _S.CONNECTED, [Emit(Confirm(event.sdp))]
 
     def _update_refused(self, event: Fail) -> Step:
         return _S.CONNECTED, [SendUpdateReject(event.status, event.reason)]
+
+    def _withdrawn(self, event: CancelIn) -> Step:
+        """The peer CANCELled its pending re-INVITE: the call cancels the one relaying it;
+        our final answer (487, or 200 if the other side had accepted) comes from there."""
+        return self.state, [Emit(Withdraw())]
+
+    def _cancel_reoffer(self, event: Withdraw) -> Step:
+        return self.state, [CancelReinvite()]
 
     def _reoffer_answered(self, event: ResponseIn) -> Step:
         return _S.CONNECTED, [SendAck(), Emit(Connect(event.sdp))]
@@ -205,7 +243,11 @@ class LegMachine:
         return _S.CONNECTED, [Emit(Fail(event.status, event.reason))]
 
     def _reoffer_timeout(self, event: Timeout) -> Step:
-        return _S.CONNECTED, [Emit(Fail(500, "no answer from the other side"))]
+        """No answer at all to our re-INVITE: RFC 3261 §12.2.1.2 has the UAC end the
+        dialog (the peer is gone); the call clears the other leg (its pending re-INVITE
+        gets 487). Relaying a 500 instead left the other side in a call with nobody."""
+        text = "no answer to a re-INVITE"
+        return _S.DISCONNECTING, [SendBye(reason_header(408, text)), Emit(Fail(408, text))]
 
     def _bye_in(self, event: ByeIn) -> Step:
         return _S.DISCONNECTED, [Forget(), Emit(Disconnect("BYE", event.reason))]
@@ -222,6 +264,12 @@ class LegMachine:
 
     def _confirm_update(self, event: AckIn) -> Step:
         return self.state, []
+
+    def _ack_timeout(self, event: object) -> Step:
+        """Our 2xx (to the INVITE or a re-INVITE) was never ACKed: RFC 3261 §13.3.1.4 and
+        §14.2 end the session with a BYE; the call clears the other leg."""
+        return _S.DISCONNECTING, [SendBye(reason_header(408, "no ACK received")),
+                                  Emit(Fail(408, "no ACK (64*T1)"))]
 
     # -- session timer (RFC 4028), each leg on its own --------------------------------------
 
@@ -280,6 +328,7 @@ IN_CALL: Table = {
         EventKind.UPDATE_IN: "_reinvite_in",  # an UPDATE's offer is relayed the same way
         EventKind.UPDATE: "_update",
         EventKind.ACK_IN: "_confirm_update",  # the ACK of a re-INVITE's 2xx
+        EventKind.ACK_TIMEOUT: "_ack_timeout",  # ... which never came
         EventKind.SUCCESS_IN: "_stay",  # a 2xx retransmission (the stack re-ACKs it)
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect",
@@ -288,8 +337,9 @@ IN_CALL: Table = {
         **_TIMER_ROWS,
         EventKind.CONNECT: "_update_answered",
         EventKind.FAIL: "_update_refused",
-        EventKind.REINVITE_IN: "_refuse_reinvite",
-        EventKind.UPDATE_IN: "_refuse_reinvite",
+        EventKind.CANCEL_IN: "_withdrawn",  # the peer CANCELs its re-INVITE
+        EventKind.REINVITE_IN: "_refuse_overlapping",
+        EventKind.UPDATE_IN: "_refuse_overlapping",
         EventKind.ACK_IN: "_stay",
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect_updating",
@@ -300,13 +350,24 @@ IN_CALL: Table = {
         EventKind.SUCCESS_IN: "_reoffer_answered",
         EventKind.FAILURE_IN: "_reoffer_refused",
         EventKind.TIMEOUT: "_reoffer_timeout",
+        EventKind.WITHDRAW: "_cancel_reoffer",
         EventKind.REINVITE_IN: "_refuse_reinvite",
         EventKind.UPDATE_IN: "_refuse_reinvite",
         EventKind.ACK_IN: "_stay",
         EventKind.BYE_IN: "_bye_in",
         EventKind.DISCONNECT: "_disconnect",
     },
+    _S.REANSWERING: {
+        **_TIMER_ROWS,
+        EventKind.ACK_IN: "_reanswered",
+        EventKind.ACK_TIMEOUT: "_ack_timeout",
+        EventKind.REINVITE_IN: "_refuse_reinvite",  # our offer (in the 2xx) is out: 491
+        EventKind.UPDATE_IN: "_refuse_reinvite",
+        EventKind.BYE_IN: "_bye_in",
+        EventKind.DISCONNECT: "_disconnect",
+    },
     _S.DISCONNECTING: {
+        EventKind.ACK_TIMEOUT: "_stay",  # our BYE is out already
         EventKind.REFRESH_ANSWERED: "_stay",
         EventKind.TIMER: "_stay",
         EventKind.BYE_IN: "_bye_crossed",

@@ -20,6 +20,7 @@ __all__ = [
     "EXPECTED_ERRORS",
     "ICE_FAILURE_TEXT",
     "Refusal",
+    "callee_final",
     "callee_refusal",
     "media_refusal",
     "relayed_headers",
@@ -121,3 +122,31 @@ def relayed_headers(response: Response) -> tuple[tuple[str, str], ...]:
         if value:
             keep.append((name, value))
     return tuple(keep)
+
+
+Header = tuple[str, str]
+
+
+def callee_final(status: int, reason: str, headers: tuple[Header, ...]
+                 ) -> tuple[int, str, tuple[Header, ...]]:
+    """The callee's final error as the caller gets it. A B2BUA ends the callee's
+    transaction and starts its own answer, so what only makes sense hop by hop is
+    translated, the rest relayed as is (486, 404, 6xx, with their Reason and Warning):
+
+    - 503 (and its Retry-After) would say that the *gateway* is overloaded, and a caller
+      such as the Lync FE would try another gateway or avoid this one (RFC 3261 §21.5.4);
+      like a proxy (§16.7 step 6) we answer 500 naming the callee's 503;
+    - a 3xx cannot be followed by the caller: its Contact is the other network's, which a
+      B2BUA does not show; the caller gets 480 naming the redirect (not followed here);
+    - 401/407 challenge the gateway's INVITE, which the caller has no credential for: 403.
+    """
+    kept = tuple(h for h in headers if h[0].lower() != "retry-after")
+    if status == 503:
+        return 500, f"Server Internal Error: the called side answered 503 {reason}", kept
+    if 300 <= status < 400:
+        return 480, (f"Temporarily Unavailable: the called side redirected the call "
+                     f"({status} {reason}), which the gateway does not follow"), kept
+    if status in (401, 407):
+        return 403, (f"Forbidden: the called side challenged the gateway ({status} "
+                     f"{reason}); no credentials are configured for it"), kept
+    return status, reason, headers

@@ -84,6 +84,7 @@ _PENDING = {
     _K.FAILURE_IN: "_refused",
     _K.TIMEOUT: "_timeout",
     _K.DISCONNECT: "_cancel",
+    _K.UPDATE_IN: "_refuse_early_offer",  # an UPDATE in the early dialog of a reliable 1xx
 }
 
 UAC_TABLE: Table = {

@@ -19,7 +19,6 @@ from gateway.calls.events import (
     InviteIn,
     Ring,
     SendAnswer,
-    SendBye,
     SendProvisional,
     SendReject,
     Try,
@@ -60,6 +59,12 @@ class UasLeg(LegMachine):
         return _S.DISCONNECTED, [SendReject(487, "Request Terminated"),
                                  Emit(Disconnect("cancelled", cancelled=True))]
 
+    def _early_bye(self, event: object) -> Step:
+        """RFC 3261 §15: the caller may BYE the early dialog of our reliable 1xx (video side,
+        100rel); §15.1.2: the INVITE then gets 487 and the call ends like a CANCEL."""
+        return _S.DISCONNECTED, [SendReject(487, "Request Terminated"),
+                                 Emit(Disconnect("BYE in the early dialog", cancelled=True))]
+
     def _ack(self, event: AckIn) -> Step:
         return _S.CONNECTED, [Emit(Confirm(event.sdp))]
 
@@ -70,16 +75,14 @@ class UasLeg(LegMachine):
         return _S.DISCONNECTED, [SendReject(504, f"Server Time-out: {text}"),
                                  Emit(Disconnect(text, reason_header(504, text)))]
 
-    def _ack_timeout(self, event: object) -> Step:
-        return _S.DISCONNECTING, [SendBye(reason_header(408, "no ACK received")),
-                                  Emit(Fail(408, "no ACK (64*T1)"))]
-
 
 _PENDING = {
     _K.RING: "_ring",
     _K.CONNECT: "_connect",
     _K.FAIL: "_fail",
     _K.CANCEL_IN: "_cancel",
+    _K.BYE_IN: "_early_bye",
+    _K.UPDATE_IN: "_refuse_early_offer",
     _K.PRACK_TIMEOUT: "_prack_timeout",
 }
 

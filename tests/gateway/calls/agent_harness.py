@@ -173,6 +173,10 @@ class FakeMedia(MediaSession):
     def __init__(self, call_id: str, on_event: Callable[[MediaEvent], None]) -> None:
         super().__init__(call_id, None, on_event=on_event)  # type: ignore[arg-type]
         self.applied = 0
+        self.last_applied: dict[str, Any] = {}
+        """The descriptions of the last ``apply``."""
+        self.gate: asyncio.Event | None = None
+        """When set, ``apply`` waits for it (media still being applied: a test's window)."""
         self.closed = False
 
     async def prepare(self, kinds: Any) -> None:
@@ -184,7 +188,10 @@ class FakeMedia(MediaSession):
             self._keys[index] = (random.randbytes(30), random.randbytes(30))
 
     async def apply(self, **sdp: Any) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         self.applied += 1
+        self.last_applied = sdp
 
     def counters(self) -> tuple[Any, ...]:
         return ()

@@ -110,7 +110,8 @@ class B2bua:
 
 def _fake_bridge(rewrite: Rewrite) -> SessionDescription | None:
     """What the bridge would hand back: an SDP whose origin names the operation."""
-    if rewrite.op is BridgeOp.DELAYED_VIDEO_ANSWER:
+    if rewrite.op in (BridgeOp.DELAYED_VIDEO_ANSWER, BridgeOp.VIDEO_REANSWER,
+                      BridgeOp.MICROSOFT_REANSWER):
         return None
     kinds = tuple(m.kind for m in rewrite.sdp.media) if rewrite.sdp else ("audio", "video")
     return sdp(rewrite.op.value, kinds)

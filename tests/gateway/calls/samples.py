@@ -18,6 +18,7 @@ from gateway.calls.events import (
     PrackTimeout,
     RefreshAnswered,
     RefreshIn,
+    RefuseReinvite,
     ReinviteIn,
     ResponseIn,
     Ring,
@@ -27,6 +28,7 @@ from gateway.calls.events import (
     Try,
     Update,
     UpdateIn,
+    Withdraw,
     reason_header,
 )
 from gateway.calls.leg_machine import EventKind
@@ -46,6 +48,7 @@ SAMPLES: dict[EventKind, LegEvent | SipInput] = {
     EventKind.UPDATE: Update(OFFER),
     EventKind.DISCONNECT: Disconnect("hung up", reason_header(200, "hung up")),
     EventKind.FAIL: Fail(486, "Busy Here"),
+    EventKind.WITHDRAW: Withdraw(),
     EventKind.INVITE_IN: InviteIn(OFFER),
     EventKind.REINVITE_IN: ReinviteIn(OFFER),
     EventKind.PROVISIONAL_IN: ResponseIn(180, "Ringing"),
@@ -67,6 +70,7 @@ SAMPLES: dict[EventKind, LegEvent | SipInput] = {
 
 def render(actions: list[LegAction]) -> str:
     """``SendAck,Emit:Connect`` (``-`` for none)."""
-    names = [f"Emit:{type(a.event).__name__}" if isinstance(a, Emit) else type(a).__name__
-             for a in actions]
+    names = [f"Emit:{type(a.event).__name__}" if isinstance(a, Emit)
+             else f"RefuseReinvite:{a.status}" if isinstance(a, RefuseReinvite)
+             else type(a).__name__ for a in actions]
     return ",".join(names) or "-"

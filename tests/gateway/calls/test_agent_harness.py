@@ -3,6 +3,8 @@ SIP each peer receives, byte-encoded, with the clock moved by hand."""
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway.views import LegSide
 from media.sdp import parse_sdp
 from tests.gateway.calls.agent_harness import CUCM, Harness, run
@@ -192,4 +194,66 @@ def test_video_calls_microsoft_and_hangs_up() -> None:
         assert "BYE from the video side" in (ms_bye.headers.get("Reason") or "")
         assert not h.controller.calls and h.ended("completed") == 1
 
+    run(scenario)
+
+
+def test_a_reinvite_without_sdp_gets_our_offer_and_the_acks_answer_moves_the_media() -> None:
+    """CUCM reconnects media after a transfer with a re-INVITE without SDP (RFC 3261 §14):
+    the gateway's 200 offers what it last sent, CUCM's ACK answers from a new port, and the
+    media session is applied with that answer (before: the ACK's SDP was dropped and media
+    kept going to the old port). The FE is not asked anything."""
+    async def scenario(h: Harness) -> None:
+        content_type, offer = lync_offer()
+        pending = h.fe.invite(TARGET, h.hop(MS), offer, content_type)
+        await h.settle()
+        tx, invite = h.cucm.take()
+        callee = h.cucm.answer(tx, invite, 200,
+                               body=plain_answer(parse_sdp(invite.body), CUCM.host, 50000))
+        await h.settle()
+        h.fe.confirm(pending, h.hop(MS))
+        await h.settle()
+        assert callee is not None
+        session = h.services.sessions[0]
+        applied = session.applied
+        request, hop = h.cucm.dialog_request(callee, "INVITE")
+        reinvite = h.cucm.stack.start_request(request, hop)
+        await h.settle()
+        ok = reinvite.final.result()
+        assert ok.status == 200 and ok.body, ok
+        ours = parse_sdp(ok.body)
+        assert [m.kind for m in ours.media] == [m.kind for m in parse_sdp(invite.body).media]
+        h.cucm.send_ack(callee, reinvite.transaction, body=plain_answer(ours, CUCM.host, 50010),
+                        content_type="application/sdp")
+        await h.settle()
+        assert session.applied == applied + 1
+        moved = session.last_applied["video_remote"]
+        assert [m.port for m in moved.media if m.port] == [50010, 50012][:len(moved.media)]
+        assert len(h.fe.requests("INVITE")) == 0  # answered here, not relayed
+        assert len(h.controller.calls) == 1
+    run(scenario)
+
+
+def test_a_callee_byeing_right_after_its_200_still_ends_the_callers_invite() -> None:
+    """CUCM answers and BYEs at once (its BYE crossing our ACK, while the gateway is still
+    rewriting the answer): the FE's INVITE gets a final response (480) instead of ringing
+    on unanswered; CUCM's BYE gets 200."""
+    async def scenario(h: Harness) -> None:
+        pending, tx, invite = await _ringing(h)
+        h.cucm.answer(tx, invite, 180)
+        gate = h.services.sessions[0].gate = asyncio.Event()  # the answer's media: held
+        callee = h.cucm.answer(tx, invite, 200,
+                               body=plain_answer(parse_sdp(invite.body), CUCM.host, 50000))
+        assert callee is not None
+        await h.settle()
+        assert h.cucm.requests("ACK") and not pending.final.done()
+        bye = h.cucm.bye(callee)
+        await h.settle()
+        gate.set()
+        await h.settle()
+        assert bye.final.result().status == 200
+        final = pending.final.result()
+        assert final.status == 480, final
+        assert not h.controller.calls
+        assert h.services.sessions[0].closed
+        assert h.ended("failed") == 1
     run(scenario)

@@ -17,8 +17,10 @@ from gateway.calls.events import (
     AckTimeout,
     ByeIn,
     CancelIn,
+    CancelReinvite,
     RefreshAnswered,
     RefreshIn,
+    RefuseReinvite,
     ReinviteIn,
     ResponseIn,
     SendAnswer,
@@ -184,6 +186,39 @@ def test_an_unreachable_peer_is_skipped_for_the_next_one() -> None:
     assert reject == SendReject(503, "Service Unavailable: CUCM unreachable")
 
 
+def test_hop_by_hop_refusals_of_the_callee_are_translated_for_the_caller() -> None:
+    """503 (+ Retry-After) would say the gateway is down: 500. A 3xx cannot be followed
+    through a B2BUA: 480. A 401/407 challenges the gateway, not the caller: 403. The
+    Reason header stays; the rest (486, 404, 6xx) is relayed as is."""
+    reason = ("Reason", "Q.850;cause=34")
+    cases = [
+        ((503, "Service Unavailable", (("Retry-After", "60"), reason)), 500, (reason,)),
+        ((302, "Moved Temporarily", (reason,)), 480, (reason,)),
+        ((407, "Proxy Authentication Required", (reason,)), 403, (reason,)),
+        ((603, "Decline", (reason,)), 603, (reason,)),
+    ]
+    for (status, text, headers), expected, kept in cases:
+        b2bua = B2bua()
+        b2bua.invite(sdp("caller"))
+        b2bua.callee(ResponseIn(status, text, headers=headers))
+        reject = b2bua.last(UAS)
+        assert isinstance(reject, SendReject), reject
+        assert (reject.status, reject.headers) == (expected, kept), reject
+        assert str(status) in reject.reason or status == expected
+        assert b2bua.ended[0].outcome.result is CallResult.REJECTED
+
+
+def test_a_503_from_one_peer_of_the_zone_tries_the_next() -> None:
+    b2bua = B2bua(hops=2)
+    b2bua.invite(sdp("caller"))
+    b2bua.callee(ResponseIn(503, "Service Unavailable"))
+    assert b2bua.to(UAC) == ["SendInvite", "SendInvite"] and b2bua.call.hop_index == 1
+    assert b2bua.to(UAS) == []
+    b2bua.callee(ResponseIn(503, "Service Unavailable"))
+    reject = b2bua.last(UAS)
+    assert isinstance(reject, SendReject) and reject.status == 500
+
+
 def test_a_reinvite_is_rewritten_relayed_and_answered() -> None:
     b2bua = connected()
     b2bua.caller(ReinviteIn(sdp("hold")))
@@ -209,13 +244,56 @@ def test_a_crossing_reinvite_gets_491() -> None:
     b2bua = connected(auto=True)
     b2bua.caller(ReinviteIn(sdp("hold")))
     b2bua.callee(ReinviteIn(sdp("video")))
-    assert b2bua.to(UAC)[-1] == "RefuseReinvite"
+    assert b2bua.last(UAC) == RefuseReinvite(491, "Request Pending")
+
+
+def test_a_second_offer_from_the_same_side_while_its_first_is_answered_gets_500() -> None:
+    """RFC 3261 §14.2 / RFC 3311 §5.2: not glare (our offer is not out) but the peer's own
+    earlier offer still unanswered: 500 with Retry-After, the first goes on."""
+    for second in (ReinviteIn(sdp("again")), UpdateIn(sdp("again"))):
+        b2bua = connected(auto=True)
+        b2bua.callee(ReinviteIn(sdp("video")))
+        b2bua.callee(second)
+        refusal = b2bua.last(UAC)
+        assert isinstance(refusal, RefuseReinvite) and refusal.status == 500, refusal
+        assert refusal.retry_after
+        b2bua.caller(ResponseIn(200, "OK", sdp("fe")))
+        answer = b2bua.last(UAC)
+        assert isinstance(answer, SendUpdateAnswer) and b2bua.call.connected
 
 
 def test_a_reinvite_without_sdp_is_answered_with_what_we_last_sent() -> None:
     b2bua = connected()
     b2bua.caller(ReinviteIn(None))
     assert b2bua.last(UAS) == SendUpdateAnswer(None)
+
+
+def test_the_ack_answer_to_our_offer_in_a_reinvites_2xx_is_applied() -> None:
+    """CUCM's re-INVITE without SDP (after a transfer or a resume): our 2xx offers what we
+    last sent, its ACK answers, maybe from a new address: that answer is applied (before:
+    dropped, the media kept going to the old address)."""
+    b2bua = connected()
+    b2bua.callee(ReinviteIn(None))
+    assert b2bua.last(UAC) == SendUpdateAnswer(None)
+    assert b2bua.call.uac is not None and b2bua.call.uac.state is LegState.REANSWERING
+    moved = sdp("moved", ("audio", "video"))
+    b2bua.callee(AckIn(moved))
+    assert b2bua.rewrites[-1].op is BridgeOp.VIDEO_REANSWER
+    assert b2bua.rewrites[-1].sdp == moved
+    assert b2bua.call.connected and b2bua.call.uac.state is LegState.CONNECTED
+    b2bua.caller(ReinviteIn(sdp("hold")))  # the call goes on: the next offer is relayed
+    assert b2bua.to(UAC)[-1] == "SendReinvite"
+
+
+def test_an_unusable_ack_answer_to_our_reoffer_clears_the_call() -> None:
+    b2bua = connected()
+    b2bua.auto = False
+    b2bua.callee(ReinviteIn(None))
+    b2bua.callee(AckIn(sdp("moved", ("audio",))))
+    b2bua.fail_next = BadAnswer("video", sdp("ours", ("audio", "video")), sdp("moved"))
+    b2bua.finish_rewrite()
+    assert b2bua.to(UAC)[-1] == "SendBye" and b2bua.to(UAS)[-1] == "SendBye"
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED
 
 
 def test_bye_from_either_side_ends_the_call_with_its_reason() -> None:
@@ -395,3 +473,97 @@ def test_a_reliable_183_is_pracked_before_it_is_relayed() -> None:
     b2bua.callee(ResponseIn(183, "Session Progress", sdp("callee"), reliable=True))
     assert b2bua.to(UAC) == ["SendInvite", "SendPrack"]
     assert b2bua.to(UAS) == ["SendProvisional"]
+
+
+def test_a_callee_hanging_up_while_its_answer_is_relayed_gets_the_caller_a_480() -> None:
+    """The callee's BYE (after our ACK) wins the race with the rewrite of its answer: the
+    caller's INVITE still gets a final response (it was left unanswered before)."""
+    b2bua = B2bua(auto=False)
+    b2bua.invite(sdp("caller"))
+    b2bua.finish_rewrite()
+    b2bua.callee(ResponseIn(180, "Ringing"))
+    b2bua.callee(ResponseIn(200, "OK", sdp("callee")))
+    assert b2bua.to(UAC) == ["SendInvite", "SendAck"]
+    b2bua.callee(ByeIn(("Reason", "Q.850;cause=16")))
+    final = b2bua.last(UAS)
+    assert isinstance(final, SendReject) and final.status == 480, final
+    assert final.headers == (("Reason", "Q.850;cause=16"),)
+    assert b2bua.call.uas.state is LegState.DISCONNECTED
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED
+    b2bua.finish_rewrite()  # the answer's rewrite ends: nothing more goes anywhere
+    assert b2bua.to(UAS) == ["SendProvisional", "SendReject"]
+    assert b2bua.to(UAC) == ["SendInvite", "SendAck", "Forget"]
+
+
+def test_a_bye_in_the_callers_early_dialog_is_a_487_and_cancels_the_callee() -> None:
+    """RFC 3261 §15.1.2: the caller BYEs the early dialog of our reliable 1xx; the INVITE
+    gets 487 and the callee a CANCEL (before: no table row, a coding-error 500)."""
+    b2bua = B2bua(inbound=LegSide.VIDEO)
+    b2bua.invite(sdp("cucm"))
+    b2bua.callee(ResponseIn(180, "Ringing"))
+    b2bua.caller(ByeIn(None))
+    assert b2bua.last(UAS) == SendReject(487, "Request Terminated")
+    assert b2bua.to(UAC) == ["SendInvite", "SendCancel"]
+    assert b2bua.ended[0].outcome.result is CallResult.CANCELLED
+
+
+def test_a_reinvite_2xx_never_acked_byes_both_legs_with_408() -> None:
+    """RFC 3261 §14.2 / §13.3.1.4 for a re-INVITE's 2xx (before: no row once connected,
+    the call cleared as a gateway fault with cause 500)."""
+    b2bua = connected()
+    b2bua.callee(ReinviteIn(None))
+    b2bua.tick(32.0)
+    b2bua.callee(AckTimeout())
+    bye_callee, bye_caller = b2bua.last(UAC), b2bua.last(UAS)
+    assert isinstance(bye_callee, SendBye) and isinstance(bye_caller, SendBye)
+    assert bye_callee.reason is not None and "cause=408" in bye_callee.reason[1]
+    assert bye_caller.reason is not None and "cause=408" in bye_caller.reason[1]
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED
+
+
+def test_a_cancelled_reinvite_cancels_the_relayed_one_and_gets_its_487() -> None:
+    """RFC 3261 §9: the caller CANCELs its re-INVITE (Lync taking back "add video"): the
+    relayed re-INVITE is CANCELled and the 487 that ends it answers the caller's."""
+    b2bua = connected()
+    b2bua.caller(ReinviteIn(sdp("video", ("audio", "video"))))
+    assert b2bua.to(UAC)[-1] == "SendReinvite"
+    b2bua.caller(CancelIn())
+    assert b2bua.last(UAC) == CancelReinvite()
+    assert b2bua.to(UAS)[-1] != "SendUpdateReject"  # not before the other side's answer
+    b2bua.callee(ResponseIn(487, "Request Terminated"))
+    assert b2bua.last(UAS) == SendUpdateReject(487, "Request Terminated")
+    assert b2bua.call.connected and ResetBridge() in b2bua.others
+
+
+def test_a_reinvite_cancelled_while_its_offer_is_rewritten_is_never_relayed() -> None:
+    b2bua = connected()
+    b2bua.auto = False
+    b2bua.caller(ReinviteIn(sdp("video", ("audio", "video"))))
+    b2bua.caller(CancelIn())
+    b2bua.finish_rewrite()
+    assert "SendReinvite" not in b2bua.to(UAC)
+    assert b2bua.last(UAS) == SendUpdateReject(487, "Request Terminated")
+    assert b2bua.call.connected
+
+
+def test_a_cancel_crossing_the_relayed_2xx_lets_the_2xx_win() -> None:
+    b2bua = connected()
+    b2bua.caller(ReinviteIn(sdp("video", ("audio", "video"))))
+    b2bua.caller(CancelIn())
+    b2bua.callee(ResponseIn(200, "OK", sdp("cucm-video", ("audio", "video"))))
+    answer = b2bua.last(UAS)
+    assert isinstance(answer, SendUpdateAnswer) and answer.sdp is not None
+    assert b2bua.call.connected
+
+
+def test_a_relayed_reinvite_with_no_answer_at_all_ends_the_call() -> None:
+    """RFC 3261 §12.2.1.2 (before: a 500 to the offerer and a call with a dead leg)."""
+    b2bua = connected()
+    b2bua.caller(ReinviteIn(sdp("hold")))
+    b2bua.callee(Timeout())
+    bye = b2bua.last(UAC)
+    assert isinstance(bye, SendBye) and bye.reason is not None and "cause=408" in bye.reason[1]
+    assert b2bua.to(UAS)[-2:] == ["SendUpdateReject", "SendBye"]
+    assert [a for r, a in b2bua.sent if r is UAS][-2] == SendUpdateReject(487,
+                                                                          "Request Terminated")
+    assert b2bua.ended[0].outcome.result is CallResult.FAILED

@@ -76,3 +76,16 @@ def test_a_refused_invite_is_sent_again_as_a_retry() -> None:
     leg.handle(ResponseIn(488, "Not Acceptable Here"), 0.1)
     (send,) = leg.handle(SAMPLES[EventKind.TRY], 0.2)
     assert getattr(send, "retry", None) is True
+
+
+def test_a_reinvite_without_sdp_answered_with_our_offer_waits_for_the_acks_answer() -> None:
+    """Connect without SDP (the call answers a re-INVITE that had none) makes our 2xx an
+    offer: the leg is reanswering until the ACK brings the answer, reported as Confirm."""
+    from gateway.calls.events import AckIn, Confirm, Connect, Emit, ReinviteIn, SendUpdateAnswer
+    leg = UacLeg()
+    leg.state = LegState.CONNECTED
+    leg.handle(ReinviteIn(None), 1.0)
+    assert leg.handle(Connect(None), 1.1) == [SendUpdateAnswer(None)]
+    assert leg.state is LegState.REANSWERING
+    assert leg.handle(AckIn(OFFER), 1.2) == [Emit(Confirm(OFFER))]
+    assert leg.state is LegState.CONNECTED
