@@ -1,8 +1,5 @@
-"""SIP-stack (`sip/`) behaviour found wrong while reviewing call control against SIPp,
-reported here with a failing test rather than fixed (call control does not own `sip/`).
-Each test is ``xfail(strict=True)``: it starts to pass, and so to fail the suite, the day
-the stack is fixed, so the mark must go with the fix.
-"""
+"""SIP-stack (`sip/`) behaviour found wrong while reviewing call control against SIPp, and
+fixed in the stack: each test failed before its fix."""
 
 from __future__ import annotations
 
@@ -26,10 +23,6 @@ def gateway(pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
         yield running
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sip.useragent.UserAgent._on_stray_response drops a 2xx of another fork (a To tag with "
-    "no dialog) instead of ACKing it and sending BYE (RFC 3261 13.2.2.4); the forked "
-    "callee keeps retransmitting its 200 for 32 s and then BYEs on its own"))
 def test_a_second_forks_2xx_is_acked_and_byed(
     gateway: RunningGateway, pki: LabPKI, tmp_path: Path
 ) -> None:
