@@ -287,3 +287,15 @@ def test_a_relayed_reinvite_never_answered_ends_the_call(
                                       fe_file="lync_fe_uac_reinvite_cut.xml", timeout=70.0)
     both_succeeded(caller, callee, context)
     gateway.wait_status(idle, SETTLE, "no call and no port after the unanswered re-INVITE")
+
+
+def test_a_second_forks_2xx_is_acked_and_byed(
+    gateway: RunningGateway, pki: LabPKI, tmp_path: Path
+) -> None:
+    """CUCM calls alice; the FE's fork is answered by two of her endpoints (200 with To
+    tag "fe" and 200 with To tag "feB", RFC 3261 §13.2.2.4). The gateway's SIP stack must ACK
+    both and BYE the second, then the call carries on in the first (lync_fe_uas_forked.xml
+    fails otherwise; before the stack's fix it dropped the second 200 as stray)."""
+    caller, callee, context = cucm_call(gateway, pki, tmp_path, "cucm_uac.xml",
+                                        fe_file="lync_fe_uas_forked.xml")
+    both_succeeded(caller, callee, context)
