@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.config import Encryption, MediaEncryption
 from media.ms_dialect import EncryptionPolicy, pick_sdp
@@ -302,6 +302,22 @@ class SdpBridge:
         exchange.ms_remote = ms_answer
         await self._apply(exchange)
 
+    async def reanswer(self, *, microsoft: bool, answer: SessionDescription) -> None:
+        """A side's new answer, in the ACK of our 2xx to its re-INVITE without SDP, to the
+        SDP the media runs on, which that 2xx offered again (RFC 3261 14.2): the applied
+        exchange with that side's remote description replaced, applied (the media follows
+        the peer's new address or codecs). The other side is not asked anything: its view
+        has not changed, and an exchange pending meanwhile stays pending."""
+        current = self.current
+        if current is None:
+            raise LocalProtocolError("no applied offer/answer to answer again", 500)
+        if microsoft:
+            check_answer("Microsoft", current.ms_local, answer)
+            await self._run(replace(current, ms_remote=answer))
+        else:
+            check_answer("video", current.video_local, answer)
+            await self._run(replace(current, video_remote=answer))
+
     # -- internals -----------------------------------------------------------------------------
 
     def _pending(self, microsoft_offers: bool) -> Exchange:
@@ -311,6 +327,12 @@ class SdpBridge:
         return exchange
 
     async def _apply(self, exchange: Exchange) -> None:
+        """The pending exchange, complete: applied, and no longer pending."""
+        await self._run(exchange)
+        self.pending = None
+
+    async def _run(self, exchange: Exchange) -> None:
+        """Apply a complete exchange to the media session; it becomes the current one."""
         assert exchange.complete
         await self.session.apply(
             microsoft_local=exchange.ms_local,  # type: ignore[arg-type]
@@ -319,7 +341,6 @@ class SdpBridge:
             video_remote=exchange.video_remote,  # type: ignore[arg-type]
             ice_controlling=exchange.ice_controlling,
         )
-        self.pending = None
         self.current = exchange
 
 

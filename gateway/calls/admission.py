@@ -13,11 +13,11 @@ from gateway.config import MICROSOFT_ZONE
 from gateway.leg import SideAgent
 from gateway.metrics import RefusalReason
 from gateway.routing import RouteDecision, RouteRefusal, alias_to_uri
-from gateway.sdp_bridge import SdpBridge, check_answer
+from gateway.sdp_bridge import SdpBridge
 from gateway.session_timer import UasAnswer
 from gateway.views import LegSide
 from media.sdp import SessionDescription
-from sip.errors import LocalProtocolError, ProtocolError
+from sip.errors import ProtocolError
 from sip.headers import Address
 from sip.message import Request
 from sip.uri import Params
@@ -84,8 +84,7 @@ async def run_rewrite(bridge: SdpBridge, op: BridgeOp, sdp: SessionDescription |
     if op is BridgeOp.FINAL_ANSWER:
         return await bridge.final_answer(sdp)
     if op is BridgeOp.VIDEO_REANSWER or op is BridgeOp.MICROSOFT_REANSWER:
-        await reanswer(bridge, LegSide.VIDEO if op is BridgeOp.VIDEO_REANSWER
-                       else LegSide.MICROSOFT, sdp)
+        await bridge.reanswer(microsoft=op is BridgeOp.MICROSOFT_REANSWER, answer=sdp)
         return None
     await bridge.delayed_video_answer(sdp)
     return None
@@ -105,29 +104,3 @@ def option_tags(request: Request, header: str) -> set[str]:
     return {tag.strip().lower() for tag in request.headers.getlist(header) if tag.strip()}
 
 
-async def reanswer(bridge: SdpBridge, side: LegSide, answer: SessionDescription) -> None:
-    """``side``'s new answer (in the ACK of our 2xx to its re-INVITE without SDP) to the
-    SDP the media runs on, which that 2xx offered again: the applied exchange with this
-    side's remote description replaced, applied (the media follows the peer's new address
-    or codecs). The other side is not asked anything: its view has not changed.
-
-    Written here over ``SdpBridge``'s public state (``current``, ``session``) because the
-    bridge has no re-answer of its own; ``check_answer`` keeps RFC 3264's m= line rule."""
-    current = bridge.current
-    if current is None:
-        raise LocalProtocolError("no applied offer/answer to answer again", 500)
-    if side is LegSide.VIDEO:
-        check_answer("video", current.video_local, answer)
-        exchange = replace(current, video_remote=answer)
-    else:
-        check_answer("Microsoft", current.ms_local, answer)
-        exchange = replace(current, ms_remote=answer)
-    assert exchange.complete
-    await bridge.session.apply(
-        microsoft_local=exchange.ms_local,  # type: ignore[arg-type]
-        microsoft_remote=exchange.ms_remote,  # type: ignore[arg-type]
-        video_local=exchange.video_local,  # type: ignore[arg-type]
-        video_remote=exchange.video_remote,  # type: ignore[arg-type]
-        ice_controlling=exchange.ice_controlling,
-    )
-    bridge.current = exchange
