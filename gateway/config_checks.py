@@ -43,16 +43,26 @@ def check_range(name: str, value: float, low: float, high: float | None = None) 
         raise field_error(name, f"must be {bound}, got {value}")
 
 
+def check_host(name: str, value: str) -> str:
+    """A host name or address, normalised; ``name`` is named when it is not one."""
+    try:
+        return parse_host(value)
+    except ValueError as exc:
+        raise field_error(name, str(exc)) from None
+
+
+def check_hosts(name: str, values: Iterable[str]) -> tuple[str, ...]:
+    """Host names or addresses, normalised; ``name[i]`` is named on a bad one."""
+    return tuple(check_host(f"{name}[{index}]", value) for index, value in enumerate(values))
+
+
 def check_tls_name(name: str, value: str | None) -> str | None:
     """A certificate name (DNS name, or an address for an IP SAN), normalised; None stays."""
     if value is None:
         return None
     if not value.strip():
         raise field_error(name, "must not be empty (leave the key out for none)")
-    try:
-        return parse_host(value)
-    except ValueError as exc:
-        raise field_error(name, str(exc)) from None
+    return check_host(name, value)
 
 
 def check_networks(name: str, cidrs: Iterable[str]) -> tuple[str, ...]:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.addresses import parse_host
-from gateway.config_checks import check_pattern, check_range, check_tls_name, field_error
+from gateway.config_checks import (
+    check_hosts,
+    check_pattern,
+    check_range,
+    check_tls_name,
+    field_error,
+)
 from gateway.config_enums import (
     MediaEncryption,
     MediaLatching,
@@ -69,15 +74,10 @@ class ZoneConfig:
             raise field_error(
                 "peers", f"a zone needs 1 to {MAX_ZONE_PEERS} peer addresses, got {len(self.peers)}"
             )
-        hosts = []
-        for index, peer in enumerate(self.peers):
-            try:
-                hosts.append(parse_host(peer))
-            except ValueError as exc:
-                raise field_error(f"peers[{index}]", str(exc)) from None
+        hosts = check_hosts("peers", self.peers)
         if len(set(hosts)) != len(hosts):
             raise field_error("peers", "a peer is listed twice")
-        object.__setattr__(self, "peers", tuple(hosts))
+        object.__setattr__(self, "peers", hosts)
         if self.port == 0:
             object.__setattr__(self, "port", self.transport.default_port)
         check_range("port", self.port, 1, 65535)

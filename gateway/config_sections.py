@@ -11,6 +11,8 @@ from typing import Any
 from gateway.addresses import HostPort, parse_host
 from gateway.config_checks import (
     address_metadata,
+    check_host,
+    check_hosts,
     check_networks,
     check_range,
     check_tls_name,
@@ -65,10 +67,7 @@ class SystemConfig:
             value = getattr(self, name)
             if not value:
                 raise field_error(name, "must not be empty")
-            try:
-                parse_host(value)
-            except ValueError as exc:
-                raise field_error(name, str(exc)) from None
+            check_host(name, value)
         if not self.cluster_fqdn:
             object.__setattr__(self, "cluster_fqdn", self.fqdn)
         check_range("drain_timeout", self.drain_timeout, 0)
@@ -138,13 +137,7 @@ class BrokerConfig:
     """SIP port of the IM&P nodes."""
 
     def __post_init__(self) -> None:
-        hosts = []
-        for index, host in enumerate(self.destinations):
-            try:
-                hosts.append(parse_host(host))
-            except ValueError as exc:
-                raise field_error(f"destinations[{index}]", str(exc)) from None
-        object.__setattr__(self, "destinations", tuple(hosts))
+        object.__setattr__(self, "destinations", check_hosts("destinations", self.destinations))
         check_range("port", self.port, 1, 65535)
         if self.enabled and not self.destinations:
             raise field_error("destinations", "the broker is enabled but has no destinations")
