@@ -33,6 +33,11 @@ class Role(enum.Enum):
     UAC = "uac"
     """The callee's leg."""
 
+    @property
+    def other(self) -> Role:
+        """The call's other leg."""
+        return Role.UAC if self is Role.UAS else Role.UAS
+
 
 class CallState(enum.Enum):
     """Where a call is, as /status shows it."""

@@ -196,7 +196,7 @@ class Call:
         if phase is Phase.UPDATE_OFFER:
             assert self.updater is not None
             self.phase = Phase.UPDATE_WAIT
-            return self._ask(_other(self.updater), Update(sdp), now)
+            return self._ask(self.updater.other, Update(sdp), now)
         if phase is Phase.UPDATE_ANSWER:
             assert self.updater is not None
             self.phase = Phase.CONNECTED
@@ -383,7 +383,7 @@ class Call:
 
     def _connect(self, role: Role, event: Connect, now: float) -> list[CallAction]:
         if self.phase is Phase.UPDATE_WAIT and self.updater is not None \
-                and role is _other(self.updater):
+                and role is self.updater.other:
             if event.sdp is None:
                 self.phase = Phase.CONNECTED
                 return [ResetBridge(), *self._ask(
@@ -429,7 +429,7 @@ class Call:
             return self._end(CallResult.FAILED, event.reason,
                              reason_header(event.status, event.reason), now)
         if self.phase is Phase.UPDATE_WAIT and self.updater is not None \
-                and role is _other(self.updater):
+                and role is self.updater.other:
             self.phase = Phase.CONNECTED
             return [ResetBridge(), *self._ask(self.updater, Fail(event.status, event.reason),
                                               now)]
@@ -513,7 +513,7 @@ class Call:
         if self.phase is Phase.UPDATE_OFFER:
             self.withdrawn = True
             return []
-        other = _other(role)
+        other = role.other
         if self.phase is Phase.UPDATE_WAIT and self.machine(other).can(Withdraw()):
             return self._ask(other, Withdraw(), now)
         return []
@@ -553,7 +553,3 @@ class Call:
             if leg.can(event):
                 actions += self._safely(role, event, now)
         return [*actions, Ended(self.outcome)]
-
-
-def _other(role: Role) -> Role:
-    return Role.UAC if role is Role.UAS else Role.UAS

@@ -565,8 +565,7 @@ class DialogActions:
         if content_type.lower() != MEDIA_CONTROL:
             leg.agent.stack.respond(tx, 415, headers=(("Accept", MEDIA_CONTROL),))
             return
-        other_role = Role.UAC if role is Role.UAS else Role.UAS
-        other = active.outbound if other_role is Role.UAC else active.inbound
+        other = active.outbound if role.other is Role.UAC else active.inbound
         if other is None or other.dialog is None or not other.confirmed:
             leg.agent.stack.respond(tx, 500, "Server Internal Error: the other side's "
                                              "dialog is not up yet")

@@ -60,7 +60,7 @@ async def refer(services: CallServices, step: Step, active: ActiveCall, leg: Leg
     """Answer a REFER on ``leg`` and carry the transfer out."""
     stack = leg.agent.stack
     role = Role.UAS if leg is active.inbound else Role.UAC
-    ms_role = Role.UAC if role is Role.UAS else Role.UAS
+    ms_role = role.other
     ms_leg = active.outbound if role is Role.UAS else active.inbound
     if leg.side is not LegSide.VIDEO or ms_leg is None:
         stack.respond(tx, 403, "Forbidden: only the video side may transfer")
